@@ -1,0 +1,245 @@
+"""The Muon + AdamW hybrid that real training uses.
+
+Muon is defined for the hidden weight matrices of a network. Everything else (token and
+position embeddings, the output head, norm gains and biases) is trained with AdamW, as in
+Keller Jordan's ``MuonWithAuxAdam`` (muon.py), modded-nanogpt and nanochat. Embeddings and
+heads are matrices, but their rows are looked up (or scored) one token at a time, so the
+"orthogonalize the whole update" geometry does not apply to them (Jordan 2024; Bernstein &
+Newhouse, "Modular Duality", 2024).
+
+``classify_params`` assigns each parameter a role; ``split_params`` returns the two lists;
+``hybrid_param_groups`` builds groups with one LR per role; ``MuonWithAuxAdam`` steps them all
+in one optimizer object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .muon import MUON_DEFAULTS, MuonBase, check_choice, validate_muon_options
+
+ROLES = ("muon", "embedding", "head", "vector")
+HEAD_NAMES = ("lm_head", "head", "output", "classifier")
+ADAMW_DEFAULTS: dict[str, Any] = dict(
+    lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, use_muon=False
+)
+
+
+def classify_params(
+    model: nn.Module, head_names: Sequence[str] = HEAD_NAMES
+) -> list[tuple[str, Tensor, str]]:
+    """(name, param, role) for every trainable parameter, each listed once.
+
+    Roles: "embedding" (weights of nn.Embedding / nn.EmbeddingBag), "head" (parameters of a
+    module whose attribute name is in ``head_names``; a head tied to an embedding is the
+    embedding's weight and is listed once as "embedding"), "vector" (any parameter with fewer
+    than 2 dims: biases, norm gains, scalars), "muon" (every other matrix or conv kernel).
+    """
+    embedding_ids = {
+        id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+    }
+    head_ids = {
+        id(p)
+        for name, m in model.named_modules()
+        if name and name.rsplit(".", 1)[-1] in head_names
+        for p in m.parameters()
+    }
+    out = []
+    for name, p in model.named_parameters():  # deduplicates tied parameters
+        if not p.requires_grad:
+            continue
+        if id(p) in embedding_ids:
+            role = "embedding"
+        elif id(p) in head_ids:
+            role = "head"
+        elif p.ndim < 2:
+            role = "vector"
+        else:
+            role = "muon"
+        out.append((name, p, role))
+    return out
+
+
+def split_named_params(
+    model: nn.Module, head_names: Sequence[str] = HEAD_NAMES
+) -> tuple[list[tuple[str, Tensor]], list[tuple[str, Tensor]]]:
+    """((name, p) for Muon, (name, p) for AdamW); see :func:`classify_params`."""
+    roles = classify_params(model, head_names)
+    muon = [(n, p) for n, p, r in roles if r == "muon"]
+    adamw = [(n, p) for n, p, r in roles if r != "muon"]
+    return muon, adamw
+
+
+def split_params(
+    model: nn.Module, head_names: Sequence[str] = HEAD_NAMES
+) -> tuple[list[Tensor], list[Tensor]]:
+    """(Muon params, AdamW params) of ``model``: hidden matrices vs the rest."""
+    muon, adamw = split_named_params(model, head_names)
+    return [p for _, p in muon], [p for _, p in adamw]
+
+
+def hybrid_param_groups(
+    model: nn.Module,
+    *,
+    muon_lr: float = 0.02,
+    adamw_lr: float = 3e-4,
+    embedding_lr: float | None = None,
+    head_lr: float | None = None,
+    vector_lr: float | None = None,
+    muon_weight_decay: float = 0.0,
+    adamw_weight_decay: float = 0.0,
+    adamw_betas: tuple[float, float] = (0.9, 0.95),
+    adamw_eps: float = 1e-8,
+    head_names: Sequence[str] = HEAD_NAMES,
+    **muon_options: Any,
+) -> list[dict]:
+    """Param groups for :class:`MuonWithAuxAdam`: one Muon group and one AdamW group per role.
+
+    Embedding, head and vector LRs default to ``adamw_lr``. AdamW weight decay applies to
+    embeddings and the head, never to vectors (biases and gains), as in nanoGPT. Each group
+    carries its ``role`` so schedules and reports can tell them apart.
+    """
+    role_lr = {
+        "embedding": adamw_lr if embedding_lr is None else embedding_lr,
+        "head": adamw_lr if head_lr is None else head_lr,
+        "vector": adamw_lr if vector_lr is None else vector_lr,
+    }
+    by_role: dict[str, list[Tensor]] = {r: [] for r in ROLES}
+    for _, p, role in classify_params(model, head_names):
+        by_role[role].append(p)
+    groups: list[dict] = []
+    if by_role["muon"]:
+        groups.append(
+            dict(
+                params=by_role["muon"],
+                use_muon=True,
+                role="muon",
+                lr=muon_lr,
+                weight_decay=muon_weight_decay,
+                **muon_options,
+            )
+        )
+    for role in ("embedding", "head", "vector"):
+        if by_role[role]:
+            groups.append(
+                dict(
+                    params=by_role[role],
+                    use_muon=False,
+                    role=role,
+                    lr=role_lr[role],
+                    betas=adamw_betas,
+                    eps=adamw_eps,
+                    weight_decay=0.0 if role == "vector" else adamw_weight_decay,
+                )
+            )
+    return groups
+
+
+def adamw_update_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One AdamW step (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019).
+
+    ``p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = b2 v + (1-b2) g^2;
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``, the same arithmetic as
+    torch.optim.AdamW's single-tensor path.
+    """
+    torch._foreach_add_(steps, 1)
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
+    for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps):
+        step = t.item()
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
+        denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+        p.addcdiv_(m, denom, value=-lr / bias_correction1)
+
+
+def validate_adamw_options(group: dict) -> None:
+    if not group["lr"] >= 0:
+        raise ValueError(f"lr must be >= 0, got {group['lr']}")
+    beta1, beta2 = group["betas"]
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"betas must each be in [0, 1), got {group['betas']}")
+    if not group["eps"] >= 0:
+        raise ValueError(f"eps must be >= 0, got {group['eps']}")
+    if not group["weight_decay"] >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']}")
+
+
+class MuonWithAuxAdam(MuonBase):
+    """One optimizer object: Muon on groups with ``use_muon=True``, AdamW on the others.
+
+    Args:
+        param_groups: dicts, each with ``params`` and ``use_muon``. Muon groups take Muon's
+            options (defaults as :class:`muonkit.Muon`: lr 0.02, momentum 0.95, ...); AdamW
+            groups take ``lr`` (3e-4), ``betas`` ((0.9, 0.95)), ``eps`` (1e-8),
+            ``weight_decay`` (0). Build them with :func:`hybrid_param_groups`.
+        nonfinite: "raise" or "skip", for the whole step (see :class:`muonkit.muon.MuonBase`).
+
+    State per AdamW parameter: ``step`` (a float32 scalar tensor), ``exp_avg``, ``exp_avg_sq``;
+    per Muon parameter: ``momentum_buffer``.
+    """
+
+    def __init__(self, param_groups: Iterable[dict], nonfinite: str = "raise"):
+        groups = list(param_groups)
+        for g in groups:
+            if not isinstance(g, dict) or "use_muon" not in g:
+                raise ValueError(
+                    "MuonWithAuxAdam takes a list of param-group dicts, each with 'use_muon' "
+                    "True or False; build them with muonkit.hybrid.hybrid_param_groups(model)"
+                )
+        super().__init__(groups, defaults={}, nonfinite=nonfinite)
+
+    def add_param_group(self, param_group: dict) -> None:
+        check_choice("use_muon", param_group.get("use_muon"), (True, False))
+        defaults = MUON_DEFAULTS if param_group["use_muon"] else ADAMW_DEFAULTS
+        super().add_param_group({**defaults, **param_group})
+
+    def _validate_group(self, group: dict) -> None:
+        if group["use_muon"]:
+            validate_muon_options(group)
+        else:
+            validate_adamw_options(group)
+
+    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        if group["use_muon"]:
+            self._muon_group_step(group, params, grads)
+            return
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adamw_update_(
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+        )

@@ -1,0 +1,364 @@
+"""Muon: MomentUm Orthogonalized by Newton-Schulz.
+
+Keller Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
+https://kellerjordan.github.io/posts/muon/. For each weight matrix W with gradient G:
+
+    B <- momentum rule(B, G)                 (standard or EMA form, below)
+    U <- G + mu B   (Nesterov)   or   B       (classic momentum)
+    O <- orthogonalize(U)                    (Newton-Schulz ~ polar factor of U)
+    W <- W * (1 - lr * weight_decay)         (decoupled weight decay, as AdamW)
+    W <- W - lr * lr_scale(shape) * O
+
+Momentum forms:
+
+* ``"standard"``: ``B <- mu B + G``; Nesterov ``U = G + mu B``. The heavy-ball sum of
+  torch.optim.SGD and Muon's paper pseudo-code; the buffer grows to ~G / (1 - mu).
+* ``"ema"``: ``B <- (1 - mu) G + mu B`` (``B.lerp_(G, 1 - mu)``); Nesterov
+  ``U = G.lerp(B, mu)``. The form of Keller Jordan's muon.py (2025) and torch.optim.Muon.
+
+The EMA buffer is the standard one times (1 - mu), so fed to an un-normalized update the
+standard form would take steps 1/(1 - mu) times larger (20x at mu = 0.95). Newton-Schulz
+normalizes its input by the Frobenius norm, so for constant mu both forms give the same
+orthogonalized update up to the ``eps`` of that normalization; they differ when mu changes
+over time (momentum warmup), for the low-rank/Kronecker variants whose factor updates are not
+scale-free, and in the size of the buffer a reader sees in state.
+
+This module keeps the math in functions on lists of tensors (``momentum_update_``,
+``orthogonalize_updates``, ``apply_updates_``, ``muon_update_``); the distributed and variant
+optimizers call the same functions. ``Muon`` only holds param groups and state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .orthogonalize import ORTHOGONALIZE_METHODS, orthogonalize, resolve_schedule
+from .scaling import lr_scale, validate_rule
+
+MOMENTUM_FORMS = ("standard", "ema")
+NONFINITE_POLICIES = ("raise", "skip")
+SKIPPED_STEPS_KEY = "nonfinite_skipped_steps"
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient held NaN or inf; the optimizer step was refused and nothing changed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# functional core
+# ---------------------------------------------------------------------------------------------
+
+
+def momentum_update_(
+    bufs: list[Tensor], grads: list[Tensor], *, momentum: float, nesterov: bool, form: str
+) -> list[Tensor]:
+    """Update momentum buffers in place and return the tensors to orthogonalize.
+
+    See the module docstring for the two forms. The returned list may alias ``bufs``
+    (no Nesterov): callers must not modify it in place.
+    """
+    if not bufs:
+        return []
+    if form == "standard":
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        return list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else list(bufs)
+    if form == "ema":
+        torch._foreach_lerp_(bufs, grads, 1.0 - momentum)
+        return list(torch._foreach_lerp(grads, bufs, momentum)) if nesterov else list(bufs)
+    raise ValueError(f"unknown momentum_form {form!r}; valid: {MOMENTUM_FORMS}")
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """The (out, in) matrix a parameter of ``shape`` is orthogonalized as: (shape[0], rest)."""
+    return int(shape[0]), int(math.prod(shape[1:]))
+
+
+def orthogonalize_updates(
+    updates: Sequence[Tensor],
+    *,
+    steps: int = 5,
+    coefficients: str | Sequence = "jordan",
+    dtype: torch.dtype | None = None,
+) -> list[Tensor]:
+    """Orthogonalize each update; same-shape matrices go through one batched call.
+
+    Tensors of 3 or more dims (e.g. conv kernels (out, in, kh, kw)) are orthogonalized as the
+    (shape[0], -1) matrix and reshaped back. Returns new tensors of the inputs' shapes.
+    """
+    mats = [u.reshape(matrix_shape(u.shape)) for u in updates]
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for i, m in enumerate(mats):
+        by_shape[(tuple(m.shape), m.dtype, m.device)].append(i)
+    out: list[Tensor] = [None] * len(mats)  # type: ignore[list-item]
+    for idx in by_shape.values():
+        if len(idx) == 1:
+            results = [orthogonalize(mats[idx[0]], coefficients, steps, dtype)]
+        else:
+            stacked = torch.stack([mats[i] for i in idx])
+            results = orthogonalize(stacked, coefficients, steps, dtype).unbind(0)
+        for i, o in zip(idx, results):
+            out[i] = o.reshape(updates[i].shape)
+    return out
+
+
+def apply_updates_(
+    params: list[Tensor],
+    updates: Sequence[Tensor],
+    *,
+    lr: float,
+    weight_decay: float,
+    scales: Sequence[float],
+) -> None:
+    """Decoupled weight decay then the scaled step: ``p *= 1 - lr*wd; p -= lr*scale*u``."""
+    if not params:
+        return
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    for p, u, s in zip(params, updates, scales):
+        p.add_(u.to(p.dtype), alpha=-lr * s)
+
+
+def muon_update_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    momentum_form: str = "standard",
+    ns_steps: int = 5,
+    ns_coefficients: str | Sequence = "jordan",
+    ns_dtype: torch.dtype | None = None,
+    lr_scaling: str | Callable = "keller",
+) -> None:
+    """One Muon step on lists of matrices (in place on ``params`` and ``bufs``)."""
+    updates = momentum_update_(
+        bufs, grads, momentum=momentum, nesterov=nesterov, form=momentum_form
+    )
+    orth = orthogonalize_updates(
+        updates, steps=ns_steps, coefficients=ns_coefficients, dtype=ns_dtype
+    )
+    scales = [lr_scale(lr_scaling, matrix_shape(p.shape)) for p in params]
+    apply_updates_(params, orth, lr=lr, weight_decay=weight_decay, scales=scales)
+
+
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """True when no tensor holds a NaN or inf (one device sync for the whole list)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+# ---------------------------------------------------------------------------------------------
+# validation shared by every Muon-style optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+def check_choice(name: str, value: Any, valid: Sequence[Any]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {list(valid)}")
+
+
+def validate_muon_options(group: dict) -> None:
+    """Check a Muon param group's options and that every parameter is a matrix."""
+    if not group["lr"] >= 0:
+        raise ValueError(f"lr must be >= 0, got {group['lr']}")
+    if not 0.0 <= group["momentum"] < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {group['momentum']}")
+    if not group["weight_decay"] >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']}")
+    check_choice("momentum_form", group["momentum_form"], MOMENTUM_FORMS)
+    if not isinstance(group["ns_steps"], int) or group["ns_steps"] < 0:
+        raise ValueError(f"ns_steps must be an int >= 0, got {group['ns_steps']!r}")
+    coefficients = group["ns_coefficients"]
+    if isinstance(coefficients, str):
+        check_choice("ns_coefficients", coefficients, ORTHOGONALIZE_METHODS)
+    else:
+        resolve_schedule(coefficients)
+    if group["ns_dtype"] is not None and not isinstance(group["ns_dtype"], torch.dtype):
+        raise ValueError(f"ns_dtype must be a torch.dtype or None, got {group['ns_dtype']!r}")
+    validate_rule(group["lr_scaling"])
+    for p in group["params"]:
+        if p.ndim < 2:
+            raise ValueError(
+                f"Muon got a parameter of shape {tuple(p.shape)}: Muon orthogonalizes matrices "
+                "(2-D, or conv kernels flattened to 2-D). Give 1-D parameters (biases, norm "
+                "gains) and embeddings/output heads to AdamW: use muonkit.hybrid.split_params "
+                "and muonkit.hybrid.MuonWithAuxAdam."
+            )
+
+
+MUON_DEFAULTS: dict[str, Any] = dict(
+    lr=0.02,
+    momentum=0.95,
+    nesterov=True,
+    weight_decay=0.0,
+    momentum_form="standard",
+    ns_steps=5,
+    ns_coefficients="jordan",
+    ns_dtype=None,
+    lr_scaling="keller",
+    use_muon=True,
+)
+
+
+class MuonBase(torch.optim.Optimizer):
+    """Shared machinery of Muon-style optimizers: non-finite gradient policy, group steps.
+
+    Subclasses implement ``_validate_group(group)`` and ``_group_step(group, params, grads)``.
+    ``step`` first gathers every group's gradients and checks them all; with a NaN/inf it
+    raises ``NonFiniteGradientError`` (``nonfinite="raise"``) or skips the whole step and
+    counts it in ``optimizer.state["nonfinite_skipped_steps"]`` (``nonfinite="skip"``); in
+    both cases no parameter or state is touched.
+    """
+
+    def __init__(self, params, defaults: dict, nonfinite: str = "raise"):
+        check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.nonfinite = nonfinite
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        try:
+            self._validate_group(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _validate_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _gather(self) -> list[tuple[dict, list[Tensor], list[Tensor]]]:
+        work = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p.grad.is_sparse:
+                    raise ValueError(f"{type(self).__name__} does not support sparse gradients")
+            work.append((group, params, [p.grad for p in params]))
+        return work
+
+    def _refuse_nonfinite(self, work) -> bool:
+        """True (and counted) when the step must be skipped; raises under "raise"."""
+        if all_finite(g for _, _, grads in work for g in grads):
+            return False
+        if self.nonfinite == "skip":
+            self.state[SKIPPED_STEPS_KEY] = self.state.get(SKIPPED_STEPS_KEY, 0) + 1
+            return True
+        for gi, (_, params, grads) in enumerate(work):
+            for p, g in zip(params, grads):
+                if not torch.isfinite(g).all():
+                    raise NonFiniteGradientError(
+                        f"gradient of a parameter of shape {tuple(p.shape)} in param group {gi} "
+                        "holds NaN or inf; no parameter or optimizer state was changed. Check "
+                        "the loss scale / learning rate, clip gradients, or construct the "
+                        "optimizer with nonfinite='skip' to skip such steps."
+                    )
+        return False  # unreachable: all_finite was False
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = self._gather()
+        if self._refuse_nonfinite(work):
+            return loss
+        for group, params, grads in work:
+            if params:
+                self._group_step(group, params, grads)
+        return loss
+
+    def _momentum_buffers(self, params: list[Tensor]) -> list[Tensor]:
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            bufs.append(state["momentum_buffer"])
+        return bufs
+
+    def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        muon_update_(
+            params,
+            grads,
+            self._momentum_buffers(params),
+            lr=group["lr"],
+            momentum=group["momentum"],
+            nesterov=group["nesterov"],
+            weight_decay=group["weight_decay"],
+            momentum_form=group["momentum_form"],
+            ns_steps=group["ns_steps"],
+            ns_coefficients=group["ns_coefficients"],
+            ns_dtype=group["ns_dtype"],
+            lr_scaling=group["lr_scaling"],
+        )
+
+
+class Muon(MuonBase):
+    """Muon for matrix parameters (see the module docstring for the algorithm).
+
+    Args:
+        params: matrices (2-D; conv kernels are flattened to (shape[0], -1)) or param groups.
+        lr: learning rate (0.02, Keller Jordan's muon.py default for hidden matrices).
+        momentum: mu in [0, 1) (0.95, muon.py).
+        nesterov: use the Nesterov update ``G + mu B`` (True, muon.py).
+        weight_decay: decoupled weight decay, ``W *= 1 - lr * weight_decay`` (0).
+        momentum_form: "standard" (``B = mu B + G``) or "ema" (``B = lerp(B, G, 1 - mu)``).
+        ns_steps: Newton-Schulz iterations (5, muon.py).
+        ns_coefficients: "jordan", "polar_express", "svd" (exact polar factor, slow) or a list
+            of (a, b, c) tuples; see :mod:`muonkit.orthogonalize`.
+        ns_dtype: Newton-Schulz compute dtype; None picks bf16 on CUDA and fp32 on CPU.
+        lr_scaling: per-shape LR rule, "keller" (default), "max_dim", "mup", "moonlight",
+            "none" or a callable; see :mod:`muonkit.scaling`.
+        nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
+
+    With ``ns_dtype=torch.bfloat16, momentum_form="ema"`` and ``lr_scaling="keller"`` this is
+    torch.optim.Muon (``adjust_lr_fn="original"``) step for step.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        momentum_form: str = "standard",
+        ns_steps: int = 5,
+        ns_coefficients: str | Sequence = "jordan",
+        ns_dtype: torch.dtype | None = None,
+        lr_scaling: str | Callable = "keller",
+        nonfinite: str = "raise",
+    ):
+        defaults = dict(
+            MUON_DEFAULTS,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            momentum_form=momentum_form,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            ns_dtype=ns_dtype,
+            lr_scaling=lr_scaling,
+        )
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def _validate_group(self, group: dict) -> None:
+        validate_muon_options(group)
+
+    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        self._muon_group_step(group, params, grads)

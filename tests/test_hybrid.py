@@ -1,0 +1,187 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from muonkit import Muon, MuonWithAuxAdam, NonFiniteGradientError, hybrid_param_groups
+from muonkit.hybrid import classify_params, split_named_params, split_params
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=11, d=8, tied=True):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.norm = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(2 * d, d, bias=False)
+        self.conv = nn.Conv1d(d, d, 3, padding=1)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tied:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx):
+        x = self.norm(self.wte(idx))
+        x = x + self.proj(torch.relu(self.fc(x)))
+        x = x + self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return self.lm_head(x)
+
+
+def test_split_puts_each_parameter_where_it_belongs():
+    muon, adamw = split_named_params(TinyLM(tied=True))
+    assert [n for n, _ in muon] == ["fc.weight", "proj.weight", "conv.weight"]
+    assert sorted(n for n, _ in adamw) == sorted(
+        ["wte.weight", "norm.weight", "norm.bias", "fc.bias", "conv.bias"]
+    )  # the tied head is the embedding's weight, listed once
+    roles = {n: r for n, _, r in classify_params(TinyLM(tied=False))}
+    assert roles["lm_head.weight"] == "head" and roles["wte.weight"] == "embedding"
+    assert roles["norm.bias"] == "vector" and roles["proj.weight"] == "muon"
+    m, a = split_params(TinyLM(tied=False))
+    assert len(m) + len(a) == len(list(TinyLM(tied=False).parameters()))
+
+
+def loss_of(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 11, (4, 6), generator=g)
+    return nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.roll(1, 1).flatten())
+
+
+def test_adamw_part_matches_torch_adamw():
+    torch.manual_seed(0)
+    model = TinyLM(tied=False)
+    twin = copy.deepcopy(model)
+    _, adamw_names = split_named_params(model)
+    names = [n for n, _ in adamw_names]
+    ours = MuonWithAuxAdam(
+        [
+            dict(
+                params=[p for n, p in model.named_parameters() if n in names],
+                use_muon=False,
+                lr=3e-3,
+                betas=(0.9, 0.99),
+                eps=1e-8,
+                weight_decay=0.1,
+            )
+        ]
+    )
+    ref = torch.optim.AdamW(
+        [p for n, p in twin.named_parameters() if n in names],
+        lr=3e-3,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        weight_decay=0.1,
+        foreach=False,
+    )
+    for step in range(10):
+        for m, opt in ((model, ours), (twin, ref)):
+            opt.zero_grad(set_to_none=True)
+            loss_of(m, step).backward()
+            opt.step()
+    for (n, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=n)
+
+
+def test_muon_part_equals_plain_muon():
+    torch.manual_seed(0)
+    model = TinyLM()
+    twin = copy.deepcopy(model)
+    hybrid = MuonWithAuxAdam(hybrid_param_groups(model, muon_lr=0.03, adamw_lr=0.0))
+    muon_params, _ = split_params(twin)
+    plain = Muon(muon_params, lr=0.03)
+    for step in range(3):
+        for m, opt in ((model, hybrid), (twin, plain)):
+            m.zero_grad(set_to_none=True)
+            loss_of(m, step).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_groups_have_their_own_lrs_and_weight_decay():
+    groups = hybrid_param_groups(
+        TinyLM(tied=False),
+        muon_lr=0.02,
+        adamw_lr=1e-3,
+        embedding_lr=0.2,
+        head_lr=4e-3,
+        adamw_weight_decay=0.1,
+        ns_coefficients="polar_express",
+    )
+    by_role = {g["role"]: g for g in groups}
+    assert by_role["muon"]["lr"] == 0.02 and by_role["muon"]["ns_coefficients"] == "polar_express"
+    assert by_role["embedding"]["lr"] == 0.2 and by_role["head"]["lr"] == 4e-3
+    assert by_role["vector"]["lr"] == 1e-3 and by_role["vector"]["weight_decay"] == 0.0
+    assert by_role["head"]["weight_decay"] == 0.1
+    opt = MuonWithAuxAdam(groups)
+    assert opt.param_groups[0]["momentum"] == 0.95  # Muon defaults filled in
+    assert opt.param_groups[1]["betas"] == (0.9, 0.95)  # AdamW defaults kept
+
+
+def test_state_dict_round_trip_resumes_bit_identically():
+    torch.manual_seed(0)
+    model = TinyLM()
+    start = copy.deepcopy(model)
+    opt = MuonWithAuxAdam(hybrid_param_groups(model, adamw_lr=1e-2))
+    for step in range(6):
+        opt.zero_grad(set_to_none=True)
+        loss_of(model, step).backward()
+        opt.step()
+
+    half = copy.deepcopy(start)
+    opt1 = MuonWithAuxAdam(hybrid_param_groups(half, adamw_lr=1e-2))
+    for step in range(3):
+        opt1.zero_grad(set_to_none=True)
+        loss_of(half, step).backward()
+        opt1.step()
+    saved_model, saved_opt = copy.deepcopy(half.state_dict()), copy.deepcopy(opt1.state_dict())
+    resumed = TinyLM()
+    resumed.load_state_dict(saved_model)
+    opt2 = MuonWithAuxAdam(hybrid_param_groups(resumed, adamw_lr=1e-2))
+    opt2.load_state_dict(saved_opt)
+    for step in range(3, 6):
+        opt2.zero_grad(set_to_none=True)
+        loss_of(resumed, step).backward()
+        opt2.step()
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_nonfinite_in_an_adamw_parameter_changes_nothing():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = MuonWithAuxAdam(hybrid_param_groups(model))
+    loss_of(model, 0).backward()
+    opt.step()
+    before = copy.deepcopy(model.state_dict())
+    state_before = copy.deepcopy(opt.state_dict())
+    loss_of(model, 1).backward()
+    model.norm.bias.grad[0] = float("inf")
+    with pytest.raises(NonFiniteGradientError):
+        opt.step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    for k, s in opt.state_dict()["state"].items():
+        for name, t in s.items():
+            assert torch.equal(t, state_before["state"][k][name])
+
+
+@pytest.mark.parametrize(
+    "group, match",
+    [
+        (dict(use_muon=False, betas=(0.9, 1.0)), "betas"),
+        (dict(use_muon=False, lr=-1), "lr must be >= 0"),
+        (dict(use_muon=True, momentum_form="nope"), "momentum_form"),
+        (dict(use_muon="yes"), "use_muon"),
+    ],
+)
+def test_bad_groups_raise(group, match):
+    p = nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(ValueError, match=match):
+        MuonWithAuxAdam([dict(params=[p], **group)])
+
+
+def test_groups_without_use_muon_and_vectors_in_muon_groups_raise():
+    with pytest.raises(ValueError, match="use_muon"):
+        MuonWithAuxAdam([dict(params=[nn.Parameter(torch.randn(3, 3))])])
+    with pytest.raises(ValueError, match="MuonWithAuxAdam"):
+        MuonWithAuxAdam([dict(params=[nn.Parameter(torch.randn(3))], use_muon=True)])
