@@ -86,26 +86,45 @@ def orthogonalize_updates(
     steps: int = 5,
     coefficients: str | Sequence = "jordan",
     dtype: torch.dtype | None = None,
+    splits: int | Sequence[int] = 1,
 ) -> list[Tensor]:
     """Orthogonalize each update; same-shape matrices go through one batched call.
 
     Tensors of 3 or more dims (e.g. conv kernels (out, in, kh, kw)) are orthogonalized as the
-    (shape[0], -1) matrix and reshaped back. Returns new tensors of the inputs' shapes.
+    (shape[0], -1) matrix and reshaped back. ``splits`` (one int, or one per update) cuts each
+    matrix into that many equal row blocks that are orthogonalized separately: 3 for a fused
+    QKV projection (Q, K and V are separate linear maps), ``3 * n_head`` per attention head.
+    Returns new tensors of the inputs' shapes.
     """
-    mats = [u.reshape(matrix_shape(u.shape)) for u in updates]
+    per_update = [splits] * len(updates) if isinstance(splits, int) else list(splits)
+    blocks: list[Tensor] = []
+    for u, k in zip(updates, per_update):
+        out_dim, in_dim = matrix_shape(u.shape)
+        blocks.extend(u.reshape(k, out_dim // k, in_dim).unbind(0))
     by_shape: dict[tuple, list[int]] = defaultdict(list)
-    for i, m in enumerate(mats):
+    for i, m in enumerate(blocks):
         by_shape[(tuple(m.shape), m.dtype, m.device)].append(i)
-    out: list[Tensor] = [None] * len(mats)  # type: ignore[list-item]
+    done: list[Tensor] = [None] * len(blocks)  # type: ignore[list-item]
     for idx in by_shape.values():
         if len(idx) == 1:
-            results = [orthogonalize(mats[idx[0]], coefficients, steps, dtype)]
+            results = [orthogonalize(blocks[idx[0]], coefficients, steps, dtype)]
         else:
-            stacked = torch.stack([mats[i] for i in idx])
+            stacked = torch.stack([blocks[i] for i in idx])
             results = orthogonalize(stacked, coefficients, steps, dtype).unbind(0)
         for i, o in zip(idx, results):
-            out[i] = o.reshape(updates[i].shape)
+            done[i] = o
+    out, start = [], 0
+    for u, k in zip(updates, per_update):
+        parts = done[start : start + k]
+        out.append((parts[0] if k == 1 else torch.cat(parts)).reshape(u.shape))
+        start += k
     return out
+
+
+def block_shape(shape: Sequence[int], split: int = 1) -> tuple[int, int]:
+    """The shape of one orthogonalized block of a parameter cut into ``split`` row blocks."""
+    out_dim, in_dim = matrix_shape(shape)
+    return out_dim // split, in_dim
 
 
 def apply_updates_(
@@ -139,15 +158,19 @@ def muon_update_(
     ns_coefficients: str | Sequence = "jordan",
     ns_dtype: torch.dtype | None = None,
     lr_scaling: str | Callable = "keller",
+    ns_split: int = 1,
 ) -> None:
-    """One Muon step on lists of matrices (in place on ``params`` and ``bufs``)."""
+    """One Muon step on lists of matrices (in place on ``params`` and ``bufs``).
+
+    The LR scaling rule sees the shape of one orthogonalized block (see ``ns_split``).
+    """
     updates = momentum_update_(
         bufs, grads, momentum=momentum, nesterov=nesterov, form=momentum_form
     )
     orth = orthogonalize_updates(
-        updates, steps=ns_steps, coefficients=ns_coefficients, dtype=ns_dtype
+        updates, steps=ns_steps, coefficients=ns_coefficients, dtype=ns_dtype, splits=ns_split
     )
-    scales = [lr_scale(lr_scaling, matrix_shape(p.shape)) for p in params]
+    scales = [lr_scale(lr_scaling, block_shape(p.shape, ns_split)) for p in params]
     apply_updates_(params, orth, lr=lr, weight_decay=weight_decay, scales=scales)
 
 
@@ -186,6 +209,9 @@ def validate_muon_options(group: dict) -> None:
     if group["ns_dtype"] is not None and not isinstance(group["ns_dtype"], torch.dtype):
         raise ValueError(f"ns_dtype must be a torch.dtype or None, got {group['ns_dtype']!r}")
     validate_rule(group["lr_scaling"])
+    split = group["ns_split"]
+    if not isinstance(split, int) or split < 1:
+        raise ValueError(f"ns_split must be an int >= 1, got {split!r}")
     for p in group["params"]:
         if p.ndim < 2:
             raise ValueError(
@@ -193,6 +219,11 @@ def validate_muon_options(group: dict) -> None:
                 "(2-D, or conv kernels flattened to 2-D). Give 1-D parameters (biases, norm "
                 "gains) and embeddings/output heads to AdamW: use muonkit.hybrid.split_params "
                 "and muonkit.hybrid.MuonWithAuxAdam."
+            )
+        if p.shape[0] % split:
+            raise ValueError(
+                f"ns_split={split} must divide dim 0 of every parameter in its group; got a "
+                f"parameter of shape {tuple(p.shape)}. Put it in a group with its own ns_split."
             )
 
 
@@ -206,6 +237,7 @@ MUON_DEFAULTS: dict[str, Any] = dict(
     ns_coefficients="jordan",
     ns_dtype=None,
     lr_scaling="keller",
+    ns_split=1,
     use_muon=True,
 )
 
@@ -304,6 +336,7 @@ class MuonBase(torch.optim.Optimizer):
             ns_coefficients=group["ns_coefficients"],
             ns_dtype=group["ns_dtype"],
             lr_scaling=group["lr_scaling"],
+            ns_split=group["ns_split"],
         )
 
 
@@ -323,6 +356,9 @@ class Muon(MuonBase):
         ns_dtype: Newton-Schulz compute dtype; None picks bf16 on CUDA and fp32 on CPU.
         lr_scaling: per-shape LR rule, "keller" (default), "max_dim", "mup", "moonlight",
             "none" or a callable; see :mod:`muonkit.scaling`.
+        ns_split: orthogonalize each parameter as this many equal row blocks (dim 0): 3 for
+            a fused QKV weight, ``3 * n_head`` for per-head blocks (modded-nanogpt treats Q, K
+            and V as separate matrices). The LR rule then sees the block shape. Default 1.
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
 
     With ``ns_dtype=torch.bfloat16, momentum_form="ema"`` and ``lr_scaling="keller"`` this is
@@ -341,6 +377,7 @@ class Muon(MuonBase):
         ns_coefficients: str | Sequence = "jordan",
         ns_dtype: torch.dtype | None = None,
         lr_scaling: str | Callable = "keller",
+        ns_split: int = 1,
         nonfinite: str = "raise",
     ):
         defaults = dict(
@@ -354,6 +391,7 @@ class Muon(MuonBase):
             ns_coefficients=ns_coefficients,
             ns_dtype=ns_dtype,
             lr_scaling=lr_scaling,
+            ns_split=ns_split,
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
 
