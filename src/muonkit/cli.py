@@ -11,6 +11,7 @@ import importlib
 
 COMMANDS = [
     "muonkit.demo",
+    "muonkit.data.fetch",
 ]
 
 

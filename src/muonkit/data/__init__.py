@@ -1,0 +1,1 @@
+"""Datasets read from local files: MNIST (idx), CIFAR-10 (python pickles), text."""

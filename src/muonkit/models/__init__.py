@@ -1,0 +1,1 @@
+"""Models: a nanoGPT-style transformer (gpt.py) and an MLP classifier (mlp.py)."""
