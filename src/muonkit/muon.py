@@ -31,6 +31,7 @@ optimizers call the same functions. ``Muon`` only holds param groups and state.
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -174,8 +175,22 @@ def muon_update_(
     apply_updates_(params, orth, lr=lr, weight_decay=weight_decay, scales=scales)
 
 
+def any_dtensor(tensors: Iterable[Tensor]) -> bool:
+    """True when a tensor is a DTensor (cheap: no import when DTensors were never used)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
+
+
 def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """True when no tensor holds a NaN or inf (one device sync for the whole list)."""
+    """True when no tensor holds a NaN or inf (one device sync for the whole list).
+
+    With DTensors (sharded parameters) every rank checks its shards and the ranks agree.
+    """
+    tensors = list(tensors)
+    if any_dtensor(tensors):
+        from .distributed.muon import all_finite_global
+
+        return all_finite_global(tensors)
     flags = [torch.isfinite(t).all() for t in tensors]
     return bool(torch.stack(flags).all()) if flags else True
 
@@ -209,6 +224,10 @@ def validate_muon_options(group: dict) -> None:
     if group["ns_dtype"] is not None and not isinstance(group["ns_dtype"], torch.dtype):
         raise ValueError(f"ns_dtype must be a torch.dtype or None, got {group['ns_dtype']!r}")
     validate_rule(group["lr_scaling"])
+    if any_dtensor(group["params"]):
+        from .distributed.muon import group_process_group
+
+        group_process_group(group["params"])  # placements Shard(0)/Replicate on one 1-D mesh
     split = group["ns_split"]
     if not isinstance(split, int) or split < 1:
         raise ValueError(f"ns_split must be an int >= 1, got {split!r}")
@@ -323,6 +342,11 @@ class MuonBase(torch.optim.Optimizer):
         return bufs
 
     def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        if any_dtensor(params):  # FSDP2 / DTensor: orthogonalize whole matrices across ranks
+            from .distributed.muon import distributed_muon_group_step
+
+            distributed_muon_group_step(self, group, params, grads)
+            return
         muon_update_(
             params,
             grads,
