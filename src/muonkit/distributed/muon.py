@@ -17,7 +17,7 @@ a Muon param group, on every rank:
    (same-shape matrices batched) and counts them in ``optimizer.ns_counts``.
 5. Shard(0) matrices: a second ``all_to_all`` sends each rank its rows of the result.
    Replicated matrices: each rank packs its results in one flat buffer padded to the longest
-   rank's, and one ``all_gather_into_tensor`` gives every rank every result (the scheme of
+   rank's, and one ``all_gather`` gives every rank every result (the scheme of
    Keller Jordan's muon.py and nanochat's DistMuon); every rank joins every collective, with
    zero padding when it owns nothing.
 6. ``muonkit.muon.apply_updates_`` on the local tensors, with the LR scale of the full shape.
@@ -53,6 +53,8 @@ from ..muon import (
 )
 from ..scaling import lr_scale
 
+# one flat all-gather; torch 2.13 renamed all_gather_into_tensor (deprecated) to all_gather_single
+ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 SUPPORTED_PLACEMENTS = "Shard(0) (as torch.distributed.fsdp.fully_shard makes) or Replicate()"
 
 
@@ -249,7 +251,7 @@ def _all_gather_results(orth, layouts, owners, replicated, group, stats, dtype, 
     if mine:
         send[: numel[me]] = torch.cat(mine)
     recv = torch.empty(world * width, dtype=dtype, device=device)
-    dist.all_gather_into_tensor(recv, send, group=group)
+    ALL_GATHER(recv, send, group=group)
     size = send.element_size()
     stats.collective((world - 1) * width * size, (world - 1) * width * size)
     result, cursor = {}, [r * width for r in range(world)]
