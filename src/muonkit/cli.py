@@ -12,6 +12,7 @@ import importlib
 COMMANDS = [
     "muonkit.demo",
     "muonkit.data.fetch",
+    "muonkit.train.gpt",
 ]
 
 
