@@ -96,7 +96,7 @@ def run(net: Net, opt, steps: range) -> None:
         opt.zero_grad(set_to_none=True)
 
 
-def full_params(net: Net) -> dict[str, torch.Tensor]:
+def full_params(net: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.tensor import DTensor
 
     return {
@@ -108,6 +108,40 @@ def full_params(net: Net) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 # the spawned worker
 # ---------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """For the end-to-end check: real forward/backward through DDP and FSDP2."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList([nn.Linear(5, 7), nn.Linear(7, 3)])
+
+    def forward(self, x):
+        return self.layers[1](torch.tanh(self.layers[0](x)))
+
+
+def mlp_batch(step: int, rank: int = 0, world: int = 1):
+    """This rank's rows of the step's global batch of 12 (divisible by W = 1..4)."""
+    g = torch.Generator().manual_seed(500 + step)
+    x, y = torch.randn(12, 5, generator=g), torch.randn(12, 3, generator=g)
+    return x[rank::world], y[rank::world]
+
+
+def train_mlp(model: nn.Module, opt, rank: int = 0, world: int = 1) -> None:
+    for step in range(STEPS):
+        x, y = mlp_batch(step, rank, world)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def mlp_groups(model: nn.Module) -> list[dict]:
+    return [
+        dict(params=[p for p in model.parameters() if p.ndim >= 2], use_muon=True, **MUON_OPTS),
+        dict(params=[p for p in model.parameters() if p.ndim < 2], use_muon=False, **ADAMW_OPTS),
+    ]
 
 
 def fsdp_net(mesh) -> Net:
@@ -170,6 +204,19 @@ def worker(rank: int, world: int, out_dir: str) -> None:
         step = load_checkpoint(path, net, opt, extra={"step": -1})["step"]
         run(net, opt, range(step, 2 * K))
         res[f"dcp_resumed_from_w{source}"] = full_params(net)
+
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(MLP())  # real backward: gradients averaged by DDP / reduce-scattered by FSDP2
+    train_mlp(model, DistributedMuonWithAuxAdam(mlp_groups(model)), rank, world)
+    res["ddp_e2e"] = full_params(model.module)
+    model = MLP()
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    train_mlp(model, MuonWithAuxAdam(mlp_groups(model)), rank, world)
+    res["fsdp_e2e"] = full_params(model)
 
     net = fsdp_net(mesh)  # NaN in one rank's shard only: every rank refuses the step
     opt = MuonWithAuxAdam(muon_groups(net))
@@ -254,6 +301,19 @@ def test_matches_single_process(results, world, key, kind):
     per_rank = results(world)
     assert_ranks_identical(per_rank, key)
     assert_matches(per_rank[0][key], reference(kind, STEPS))
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("world", WORLD_SIZES)
+@pytest.mark.parametrize("key", ["ddp_e2e", "fsdp_e2e"])
+def test_real_backward_matches_single_process(results, world, key):
+    """DDP / FSDP2 forward-backward on each rank's slice of the batch, then the hybrid step,
+    equals one process on the whole batch (the frameworks average the gradients)."""
+    per_rank = results(world)
+    assert_ranks_identical(per_rank, key)
+    model = MLP()
+    train_mlp(model, MuonWithAuxAdam(mlp_groups(model)))
+    assert_matches(per_rank[0][key], full_params(model))
 
 
 @pytest.mark.timeout(200)
