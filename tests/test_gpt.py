@@ -84,6 +84,19 @@ def test_rope_scores_depend_on_relative_position_only():
     assert not torch.allclose(score(5, 2), score(5, 4))
 
 
+def test_generate_samples_within_top_k():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    start = torch.zeros(1, 1, dtype=torch.long)
+    out = model.generate(start, 20, top_k=1)  # greedy: each token is the argmax
+    assert out.shape == (1, 21) and torch.equal(out[:, :1], start)
+    for t in range(1, 21):
+        assert out[0, t] == model(out[:, max(0, t - 16) : t])[0, -1].argmax()
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a, b = model.generate(start, 5, generator=g1), model.generate(start, 5, generator=g2)
+    assert torch.equal(a, b)
+
+
 def test_weight_tying():
     tied = GPT(small())
     assert tied.lm_head.weight is tied.wte.weight

@@ -291,9 +291,10 @@ def test_train_cli(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--optimizer", "adamw", "--preset", "tiny", "--steps", "3",
                  "--batch-size", "2", "--eval-every", "3", "--eval-batches", "1",
-                 "--no-progress", "--no-tensorboard", "--out", str(out)])
+                 "--no-progress", "--no-tensorboard", "--out", str(out), "--sample", "30"])
     assert code == 0
     printed = capsys.readouterr().out
+    assert len(printed.rstrip("\n").split("metrics: ")[1].split("\n", 1)[1]) >= 30  # sample
     assert "tiny-adamw-s0: final val loss" in printed and str(out / "metrics.jsonl") in printed
     recs = records(out / "metrics.jsonl")
     assert recs[0]["optimizer"] == "adamw" and recs[-1]["steps"] == 3
@@ -316,6 +317,10 @@ def test_bad_input_is_refused(tmp_path):
         TrainConfig(steps=1, grad_accum=0)
     with pytest.raises(ValueError, match="dtype"):
         TrainConfig(steps=1, dtype="fp8")
+    model = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="state_dict"):
+        train(model, torch.optim.SGD(model.parameters(), lr=0.1), ListSource([]), None,
+              TrainConfig(steps=1, checkpoint_every=1, out_dir=str(tmp_path)))
 
 
 def test_fixed_val_batches_do_not_change_between_evals():

@@ -197,6 +197,29 @@ class GPT(nn.Module):
             x = block(x, rotary)
         return self.lm_head(self.ln_f(x))
 
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T), cropping the context to
+        ``block_size``; ``top_k`` keeps only the k most likely tokens (nanoGPT's sample.py)."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size :])[:, -1, :].float() / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters counted once (tied head = embedding); without ``wpe`` if non_embedding.
 

@@ -71,7 +71,7 @@ def train_gpt(
         "optimizer_options": {k: _jsonable(v) for k, v in (optimizer_options or {}).items()},
         "params": model.num_params(),
     }
-    return train(
+    result = train(
         model,
         opt,
         batches,
@@ -82,6 +82,17 @@ def train_gpt(
         optimizer_name=optimizer,
         run_config=run_config,
     )
+    result.extra.update(model=model, data=tokens)
+    return result
+
+
+def sample_text(model: GPT, data, n: int, seed: int = 0, top_k: int = 200) -> str:
+    """``n`` tokens sampled from ``model`` after the first token of the val split."""
+    device = next(model.parameters()).device
+    start = torch.tensor([[int(data.val[0])]], device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    return data.decode(model.generate(start, n, top_k=top_k, generator=gen)[0].tolist())
 
 
 def _jsonable(v):
@@ -208,6 +219,8 @@ def run_command(args) -> int:
         f"peak memory {s['peak_mem_bytes'] / 2**20:.0f} MiB on {s['device']}"
     )
     print(f"metrics: {result.metrics_path}")
+    if args.sample:
+        print(sample_text(result.extra["model"], result.extra["data"], args.sample, args.seed))
     return 0
 
 
@@ -221,5 +234,6 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument("--sample", type=int, default=0, help="print N sampled tokens at the end")
     add_gpt_arguments(p)
     p.set_defaults(func=run_command)

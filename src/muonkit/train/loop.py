@@ -15,6 +15,9 @@ does the rest (nanoGPT's ``train.py`` structure, minus the GPT specifics):
 * metrics: one JSONL line per step in the team's schema (``config``, ``train``, ``val``,
   ``summary``), TensorBoard scalars when tensorboard is installed, a tqdm bar with loss and
   tokens/s; the summary has tokens/s, time per step, peak memory, optimizer state bytes and MFU.
+  ``elapsed_s`` counts the training steps only (evaluation and checkpoint time left out), and
+  carries on across a resume; the summary's throughput leaves out the first step of a session
+  (warm-up, compilation) when there are more.
 
 Interfaces:
 
@@ -338,6 +341,11 @@ def train(
         raise ValueError("give val_batches or evaluate, not both")
     if val_batches is not None and len(val_batches) == 0:
         raise ValueError("val_batches is empty; give at least one batch or None")
+    if (cfg.checkpoint_every or cfg.resume) and not hasattr(batches, "state_dict"):
+        raise ValueError(
+            "checkpoint_every/resume need a batch source with state_dict()/load_state_dict() "
+            "(e.g. muonkit.data.text.TokenBatches) so a resumed run draws the same batches"
+        )
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     model.to(device)
@@ -361,7 +369,9 @@ def train(
                 f"resume=True but there is no checkpoint {ckpt_path}; run without --resume "
                 "first with checkpoint_every > 0"
             )
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # CPU first: RNG and generator states must stay CPU tensors; load_state_dict moves the
+        # model and optimizer tensors to their parameters' device
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
             opt.load_state_dict(state)
