@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean demo-distributed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: install
 
 demo: install
 	$(PY) -m muonkit demo
+
+# 2 processes on this machine (torchrun, gloo, CPU): the tiny GPT with FSDP2, then DDP.
+demo-distributed: install
+	for mode in fsdp2 ddp; do \
+	  $(PY) -m torch.distributed.run --standalone --nproc_per_node=2 -m muonkit train \
+	    --parallel $$mode --preset tiny --steps 20 --eval-every 10 --device cpu --no-progress \
+	    --out runs/demo-distributed-$$mode || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,6 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
+from ..distributed.env import compute_cleanup, compute_init
+from ..distributed.parallel import (
+    PARALLEL_MODES,
+    check_mode,
+    distribute_optimizer,
+    parallelize,
+)
 from ..models.gpt import GPT, OPTIMIZERS, PRESETS, preset_config
 from .loop import DTYPES, TrainConfig, TrainResult, resolve_device, train
 
@@ -40,12 +47,18 @@ def train_gpt(
     model_overrides: dict | None = None,
     optimizer_options: dict | None = None,
     train_config: TrainConfig,
+    parallel: str = "none",
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
     ``model_overrides`` go to :func:`preset_config` (e.g. ``dropout``, ``rope``,
     ``tie_weights``); ``optimizer_options`` to ``GPT.configure_optimizers`` (``lr``,
     ``muon_lr``, ``betas``, ``weight_decay``, ...). The vocabulary size comes from the data.
+
+    ``parallel="ddp"|"fsdp2"`` (under torchrun, after ``muonkit.distributed.compute_init``):
+    every rank builds the same model, draws its own training batches (seed offset by rank),
+    and the model/optimizer are wrapped by :mod:`muonkit.distributed.parallel`. Rank 0 writes
+    the metrics (its micro-batch loss; tokens counted over all ranks).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {list(OPTIMIZERS)}")
@@ -55,12 +68,23 @@ def train_gpt(
         overrides["block_size"] = block_size
     config = preset_config(preset, vocab_size=tokens.vocab_size, **overrides)
     seed = train_config.seed
-    batches = TokenBatches(tokens.train, batch_size, config.block_size, seed=seed, split="train")
+    rank, world = 0, 1
+    if parallel != "none":
+        train_config, rank, world = _parallel_config(parallel, train_config)
+    batches = TokenBatches(
+        tokens.train, batch_size, config.block_size, seed=seed + 100_003 * rank, split="train"
+    )
     val = fixed_batches(tokens.val, batch_size, config.block_size, eval_batches, seed=val_seed)
     torch.manual_seed(seed)
     model = GPT(config)
-    model.to(resolve_device(train_config.device))
+    device = resolve_device(train_config.device)
+    model.to(device)
+    net = model
+    if parallel != "none":
+        net = parallelize(model, parallel, device)
     opt = model.configure_optimizers(optimizer, **(optimizer_options or {}))
+    if parallel != "none":
+        opt = distribute_optimizer(opt, parallel)
     run_config = {
         "preset": preset,
         "model": dataclasses.asdict(config),
@@ -70,9 +94,11 @@ def train_gpt(
         "val_seed": val_seed,
         "optimizer_options": {k: _jsonable(v) for k, v in (optimizer_options or {}).items()},
         "params": model.num_params(),
+        "parallel": parallel,
+        "world_size": world,
     }
     result = train(
-        model,
+        net,
         opt,
         batches,
         lm_loss,
@@ -81,6 +107,7 @@ def train_gpt(
         flops_per_token=model.estimate_flops_per_token(),
         optimizer_name=optimizer,
         run_config=run_config,
+        count_tokens=lambda batch: world * int(batch[-1].numel()),
     )
     result.extra.update(model=model, data=tokens)
     return result
@@ -93,6 +120,22 @@ def sample_text(model: GPT, data, n: int, seed: int = 0, top_k: int = 200) -> st
     gen = torch.Generator(device=device).manual_seed(seed)
     model.eval()
     return data.decode(model.generate(start, n, top_k=top_k, generator=gen)[0].tolist())
+
+
+def _parallel_config(parallel: str, cfg: TrainConfig) -> tuple[TrainConfig, int, int]:
+    """Check the process group; only rank 0 writes metrics and shows progress."""
+    import torch.distributed as dist
+
+    check_mode(parallel)
+    if cfg.checkpoint_every or cfg.resume:
+        raise ValueError(
+            "checkpoint_every/resume are single-process (torch.save) in the train loop; under "
+            "--parallel use muonkit.distributed.save_checkpoint/load_checkpoint (DCP)"
+        )
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if rank != 0:
+        cfg = dataclasses.replace(cfg, out_dir=None, progress=False, tensorboard=False)
+    return cfg, rank, world
 
 
 def _jsonable(v):
@@ -194,10 +237,21 @@ def train_config_from(args, optimizer: str, out_dir: str, seed: int, **changes) 
 
 
 def run_command(args) -> int:
+    changes = {}
+    if args.parallel != "none":  # under torchrun: one process group, this rank's device
+        device = None if args.device == "auto" else args.device
+        changes["device"] = str(compute_init(seed=args.seed, device=device)[4])
     cfg = train_config_from(
         args, args.optimizer, args.out, args.seed,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, **changes,
     )
+    try:
+        return _run(args, cfg)
+    finally:
+        compute_cleanup()
+
+
+def _run(args, cfg: TrainConfig) -> int:
     result = train_gpt(
         args.optimizer,
         preset=args.preset,
@@ -209,7 +263,13 @@ def run_command(args) -> int:
         model_overrides=model_overrides_from(args),
         optimizer_options=optimizer_options_from(args, args.optimizer),
         train_config=cfg,
+        parallel=args.parallel,
     )
+    text = None  # every rank samples: an FSDP2 forward is a collective
+    if args.sample:
+        text = sample_text(result.extra["model"], result.extra["data"], args.sample, args.seed)
+    if result.metrics_path is None:  # a rank other than 0 under --parallel
+        return 0
     s = result.summary
     mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
     print(
@@ -219,8 +279,8 @@ def run_command(args) -> int:
         f"peak memory {s['peak_mem_bytes'] / 2**20:.0f} MiB on {s['device']}"
     )
     print(f"metrics: {result.metrics_path}")
-    if args.sample:
-        print(sample_text(result.extra["model"], result.extra["data"], args.sample, args.seed))
+    if text is not None:
+        print(text)
     return 0
 
 
@@ -235,5 +295,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     p.add_argument("--sample", type=int, default=0, help="print N sampled tokens at the end")
+    p.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
+                   help="under torchrun: DDP or FSDP2 data parallelism (gloo on CPU)")
     add_gpt_arguments(p)
     p.set_defaults(func=run_command)
