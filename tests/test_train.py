@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -279,6 +280,18 @@ def test_compile_path(tmp_path):
     eager = small_run(tmp_path / "a", steps=3)
     compiled = small_run(tmp_path / "b", steps=3, compile=True, compile_backend="aot_eager")
     assert compiled.train_losses == pytest.approx(eager.train_losses, abs=1e-5)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+    reason="inductor on CPU needs a C++ compiler (test_compile_path still covers the loop)",
+)
+def test_compile_inductor_matches_eager(tmp_path):
+    """The real --compile path (inductor, C++ codegen on CPU): ~15-30 s on 2 cores."""
+    eager = small_run(tmp_path / "a", steps=2)
+    compiled = small_run(tmp_path / "b", steps=2, compile=True)
+    assert compiled.train_losses == pytest.approx(eager.train_losses, abs=1e-4)
+    assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, abs=1e-4)
 
 
 def test_tensorboard_scalars_written(tmp_path):
