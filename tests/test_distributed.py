@@ -29,9 +29,10 @@ from muonkit.distributed import (
 from muonkit.muon import NonFiniteGradientError
 
 # dim 0 not divisible by 2, 3 or 4 (5, 7), smaller than W (2, 1, 3), a same-shape batch of
-# three (5, 4) and a conv-like 3-D kernel; r0 is replicated under FSDP2 (Replicate DTensor).
+# three (5, 4), a conv-like 3-D kernel and a fused "QKV" q0 (the hybrid orthogonalizes it as 3
+# blocks, ns_split=3, in a second Muon group); r0 is replicated under FSDP2 (Replicate DTensor).
 MATRICES = {"w0": (5, 4), "w1": (5, 4), "w2": (5, 4), "w3": (2, 6), "w4": (7, 3),
-            "w5": (3, 2, 2), "w6": (1, 5)}  # fmt: skip
+            "w5": (3, 2, 2), "w6": (1, 5), "q0": (6, 4)}  # fmt: skip
 REPLICATED = {"r0": (6, 4)}
 VECTORS = {"b0": (5,), "b1": (1,)}
 STEPS = 3  # steps compared with the single-process run; DCP saves at K and resumes to 2K
@@ -70,8 +71,10 @@ def grads_at(step: int) -> dict[str, torch.Tensor]:
 
 
 def muon_groups(net: Net) -> list[dict]:
+    qkv = net.get_parameter("body.q0")
     return [
-        dict(params=net.muon_params(), use_muon=True, **MUON_OPTS),
+        dict(params=[p for p in net.muon_params() if p is not qkv], use_muon=True, **MUON_OPTS),
+        dict(params=[qkv], use_muon=True, ns_split=3, **MUON_OPTS),
         dict(params=net.vector_params(), use_muon=False, **ADAMW_OPTS),
     ]
 
@@ -159,7 +162,7 @@ def fsdp_net(mesh) -> Net:
 
 def worker(rank: int, world: int, out_dir: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (world,))
     res: dict = {}
@@ -218,6 +221,13 @@ def worker(rank: int, world: int, out_dir: str) -> None:
     train_mlp(model, MuonWithAuxAdam(mlp_groups(model)), rank, world)
     res["fsdp_e2e"] = full_params(model)
 
+    if os.path.exists(os.path.join(out_dir, "ckpt_w2")):  # FSDP2 checkpoint -> DDP layout
+        net = Net()
+        opt = DistributedMuonWithAuxAdam(muon_groups(net))
+        step = load_checkpoint(os.path.join(out_dir, "ckpt_w2"), net, opt, extra={"step": -1})
+        run(net, opt, range(step["step"], 2 * K))
+        res["dcp_ddp_resumed_from_w2"] = full_params(net)
+
     net = fsdp_net(mesh)  # NaN in one rank's shard only: every rank refuses the step
     opt = MuonWithAuxAdam(muon_groups(net))
     set_grads(net, 0, nan_in_first_row=True)
@@ -227,12 +237,16 @@ def worker(rank: int, world: int, out_dir: str) -> None:
     except NonFiniteGradientError:
         res["nan_refused"] = True
 
-    bad = nn.Parameter(distribute_tensor(torch.ones(4, 6), mesh, [Shard(1)]))
-    try:
-        Muon([bad])
-        res["bad_placement"] = None
-    except ValueError as e:
-        res["bad_placement"] = str(e)
+    mesh_2d = init_device_mesh("cpu", (1, world))
+    for key, bad in [
+        ("bad_placement", distribute_tensor(torch.ones(4, 6), mesh, [Shard(1)])),
+        ("bad_mesh", distribute_tensor(torch.ones(4, 6), mesh_2d, [Replicate(), Shard(0)])),
+    ]:
+        try:
+            Muon([nn.Parameter(bad)])
+            res[key] = None
+        except ValueError as e:
+            res[key] = str(e)
 
     torch.save(res, os.path.join(out_dir, f"w{world}_rank{rank}.pt"))
 
@@ -336,8 +350,7 @@ def test_dcp_resume_equals_uninterrupted(results, world):
     res = per_rank[0]
     want = reference("hybrid", 2 * K)
     assert_matches(res["dcp_straight"], want)
-    for source in {world, 2}:
-        key = f"dcp_resumed_from_w{source}"
+    for key in {f"dcp_resumed_from_w{world}", "dcp_resumed_from_w2", "dcp_ddp_resumed_from_w2"}:
         assert_ranks_identical(per_rank, key)
         for name, t in res["dcp_straight"].items():
             assert torch.allclose(res[key][name], t, atol=1e-6, rtol=0), (key, name)
@@ -353,6 +366,7 @@ def test_nonfinite_on_one_shard_refused_on_every_rank(results, world):
 def test_bad_placement_is_a_clear_error(results):
     for res in results(2):
         assert res["bad_placement"] is not None and "Shard(0)" in res["bad_placement"]
+        assert res["bad_mesh"] is not None and "1-D device mesh" in res["bad_mesh"]
 
 
 @pytest.mark.timeout(200)
