@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import Counter
 
 import pytest
@@ -21,6 +22,8 @@ from muonkit.distributed import (
     DistributedMuon,
     DistributedMuonWithAuxAdam,
     assign_owners,
+    compute_cleanup,
+    compute_init,
     load_checkpoint,
     save_checkpoint,
     shard_rows,
@@ -412,3 +415,21 @@ def test_checkpoint_single_process_roundtrip(tmp_path):
     assert load_checkpoint(str(tmp_path / "ckpt"), net2, opt2, extra={"step": 0}) == {"step": K}
     run(net2, opt2, range(K, 2 * K))
     assert_matches(full_params(net2), full_params(net), tol=0.0)
+
+
+def test_compute_init_without_torchrun(monkeypatch):
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert compute_init(device="cpu") == (False, 0, 0, 1, torch.device("cpu"))
+    assert not torch.distributed.is_initialized()
+    compute_cleanup()  # a no-op without a process group
+
+
+def sleeper(rank: int, world: int) -> None:
+    time.sleep(600)
+
+
+@pytest.mark.timeout(60)
+def test_spawn_kills_a_hang_and_fails():
+    with pytest.raises(TimeoutError, match="did not finish"):
+        spawn(sleeper, 1, timeout_s=3)
