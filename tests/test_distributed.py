@@ -404,6 +404,7 @@ def test_assign_owners_balanced():
             assert set(owners) <= set(range(world))
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process: intended
 def test_checkpoint_single_process_roundtrip(tmp_path):
     net = Net()
     opt = MuonWithAuxAdam(muon_groups(net))
