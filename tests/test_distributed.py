@@ -30,6 +30,7 @@ from muonkit.distributed import (
     spawn,
 )
 from muonkit.muon import NonFiniteGradientError
+from muonkit.schedules import apply_schedules
 
 # dim 0 not divisible by 2, 3 or 4 (5, 7), smaller than W (2, 1, 3), a same-shape batch of
 # three (5, 4), a conv-like 3-D kernel and a fused "QKV" q0 (the hybrid orthogonalizes it as 3
@@ -95,8 +96,10 @@ def set_grads(net: Net, step: int, nan_in_first_row: bool = False) -> None:
         p.grad = full
 
 
-def run(net: Net, opt, steps: range) -> None:
+def run(net: nn.Module, opt, steps: range) -> None:
+    """Fixed gradients, and a decaying LR (``initial_lr`` must survive a checkpoint)."""
     for step in steps:
+        apply_schedules(opt, step, lr_mult=1.0 / (1 + step))
         set_grads(net, step)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -2,7 +2,8 @@
 
 DDP (DistributedMuonWithAuxAdam: owners + all-gather) and FSDP2 (MuonWithAuxAdam on DTensors:
 all-to-all) see the same per-rank batches and average the same gradients, through different
-collectives and code paths, so they must reach the same validation loss.
+collectives and code paths, so they must reach the same validation loss. The FSDP2 run
+checkpoints (DCP) at step 2; resuming from there must end exactly where it ended.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from muonkit.train.loop import TrainConfig
 STEPS = 3
 
 
-def torchrun_train(parallel: str, out) -> list[dict]:
+def torchrun_train(parallel: str, out, *extra: str) -> list[dict]:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "muonkit", "train", "--parallel", parallel, "--preset", "tiny",
         "--steps", str(STEPS), "--batch-size", "4", "--warmup", "0", "--eval-every", "0",
         "--eval-batches", "2", "--device", "cpu", "--no-progress", "--no-tensorboard",
-        "--out", str(out),
+        "--out", str(out), *extra,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -34,8 +35,12 @@ def torchrun_train(parallel: str, out) -> list[dict]:
 
 
 @pytest.mark.timeout(300)
-def test_torchrun_gpt_ddp_and_fsdp2_agree(tmp_path):
-    runs = {p: torchrun_train(p, tmp_path / p) for p in ("ddp", "fsdp2")}
+def test_torchrun_gpt_ddp_and_fsdp2_agree_and_resume(tmp_path):
+    runs = {
+        "ddp": torchrun_train("ddp", tmp_path / "ddp"),
+        "fsdp2": torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2"),
+    }
+    assert (tmp_path / "fsdp2" / "ckpt_dcp" / "rank1.pt").exists()
     finals = {}
     for parallel, records in runs.items():
         assert records[0]["config"]["parallel"] == parallel
@@ -46,6 +51,9 @@ def test_torchrun_gpt_ddp_and_fsdp2_agree(tmp_path):
         finals[parallel] = records[-1]["final_val_loss"]
         assert records[-1]["final_val_loss"] < records[1]["val_loss"], "it learns"
     assert abs(finals["ddp"] - finals["fsdp2"]) < 1e-4, finals
+    resumed = torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2", "--resume")
+    assert [r["step"] for r in resumed if r["kind"] == "train"] == list(range(1, STEPS + 1))
+    assert resumed[-1]["final_val_loss"] == finals["fsdp2"]
 
 
 def test_parallel_without_process_group_is_a_clear_error():

@@ -5,39 +5,115 @@ state keyed by parameter name (FQN), with DTensors for FSDP2-sharded tensors; DC
 each shard once (replicated tensors are deduplicated) and reads them back into whatever
 layout the loading job has, so a checkpoint saved on W ranks loads on any other world size,
 and into DDP, FSDP2 or a single process alike. Works without a process group too.
+
+DCP loads only the keys the fresh optimizer already has, so param-group options added after
+construction (``initial_lr`` of :func:`muonkit.schedules.apply_schedules`) would be lost: the
+groups' options are saved whole in ``param_groups.pt`` and restored after loading, as
+``Optimizer.load_state_dict`` does.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+GROUPS_FILE = "param_groups.pt"
+
+
+def _optimizer_list(optimizers) -> list[torch.optim.Optimizer]:
+    return [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
 
 def save_checkpoint(
-    path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict | None = None
+    path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None
 ) -> None:
-    """Save model + optimizer state (and small picklable ``extra`` values) to directory
+    """Save model + optimizer(s) state (and small picklable ``extra`` values) to directory
     ``path``; call on every rank."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizers)
     dcp.save(
         {"model": model_sd, "optimizer": optim_sd, "extra": dict(extra or {})},
-        checkpoint_id=path,
+        checkpoint_id=str(path),
     )
+    if _rank() == 0:
+        groups = [
+            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            for opt in _optimizer_list(optimizers)
+        ]
+        torch.save(groups, Path(path) / GROUPS_FILE)
+    if _distributed():
+        dist.barrier()
 
 
 def load_checkpoint(
-    path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict | None = None
+    path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None
 ) -> dict[str, Any]:
-    """Load what :func:`save_checkpoint` wrote into ``model`` and ``optimizer`` (in place,
+    """Load what :func:`save_checkpoint` wrote into ``model`` and ``optimizers`` (in place,
     resharding as needed); call on every rank. ``extra`` names the keys to read back (with
     defaults); returns them."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizers)
     state = {"model": model_sd, "optimizer": optim_sd, "extra": dict(extra or {})}
-    dcp.load(state, checkpoint_id=path)
+    dcp.load(state, checkpoint_id=str(path))
     set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+        model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
+    saved = torch.load(Path(path) / GROUPS_FILE, weights_only=False)
+    for opt, groups in zip(_optimizer_list(optimizers), saved, strict=True):
+        for group, options in zip(opt.param_groups, groups, strict=True):
+            group.update(options)
     return state["extra"]
+
+
+def save_train_state(
+    path: str | os.PathLike, model: torch.nn.Module, optimizers, rank_state: dict
+) -> None:
+    """A training checkpoint of a multi-rank run, directory ``path``; call on every rank.
+
+    Model and optimizers as :func:`save_checkpoint`; ``rank_state`` (this rank's batch-sampler
+    and RNG states, step counters) goes to ``path/rank{r}.pt``. Written to ``path.tmp`` and
+    renamed by rank 0, so a crash mid-save leaves the previous checkpoint whole.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if _rank() == 0 and tmp.exists():  # left by a crash mid-save
+        shutil.rmtree(tmp)
+    dist.barrier()
+    save_checkpoint(tmp, model, optimizers)
+    torch.save(rank_state, tmp / f"rank{_rank()}.pt")
+    dist.barrier()
+    if _rank() == 0:
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    dist.barrier()
+
+
+def load_train_state(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
+    """Load :func:`save_train_state`'s directory into ``model``/``optimizers``; returns this
+    rank's ``rank_state``. The sampler/RNG states are per rank, so the world size must be the
+    one that saved (:func:`load_checkpoint` reads the model/optimizer part on any world size).
+    """
+    path = Path(path)
+    saved = len(list(path.glob("rank*.pt")))
+    if saved != dist.get_world_size():
+        raise ValueError(
+            f"checkpoint {path} was saved by {saved} ranks, this job has "
+            f"{dist.get_world_size()}: resume a training run with the same --nproc_per_node "
+            "(muonkit.distributed.load_checkpoint loads its model/optimizer on any world size)"
+        )
+    load_checkpoint(path, model, optimizers)
+    return torch.load(path / f"rank{_rank()}.pt", map_location="cpu", weights_only=False)

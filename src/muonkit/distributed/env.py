@@ -70,6 +70,11 @@ def compute_cleanup() -> None:
         dist.destroy_process_group()
 
 
+def is_distributed() -> bool:
+    """True inside an initialized torch.distributed process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

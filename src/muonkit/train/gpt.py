@@ -58,7 +58,8 @@ def train_gpt(
     ``parallel="ddp"|"fsdp2"`` (under torchrun, after ``muonkit.distributed.compute_init``):
     every rank builds the same model, draws its own training batches (seed offset by rank),
     and the model/optimizer are wrapped by :mod:`muonkit.distributed.parallel`. Rank 0 writes
-    the metrics (its micro-batch loss; tokens counted over all ranks).
+    the metrics (its micro-batch loss; tokens counted over all ranks); checkpoints go through
+    DCP (``OUT/ckpt_dcp``) and resume with the same number of ranks.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {list(OPTIMIZERS)}")
@@ -123,18 +124,14 @@ def sample_text(model: GPT, data, n: int, seed: int = 0, top_k: int = 200) -> st
 
 
 def _parallel_config(parallel: str, cfg: TrainConfig) -> tuple[TrainConfig, int, int]:
-    """Check the process group; only rank 0 writes metrics and shows progress."""
+    """Check the process group; only rank 0 shows progress (and the loop lets only rank 0
+    write metrics; every rank writes its part of a checkpoint)."""
     import torch.distributed as dist
 
     check_mode(parallel)
-    if cfg.checkpoint_every or cfg.resume:
-        raise ValueError(
-            "checkpoint_every/resume are single-process (torch.save) in the train loop; under "
-            "--parallel use muonkit.distributed.save_checkpoint/load_checkpoint (DCP)"
-        )
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank != 0:
-        cfg = dataclasses.replace(cfg, out_dir=None, progress=False, tensorboard=False)
+        cfg = dataclasses.replace(cfg, progress=False, tensorboard=False)
     return cfg, rank, world
 
 

@@ -48,10 +48,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..distributed.env import is_distributed
 from ..schedules import DECAYS, apply_schedules, lr_multiplier, muon_momentum
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 CHECKPOINT = "ckpt.pt"
+CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs (torchrun): muonkit.distributed.save_train_state
 METRICS = "metrics.jsonl"
 # Dense bf16 tensor-core peaks (vendor data sheets) used for MFU when --peak-flops is not given.
 KNOWN_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -350,7 +352,9 @@ def train(
     dtype = resolve_dtype(cfg.dtype, device)
     model.to(device)
     out_dir = None if cfg.out_dir is None else Path(cfg.out_dir)
-    ckpt_path = None if out_dir is None else out_dir / CHECKPOINT
+    distributed = is_distributed()
+    ckpt_name = CHECKPOINT_DIR if distributed else CHECKPOINT
+    ckpt_path = None if out_dir is None else out_dir / ckpt_name
 
     def autocast():
         return autocast_context(device, dtype)
@@ -369,16 +373,24 @@ def train(
                 f"resume=True but there is no checkpoint {ckpt_path}; run without --resume "
                 "first with checkpoint_every > 0"
             )
-        # CPU first: RNG and generator states must stay CPU tensors; load_state_dict moves the
-        # model and optimizer tensors to their parameters' device
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
-            opt.load_state_dict(state)
+        if distributed:
+            from ..distributed.checkpoint import load_train_state
+
+            ckpt = load_train_state(ckpt_path, model, optimizers)
+        else:
+            # CPU first: RNG and generator states must stay CPU tensors; load_state_dict moves
+            # the model and optimizer tensors to their parameters' device
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+                opt.load_state_dict(state)
         batches.load_state_dict(ckpt["batches"])
         set_rng_state(ckpt["rng"])
         start_step, prior_elapsed, tokens_seen = ckpt["step"], ckpt["elapsed_s"], ckpt["tokens"]
-    logger = MetricsLogger(out_dir, cfg.tensorboard, start_step if cfg.resume else None)
+    main_process = not distributed or torch.distributed.get_rank() == 0  # writes the metrics
+    logger = MetricsLogger(
+        out_dir if main_process else None, cfg.tensorboard, start_step if cfg.resume else None
+    )
     if not logger.has_config:
         logger.write(
             {
@@ -500,16 +512,25 @@ def _progress_bar(cfg: TrainConfig, start_step: int):
 
 
 def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
-    """Everything a resumed run needs to continue exactly; written atomically."""
+    """Everything a resumed run needs to continue exactly; written atomically.
+
+    Under torch.distributed (several ranks) model and optimizers go through DCP, each rank's
+    sampler and RNG states to their own file (:func:`muonkit.distributed.save_train_state`).
+    """
     state = {
-        "model": model.state_dict(),
-        "optimizers": [opt.state_dict() for opt in optimizers],
         "batches": batches.state_dict(),
         "rng": rng_state(device),
         "step": step,
         "elapsed_s": elapsed,
         "tokens": tokens,
     }
+    if is_distributed():
+        from ..distributed.checkpoint import save_train_state
+
+        save_train_state(path, model, optimizers, state)
+        return
+    state["model"] = model.state_dict()
+    state["optimizers"] = [opt.state_dict() for opt in optimizers]
     tmp = Path(str(path) + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
