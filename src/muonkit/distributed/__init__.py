@@ -8,21 +8,29 @@
   owner and back); see :mod:`muonkit.distributed.muon`.
 - :func:`save_checkpoint`, :func:`load_checkpoint`: DCP, any world size on load.
 - :func:`spawn`: run a function in N local gloo processes with a hard timeout.
+
+Names load on first use (torch.distributed.tensor and .checkpoint take ~0.6 s to import, and
+the train loop imports :mod:`muonkit.distributed.env` on every run).
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .env import compute_cleanup, compute_init, free_port, spawn
-from .muon import DistributedMuon, DistributedMuonWithAuxAdam, assign_owners, shard_rows
+import importlib
 
-__all__ = [
-    "DistributedMuon",
-    "DistributedMuonWithAuxAdam",
-    "assign_owners",
-    "compute_cleanup",
-    "compute_init",
-    "free_port",
-    "load_checkpoint",
-    "save_checkpoint",
-    "shard_rows",
-    "spawn",
-]
+_EXPORTS = {
+    "DistributedMuon": "muon",
+    "DistributedMuonWithAuxAdam": "muon",
+    "assign_owners": "muon",
+    "shard_rows": "muon",
+    "compute_cleanup": "env",
+    "compute_init": "env",
+    "free_port": "env",
+    "spawn": "env",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,9 +17,8 @@ from torch import nn
 
 from ..hybrid import MuonWithAuxAdam
 from ..muon import Muon
+from .env import PARALLEL_MODES
 from .muon import DistributedMuon, DistributedMuonWithAuxAdam, require_process_group
-
-PARALLEL_MODES = ("none", "ddp", "fsdp2")
 
 
 def check_mode(mode: str) -> None:

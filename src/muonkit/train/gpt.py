@@ -16,13 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
-from ..distributed.env import compute_cleanup, compute_init
-from ..distributed.parallel import (
-    PARALLEL_MODES,
-    check_mode,
-    distribute_optimizer,
-    parallelize,
-)
+from ..distributed.env import PARALLEL_MODES, compute_cleanup, compute_init
 from ..models.gpt import GPT, OPTIMIZERS, PRESETS, preset_config
 from .loop import DTYPES, TrainConfig, TrainResult, resolve_device, train
 
@@ -81,7 +75,9 @@ def train_gpt(
     device = resolve_device(train_config.device)
     model.to(device)
     net = model
-    if parallel != "none":
+    if parallel != "none":  # before the optimizer: FSDP2 swaps in sharded (DTensor) params
+        from ..distributed.parallel import distribute_optimizer, parallelize
+
         net = parallelize(model, parallel, device)
     opt = model.configure_optimizers(optimizer, **(optimizer_options or {}))
     if parallel != "none":
@@ -127,6 +123,8 @@ def _parallel_config(parallel: str, cfg: TrainConfig) -> tuple[TrainConfig, int,
     """Check the process group; only rank 0 shows progress (and the loop lets only rank 0
     write metrics; every rank writes its part of a checkpoint)."""
     import torch.distributed as dist
+
+    from ..distributed.parallel import check_mode
 
     check_mode(parallel)
     rank, world = dist.get_rank(), dist.get_world_size()
