@@ -11,7 +11,8 @@ two optimizer steps of
 
 It reads the optimizer's own counters (``comm_stats``: bytes each rank sent to / received from
 other ranks, the payload its collectives moved; ``ns_counts``: matrices it orthogonalized) for
-the second step, and writes ``docs/results/distributed_comm.{json,md}``. The gradient
+the second step, with each rank's share of the Newton-Schulz FLOPs (m n min(m, n) per
+matrix), and writes ``docs/results/distributed_comm.{json,md}``. The gradient
 all-reduce of DDP and the parameter all-gather / gradient reduce-scatter of FSDP2 are the
 frameworks' traffic, not counted here.
 
@@ -32,6 +33,7 @@ from torch import nn
 
 from muonkit import Muon
 from muonkit.distributed import DistributedMuon, spawn
+from muonkit.distributed.muon import ns_cost
 
 
 def gpt_matrix_shapes(n_layer: int, n_embd: int) -> dict[str, tuple[int, int]]:
@@ -89,6 +91,8 @@ def measure(rank: int, world: int, shapes: dict, out_dir: str) -> None:
             for key in ("sent_bytes", "recv_bytes", "collectives")
         }
         report[mode]["matrices_orthogonalized"] = sum(opt.ns_counts.values()) - ns_before
+        params = opt.param_groups[0]["params"]
+        report[mode]["ns_cost"] = sum(ns_cost(params[i].shape) for _, i in opt.ns_counts)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)
 
@@ -116,6 +120,10 @@ def run(n_layer: int, n_embd: int, world_sizes: list[int]) -> dict:
                     "recv_bytes_total": sum(x["recv_bytes"] for x in per_rank),
                     "collectives_per_rank": per_rank[0]["collectives"],
                     "matrices_per_rank": [x["matrices_orthogonalized"] for x in per_rank],
+                    "ns_flops_share_per_rank": [
+                        round(x["ns_cost"] / sum(y["ns_cost"] for y in per_rank), 3)
+                        for x in per_rank
+                    ],
                 }
             )
     return {
@@ -147,15 +155,15 @@ def markdown(data: dict) -> str:
         f"Command: `{data['command']}`",
         "",
         "| mode | W | param MiB | sent MiB per rank (max) | sent MiB total | total / param "
-        "| collectives per step | matrices orthogonalized per rank |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| collectives per step | matrices orthogonalized per rank | share of NS FLOPs per rank |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in data["results"]:
         lines.append(
             f"| {r['mode']} | {r['world_size']} | {r['param_bytes'] / mib:.2f} "
             f"| {max(r['sent_bytes_per_rank']) / mib:.2f} | {r['sent_bytes_total'] / mib:.2f} "
             f"| {r['sent_bytes_total'] / r['param_bytes']:.2f} | {r['collectives_per_rank']} "
-            f"| {r['matrices_per_rank']} |"
+            f"| {r['matrices_per_rank']} | {r['ns_flops_share_per_rank']} |"
         )
     lines += [
         "",
