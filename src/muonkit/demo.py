@@ -4,11 +4,11 @@ on the bundled tinyshakespeare, Muon on its hidden matrices and AdamW on the res
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 
 import torch
 from torch import nn
 
+from .data.text import load_text
 from .hybrid import MuonWithAuxAdam, hybrid_param_groups
 from .schedules import apply_schedules, lr_multiplier, muon_momentum
 
@@ -28,18 +28,12 @@ class CharMLP(nn.Module):
         return self.head(self.body(self.embedding(idx).flatten(1)))
 
 
-def bundled_text() -> str:
-    return (importlib.resources.files("muonkit") / "data" / "tinyshakespeare.txt").read_text()
-
-
 def run(steps: int = 300, batch: int = 256, context: int = 8, seed: int = 0) -> list[float]:
     """Train the demo model; returns the training loss of every step."""
     torch.manual_seed(seed)
-    text = bundled_text()
-    vocab = sorted(set(text))
-    index = {c: i for i, c in enumerate(vocab)}
-    data = torch.tensor([index[c] for c in text])
-    model = CharMLP(len(vocab), context)
+    tokens = load_text()
+    data = torch.from_numpy(tokens.train.astype("int64"))
+    model = CharMLP(tokens.vocab_size, context)
     optimizer = MuonWithAuxAdam(hybrid_param_groups(model, muon_lr=0.02, adamw_lr=3e-3))
     generator = torch.Generator().manual_seed(seed)
     losses = []
