@@ -36,6 +36,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -185,82 +186,87 @@ class CommStats(Counter):
         self["recv_bytes"] += received
 
 
-def _exchange(chunks_out: list[list[Tensor]], recv_numels: list[int], group, stats, dtype):
-    """all_to_all: ``chunks_out[d]`` (flat tensors) to rank d; returns the flat piece per src."""
-    me = dist.get_rank(group)
-    send_splits = [sum(t.numel() for t in c) for c in chunks_out]
-    flat = [t for c in chunks_out for t in c]
-    device = flat[0].device if flat else torch.device("cpu")
-    send = torch.cat(flat) if flat else torch.empty(0, dtype=dtype, device=device)
-    recv = torch.empty(sum(recv_numels), dtype=dtype, device=device)
-    dist.all_to_all_single(recv, send, recv_numels, send_splits, group=group)
-    size = send.element_size()
-    stats.collective(
-        (sum(send_splits) - send_splits[me]) * size, (sum(recv_numels) - recv_numels[me]) * size
-    )
-    return list(recv.split(recv_numels))
+@dataclass
+class StepPlan:
+    """What every rank knows, without communicating, about one group's step: each matrix's
+    layout and owner, this rank, and where the payloads live (``dtype``, ``device``)."""
 
+    layouts: list[Layout]
+    owners: list[int]
+    group: Any  # the process group (None: the default group)
+    world: int
+    me: int
+    dtype: torch.dtype
+    device: torch.device
+    stats: CommStats
 
-def _gather_to_owners(updates, layouts, owners, mine, group, stats, dtype) -> dict[int, Tensor]:
-    """Sharded updates -> {index: whole update} for the matrices this rank owns."""
-    world = dist.get_world_size(group)
-    out: list[list[Tensor]] = [[] for _ in range(world)]
-    for i, u in updates.items():
-        out[owners[i]].append(u.reshape(-1))
-    recv_numels = [
-        sum(layouts[i].rows[s] * layouts[i].row_numel for i in mine) for s in range(world)
-    ]
-    pieces = _exchange(out, recv_numels, group, stats, dtype)
-    rows_from: dict[int, list[Tensor]] = {i: [] for i in mine}
-    for s, piece in enumerate(pieces):
-        sizes = [layouts[i].rows[s] * layouts[i].row_numel for i in mine]
-        for i, part in zip(mine, piece.split(sizes)):
-            rows_from[i].append(part.reshape(layouts[i].rows[s], *layouts[i].shape[1:]))
-    return {i: torch.cat(rows_from[i]) for i in mine}
+    def rows_numel(self, i: int, rank: int) -> int:
+        """Elements of matrix ``i`` that ``rank`` holds (Shard(0))."""
+        return self.layouts[i].rows[rank] * self.layouts[i].row_numel
 
+    def rows_view(self, i: int, rank: int, flat: Tensor) -> Tensor:
+        return flat.view(self.layouts[i].rows[rank], *self.layouts[i].shape[1:])
 
-def _scatter_from_owners(orth, layouts, owners, sharded, group, stats, dtype) -> dict[int, Tensor]:
-    """{index: whole result} on owners -> {index: this rank's rows} for every sharded index."""
-    world, me = dist.get_world_size(group), dist.get_rank(group)
-    out: list[list[Tensor]] = [[] for _ in range(world)]
-    for i, o in orth.items():
-        for d, part in enumerate(o.split(list(layouts[i].rows))):
-            out[d].append(part.reshape(-1))
-    recv_numels = [0] * world
-    for i in sharded:
-        recv_numels[owners[i]] += layouts[i].rows[me] * layouts[i].row_numel
-    pieces = _exchange(out, recv_numels, group, stats, dtype)
-    result: dict[int, Tensor] = {}
-    for s, piece in enumerate(pieces):
-        from_s = [i for i in sharded if owners[i] == s]
-        sizes = [layouts[i].rows[me] * layouts[i].row_numel for i in from_s]
-        for i, part in zip(from_s, piece.split(sizes)):
-            result[i] = part.reshape(layouts[i].rows[me], *layouts[i].shape[1:])
-    return result
+    def all_to_all(self, out: list[list[Tensor]], recv_numels: list[int]) -> list[Tensor]:
+        """Send the flat tensors ``out[d]`` to rank d; returns the flat piece from each rank."""
+        send_splits = [sum(t.numel() for t in chunks) for chunks in out]
+        flat = [t for chunks in out for t in chunks]
+        send = torch.cat(flat) if flat else torch.empty(0, dtype=self.dtype, device=self.device)
+        recv = torch.empty(sum(recv_numels), dtype=self.dtype, device=self.device)
+        dist.all_to_all_single(recv, send, recv_numels, send_splits, group=self.group)
+        size, me = send.element_size(), self.me
+        self.stats.collective(
+            (sum(send_splits) - send_splits[me]) * size, (sum(recv_numels) - recv_numels[me]) * size
+        )
+        return list(recv.split(recv_numels))
 
+    def gather_to_owners(self, updates: dict[int, Tensor], mine: list[int]) -> dict[int, Tensor]:
+        """This rank's rows of every sharded update -> the whole updates of ``mine``."""
+        out: list[list[Tensor]] = [[] for _ in range(self.world)]
+        for i, u in updates.items():
+            out[self.owners[i]].append(u.reshape(-1))
+        recv = [sum(self.rows_numel(i, s) for i in mine) for s in range(self.world)]
+        rows: dict[int, list[Tensor]] = {i: [] for i in mine}
+        for s, piece in enumerate(self.all_to_all(out, recv)):
+            for i, part in zip(mine, piece.split([self.rows_numel(i, s) for i in mine])):
+                rows[i].append(self.rows_view(i, s, part))
+        return {i: torch.cat(rows[i]) for i in mine}
 
-def _all_gather_results(orth, layouts, owners, replicated, group, stats, dtype, device):
-    """Each owner's replicated results -> every rank, through one padded all_gather."""
-    world, me = dist.get_world_size(group), dist.get_rank(group)
-    numel = [0] * world
-    for i in replicated:
-        numel[owners[i]] += math.prod(layouts[i].shape)
-    width = max(numel)
-    mine = [orth[i].reshape(-1) for i in replicated if owners[i] == me]
-    send = torch.zeros(width, dtype=dtype, device=device)
-    if mine:
-        send[: numel[me]] = torch.cat(mine)
-    recv = torch.empty(world * width, dtype=dtype, device=device)
-    ALL_GATHER(recv, send, group=group)
-    size = send.element_size()
-    stats.collective((world - 1) * width * size, (world - 1) * width * size)
-    result, cursor = {}, [r * width for r in range(world)]
-    for i in replicated:
-        n = math.prod(layouts[i].shape)
-        start = cursor[owners[i]]
-        result[i] = recv[start : start + n].view(layouts[i].shape)
-        cursor[owners[i]] += n
-    return result
+    def scatter_from_owners(self, orth: dict[int, Tensor], sharded: list[int]) -> dict[int, Tensor]:
+        """The whole results this rank owns -> this rank's rows of every sharded result."""
+        out: list[list[Tensor]] = [[] for _ in range(self.world)]
+        for i, o in orth.items():
+            for d, part in enumerate(o.split(list(self.layouts[i].rows))):
+                out[d].append(part.reshape(-1))
+        from_rank = [[i for i in sharded if self.owners[i] == s] for s in range(self.world)]
+        recv = [sum(self.rows_numel(i, self.me) for i in ids) for ids in from_rank]
+        result: dict[int, Tensor] = {}
+        for ids, piece in zip(from_rank, self.all_to_all(out, recv)):
+            for i, part in zip(ids, piece.split([self.rows_numel(i, self.me) for i in ids])):
+                result[i] = self.rows_view(i, self.me, part)
+        return result
+
+    def all_gather(self, orth: dict[int, Tensor], replicated: list[int]) -> dict[int, Tensor]:
+        """Each owner's replicated results -> every rank, through one padded all-gather."""
+        numel = [0] * self.world
+        for i in replicated:
+            numel[self.owners[i]] += math.prod(self.layouts[i].shape)
+        width = max(numel)
+        mine = [orth[i].reshape(-1) for i in replicated if self.owners[i] == self.me]
+        send = torch.zeros(width, dtype=self.dtype, device=self.device)
+        if mine:
+            send[: numel[self.me]] = torch.cat(mine)
+        recv = torch.empty(self.world * width, dtype=self.dtype, device=self.device)
+        ALL_GATHER(recv, send, group=self.group)
+        moved = (self.world - 1) * width * send.element_size()
+        self.stats.collective(moved, moved)
+        result, cursor = {}, [r * width for r in range(self.world)]
+        for i in replicated:
+            n = math.prod(self.layouts[i].shape)
+            start = cursor[self.owners[i]]
+            result[i] = recv[start : start + n].view(self.layouts[i].shape)
+            cursor[self.owners[i]] += n
+        return result
 
 
 def _ns_offset(optimizer, group: dict) -> int:
@@ -298,7 +304,6 @@ def distributed_muon_group_step(optimizer, group: dict, params: list[Tensor], gr
             "put parameters of different dtypes in separate groups"
         )
     dtype = dtypes.pop()
-    device = local(params[0]).device
     split = group["ns_split"]
 
     updates = momentum_update_(
@@ -308,28 +313,27 @@ def distributed_muon_group_step(optimizer, group: dict, params: list[Tensor], gr
         nesterov=group["nesterov"],
         form=group["momentum_form"],
     )
-    owners = assign_owners(
-        [ns_cost(lay.shape, split) for lay in layouts], world, _ns_offset(optimizer, group)
+    plan = StepPlan(
+        layouts=layouts,
+        owners=assign_owners(
+            [ns_cost(lay.shape, split) for lay in layouts], world, _ns_offset(optimizer, group)
+        ),
+        group=pg,
+        world=world,
+        me=me,
+        dtype=dtype,
+        device=local(params[0]).device,
+        stats=optimizer.__dict__.setdefault("comm_stats", CommStats()),
     )
     is_sharded = [lay.rows is not None and world > 1 for lay in layouts]
     sharded = [i for i in range(len(params)) if is_sharded[i]]
     replicated = [i for i in range(len(params)) if not is_sharded[i]]
-    mine = [i for i in range(len(params)) if owners[i] == me]
-    stats = optimizer.__dict__.setdefault("comm_stats", CommStats())
+    mine = [i for i in range(len(params)) if plan.owners[i] == me]
 
     whole = {i: updates[i] for i in mine if not is_sharded[i]}
     if sharded:
-        whole.update(
-            _gather_to_owners(
-                {i: updates[i] for i in sharded},
-                layouts,
-                owners,
-                [i for i in mine if is_sharded[i]],
-                pg,
-                stats,
-                dtype,
-            )
-        )
+        rows = {i: updates[i] for i in sharded}
+        whole.update(plan.gather_to_owners(rows, [i for i in mine if is_sharded[i]]))
     order = sorted(whole)
     results = orthogonalize_updates(
         [whole[i] for i in order],
@@ -347,11 +351,9 @@ def distributed_muon_group_step(optimizer, group: dict, params: list[Tensor], gr
     final: dict[int, Tensor] = {}
     if sharded:
         owned = {i: orth[i] for i in order if is_sharded[i]}
-        final.update(_scatter_from_owners(owned, layouts, owners, sharded, pg, stats, dtype))
+        final.update(plan.scatter_from_owners(owned, sharded))
     if world > 1 and replicated:
-        final.update(
-            _all_gather_results(orth, layouts, owners, replicated, pg, stats, dtype, device)
-        )
+        final.update(plan.all_gather(orth, replicated))
     else:
         final.update({i: orth[i] for i in replicated})
     scales = [lr_scale(group["lr_scaling"], block_shape(lay.shape, split)) for lay in layouts]
