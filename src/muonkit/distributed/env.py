@@ -106,9 +106,19 @@ def spawn(fn: Callable[..., Any], world_size: int, args: tuple = (), timeout_s: 
     that waits longer than ``timeout_s`` raises in that process. The call returns when all
     processes exit, re-raises the first failure, and kills every process and raises
     ``TimeoutError`` when they have not finished within ``timeout_s``: it never hangs.
-    ``fn`` must be importable by name (a module-level function): processes start with
-    "spawn".
+    A port taken by another program between choosing and binding it (EADDRINUSE) gets two
+    more tries on fresh ports. ``fn`` must be importable by name (a module-level function):
+    processes start with "spawn".
     """
+    for attempt in range(3):
+        try:
+            return _spawn_once(fn, world_size, args, timeout_s)
+        except mp.ProcessRaisedException as e:
+            if "EADDRINUSE" not in str(e) or attempt == 2:
+                raise
+
+
+def _spawn_once(fn: Callable[..., Any], world_size: int, args: tuple, timeout_s: float) -> None:
     context = mp.start_processes(
         _spawned,
         args=(fn, world_size, free_port(), timeout_s, args),
