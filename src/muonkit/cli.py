@@ -11,6 +11,7 @@ import importlib
 
 COMMANDS = [
     "muonkit.demo",
+    "muonkit.experiments.compare",
     "muonkit.data.fetch",
     "muonkit.train.gpt",
 ]

@@ -1,0 +1,262 @@
+"""The AdamW-vs-Muon report: ``report.md`` and ``curves.png`` from a compare directory.
+
+Layout read (written by :mod:`muonkit.experiments.compare`)::
+
+    OUT/runs/<optimizer>-s<seed>/metrics.jsonl   the compared runs (one per optimizer and seed)
+    OUT/sweep/<optimizer>-lr<lr>/metrics.jsonl   the LR sweep, if one was run
+    OUT/settings.json                            how the experiment was launched
+
+Every number in the report is computed here from those files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .metrics import (
+    Run,
+    common_val_steps,
+    find_runs,
+    group_runs,
+    mean_std,
+    milestones,
+    steps_to_reach,
+    val_loss_at,
+)
+from .plots import plot_loss_curves, val_stats
+from .tables import fmt_bytes, fmt_mean_std, markdown_table
+
+REPORT = "report.md"
+CURVES = "curves.png"
+
+
+def final_val_losses(runs: list[Run]) -> list[float]:
+    return [float(r.val[-1]["val_loss"]) for r in runs]
+
+
+def compare_numbers(groups: dict[str, list[Run]]) -> dict:
+    """The report's figures: milestones, finals, steps-to-reach and costs per optimizer."""
+    all_runs = [r for runs in groups.values() for r in runs]
+    total = max(int(r.config["config"]["steps"]) for r in all_runs)
+    steps = milestones(common_val_steps(all_runs), total)
+    numbers: dict = {"total_steps": total, "milestones": steps, "optimizers": {}}
+    for name, runs in groups.items():
+        summaries = [r.summary or {} for r in runs]
+        numbers["optimizers"][name] = {
+            "seeds": [r.seed for r in runs],
+            "val_at": {s: mean_std([val_loss_at(r, s) for r in runs]) for s in steps},
+            "final": mean_std(final_val_losses(runs)),
+            "tokens_per_s": mean_std([s.get("tokens_per_s", 0.0) for s in summaries]),
+            "step_time_s": mean_std([s.get("step_time_s", 0.0) for s in summaries]),
+            "optimizer_state_bytes": max(s.get("optimizer_state_bytes", 0) for s in summaries),
+            "peak_mem_bytes": max(s.get("peak_mem_bytes", 0) for s in summaries),
+            "train_time_s": mean_std([r.train[-1]["elapsed_s"] for r in runs]),
+        }
+    reach = {}
+    for a, runs_a in groups.items():
+        vsteps, vmean, _, _ = val_stats(runs_a)
+        for b in groups:
+            if a != b:
+                target = numbers["optimizers"][b]["final"][0]
+                reach[(a, b)] = steps_to_reach(vsteps, vmean, target)
+    numbers["reach"] = reach
+    return numbers
+
+
+def milestone_table(numbers: dict) -> str:
+    names = list(numbers["optimizers"])
+    headers = ["step", "% of run"] + [f"{n} val loss" for n in names]
+    if len(names) == 2:
+        headers.append(f"{names[1]} - {names[0]}")
+    rows = []
+    for s in numbers["milestones"]:
+        row = [s, f"{100 * s / numbers['total_steps']:.0f}%"]
+        vals = [numbers["optimizers"][n]["val_at"][s] for n in names]
+        row += [
+            fmt_mean_std(m, sd, 3, len(numbers["optimizers"][n]["seeds"]))
+            for n, (m, sd) in zip(names, vals)
+        ]
+        if len(names) == 2:
+            row.append(f"{vals[1][0] - vals[0][0]:+.3f}")
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def reach_lines(numbers: dict) -> list[str]:
+    lines = []
+    for (a, b), step in numbers["reach"].items():
+        target = numbers["optimizers"][b]["final"][0]
+        total = numbers["total_steps"]
+        if step is None:
+            lines.append(
+                f"- {a} never reaches {b}'s final val loss ({target:.3f}) in {total} steps."
+            )
+        else:
+            lines.append(
+                f"- {a} reaches {b}'s final val loss ({target:.3f}) at step {step:.0f} "
+                f"({100 * step / total:.0f}% of {b}'s {total} steps)."
+            )
+    return lines
+
+
+def cost_table(numbers: dict) -> str:
+    headers = [
+        "optimizer",
+        "seeds",
+        "final val loss",
+        "tokens/s",
+        "ms/step",
+        "train time (s)",
+        "optimizer state",
+        "peak memory",
+    ]
+    rows = []
+    for name, o in numbers["optimizers"].items():
+        n = len(o["seeds"])
+        rows.append(
+            [
+                name,
+                " ".join(str(s) for s in o["seeds"]),
+                fmt_mean_std(*o["final"], 3, n),
+                f"{o['tokens_per_s'][0]:,.0f}",
+                f"{1000 * o['step_time_s'][0]:.1f}",
+                f"{o['train_time_s'][0]:.0f}",
+                fmt_bytes(o["optimizer_state_bytes"]),
+                fmt_bytes(o["peak_mem_bytes"]),
+            ]
+        )
+    return markdown_table(headers, rows)
+
+
+def sweep_table(sweep: list[Run], chosen: dict) -> str:
+    rows = []
+    for run in sorted(sweep, key=lambda r: (r.optimizer, sweep_lr(r))):
+        lr = sweep_lr(run)
+        mark = "**chosen**" if chosen.get(run.optimizer) == lr else ""
+        rows.append(
+            [
+                run.optimizer,
+                f"{lr:g}",
+                run.config["config"]["steps"],
+                f"{run.val[-1]['val_loss']:.3f}",
+                mark,
+            ]
+        )
+    return markdown_table(["optimizer", "swept lr", "steps", "final val loss", ""], rows)
+
+
+def sweep_lr(run: Run) -> float:
+    """The LR a sweep run varied: Muon's matrix lr for the hybrid, AdamW's lr otherwise."""
+    opts = run.config["config"].get("optimizer_options", {})
+    return float(opts["muon_lr"] if run.optimizer == "muon" else opts["lr"])
+
+
+def settings_lines(groups: dict[str, list[Run]], settings: dict) -> list[str]:
+    first = next(iter(groups.values()))[0].config["config"]
+    model = first.get("model", {})
+    data = first.get("data", {})
+    tokens_per_step = first.get("batch_size", 0) * model.get("block_size", 0) * first["grad_accum"]
+    lines = [
+        f"- model: preset `{first.get('preset')}` ({first.get('params', 0):,} parameters; "
+        f"{model.get('n_layer')} layers, {model.get('n_head')} heads, width {model.get('n_embd')},"
+        f" context {model.get('block_size')})",
+        f"- data: {data.get('source')} ({data.get('tokenizer')} tokens, vocab "
+        f"{data.get('vocab_size')}, {data.get('train_tokens', 0):,} train / "
+        f"{data.get('val_tokens', 0):,} val tokens)",
+        f"- budget: {first['steps']} steps x {first.get('batch_size')} sequences x "
+        f"{model.get('block_size')} tokens x {first['grad_accum']} accumulation = "
+        f"{tokens_per_step:,} tokens/step, the same data order for both optimizers per seed",
+        f"- schedule: {first['warmup_steps']} warmup steps, {first['decay']} decay to "
+        f"{first['min_lr_ratio']} x peak, grad clip {first['grad_clip']}",
+        f"- validation: {first.get('eval_batches')} fixed batches every "
+        f"{first['eval_every']} steps",
+        f"- device: {next(iter(groups.values()))[0].summary.get('device', '?')}",
+    ]
+    for name, runs in groups.items():
+        cfg = runs[0].config["config"]
+        opts = ", ".join(f"{k}={v}" for k, v in cfg.get("optimizer_options", {}).items())
+        if cfg.get("momentum_warmup_steps"):
+            opts += (
+                f"; Muon momentum {cfg['momentum_start']} -> {cfg['momentum_end']} over "
+                f"{cfg['momentum_warmup_steps']} steps"
+            )
+        lines.append(f"- {name} options: {opts}")
+    if settings.get("command"):
+        lines.append(f"- command: `{settings['command']}`")
+    if settings.get("environment"):
+        lines.append(f"- environment: {settings['environment']}")
+    return lines
+
+
+def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: dict) -> str:
+    numbers = compare_numbers(groups)
+    names = list(groups)
+    parts = [f"# {' vs '.join(names)}\n"]
+    finals = {n: numbers["optimizers"][n]["final"] for n in names}
+    best = min(names, key=lambda n: finals[n][0])
+    parts.append(
+        "Final validation loss (mean ± std over seeds): "
+        + "; ".join(f"{n} {fmt_mean_std(*finals[n], 3, len(groups[n]))}" for n in names)
+        + f". Lower is better: **{best}**.\n"
+    )
+    parts.append("## Validation loss at milestones\n")
+    parts.append(milestone_table(numbers))
+    parts.append("## Steps to reach the other's final loss\n")
+    parts.append("\n".join(reach_lines(numbers)) + "\n")
+    parts.append("(mean val curve over seeds, interpolated linearly between evaluations)\n")
+    parts.append("## Cost\n")
+    parts.append(cost_table(numbers))
+    parts.append(
+        "tokens/s and ms/step leave out each run's first step (warm-up); optimizer state is "
+        "measured from the optimizer's state tensors; peak memory is the run's peak RSS on "
+        "CPU (each run its own process unless compare ran with --no-isolate) or "
+        "max_memory_allocated on CUDA.\n"
+    )
+    if len(names) == 2:
+        t0, t1 = (numbers["optimizers"][n]["step_time_s"][0] for n in names)
+        parts.append(
+            f"A {names[1]} training step takes {t1 / t0:.2f}x the wall-clock of an "
+            f"{names[0]} step on this device (same model and batch).\n"
+        )
+    if sweep:
+        parts.append("## Learning-rate sweep\n")
+        parts.append(
+            "Each optimizer was tuned first on a shorter run (seed "
+            f"{sweep[0].seed}); the compare uses each one's best LR. For the Muon hybrid the "
+            "sweep varies the Muon (matrix) LR; its AdamW groups use the AdamW LR chosen by "
+            "the AdamW sweep.\n"
+        )
+        parts.append(sweep_table(sweep, settings.get("chosen_lr", {})))
+    parts.append("## Settings\n")
+    parts.append("\n".join(settings_lines(groups, settings)) + "\n")
+    parts.append(
+        f"Figures: `{CURVES}`. Every number above is computed from the `metrics.jsonl` files "
+        "under `runs/` (and `sweep/`) by `muonkit report` from this directory.\n"
+    )
+    return "\n".join(parts)
+
+
+def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md`` and ``curves.png`` into ``out_dir`` from its metrics files."""
+    out = Path(out_dir)
+    runs_dir = out / "runs"
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(
+            f"{runs_dir} does not exist; `muonkit report` reads the output directory of "
+            "`muonkit compare` (with runs/<optimizer>-s<seed>/metrics.jsonl)"
+        )
+    groups = group_runs(find_runs(runs_dir))
+    for runs in groups.values():
+        for run in runs:
+            if not run.val or run.summary is None:
+                raise ValueError(f"{run.path} is incomplete (no val records or no summary)")
+    sweep = find_runs(out / "sweep") if (out / "sweep").is_dir() else []
+    settings_path = out / "settings.json"
+    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    report = out / REPORT
+    report.write_text(compare_markdown(groups, sweep, settings))
+    first = next(iter(groups.values()))[0].config["config"]
+    title = f"{' vs '.join(groups)}: preset {first.get('preset')}, {first['steps']} steps"
+    curves = plot_loss_curves(groups, out / CURVES, title)
+    return {"report": report, "curves": curves}
