@@ -332,6 +332,20 @@ class MuonBase(torch.optim.Optimizer):
                 self._group_step(group, params, grads)
         return loss
 
+    def state_bytes(self) -> dict[int, int]:
+        """{index of the parameter in param-group order: bytes of its state tensors}, measured
+        from the tensors actually held (parameters without state are left out)."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        out = {}
+        for i, p in enumerate(params):
+            if p in self.state:
+                out[i] = sum(
+                    t.numel() * t.element_size()
+                    for t in self.state[p].values()
+                    if isinstance(t, Tensor)
+                )
+        return out
+
     def _momentum_buffers(self, params: list[Tensor]) -> list[Tensor]:
         bufs = []
         for p in params:

@@ -1,0 +1,20 @@
+"""Memory-saving Muon variants: the momentum matrix is stored compressed.
+
+* :class:`LoRAPreMuon`: low-rank factors m_B (out x r), m_A (r x in) of the momentum.
+* :class:`KroneckerMuon`: a Kronecker product of two small factors.
+* :class:`HybridKroneckerMuon`: Kronecker momentum on hidden layers, dense on the output layer.
+
+All orthogonalize the full (reconstructed) update with Muon's Newton-Schulz and share Muon's
+validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon.MuonBase`).
+"""
+
+from .kronecker import HybridKroneckerMuon, KroneckerMuon, kronecker_shapes, nearest_kronecker
+from .lowrank import LoRAPreMuon
+
+__all__ = [
+    "HybridKroneckerMuon",
+    "KroneckerMuon",
+    "LoRAPreMuon",
+    "kronecker_shapes",
+    "nearest_kronecker",
+]

@@ -1,0 +1,235 @@
+"""Kronecker-factored momentum for Muon.
+
+The momentum matrix M (out x in) is stored as a Kronecker product ``F1 (x) F2`` with F1
+(m1 x n1), F2 (m2 x n2), m1 m2 = out, n1 n2 = in: (m1 n1 + m2 n2) floats instead of out * in.
+Each step forms the dense candidate ``T = momentum * F1 (x) F2 + G`` (the standard heavy-ball
+momentum), replaces the factors by the nearest Kronecker product of T, and orthogonalizes the
+full Nesterov update ``G + momentum * T`` (or T) with Muon's Newton-Schulz.
+
+Nearest Kronecker product (Van Loan & Pitsianis, "Approximation with Kronecker Products",
+1993): ``||T - F1 (x) F2||_F = ||R(T) - vec(F1) vec(F2)^T||_F`` where R(T) rearranges the
+(m2 x n2) blocks of T into rows, so the best factors are the leading singular pair of R(T),
+found here by power iteration warm-started from the current factors (``power_iters`` steps;
+exact after one step when T is itself a Kronecker product).
+
+Orthogonalization acts on the full update matrix, as dense Muon: when the gradient is exactly
+A (x) B at every step the momentum stays a Kronecker product and the update equals dense
+Muon's. (For a Kronecker product alone, polar(A (x) B) = polar(A) (x) polar(B) would be
+cheaper, but the Nesterov update G + mu T is not one in general.)
+
+Factor shapes: the divisors of out and in closest to their square roots. Where that saves
+less than ``min_savings`` x (e.g. out and in both prime), the matrix keeps dense momentum; such
+parameters are listed in ``optimizer.dense_fallback`` and a warning names them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..hybrid import HEAD_NAMES
+from ..muon import (
+    MUON_DEFAULTS,
+    MuonBase,
+    apply_updates_,
+    block_shape,
+    matrix_shape,
+    momentum_update_,
+    orthogonalize_updates,
+    validate_muon_options,
+)
+from ..scaling import lr_scale
+
+
+def closest_divisor_to_sqrt(n: int) -> int:
+    """The divisor d of n that is closest to sqrt(n) (the smaller one on ties)."""
+    root = math.sqrt(n)
+    divisors = [d for d in range(1, int(root) + 2) if n % d == 0]
+    divisors += [n // d for d in divisors]
+    return min(divisors, key=lambda d: (abs(d - root), d))
+
+
+def kronecker_shapes(out_dim: int, in_dim: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((m1, n1), (m2, n2)) with m1 m2 = out_dim, n1 n2 = in_dim, each near the square root."""
+    m1, n1 = closest_divisor_to_sqrt(out_dim), closest_divisor_to_sqrt(in_dim)
+    return (m1, n1), (out_dim // m1, in_dim // n1)
+
+
+def rearrange(T: Tensor, shape1: tuple[int, int], shape2: tuple[int, int]) -> Tensor:
+    """Van Loan's R(T): row (i1, j1) is the flattened block T[i1*m2:(i1+1)*m2, j1*n2:...]."""
+    (m1, n1), (m2, n2) = shape1, shape2
+    return T.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
+
+
+def nearest_kronecker(
+    T: Tensor, F1: Tensor, F2: Tensor, power_iters: int = 2
+) -> tuple[Tensor, Tensor]:
+    """Factors (F1, F2) minimizing ||T - F1 (x) F2||_F, by power iteration on R(T) started
+    from the given factors (random if they are zero). Balanced: ||F1||_F = ||F2||_F."""
+    R = rearrange(T, tuple(F1.shape), tuple(F2.shape))
+    v = F2.reshape(-1)
+    if not bool(v.any()):
+        v = torch.randn(v.shape, dtype=T.dtype, device=T.device)
+    for _ in range(power_iters):
+        u = R @ v
+        u_norm = u.norm()
+        if u_norm == 0:  # T is zero: so are the factors
+            return torch.zeros_like(F1), torch.zeros_like(F2)
+        u = u / u_norm
+        v = R.mT @ u
+    sigma = v.norm()
+    if sigma == 0:
+        return torch.zeros_like(F1), torch.zeros_like(F2)
+    scale = sigma.sqrt()
+    return (u * scale).reshape(F1.shape), (v / sigma * scale).reshape(F2.shape)
+
+
+class KroneckerMuon(MuonBase):
+    """Muon whose momentum is a Kronecker product of two small factors (module docstring).
+
+    Args:
+        params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
+        lr, nesterov, weight_decay, ns_steps, ns_coefficients, ns_dtype, lr_scaling, nonfinite:
+            as :class:`muonkit.Muon`.
+        momentum: mu of the heavy-ball momentum (0.9).
+        power_iters: power-iteration steps of the nearest-Kronecker fit per update (2).
+        min_savings: matrices whose Kronecker state would be less than this many times smaller
+            than dense keep dense momentum (4).
+        dense: parameters (tensors) that keep dense momentum whatever their shape.
+
+    State per matrix: ``kron_f1``, ``kron_f2`` (or ``momentum_buffer`` for dense fallbacks).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.9,
+        power_iters: int = 2,
+        min_savings: float = 4.0,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_coefficients: str | Sequence = "jordan",
+        ns_dtype: torch.dtype | None = None,
+        lr_scaling: str | Callable = "keller",
+        dense: Iterable[Tensor] = (),
+        nonfinite: str = "raise",
+    ):
+        self._dense_ids = {id(p) for p in dense}
+        self.dense_fallback: list[tuple[int, ...]] = []
+        defaults = dict(
+            MUON_DEFAULTS,
+            lr=lr,
+            momentum=momentum,
+            power_iters=power_iters,
+            min_savings=min_savings,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            ns_dtype=ns_dtype,
+            lr_scaling=lr_scaling,
+        )
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def _validate_group(self, group: dict) -> None:
+        validate_muon_options(group)
+        if group["momentum_form"] != "standard" or group["ns_split"] != 1:
+            raise ValueError("KroneckerMuon supports momentum_form='standard' and ns_split=1")
+        if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
+            raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
+        for p in group["params"]:
+            if id(p) in self._dense_ids:
+                continue
+            out_dim, in_dim = matrix_shape(p.shape)
+            (m1, n1), (m2, n2) = kronecker_shapes(out_dim, in_dim)
+            if out_dim * in_dim < group["min_savings"] * (m1 * n1 + m2 * n2):
+                self._dense_ids.add(id(p))
+                self.dense_fallback.append(tuple(p.shape))
+                warnings.warn(
+                    f"KroneckerMuon: no useful Kronecker factorization of a {out_dim} x {in_dim}"
+                    f" matrix (best {m1}x{n1} (x) {m2}x{n2}); it keeps dense momentum",
+                    stacklevel=3,
+                )
+
+    def _kronecker_momentum(self, p: Tensor, g: Tensor, mu: float, iters: int) -> Tensor:
+        """Update p's factors from T = mu F1 (x) F2 + g; returns the dense T."""
+        state = self.state[p]
+        if "kron_f1" not in state:
+            shape1, shape2 = kronecker_shapes(*matrix_shape(p.shape))
+            state["kron_f1"] = torch.zeros(shape1, dtype=p.dtype, device=p.device)
+            state["kron_f2"] = torch.zeros(shape2, dtype=p.dtype, device=p.device)
+        F1, F2 = state["kron_f1"], state["kron_f2"]
+        T = g.reshape(matrix_shape(p.shape)) + mu * torch.kron(F1, F2)
+        new1, new2 = nearest_kronecker(T, F1, F2, iters)
+        F1.copy_(new1)
+        F2.copy_(new2)
+        return T.reshape(p.shape)
+
+    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        mu, nesterov = group["momentum"], group["nesterov"]
+        dense = [i for i, p in enumerate(params) if id(p) in self._dense_ids]
+        updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+        if dense:
+            dense_updates = momentum_update_(
+                self._momentum_buffers([params[i] for i in dense]),
+                [grads[i] for i in dense],
+                momentum=mu,
+                nesterov=nesterov,
+                form="standard",
+            )
+            for i, u in zip(dense, dense_updates):
+                updates[i] = u
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if updates[i] is None:
+                T = self._kronecker_momentum(p, g, mu, group["power_iters"])
+                updates[i] = g + mu * T if nesterov else T
+        orth = orthogonalize_updates(
+            updates,
+            steps=group["ns_steps"],
+            coefficients=group["ns_coefficients"],
+            dtype=group["ns_dtype"],
+        )
+        scales = [lr_scale(group["lr_scaling"], block_shape(p.shape)) for p in params]
+        apply_updates_(
+            params, orth, lr=group["lr"], weight_decay=group["weight_decay"], scales=scales
+        )
+
+
+def output_layer_params(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> list[Tensor]:
+    """The output layer's matrices: a module named like a head, else the last nn.Linear."""
+    heads = [
+        m for name, m in model.named_modules() if name and name.rsplit(".", 1)[-1] in head_names
+    ]
+    if not heads:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        heads = linears[-1:]
+    return [p for m in heads for p in m.parameters() if p.ndim >= 2]
+
+
+class HybridKroneckerMuon(KroneckerMuon):
+    """Kronecker momentum on the hidden layers, dense Muon momentum on the output layer.
+
+    Built from a model: every matrix parameter of ``model`` is optimized; the output layer (a
+    module named ``lm_head``/``head``/``output``/``classifier``, else the last ``nn.Linear``)
+    and the modules named in ``dense_modules`` keep dense momentum, the rest Kronecker. The
+    output layer maps to the classes/vocabulary, where a Kronecker structure is least plausible
+    and which is small for classifiers. Vectors (biases, norms) are not accepted: train them
+    with AdamW alongside (or build the model without biases).
+    """
+
+    def __init__(self, model: nn.Module, dense_modules: Sequence[str] = (), **kwargs):
+        named = dict(model.named_modules())
+        unknown = [n for n in dense_modules if n not in named]
+        if unknown:
+            raise ValueError(f"dense_modules {unknown} are not modules of the model")
+        dense = output_layer_params(model)
+        dense += [p for n in dense_modules for p in named[n].parameters() if p.ndim >= 2]
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, dense=dense, **kwargs)
+        self.dense_params = [i for i, p in enumerate(params) if id(p) in self._dense_ids]

@@ -1,0 +1,176 @@
+"""LoRA-Pre: Muon with low-rank momentum.
+
+Wang, Liang, He, Wang & Tan, "Taming Momentum: Rethinking Optimizer States Through Low-Rank
+Approximation" (ICLR 2026, arXiv:2602.24283), Algorithm 2 (LoRA-Pre for Muon).
+
+The EMA ``m <- m - (1 - beta) (m - g)`` is online gradient descent on ``1/2 ||m - g||_F^2``.
+LoRA-Pre keeps m = m_B m_A with m_B (out x r) and m_A (r x in) and takes, per step, one
+Newton-preconditioned step of that regression on each factor:
+
+    m_B <- (1 - gamma) m_B + gamma g m_A^T (m_A m_A^T + lambda I)^-1
+    m_A <- (1 - gamma) m_A + gamma (m_B^T m_B + lambda I)^-1 m_B^T g
+
+With the factors spanning g, the product decays by (1 - gamma)^2 per step, so
+``gamma = 1 - sqrt(momentum)`` gives the EMA rate of dense momentum (the paper's gamma1).
+The Muon update is then ``orth(momentum * m_B m_A + g)`` (Nesterov; ``m_B m_A`` without it),
+scaled and applied as in :mod:`muonkit.muon`. State: (out + in) * r floats per matrix.
+
+Our reading where the paper leaves room: ``lambda`` is a ridge relative to the Gram
+matrix's mean diagonal (``ridge * tr/r``, plus a tiny absolute floor), so the r x r solves stay
+defined on zero or rank-deficient gradients; after each step the factors are rebalanced so
+that m_A has orthonormal rows and m_B carries the scale (:func:`rebalance_`; the product is
+unchanged), so a long run of zero gradients decays m_B to zero without m_A losing rank; m_A
+starts as random orthonormal rows and m_B as zero (a zero m_A would never move).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..muon import (
+    MUON_DEFAULTS,
+    MuonBase,
+    apply_updates_,
+    block_shape,
+    matrix_shape,
+    orthogonalize_updates,
+    validate_muon_options,
+)
+from ..scaling import lr_scale
+
+
+def ridge_solve_right(X: Tensor, A: Tensor, ridge: float) -> Tensor:
+    """``X A^T (A A^T + lambda I)^-1`` for A of shape (r, n); lambda relative to tr(A A^T)/r."""
+    gram = A @ A.mT
+    lam = ridge * gram.diagonal().mean() + 1e-30
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram + lam * eye, A @ X.mT).mT
+
+
+def rebalance_(B: Tensor, A: Tensor) -> None:
+    """Rewrite the factors, product unchanged, so that A has orthonormal rows.
+
+    With ``B = Q_B R_B``, ``A^T = Q_A R_A`` and ``R_B R_A^T = U S V^T``:
+    ``B <- Q_B U S``, ``A <- V^T Q_A^T``. A then never loses rank or underflows (a direction
+    whose momentum decays to zero can come back), and the solves against ``A A^T = I`` are
+    perfectly conditioned, which keeps fp32 factor updates accurate over long runs.
+    """
+    Qb, Rb = torch.linalg.qr(B)
+    Qa, Ra = torch.linalg.qr(A.mT)
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.mT)
+    B.copy_(Qb @ (U * S))
+    A.copy_(Vh @ Qa.mT)
+
+
+def lora_pre_update_(B: Tensor, A: Tensor, g: Tensor, gamma: float, ridge: float) -> None:
+    """One regression step of the factors towards ``g`` (in place), then :func:`rebalance_`."""
+    B.mul_(1 - gamma).add_(ridge_solve_right(g, A, ridge), alpha=gamma)
+    A.mul_(1 - gamma).add_(ridge_solve_right(g.mT, B.mT, ridge).mT, alpha=gamma)
+    rebalance_(B, A)
+
+
+def random_orthonormal_rows(r: int, n: int, like: Tensor) -> Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, r, dtype=torch.float32, device=like.device))
+    return q.mT.contiguous().to(like.dtype)
+
+
+class LoRAPreMuon(MuonBase):
+    """Muon whose momentum is held as rank-``rank`` factors (LoRA-Pre, see module docstring).
+
+    Args:
+        params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
+        lr, nesterov, weight_decay, ns_steps, ns_coefficients, ns_dtype, lr_scaling, nonfinite:
+            as :class:`muonkit.Muon`.
+        momentum: beta of the EMA the factors track (0.9).
+        rank: r; clamped (with a warning) to min(out, in) per matrix.
+        gamma1: factor step; None gives 1 - sqrt(momentum).
+        ridge: relative ridge of the r x r solves (1e-6).
+
+    State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.9,
+        rank: int = 16,
+        gamma1: float | None = None,
+        ridge: float = 1e-6,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_coefficients: str | Sequence = "jordan",
+        ns_dtype: torch.dtype | None = None,
+        lr_scaling: str | Callable = "keller",
+        nonfinite: str = "raise",
+    ):
+        defaults = dict(
+            MUON_DEFAULTS,
+            lr=lr,
+            momentum=momentum,
+            rank=rank,
+            gamma1=gamma1,
+            ridge=ridge,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            ns_dtype=ns_dtype,
+            lr_scaling=lr_scaling,
+        )
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def _validate_group(self, group: dict) -> None:
+        validate_muon_options(group)
+        if group["ns_split"] != 1:
+            raise ValueError("LoRAPreMuon supports ns_split=1 only")
+        if not isinstance(group["rank"], int) or group["rank"] < 1:
+            raise ValueError(f"rank must be an int >= 1, got {group['rank']!r}")
+        gamma = group["gamma1"]
+        if gamma is not None and not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma1 must be in (0, 1], got {gamma}")
+        if not group["ridge"] > 0:
+            raise ValueError(f"ridge must be > 0, got {group['ridge']}")
+        for p in group["params"]:
+            limit = min(matrix_shape(p.shape))
+            if group["rank"] > limit:
+                warnings.warn(
+                    f"LoRAPreMuon: rank {group['rank']} > min(out, in) = {limit} for a "
+                    f"parameter of shape {tuple(p.shape)}; using rank {limit}",
+                    stacklevel=3,
+                )
+
+    def _factors(self, p: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+        state = self.state[p]
+        if "lowrank_B" not in state:
+            out_dim, in_dim = matrix_shape(p.shape)
+            r = min(rank, out_dim, in_dim)
+            state["lowrank_B"] = torch.zeros(out_dim, r, dtype=p.dtype, device=p.device)
+            state["lowrank_A"] = random_orthonormal_rows(r, in_dim, p)
+        return state["lowrank_B"], state["lowrank_A"]
+
+    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        mu = group["momentum"]
+        gamma = group["gamma1"] if group["gamma1"] is not None else 1.0 - mu**0.5
+        updates = []
+        for p, g in zip(params, grads):
+            B, A = self._factors(p, group["rank"])
+            g2 = g.reshape(B.shape[0], A.shape[1])
+            lora_pre_update_(B, A, g2, gamma, group["ridge"])
+            m = B @ A
+            updates.append((g2 + mu * m if group["nesterov"] else m).reshape(p.shape))
+        orth = orthogonalize_updates(
+            updates,
+            steps=group["ns_steps"],
+            coefficients=group["ns_coefficients"],
+            dtype=group["ns_dtype"],
+        )
+        scales = [lr_scale(group["lr_scaling"], block_shape(p.shape)) for p in params]
+        apply_updates_(
+            params, orth, lr=group["lr"], weight_decay=group["weight_decay"], scales=scales
+        )
