@@ -176,3 +176,30 @@ def test_canonical_sources():
         for r in d.files
         for u in r.urls
     )
+
+
+def test_shuffled_batches_cover_each_epoch_and_resume():
+    from muonkit.data.vision import ShuffledBatches
+
+    x, y = torch.arange(10).float()[:, None], torch.arange(10)
+    src = ShuffledBatches(x, y, batch_size=4, seed=3)
+    assert src.batches_per_epoch == 3
+    epochs = [[src.next_batch() for _ in range(3)] for _ in range(2)]
+    for batches in epochs:
+        seen = torch.cat([b[1] for b in batches])
+        assert sorted(seen.tolist()) == list(range(10))  # every example once per epoch
+        assert [len(b[1]) for b in batches] == [4, 4, 2]
+        for bx, by in batches:
+            assert torch.equal(bx[:, 0].long(), by)  # x and y stay paired
+    assert not torch.equal(
+        torch.cat([b[1] for b in epochs[0]]), torch.cat([b[1] for b in epochs[1]])
+    )
+    # resume from a state_dict gives the same stream as an uninterrupted source
+    a, b = ShuffledBatches(x, y, 4, seed=5), ShuffledBatches(x, y, 4, seed=5)
+    for _ in range(4):
+        a.next_batch()
+    b.load_state_dict(a.state_dict())
+    for _ in range(5):
+        assert torch.equal(a.next_batch()[1], b.next_batch()[1])
+    with pytest.raises(ValueError, match="batch_size"):
+        ShuffledBatches(x, y, 0)

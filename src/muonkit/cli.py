@@ -14,6 +14,7 @@ COMMANDS = [
     "muonkit.experiments.compare",
     "muonkit.data.fetch",
     "muonkit.train.gpt",
+    "muonkit.experiments.variants",
 ]
 
 
