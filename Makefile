@@ -37,3 +37,14 @@ demo-distributed: install
 
 clean:
 	rm -rf $(VENV) runs
+
+# The four variant studies (docs/results/variants/README.md): MNIST, default settings.
+DATA_DIR ?= ../shared/data
+VARIANTS_OUT ?= runs/variants
+VARIANTS_FLAGS ?=
+.PHONY: variants
+variants: install
+	for s in large equal-memory rank-sweep hybrid; do \
+		$(PY) -m muonkit variants $$s --dataset mnist --data-dir $(DATA_DIR) \
+			--out $(VARIANTS_OUT)/$$s $(VARIANTS_FLAGS) || exit 1; \
+	done

@@ -3,8 +3,10 @@
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +205,58 @@ def test_shuffled_batches_cover_each_epoch_and_resume():
         assert torch.equal(a.next_batch()[1], b.next_batch()[1])
     with pytest.raises(ValueError, match="batch_size"):
         ShuffledBatches(x, y, 0)
+
+
+# ../shared/data relative to the checkout (CI), else $MUONKIT_DATA (e.g. from a worktree)
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+if not SHARED.is_dir() and os.environ.get("MUONKIT_DATA"):
+    SHARED = Path(os.environ["MUONKIT_DATA"])
+needs_shared_mnist = pytest.mark.skipif(
+    not (SHARED / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file(), reason="no ../shared/data"
+)
+
+
+@needs_shared_mnist
+def test_real_mnist_matches_published_counts():
+    # class counts published with the dataset (shared/data/SOURCES.md)
+    _, train_labels = load_mnist(SHARED, "train")
+    images, test_labels = load_mnist(SHARED, "test")
+    assert images.shape == (10000, 28, 28) and int(images.max()) == 255
+    assert train_labels.bincount().tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    assert test_labels.bincount().tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
+
+
+@needs_shared_mnist
+def test_fetch_accepts_the_canonical_mnist_files(tmp_path):
+    # the real files, served from a local mirror, pass the canonical md5 check
+    mirror = (SHARED / "mnist").resolve().as_uri() + "/"
+    spec = fetch_mod.DATASETS["mnist"]
+    local = fetch_mod.Dataset(
+        spec.folder,
+        tuple(fetch_mod.Remote(r.filename, r.md5, (mirror + r.filename,)) for r in spec.files),
+        archive=False,
+    )
+    fetch_mod.fetch("mnist", tmp_path, datasets={"mnist": local})
+    assert load_mnist(tmp_path, "test")[1].shape == (10000,)
