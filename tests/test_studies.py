@@ -47,7 +47,7 @@ def read_runs(out):
 
 
 def table_rows(out):
-    lines = (out / "table.md").read_text().strip().splitlines()
+    lines = [ln for ln in (out / "table.md").read_text().splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
 
