@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shutil
 import warnings
 from collections.abc import Callable
@@ -48,6 +47,8 @@ from torch import nn
 from ..data.vision import ShuffledBatches, load_flat
 from ..models.mlp import MLP
 from ..muon import Muon
+from ..report.metrics import mean_std, read_jsonl
+from ..report.tables import fmt_bytes, markdown_table
 from ..train import TrainConfig, train
 from ..train import optimizer_state_bytes as train_optimizer_state_bytes
 
@@ -335,19 +336,13 @@ def load_runs(paths) -> list[dict]:
     runs = []
     for path in paths:
         run: dict = {"train": [], "epoch": [], "val": []}
-        for line in Path(path).read_text().splitlines():
-            rec = json.loads(line)
+        for rec in read_jsonl(path):
             if rec["kind"] in ("config", "summary"):
                 run[rec["kind"]] = rec
             else:
                 run.setdefault(rec["kind"], []).append(rec)
         runs.append(run)
     return runs
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -359,8 +354,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for label, group in by_arm.items():
         last = [r["epoch"][-1] for r in group]
-        acc, acc_std = _mean_std([e["test_acc"] for e in last])
-        loss, loss_std = _mean_std([e["train_loss"] for e in last])
+        acc, acc_std = mean_std([e["test_acc"] for e in last])
+        loss, loss_std = mean_std([e["train_loss"] for e in last])
         rows.append(
             dict(
                 optimizer=label,
@@ -372,8 +367,8 @@ def summarize(runs: list[dict]) -> list[dict]:
                 test_acc_std=acc_std,
                 train_loss=loss,
                 train_loss_std=loss_std,
-                train_acc=_mean_std([e["train_acc"] for e in last])[0],
-                epoch_time_s=_mean_std([e["epoch_time_s"] for r in group for e in r["epoch"]])[0],
+                train_acc=mean_std([e["train_acc"] for e in last])[0],
+                epoch_time_s=mean_std([e["epoch_time_s"] for r in group for e in r["epoch"]])[0],
             )
         )
     dense = next((r["state_bytes"] for r in rows if r["kind"] == "muon"), None)
@@ -382,36 +377,37 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def format_bytes(n: int) -> str:
-    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    header = (
-        "| optimizer | state bytes | savings vs dense Muon | final train loss "
-        "| final test acc % (mean ± std) | seeds | time / epoch (s) |"
-    )
-    lines = [header, "|" + " --- |" * 7]
+def markdown_rows(rows: list[dict]) -> str:
+    """The study table: one row per optimizer (see :func:`summarize`)."""
+    cells = []
     for r in rows:
-        savings = (
-            "n/a"
-            if r["savings"] is None
-            else (
-                f"{100 * r['savings']:.1f}% ({1 / (1 - r['savings']):.1f}x less)"
-                if r["savings"] < 1
-                else "100%"
-            )
+        if r["savings"] is None:
+            savings = "n/a"
+        elif r["savings"] < 1:
+            savings = f"{100 * r['savings']:.1f}% ({1 / (1 - r['savings']):.1f}x less)"
+        else:
+            savings = "100%"
+        cells.append(
+            [
+                r["optimizer"],
+                f"{r['state_bytes']} ({fmt_bytes(r['state_bytes'])})",
+                savings,
+                f"{r['train_loss']:.4f}",
+                f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}",
+                r["seeds"],
+                f"{r['epoch_time_s']:.2f}",
+            ]
         )
-        lines.append(
-            f"| {r['optimizer']} | {r['state_bytes']} ({format_bytes(r['state_bytes'])}) "
-            f"| {savings} | {r['train_loss']:.4f} "
-            f"| {100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f} | {r['seeds']} "
-            f"| {r['epoch_time_s']:.2f} |"
-        )
-    return "\n".join(lines)
+    headers = [
+        "optimizer",
+        "state bytes",
+        "savings vs dense Muon",
+        "final train loss",
+        "final test acc % (mean ± std)",
+        "seeds",
+        "time / epoch (s)",
+    ]
+    return markdown_table(headers, cells)
 
 
 def table_caption(runs: list[dict]) -> str:
@@ -434,7 +430,7 @@ def write_report(out: Path, study: str) -> dict[str, Path]:
     """Table and figure of the metrics files in ``out/runs``."""
     runs = load_runs(sorted((out / "runs").glob("*/metrics.jsonl")))
     rows = summarize(runs)
-    (out / "table.md").write_text(markdown_table(rows) + "\n\n" + table_caption(runs) + "\n")
+    (out / "table.md").write_text(markdown_rows(rows) + "\n" + table_caption(runs) + "\n")
     figure = out / f"{study}.png"
     if study == "rank-sweep":
         plot_memory_tradeoff(rows, figure, title=study)
@@ -482,7 +478,7 @@ def plot_curves(runs: list[dict], rows: list[dict], path: Path, title: str) -> N
     names = [r["optimizer"] for r in rows]
     sizes = [r["state_bytes"] / 1024 for r in rows]
     bars = axes[1, 1].barh(names, sizes, color=[colors[n] for n in names])
-    axes[1, 1].bar_label(bars, labels=[format_bytes(r["state_bytes"]) for r in rows], padding=3)
+    axes[1, 1].bar_label(bars, labels=[fmt_bytes(r["state_bytes"]) for r in rows], padding=3)
     axes[1, 1].set(title="optimizer state", xlabel="KiB (log)", xscale="log")
     axes[1, 1].invert_yaxis()
     axes[1, 1].set_xlim(right=max(sizes) * 8)
