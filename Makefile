@@ -35,6 +35,13 @@ demo-distributed: install
 	    --out runs/demo-distributed-$$mode || exit 1; \
 	done
 
+# Timed comparisons against the peers (never part of `make test`); results go to
+# docs/results/benchmarks.md. The peers are installed with --no-deps so none can replace torch.
+bench: install
+	$(PY) -m pip install -q --no-deps muon-optimizer muon-fsdp2 heavyball opt-einsum
+	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/orth_accuracy.py
+
 clean:
 	rm -rf $(VENV) runs
 

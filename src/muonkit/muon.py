@@ -88,6 +88,8 @@ def orthogonalize_updates(
     coefficients: str | Sequence = "jordan",
     dtype: torch.dtype | None = None,
     splits: int | Sequence[int] = 1,
+    gram: bool | None = None,
+    compile: bool = False,
 ) -> list[Tensor]:
     """Orthogonalize each update; same-shape matrices go through one batched call.
 
@@ -95,7 +97,8 @@ def orthogonalize_updates(
     (shape[0], -1) matrix and reshaped back. ``splits`` (one int, or one per update) cuts each
     matrix into that many equal row blocks that are orthogonalized separately: 3 for a fused
     QKV projection (Q, K and V are separate linear maps), ``3 * n_head`` per attention head.
-    Returns new tensors of the inputs' shapes.
+    ``gram`` and ``compile`` choose how Newton-Schulz is evaluated (see
+    :func:`muonkit.orthogonalize.newton_schulz`). Returns new tensors of the inputs' shapes.
     """
     per_update = [splits] * len(updates) if isinstance(splits, int) else list(splits)
     blocks: list[Tensor] = []
@@ -108,10 +111,12 @@ def orthogonalize_updates(
     done: list[Tensor] = [None] * len(blocks)  # type: ignore[list-item]
     for idx in by_shape.values():
         if len(idx) == 1:
-            results = [orthogonalize(blocks[idx[0]], coefficients, steps, dtype)]
+            results = [
+                orthogonalize(blocks[idx[0]], coefficients, steps, dtype, gram, compile)
+            ]
         else:
             stacked = torch.stack([blocks[i] for i in idx])
-            results = orthogonalize(stacked, coefficients, steps, dtype).unbind(0)
+            results = orthogonalize(stacked, coefficients, steps, dtype, gram, compile).unbind(0)
         for i, o in zip(idx, results):
             done[i] = o
     out, start = [], 0
@@ -160,16 +165,26 @@ def muon_update_(
     ns_dtype: torch.dtype | None = None,
     lr_scaling: str | Callable = "keller",
     ns_split: int = 1,
+    ns_gram: bool | None = None,
+    ns_compile: bool = False,
 ) -> None:
     """One Muon step on lists of matrices (in place on ``params`` and ``bufs``).
 
     The LR scaling rule sees the shape of one orthogonalized block (see ``ns_split``).
+    ``ns_gram`` and ``ns_compile`` pick how Newton-Schulz is evaluated, not what it computes
+    (see :func:`muonkit.orthogonalize.newton_schulz`).
     """
     updates = momentum_update_(
         bufs, grads, momentum=momentum, nesterov=nesterov, form=momentum_form
     )
     orth = orthogonalize_updates(
-        updates, steps=ns_steps, coefficients=ns_coefficients, dtype=ns_dtype, splits=ns_split
+        updates,
+        steps=ns_steps,
+        coefficients=ns_coefficients,
+        dtype=ns_dtype,
+        splits=ns_split,
+        gram=ns_gram,
+        compile=ns_compile,
     )
     scales = [lr_scale(lr_scaling, block_shape(p.shape, ns_split)) for p in params]
     apply_updates_(params, orth, lr=lr, weight_decay=weight_decay, scales=scales)
@@ -231,6 +246,8 @@ def validate_muon_options(group: dict) -> None:
     split = group["ns_split"]
     if not isinstance(split, int) or split < 1:
         raise ValueError(f"ns_split must be an int >= 1, got {split!r}")
+    check_choice("ns_gram", group.get("ns_gram"), (None, True, False))
+    check_choice("ns_compile", group.get("ns_compile", False), (True, False))
     for p in group["params"]:
         if p.ndim < 2:
             raise ValueError(
@@ -257,6 +274,8 @@ MUON_DEFAULTS: dict[str, Any] = dict(
     ns_dtype=None,
     lr_scaling="keller",
     ns_split=1,
+    ns_gram=None,
+    ns_compile=False,
     use_muon=True,
 )
 
@@ -375,6 +394,8 @@ class MuonBase(torch.optim.Optimizer):
             ns_dtype=group["ns_dtype"],
             lr_scaling=group["lr_scaling"],
             ns_split=group["ns_split"],
+            ns_gram=group.get("ns_gram"),
+            ns_compile=group.get("ns_compile", False),
         )
 
 
@@ -397,6 +418,10 @@ class Muon(MuonBase):
         ns_split: orthogonalize each parameter as this many equal row blocks (dim 0): 3 for
             a fused QKV weight, ``3 * n_head`` for per-head blocks (modded-nanogpt treats Q, K
             and V as separate matrices). The LR rule then sees the block shape. Default 1.
+        ns_gram: evaluate Newton-Schulz on the Gram side (True), in the standard form (False)
+            or where it is cheaper and the compute dtype is fp32/fp64 (None, default): the same
+            iteration, fewer FLOPs for rectangular matrices; see :mod:`muonkit.orthogonalize`.
+        ns_compile: ``torch.compile`` the Newton-Schulz loop on CUDA (False; no effect on CPU).
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
 
     With ``ns_dtype=torch.bfloat16, momentum_form="ema"`` and ``lr_scaling="keller"`` this is
@@ -416,6 +441,8 @@ class Muon(MuonBase):
         ns_dtype: torch.dtype | None = None,
         lr_scaling: str | Callable = "keller",
         ns_split: int = 1,
+        ns_gram: bool | None = None,
+        ns_compile: bool = False,
         nonfinite: str = "raise",
     ):
         defaults = dict(
@@ -430,6 +457,8 @@ class Muon(MuonBase):
             ns_dtype=ns_dtype,
             lr_scaling=lr_scaling,
             ns_split=ns_split,
+            ns_gram=ns_gram,
+            ns_compile=ns_compile,
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
 

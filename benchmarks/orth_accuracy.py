@@ -1,0 +1,139 @@
+"""Orthogonalization accuracy of each Newton-Schulz method against the exact polar factor.
+
+Usage: ``python benchmarks/orth_accuracy.py`` (``make bench``); writes its section of
+docs/results/benchmarks.md and docs/results/bench/orth_accuracy.png.
+
+Inputs: (1) a 256 x 1024 matrix with singular values spread log-uniformly on [1e-3, 1];
+(2) the hidden-matrix gradients of muonkit's tiny GPT after a few AdamW steps on the bundled
+tinyshakespeare. For each method and step count: max |sigma - 1| of the output's singular
+values (0 for an exact polar factor), and the cosine between the output and the exact polar
+factor U V^T (1 = same direction; the Muon update direction is what matters for training).
+The figure plots output against input singular values for the synthetic matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from common import FRAGMENTS, hardware, markdown_table, write_fragment  # noqa: E402
+
+from muonkit.data.text import TokenBatches, load_text  # noqa: E402
+from muonkit.models.gpt import GPT, preset_config  # noqa: E402
+from muonkit.orthogonalize import newton_schulz, polar  # noqa: E402
+from muonkit.train.gpt import lm_loss  # noqa: E402
+
+# (label, coefficients, dtype, gram)
+METHODS = [
+    ("jordan fp32 (muonkit default)", "jordan", torch.float32, None),
+    ("jordan fp32, standard form", "jordan", torch.float32, False),
+    ("polar_express fp32", "polar_express", torch.float32, None),
+    ("jordan bf16 (torch.optim.Muon, muon.py)", "jordan", torch.bfloat16, False),
+    ("polar_express bf16", "polar_express", torch.bfloat16, False),
+]
+STEPS = (3, 4, 5, 6, 8)
+
+
+def synthetic(m: int = 256, n: int = 1024, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, m, generator=g, dtype=torch.float64))
+    sigma = torch.logspace(-3, 0, m, dtype=torch.float64)
+    return ((U * sigma) @ V.T).float(), sigma
+
+
+def gpt_gradients(steps: int = 5, seed: int = 0) -> list[torch.Tensor]:
+    """Gradients of the tiny GPT's hidden matrices after ``steps`` AdamW steps."""
+    torch.manual_seed(seed)
+    data = load_text()
+    model = GPT(preset_config("tiny", vocab_size=data.vocab_size))
+    opt = model.configure_optimizers("adamw", lr=1e-3)
+    batches = TokenBatches(data.train, 12, model.config.block_size, seed=seed, split="train")
+    for _ in range(steps + 1):
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model, batches.next_batch()).backward()
+        if _ < steps:
+            opt.step()
+    return [p.grad.detach().clone() for n, p in model.named_parameters()
+            if p.ndim == 2 and ("attn" in n or "mlp" in n)]
+
+
+def metrics(out: torch.Tensor, G: torch.Tensor, floor: float = 0.0) -> tuple[float, float]:
+    """(max |sigma_out - 1| over G's singular directions with sigma >= floor * sigma_max,
+    cosine of ``out`` to the exact polar factor). sigma_out of a direction is u^T out v."""
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    s_out = torch.diagonal(U.mT @ out.double() @ Vh.mT)
+    keep = S >= floor * S.max()
+    exact = polar(G.double())
+    cos = float((out.double() * exact).sum() / (out.double().norm() * exact.norm()))
+    return float((s_out[keep] - 1).abs().max()), cos
+
+
+GRAD_FLOOR = 1e-2
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    G, sigma = synthetic()
+    grads = gpt_gradients()
+    rows, data = [], {"hardware": hardware(torch.device("cpu")), "results": []}
+    for label, coeffs, dtype, gram in METHODS:
+        for steps in STEPS:
+            out = newton_schulz(G, steps, coeffs, dtype=dtype, gram=gram)
+            err, cos = metrics(out, G)
+            real = [
+                metrics(newton_schulz(g, steps, coeffs, dtype=dtype, gram=gram), g, GRAD_FLOOR)
+                for g in grads
+            ]
+            real_err = max(e for e, _ in real)
+            real_cos = min(c for _, c in real)
+            data["results"].append(dict(method=label, steps=steps, synthetic_max_err=err,
+                                        synthetic_cos=cos, gpt_max_err=real_err,
+                                        gpt_min_cos=real_cos))
+            rows.append([label, str(steps), f"{err:.3f}", f"{cos:.4f}", f"{real_err:.3f}",
+                         f"{real_cos:.4f}"])
+    print(markdown_table(["method", "steps", "synthetic max abs(sigma-1)", "synthetic cos",
+                          "GPT grads max abs(sigma-1)", "GPT grads min cos"], rows))
+    FRAGMENTS.mkdir(parents=True, exist_ok=True)
+    figure = FRAGMENTS / "orth_accuracy.png"
+    fig, ax = plt.subplots(figsize=(8, 5))
+    s_in = sigma.numpy()
+    for label, coeffs, dtype, gram in METHODS:
+        out = newton_schulz(G, 5, coeffs, dtype=dtype, gram=gram).double()
+        # output singular values in the input's order: project on the input singular vectors
+        U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+        s_out = torch.diagonal(U.T @ out @ Vh.T).numpy()
+        ax.plot(s_in, s_out, label=label, lw=1.5)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="input singular value", ylabel="output singular value (5 steps)",
+           title="Newton-Schulz: sigma_out vs sigma_in (256 x 1024)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+    md = "\n".join([
+        "## Orthogonalization accuracy (`benchmarks/orth_accuracy.py`)\n",
+        "Synthetic: 256 x 1024, singular values log-uniform on [1e-3, 1]. GPT grads: the 16 "
+        "hidden-matrix gradients of the tiny GPT after 5 AdamW steps on tinyshakespeare (max "
+        "error / min cosine over them; the error over each gradient's singular directions with "
+        f"sigma >= {GRAD_FLOOR} sigma_max, as gradients are near rank-deficient). sigma_out of "
+        "a direction u, v of the input is u^T out v; cos = cosine to the exact polar factor "
+        "U V^T.\n",
+        markdown_table(["method", "steps", "synthetic max abs(sigma-1)", "synthetic cos",
+                        "GPT grads max abs(sigma-1)", "GPT grads min cos"], rows),
+        "![sigma_out vs sigma_in](bench/orth_accuracy.png)\n",
+    ])
+    if not args.no_write:
+        print(f"wrote {write_fragment('orth_accuracy', md, data)} and {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

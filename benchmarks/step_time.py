@@ -1,0 +1,458 @@
+"""Optimizer step time of muonkit's Muon against its peers, in one process, interleaved.
+
+Usage: ``python benchmarks/step_time.py [--sets 128x4,256x1,...] [--repeats N] [--threads T]``
+(``make bench`` runs it with the defaults and writes docs/results/benchmarks.md).
+
+For each GPT-shaped matrix set (``common.gpt_matrix_shapes``) every method gets its own copy
+of the same parameters and gradients, a few warm-up steps (this is where heavyball's
+torch.compile runs; its time is reported), then ``repeats`` rounds; in each round the methods
+run one step each in a fresh random order, so load from other processes on a shared machine
+falls on all of them alike. Reported per method: median, min and max ms/step, ratio to the
+muonkit default, and the achieved rate in GFLOP/s of standard Newton-Schulz work (see
+``common.ns_flops``) against the matmul peak measured on this machine in the same dtype.
+
+Peers: torch.optim.Muon; Keller Jordan's muon.py ``SingleDeviceMuon`` from the pip package
+``muon-optimizer`` (bf16 Newton-Schulz as shipped); the same algorithm in fp32, written out
+below (``keller_fp32``: the package hard-codes the bf16 cast); ``muon-fsdp2`` and
+``heavyball.Muon`` where they import and step; torch.optim.AdamW (foreach, fused) as the floor.
+A peer that does not install or cannot step is listed with the reason, not dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from common import gpt_matrix_shapes, hardware, markdown_table, ns_flops, write_fragment
+
+from muonkit.muon import Muon
+
+KELLER_ABC = (3.4445, -4.7750, 2.0315)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keller Jordan's algorithm with the compute dtype as a parameter (labelled "faithful copy")
+# ---------------------------------------------------------------------------------------------
+
+
+def keller_newton_schulz(G: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """Keller Jordan's ``zeropower_via_newtonschulz5`` (github.com/KellerJordan/Muon, muon.py),
+    restated with the cast dtype as an argument: cast; transpose tall inputs; divide by
+    ||X||_F + 1e-7; ``steps`` times A = X X^T, B = b A + c A A, X = a X + B X (separate
+    elementwise ops, as published); transpose back. Returns the compute dtype, as published.
+    """
+    a, b, c = KELLER_ABC
+    tall = G.size(-2) > G.size(-1)
+    X = G.to(dtype)
+    X = X.mT if tall else X
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+class KellerSingleDevice(torch.optim.Optimizer):
+    """Keller Jordan's ``SingleDeviceMuon`` step (EMA momentum, Nesterov by lerp on the
+    gradient, per-matrix Newton-Schulz, update scaled by sqrt(max(1, rows/cols)), decoupled
+    weight decay), one parameter at a time as published, with ``dtype`` for Newton-Schulz."""
+
+    def __init__(self, params, lr=0.02, weight_decay=0.0, momentum=0.95, dtype=torch.float32):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum))
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta = group["momentum"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - beta)
+                update = p.grad.lerp_(buf, beta)
+                update = keller_newton_schulz(update.view(len(update), -1), 5, self.dtype)
+                update *= max(1, p.size(-2) / p.size(-1)) ** 0.5
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.view_as(p), alpha=-group["lr"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the methods
+# ---------------------------------------------------------------------------------------------
+
+
+class Unavailable(Exception):
+    """A peer that cannot be imported or cannot step here; the message says why."""
+
+
+@dataclass
+class Method:
+    name: str
+    dtype: str  # Newton-Schulz compute dtype ("" for AdamW)
+    make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+    note: str = ""
+    muon: bool = True
+
+
+def _keller_package(params):
+    try:
+        import muon as keller
+    except ImportError as e:
+        raise Unavailable(f"pip package muon-optimizer not installed ({e})") from None
+    return keller.SingleDeviceMuon(params)
+
+
+def _muon_fsdp2(params):
+    try:
+        import muon_fsdp2
+    except ImportError as e:
+        raise Unavailable(f"pip package muon-fsdp2 not installed ({e})") from None
+    return muon_fsdp2.Muon([dict(params=params, use_muon=True, rms_scale=False)])
+
+
+def _heavyball(params):
+    try:
+        import heavyball
+    except ImportError as e:
+        raise Unavailable(f"pip package heavyball not installed ({e})") from None
+    return heavyball.Muon(params)
+
+
+def methods(device: torch.device) -> list[Method]:
+    ns = "bf16" if device.type == "cuda" else "fp32"
+    out = [
+        Method("muonkit Muon() default", ns, Muon, "jordan, 5 steps, Gram-NS where cheaper"),
+        Method("muonkit jordan, Gram off", ns, lambda p: Muon(p, ns_gram=False)),
+        Method("muonkit polar_express", ns, lambda p: Muon(p, ns_coefficients="polar_express")),
+        Method(
+            "muonkit polar_express, Gram off",
+            ns,
+            lambda p: Muon(p, ns_coefficients="polar_express", ns_gram=False),
+        ),
+        Method(
+            "muonkit ns_dtype=bf16 (opt-in)",
+            "bf16",
+            lambda p: Muon(p, ns_dtype=torch.bfloat16),
+            "torch.optim.Muon's precision; Gram-NS never runs in bf16",
+        ),
+        Method("torch.optim.Muon", "bf16", torch.optim.Muon, "as shipped in torch"),
+        Method(
+            "Keller Jordan muon.py SingleDeviceMuon",
+            "bf16",
+            _keller_package,
+            "pip muon-optimizer, as shipped",
+        ),
+        Method(
+            "Keller Jordan algorithm in fp32",
+            "fp32",
+            lambda p: KellerSingleDevice(p, dtype=torch.float32),
+            "faithful copy in this benchmark (package hard-codes bf16)",
+        ),
+        Method("muon-fsdp2 Muon", "bf16", _muon_fsdp2, "pip muon-fsdp2"),
+        Method("heavyball.Muon", "fp32", _heavyball, "pip heavyball, torch.compile'd step"),
+        Method(
+            "torch.optim.AdamW foreach",
+            "",
+            lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
+            muon=False,
+        ),
+        Method(
+            "torch.optim.AdamW fused",
+            "",
+            lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
+            muon=False,
+        ),
+    ]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 15):
+    """Best observed GFLOP/s of an n x n x n matmul in ``dtype`` (the physical limit here)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def make_params(shapes, device, seed=0):
+    """Parameters and their gradients (the same for every method of a set)."""
+    g = torch.Generator().manual_seed(seed)
+    params, grads = [], []
+    for shape in shapes:
+        params.append(torch.nn.Parameter((torch.randn(shape, generator=g) * 0.02).to(device)))
+        grads.append(torch.randn(shape, generator=g).to(device))
+    return params, grads
+
+
+def set_grads(params, grads) -> None:
+    """Fresh gradients before every step, outside the timed region: some peers clear
+    ``p.grad`` after a step (heavyball) or modify it in place (muon.py's Nesterov lerp_), and a
+    step without gradients does nothing."""
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+
+
+def time_set(shapes, device, chosen: list[Method], repeats: int, warmup: int, rng):
+    """Interleaved timing of one matrix set; returns per-method records."""
+    records: dict[str, dict] = {}
+    live: dict[str, tuple] = {}
+    for m in chosen:
+        rec = records[m.name] = {"dtype": m.dtype, "note": m.note, "muon": m.muon}
+        try:
+            params, grads = make_params(shapes, device)
+            opt = m.make(params)
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                set_grads(params, grads)
+                opt.step()
+            sync(device)
+            rec["warmup_s"] = time.perf_counter() - t0
+        except Unavailable as e:
+            rec["status"] = f"not installed: {e}"
+            continue
+        except Exception as e:  # a peer that imports but cannot step here
+            rec["status"] = f"installed, step fails: {type(e).__name__}: {e}"
+            continue
+        rec["status"] = "ok"
+        rec["times_ms"] = []
+        live[m.name] = (opt, params, grads)
+    for _ in range(repeats):
+        order = list(live)
+        rng.shuffle(order)
+        for name in order:
+            opt, params, grads = live[name]
+            set_grads(params, grads)
+            sync(device)
+            t0 = time.perf_counter()
+            opt.step()
+            sync(device)
+            records[name]["times_ms"].append((time.perf_counter() - t0) * 1e3)
+    for rec in records.values():
+        if rec["status"] == "ok":
+            t = rec["times_ms"]
+            rec.update(median_ms=statistics.median(t), min_ms=min(t), max_ms=max(t))
+    return records
+
+
+def parse_sets(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        width, _, layers = item.partition("x")
+        out.append((int(width), int(layers)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default="128x4,256x1,256x4,768x1", help="WIDTHxLAYERS,...")
+    ap.add_argument("--repeats", type=int, default=21, help="timed rounds per set")
+    ap.add_argument("--repeats-large", type=int, default=5, help="rounds for width >= 768")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine, 2 OpenMP threads stall "
+        "at every barrier while another process holds a core)",
+    )
+    ap.add_argument("--methods", default="", help="comma-separated substrings to keep")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rng = random.Random(args.seed)
+    chosen = methods(device)
+    if args.methods:
+        keep = [s.strip() for s in args.methods.split(",")]
+        chosen = [m for m in chosen if any(k in m.name for k in keep)]
+    hw = hardware(device)
+    peaks = {
+        "fp32": matmul_peak(torch.float32, device),
+        "bf16": matmul_peak(torch.bfloat16, device),
+    }
+    print(f"hardware: {hw}\nmatmul peak GFLOP/s: {peaks}")
+
+    results = []
+    for width, layers in parse_sets(args.sets):
+        shapes = gpt_matrix_shapes(width, layers)
+        repeats = args.repeats_large if width >= 768 else args.repeats
+        load0 = os.getloadavg()[0]
+        recs = time_set(shapes, device, chosen, repeats, args.warmup, rng)
+        load1 = os.getloadavg()[0]
+        flops = ns_flops(shapes)
+        base = recs.get(chosen[0].name, {}).get("median_ms")
+        for rec in recs.values():
+            if rec["status"] != "ok":
+                continue
+            rec["ratio_to_muonkit"] = rec["median_ms"] / base if base else None
+            if rec["muon"]:
+                rate = flops / (rec["median_ms"] * 1e-3) / 1e9
+                rec["gflops"] = rate
+                rec["pct_of_peak"] = 100 * rate / peaks[rec["dtype"]]
+        entry = {
+            "width": width,
+            "layers": layers,
+            "shapes": shapes,
+            "params": sum(r * c for r, c in shapes),
+            "ns_gflop_per_step": flops / 1e9,
+            "repeats": repeats,
+            "loadavg_1min": [load0, load1],
+            "methods": recs,
+        }
+        results.append(entry)
+        print(render_set(entry))
+
+    data = {"hardware": hw, "matmul_peak_gflops": peaks, "args": vars(args), "sets": results}
+    data["targets"] = check_targets(results, chosen[0].name)
+    md = render(data)
+    print(render_targets(data["targets"]))
+    if not args.no_write:
+        print(f"wrote {write_fragment('step_time', md, data)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def render_set(entry: dict) -> str:
+    header = ["method", "NS dtype", "median ms", "min", "max", "x muonkit", "GFLOP/s", "% peak"]
+    rows = []
+    for name, rec in entry["methods"].items():
+        if rec["status"] != "ok":
+            rows.append([name, rec["dtype"] or "-", rec["status"], "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                name,
+                rec["dtype"] or "-",
+                _fmt(rec["median_ms"]),
+                _fmt(rec["min_ms"]),
+                _fmt(rec["max_ms"]),
+                _fmt(rec["ratio_to_muonkit"]),
+                _fmt(rec.get("gflops"), ".1f"),
+                _fmt(rec.get("pct_of_peak"), ".0f"),
+            ]
+        )
+    title = (
+        f"### width {entry['width']} x {entry['layers']} layers "
+        f"({len(entry['shapes'])} matrices, {entry['params'] / 1e6:.2f} M params, "
+        f"{entry['ns_gflop_per_step']:.2f} GFLOP of standard NS per step; median of "
+        f"{entry['repeats']}; 1-min load {entry['loadavg_1min'][0]:.1f} -> "
+        f"{entry['loadavg_1min'][1]:.1f})\n"
+    )
+    return title + "\n" + markdown_table(header, rows)
+
+
+TARGET_SETS = ((128, 4), (256, 1))
+TORCH_RATIO, KELLER_RATIO = 0.05, 0.7
+
+
+def check_targets(results, default_name: str) -> list[dict]:
+    out = []
+    for entry in results:
+        if (entry["width"], entry["layers"]) not in TARGET_SETS:
+            continue
+        recs = entry["methods"]
+        ours = recs.get(default_name, {}).get("median_ms")
+        for peer, bound in (
+            ("torch.optim.Muon", TORCH_RATIO),
+            ("Keller Jordan algorithm in fp32", KELLER_RATIO),
+        ):
+            theirs = recs.get(peer, {}).get("median_ms")
+            ratio = ours / theirs if ours and theirs else None
+            out.append(
+                {
+                    "set": f"{entry['width']}x{entry['layers']}",
+                    "peer": peer,
+                    "target": bound,
+                    "ratio": ratio,
+                    "met": ratio is not None and ratio <= bound,
+                }
+            )
+    return out
+
+
+def render_targets(targets: list[dict]) -> str:
+    rows = [
+        [
+            t["set"],
+            t["peer"],
+            f"<= {t['target']}",
+            _fmt(t["ratio"], ".3f"),
+            "met" if t["met"] else "NOT met",
+        ]
+        for t in targets
+    ]
+    return markdown_table(["set", "muonkit default / peer", "target", "measured", ""], rows)
+
+
+def render(data: dict) -> str:
+    hw, peaks = data["hardware"], data["matmul_peak_gflops"]
+    lines = [
+        "## Optimizer step time (`benchmarks/step_time.py`)\n",
+        f"Measured {hw['date_utc']} on {hw['cpu']} ({hw['logical_cores']} logical cores, "
+        f"torch {hw['torch']}, {hw['torch_threads']} torch thread(s), device {hw['device']}). "
+        f"Measured matmul peak (1024^3, best of 15): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s. CPU flags: {' '.join(hw['cpu_flags']) or '-'}.\n",
+        "The machine is shared with other jobs: load averages are given per set; methods run "
+        "interleaved in random order each round, so load falls on all of them alike, but "
+        "absolute times are inflated and min/max spread is wide. Ratios within one set are the "
+        "figure to read. GFLOP/s counts the work of standard 5-step Newton-Schulz; Gram-NS does "
+        "less, so its rate is effective (useful work per second). `% peak` is against the "
+        "matmul peak of the method's NS dtype.\n",
+    ]
+    for entry in data["sets"]:
+        lines.append(render_set(entry))
+        warm = [
+            f"{n}: {r['warmup_s']:.1f} s"
+            for n, r in entry["methods"].items()
+            if r.get("warmup_s", 0) > 5
+        ]
+        if warm:
+            lines.append(f"Warm-up ({data['args']['warmup']} steps) over 5 s: {'; '.join(warm)}.\n")
+    lines.append("### Targets of issue 6 (this run)\n")
+    lines.append(render_targets(data["targets"]))
+    lines.append(
+        f"\nCommand: `python benchmarks/step_time.py --sets {data['args']['sets']} "
+        f"--repeats {data['args']['repeats']} --repeats-large {data['args']['repeats_large']} "
+        f"--threads {data['args']['threads']}`\n"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
