@@ -9,14 +9,6 @@ from muonkit.hybrid import MuonWithAuxAdam
 from muonkit.models.gpt import GPT, PRESETS, GPTConfig, preset_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small(**kw):
     cfg = dict(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)
     cfg.update(kw)

@@ -8,7 +8,6 @@ import json
 import statistics
 
 import pytest
-import torch
 from fake_datasets import write_cifar, write_mnist
 
 from muonkit.cli import main
@@ -19,15 +18,6 @@ TINY = dict(
     hidden=(16, 12), epochs=2, batch_size=16, lr=0.05, seeds=(0, 1), rank=4, ranks=(1, 2, 8)
 )
 SHAPES = [(16, 784), (12, 16), (10, 12)]  # (out, in) of the tiny MLP's three matrices
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy machine they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

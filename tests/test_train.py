@@ -19,15 +19,6 @@ from muonkit.train.loop import autocast_context, resolve_dtype
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids oversubscribing a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_run(tmp_path, optimizer="muon", steps=8, **cfg):
     cfg = {"steps": steps, "warmup_steps": 2, "progress": False, "tensorboard": False,
            "out_dir": str(tmp_path), **cfg}

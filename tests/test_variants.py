@@ -15,14 +15,6 @@ from muonkit.variants import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def drive(params, opt, grads):
     for step_grads in grads:
         for p, g in zip(params, step_grads):

@@ -177,6 +177,37 @@ def muon_update_(
     updates = momentum_update_(
         bufs, grads, momentum=momentum, nesterov=nesterov, form=momentum_form
     )
+    orthogonalize_and_apply_(
+        params,
+        updates,
+        lr=lr,
+        weight_decay=weight_decay,
+        ns_steps=ns_steps,
+        ns_coefficients=ns_coefficients,
+        ns_dtype=ns_dtype,
+        lr_scaling=lr_scaling,
+        ns_split=ns_split,
+        ns_gram=ns_gram,
+        ns_compile=ns_compile,
+    )
+
+
+def orthogonalize_and_apply_(
+    params: list[Tensor],
+    updates: Sequence[Tensor],
+    *,
+    lr: float,
+    weight_decay: float,
+    ns_steps: int = 5,
+    ns_coefficients: str | Sequence = "jordan",
+    ns_dtype: torch.dtype | None = None,
+    lr_scaling: str | Callable = "keller",
+    ns_split: int = 1,
+    ns_gram: bool | None = None,
+    ns_compile: bool = False,
+) -> None:
+    """The second half of every Muon-style step: orthogonalize the momentum updates, then
+    weight decay and the LR-scaled step (the variants build ``updates`` their own way)."""
     orth = orthogonalize_updates(
         updates,
         steps=ns_steps,
@@ -188,6 +219,23 @@ def muon_update_(
     )
     scales = [lr_scale(lr_scaling, block_shape(p.shape, ns_split)) for p in params]
     apply_updates_(params, orth, lr=lr, weight_decay=weight_decay, scales=scales)
+
+
+def group_orthogonalize_and_apply_(group: dict, params: list[Tensor], updates) -> None:
+    """:func:`orthogonalize_and_apply_` with a param group's options."""
+    orthogonalize_and_apply_(
+        params,
+        updates,
+        lr=group["lr"],
+        weight_decay=group["weight_decay"],
+        ns_steps=group["ns_steps"],
+        ns_coefficients=group["ns_coefficients"],
+        ns_dtype=group["ns_dtype"],
+        lr_scaling=group["lr_scaling"],
+        ns_split=group["ns_split"],
+        ns_gram=group.get("ns_gram"),
+        ns_compile=group.get("ns_compile", False),
+    )
 
 
 def any_dtensor(tensors: Iterable[Tensor]) -> bool:

@@ -29,13 +29,7 @@ import torch
 
 from ..report.compare import build_compare_report
 from ..report.metrics import load_run
-from ..train.gpt import (
-    add_gpt_arguments,
-    model_overrides_from,
-    optimizer_options_from,
-    train_config_from,
-    train_gpt,
-)
+from ..train.gpt import add_gpt_arguments, train_config_from, train_gpt, train_gpt_kwargs
 
 OPTIMIZERS = ("adamw", "muon")
 ERROR_FILE = "error.txt"
@@ -54,20 +48,10 @@ def run_one(args: argparse.Namespace, optimizer: str, out_dir: Path, seed: int, 
     """Train one run (in a fresh process with ``--isolate``); returns its final val loss,
     read back from the run's metrics file."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(
-        optimizer=optimizer,
-        preset=args.preset,
-        data=args.data,
-        tokenizer=args.tokenizer,
-        batch_size=args.batch_size,
-        block_size=args.block_size,
-        eval_batches=args.eval_batches,
-        model_overrides=model_overrides_from(args),
-        optimizer_options=optimizer_options_from(args, optimizer),
-        train_config=train_config_from(
-            args, optimizer, str(out_dir), seed, tensorboard=not args.no_tensorboard, **changes
-        ),
+    cfg = train_config_from(
+        args, optimizer, str(out_dir), seed, tensorboard=not args.no_tensorboard, **changes
     )
+    kwargs = train_gpt_kwargs(args, optimizer, cfg)
     if not args.isolate:
         train_gpt(**kwargs)
         return load_run(out_dir / "metrics.jsonl").val[-1]["val_loss"]

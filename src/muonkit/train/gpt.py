@@ -246,9 +246,10 @@ def run_command(args) -> int:
         compute_cleanup()
 
 
-def _run(args, cfg: TrainConfig) -> int:
-    result = train_gpt(
-        args.optimizer,
+def train_gpt_kwargs(args, optimizer: str, cfg: TrainConfig) -> dict:
+    """The keyword arguments of :func:`train_gpt` given the shared GPT flags."""
+    return dict(
+        optimizer=optimizer,
         preset=args.preset,
         data=args.data,
         tokenizer=args.tokenizer,
@@ -256,10 +257,13 @@ def _run(args, cfg: TrainConfig) -> int:
         block_size=args.block_size,
         eval_batches=args.eval_batches,
         model_overrides=model_overrides_from(args),
-        optimizer_options=optimizer_options_from(args, args.optimizer),
+        optimizer_options=optimizer_options_from(args, optimizer),
         train_config=cfg,
-        parallel=args.parallel,
     )
+
+
+def _run(args, cfg: TrainConfig) -> int:
+    result = train_gpt(**train_gpt_kwargs(args, args.optimizer, cfg), parallel=args.parallel)
     text = None  # every rank samples: an FSDP2 forward is a collective
     if args.sample:
         text = sample_text(result.extra["model"], result.extra["data"], args.sample, args.seed)

@@ -35,14 +35,11 @@ from ..hybrid import HEAD_NAMES
 from ..muon import (
     MUON_DEFAULTS,
     MuonBase,
-    apply_updates_,
-    block_shape,
+    group_orthogonalize_and_apply_,
     matrix_shape,
     momentum_update_,
-    orthogonalize_updates,
     validate_muon_options,
 )
-from ..scaling import lr_scale
 
 
 def closest_divisor_to_sqrt(n: int) -> int:
@@ -189,16 +186,7 @@ class KroneckerMuon(MuonBase):
             if updates[i] is None:
                 T = self._kronecker_momentum(p, g, mu, group["power_iters"])
                 updates[i] = g + mu * T if nesterov else T
-        orth = orthogonalize_updates(
-            updates,
-            steps=group["ns_steps"],
-            coefficients=group["ns_coefficients"],
-            dtype=group["ns_dtype"],
-        )
-        scales = [lr_scale(group["lr_scaling"], block_shape(p.shape)) for p in params]
-        apply_updates_(
-            params, orth, lr=group["lr"], weight_decay=group["weight_decay"], scales=scales
-        )
+        group_orthogonalize_and_apply_(group, params, updates)
 
 
 def output_layer_params(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> list[Tensor]:

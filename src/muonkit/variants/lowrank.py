@@ -34,13 +34,10 @@ from torch import Tensor
 from ..muon import (
     MUON_DEFAULTS,
     MuonBase,
-    apply_updates_,
-    block_shape,
+    group_orthogonalize_and_apply_,
     matrix_shape,
-    orthogonalize_updates,
     validate_muon_options,
 )
-from ..scaling import lr_scale
 
 
 def ridge_solve_right(X: Tensor, A: Tensor, ridge: float) -> Tensor:
@@ -164,13 +161,4 @@ class LoRAPreMuon(MuonBase):
             lora_pre_update_(B, A, g2, gamma, group["ridge"])
             m = B @ A
             updates.append((g2 + mu * m if group["nesterov"] else m).reshape(p.shape))
-        orth = orthogonalize_updates(
-            updates,
-            steps=group["ns_steps"],
-            coefficients=group["ns_coefficients"],
-            dtype=group["ns_dtype"],
-        )
-        scales = [lr_scale(group["lr_scaling"], block_shape(p.shape)) for p in params]
-        apply_updates_(
-            params, orth, lr=group["lr"], weight_decay=group["weight_decay"], scales=scales
-        )
+        group_orthogonalize_and_apply_(group, params, updates)
