@@ -37,7 +37,7 @@ demo-distributed: install
 
 # Timed comparisons against the peers (never part of `make test`); results go to
 # docs/results/benchmarks.md. The peers are installed with --no-deps so none can replace torch.
-bench: install
+bench: install  # peers = the `bench` extra of pyproject.toml
 	$(PY) -m pip install -q --no-deps muon-optimizer muon-fsdp2 heavyball opt-einsum
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/orth_accuracy.py

@@ -103,11 +103,12 @@ def main(argv=None) -> int:
     FRAGMENTS.mkdir(parents=True, exist_ok=True)
     figure = FRAGMENTS / "orth_accuracy.png"
     fig, ax = plt.subplots(figsize=(8, 5))
-    s_in = sigma.numpy()
+    # output singular values in the input's order: project on the input singular vectors
+    # (svd sorts them descending, so s_in is the svd's S, not the ascending logspace)
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    s_in = S.numpy()
     for label, coeffs, dtype, gram in METHODS:
         out = newton_schulz(G, 5, coeffs, dtype=dtype, gram=gram).double()
-        # output singular values in the input's order: project on the input singular vectors
-        U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
         s_out = torch.diagonal(U.T @ out @ Vh.T).numpy()
         ax.plot(s_in, s_out, label=label, lw=1.5)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")

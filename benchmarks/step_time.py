@@ -159,7 +159,12 @@ def methods(device: torch.device) -> list[Method]:
             "faithful copy in this benchmark (package hard-codes bf16)",
         ),
         Method("muon-fsdp2 Muon", "bf16", _muon_fsdp2, "pip muon-fsdp2"),
-        Method("heavyball.Muon", "fp32", _heavyball, "pip heavyball, torch.compile'd step"),
+        Method(
+            "heavyball.Muon",
+            "bf16",
+            _heavyball,
+            "pip heavyball, torch.compile'd step; NS input stochastically rounded to bf16",
+        ),
         Method(
             "torch.optim.AdamW foreach",
             "",
