@@ -1,9 +1,11 @@
 """muonkit: the Muon optimizer, its AdamW hybrid, distributed and memory-saving variants,
-and the experiments that compare them with AdamW."""
+and the experiments that compare them with AdamW.
+
+(``orthogonalize`` is not re-exported here: ``muonkit.orthogonalize`` is the module.)"""
 
 from .hybrid import MuonWithAuxAdam, hybrid_param_groups, split_params
 from .muon import Muon, NonFiniteGradientError
-from .orthogonalize import newton_schulz, orthogonalize, polar
+from .orthogonalize import newton_schulz, polar
 from .scaling import lr_scale
 
 __all__ = [
@@ -13,7 +15,6 @@ __all__ = [
     "hybrid_param_groups",
     "lr_scale",
     "newton_schulz",
-    "orthogonalize",
     "polar",
     "split_params",
 ]
