@@ -65,9 +65,17 @@ def compute_init(
     return True, rank, local_rank, world_size, dev
 
 
-def compute_cleanup() -> None:
-    """Destroy the process group if one is initialized (a no-op otherwise)."""
+def compute_cleanup(wait_for_peers: bool = True) -> None:
+    """Destroy the process group if one is initialized (a no-op otherwise).
+
+    With ``wait_for_peers`` (the normal end of a run) every rank first meets at a barrier, so
+    no rank tears its communicator down while a peer still has collectives in flight (a
+    teardown race that can abort a gloo rank at exit). After an error, pass False: a failed
+    rank's peers may never reach the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

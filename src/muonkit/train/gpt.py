@@ -241,9 +241,12 @@ def run_command(args) -> int:
         checkpoint_every=args.checkpoint_every, resume=args.resume, **changes,
     )
     try:
-        return _run(args, cfg)
-    finally:
-        compute_cleanup()
+        status = _run(args, cfg)
+    except BaseException:
+        compute_cleanup(wait_for_peers=False)
+        raise
+    compute_cleanup()
+    return status
 
 
 def train_gpt_kwargs(args, optimizer: str, cfg: TrainConfig) -> dict:
