@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from muonkit import Muon, NonFiniteGradientError
-from muonkit.muon import SKIPPED_STEPS_KEY, orthogonalize_updates
+from muonkit.muon import SKIPPED_STEPS_KEY, all_finite, orthogonalize_updates
 
 SHAPES = [(16, 8), (8, 16), (12, 12), (12, 12), (16, 8)]
 
@@ -174,6 +174,20 @@ def test_nonfinite_gradient_raises_and_changes_nothing(where, bad):
     after_s = opt.state_dict()
     for k, v in before_s["state"].items():
         assert torch.equal(v["momentum_buffer"], after_s["state"][k]["momentum_buffer"])
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([1.0, 2.0], True),
+        ([6e4, 6e4], True),  # finite fp16 values whose norm overflows to inf
+        ([1.0, float("-inf")], False),
+        ([float("nan"), 1.0], False),
+    ],
+)
+def test_all_finite_is_exact_per_element(values, expected):
+    tensors = [torch.zeros(0), torch.ones(3, 3), torch.tensor(values, dtype=torch.float16)]
+    assert all_finite(tensors) is expected
 
 
 def test_nonfinite_skip_counts_and_changes_nothing():

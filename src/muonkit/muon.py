@@ -141,13 +141,21 @@ def apply_updates_(
     weight_decay: float,
     scales: Sequence[float],
 ) -> None:
-    """Decoupled weight decay then the scaled step: ``p *= 1 - lr*wd; p -= lr*scale*u``."""
+    """Decoupled weight decay then the scaled step: ``p *= 1 - lr*wd; p -= lr*scale*u``.
+
+    One fused ``torch._foreach_add_`` per distinct scale (a GPT has 2-3 matrix shapes).
+    """
     if not params:
         return
     if weight_decay != 0:
         torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+    by_scale: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
     for p, u, s in zip(params, updates, scales):
-        p.add_(u.to(p.dtype), alpha=-lr * s)
+        ps, us = by_scale[s]
+        ps.append(p)
+        us.append(u.to(p.dtype))
+    for s, (ps, us) in by_scale.items():
+        torch._foreach_add_(ps, us, alpha=-lr * s)
 
 
 def muon_update_(
@@ -245,17 +253,25 @@ def any_dtensor(tensors: Iterable[Tensor]) -> bool:
 
 
 def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """True when no tensor holds a NaN or inf (one device sync for the whole list).
+    """True when no tensor holds a NaN or inf.
 
-    With DTensors (sharded parameters) every rank checks its shards and the ranks agree.
+    Fast path: one fused pass (``torch._foreach_norm``) and one device sync for the whole list.
+    A NaN or inf element makes its tensor's norm NaN or inf, so finite norms prove every
+    element finite; a non-finite norm may also come from finite values whose squares overflow
+    (e.g. fp16), so that case is confirmed element by element. With DTensors (sharded
+    parameters) every rank checks its shards and the ranks agree.
     """
     tensors = list(tensors)
     if any_dtensor(tensors):
         from .distributed.muon import all_finite_global
 
         return all_finite_global(tensors)
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(tensors)
+    if bool(torch.stack([n.float() for n in norms]).isfinite().all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 # ---------------------------------------------------------------------------------------------
