@@ -72,20 +72,6 @@ def gpt_matrix_shapes(width: int, layers: int) -> list[tuple[int, int]]:
     return [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * layers
 
 
-def ns_flops(shapes, steps: int = 5) -> float:
-    """FLOPs of ``steps`` standard quintic Newton-Schulz steps on each shape (2 per multiply-add).
-
-    Per step on the wide orientation (m <= n): X X^T (m^2 n), A A (m^3), B X (m^2 n). This is
-    the work of the textbook iteration; the Gram-side form does fewer, so its "GFLOP/s" counted
-    this way is an effective rate (useful work per second), and may exceed the matmul peak.
-    """
-    total = 0
-    for rows, cols in shapes:
-        m, n = min(rows, cols), max(rows, cols)
-        total += steps * (2 * m * m * n + m**3)
-    return 2.0 * total
-
-
 def write_fragment(name: str, markdown: str, data: dict) -> Path:
     """Write one benchmark's markdown + json and rebuild docs/results/benchmarks.md."""
     FRAGMENTS.mkdir(parents=True, exist_ok=True)

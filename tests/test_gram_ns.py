@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from muonkit.orthogonalize import COEFFICIENT_SCHEDULES, newton_schulz, use_gram
+from muonkit.orthogonalize import (
+    COEFFICIENT_SCHEDULES,
+    newton_schulz,
+    newton_schulz_flops,
+    use_gram,
+)
 
 
 def well_conditioned(*shape, seed=0):
@@ -54,3 +59,25 @@ def test_gram_output_singular_values_lie_in_the_schedule_band(name, band):
     G = (U * torch.logspace(-2, 0, 48)) @ V.T
     s = torch.linalg.svdvals(newton_schulz(G, coefficients=name, gram=True).double())
     assert band[0] <= s.min() and s.max() <= band[1]
+
+
+@pytest.mark.parametrize("gram", [False, True])
+@pytest.mark.parametrize("steps", [0, 1, 5, 7, 12])
+@pytest.mark.parametrize("shape", [(24, 64), (64, 24), (3, 16, 40), (20, 20)])
+def test_flop_model_matches_the_products_actually_run(shape, steps, gram):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    G = torch.randn(*shape)
+    with FlopCounterMode(display=False) as counter:
+        newton_schulz(G, steps, gram=gram)
+    assert counter.get_total_flops() == newton_schulz_flops(shape, steps, gram)
+
+
+def test_gram_form_is_cheaper_from_the_auto_aspect_ratio_on():
+    m = 128
+    steps = 5
+    cheaper = [
+        newton_schulz_flops((m, n), steps, True) < newton_schulz_flops((m, n), steps, False)
+        for n in (m, 2 * m, 4 * m)
+    ]
+    assert cheaper == [False, True, True]

@@ -24,6 +24,7 @@ Coefficient schedules (``COEFFICIENT_SCHEDULES``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -154,6 +155,23 @@ def _gram_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
             Q = P if Q is None else P @ Q
         X = Q @ X
     return X
+
+
+def newton_schulz_flops(shape: Sequence[int], steps: int = 5, gram: bool = False) -> int:
+    """Matrix-product FLOPs (2 per multiply-add) of :func:`newton_schulz` on ``shape``.
+
+    With (m, n) the wide orientation (m <= n) and B the batch size: the standard form costs
+    ``steps * (4 m^2 n + 2 m^3)``; the Gram form, per segment of k <= ``GRAM_RESTART`` steps,
+    ``4 m^2 n`` (R = X X^T and Q X) plus ``2 m^3 (4 k - 3)`` (one product in the first step,
+    four in each later one). Elementwise work is not counted. The cost model behind
+    ``GRAM_MIN_ASPECT`` and the benchmarks' achieved-FLOP/s figures.
+    """
+    m, n = sorted(int(d) for d in shape[-2:])
+    batch = math.prod(int(d) for d in shape[:-2])
+    if not gram:
+        return batch * steps * (4 * m * m * n + 2 * m**3)
+    segments = [min(GRAM_RESTART, steps - s) for s in range(0, steps, GRAM_RESTART)]
+    return batch * sum(4 * m * m * n + 2 * m**3 * (4 * k - 3) for k in segments)
 
 
 _compiled_iterations: dict = {}
