@@ -31,6 +31,7 @@ from muonkit.distributed import (
 )
 from muonkit.muon import NonFiniteGradientError
 from muonkit.schedules import apply_schedules
+from muonkit.train import accumulate_gradients
 
 # dim 0 not divisible by 2, 3 or 4 (5, 7), smaller than W (2, 1, 3), a same-shape batch of
 # three (5, 4), a conv-like 3-D kernel and a fused "QKV" q0 (the hybrid orthogonalizes it as 3
@@ -146,6 +147,35 @@ def train_mlp(model: nn.Module, opt, rank: int = 0, world: int = 1) -> None:
         opt.zero_grad(set_to_none=True)
 
 
+ACCUM_MICRO, ACCUM_ROWS = 3, 6  # micro-batches per step, rows per rank
+
+
+def accum_batch(world: int):
+    g = torch.Generator().manual_seed(77)
+    n = world * ACCUM_ROWS
+    return torch.randn(n, 5, generator=g), torch.randn(n, 3, generator=g)
+
+
+def mse(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+def count_allreduces(ddp_model) -> int:
+    """All-reduce calls DDP has made through its comm hook so far (a hook is installed once)."""
+    if not hasattr(ddp_model, "allreduce_calls"):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        ddp_model.allreduce_calls = 0
+
+        def hook(state, bucket):
+            ddp_model.allreduce_calls += 1
+            return allreduce_hook(state, bucket)
+
+        ddp_model.register_comm_hook(None, hook)
+    return ddp_model.allreduce_calls
+
+
 def mlp_groups(model: nn.Module) -> list[dict]:
     return [
         dict(params=[p for p in model.parameters() if p.ndim >= 2], use_muon=True, **MUON_OPTS),
@@ -226,6 +256,16 @@ def worker(rank: int, world: int, out_dir: str) -> None:
     fully_shard(model, mesh=mesh)
     train_mlp(model, MuonWithAuxAdam(mlp_groups(model)), rank, world)
     res["fsdp_e2e"] = full_params(model)
+
+    model = DDP(MLP())  # gradient accumulation: DDP all-reduces once per step
+    res["accum_allreduces"] = count_allreduces(model)
+    x, y = accum_batch(world)
+    rows = slice(rank * ACCUM_ROWS, (rank + 1) * ACCUM_ROWS)
+    micro = list(zip(x[rows].chunk(ACCUM_MICRO), y[rows].chunk(ACCUM_MICRO)))
+    model.zero_grad(set_to_none=True)
+    accumulate_gradients(model, mse, micro)
+    res["accum_allreduces"] = count_allreduces(model) - res["accum_allreduces"]
+    res["accum_grads"] = {n: p.grad.clone() for n, p in model.module.named_parameters()}
 
     if os.path.exists(os.path.join(out_dir, "ckpt_w2")):  # FSDP2 checkpoint -> DDP layout
         net = Net()
@@ -334,6 +374,19 @@ def test_real_backward_matches_single_process(results, world, key):
     model = MLP()
     train_mlp(model, MuonWithAuxAdam(mlp_groups(model)))
     assert_matches(per_rank[0][key], full_params(model))
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("world", WORLD_SIZES)
+def test_ddp_gradient_accumulation_syncs_once_and_matches_one_big_batch(results, world):
+    per_rank = results(world)
+    model = MLP()
+    x, y = accum_batch(world)
+    mse(model, (x, y)).backward()
+    for res in per_rank:
+        assert res["accum_allreduces"] == 1, "one bucket, all-reduced on the last micro-batch"
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(res["accum_grads"][name], p.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.timeout(200)

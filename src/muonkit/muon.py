@@ -444,23 +444,14 @@ class MuonBase(torch.optim.Optimizer):
 
             distributed_muon_group_step(self, group, params, grads)
             return
-        muon_update_(
-            params,
-            grads,
+        updates = momentum_update_(
             self._momentum_buffers(params),
-            lr=group["lr"],
+            grads,
             momentum=group["momentum"],
             nesterov=group["nesterov"],
-            weight_decay=group["weight_decay"],
-            momentum_form=group["momentum_form"],
-            ns_steps=group["ns_steps"],
-            ns_coefficients=group["ns_coefficients"],
-            ns_dtype=group["ns_dtype"],
-            lr_scaling=group["lr_scaling"],
-            ns_split=group["ns_split"],
-            ns_gram=group.get("ns_gram"),
-            ns_compile=group.get("ns_compile", False),
+            form=group["momentum_form"],
         )
+        group_orthogonalize_and_apply_(group, params, updates)
 
 
 class Muon(MuonBase):

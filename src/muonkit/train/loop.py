@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed.env import is_distributed
 from ..schedules import DECAYS, apply_schedules, lr_multiplier, muon_momentum
@@ -182,14 +183,24 @@ def accumulate_gradients(
 
     Each micro-batch loss is scaled by ``1 / len(micro_batches)`` before its backward, so the
     gradients summed in ``.grad`` equal those of one batch made of all of them (when each loss
-    is a mean over equally sized micro-batches).
+    is a mean over equally sized micro-batches). Under ``DistributedDataParallel`` every
+    backward but the last runs in ``model.no_sync()``: gradients accumulate locally and are
+    all-reduced once per step, not once per micro-batch. (FSDP2 still reduce-scatters each
+    micro-batch, which keeps gradients sharded; skipping that would hold unsharded gradients.)
     """
     k = len(micro_batches)
     total = None
-    for batch in micro_batches:
-        with autocast():
-            loss = loss_fn(model, batch) / k
-        loss.backward()
+    for i, batch in enumerate(micro_batches):
+        last = i == k - 1
+        sync = (
+            model.no_sync()
+            if isinstance(model, DistributedDataParallel) and not last
+            else contextlib.nullcontext()
+        )
+        with sync:
+            with autocast():
+                loss = loss_fn(model, batch) / k
+            loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total
 
