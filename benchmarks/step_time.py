@@ -142,7 +142,11 @@ def methods(device: torch.device) -> list[Method]:
     ns = "bf16" if device.type == "cuda" else "fp32"
     out = [
         Method(
-            "muonkit Muon() default", ns, Muon, "jordan, 5 steps, Gram-NS where cheaper", True, None
+            "muonkit Muon() default",
+            ns,
+            Muon,
+            "jordan, 5 steps, Gram-NS where cheaper",
+            ns_gram=None,
         ),
         Method("muonkit jordan, Gram off", ns, lambda p: Muon(p, ns_gram=False)),
         Method(
@@ -417,7 +421,8 @@ TORCH_RATIO, KELLER_RATIO = 0.05, 0.7
 
 def check_targets(results, default_name: str, peaks: dict) -> list[dict]:
     """Each target ratio as measured, and the floor: the ratio the muonkit default would have
-    if its matrix products ran at this machine's measured peak (fp32) with no other cost."""
+    if its matrix products ran at this machine's measured peak in its NS dtype with no other
+    cost."""
     out = []
     for entry in results:
         if (entry["width"], entry["layers"]) not in TARGET_SETS:

@@ -24,8 +24,9 @@ over time (momentum warmup), for the low-rank/Kronecker variants whose factor up
 scale-free, and in the size of the buffer a reader sees in state.
 
 This module keeps the math in functions on lists of tensors (``momentum_update_``,
-``orthogonalize_updates``, ``apply_updates_``, ``muon_update_``); the distributed and variant
-optimizers call the same functions. ``Muon`` only holds param groups and state.
+``orthogonalize_updates``, ``apply_updates_``, and ``orthogonalize_and_apply_`` joining the last
+two); the distributed and variant optimizers call the same functions. ``Muon`` only holds
+param groups and state.
 """
 
 from __future__ import annotations
@@ -156,48 +157,6 @@ def apply_updates_(
         us.append(u.to(p.dtype))
     for s, (ps, us) in by_scale.items():
         torch._foreach_add_(ps, us, alpha=-lr * s)
-
-
-def muon_update_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    bufs: list[Tensor],
-    *,
-    lr: float,
-    momentum: float,
-    nesterov: bool,
-    weight_decay: float,
-    momentum_form: str = "standard",
-    ns_steps: int = 5,
-    ns_coefficients: str | Sequence = "jordan",
-    ns_dtype: torch.dtype | None = None,
-    lr_scaling: str | Callable = "keller",
-    ns_split: int = 1,
-    ns_gram: bool | None = None,
-    ns_compile: bool = False,
-) -> None:
-    """One Muon step on lists of matrices (in place on ``params`` and ``bufs``).
-
-    The LR scaling rule sees the shape of one orthogonalized block (see ``ns_split``).
-    ``ns_gram`` and ``ns_compile`` pick how Newton-Schulz is evaluated, not what it computes
-    (see :func:`muonkit.orthogonalize.newton_schulz`).
-    """
-    updates = momentum_update_(
-        bufs, grads, momentum=momentum, nesterov=nesterov, form=momentum_form
-    )
-    orthogonalize_and_apply_(
-        params,
-        updates,
-        lr=lr,
-        weight_decay=weight_decay,
-        ns_steps=ns_steps,
-        ns_coefficients=ns_coefficients,
-        ns_dtype=ns_dtype,
-        lr_scaling=lr_scaling,
-        ns_split=ns_split,
-        ns_gram=ns_gram,
-        ns_compile=ns_compile,
-    )
 
 
 def orthogonalize_and_apply_(
