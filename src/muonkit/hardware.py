@@ -1,0 +1,88 @@
+"""What the machine does natively, read once and never assumed.
+
+Matrix-multiply speed by dtype differs by an order of magnitude between machines: a CPU with
+AVX512-BF16 or AMX runs bf16 matmul about 2x faster than fp32, one with only AVX2 runs it tens
+of times slower. Optimizer defaults and reports therefore ask this module, which reads the CPU
+feature flags (``/proc/cpuinfo`` on Linux) and PyTorch's own view of the CPU
+(``torch.backends.cpu.get_cpu_capability()``) instead of guessing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+# CPU flags that decide matmul speed by dtype; reports list those present.
+TIMING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``); empty where they cannot be read."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU model name, or ``platform.processor()`` where /proc/cpuinfo is missing."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+def cpu_capability() -> str:
+    """PyTorch's CPU kernel level (e.g. ``"AVX2"``, ``"AVX512"``), or ``"unknown"``."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16).
+
+    ``flags`` replaces the detected flags (tests force either case with it).
+    """
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info(device: torch.device | str | None = None) -> dict:
+    """What affects timing, for run reports: CPU model, its timing flags, PyTorch's CPU
+    capability, native bf16, cores, torch threads, the 1-minute load now and the GPU name."""
+    info = {
+        "cpu": cpu_model(),
+        "cpu_flags": sorted(f for f in TIMING_FLAGS if f in cpu_flags()),
+        "cpu_capability": cpu_capability(),
+        "cpu_native_bf16": cpu_native_bf16(),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_1min": load_average(),
+        "torch": torch.__version__,
+    }
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    return info
