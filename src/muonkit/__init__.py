@@ -5,11 +5,13 @@ and the experiments that compare them with AdamW.
 
 from .hybrid import MuonWithAuxAdam, hybrid_param_groups, split_params
 from .muon import Muon, NonFiniteGradientError
+from .options import MuonOptions
 from .orthogonalize import newton_schulz, polar
 from .scaling import lr_scale
 
 __all__ = [
     "Muon",
+    "MuonOptions",
     "MuonWithAuxAdam",
     "NonFiniteGradientError",
     "hybrid_param_groups",

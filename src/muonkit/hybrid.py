@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .muon import MUON_DEFAULTS, MuonBase, check_choice, validate_muon_options
+from .muon import MUON_DEFAULTS, MuonBase, validate_muon_options
+from .options import check_choice, expand_options
 
 ROLES = ("muon", "embedding", "head", "vector")
 HEAD_NAMES = ("lm_head", "head", "output", "classifier")
@@ -111,17 +112,15 @@ def hybrid_param_groups(
     by_role: dict[str, list[Tensor]] = {r: [] for r in ROLES}
     for _, p, role in classify_params(model, head_names):
         by_role[role].append(p)
+    if "options" in muon_options:  # a MuonOptions carries its own weight_decay
+        if muon_weight_decay != 0.0:
+            raise ValueError("pass weight_decay inside options=MuonOptions(...), not both")
+    else:
+        muon_options = {"weight_decay": muon_weight_decay, **muon_options}
     groups: list[dict] = []
     if by_role["muon"]:
         groups.append(
-            dict(
-                params=by_role["muon"],
-                use_muon=True,
-                role="muon",
-                lr=muon_lr,
-                weight_decay=muon_weight_decay,
-                **muon_options,
-            )
+            dict(params=by_role["muon"], use_muon=True, role="muon", lr=muon_lr, **muon_options)
         )
     for role in ("embedding", "head", "vector"):
         if by_role[role]:
@@ -189,7 +188,8 @@ class MuonWithAuxAdam(MuonBase):
 
     Args:
         param_groups: dicts, each with ``params`` and ``use_muon``. Muon groups take Muon's
-            options (defaults as :class:`muonkit.Muon`: lr 0.02, momentum 0.95, ...); AdamW
+            options (defaults as :class:`muonkit.Muon`: lr 0.02, momentum 0.95, ...), as keys
+            or as one ``options=MuonOptions(...)`` entry; AdamW
             groups take ``lr`` (3e-4), ``betas`` ((0.9, 0.95)), ``eps`` (1e-8),
             ``weight_decay`` (0). Build them with :func:`hybrid_param_groups`.
         nonfinite: "raise" or "skip", for the whole step (see :class:`muonkit.muon.MuonBase`).
@@ -210,8 +210,11 @@ class MuonWithAuxAdam(MuonBase):
 
     def add_param_group(self, param_group: dict) -> None:
         check_choice("use_muon", param_group.get("use_muon"), (True, False))
-        defaults = MUON_DEFAULTS if param_group["use_muon"] else ADAMW_DEFAULTS
-        super().add_param_group({**defaults, **param_group})
+        if param_group["use_muon"]:
+            param_group = {**MUON_DEFAULTS, **expand_options(param_group)}
+        else:
+            param_group = {**ADAMW_DEFAULTS, **param_group}
+        super().add_param_group(param_group)
 
     def _validate_group(self, group: dict) -> None:
         if group["use_muon"]:

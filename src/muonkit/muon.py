@@ -25,8 +25,9 @@ scale-free, and in the size of the buffer a reader sees in state.
 
 This module keeps the math in functions on lists of tensors (``momentum_update_``,
 ``orthogonalize_updates``, ``apply_updates_``, and ``orthogonalize_and_apply_`` joining the last
-two); the distributed and variant optimizers call the same functions. ``Muon`` only holds
-param groups and state.
+two), each taking the update options as one :class:`muonkit.options.MuonOptions`; the
+distributed and variant optimizers call the same functions. ``Muon`` only holds param groups
+and state.
 """
 
 from __future__ import annotations
@@ -40,10 +41,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .orthogonalize import ORTHOGONALIZE_METHODS, orthogonalize, resolve_schedule
-from .scaling import lr_scale, validate_rule
+from .options import (
+    MOMENTUM_FORMS,
+    MuonOptions,
+    check_choice,
+    expand_options,
+    options_from_call,
+)
+from .orthogonalize import orthogonalize
+from .scaling import lr_scale
 
-MOMENTUM_FORMS = ("standard", "ema")
+DEFAULT_OPTIONS = MuonOptions()
 NONFINITE_POLICIES = ("raise", "skip")
 SKIPPED_STEPS_KEY = "nonfinite_skipped_steps"
 
@@ -58,15 +66,16 @@ class NonFiniteGradientError(FloatingPointError):
 
 
 def momentum_update_(
-    bufs: list[Tensor], grads: list[Tensor], *, momentum: float, nesterov: bool, form: str
+    bufs: list[Tensor], grads: list[Tensor], options: MuonOptions = DEFAULT_OPTIONS
 ) -> list[Tensor]:
     """Update momentum buffers in place and return the tensors to orthogonalize.
 
-    See the module docstring for the two forms. The returned list may alias ``bufs``
-    (no Nesterov): callers must not modify it in place.
+    See the module docstring for the two forms (``options.momentum_form``). The returned list
+    may alias ``bufs`` (no Nesterov): callers must not modify it in place.
     """
     if not bufs:
         return []
+    momentum, nesterov, form = options.momentum, options.nesterov, options.momentum_form
     if form == "standard":
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, grads)
@@ -83,45 +92,42 @@ def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
 
 
 def orthogonalize_updates(
-    updates: Sequence[Tensor],
-    *,
-    steps: int = 5,
-    coefficients: str | Sequence = "jordan",
-    dtype: torch.dtype | None = None,
-    splits: int | Sequence[int] = 1,
-    gram: bool | None = None,
-    compile: bool = False,
+    updates: Sequence[Tensor], options: MuonOptions = DEFAULT_OPTIONS
 ) -> list[Tensor]:
     """Orthogonalize each update; same-shape matrices go through one batched call.
 
     Tensors of 3 or more dims (e.g. conv kernels (out, in, kh, kw)) are orthogonalized as the
-    (shape[0], -1) matrix and reshaped back. ``splits`` (one int, or one per update) cuts each
-    matrix into that many equal row blocks that are orthogonalized separately: 3 for a fused
-    QKV projection (Q, K and V are separate linear maps), ``3 * n_head`` per attention head.
-    ``gram`` and ``compile`` choose how Newton-Schulz is evaluated (see
+    (shape[0], -1) matrix and reshaped back. ``options.ns_split`` cuts each matrix into that
+    many equal row blocks that are orthogonalized separately: 3 for a fused QKV projection
+    (Q, K and V are separate linear maps), ``3 * n_head`` per attention head. The ``ns_*``
+    options choose how Newton-Schulz is evaluated (see
     :func:`muonkit.orthogonalize.newton_schulz`). Returns new tensors of the inputs' shapes.
     """
-    per_update = [splits] * len(updates) if isinstance(splits, int) else list(splits)
+    k = options.ns_split
     blocks: list[Tensor] = []
-    for u, k in zip(updates, per_update):
+    for u in updates:
         out_dim, in_dim = matrix_shape(u.shape)
         blocks.extend(u.reshape(k, out_dim // k, in_dim).unbind(0))
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for i, m in enumerate(blocks):
         by_shape[(tuple(m.shape), m.dtype, m.device)].append(i)
+    ns = (
+        options.ns_coefficients,
+        options.ns_steps,
+        options.ns_dtype,
+        options.ns_gram,
+        options.ns_compile,
+    )
     done: list[Tensor] = [None] * len(blocks)  # type: ignore[list-item]
     for idx in by_shape.values():
         if len(idx) == 1:
-            results = [
-                orthogonalize(blocks[idx[0]], coefficients, steps, dtype, gram, compile)
-            ]
+            results = [orthogonalize(blocks[idx[0]], *ns)]
         else:
-            stacked = torch.stack([blocks[i] for i in idx])
-            results = orthogonalize(stacked, coefficients, steps, dtype, gram, compile).unbind(0)
+            results = orthogonalize(torch.stack([blocks[i] for i in idx]), *ns).unbind(0)
         for i, o in zip(idx, results):
             done[i] = o
     out, start = [], 0
-    for u, k in zip(updates, per_update):
+    for u in updates:
         parts = done[start : start + k]
         out.append((parts[0] if k == 1 else torch.cat(parts)).reshape(u.shape))
         start += k
@@ -160,49 +166,13 @@ def apply_updates_(
 
 
 def orthogonalize_and_apply_(
-    params: list[Tensor],
-    updates: Sequence[Tensor],
-    *,
-    lr: float,
-    weight_decay: float,
-    ns_steps: int = 5,
-    ns_coefficients: str | Sequence = "jordan",
-    ns_dtype: torch.dtype | None = None,
-    lr_scaling: str | Callable = "keller",
-    ns_split: int = 1,
-    ns_gram: bool | None = None,
-    ns_compile: bool = False,
+    params: list[Tensor], updates: Sequence[Tensor], *, lr: float, options: MuonOptions
 ) -> None:
     """The second half of every Muon-style step: orthogonalize the momentum updates, then
     weight decay and the LR-scaled step (the variants build ``updates`` their own way)."""
-    orth = orthogonalize_updates(
-        updates,
-        steps=ns_steps,
-        coefficients=ns_coefficients,
-        dtype=ns_dtype,
-        splits=ns_split,
-        gram=ns_gram,
-        compile=ns_compile,
-    )
-    scales = [lr_scale(lr_scaling, block_shape(p.shape, ns_split)) for p in params]
-    apply_updates_(params, orth, lr=lr, weight_decay=weight_decay, scales=scales)
-
-
-def group_orthogonalize_and_apply_(group: dict, params: list[Tensor], updates) -> None:
-    """:func:`orthogonalize_and_apply_` with a param group's options."""
-    orthogonalize_and_apply_(
-        params,
-        updates,
-        lr=group["lr"],
-        weight_decay=group["weight_decay"],
-        ns_steps=group["ns_steps"],
-        ns_coefficients=group["ns_coefficients"],
-        ns_dtype=group["ns_dtype"],
-        lr_scaling=group["lr_scaling"],
-        ns_split=group["ns_split"],
-        ns_gram=group.get("ns_gram"),
-        ns_compile=group.get("ns_compile", False),
-    )
+    orth = orthogonalize_updates(updates, options)
+    scales = [lr_scale(options.lr_scaling, block_shape(p.shape, options.ns_split)) for p in params]
+    apply_updates_(params, orth, lr=lr, weight_decay=options.weight_decay, scales=scales)
 
 
 def any_dtensor(tensors: Iterable[Tensor]) -> bool:
@@ -238,39 +208,17 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_choice(name: str, value: Any, valid: Sequence[Any]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {list(valid)}")
-
-
-def validate_muon_options(group: dict) -> None:
-    """Check a Muon param group's options and that every parameter is a matrix."""
+def validate_muon_options(group: dict) -> MuonOptions:
+    """Check a Muon param group's lr and options and that every parameter is a matrix;
+    returns the group's :class:`MuonOptions` (which checks itself)."""
     if not group["lr"] >= 0:
         raise ValueError(f"lr must be >= 0, got {group['lr']}")
-    if not 0.0 <= group["momentum"] < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {group['momentum']}")
-    if not group["weight_decay"] >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']}")
-    check_choice("momentum_form", group["momentum_form"], MOMENTUM_FORMS)
-    if not isinstance(group["ns_steps"], int) or group["ns_steps"] < 0:
-        raise ValueError(f"ns_steps must be an int >= 0, got {group['ns_steps']!r}")
-    coefficients = group["ns_coefficients"]
-    if isinstance(coefficients, str):
-        check_choice("ns_coefficients", coefficients, ORTHOGONALIZE_METHODS)
-    else:
-        resolve_schedule(coefficients)
-    if group["ns_dtype"] is not None and not isinstance(group["ns_dtype"], torch.dtype):
-        raise ValueError(f"ns_dtype must be a torch.dtype or None, got {group['ns_dtype']!r}")
-    validate_rule(group["lr_scaling"])
+    options = MuonOptions.from_group(group)
     if any_dtensor(group["params"]):
         from .distributed.muon import group_process_group
 
         group_process_group(group["params"])  # placements Shard(0)/Replicate on one 1-D mesh
-    split = group["ns_split"]
-    if not isinstance(split, int) or split < 1:
-        raise ValueError(f"ns_split must be an int >= 1, got {split!r}")
-    check_choice("ns_gram", group.get("ns_gram"), (None, True, False))
-    check_choice("ns_compile", group.get("ns_compile", False), (True, False))
+    split = options.ns_split
     for p in group["params"]:
         if p.ndim < 2:
             raise ValueError(
@@ -284,23 +232,10 @@ def validate_muon_options(group: dict) -> None:
                 f"ns_split={split} must divide dim 0 of every parameter in its group; got a "
                 f"parameter of shape {tuple(p.shape)}. Put it in a group with its own ns_split."
             )
+    return options
 
 
-MUON_DEFAULTS: dict[str, Any] = dict(
-    lr=0.02,
-    momentum=0.95,
-    nesterov=True,
-    weight_decay=0.0,
-    momentum_form="standard",
-    ns_steps=5,
-    ns_coefficients="jordan",
-    ns_dtype=None,
-    lr_scaling="keller",
-    ns_split=1,
-    ns_gram=None,
-    ns_compile=False,
-    use_muon=True,
-)
+MUON_DEFAULTS: dict[str, Any] = dict(lr=0.02, **MuonOptions.defaults(), use_muon=True)
 
 
 class MuonBase(torch.optim.Optimizer):
@@ -319,6 +254,8 @@ class MuonBase(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
+        if param_group.get("use_muon", True):
+            param_group = expand_options(param_group)
         super().add_param_group(param_group)
         try:
             self._validate_group(self.param_groups[-1])
@@ -403,14 +340,9 @@ class MuonBase(torch.optim.Optimizer):
 
             distributed_muon_group_step(self, group, params, grads)
             return
-        updates = momentum_update_(
-            self._momentum_buffers(params),
-            grads,
-            momentum=group["momentum"],
-            nesterov=group["nesterov"],
-            form=group["momentum_form"],
-        )
-        group_orthogonalize_and_apply_(group, params, updates)
+        options = MuonOptions.from_group(group)
+        updates = momentum_update_(self._momentum_buffers(params), grads, options)
+        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)
 
 
 class Muon(MuonBase):
@@ -437,6 +369,8 @@ class Muon(MuonBase):
             iteration, fewer FLOPs for rectangular matrices; see :mod:`muonkit.orthogonalize`.
         ns_compile: ``torch.compile`` the Newton-Schulz loop on CUDA (False; no effect on CPU).
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
+        options: all the options above but ``lr`` and ``nonfinite`` as one
+            :class:`muonkit.MuonOptions` (then leave those keywords at their defaults).
 
     With ``ns_dtype=torch.bfloat16, momentum_form="ema"`` and ``lr_scaling="keller"`` this is
     torch.optim.Muon (``adjust_lr_fn="original"``) step for step.
@@ -458,22 +392,11 @@ class Muon(MuonBase):
         ns_gram: bool | None = None,
         ns_compile: bool = False,
         nonfinite: str = "raise",
+        *,
+        options: MuonOptions | None = None,
     ):
-        defaults = dict(
-            MUON_DEFAULTS,
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            momentum_form=momentum_form,
-            ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients,
-            ns_dtype=ns_dtype,
-            lr_scaling=lr_scaling,
-            ns_split=ns_split,
-            ns_gram=ns_gram,
-            ns_compile=ns_compile,
-        )
+        chosen = options_from_call(Muon.__init__, locals(), options)
+        defaults = dict(MUON_DEFAULTS, lr=lr, **chosen.as_dict())
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_group(self, group: dict) -> None:

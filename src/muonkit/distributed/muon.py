@@ -52,6 +52,7 @@ from ..muon import (
     momentum_update_,
     orthogonalize_updates,
 )
+from ..options import MuonOptions
 from ..scaling import lr_scale
 
 # one flat all-gather; torch 2.13 renamed all_gather_into_tensor (deprecated) to all_gather_single
@@ -306,12 +307,11 @@ def distributed_muon_group_step(optimizer, group: dict, params: list[Tensor], gr
     dtype = dtypes.pop()
     split = group["ns_split"]
 
+    options = MuonOptions.from_group(group)
     updates = momentum_update_(
         [local(b) for b in optimizer._momentum_buffers(params)],
         [local(g) for g in grads],
-        momentum=group["momentum"],
-        nesterov=group["nesterov"],
-        form=group["momentum_form"],
+        options,
     )
     plan = StepPlan(
         layouts=layouts,
@@ -335,13 +335,7 @@ def distributed_muon_group_step(optimizer, group: dict, params: list[Tensor], gr
         rows = {i: updates[i] for i in sharded}
         whole.update(plan.gather_to_owners(rows, [i for i in mine if is_sharded[i]]))
     order = sorted(whole)
-    results = orthogonalize_updates(
-        [whole[i] for i in order],
-        steps=group["ns_steps"],
-        coefficients=group["ns_coefficients"],
-        dtype=group["ns_dtype"],
-        splits=split,
-    )
+    results = orthogonalize_updates([whole[i] for i in order], options)
     orth = dict(zip(order, results))
     counts = optimizer.__dict__.setdefault("ns_counts", Counter())
     gi = next(k for k, g in enumerate(optimizer.param_groups) if g is group)

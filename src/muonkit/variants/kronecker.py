@@ -35,11 +35,12 @@ from ..hybrid import HEAD_NAMES
 from ..muon import (
     MUON_DEFAULTS,
     MuonBase,
-    group_orthogonalize_and_apply_,
     matrix_shape,
     momentum_update_,
+    orthogonalize_and_apply_,
     validate_muon_options,
 )
+from ..options import MuonOptions, options_from_call
 
 
 def closest_divisor_to_sqrt(n: int) -> int:
@@ -90,13 +91,14 @@ class KroneckerMuon(MuonBase):
 
     Args:
         params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
-        lr, nesterov, weight_decay, ns_steps, ns_coefficients, ns_dtype, lr_scaling, nonfinite:
-            as :class:`muonkit.Muon`.
         momentum: mu of the heavy-ball momentum (0.9).
         power_iters: power-iteration steps of the nearest-Kronecker fit per update (2).
         min_savings: matrices whose Kronecker state would be less than this many times smaller
             than dense keep dense momentum (4).
         dense: parameters (tensors) that keep dense momentum whatever their shape.
+        lr, nesterov, weight_decay, momentum_form ("standard" only), ns_steps,
+            ns_coefficients, ns_dtype, lr_scaling, ns_split (1 only), ns_gram, ns_compile,
+            nonfinite, options: as :class:`muonkit.Muon`.
 
     State per matrix: ``kron_f1``, ``kron_f2`` (or ``momentum_buffer`` for dense fallbacks).
     """
@@ -110,33 +112,34 @@ class KroneckerMuon(MuonBase):
         min_savings: float = 4.0,
         nesterov: bool = True,
         weight_decay: float = 0.0,
+        momentum_form: str = "standard",
         ns_steps: int = 5,
         ns_coefficients: str | Sequence = "jordan",
         ns_dtype: torch.dtype | None = None,
         lr_scaling: str | Callable = "keller",
+        ns_split: int = 1,
+        ns_gram: bool | None = None,
+        ns_compile: bool = False,
         dense: Iterable[Tensor] = (),
         nonfinite: str = "raise",
+        *,
+        options: MuonOptions | None = None,
     ):
+        chosen = options_from_call(KroneckerMuon.__init__, locals(), options)
         self._dense_ids = {id(p) for p in dense}
         self.dense_fallback: list[tuple[int, ...]] = []
         defaults = dict(
             MUON_DEFAULTS,
             lr=lr,
-            momentum=momentum,
             power_iters=power_iters,
             min_savings=min_savings,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients,
-            ns_dtype=ns_dtype,
-            lr_scaling=lr_scaling,
+            **chosen.as_dict(),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_group(self, group: dict) -> None:
-        validate_muon_options(group)
-        if group["momentum_form"] != "standard" or group["ns_split"] != 1:
+        options = validate_muon_options(group)
+        if options.momentum_form != "standard" or options.ns_split != 1:
             raise ValueError("KroneckerMuon supports momentum_form='standard' and ns_split=1")
         if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
             raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
@@ -169,16 +172,15 @@ class KroneckerMuon(MuonBase):
         return T.reshape(p.shape)
 
     def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        mu, nesterov = group["momentum"], group["nesterov"]
+        options = MuonOptions.from_group(group)
+        mu, nesterov = options.momentum, options.nesterov
         dense = [i for i, p in enumerate(params) if id(p) in self._dense_ids]
         updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
         if dense:
             dense_updates = momentum_update_(
                 self._momentum_buffers([params[i] for i in dense]),
                 [grads[i] for i in dense],
-                momentum=mu,
-                nesterov=nesterov,
-                form="standard",
+                options,
             )
             for i, u in zip(dense, dense_updates):
                 updates[i] = u
@@ -186,7 +188,7 @@ class KroneckerMuon(MuonBase):
             if updates[i] is None:
                 T = self._kronecker_momentum(p, g, mu, group["power_iters"])
                 updates[i] = g + mu * T if nesterov else T
-        group_orthogonalize_and_apply_(group, params, updates)
+        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)
 
 
 def output_layer_params(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> list[Tensor]:

@@ -34,10 +34,11 @@ from torch import Tensor
 from ..muon import (
     MUON_DEFAULTS,
     MuonBase,
-    group_orthogonalize_and_apply_,
     matrix_shape,
+    orthogonalize_and_apply_,
     validate_muon_options,
 )
+from ..options import MuonOptions, options_from_call
 
 
 def ridge_solve_right(X: Tensor, A: Tensor, ridge: float) -> Tensor:
@@ -80,12 +81,13 @@ class LoRAPreMuon(MuonBase):
 
     Args:
         params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
-        lr, nesterov, weight_decay, ns_steps, ns_coefficients, ns_dtype, lr_scaling, nonfinite:
-            as :class:`muonkit.Muon`.
         momentum: beta of the EMA the factors track (0.9).
         rank: r; clamped (with a warning) to min(out, in) per matrix.
         gamma1: factor step; None gives 1 - sqrt(momentum).
         ridge: relative ridge of the r x r solves (1e-6).
+        lr, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients, ns_dtype,
+            lr_scaling, ns_split (1 only), ns_gram, ns_compile, nonfinite, options: as
+            :class:`muonkit.Muon`.
 
     State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in).
     """
@@ -100,31 +102,26 @@ class LoRAPreMuon(MuonBase):
         ridge: float = 1e-6,
         nesterov: bool = True,
         weight_decay: float = 0.0,
+        momentum_form: str = "standard",
         ns_steps: int = 5,
         ns_coefficients: str | Sequence = "jordan",
         ns_dtype: torch.dtype | None = None,
         lr_scaling: str | Callable = "keller",
+        ns_split: int = 1,
+        ns_gram: bool | None = None,
+        ns_compile: bool = False,
         nonfinite: str = "raise",
+        *,
+        options: MuonOptions | None = None,
     ):
+        chosen = options_from_call(LoRAPreMuon.__init__, locals(), options)
         defaults = dict(
-            MUON_DEFAULTS,
-            lr=lr,
-            momentum=momentum,
-            rank=rank,
-            gamma1=gamma1,
-            ridge=ridge,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            ns_steps=ns_steps,
-            ns_coefficients=ns_coefficients,
-            ns_dtype=ns_dtype,
-            lr_scaling=lr_scaling,
+            MUON_DEFAULTS, lr=lr, rank=rank, gamma1=gamma1, ridge=ridge, **chosen.as_dict()
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_group(self, group: dict) -> None:
-        validate_muon_options(group)
-        if group["ns_split"] != 1:
+        if validate_muon_options(group).ns_split != 1:
             raise ValueError("LoRAPreMuon supports ns_split=1 only")
         if not isinstance(group["rank"], int) or group["rank"] < 1:
             raise ValueError(f"rank must be an int >= 1, got {group['rank']!r}")
@@ -152,7 +149,8 @@ class LoRAPreMuon(MuonBase):
         return state["lowrank_B"], state["lowrank_A"]
 
     def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        mu = group["momentum"]
+        options = MuonOptions.from_group(group)
+        mu = options.momentum
         gamma = group["gamma1"] if group["gamma1"] is not None else 1.0 - mu**0.5
         updates = []
         for p, g in zip(params, grads):
@@ -160,5 +158,5 @@ class LoRAPreMuon(MuonBase):
             g2 = g.reshape(B.shape[0], A.shape[1])
             lora_pre_update_(B, A, g2, gamma, group["ridge"])
             m = B @ A
-            updates.append((g2 + mu * m if group["nesterov"] else m).reshape(p.shape))
-        group_orthogonalize_and_apply_(group, params, updates)
+            updates.append((g2 + mu * m if options.nesterov else m).reshape(p.shape))
+        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)

@@ -1,0 +1,119 @@
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from muonkit import Muon, MuonOptions, MuonWithAuxAdam, hybrid_param_groups
+from muonkit.muon import MUON_DEFAULTS
+from muonkit.variants import HybridKroneckerMuon, KroneckerMuon, LoRAPreMuon
+
+# Option defaults a class documents as its own (the variants' momentum follows their papers).
+OWN_DEFAULTS = {Muon: {}, LoRAPreMuon: {"momentum": 0.9}, KroneckerMuon: {"momentum": 0.9}}
+# A value other than the default for every option (all valid).
+OTHER_VALUES = dict(
+    momentum=0.5,
+    nesterov=False,
+    momentum_form="ema",
+    weight_decay=0.1,
+    ns_steps=3,
+    ns_coefficients="polar_express",
+    ns_dtype=torch.float64,
+    lr_scaling="mup",
+    ns_split=2,
+    ns_gram=False,
+    ns_compile=True,
+)
+
+
+def test_other_values_cover_every_option():
+    assert set(OTHER_VALUES) == set(MuonOptions.names())
+    assert all(OTHER_VALUES[k] != v for k, v in MuonOptions.defaults().items())
+
+
+@pytest.mark.parametrize("cls", list(OWN_DEFAULTS))
+def test_class_signatures_agree_with_muon_options(cls):
+    signature = inspect.signature(cls.__init__).parameters
+    expected = {**MuonOptions.defaults(), **OWN_DEFAULTS[cls]}
+    got = {n: signature[n].default for n in MuonOptions.names() if n in signature}
+    assert got == expected  # a missing keyword or a different default fails here
+    assert signature["options"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_muon_defaults_are_the_options_defaults():
+    assert MUON_DEFAULTS == dict(lr=0.02, **MuonOptions.defaults(), use_muon=True)
+    opt = MuonWithAuxAdam([dict(params=[nn.Parameter(torch.randn(4, 4))], use_muon=True)])
+    assert MuonOptions.from_group(opt.param_groups[0]) == MuonOptions()
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_VALUES))
+@pytest.mark.parametrize("cls", [Muon, LoRAPreMuon, KroneckerMuon])
+def test_keyword_and_options_object_give_the_same_groups(cls, name):
+    if cls is not Muon and name in ("ns_split", "momentum_form"):
+        pytest.skip("checked by the variants' own validation")
+    params = [nn.Parameter(torch.randn(16, 16))]
+    by_keyword = cls(params, lr=0.1, **{name: OTHER_VALUES[name]})
+    by_object = cls(params, lr=0.1, options=MuonOptions(**{name: OTHER_VALUES[name]}))
+    group_kw, group_obj = by_keyword.param_groups[0], by_object.param_groups[0]
+    assert group_kw[name] == group_obj[name] == OTHER_VALUES[name]
+    assert MuonOptions.from_group(group_obj).replace(momentum=group_kw["momentum"]) == (
+        MuonOptions.from_group(group_kw)
+    )
+
+
+def test_options_and_the_same_keyword_together_are_refused():
+    params = [nn.Parameter(torch.randn(4, 4))]
+    with pytest.raises(ValueError, match=r"\['momentum'\].*not both"):
+        Muon(params, momentum=0.5, options=MuonOptions(momentum=0.9))
+    with pytest.raises(ValueError, match="MuonOptions"):
+        Muon(params, options=dict(momentum=0.5))
+
+
+def test_a_group_may_carry_an_options_object():
+    a, b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(6, 4))
+    opt = Muon([dict(params=[a]), dict(params=[b], options=MuonOptions(ns_split=2))], lr=0.1)
+    assert opt.param_groups[1]["ns_split"] == 2 and "options" not in opt.param_groups[1]
+    with pytest.raises(ValueError, match="both as keys and in options"):
+        opt.add_param_group(dict(params=[nn.Parameter(torch.randn(2, 2))], momentum=0.1,
+                                 options=MuonOptions()))
+
+
+def test_hybrid_groups_take_an_options_object():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 4))
+    options = MuonOptions(momentum_form="ema", weight_decay=0.01)
+    opt = MuonWithAuxAdam(hybrid_param_groups(model, options=options))
+    muon_group = next(g for g in opt.param_groups if g["use_muon"])
+    assert MuonOptions.from_group(muon_group) == options
+    with pytest.raises(ValueError, match="weight_decay"):
+        hybrid_param_groups(model, options=options, muon_weight_decay=0.1)
+    model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.Linear(8, 4, bias=False))
+    kron = HybridKroneckerMuon(model, options=MuonOptions(nesterov=False))
+    assert kron.param_groups[0]["nesterov"] is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (dict(nesterov="yes"), "nesterov"),
+        (dict(momentum_form="adam"), "momentum_form.*standard"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(ns_steps=2.0), "ns_steps"),
+        (dict(ns_steps=True), "ns_steps"),
+        (dict(ns_coefficients="cubic"), "ns_coefficients.*jordan"),
+        (dict(ns_dtype="bf16"), "ns_dtype"),
+        (dict(lr_scaling="sqrt"), "lr_scaling"),
+        (dict(ns_split=0), "ns_split"),
+        (dict(ns_gram="auto"), "ns_gram"),
+        (dict(ns_compile=None), "ns_compile"),
+    ],
+)
+def test_options_validate_themselves(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MuonOptions(**kwargs)
+
+
+def test_from_group_fills_missing_options_with_defaults():
+    # a param group saved before an option existed loads with that option's default
+    old_group = dict(lr=0.1, momentum=0.8, nesterov=False, params=[0])
+    assert MuonOptions.from_group(old_group) == MuonOptions(momentum=0.8, nesterov=False)
