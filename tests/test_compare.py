@@ -35,7 +35,9 @@ def test_tiny_compare_end_to_end(tmp_path, capsys):
         "4",
         "--adamw-lrs",
         "1e-3",
-        "3e-3",
+        "2e-3",
+        "--sweep-extend",
+        "1",
         "--muon-lrs",
         "0.02",
         "--no-tensorboard",
@@ -64,9 +66,17 @@ def test_tiny_compare_end_to_end(tmp_path, capsys):
         finals = [runs[f"{opt}-s{s}"].val[-1]["val_loss"] for s in (0, 1)]
         assert f"{opt} {np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f}" in text
     assert (out / "curves.png").stat().st_size > 10_000
+    note = settings["sweeps"]["adamw"][0]["note"]
+    assert note in text and ("extended by" in note) == bool(settings["sweeps"]["adamw"][0]["added"])
+    assert "1-minute load average" in text and "thread(s) per run" in text
 
 
-def test_compare_bad_input(tmp_path):
+def test_compare_bad_input(tmp_path, capsys):
+    assert main(["compare", "--adamw-lrs", "3e-4", "1e-3", "--out", str(tmp_path)]) == 2
+    assert "factor 2" in capsys.readouterr().err
+    (tmp_path / "runs").mkdir()
+    assert main(["compare", "--out", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["compare", "--preset", "huge", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
@@ -87,3 +97,73 @@ def test_compare_bad_input(tmp_path):
                 str(tmp_path / "o"),
             ]
         )
+
+
+def test_edge_pick_is_extended_and_aux_lr_reaches_the_hybrids_adamw_groups(tmp_path, monkeypatch):
+    """The runner is replaced by one that builds the real optimizer from what compare passes
+    and scores it by its groups' LRs: the AdamW (aux) groups must carry --aux-lrs' values."""
+    from types import SimpleNamespace
+
+    from muonkit.cli import build_parser
+    from muonkit.experiments import compare
+    from muonkit.models.gpt import GPT, preset_config
+
+    model = GPT(preset_config("tiny", vocab_size=65))
+
+    def fake_train_gpt(**kwargs):
+        opt = model.configure_optimizers(kwargs["optimizer"], **kwargs["optimizer_options"])
+        adamw = {g["lr"] for g in opt.param_groups if not g.get("use_muon", False)}
+        muon = {g["lr"] for g in opt.param_groups if g.get("use_muon", False)}
+        assert len(adamw) == 1 and len(muon) == 1
+        aux, mlr = adamw.pop(), muon.pop()
+        return SimpleNamespace(final_val_loss=np.log2(aux / 8e-3) ** 2 + np.log2(mlr / 0.02) ** 2)
+
+    monkeypatch.setattr(compare, "train_gpt", fake_train_gpt)
+    args = build_parser().parse_args([
+        "compare", "--optimizers", "muon", "--lr", "0.5", "--aux-lr", "1e-3", "--aux-lrs",
+        "1e-3", "2e-3", "--muon-lrs", "0.01", "0.02", "0.04", "--lr-sweep", "--no-isolate",
+        "--steps", "1000", "--out", str(tmp_path),
+    ])
+    exp = compare.Experiment(compare.config_from_args(args), log=lambda _: None)
+    chosen, record = compare.tune(exp)
+    assert chosen["muon"]["muon_lr"] == 0.02 and chosen["muon"]["aux_lr"] == 8e-3
+    muon_stage, aux_stage = record["muon"]
+    assert muon_stage["added"] == [] and muon_stage["losses"][0.01] == 9 + 1  # at aux 1e-3
+    assert aux_stage["added"] == [4e-3, 8e-3]  # ... 2e-3 was best at the edge: extended twice
+    assert "extended by 0.004, 0.008" in aux_stage["note"]
+    from muonkit.report.compare import sweep_notes
+
+    assert any("extended by 0.004, 0.008" in line for line in sweep_notes({"sweeps": record}))
+
+
+def test_isolated_run_progress_skip_and_resume(tmp_path):
+    """A run in its own process prints a line per evaluation; a finished run is skipped; a
+    run with a checkpoint resumes and ends where an uninterrupted one does."""
+    import dataclasses
+
+    from muonkit.experiments.runs import RunSpec, run_isolated, run_status
+    from muonkit.train.gpt import train_gpt
+    from muonkit.train.loop import TrainConfig
+
+    def spec(out, **changes):
+        cfg = TrainConfig(steps=4, eval_every=2, out_dir=str(out), tensorboard=False,
+                          progress=False, checkpoint_every=2, warmup_steps=1, **changes)
+        kwargs = dict(optimizer="muon", batch_size=2, block_size=8, eval_batches=1,
+                      model_overrides={"n_layer": 1}, train_config=cfg)
+        return RunSpec(kwargs, out.name, threads=1, log_rms=True)
+
+    lines = []
+    full = run_isolated(spec(tmp_path / "a"), lines.append, poll_s=0.2)
+    assert [ln.split(":")[0] for ln in lines] == [f"[a] step {s}/4" for s in (0, 2, 4)]
+    assert run_status(tmp_path / "a", 4) == "finished"
+    lines.clear()
+    assert run_isolated(spec(tmp_path / "a"), lines.append) == full and lines == []
+    part = spec(tmp_path / "b", stop_at=2)
+    train_gpt(**part.kwargs)
+    assert run_status(tmp_path / "b", 4) == "resumable"
+    assert run_isolated(spec(tmp_path / "b"), lines.append, poll_s=0.2) == full
+    assert lines[0].startswith("[b] resuming")
+    rms = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rms = [r for r in rms if r["kind"] == "rms"]
+    assert [r["step"] for r in rms] == [0, 2, 4] and rms[-1]["update_rms"] > 0
+    assert dataclasses.asdict(part.kwargs["train_config"])["steps"] == 4

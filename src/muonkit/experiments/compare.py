@@ -1,131 +1,252 @@
 """`muonkit compare`: AdamW vs the Muon hybrid on the same GPT, data order and token budget.
 
-1. Optionally (``--lr-sweep``) each optimizer is tuned on a shorter run of seed ``seeds[0]``:
-   AdamW over ``--adamw-lrs``; then the Muon hybrid over ``--muon-lrs`` (its matrix LR), its
-   AdamW groups using the AdamW LR the first sweep chose.
+1. Optionally (``--lr-sweep``) each optimizer is tuned on shorter runs (``--sweep-steps``) of
+   seed ``seeds[0]`` with the edge-aware sweep of :mod:`muonkit.experiments.sweep` (factor-2
+   grids, extended past an edge up to ``--sweep-extend`` points): AdamW over ``--adamw-lrs``;
+   the hybrid over ``--muon-lrs`` (its matrix LR) at the aux LR, then, with ``--aux-lrs``,
+   over the aux LR (its AdamW groups) at the chosen matrix LR. With ``--sweep-full-topk K``
+   the best K settings of each optimizer are rerun at full length and the best of those is
+   chosen; that run is the seed's compared run.
 2. For every seed, both optimizers train the same model (same initial weights), on the same
    training batches in the same order, for the same number of steps, through
-   :func:`muonkit.train.gpt.train_gpt` (the one loop).
+   :func:`muonkit.train.gpt.train_gpt` (the one loop), each in its own process at
+   ``--threads`` threads, ``--jobs`` at a time, with a progress line per evaluation.
 3. :func:`muonkit.report.compare.build_compare_report` writes ``report.md`` and
    ``curves.png`` from the runs' ``metrics.jsonl``.
 
-By default each run is its own (spawned) process, so the peak memory reported is that run's
-own; ``--no-isolate`` runs them in this process (faster start, peak memory then cumulative).
+``--no-isolate`` runs everything in this process (no progress lines; peak memory cumulative).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import multiprocessing
-import platform
+import math
 import shlex
 import shutil
 import sys
-import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..hardware import machine_info
 from ..report.compare import build_compare_report
-from ..report.metrics import load_run
 from ..train.gpt import add_gpt_arguments, train_config_from, train_gpt, train_gpt_kwargs
+from .runs import RunSpec, SlotPool, default_threads, run_concurrently, run_isolated
+from .sweep import SweepResult, check_factor_grid, run_sweep, top_k
 
 OPTIMIZERS = ("adamw", "muon")
-ERROR_FILE = "error.txt"
 
 
-def _train_in_child(kwargs: dict, out_dir: str) -> None:
+@dataclass
+class CompareConfig:
+    """The experiment's own settings; ``gpt`` holds the shared GPT flags (``muonkit train``'s
+    model, data, schedule and optimizer options)."""
+
+    gpt: argparse.Namespace
+    out: str = "runs/compare"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    lr_sweep: bool = False
+    sweep_steps: int | None = None
+    adamw_lrs: list[float] = field(default_factory=lambda: [2.5e-3, 5e-3, 1e-2])
+    muon_lrs: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.04])
+    aux_lr: float | None = None
+    aux_lrs: list[float] | None = None
+    sweep_extend: int = 2
+    sweep_full_topk: int = 0
+    threads: int | None = None
+    jobs: int = 1
+    isolate: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("adamw_lrs", "muon_lrs", "aux_lrs"):
+            if getattr(self, name):
+                check_factor_grid(getattr(self, name))
+        if self.aux_lr is not None and not self.aux_lr > 0:
+            raise ValueError(f"--aux-lr must be > 0, got {self.aux_lr}")
+        if self.jobs < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError("--jobs and --threads must be >= 1")
+        if self.sweep_extend < 0 or self.sweep_full_topk < 0:
+            raise ValueError("--sweep-extend and --sweep-full-topk must be >= 0")
+        steps = self.sweep_steps or max(1, self.gpt.steps // 4)
+        if self.lr_sweep and steps <= self.gpt.warmup:
+            raise ValueError(f"sweep runs ({steps} steps) must be longer than --warmup")
+
+
+class Experiment:
+    """Runs of one compare directory: one slot pool, every run in its own process."""
+
+    def __init__(self, cfg: CompareConfig, log=print):
+        self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
+        self.threads = cfg.threads or default_threads(cfg.jobs)
+        self.pool = SlotPool(cfg.jobs if cfg.isolate else 1)
+
+    def run(self, optimizer: str, out_dir: Path, seed: int, lr: float, muon_lr: float,
+            aux_lr: float, priority: tuple = (0,), **changes) -> float:
+        """One run; its final val loss (``inf`` if it diverged)."""
+        gpt = argparse.Namespace(**vars(self.cfg.gpt))
+        gpt.lr, gpt.muon_lr = (aux_lr, muon_lr) if optimizer == "muon" else (lr, gpt.muon_lr)
+        train_cfg = train_config_from(gpt, optimizer, str(out_dir), seed, progress=False,
+                                      **changes)
+        kwargs = train_gpt_kwargs(gpt, optimizer, train_cfg)
+        if not self.cfg.isolate:
+            return self.pool.run(priority, _run_here, kwargs)
+        spec = RunSpec(kwargs, out_dir.name, self.threads)
+        return self.pool.run(priority, run_isolated, spec, self.log)
+
+
+def _run_here(kwargs: dict) -> float:
     try:
-        torch.set_num_threads(kwargs.pop("threads"))
-        train_gpt(**kwargs)
-    except BaseException:
-        Path(out_dir, ERROR_FILE).write_text(traceback.format_exc())
-        raise SystemExit(1) from None
+        return train_gpt(**kwargs).final_val_loss
+    except FloatingPointError:
+        return math.inf
 
 
-def run_one(args: argparse.Namespace, optimizer: str, out_dir: Path, seed: int, **changes) -> float:
-    """Train one run (in a fresh process with ``--isolate``); returns its final val loss,
-    read back from the run's metrics file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = train_config_from(
-        args, optimizer, str(out_dir), seed, tensorboard=not args.no_tensorboard, **changes
-    )
-    kwargs = train_gpt_kwargs(args, optimizer, cfg)
-    if not args.isolate:
-        train_gpt(**kwargs)
-        return load_run(out_dir / "metrics.jsonl").val[-1]["val_loss"]
-    kwargs["threads"] = torch.get_num_threads()
-    child = multiprocessing.get_context("spawn").Process(
-        target=_train_in_child, args=(kwargs, str(out_dir))
-    )
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        error = Path(out_dir, ERROR_FILE)
-        detail = error.read_text() if error.exists() else f"exit code {child.exitcode}"
-        raise RuntimeError(f"training run {out_dir} failed:\n{detail}")
-    return load_run(out_dir / "metrics.jsonl").val[-1]["val_loss"]
+def _sweep_one(exp: Experiment, optimizer: str, base: dict, param: str, grid, steps: int):
+    def evaluate(values):
+        calls = []
+        for v in values:
+            lrs = {**base, param: v}
+            name = _trial_name(optimizer, lrs)
+            calls.append(lambda lrs=lrs, name=name: exp.run(
+                optimizer, exp.out / "sweep" / name, exp.cfg.seeds[0], **lrs, steps=steps,
+                eval_every=steps))
+        losses = run_concurrently(calls)
+        for v, loss in zip(values, losses, strict=True):
+            exp.log(f"sweep {optimizer} {param}={v:g}: val loss {loss:.4f} after {steps} steps")
+        return losses
+
+    return run_sweep(grid, evaluate, max_extend=exp.cfg.sweep_extend)
 
 
-def sweep(args: argparse.Namespace, out: Path, log) -> dict[str, float]:
-    """Tune each optimizer's LR on ``--sweep-steps``; returns the chosen LRs."""
-    chosen = {}
-    steps = args.sweep_steps or max(1, args.steps // 4)
-    grids = {"adamw": ("lr", args.adamw_lrs), "muon": ("muon_lr", args.muon_lrs)}
-    for optimizer in sorted(args.optimizers):  # adamw first: the hybrid reuses its LR
-        attr, grid = grids[optimizer]
-        results = []
-        for lr in grid:
-            trial = argparse.Namespace(**vars(args))
-            setattr(trial, attr, lr)
-            if optimizer == "muon" and "adamw" in chosen:
-                trial.lr = chosen["adamw"]
-            loss = run_one(
-                trial,
-                optimizer,
-                out / "sweep" / f"{optimizer}-lr{lr:g}",
-                args.seeds[0],
-                steps=steps,
-                eval_every=steps,
-            )
-            log(f"sweep {optimizer} lr={lr:g}: val loss {loss:.4f} after {steps} steps")
-            results.append((loss, lr))
-        chosen[optimizer] = min(results)[1]
-    return chosen
+def _trial_name(optimizer: str, lrs: dict) -> str:
+    if optimizer == "adamw":
+        return f"adamw-lr{lrs['lr']:g}"
+    return f"muon-lr{lrs['muon_lr']:g}-aux{lrs['aux_lr']:g}"
 
 
-def run_compare(args: argparse.Namespace, log=print) -> dict[str, Path]:
-    """The whole experiment; returns the report's paths."""
-    out = Path(args.out)
-    for sub in ("runs", "sweep"):
-        shutil.rmtree(out / sub, ignore_errors=True)  # never mix in a previous experiment
+def tune(exp: Experiment) -> tuple[dict, dict]:
+    """Each optimizer's chosen LRs, and what the sweeps found (for settings.json)."""
+    cfg, gpt = exp.cfg, exp.cfg.gpt
+    steps = cfg.sweep_steps or max(1, gpt.steps // 4)
+    chosen = {"adamw": {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr}}
+    record: dict = {}
+    for optimizer in sorted(cfg.optimizers):  # adamw first: the hybrid's default aux LR
+        lrs = dict(chosen["adamw"])
+        lrs["aux_lr"] = cfg.aux_lr if cfg.aux_lr is not None else chosen["adamw"]["lr"]
+        stages = [("lr", cfg.adamw_lrs)] if optimizer == "adamw" else [("muon_lr", cfg.muon_lrs)]
+        if optimizer == "muon" and cfg.aux_lrs:
+            stages.append(("aux_lr", cfg.aux_lrs))
+        trials: dict[tuple, float] = {}
+        record[optimizer] = []
+        for param, grid in stages:
+            result: SweepResult = _sweep_one(exp, optimizer, lrs, param, grid, steps)
+            lrs[param] = result.best
+            trials.update({_key({**lrs, param: v}): loss for v, loss in result.losses.items()})
+            record[optimizer].append({"param": param, **dataclasses.asdict(result),
+                                      "note": result.describe()})
+        if cfg.sweep_full_topk:
+            lrs = full_length_pick(exp, optimizer, trials, record)
+        chosen[optimizer] = lrs
+    return {k: chosen[k] for k in cfg.optimizers}, record
+
+
+def _key(lrs: dict) -> tuple:
+    return (lrs["lr"], lrs["muon_lr"], lrs["aux_lr"])
+
+
+def full_length_pick(exp: Experiment, optimizer: str, trials: dict, record: dict) -> dict:
+    """Rerun the best ``sweep_full_topk`` settings at full length (seed ``seeds[0]``) and
+    return the best of those; its run becomes that seed's compared run."""
+    best = top_k(trials, exp.cfg.sweep_full_topk)
+    names = [_trial_name(optimizer, dict(zip(("lr", "muon_lr", "aux_lr"), k))) for k in best]
+    losses = run_concurrently([
+        lambda k=k, n=n: exp.run(optimizer, exp.out / "sweep-full" / n, exp.cfg.seeds[0],
+                                 *k) for k, n in zip(best, names)
+    ])
+    for n, loss in zip(names, losses, strict=True):
+        exp.log(f"full-length {n}: val loss {loss:.4f}")
+    pick = min(zip(losses, best))[1]
+    record[f"{optimizer}_full"] = [{"name": n, "val_loss": loss}
+                                   for n, loss in zip(names, losses)]
+    shutil.copytree(exp.out / "sweep-full" / names[best.index(pick)],
+                    exp.out / "runs" / f"{optimizer}-s{exp.cfg.seeds[0]}")
+    return dict(zip(("lr", "muon_lr", "aux_lr"), pick))
+
+
+def prepare_out(cfg: CompareConfig) -> Path:
+    """The output directory; refuses to mix with an earlier experiment unless ``overwrite``."""
+    out = Path(cfg.out)
+    old = [out / sub for sub in ("runs", "sweep", "sweep-full") if (out / sub).exists()]
+    if old and not cfg.overwrite:
+        raise FileExistsError(f"{out} already holds a compare experiment ({old[0].name}/); "
+                              "pass --overwrite to replace it, or choose another --out")
+    for path in old:
+        shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = {"adamw": args.lr, "muon": args.muon_lr}
-    if args.lr_sweep:
-        chosen.update(sweep(args, out, log))
-    final = argparse.Namespace(**vars(args))
-    final.lr, final.muon_lr = chosen["adamw"], chosen["muon"]
+    return out
+
+
+def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
+    """The whole experiment; returns the report's paths."""
+    out = prepare_out(cfg)
+    exp = Experiment(cfg, log)
+    info_start = machine_info()
+    gpt = cfg.gpt
+    chosen = {"adamw": {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr},
+              "muon": {"lr": gpt.lr, "muon_lr": gpt.muon_lr,
+                       "aux_lr": cfg.aux_lr if cfg.aux_lr is not None else gpt.lr}}
+    sweeps: dict = {}
+    if cfg.lr_sweep:
+        tuned, sweeps = tune(exp)
+        chosen.update(tuned)
+    calls, names = [], []
+    for i, seed in enumerate(cfg.seeds):
+        for optimizer in cfg.optimizers:
+            run_dir = out / "runs" / f"{optimizer}-s{seed}"
+            if run_dir.exists():  # the full-length pick of the sweep (seed 0)
+                continue
+            calls.append(lambda o=optimizer, d=run_dir, s=seed, p=(i,): exp.run(
+                o, d, s, **chosen[o], priority=p))
+            names.append(run_dir.name)
+    for name, loss in zip(names, run_concurrently(calls), strict=True):
+        log(f"{name}: final val loss {loss:.4f}")
     settings = {
         "command": "muonkit " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "",
-        "chosen_lr": {k: chosen[k] for k in args.optimizers},
-        "environment": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"python {platform.python_version()}",
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "chosen_lr": {k: chosen[k]["muon_lr" if k == "muon" else "lr"] for k in cfg.optimizers},
+        "chosen": {k: chosen[k] for k in cfg.optimizers},
+        "sweeps": sweeps,
+        "threads_per_run": exp.threads if cfg.isolate else torch.get_num_threads(),
+        "jobs": cfg.jobs,
+        "machine_start": info_start,
+        "machine_end": machine_info(),
+        "args": {**{k: v for k, v in vars(gpt).items() if k != "func"},
+                 **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "gpt"}},
     }
     (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
-    for seed in args.seeds:
-        for optimizer in args.optimizers:
-            loss = run_one(final, optimizer, out / "runs" / f"{optimizer}-s{seed}", seed)
-            log(f"{optimizer} seed {seed}: final val loss {loss:.4f}")
     return build_compare_report(out)
 
 
+def _user_error(message: str) -> int:
+    print(f"muonkit compare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    own = {f.name for f in dataclasses.fields(CompareConfig)} - {"gpt"}
+    return CompareConfig(gpt=args, **{k: getattr(args, k) for k in own})
+
+
 def _command(args: argparse.Namespace) -> int:
-    if args.lr_sweep and args.sweep_steps is not None and args.sweep_steps <= args.warmup:
-        raise SystemExit("--sweep-steps must be larger than --warmup")
-    paths = run_compare(args)
+    try:
+        cfg = config_from_args(args)
+        paths = run_compare(cfg)
+    except (ValueError, FileExistsError) as e:
+        return _user_error(str(e).splitlines()[0])
     print(f"report: {paths['report']}\ncurves: {paths['curves']}")
     return 0
 
@@ -141,22 +262,39 @@ def register(subparsers) -> None:
         "compare",
         help="AdamW vs the Muon hybrid on the same GPT, data and budget",
         description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="runs/compare", help="output directory")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
-    p.add_argument(
-        "--lr-sweep", action="store_true", help="tune each optimizer's LR on a shorter run first"
-    )
+    d = argparse.Namespace(**{
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(CompareConfig) if f.name != "gpt"
+    })
+    p.add_argument("--out", default=d.out, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier experiment in --out")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
+    p.add_argument("--optimizers", nargs="+", default=d.optimizers, choices=OPTIMIZERS)
+    p.add_argument("--lr-sweep", action="store_true",
+                   help="tune each optimizer's LR on shorter runs first")
     p.add_argument("--sweep-steps", type=int, default=None, help="default: --steps / 4")
-    p.add_argument("--adamw-lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
-    p.add_argument("--muon-lrs", type=float, nargs="+", default=[0.01, 0.02, 0.04, 0.08])
-    p.add_argument(
-        "--no-isolate",
-        dest="isolate",
-        action="store_false",
-        help="run in this process (peak memory is then the max so far)",
-    )
+    p.add_argument("--adamw-lrs", type=float, nargs="+", default=d.adamw_lrs,
+                   help="AdamW LR grid (factor-2 spaced)")
+    p.add_argument("--muon-lrs", type=float, nargs="+", default=d.muon_lrs,
+                   help="the hybrid's Muon (matrix) LR grid (factor-2 spaced)")
+    p.add_argument("--aux-lr", type=float, default=None,
+                   help="LR of the hybrid's AdamW groups (default: AdamW's, the swept one "
+                        "with --lr-sweep)")
+    p.add_argument("--aux-lrs", type=float, nargs="+", default=None,
+                   help="also sweep the aux LR over this grid (at the chosen Muon LR)")
+    p.add_argument("--sweep-extend", type=int, default=d.sweep_extend,
+                   help="max points added beyond each edge when the best LR sits there")
+    p.add_argument("--sweep-full-topk", type=int, default=d.sweep_full_topk,
+                   help="rerun the best K settings at full length and choose from those")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: the cores the load leaves free, "
+                        "divided by --jobs)")
+    p.add_argument("--jobs", type=int, default=d.jobs, help="runs at once")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="run in this process (peak memory is then the max so far)")
     add_gpt_arguments(p)
     p.set_defaults(func=_command, no_progress=True)
 

@@ -3,7 +3,8 @@
 Layout read (written by :mod:`muonkit.experiments.compare`)::
 
     OUT/runs/<optimizer>-s<seed>/metrics.jsonl   the compared runs (one per optimizer and seed)
-    OUT/sweep/<optimizer>-lr<lr>/metrics.jsonl   the LR sweep, if one was run
+    OUT/sweep/<name>/metrics.jsonl               the LR sweep, if one was run
+    OUT/sweep-full/<name>/metrics.jsonl          its best settings rerun at full length
     OUT/settings.json                            how the experiment was launched
 
 Every number in the report is computed here from those files.
@@ -130,26 +131,64 @@ def cost_table(numbers: dict) -> str:
 
 
 def sweep_table(sweep: list[Run], chosen: dict) -> str:
+    """Every sweep run: its LRs, length and final val loss; the chosen setting marked."""
     rows = []
-    for run in sorted(sweep, key=lambda r: (r.optimizer, sweep_lr(r))):
-        lr = sweep_lr(run)
-        mark = "**chosen**" if chosen.get(run.optimizer) == lr else ""
-        rows.append(
-            [
-                run.optimizer,
-                f"{lr:g}",
-                run.config["config"]["steps"],
-                f"{run.val[-1]['val_loss']:.3f}",
-                mark,
-            ]
-        )
-    return markdown_table(["optimizer", "swept lr", "steps", "final val loss", ""], rows)
+    for run in sorted(sweep, key=lambda r: (r.optimizer, sweep_lrs(r), r.path.parent.parent.name)):
+        lr, aux = sweep_lrs(run)
+        pick = chosen.get(run.optimizer, {})
+        picked = (lr == pick.get("muon_lr" if run.optimizer == "muon" else "lr")
+                  and (aux is None or aux == pick.get("aux_lr", aux)))
+        rows.append([
+            run.optimizer,
+            f"{lr:g}",
+            "" if aux is None else f"{aux:g}",
+            run.config["config"]["steps"],
+            f"{run.val[-1]['val_loss']:.3f}" if run.summary else "diverged",
+            "**chosen**" if picked else "",
+        ])
+    return markdown_table(
+        ["optimizer", "lr (Muon's for the hybrid)", "aux lr", "steps", "final val loss", ""],
+        rows,
+    )
 
 
-def sweep_lr(run: Run) -> float:
-    """The LR a sweep run varied: Muon's matrix lr for the hybrid, AdamW's lr otherwise."""
+def sweep_lrs(run: Run) -> tuple[float, float | None]:
+    """(the LR a sweep run varied, the hybrid's aux AdamW LR or None): Muon's matrix lr and
+    the AdamW groups' lr for the hybrid, AdamW's lr otherwise."""
     opts = run.config["config"].get("optimizer_options", {})
-    return float(opts["muon_lr"] if run.optimizer == "muon" else opts["lr"])
+    if run.optimizer == "muon":
+        return float(opts["muon_lr"]), float(opts["lr"])
+    return float(opts["lr"]), None
+
+
+def sweep_notes(settings: dict) -> list[str]:
+    """One line per sweep stage (edge extensions, edges left) and the full-length reruns."""
+    lines = []
+    for optimizer, stages in settings.get("sweeps", {}).items():
+        if optimizer.endswith("_full"):
+            runs = ", ".join(f"{s['name']} {s['val_loss']:.3f}" for s in stages)
+            lines.append(f"- {optimizer[:-5]}: the best settings rerun at full length: {runs}; "
+                         "the best of these was chosen and is its seed's compared run.")
+            continue
+        for stage in stages:
+            initial = ", ".join(f"{v:g}" for v in stage["initial"])
+            lines.append(f"- {optimizer} `{stage['param']}` over [{initial}]: {stage['note']}")
+    return lines
+
+
+def machine_lines(settings: dict) -> list[str]:
+    """Threads, load average at start and end, CPU and its timing flags."""
+    start, end = settings.get("machine_start"), settings.get("machine_end")
+    if not start:
+        return []
+    flags = ", ".join(start.get("cpu_flags", [])) or "none of the tracked ones"
+    return [
+        f"- machine: {start.get('cpu')}, {start.get('logical_cores')} logical cores, CPU flags "
+        f"that matter for timing: {flags}; torch {start.get('torch')}",
+        f"- {settings.get('threads_per_run')} torch thread(s) per run, "
+        f"{settings.get('jobs', 1)} run(s) at a time; 1-minute load average "
+        f"{start.get('load_1min')} at the start, {(end or {}).get('load_1min')} at the end",
+    ]
 
 
 def settings_lines(groups: dict[str, list[Run]], settings: dict) -> list[str]:
@@ -186,7 +225,7 @@ def settings_lines(groups: dict[str, list[Run]], settings: dict) -> list[str]:
         lines.append(f"- command: `{settings['command']}`")
     if settings.get("environment"):
         lines.append(f"- environment: {settings['environment']}")
-    return lines
+    return lines + machine_lines(settings)
 
 
 def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: dict) -> str:
@@ -224,10 +263,18 @@ def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: d
         parts.append(
             "Each optimizer was tuned first on a shorter run (seed "
             f"{sweep[0].seed}); the compare uses each one's best LR. For the Muon hybrid the "
-            "sweep varies the Muon (matrix) LR; its AdamW groups use the AdamW LR chosen by "
-            "the AdamW sweep.\n"
+            "sweep varies the Muon (matrix) LR and, if asked, the LR of its AdamW (aux) groups"
+            + ("; grids are factor-2 and are extended past an edge when the best sits there.\n"
+               if "sweeps" in settings else ".\n")
         )
-        parts.append(sweep_table(sweep, settings.get("chosen_lr", {})))
+        chosen = settings.get("chosen") or {  # files written before the aux LR existed
+            k: {"muon_lr" if k == "muon" else "lr": v}
+            for k, v in settings.get("chosen_lr", {}).items()
+        }
+        parts.append(sweep_table(sweep, chosen))
+        notes = sweep_notes(settings)
+        if notes:
+            parts.append("\n".join(notes) + "\n")
     parts.append("## Settings\n")
     parts.append("\n".join(settings_lines(groups, settings)) + "\n")
     parts.append(
@@ -251,7 +298,8 @@ def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
         for run in runs:
             if not run.val or run.summary is None:
                 raise ValueError(f"{run.path} is incomplete (no val records or no summary)")
-    sweep = find_runs(out / "sweep") if (out / "sweep").is_dir() else []
+    sweep = [run for sub in ("sweep", "sweep-full") if (out / sub).is_dir()
+             for run in find_runs(out / sub)]
     settings_path = out / "settings.json"
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
     report = out / REPORT

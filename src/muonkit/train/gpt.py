@@ -42,6 +42,7 @@ def train_gpt(
     optimizer_options: dict | None = None,
     train_config: TrainConfig,
     parallel: str = "none",
+    monitor=None,
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
@@ -54,6 +55,9 @@ def train_gpt(
     and the model/optimizer are wrapped by :mod:`muonkit.distributed.parallel`. Rank 0 writes
     the metrics (its micro-batch loss; tokens counted over all ranks); checkpoints go through
     DCP (``OUT/ckpt_dcp``) and resume with the same number of ranks.
+
+    ``monitor(model, optimizer)``, if given, is called once both exist and returns the loop's
+    ``on_eval(step, val_record, logger)`` (e.g. :class:`muonkit.experiments.rms.RMSMonitor`).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {list(OPTIMIZERS)}")
@@ -105,6 +109,7 @@ def train_gpt(
         optimizer_name=optimizer,
         run_config=run_config,
         count_tokens=lambda batch: world * int(batch[-1].numel()),
+        on_eval=None if monitor is None else monitor(model, opt),
     )
     result.extra.update(model=model, data=tokens)
     return result

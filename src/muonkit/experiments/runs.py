@@ -1,0 +1,196 @@
+"""Training runs of the experiments, each in its own process, a few at a time.
+
+* :class:`RunSpec`: everything one GPT run needs (the keyword arguments of
+  :func:`muonkit.train.gpt.train_gpt`, its thread count, whether to log weight/update RMS).
+* :func:`run_isolated`: run a spec in a fresh (spawned) process at ``threads`` torch threads,
+  printing one progress line per evaluation (read from the run's ``metrics.jsonl``). A run
+  whose loss became non-finite is a diverged run (loss ``inf``), not an error.
+* :func:`run_status` / resume: a finished run (summary line with the planned steps) is skipped;
+  a run with a checkpoint resumes from it; anything else starts afresh.
+* :class:`SlotPool`: at most ``jobs`` runs at once, granted in priority order.
+* :func:`default_threads`: threads per run that neither oversubscribe the cores nor ignore
+  what other processes already use (the 1-minute load average).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import math
+import multiprocessing
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..report.metrics import load_run
+from ..train.loop import CHECKPOINT, METRICS
+
+ERROR_FILE = "error.txt"
+DIVERGED = "FloatingPointError"
+
+
+@dataclass
+class RunSpec:
+    """One GPT run: ``kwargs`` for ``train_gpt`` (with ``train_config``), a label for the
+    progress lines, the torch thread count, and ``log_rms`` (weight/update RMS records)."""
+
+    kwargs: dict
+    label: str
+    threads: int = 1
+    log_rms: bool = False
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.kwargs["train_config"].out_dir)
+
+    @property
+    def steps(self) -> int:
+        return self.kwargs["train_config"].steps
+
+
+def default_threads(jobs: int = 1) -> int:
+    """Torch threads per run for ``jobs`` concurrent runs: the cores left free by the current
+    1-minute load, shared among the jobs, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    free = max(1, int(cores - busy + 0.5))
+    return max(1, min(cores, free) // max(1, jobs))
+
+
+def run_status(out_dir: Path, steps: int) -> str:
+    """"finished" (a summary line at ``steps``), "diverged" (its loss became non-finite),
+    "resumable" (a checkpoint) or "new"."""
+    error = out_dir / ERROR_FILE
+    if error.exists() and DIVERGED in error.read_text():
+        return "diverged"
+    metrics = out_dir / METRICS
+    if metrics.exists():
+        try:
+            summary = load_run(metrics).summary
+        except ValueError:
+            summary = None
+        if summary is not None and summary.get("steps") == steps:
+            return "finished"
+    return "resumable" if (out_dir / CHECKPOINT).exists() else "new"
+
+
+def final_val_loss(out_dir: Path) -> float:
+    run = load_run(out_dir / METRICS)
+    return float(run.val[-1]["val_loss"]) if run.val else math.inf
+
+
+def _train_in_child(spec: RunSpec) -> None:
+    from ..train.gpt import train_gpt
+    from .rms import RMSMonitor
+
+    try:
+        torch.set_num_threads(spec.threads)
+        train_gpt(**spec.kwargs, monitor=RMSMonitor if spec.log_rms else None)
+    except BaseException:
+        (spec.out_dir / ERROR_FILE).write_text(traceback.format_exc())
+        raise SystemExit(1) from None
+
+
+def _progress_lines(path: Path, seen: int, spec: RunSpec, log: Callable[[str], None]) -> int:
+    """Log the val records of ``path`` after the first ``seen``; returns the new count."""
+    if not path.exists():
+        return seen
+    try:
+        vals = load_run(path).val
+    except ValueError:  # a line being written
+        return seen
+    for rec in vals[seen:]:
+        log(f"[{spec.label}] step {rec['step']}/{spec.steps}: val loss {rec['val_loss']:.4f} "
+            f"({rec['elapsed_s']:.0f} s)")
+    return max(seen, len(vals))
+
+
+def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: float = 2.0) -> float:
+    """Run ``spec`` in a spawned process (resuming or skipping as :func:`run_status` says);
+    returns its final val loss (``inf`` if it diverged)."""
+    out = spec.out_dir
+    status = run_status(out, spec.steps)
+    if status in ("finished", "diverged"):
+        return final_val_loss(out) if status == "finished" else math.inf
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ERROR_FILE).unlink(missing_ok=True)
+    cfg = spec.kwargs["train_config"]
+    spec = dataclasses.replace(
+        spec, kwargs={**spec.kwargs, "train_config": dataclasses.replace(
+            cfg, resume=status == "resumable", progress=False)}
+    )
+    if status == "resumable":
+        log(f"[{spec.label}] resuming from {out / CHECKPOINT}")
+    child = multiprocessing.get_context("spawn").Process(target=_train_in_child, args=(spec,))
+    child.start()
+    seen = 0 if status == "new" else len(load_run(out / METRICS).val)
+    while child.is_alive():
+        child.join(poll_s)
+        seen = _progress_lines(out / METRICS, seen, spec, log)
+    error = out / ERROR_FILE
+    if child.exitcode != 0:
+        detail = error.read_text() if error.exists() else f"exit code {child.exitcode}"
+        if DIVERGED in detail:
+            log(f"[{spec.label}] diverged (non-finite loss)")
+            return math.inf
+        raise RuntimeError(f"training run {out} failed:\n{detail}")
+    return final_val_loss(out)
+
+
+class SlotPool:
+    """At most ``jobs`` holders at once; waiting threads are admitted lowest priority first
+    (then first come)."""
+
+    def __init__(self, jobs: int):
+        self.free = jobs
+        self.cond = threading.Condition()
+        self.queue: list[tuple] = []
+        self.counter = itertools.count()
+
+    def run(self, priority: tuple, fn: Callable, *args):
+        ticket = (priority, next(self.counter))
+        with self.cond:
+            heapq.heappush(self.queue, ticket)
+            self.cond.wait_for(lambda: self.free > 0 and self.queue[0] == ticket)
+            heapq.heappop(self.queue)
+            self.free -= 1
+            self.cond.notify_all()
+        try:
+            return fn(*args)
+        finally:
+            with self.cond:
+                self.free += 1
+                self.cond.notify_all()
+
+
+def run_concurrently(fns: list[Callable[[], float]]) -> list[float]:
+    """Call each function in its own thread (each typically waits for a pool slot and then
+    for its child process); re-raises the first error; results in order."""
+    results: list = [None] * len(fns)
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            results[i] = fns[i]()
+        except BaseException as e:  # noqa: BLE001 - re-raised below in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
