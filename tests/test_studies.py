@@ -205,9 +205,14 @@ def test_cifar10_end_to_end_on_real_pickle_format(data_dir, tmp_path):
     assert config["study"]["dataset"] == "cifar10" and config["params"] == 16 * 3072 + 12 * 16 + 120
 
 
-def test_missing_data_and_bad_flags(tmp_path):
-    with pytest.raises(DataNotFoundError, match="muonkit data fetch cifar10"):
+def test_missing_data_and_bad_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit code 2
         main(["variants", "large", "--dataset", "cifar10", "--data-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "muonkit data fetch cifar10" in err and len(err.splitlines()) == 1
+    with pytest.raises(DataNotFoundError, match="muonkit data fetch cifar10"):
+        run_study(StudyConfig("large", dataset="cifar10", data_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="--epochs"):
         StudyConfig("large", epochs=0)
     with pytest.raises(ValueError, match="study"):

@@ -3,11 +3,10 @@ on the bundled tinyshakespeare, Muon on its hidden matrices and AdamW on the res
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
+from .checks import check_number
 from .data.text import load_text
 from .hybrid import MuonWithAuxAdam, hybrid_param_groups
 from .schedules import apply_schedules, lr_multiplier, muon_momentum
@@ -30,6 +29,8 @@ class CharMLP(nn.Module):
 
 def run(steps: int = 300, batch: int = 256, context: int = 8, seed: int = 0) -> list[float]:
     """Train the demo model; returns the training loss of every step."""
+    for name, value in (("steps", steps), ("batch", batch), ("context", context)):
+        check_number(name, value, integer=True, ge=1)
     torch.manual_seed(seed)
     tokens = load_text()
     data = torch.from_numpy(tokens.train.astype("int64"))
@@ -56,13 +57,8 @@ def run(steps: int = 300, batch: int = 256, context: int = 8, seed: int = 0) -> 
     return losses
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train a small char-level model with Muon (1 min)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: print_summary(run(steps=a.steps, seed=a.seed)))
-
-
 def print_summary(losses: list[float]) -> None:
-    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
-    print(f"mean loss of the first 20 steps {first:.3f} -> last 20 steps {last:.3f}")
+    """Mean training loss of the first and of the last (up to) 20 steps."""
+    n = min(20, len(losses))
+    first, last = sum(losses[:n]) / n, sum(losses[-n:]) / n
+    print(f"mean loss of the first {n} steps {first:.3f} -> last {n} steps {last:.3f}")

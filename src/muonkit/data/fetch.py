@@ -10,7 +10,6 @@ differs is deleted; the next URL, if any, is tried, else it raises ChecksumError
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -133,14 +132,3 @@ def fetch(name: str, data_dir=None, datasets: dict[str, Dataset] | None = None) 
             unpack(target, root)
             print(f"unpacked into {folder}")
     return folder
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="dataset utilities (fetch)")
-    sub = p.add_subparsers(dest="data_command", required=True)
-    f = sub.add_parser("fetch", help="download MNIST or CIFAR-10, verify md5, unpack")
-    f.add_argument("dataset", choices=sorted(DATASETS))
-    f.add_argument(
-        "--data-dir", default=None, help="target directory (default: $MUONKIT_DATA, else ./data)"
-    )
-    f.set_defaults(func=lambda a: print(fetch(a.dataset, a.data_dir)) or 0)

@@ -160,13 +160,28 @@ def load_text(
                 f"train.bin and val.bin (make them with muonkit.data.text.prepare_bin or "
                 f"nanoGPT's data/*/prepare.py), or '{BUNDLED}' for the bundled text"
             )
-        text, name = path.read_text(encoding="utf-8"), str(path)
+        text, name = read_text_file(path), str(path)
     if tokenizer == "char":
         itos = char_vocab(text)
         train, val = split_tokens(char_encode(text, itos), val_fraction)
         return TokenData(train, val, len(itos), "char", name, itos)
     train, val = split_tokens(gpt2_encode(text), val_fraction)
     return TokenData(train, val, GPT2_PADDED_VOCAB, "gpt2", name)
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of ``path``; ValueError naming the file if it is empty or not text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"data file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}); pass a text file, or a directory with train.bin and val.bin for "
+            "pre-tokenized data"
+        ) from None
+    if not text:
+        raise ValueError(f"data file {path} is empty")
+    return text
 
 
 def load_bin_dir(path: str | os.PathLike) -> TokenData:
@@ -181,6 +196,8 @@ def load_bin_dir(path: str | os.PathLike) -> TokenData:
                 "uint16 token ids). Make them with muonkit.data.text.prepare_bin(text_file, "
                 f"{str(path)!r}) or nanoGPT's data/openwebtext/prepare.py"
             )
+        if f.stat().st_size < 2:
+            raise ValueError(f"token file {f} is empty")
         arrays[split] = np.memmap(f, dtype=np.uint16, mode="r")
     meta_file = path / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}

@@ -33,7 +33,6 @@ Defaults are sized for a few minutes per study on 2 CPU cores (MNIST, 784 -> 256
 
 from __future__ import annotations
 
-import argparse
 import copy
 import shutil
 import warnings
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checks import check_number
 from ..data.vision import ShuffledBatches, load_flat
 from ..models.mlp import MLP
 from ..muon import Muon
@@ -55,6 +55,27 @@ from ..train import optimizer_state_bytes as train_optimizer_state_bytes
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid")
 DATASETS = {"mnist": 784, "cifar10": 3072}
 OPTIMIZERS = ("adamw", "muon", "lora_pre", "kronecker", "hybrid_kronecker")
+
+
+STUDY_BOUNDS = {  # numeric StudyConfig fields (lists: each value), None-valued ones skipped
+    "hidden": dict(integer=True, ge=1),
+    "epochs": dict(integer=True, ge=1),
+    "batch_size": dict(integer=True, ge=1),
+    "lr": dict(gt=0),
+    "adamw_lr": dict(gt=0),
+    "momentum": dict(ge=0, lt=1),
+    "rank": dict(integer=True, ge=1),
+    "ranks": dict(integer=True, ge=1),
+    "seeds": dict(integer=True, ge=0),
+    "train_limit": dict(integer=True, ge=1),
+    "threads": dict(integer=True, ge=1),
+}
+
+
+def _values(value) -> tuple:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 @dataclass
@@ -84,15 +105,11 @@ class StudyConfig:
                 raise ValueError(
                     f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}"
                 )
-        for name in ("epochs", "batch_size", "rank"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        if not self.seeds or not self.ranks or min(self.ranks) < 1:
-            raise ValueError("--seeds and --ranks need at least one value; ranks must be >= 1")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not self.seeds or not self.ranks or not self.hidden:
+            raise ValueError("--seeds, --ranks and --hidden need at least one value")
+        for name, bounds in STUDY_BOUNDS.items():
+            for value in _values(getattr(self, name)):
+                check_number(f"--{name.replace('_', '-')}", value, **bounds)
         self.hidden, self.ranks, self.seeds = (
             tuple(self.hidden),
             tuple(self.ranks),
@@ -536,47 +553,3 @@ def plot_memory_tradeoff(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    d = StudyConfig("large")
-    p = subparsers.add_parser(
-        "variants",
-        help="memory-saving Muon variants on an MLP (MNIST / CIFAR-10)",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("study", choices=STUDIES)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset)
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder holding mnist/ or cifar-10-batches-py/ (default: $MUONKIT_DATA, else ./data)",
-    )
-    p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden))
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="LR of every Muon-family optimizer")
-    p.add_argument("--adamw-lr", type=float, default=d.adamw_lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--rank", type=int, default=d.rank, help="LoRA-Pre rank (large, hybrid)")
-    p.add_argument("--ranks", type=int, nargs="+", default=list(d.ranks), help="rank-sweep ranks")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    p.add_argument(
-        "--train-limit", type=int, default=None, help="use only the first N training examples"
-    )
-    p.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
-    )
-    p.add_argument("--out", default="", help="output dir (default runs/variants/<study>)")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    cfg = StudyConfig(
-        **{k: getattr(args, k) for k in StudyConfig.__dataclass_fields__ if hasattr(args, k)}
-    )
-    paths = run_study(cfg)
-    print(Path(paths["table"]).read_text())
-    print(f"wrote {paths['table']}, {paths['figure']} and {paths['runs']}/*/metrics.jsonl")
-    return 0

@@ -1,24 +1,168 @@
-"""Train a GPT with AdamW or the Muon hybrid: ``train_gpt`` and the ``muonkit train`` command.
+"""Train a GPT with AdamW or the Muon hybrid: ``train_gpt`` and its settings ``GPTRunConfig``.
 
 Data -> :class:`muonkit.models.gpt.GPT` -> ``configure_optimizers`` -> :func:`train`. The same
 seed gives both optimizers the same initial weights, the same training batches in the same
-order and the same validation batches (drawn once with seed ``val_seed``).
+order and the same validation batches (drawn once with seed ``val_seed``). The ``muonkit
+train`` command (:mod:`muonkit.cli.train`) builds a ``GPTRunConfig`` from its flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_number
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
-from ..distributed.env import PARALLEL_MODES, compute_cleanup, compute_init
 from ..models.gpt import GPT, OPTIMIZERS, PRESETS, preset_config
+from ..schedules import DECAYS
 from .loop import DTYPES, TrainConfig, TrainResult, resolve_device, train
+
+# name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
+BOUNDS = {
+    "steps": dict(integer=True, ge=1),
+    "batch_size": dict(integer=True, ge=1),
+    "grad_accum": dict(integer=True, ge=1),
+    "block_size": dict(integer=True, ge=1),
+    "dropout": dict(ge=0, lt=1),
+    "warmup": dict(integer=True, ge=0),
+    "min_lr_ratio": dict(ge=0, le=1),
+    "grad_clip": dict(ge=0),
+    "eval_every": dict(integer=True, ge=0),
+    "eval_batches": dict(integer=True, ge=1),
+    "peak_flops": dict(gt=0),
+    "threads": dict(integer=True, ge=1),
+    "lr": dict(gt=0),
+    "beta2": dict(ge=0, lt=1),
+    "weight_decay": dict(ge=0),
+    "muon_lr": dict(gt=0),
+    "muon_momentum": dict(ge=0, lt=1),
+    "momentum_warmup": dict(integer=True, ge=0),
+    "muon_weight_decay": dict(ge=0),
+}
+
+
+@dataclass(frozen=True)
+class GPTRunConfig:
+    """Model, data, loop and optimizer settings of GPT runs (the flags of ``muonkit train``;
+    experiments such as ``compare`` build on it). One config serves both optimizers: see
+    :meth:`optimizer_options` and :meth:`train_config` for what each one takes.
+
+    ``lr``, ``beta2``, ``weight_decay``: AdamW (the baseline, and the hybrid's AdamW groups);
+    ``muon_*``: the hybrid's Muon groups; ``momentum_warmup``: Muon momentum 0.85 ->
+    ``muon_momentum`` over that many steps; ``warmup``, ``decay``, ``min_lr_ratio``: the LR
+    schedule of every group; ``untied``: a separate ``lm_head`` weight; ``threads``: torch
+    intra-op threads (None: leave torch's setting).
+    """
+
+    preset: str = "tiny"
+    data: str = BUNDLED
+    tokenizer: str = "char"
+    steps: int = 2000
+    batch_size: int = 12
+    grad_accum: int = 1
+    block_size: int | None = None
+    dropout: float | None = None
+    rope: bool = False
+    untied: bool = False
+    warmup: int = 100
+    decay: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 20
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    peak_flops: float | None = None
+    progress: bool = True
+    tensorboard: bool = True
+    threads: int | None = None
+    lr: float = 6e-4
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    momentum_warmup: int = 300
+    muon_weight_decay: float = 0.0
+    qkv_split: bool = False
+
+    def __post_init__(self) -> None:
+        for name, valid in (
+            ("preset", PRESETS), ("tokenizer", TOKENIZERS), ("decay", DECAYS), ("dtype", DTYPES)
+        ):
+            if getattr(self, name) not in valid:
+                value = getattr(self, name)
+                raise ValueError(f"{name} must be one of {sorted(valid)}, got {value!r}")
+        for name, bounds in BOUNDS.items():
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), **bounds)
+        resolve_device(self.device)  # an unknown or unavailable device fails here, not later
+
+    def model_overrides(self) -> dict:
+        """Keyword arguments of :func:`muonkit.models.gpt.preset_config` beyond the preset."""
+        out = {"rope": self.rope, "tie_weights": not self.untied}
+        if self.dropout is not None:
+            out["dropout"] = self.dropout
+        return out
+
+    def optimizer_options(self, optimizer: str) -> dict:
+        """Keyword arguments of ``GPT.configure_optimizers`` for ``optimizer``."""
+        opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
+        if optimizer == "muon":
+            opts.update(
+                muon_lr=self.muon_lr,
+                momentum=self.muon_momentum,
+                muon_weight_decay=self.muon_weight_decay,
+                qkv_split=self.qkv_split,
+            )
+        return opts
+
+    def train_config(
+        self, optimizer: str, out_dir: str | None, seed: int, **changes
+    ) -> TrainConfig:
+        """The loop's settings of one run of ``optimizer``; ``changes`` override fields of the
+        :class:`TrainConfig` (e.g. ``steps``, ``resume``, ``checkpoint_every``)."""
+        cfg = TrainConfig(
+            steps=self.steps,
+            grad_accum=self.grad_accum,
+            warmup_steps=self.warmup,
+            decay=self.decay,
+            min_lr_ratio=self.min_lr_ratio,
+            momentum_warmup_steps=self.momentum_warmup if optimizer == "muon" else 0,
+            momentum_end=self.muon_momentum,
+            grad_clip=self.grad_clip,
+            eval_every=self.eval_every,
+            out_dir=out_dir,
+            run_name=f"{self.preset}-{optimizer}-s{seed}",
+            device=self.device,
+            dtype=self.dtype,
+            compile=self.compile,
+            progress=self.progress,
+            tensorboard=self.tensorboard,
+            peak_flops=self.peak_flops,
+            seed=seed,
+        )
+        return dataclasses.replace(cfg, **changes)
+
+    def train_gpt_kwargs(self, optimizer: str, train_config: TrainConfig) -> dict:
+        """The keyword arguments of :func:`train_gpt` for one run of ``optimizer``."""
+        return dict(
+            optimizer=optimizer,
+            preset=self.preset,
+            data=self.data,
+            tokenizer=self.tokenizer,
+            batch_size=self.batch_size,
+            block_size=self.block_size,
+            eval_batches=self.eval_batches,
+            model_overrides=self.model_overrides(),
+            optimizer_options=self.optimizer_options(optimizer),
+            train_config=train_config,
+        )
 
 
 def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -146,163 +290,3 @@ def _jsonable(v):
         return repr(v)
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def add_gpt_arguments(p: argparse.ArgumentParser) -> None:
-    """Model, data and loop flags shared by ``muonkit train`` and ``muonkit compare``."""
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="GPT size")
-    p.add_argument("--data", default=BUNDLED,
-                   help="'tinyshakespeare' (bundled), a text file, or a dir with train.bin/val.bin")
-    p.add_argument("--tokenizer", default="char", choices=TOKENIZERS,
-                   help="char-level, or GPT-2 BPE via tiktoken (for text files)")
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=12, help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    p.add_argument("--block-size", type=int, default=None, help="context (default: preset's)")
-    p.add_argument("--dropout", type=float, default=None, help="default: preset's (0)")
-    p.add_argument("--rope", action="store_true", help="rotary instead of learned positions")
-    p.add_argument("--untied", action="store_true", help="separate lm_head and wte weights")
-    p.add_argument("--warmup", type=int, default=100, help="LR warmup steps")
-    p.add_argument("--decay", default="cosine", choices=["cosine", "linear", "constant"])
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final LR / peak LR")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0: off)")
-    p.add_argument("--eval-every", type=int, default=100, help="val loss every N steps")
-    p.add_argument("--eval-batches", type=int, default=20, help="fixed val batches")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", choices=sorted(DTYPES),
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--peak-flops", type=float, default=None,
-                   help="device peak FLOP/s for MFU (default: known GPUs' bf16 peak, else none)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
-    # optimizer settings (nanoGPT AdamW defaults; Muon on hidden matrices)
-    p.add_argument("--lr", type=float, default=6e-4,
-                   help="AdamW lr (the baseline, and the hybrid's AdamW groups)")
-    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
-    p.add_argument("--muon-lr", type=float, default=0.02, help="Muon lr (hidden matrices)")
-    p.add_argument("--muon-momentum", type=float, default=0.95, help="Muon momentum")
-    p.add_argument("--momentum-warmup", type=int, default=300,
-                   help="Muon momentum 0.85 -> --muon-momentum over N steps (0: off)")
-    p.add_argument("--muon-weight-decay", type=float, default=0.0)
-    p.add_argument("--qkv-split", action="store_true",
-                   help="orthogonalize the fused QKV weight as 3 blocks")
-
-
-def model_overrides_from(args) -> dict:
-    out = {"rope": args.rope, "tie_weights": not args.untied}
-    if args.dropout is not None:
-        out["dropout"] = args.dropout
-    return out
-
-
-def optimizer_options_from(args, optimizer: str) -> dict:
-    opts = dict(lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay)
-    if optimizer == "muon":
-        opts.update(
-            muon_lr=args.muon_lr,
-            momentum=args.muon_momentum,
-            muon_weight_decay=args.muon_weight_decay,
-            qkv_split=args.qkv_split,
-        )
-    return opts
-
-
-def train_config_from(args, optimizer: str, out_dir: str, seed: int, **changes) -> TrainConfig:
-    cfg = TrainConfig(
-        steps=args.steps,
-        grad_accum=args.grad_accum,
-        warmup_steps=args.warmup,
-        decay=args.decay,
-        min_lr_ratio=args.min_lr_ratio,
-        momentum_warmup_steps=args.momentum_warmup if optimizer == "muon" else 0,
-        momentum_end=args.muon_momentum,
-        grad_clip=args.grad_clip,
-        eval_every=args.eval_every,
-        out_dir=out_dir,
-        run_name=f"{args.preset}-{optimizer}-s{seed}",
-        device=args.device,
-        dtype=args.dtype,
-        compile=args.compile,
-        progress=not args.no_progress,
-        tensorboard=not args.no_tensorboard,
-        peak_flops=args.peak_flops,
-        seed=seed,
-    )
-    return dataclasses.replace(cfg, **changes)
-
-
-def run_command(args) -> int:
-    changes = {}
-    if args.parallel != "none":  # under torchrun: one process group, this rank's device
-        device = None if args.device == "auto" else args.device
-        changes["device"] = str(compute_init(seed=args.seed, device=device)[4])
-    cfg = train_config_from(
-        args, args.optimizer, args.out, args.seed,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, **changes,
-    )
-    try:
-        status = _run(args, cfg)
-    except BaseException:
-        compute_cleanup(wait_for_peers=False)
-        raise
-    compute_cleanup()
-    return status
-
-
-def train_gpt_kwargs(args, optimizer: str, cfg: TrainConfig) -> dict:
-    """The keyword arguments of :func:`train_gpt` given the shared GPT flags."""
-    return dict(
-        optimizer=optimizer,
-        preset=args.preset,
-        data=args.data,
-        tokenizer=args.tokenizer,
-        batch_size=args.batch_size,
-        block_size=args.block_size,
-        eval_batches=args.eval_batches,
-        model_overrides=model_overrides_from(args),
-        optimizer_options=optimizer_options_from(args, optimizer),
-        train_config=cfg,
-    )
-
-
-def _run(args, cfg: TrainConfig) -> int:
-    result = train_gpt(**train_gpt_kwargs(args, args.optimizer, cfg), parallel=args.parallel)
-    text = None  # every rank samples: an FSDP2 forward is a collective
-    if args.sample:
-        text = sample_text(result.extra["model"], result.extra["data"], args.sample, args.seed)
-    if result.metrics_path is None:  # a rank other than 0 under --parallel
-        return 0
-    s = result.summary
-    mfu = "n/a" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
-    print(
-        f"{cfg.run_name}: final val loss {s['final_val_loss']:.4f} after {s['steps']} steps; "
-        f"{s['tokens_per_s']:,.0f} tokens/s, {1000 * s['step_time_s']:.1f} ms/step, "
-        f"MFU {mfu}, optimizer state {s['optimizer_state_bytes'] / 2**20:.2f} MiB, "
-        f"peak memory {s['peak_mem_bytes'] / 2**20:.0f} MiB on {s['device']}"
-    )
-    print(f"metrics: {result.metrics_path}")
-    if text is not None:
-        print(text)
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="train a GPT with AdamW or the Muon hybrid (one run)",
-        description="Train a nanoGPT-style GPT; metrics go to OUT/metrics.jsonl (+ OUT/tb).",
-    )
-    p.add_argument("--optimizer", default="muon", choices=OPTIMIZERS)
-    p.add_argument("--out", default="runs/train", help="output directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
-    p.add_argument("--sample", type=int, default=0, help="print N sampled tokens at the end")
-    p.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
-                   help="under torchrun: DDP or FSDP2 data parallelism (gloo on CPU)")
-    add_gpt_arguments(p)
-    p.set_defaults(func=run_command)

@@ -37,7 +37,9 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checks import check_number
 from ..distributed.env import is_distributed
 from ..schedules import DECAYS, apply_schedules, lr_multiplier, muon_momentum
 
@@ -56,6 +59,9 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 CHECKPOINT = "ckpt.pt"
 CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs (torchrun): muonkit.distributed.save_train_state
 METRICS = "metrics.jsonl"
+RUN_MARKERS = (METRICS, CHECKPOINT, CHECKPOINT_DIR)  # files that say a directory holds a run
+RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", "tb")  # what overwrite=True deletes
+CHECKPOINT_KEYS = ("model", "optimizers", "batches", "rng", "step", "elapsed_s", "tokens")
 # Dense bf16 tensor-core peaks (vendor data sheets) used for MFU when --peak-flops is not given.
 KNOWN_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -74,8 +80,11 @@ class TrainConfig:
         grad_clip: max global gradient norm (0: no clipping).
         eval_every: validation every this many steps (0: only at step 0 and at the end).
         checkpoint_every: checkpoint every this many steps (0: never); needs ``out_dir``.
-        out_dir: where metrics.jsonl, ckpt.pt and tb/ go (None: nothing written).
-        resume: continue from ``out_dir/ckpt.pt``.
+        out_dir: where metrics.jsonl, ckpt.pt and tb/ go (None: nothing written). A directory
+            that already holds a run is refused unless ``resume`` or ``overwrite`` is set.
+        resume: continue from ``out_dir/ckpt.pt``; a run that has trained all ``steps``
+            raises :class:`RunComplete` and changes nothing.
+        overwrite: delete the run files already in ``out_dir`` (``RUN_FILES``) and start anew.
         stop_at: end this session after this many steps (the schedule still spans ``steps``),
             e.g. to split a run over time-limited jobs; continue it with ``resume``.
         device: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -100,6 +109,7 @@ class TrainConfig:
     out_dir: str | None = None
     run_name: str = "run"
     resume: bool = False
+    overwrite: bool = False
     stop_at: int | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -117,8 +127,15 @@ class TrainConfig:
         for name in ("warmup_steps", "momentum_warmup_steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.grad_clip < 0:
-            raise ValueError(f"TrainConfig.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        check_number("TrainConfig.grad_clip (0 = off)", self.grad_clip, ge=0)
+        check_number("TrainConfig.min_lr_ratio", self.min_lr_ratio, ge=0, le=1)
+        for name in ("momentum_start", "momentum_end"):
+            check_number(f"TrainConfig.{name}", getattr(self, name), ge=0, lt=1)
+        if self.peak_flops is not None:
+            check_number("TrainConfig.peak_flops", self.peak_flops, gt=0)
+        parse_device(self.device)
+        if self.resume and self.overwrite:
+            raise ValueError("TrainConfig: resume and overwrite exclude each other")
         if self.decay not in DECAYS:
             raise ValueError(f"TrainConfig.decay {self.decay!r} unknown; valid: {list(DECAYS)}")
         if self.dtype not in DTYPES:
@@ -127,6 +144,27 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.stop_at must be in [1, steps], got {self.stop_at}")
         if (self.checkpoint_every or self.resume) and self.out_dir is None:
             raise ValueError("checkpoint_every/resume need TrainConfig.out_dir (where ckpt.pt is)")
+
+
+class RunComplete(Exception):
+    """``resume=True`` on a run that has already trained all its steps; nothing was changed."""
+
+
+class RunExistsError(FileExistsError):
+    """``out_dir`` holds a run, and neither ``resume`` nor ``overwrite`` was asked for."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: truncated, corrupt, or not written by this loop."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`: the last finished step and the last checkpoint written
+    or resumed from (``checkpoint`` None: there is none)."""
+
+    def __init__(self, step: int, checkpoint: Path | None, checkpoint_step: int | None):
+        super().__init__(f"training interrupted at step {step}")
+        self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
 
 
 @dataclass
@@ -148,10 +186,21 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> torch.device:
+def parse_device(device: str) -> torch.device | None:
+    """``torch.device(device)`` (None for "auto"); ValueError for a string torch cannot read."""
     if device == "auto":
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """The device to train on: "auto" is CUDA when available, else CPU."""
+    dev = parse_device(device)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu'")
     return dev
@@ -235,6 +284,104 @@ def default_peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in KNOWN_PEAK_FLOPS.items() if k in name), None)
 
 
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create ``out_dir``; refuse a file or an unwritable directory, and a directory that holds
+    a run (``RUN_MARKERS``) unless ``resume`` (continue it) or ``overwrite`` (delete its
+    ``RUN_FILES``, nothing else) is set. Under torch.distributed rank 0 deletes."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output directory {out_dir} is a file, not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create output directory {out_dir}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"output directory {out_dir} is not writable")
+    found = [name for name in RUN_MARKERS if (out_dir / name).exists()]
+    if resume or not found:
+        return
+    if not overwrite:
+        raise RunExistsError(
+            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    distributed = is_distributed()
+    if distributed:
+        torch.distributed.barrier()  # every rank has looked before rank 0 deletes
+    if not distributed or torch.distributed.get_rank() == 0:
+        for path in (out_dir / name for name in RUN_FILES):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    if distributed:
+        torch.distributed.barrier()
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON records of a metrics file; a last line cut short by a kill is left out."""
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path} line {i + 1} is not JSON: {line[:60]!r}") from None
+    return records
+
+
+def finished_run(metrics: Path) -> dict | None:
+    """The summary record of the run in ``metrics`` if it ended after all its planned steps
+    (the config line's ``steps``), else None."""
+    if not metrics.exists():
+        return None
+    records = read_records(metrics)
+    config = next((r for r in records if r.get("kind") == "config"), None)
+    if config is None or not records or records[-1].get("kind") != "summary":
+        return None
+    summary = records[-1]
+    return summary if summary["steps"] >= config["config"]["steps"] else None
+
+
+def check_resume(cfg: TrainConfig, out_dir: Path, ckpt_step: int | None) -> None:
+    """Refuse a resume that would not continue the run: :class:`RunComplete` when all
+    ``cfg.steps`` are done, ValueError when ``cfg.steps`` is below what is done.
+    ``ckpt_step`` None: the checkpoint has not been read yet (only the metrics are checked)."""
+    summary = finished_run(out_dir / METRICS)
+    done = summary["steps"] if summary is not None else ckpt_step
+    if done is None or done < cfg.steps:
+        return
+    if done > cfg.steps:
+        raise ValueError(
+            f"the run in {out_dir} has trained {done} steps; steps={cfg.steps} is below that: "
+            f"pass --steps {done} (the run is complete then) or more to train on"
+        )
+    loss = None if summary is None else summary.get("final_val_loss")
+    raise RunComplete(
+        f"{out_dir}: the run is complete ({done} of {cfg.steps} steps"
+        + (f", final val loss {loss:.4f}" if loss is not None else "")
+        + "); nothing to do. Pass a larger --steps to train on, or --overwrite to start again."
+    )
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A single-process checkpoint, on CPU (RNG and generator states must stay CPU tensors;
+    ``load_state_dict`` moves model and optimizer tensors to their parameters' device)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({reason}): it is truncated or corrupt; restore "
+            "it, or start the run again with --overwrite"
+        ) from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a muonkit "
+                              "training checkpoint")
+    return ckpt
+
+
 def default_count_tokens(batch) -> int:
     return int(batch[-1].numel())
 
@@ -281,12 +428,12 @@ class MetricsLogger:
 
     def _truncate(self, step: int) -> None:
         """Keep the config line and the records up to ``step`` (the checkpoint's)."""
-        kept = []
-        for line in self.path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec["kind"] == "config" or (rec["kind"] != "summary" and rec.get("step", 0) <= step):
-                kept.append(line)
-        self.path.write_text("".join(k + "\n" for k in kept))
+        kept = [
+            rec
+            for rec in read_records(self.path)
+            if rec["kind"] == "config" or (rec["kind"] != "summary" and rec.get("step", 0) <= step)
+        ]
+        self.path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
 
     @property
     def has_config(self) -> bool:
@@ -377,8 +524,12 @@ def train(
             return evaluate_batches(m, loss_fn, val_batches, device, autocast)
 
     start_step, prior_elapsed, tokens_seen = 0, 0.0, 0
+    ckpt_step = None
     torch.manual_seed(cfg.seed)
+    if out_dir is not None:
+        prepare_out_dir(out_dir, cfg.resume, cfg.overwrite)
     if cfg.resume:
+        check_resume(cfg, out_dir, None)
         if not ckpt_path.exists():
             raise FileNotFoundError(
                 f"resume=True but there is no checkpoint {ckpt_path}; run without --resume "
@@ -389,15 +540,16 @@ def train(
 
             ckpt = load_train_state(ckpt_path, model, optimizers)
         else:
-            # CPU first: RNG and generator states must stay CPU tensors; load_state_dict moves
-            # the model and optimizer tensors to their parameters' device
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            ckpt = load_checkpoint(ckpt_path)
+        check_resume(cfg, out_dir, ckpt["step"])
+        if not distributed:
             model.load_state_dict(ckpt["model"])
             for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
                 opt.load_state_dict(state)
         batches.load_state_dict(ckpt["batches"])
         set_rng_state(ckpt["rng"])
         start_step, prior_elapsed, tokens_seen = ckpt["step"], ckpt["elapsed_s"], ckpt["tokens"]
+        ckpt_step = start_step
     main_process = not distributed or torch.distributed.get_rank() == 0  # writes the metrics
     logger = MetricsLogger(
         out_dir if main_process else None, cfg.tensorboard, start_step if cfg.resume else None
@@ -435,9 +587,10 @@ def train(
 
     progress = _progress_bar(cfg, start_step)
     model.train()
-    if start_step == 0:
-        run_eval(0)
+    step = start_step
     try:
+        if start_step == 0:
+            run_eval(0)
         for step in range(start_step, min(cfg.steps, cfg.stop_at or cfg.steps)):
             t0 = time.perf_counter()
             mult = lr_multiplier(
@@ -501,6 +654,11 @@ def train(
                 save_checkpoint(
                     ckpt_path, model, optimizers, batches, done, elapsed, tokens_seen, device
                 )
+                ckpt_step = done
+    except KeyboardInterrupt:
+        logger.close()
+        last = None if ckpt_step is None else ckpt_path
+        raise TrainingInterrupted(start_step + len(step_times), last, ckpt_step) from None
     finally:
         progress.close()
     done_steps = start_step + len(step_times)

@@ -1,0 +1,71 @@
+"""What every ``muonkit`` command shares: the parser (one-line errors, defaults in ``--help``,
+``--debug``), numeric flag types checked by :func:`muonkit.checks.check_number` at parse time,
+and the errors that are the user's (one line on stderr, exit code 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..checks import check_number, describe_range
+
+# Exceptions that report a bad input or environment (a missing or unreadable file, a value out
+# of range, a diverging run): ``muonkit`` prints their message on one line and exits with 2.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
+DEBUG_ENV = "MUONKIT_DEBUG"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``prog: error: message``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_command(subparsers, name: str, *, help: str, description: str | None = None):
+    """A subcommand parser that shows defaults in ``--help`` and takes ``--debug``."""
+    p = subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_debug_flag(p)
+    return p
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)",
+    )
+
+
+def number(kind: type = float, **bounds):
+    """An argparse ``type`` that parses ``kind`` and checks it like
+    :func:`muonkit.checks.check_number` (finite, within ``bounds``: ge, gt, le, lt)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        try:
+            return check_number("value", value, integer=kind is int, **bounds)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value ")) from None
+
+    parse.__name__ = f"{kind.__name__} {describe_range(**bounds)}"
+    return parse
+
+
+POSITIVE_INT = number(int, ge=1)
+NONNEGATIVE_INT = number(int, ge=0)
+POSITIVE = number(float, gt=0)
+NONNEGATIVE = number(float, ge=0)
+FRACTION = number(float, ge=0, le=1)  # a ratio in [0, 1]
+MOMENTUM = number(float, ge=0, lt=1)  # momentum, beta, dropout: [0, 1)

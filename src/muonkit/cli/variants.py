@@ -1,0 +1,59 @@
+"""`muonkit variants <study>`: the variant studies of :mod:`muonkit.experiments.variants`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..experiments import variants
+from .common import MOMENTUM, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, add_command
+
+
+def register(subparsers) -> None:
+    d = variants.StudyConfig("large")
+    p = add_command(
+        subparsers,
+        "variants",
+        help="memory-saving Muon variants on an MLP (MNIST / CIFAR-10)",
+        description=variants.__doc__.split("\n\n")[0],
+    )
+    p.add_argument("study", choices=variants.STUDIES, help="which study")
+    p.add_argument("--dataset", choices=sorted(variants.DATASETS), default=d.dataset,
+                   help="dataset")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding mnist/ or cifar-10-batches-py/ "
+                   "(None: $MUONKIT_DATA, else ./data)")
+    p.add_argument("--hidden", type=POSITIVE_INT, nargs="+", default=list(d.hidden),
+                   help="hidden widths of the MLP")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size, help="batch size")
+    p.add_argument("--lr", type=POSITIVE, default=d.lr, help="LR of every Muon-family optimizer")
+    p.add_argument("--adamw-lr", type=POSITIVE, default=d.adamw_lr, help="AdamW's LR")
+    p.add_argument("--momentum", type=MOMENTUM, default=d.momentum,
+                   help="momentum of every Muon-family optimizer")
+    p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
+                   help="LoRA-Pre rank (large, hybrid)")
+    p.add_argument("--ranks", type=POSITIVE_INT, nargs="+", default=list(d.ranks),
+                   help="rank-sweep ranks")
+    p.add_argument("--seeds", type=NONNEGATIVE_INT, nargs="+", default=list(d.seeds),
+                   help="seeds (each arm runs once per seed)")
+    p.add_argument("--train-limit", type=POSITIVE_INT, default=None,
+                   help="use only the first N training examples (None: all)")
+    p.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None,
+                   help="torch intra-op threads (None: torch's choice)")
+    p.add_argument("--out", default="", help="output dir (default runs/variants/<study>)")
+    p.set_defaults(func=run_command)
+
+
+def config_from_args(args: argparse.Namespace) -> variants.StudyConfig:
+    names = {f.name for f in dataclasses.fields(variants.StudyConfig)}
+    return variants.StudyConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run_command(args: argparse.Namespace) -> int:
+    paths = variants.run_study(config_from_args(args))
+    print(Path(paths["table"]).read_text())
+    print(f"wrote {paths['table']}, {paths['figure']} and {paths['runs']}/*/metrics.jsonl")
+    return 0

@@ -1,0 +1,168 @@
+"""`muonkit` as a user meets it: runs are never lost, bad values and user errors end in one
+line on stderr with exit code 2 before any work, Ctrl-C says how to resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from muonkit.cli import main
+from muonkit.cli.train import config_from_args
+from muonkit.train.gpt import GPTRunConfig
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
+        "--eval-every", "0", "--warmup", "1", "--no-progress", "--no-tensorboard"]
+
+
+def train(out, *flags):
+    return main(["train", "--optimizer", "adamw", "--out", str(out), *FAST, *flags])
+
+
+def user_error(capsys, argv) -> str:
+    """Run ``muonkit argv``; assert exit code 2 and one line on stderr; return that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def snapshot(out: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 4-step run with a checkpoint at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("finished")
+    assert train(out, "--steps", "4", "--checkpoint-every", "2") == 0
+    return out
+
+
+def test_resume_of_a_finished_run_says_complete_and_changes_nothing(finished, capsys):
+    before = snapshot(finished)
+    capsys.readouterr()
+    assert train(finished, "--steps", "4", "--checkpoint-every", "2", "--resume") == 0
+    assert "complete" in capsys.readouterr().out
+    assert snapshot(finished) == before
+
+
+def test_resume_below_the_runs_steps_is_refused_and_changes_nothing(finished, capsys):
+    before = snapshot(finished)
+    err = user_error(capsys, ["train", "--optimizer", "adamw", "--out", str(finished), *FAST,
+                              "--steps", "3", "--resume"])
+    assert "--steps 4" in err
+    assert snapshot(finished) == before
+
+
+def test_a_directory_holding_a_run_is_refused_unless_overwrite(finished, tmp_path, capsys):
+    out = tmp_path / "again"
+    out.mkdir()
+    for p in finished.iterdir():
+        if p.is_file():
+            (out / p.name).write_bytes(p.read_bytes())
+    before = snapshot(out)
+    err = user_error(capsys, ["train", "--out", str(out), *FAST, "--steps", "2"])
+    assert "--resume" in err and "--overwrite" in err
+    assert snapshot(out) == before
+    (out / "notes.txt").write_text("mine")
+    assert train(out, "--steps", "2", "--overwrite") == 0  # no checkpointing this time
+    assert not (out / "ckpt.pt").exists() and (out / "notes.txt").read_text() == "mine"
+    assert '"steps": 2' in (out / "metrics.jsonl").read_text().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["train", "--min-lr-ratio", "-1"], "--min-lr-ratio"),
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--steps", "0"], "--steps"),
+        (["train", "--muon-momentum", "1"], "--muon-momentum"),
+        (["train", "--grad-clip", "inf"], "--grad-clip"),
+        (["train", "--eval-batches", "0"], "--eval-batches"),
+        (["train", "--batch-size", "2.5"], "--batch-size"),
+        (["demo", "--steps", "0"], "--steps"),
+        (["variants", "large", "--momentum", "1.0"], "--momentum"),
+        (["variants", "large", "--ranks", "4", "0"], "--ranks"),
+    ],
+)
+def test_every_numeric_value_is_checked_before_work(argv, flag, capsys, tmp_path):
+    err = user_error(capsys, [*argv, "--out", str(tmp_path / "o")] if argv[0] != "demo" else argv)
+    assert flag in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_mirrors_the_flags():
+    """Every GPTRunConfig field has a flag with the same default; the config checks values."""
+    from muonkit.cli import build_parser
+
+    args = build_parser().parse_args(["train"])
+    assert config_from_args(args) == GPTRunConfig()
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        GPTRunConfig(min_lr_ratio=-1.0)
+    with pytest.raises(ValueError, match="unknown device"):
+        GPTRunConfig(device="tpu:0")
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["--data", str(empty)], "empty.txt is empty"),
+        (["--data", str(binary)], "weights.bin is not UTF-8"),
+        (["--out", str(a_file)], "is a file"),
+        (["--out", str(a_file / "sub")], "cannot create output directory"),
+        (["--device", "tpu"], "unknown device"),
+    ]
+    for flags, expected in cases:
+        argv = ["train", "--out", str(tmp_path / "o"), *FAST, "--steps", "1", *flags]
+        assert expected in user_error(capsys, argv)
+    with pytest.raises(ValueError, match="empty"):  # --debug: the exception itself
+        main(["train", "--debug", *FAST, "--data", str(empty), "--out", str(tmp_path / "d")])
+
+
+def test_corrupt_checkpoint_is_a_user_error(finished, tmp_path, capsys):
+    out = tmp_path / "corrupt"
+    out.mkdir()
+    for p in finished.iterdir():
+        if p.is_file():
+            data = p.read_bytes()
+            (out / p.name).write_bytes(data[: len(data) // 2] if p.name == "ckpt.pt" else data)
+    flags = ["--steps", "6", "--checkpoint-every", "2", "--resume"]
+    assert "ckpt.pt cannot be read" in user_error(
+        capsys, ["train", "--optimizer", "adamw", "--out", str(out), *FAST, *flags]
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_unwritable_out_is_a_user_error(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert "not writable" in user_error(capsys, ["train", "--out", str(locked), *FAST])
+
+
+def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *FAST, "--steps", "100000", "--checkpoint-every", "1"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "muonkit", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "ckpt.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert f"last checkpoint {out / 'ckpt.pt'}" in err
+    assert "continue with: muonkit train --out" in err and err.strip().endswith("--resume")
