@@ -51,6 +51,8 @@ def test_torchrun_gpt_ddp_and_fsdp2_agree_and_resume(tmp_path):
         finals[parallel] = records[-1]["final_val_loss"]
         assert records[-1]["final_val_loss"] < records[1]["val_loss"], "it learns"
     assert abs(finals["ddp"] - finals["fsdp2"]) < 1e-4, finals
+    metrics = tmp_path / "fsdp2" / "metrics.jsonl"  # as if killed before the summary line:
+    metrics.write_text("".join(metrics.read_text().splitlines(True)[:-1]))  # not finished
     resumed = torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2", "--resume")
     assert [r["step"] for r in resumed if r["kind"] == "train"] == list(range(1, STEPS + 1))
     assert resumed[-1]["final_val_loss"] == finals["fsdp2"]

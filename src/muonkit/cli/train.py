@@ -11,8 +11,10 @@ import dataclasses
 import shlex
 import sys
 
+import torch
+
 from ..data.text import BUNDLED, TOKENIZERS
-from ..distributed.env import PARALLEL_MODES, compute_cleanup, compute_init
+from ..distributed.env import PARALLEL_MODES, compute_cleanup, compute_init, is_distributed
 from ..models.gpt import OPTIMIZERS, PRESETS
 from ..schedules import DECAYS
 from ..train.gpt import GPTRunConfig, sample_text, train_gpt
@@ -127,7 +129,8 @@ def _run(args, run: GPTRunConfig, cfg: TrainConfig) -> int:
     try:
         result = train_gpt(**run.train_gpt_kwargs(args.optimizer, cfg), parallel=args.parallel)
     except RunComplete as done:
-        print(done)
+        if not is_distributed() or torch.distributed.get_rank() == 0:
+            print(done)
         return 0
     except TrainingInterrupted as stop:
         print(interrupted_message(stop, args), file=sys.stderr)

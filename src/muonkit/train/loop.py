@@ -297,17 +297,15 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise PermissionError(f"output directory {out_dir} is not writable")
     found = [name for name in RUN_MARKERS if (out_dir / name).exists()]
-    if resume or not found:
-        return
-    if not overwrite:
+    if found and not (resume or overwrite):
         raise RunExistsError(
             f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it "
             "or --overwrite to replace it"
         )
     distributed = is_distributed()
     if distributed:
-        torch.distributed.barrier()  # every rank has looked before rank 0 deletes
-    if not distributed or torch.distributed.get_rank() == 0:
+        torch.distributed.barrier()  # every rank has looked before any rank writes or deletes
+    if found and overwrite and (not distributed or torch.distributed.get_rank() == 0):
         for path in (out_dir / name for name in RUN_FILES):
             if path.is_dir():
                 shutil.rmtree(path)
