@@ -126,7 +126,7 @@ def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: floa
     cfg = spec.kwargs["train_config"]
     spec = dataclasses.replace(
         spec, kwargs={**spec.kwargs, "train_config": dataclasses.replace(
-            cfg, resume=status == "resumable", progress=False)}
+            cfg, resume=status == "resumable", overwrite=status == "new", progress=False)}
     )
     if status == "resumable":
         log(f"[{spec.label}] resuming from {out / CHECKPOINT}")
