@@ -1,6 +1,7 @@
 """`muonkit` as a user meets it: runs are never lost, bad values and user errors end in one
 line on stderr with exit code 2 before any work, Ctrl-C says how to resume."""
 
+import json
 import os
 import signal
 import subprocess
@@ -166,3 +167,40 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
     assert "Traceback" not in err
     assert f"last checkpoint {out / 'ckpt.pt'}" in err
     assert "continue with: muonkit train --out" in err and err.strip().endswith("--resume")
+
+
+def test_threads_flag_and_its_default_are_applied_and_recorded(tmp_path, monkeypatch):
+    import torch
+
+    from muonkit import cli
+    from muonkit.hardware import TIMING_FLAGS, cpu_flags
+
+    def records(out):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert train(tmp_path / "two", "--steps", "1", "--threads", "2") == 0
+    summary = records(tmp_path / "two")[-1]
+    assert summary["threads"] == 2 == torch.get_num_threads()
+    assert summary["cpu_flags"] == sorted(f for f in TIMING_FLAGS if f in cpu_flags())
+    assert summary["load_1min_start"] == pytest.approx(os.getloadavg()[0], abs=10)
+    assert isinstance(summary["load_1min_end"], float)
+    monkeypatch.setattr(cli.train, "default_threads", lambda jobs=1: 1)
+    assert train(tmp_path / "default", "--steps", "1") == 0
+    assert records(tmp_path / "default")[-1]["threads"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--help"], ["--threads", "(default: 2000)", "(default: 0.1)"]),
+        (["demo", "--help"], ["training steps (default: 300)", "character-level MLP"]),
+        (["variants", "--help"], ["(default: 0.02)"]),
+        (["data", "fetch", "--help"], ["--data-dir"]),
+    ],
+)
+def test_help_describes_options_with_defaults(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(e in text for e in expected), text

@@ -8,6 +8,7 @@ import json
 import statistics
 
 import pytest
+import torch
 from fake_datasets import write_cifar, write_mnist
 
 from muonkit.cli import main
@@ -128,6 +129,10 @@ def test_large_study_via_cli_on_mnist(data_dir, tmp_path):
     assert main(argv) == 0
     by_opt, rows = check_table_matches_jsonl(out)
     assert list(by_opt) == ["AdamW", "Muon", "LoRA-Pre r=4", "Kronecker"]
+    summary = by_opt["Muon"][0][-1]  # what affects timing is recorded and reported
+    threads = torch.get_num_threads()  # set by the command: its --threads default
+    assert summary["threads"] == threads
+    assert f"Torch threads: {threads};" in (out / "table.md").read_text()
     check_epochs(by_opt, 2, 160, 16)
     state = {r["optimizer"]: int(r["state bytes"].split()[0]) for r in rows}
     n_params = sum(o * i for o, i in SHAPES)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 
@@ -15,6 +16,7 @@ import torch
 
 from ..data.text import BUNDLED, TOKENIZERS
 from ..distributed.env import PARALLEL_MODES, compute_cleanup, compute_init, is_distributed
+from ..experiments.runs import default_threads
 from ..models.gpt import OPTIMIZERS, PRESETS
 from ..schedules import DECAYS
 from ..train.gpt import GPTRunConfig, sample_text, train_gpt
@@ -108,6 +110,8 @@ def train_gpt_kwargs(args, optimizer: str, cfg: TrainConfig) -> dict:
 
 def run_command(args: argparse.Namespace) -> int:
     run = config_from_args(args)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if args.parallel != "none" else 1
+    torch.set_num_threads(run.threads or default_threads(local_ranks))
     changes = {}
     if args.parallel != "none":  # under torchrun: one process group, this rank's device
         device = None if args.device == "auto" else args.device
@@ -147,7 +151,8 @@ def _run(args, run: GPTRunConfig, cfg: TrainConfig) -> int:
         f"{cfg.run_name}: final val loss {final} after {s['steps']} steps; "
         f"{s['tokens_per_s']:,.0f} tokens/s, {1000 * s['step_time_s']:.1f} ms/step, "
         f"MFU {mfu}, optimizer state {s['optimizer_state_bytes'] / 2**20:.2f} MiB, "
-        f"peak memory {s['peak_mem_bytes'] / 2**20:.0f} MiB on {s['device']}"
+        f"peak memory {s['peak_mem_bytes'] / 2**20:.0f} MiB on {s['device']}, "
+        f"{s['threads']} thread(s)"
     )
     print(f"metrics: {result.metrics_path}")
     if text is not None:
@@ -185,6 +190,9 @@ def register(subparsers) -> None:
                        help="replace the run already in OUT (its metrics, checkpoint, tb)")
     p.add_argument("--sample", type=NONNEGATIVE_INT, default=0,
                    help="print N sampled tokens at the end")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None,
+                   help="torch intra-op threads (None: the cores the 1-minute load leaves "
+                   "free, shared among the ranks of this machine)")
     p.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
                    help="under torchrun: DDP or FSDP2 data parallelism (gloo on CPU)")
     add_gpt_arguments(p)

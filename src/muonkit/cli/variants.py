@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from ..experiments import variants
+from ..experiments.runs import default_threads
 from .common import MOMENTUM, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, add_command
 
 
@@ -42,7 +43,8 @@ def register(subparsers) -> None:
                    help="use only the first N training examples (None: all)")
     p.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch intra-op threads (None: torch's choice)")
+                   help="torch intra-op threads (None: the cores the 1-minute load leaves "
+                   "free)")
     p.add_argument("--out", default="", help="output dir (default runs/variants/<study>)")
     p.set_defaults(func=run_command)
 
@@ -53,7 +55,10 @@ def config_from_args(args: argparse.Namespace) -> variants.StudyConfig:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    paths = variants.run_study(config_from_args(args))
+    cfg = config_from_args(args)
+    if cfg.threads is None:
+        cfg = dataclasses.replace(cfg, threads=default_threads())
+    paths = variants.run_study(cfg)
     print(Path(paths["table"]).read_text())
     print(f"wrote {paths['table']}, {paths['figure']} and {paths['runs']}/*/metrics.jsonl")
     return 0

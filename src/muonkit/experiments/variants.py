@@ -439,7 +439,21 @@ def table_caption(runs: list[dict]) -> str:
         f"AdamW lr {study['adamw_lr']}; cosine decay to 10%. Final = after epoch {epochs}; "
         f"test accuracy: mean ± sample std over seeds. State bytes: every tensor in the "
         f"optimizer's state after training. Time per epoch: training steps only (evaluation "
-        f"excluded), mean over epochs and seeds, on {', '.join(devices)}."
+        f"excluded), mean over epochs and seeds, on {', '.join(devices)}. {timing_note(runs)}"
+    )
+
+
+def timing_note(runs: list[dict]) -> str:
+    """Threads, 1-minute load range and CPU timing flags, from the runs' summary records."""
+    summaries = [r["summary"] for r in runs]
+    threads = sorted({s["threads"] for s in summaries})
+    loads = [s[k] for s in summaries for k in ("load_1min_start", "load_1min_end")]
+    loads = [x for x in loads if x is not None]
+    flags = sorted({f for s in summaries for f in s["cpu_flags"]})
+    load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unknown"
+    return (
+        f"Torch threads: {', '.join(map(str, threads))}; 1-minute load average during the runs: "
+        f"{load}; CPU timing flags: {', '.join(flags) or 'none'}."
     )
 
 

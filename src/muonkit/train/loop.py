@@ -14,7 +14,9 @@ does the rest (nanoGPT's ``train.py`` structure, minus the GPT specifics):
   ends bit for bit where 2N steps do (on CPU);
 * metrics: one JSONL line per step in the team's schema (``config``, ``train``, ``val``,
   ``summary``), TensorBoard scalars when tensorboard is installed, a tqdm bar with loss and
-  tokens/s; the summary has tokens/s, time per step, peak memory, optimizer state bytes and MFU.
+  tokens/s; the summary has tokens/s, time per step, peak memory, optimizer state bytes, MFU,
+  and what affects timing (torch threads, 1-minute load average at the start and end of the
+  session, the CPU's timing flags from :func:`muonkit.hardware.machine_info`).
   ``elapsed_s`` counts the training steps only (evaluation and checkpoint time left out), and
   carries on across a resume; the summary's throughput leaves out the first step of a session
   (warm-up, compilation) when there are more.
@@ -53,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checks import check_number
 from ..distributed.env import is_distributed
+from ..hardware import load_average, machine_info
 from ..schedules import DECAYS, apply_schedules, lr_multiplier, muon_momentum
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -562,6 +565,7 @@ def train(
                 "config": {**dataclasses.asdict(cfg), **(run_config or {})},
             }
         )
+    machine = machine_info(device)  # threads, load, CPU flags at the start of this session
     peak_flops = cfg.peak_flops if cfg.peak_flops is not None else default_peak_flops(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -663,6 +667,13 @@ def train(
     summary = _summary(
         done_steps, device, optimizers, val_records, step_times, step_tokens, flops_per_token,
         peak_flops,
+    )
+    summary.update(
+        threads=machine["torch_threads"],
+        load_1min_start=machine["load_1min"],
+        load_1min_end=load_average(),
+        cpu_flags=machine["cpu_flags"],
+        cpu_native_bf16=machine["cpu_native_bf16"],
     )
     logger.write(summary)
     logger.close()
