@@ -45,12 +45,15 @@ bench: install  # peers = the `bench` extra of pyproject.toml
 clean:
 	rm -rf $(VENV) runs
 
-# The four variant studies (docs/results/variants/README.md): MNIST, default settings.
-DATA_DIR ?= ../shared/data
+# The four variant studies (docs/results/variants/README.md): MNIST, default settings. The
+# data directory is $MUONKIT_DATA if set, else ./data; `muonkit data fetch` downloads MNIST
+# there (files already present with the canonical md5 are kept).
+DATA_DIR ?= $(or $(MUONKIT_DATA),data)
 VARIANTS_OUT ?= runs/variants
 VARIANTS_FLAGS ?=
 .PHONY: variants
 variants: install
+	$(PY) -m muonkit data fetch mnist --data-dir $(DATA_DIR)
 	for s in large equal-memory rank-sweep hybrid; do \
 		$(PY) -m muonkit variants $$s --dataset mnist --data-dir $(DATA_DIR) \
 			--out $(VARIANTS_OUT)/$$s $(VARIANTS_FLAGS) || exit 1; \
