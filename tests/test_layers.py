@@ -9,8 +9,6 @@
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "muonkit"
 
 LAB = ("train", "models", "data", "experiments", "report", "cli", "demo", "__main__")
@@ -69,11 +67,6 @@ def test_library_never_imports_the_lab():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="muon.py still imports muonkit.distributed lazily (issue 12 point 8); remove this "
-    "marker when the distributed step plugs into the core instead",
-)
 def test_core_never_imports_distributed():
     offenders = {
         module_name(f): sorted(m for m in imported_modules(f) if top(m) == "distributed")

@@ -23,6 +23,7 @@ OTHER_VALUES = dict(
     ns_split=2,
     ns_gram=False,
     ns_compile=True,
+    ns_batch_dims=1,
 )
 
 
@@ -49,9 +50,10 @@ def test_muon_defaults_are_the_options_defaults():
 @pytest.mark.parametrize("name", sorted(OTHER_VALUES))
 @pytest.mark.parametrize("cls", [Muon, LoRAPreMuon, KroneckerMuon])
 def test_keyword_and_options_object_give_the_same_groups(cls, name):
-    if cls is not Muon and name in ("ns_split", "momentum_form"):
+    if cls is not Muon and name in ("ns_split", "momentum_form", "ns_batch_dims"):
         pytest.skip("checked by the variants' own validation")
-    params = [nn.Parameter(torch.randn(16, 16))]
+    shape = (2, 16, 16) if name == "ns_batch_dims" else (16, 16)
+    params = [nn.Parameter(torch.randn(shape))]
     by_keyword = cls(params, lr=0.1, **{name: OTHER_VALUES[name]})
     by_object = cls(params, lr=0.1, options=MuonOptions(**{name: OTHER_VALUES[name]}))
     group_kw, group_obj = by_keyword.param_groups[0], by_object.param_groups[0]

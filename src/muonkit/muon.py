@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -86,9 +86,10 @@ def momentum_update_(
     raise ValueError(f"unknown momentum_form {form!r}; valid: {MOMENTUM_FORMS}")
 
 
-def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
-    """The (out, in) matrix a parameter of ``shape`` is orthogonalized as: (shape[0], rest)."""
-    return int(shape[0]), int(math.prod(shape[1:]))
+def matrix_shape(shape: Sequence[int], batch_dims: int = 0) -> tuple[int, int]:
+    """The (out, in) matrix a parameter of ``shape`` is orthogonalized as: (shape[b], rest),
+    after ``b = batch_dims`` leading dims that index independent matrices (MoE experts)."""
+    return int(shape[batch_dims]), int(math.prod(shape[batch_dims + 1 :]))
 
 
 def orthogonalize_updates(
@@ -97,17 +98,22 @@ def orthogonalize_updates(
     """Orthogonalize each update; same-shape matrices go through one batched call.
 
     Tensors of 3 or more dims (e.g. conv kernels (out, in, kh, kw)) are orthogonalized as the
-    (shape[0], -1) matrix and reshaped back. ``options.ns_split`` cuts each matrix into that
+    (shape[0], -1) matrix and reshaped back; with ``options.ns_batch_dims = b`` the first b
+    dims index independent matrices (an ``(E, out, in)`` stack of E experts: E matrices
+    ``(out, in)``), each orthogonalized on its own. ``options.ns_split`` cuts each matrix into that
     many equal row blocks that are orthogonalized separately: 3 for a fused QKV projection
     (Q, K and V are separate linear maps), ``3 * n_head`` per attention head. The ``ns_*``
     options choose how Newton-Schulz is evaluated (see
     :func:`muonkit.orthogonalize.newton_schulz`). Returns new tensors of the inputs' shapes.
     """
-    k = options.ns_split
+    k, b = options.ns_split, options.ns_batch_dims
     blocks: list[Tensor] = []
+    per_update: list[int] = []
     for u in updates:
-        out_dim, in_dim = matrix_shape(u.shape)
-        blocks.extend(u.reshape(k, out_dim // k, in_dim).unbind(0))
+        out_dim, in_dim = matrix_shape(u.shape, b)
+        parts = u.reshape(-1, out_dim // k, in_dim).unbind(0)
+        blocks.extend(parts)
+        per_update.append(len(parts))
     by_shape: dict[tuple, list[int]] = defaultdict(list)
     for i, m in enumerate(blocks):
         by_shape[(tuple(m.shape), m.dtype, m.device)].append(i)
@@ -127,17 +133,26 @@ def orthogonalize_updates(
         for i, o in zip(idx, results):
             done[i] = o
     out, start = [], 0
-    for u in updates:
-        parts = done[start : start + k]
-        out.append((parts[0] if k == 1 else torch.cat(parts)).reshape(u.shape))
-        start += k
+    for u, n in zip(updates, per_update):
+        parts = done[start : start + n]
+        out.append((parts[0] if n == 1 else torch.stack(parts)).reshape(u.shape))
+        start += n
     return out
 
 
-def block_shape(shape: Sequence[int], split: int = 1) -> tuple[int, int]:
-    """The shape of one orthogonalized block of a parameter cut into ``split`` row blocks."""
-    out_dim, in_dim = matrix_shape(shape)
+def block_shape(shape: Sequence[int], split: int = 1, batch_dims: int = 0) -> tuple[int, int]:
+    """The shape of one orthogonalized block of a parameter cut into ``split`` row blocks
+    (of each matrix after ``batch_dims`` leading dims): what the LR rule sees."""
+    out_dim, in_dim = matrix_shape(shape, batch_dims)
     return out_dim // split, in_dim
+
+
+def lr_scales(shapes: Sequence[Sequence[int]], options: MuonOptions) -> list[float]:
+    """The LR scale of each parameter shape under ``options`` (rule, split, batch dims)."""
+    return [
+        lr_scale(options.lr_scaling, block_shape(s, options.ns_split, options.ns_batch_dims))
+        for s in shapes
+    ]
 
 
 def apply_updates_(
@@ -166,12 +181,23 @@ def apply_updates_(
 
 
 def orthogonalize_and_apply_(
-    params: list[Tensor], updates: Sequence[Tensor], *, lr: float, options: MuonOptions
+    params: list[Tensor],
+    updates: Sequence[Tensor],
+    *,
+    lr: float,
+    options: MuonOptions,
+    shapes: Sequence[Sequence[int]] | None = None,
+    orthogonalize: Callable[..., list[Tensor]] = orthogonalize_updates,
 ) -> None:
     """The second half of every Muon-style step: orthogonalize the momentum updates, then
-    weight decay and the LR-scaled step (the variants build ``updates`` their own way)."""
-    orth = orthogonalize_updates(updates, options)
-    scales = [lr_scale(options.lr_scaling, block_shape(p.shape, options.ns_split)) for p in params]
+    weight decay and the LR-scaled step (the variants build ``updates`` their own way).
+
+    The distributed step passes its parameters' local parts, their full ``shapes`` (for the LR
+    rule) and an ``orthogonalize`` that gathers whole matrices, calls
+    :func:`orthogonalize_updates` on them and scatters the results back.
+    """
+    orth = orthogonalize(updates, options)
+    scales = lr_scales([p.shape for p in params] if shapes is None else shapes, options)
     apply_updates_(params, orth, lr=lr, weight_decay=options.weight_decay, scales=scales)
 
 
@@ -188,13 +214,9 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
     A NaN or inf element makes its tensor's norm NaN or inf, so finite norms prove every
     element finite; a non-finite norm may also come from finite values whose squares overflow
     (e.g. fp16), so that case is confirmed element by element. With DTensors (sharded
-    parameters) every rank checks its shards and the ranks agree.
+    parameters) the distributed step strategy checks each rank's shards and the ranks agree.
     """
     tensors = list(tensors)
-    if any_dtensor(tensors):
-        from .distributed.muon import all_finite_global
-
-        return all_finite_global(tensors)
     if not tensors:
         return True
     norms = torch._foreach_norm(tensors)
@@ -214,28 +236,79 @@ def validate_muon_options(group: dict) -> MuonOptions:
     if not group["lr"] >= 0:
         raise ValueError(f"lr must be >= 0, got {group['lr']}")
     options = MuonOptions.from_group(group)
-    if any_dtensor(group["params"]):
-        from .distributed.muon import group_process_group
-
-        group_process_group(group["params"])  # placements Shard(0)/Replicate on one 1-D mesh
-    split = options.ns_split
+    split, b = options.ns_split, options.ns_batch_dims
     for p in group["params"]:
-        if p.ndim < 2:
+        if p.ndim < 2 + b:
             raise ValueError(
                 f"Muon got a parameter of shape {tuple(p.shape)}: Muon orthogonalizes matrices "
                 "(2-D, or conv kernels flattened to 2-D). Give 1-D parameters (biases, norm "
                 "gains) and embeddings/output heads to AdamW: use muonkit.hybrid.split_params "
-                "and muonkit.hybrid.MuonWithAuxAdam."
+                "and muonkit.hybrid.MuonWithAuxAdam. With ns_batch_dims=b, a parameter needs "
+                "b + 2 dims."
             )
-        if p.shape[0] % split:
+        if p.shape[b] % split:
             raise ValueError(
-                f"ns_split={split} must divide dim 0 of every parameter in its group; got a "
+                f"ns_split={split} must divide dim {b} of every parameter in its group; got a "
                 f"parameter of shape {tuple(p.shape)}. Put it in a group with its own ns_split."
             )
     return options
 
 
 MUON_DEFAULTS: dict[str, Any] = dict(lr=0.02, **MuonOptions.defaults(), use_muon=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# group step strategies: how a Muon group steps, chosen from where its parameters live
+# ---------------------------------------------------------------------------------------------
+
+
+class LocalStep:
+    """The Muon group step on one device: momentum, then :func:`orthogonalize_and_apply_`.
+
+    A step strategy holds the step's counters: ``ns_counts`` (Counter of (group index, param
+    index) -> matrices orthogonalized here) and ``comm_stats`` (bytes sent to / received from
+    other ranks: none here). The distributed strategy (``muonkit.distributed.muon``) extends
+    this class; :func:`register_step_strategy` lets it claim DTensor parameters.
+    """
+
+    def __init__(self):
+        self.ns_counts: Counter = Counter()
+        self.comm_stats: Counter = Counter()
+
+    def check_group(self, group: dict) -> None:
+        """Raise ValueError when this strategy cannot step ``group`` (nothing to check here)."""
+
+    def all_finite(self, tensors: Iterable[Tensor]) -> bool:
+        return all_finite(tensors)
+
+    def __call__(self, gi, group, params, grads, bufs, options: MuonOptions) -> None:
+        """One step of group ``gi`` (``params``: those with gradients ``grads``)."""
+        updates = momentum_update_(bufs, grads, options)
+        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)
+        for k, p in zip(param_indices(group, params), params):
+            self.ns_counts[(gi, k)] += math.prod(p.shape[: options.ns_batch_dims])
+
+
+def param_indices(group: dict, params: Sequence[Tensor]) -> Sequence[int]:
+    """The index in ``group["params"]`` of each of ``params`` (a subset, in group order)."""
+    if len(params) == len(group["params"]):
+        return range(len(params))
+    index = {id(p): k for k, p in enumerate(group["params"])}
+    return [index[id(p)] for p in params]
+
+
+STEP_STRATEGIES: list[Callable[[Sequence[Tensor]], LocalStep | None]] = []
+
+
+def register_step_strategy(choose: Callable[[Sequence[Tensor]], LocalStep | None]) -> None:
+    """Register ``choose(params)``: a step strategy for a param group's tensors, or None.
+
+    A Muon-style optimizer whose strategy is still the :class:`LocalStep` asks each registered
+    chooser about every group it is given; the first strategy returned steps every group from
+    then on (``muonkit`` registers the distributed step for DTensor parameters, so the core
+    never imports it).
+    """
+    STEP_STRATEGIES.append(choose)
 
 
 class MuonBase(torch.optim.Optimizer):
@@ -248,17 +321,36 @@ class MuonBase(torch.optim.Optimizer):
     both cases no parameter or state is touched.
     """
 
+    group_step: LocalStep | None = None  # a subclass may set its strategy before __init__
+
     def __init__(self, params, defaults: dict, nonfinite: str = "raise"):
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.nonfinite = nonfinite
+        if self.group_step is None:
+            self.group_step = LocalStep()
         super().__init__(params, defaults)
+
+    @property
+    def ns_counts(self) -> Counter:
+        """(group index, param index) -> matrices this process orthogonalized."""
+        return self.group_step.ns_counts
+
+    @property
+    def comm_stats(self) -> Counter:
+        """Bytes this process sent to / received from other ranks in Muon steps."""
+        return self.group_step.comm_stats
 
     def add_param_group(self, param_group: dict) -> None:
         if param_group.get("use_muon", True):
             param_group = expand_options(param_group)
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
         try:
-            self._validate_group(self.param_groups[-1])
+            self._validate_group(group)
+            if type(self.group_step) is LocalStep:
+                chosen = (choose(group["params"]) for choose in STEP_STRATEGIES)
+                self.group_step = next((s for s in chosen if s is not None), self.group_step)
+            self.group_step.check_group(group)
         except ValueError:
             self.param_groups.pop()
             raise
@@ -281,14 +373,14 @@ class MuonBase(torch.optim.Optimizer):
 
     def _refuse_nonfinite(self, work) -> bool:
         """True (and counted) when the step must be skipped; raises under "raise"."""
-        if all_finite(g for _, _, grads in work for g in grads):
+        if self.group_step.all_finite(g for _, _, grads in work for g in grads):
             return False
         if self.nonfinite == "skip":
             self.state[SKIPPED_STEPS_KEY] = self.state.get(SKIPPED_STEPS_KEY, 0) + 1
             return True
         for gi, (_, params, grads) in enumerate(work):
             for p, g in zip(params, grads):
-                if not torch.isfinite(g).all():
+                if not self.group_step.all_finite([g]):  # the same verdict on every rank
                     raise NonFiniteGradientError(
                         f"gradient of a parameter of shape {tuple(p.shape)} in param group {gi} "
                         "holds NaN or inf; no parameter or optimizer state was changed. Check "
@@ -335,14 +427,9 @@ class MuonBase(torch.optim.Optimizer):
         return bufs
 
     def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        if any_dtensor(params):  # FSDP2 / DTensor: orthogonalize whole matrices across ranks
-            from .distributed.muon import distributed_muon_group_step
-
-            distributed_muon_group_step(self, group, params, grads)
-            return
-        options = MuonOptions.from_group(group)
-        updates = momentum_update_(self._momentum_buffers(params), grads, options)
-        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)
+        gi = next(k for k, g in enumerate(self.param_groups) if g is group)
+        bufs = self._momentum_buffers(params)
+        self.group_step(gi, group, params, grads, bufs, MuonOptions.from_group(group))
 
 
 class Muon(MuonBase):
@@ -368,6 +455,9 @@ class Muon(MuonBase):
             or where it is cheaper and the compute dtype is fp32/fp64 (None, default): the same
             iteration, fewer FLOPs for rectangular matrices; see :mod:`muonkit.orthogonalize`.
         ns_compile: ``torch.compile`` the Newton-Schulz loop on CUDA (False; no effect on CPU).
+        ns_batch_dims: leading dims that index independent matrices: 1 for a MoE stack of
+            experts ``(E, out, in)``, each orthogonalized on its own (batched) with the LR rule
+            seeing ``(out, in)``. Default 0: conv kernels are flattened to (shape[0], -1).
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
         options: all the options above but ``lr`` and ``nonfinite`` as one
             :class:`muonkit.MuonOptions` (then leave those keywords at their defaults).
@@ -391,6 +481,7 @@ class Muon(MuonBase):
         ns_split: int = 1,
         ns_gram: bool | None = None,
         ns_compile: bool = False,
+        ns_batch_dims: int = 0,
         nonfinite: str = "raise",
         *,
         options: MuonOptions | None = None,

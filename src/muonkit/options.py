@@ -51,6 +51,8 @@ class MuonOptions:
         ns_split: orthogonalize each parameter as this many equal row blocks (int >= 1).
         ns_gram: Gram-side Newton-Schulz: True, False or None (where cheaper).
         ns_compile: ``torch.compile`` the Newton-Schulz loop (CUDA).
+        ns_batch_dims: leading dims that index independent matrices (int >= 0): 1 for an
+            ``(E, out, in)`` stack of MoE experts; 0 flattens conv kernels to (shape[0], -1).
     """
 
     momentum: float = 0.95
@@ -64,6 +66,7 @@ class MuonOptions:
     ns_split: int = 1
     ns_gram: bool | None = None
     ns_compile: bool = False
+    ns_batch_dims: int = 0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -112,6 +115,9 @@ def _validate(o: MuonOptions) -> None:
         raise ValueError(f"ns_split must be an int >= 1, got {o.ns_split!r}")
     check_choice("ns_gram", o.ns_gram, (None, True, False))
     check_choice("ns_compile", o.ns_compile, (True, False))
+    b = o.ns_batch_dims
+    if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+        raise ValueError(f"ns_batch_dims must be an int >= 0, got {b!r}")
 
 
 def options_from_call(init: Callable, values: Mapping[str, Any], options: MuonOptions | None):

@@ -2,10 +2,12 @@
 
 - :func:`compute_init` / :func:`compute_cleanup`: process group from torchrun's environment.
 - :class:`DistributedMuon`, :class:`DistributedMuonWithAuxAdam`: for DDP (replicated
-  parameters): each matrix is orthogonalized on one owner rank, results all-gathered.
-- ``muonkit.Muon`` / ``muonkit.MuonWithAuxAdam`` over DTensor parameters (after FSDP2's
-  ``fully_shard``) orthogonalize whole matrices across ranks by themselves (all-to-all to the
-  owner and back); see :mod:`muonkit.distributed.muon`.
+  parameters): each matrix is orthogonalized on one owner rank, results sent to every rank.
+- ``muonkit.Muon`` / ``muonkit.MuonWithAuxAdam`` over DTensor parameters (FSDP2's
+  ``fully_shard`` on 1-D or HSDP meshes, tensor parallel, FSDP x TP, expert parallel) take
+  :class:`ShardedStep` by themselves: whole matrices on their owners through all-to-all and
+  back; see :mod:`muonkit.distributed.muon`, :mod:`.plan` and :mod:`.layout`.
+- :func:`muonkit.distributed.parallel.parallelize`: DDP, FSDP2 or HSDP for a model.
 - :func:`save_checkpoint`, :func:`load_checkpoint`: DCP, any world size on load.
 - :func:`spawn`: run a function in N local gloo processes with a hard timeout.
 
@@ -18,8 +20,9 @@ import importlib
 _EXPORTS = {
     "DistributedMuon": "muon",
     "DistributedMuonWithAuxAdam": "muon",
-    "assign_owners": "muon",
-    "shard_rows": "muon",
+    "ShardedStep": "muon",
+    "assign_owners": "layout",
+    "shard_rows": "layout",
     "compute_cleanup": "env",
     "compute_init": "env",
     "free_port": "env",

@@ -98,7 +98,7 @@ class KroneckerMuon(MuonBase):
         dense: parameters (tensors) that keep dense momentum whatever their shape.
         lr, nesterov, weight_decay, momentum_form ("standard" only), ns_steps,
             ns_coefficients, ns_dtype, lr_scaling, ns_split (1 only), ns_gram, ns_compile,
-            nonfinite, options: as :class:`muonkit.Muon`.
+            ns_batch_dims (0 only), nonfinite, options: as :class:`muonkit.Muon`.
 
     State per matrix: ``kron_f1``, ``kron_f2`` (or ``momentum_buffer`` for dense fallbacks).
     """
@@ -120,6 +120,7 @@ class KroneckerMuon(MuonBase):
         ns_split: int = 1,
         ns_gram: bool | None = None,
         ns_compile: bool = False,
+        ns_batch_dims: int = 0,
         dense: Iterable[Tensor] = (),
         nonfinite: str = "raise",
         *,
@@ -139,8 +140,10 @@ class KroneckerMuon(MuonBase):
 
     def _validate_group(self, group: dict) -> None:
         options = validate_muon_options(group)
-        if options.momentum_form != "standard" or options.ns_split != 1:
-            raise ValueError("KroneckerMuon supports momentum_form='standard' and ns_split=1")
+        if options.momentum_form != "standard" or options.ns_split != 1 or options.ns_batch_dims:
+            raise ValueError(
+                "KroneckerMuon supports momentum_form='standard', ns_split=1 and ns_batch_dims=0"
+            )
         if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
             raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
         for p in group["params"]:

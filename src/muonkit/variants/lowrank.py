@@ -86,8 +86,8 @@ class LoRAPreMuon(MuonBase):
         gamma1: factor step; None gives 1 - sqrt(momentum).
         ridge: relative ridge of the r x r solves (1e-6).
         lr, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients, ns_dtype,
-            lr_scaling, ns_split (1 only), ns_gram, ns_compile, nonfinite, options: as
-            :class:`muonkit.Muon`.
+            lr_scaling, ns_split (1 only), ns_gram, ns_compile, ns_batch_dims (0 only),
+            nonfinite, options: as :class:`muonkit.Muon`.
 
     State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in).
     """
@@ -110,6 +110,7 @@ class LoRAPreMuon(MuonBase):
         ns_split: int = 1,
         ns_gram: bool | None = None,
         ns_compile: bool = False,
+        ns_batch_dims: int = 0,
         nonfinite: str = "raise",
         *,
         options: MuonOptions | None = None,
@@ -121,8 +122,9 @@ class LoRAPreMuon(MuonBase):
         super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_group(self, group: dict) -> None:
-        if validate_muon_options(group).ns_split != 1:
-            raise ValueError("LoRAPreMuon supports ns_split=1 only")
+        options = validate_muon_options(group)
+        if options.ns_split != 1 or options.ns_batch_dims:
+            raise ValueError("LoRAPreMuon supports ns_split=1 and ns_batch_dims=0 only")
         if not isinstance(group["rank"], int) or group["rank"] < 1:
             raise ValueError(f"rank must be an int >= 1, got {group['rank']!r}")
         gamma = group["gamma1"]
