@@ -34,6 +34,9 @@ demo-distributed: install
 	    --parallel $$mode --preset tiny --steps 20 --eval-every 10 --device cpu --no-progress \
 	    --out runs/demo-distributed-$$mode || exit 1; \
 	done
+	$(PY) -m torch.distributed.run --standalone --nproc_per_node=4 -m muonkit train \
+	  --parallel hsdp --replicate 2 --preset tiny --steps 20 --eval-every 10 --device cpu \
+	  --no-progress --out runs/demo-distributed-hsdp
 
 # Timed comparisons against the peers (never part of `make test`); results go to
 # docs/results/benchmarks.md. The peers are installed with --no-deps so none can replace torch.

@@ -451,3 +451,34 @@ def test_expert_stack_equals_separate_matrices():
     torch.testing.assert_close(stack.detach(), torch.stack([p.detach() for p in experts]))
     with pytest.raises(ValueError, match="b \\+ 2 dims"):
         Muon([nn.Parameter(torch.randn(4, 6))], ns_batch_dims=1)
+
+
+class MoE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 4, bias=False)
+        self.w_in = nn.Parameter(torch.randn(3, 4, 6))  # 3 experts
+        self.w_out = nn.Parameter(torch.randn(3, 6, 4))
+
+
+@pytest.mark.parametrize(
+    "experts",
+    [["w_in", "w_out"], lambda name, p: name.startswith("w_"), "options"],
+    ids=["names", "predicate", "options"],
+)
+def test_hybrid_param_groups_put_experts_in_a_batched_group(experts):
+    from muonkit import MuonOptions, MuonWithAuxAdam, hybrid_param_groups
+
+    model = MoE()
+    extra = {"options": MuonOptions(momentum=0.8)} if experts == "options" else {}
+    groups = hybrid_param_groups(
+        model, experts=["w_in", "w_out"] if experts == "options" else experts, **extra
+    )
+    opt = MuonWithAuxAdam(groups)
+    by_role = {g["role"]: g for g in opt.param_groups}
+    assert by_role["muon_experts"]["params"] == [model.w_in, model.w_out]
+    assert by_role["muon_experts"]["ns_batch_dims"] == 1
+    assert by_role["muon"]["params"] == [model.proj.weight]
+    assert by_role["muon"]["ns_batch_dims"] == 0
+    if extra:
+        assert by_role["muon_experts"]["momentum"] == by_role["muon"]["momentum"] == 0.8

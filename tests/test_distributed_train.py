@@ -14,24 +14,33 @@ import sys
 
 import pytest
 
+from muonkit.distributed import free_port
 from muonkit.train.gpt import train_gpt
 from muonkit.train.loop import TrainConfig
 
 STEPS = 3
 
 
-def torchrun_train(parallel: str, out, *extra: str) -> list[dict]:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+def train_command(parallel: str, out, *extra: str, launch=("--standalone",), nproc=2):
+    return [
+        sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc_per_node={nproc}",
         "-m", "muonkit", "train", "--parallel", parallel, "--preset", "tiny",
         "--steps", str(STEPS), "--batch-size", "4", "--warmup", "0", "--eval-every", "0",
         "--eval-batches", "2", "--device", "cpu", "--no-progress", "--no-tensorboard",
         "--out", str(out), *extra,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+
+
+def records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def torchrun_train(parallel: str, out, *extra: str, nproc: int = 2) -> list[dict]:
+    cmd = train_command(parallel, out, *extra, nproc=nproc)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("final val loss") == 1, "only rank 0 reports"
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return records(out)
 
 
 @pytest.mark.timeout(300)
@@ -63,3 +72,34 @@ def test_parallel_without_process_group_is_a_clear_error():
         train_gpt(
             "muon", train_config=TrainConfig(steps=1, progress=False), parallel="fsdp2"
         )
+
+
+@pytest.mark.timeout(400)
+def test_hsdp_on_two_simulated_nodes_matches_one_node(tmp_path):
+    """The README's multi-node recipe on one machine: two torchrun launches (--nnodes 2,
+    --node_rank 0/1, rendezvous on 127.0.0.1), 2 processes each, HSDP with the two replicas on
+    the two "nodes"; it must end exactly where the single-node 4-process HSDP run ends."""
+    one = torchrun_train("hsdp", tmp_path / "one", "--replicate", "2", nproc=4)
+    port = str(free_port())
+    launch = ["--nnodes=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    nodes = [
+        subprocess.Popen(
+            train_command("hsdp", tmp_path / "two", "--replicate", "2",
+                          launch=(*launch, f"--node_rank={r}")),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    try:
+        outputs = [node.communicate(timeout=200) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:]
+    assert outputs[0][0].count("final val loss") == 1 and "final val loss" not in outputs[1][0]
+    two = records(tmp_path / "two")
+    for run in (one, two):
+        assert run[0]["config"]["parallel"] == "hsdp" and run[0]["config"]["world_size"] == 4
+        assert run[0]["config"]["replicate"] == 2
+    assert two[-1]["final_val_loss"] == one[-1]["final_val_loss"]
+    assert one[-1]["final_val_loss"] < one[1]["val_loss"], "it learns"

@@ -14,7 +14,7 @@ in one optimizer object.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -96,22 +96,28 @@ def hybrid_param_groups(
     adamw_betas: tuple[float, float] = (0.9, 0.95),
     adamw_eps: float = 1e-8,
     head_names: Sequence[str] = HEAD_NAMES,
+    experts: Sequence[str] | Callable[[str, Tensor], bool] = (),
     **muon_options: Any,
 ) -> list[dict]:
     """Param groups for :class:`MuonWithAuxAdam`: one Muon group and one AdamW group per role.
 
     Embedding, head and vector LRs default to ``adamw_lr``. AdamW weight decay applies to
     embeddings and the head, never to vectors (biases and gains), as in nanoGPT. Each group
-    carries its ``role`` so schedules and reports can tell them apart.
+    carries its ``role`` so schedules and reports can tell them apart. ``experts`` (parameter
+    names, or a predicate ``(name, param) -> bool``) picks MoE expert stacks ``(E, out, in)``:
+    they get a second Muon group (role "muon_experts") with ``ns_batch_dims=1``, so each
+    expert is orthogonalized as its own matrix.
     """
     role_lr = {
         "embedding": adamw_lr if embedding_lr is None else embedding_lr,
         "head": adamw_lr if head_lr is None else head_lr,
         "vector": adamw_lr if vector_lr is None else vector_lr,
     }
-    by_role: dict[str, list[Tensor]] = {r: [] for r in ROLES}
-    for _, p, role in classify_params(model, head_names):
-        by_role[role].append(p)
+    names = set() if callable(experts) else set(experts)
+    is_expert = experts if callable(experts) else (lambda name, p: name in names)
+    by_role: dict[str, list[Tensor]] = {r: [] for r in (*ROLES, "muon_experts")}
+    for name, p, role in classify_params(model, head_names):
+        by_role["muon_experts" if role == "muon" and is_expert(name, p) else role].append(p)
     if "options" in muon_options:  # a MuonOptions carries its own weight_decay
         if muon_weight_decay != 0.0:
             raise ValueError("pass weight_decay inside options=MuonOptions(...), not both")
@@ -122,6 +128,14 @@ def hybrid_param_groups(
         groups.append(
             dict(params=by_role["muon"], use_muon=True, role="muon", lr=muon_lr, **muon_options)
         )
+    if by_role["muon_experts"]:
+        options = dict(muon_options, ns_batch_dims=1)
+        if "options" in muon_options:
+            options = dict(muon_options, options=muon_options["options"].replace(ns_batch_dims=1))
+        groups.append(
+            dict(params=by_role["muon_experts"], use_muon=True, role="muon_experts", lr=muon_lr,
+                 **options)
+        )  # fmt: skip
     for role in ("embedding", "head", "vector"):
         if by_role[role]:
             groups.append(

@@ -131,7 +131,11 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run(args, run: GPTRunConfig, cfg: TrainConfig) -> int:
     try:
-        result = train_gpt(**run.train_gpt_kwargs(args.optimizer, cfg), parallel=args.parallel)
+        result = train_gpt(
+            **run.train_gpt_kwargs(args.optimizer, cfg),
+            parallel=args.parallel,
+            replicate=args.replicate,
+        )
     except RunComplete as done:
         if not is_distributed() or torch.distributed.get_rank() == 0:
             print(done)
@@ -194,7 +198,9 @@ def register(subparsers) -> None:
                    help="torch intra-op threads (None: the cores the 1-minute load leaves "
                    "free, shared among the ranks of this machine)")
     p.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
-                   help="under torchrun: DDP or FSDP2 data parallelism (gloo on CPU)")
+                   help="under torchrun: DDP, FSDP2 or HSDP data parallelism (gloo on CPU)")
+    p.add_argument("--replicate", type=POSITIVE_INT, default=1,
+                   help="--parallel hsdp: replica groups (FSDP2 shards over W / N ranks in each)")
     add_gpt_arguments(p)
     p.set_defaults(func=run_command)
 

@@ -186,6 +186,7 @@ def train_gpt(
     optimizer_options: dict | None = None,
     train_config: TrainConfig,
     parallel: str = "none",
+    replicate: int = 1,
     monitor=None,
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
@@ -194,9 +195,10 @@ def train_gpt(
     ``tie_weights``); ``optimizer_options`` to ``GPT.configure_optimizers`` (``lr``,
     ``muon_lr``, ``betas``, ``weight_decay``, ...). The vocabulary size comes from the data.
 
-    ``parallel="ddp"|"fsdp2"`` (under torchrun, after ``muonkit.distributed.compute_init``):
-    every rank builds the same model, draws its own training batches (seed offset by rank),
-    and the model/optimizer are wrapped by :mod:`muonkit.distributed.parallel`. Rank 0 writes
+    ``parallel="ddp"|"fsdp2"|"hsdp"`` (HSDP: ``replicate`` replica groups; under torchrun,
+    after ``muonkit.distributed.compute_init``): every rank builds the same model, draws its
+    own training batches (seed offset by rank), and the model/optimizer are wrapped by
+    :mod:`muonkit.distributed.parallel`. Rank 0 writes
     the metrics (its micro-batch loss; tokens counted over all ranks); checkpoints go through
     DCP (``OUT/ckpt_dcp``) and resume with the same number of ranks.
 
@@ -226,7 +228,7 @@ def train_gpt(
     if parallel != "none":  # before the optimizer: FSDP2 swaps in sharded (DTensor) params
         from ..distributed.parallel import distribute_optimizer, parallelize
 
-        net = parallelize(model, parallel, device)
+        net = parallelize(model, parallel, device, replicate=replicate)
     opt = model.configure_optimizers(optimizer, **(optimizer_options or {}))
     if parallel != "none":
         opt = distribute_optimizer(opt, parallel)
@@ -241,6 +243,7 @@ def train_gpt(
         "params": model.num_params(),
         "parallel": parallel,
         "world_size": world,
+        "replicate": replicate,
     }
     result = train(
         net,
