@@ -1,9 +1,10 @@
-"""The GPT training loop under torchrun: 2 processes, gloo, CPU, tiny preset, a few steps.
+"""The GPT training loop under torchrun: gloo, CPU, tiny preset, a few steps.
 
-DDP (DistributedMuonWithAuxAdam: owners + all-gather) and FSDP2 (MuonWithAuxAdam on DTensors:
-all-to-all) see the same per-rank batches and average the same gradients, through different
-collectives and code paths, so they must reach the same validation loss. The FSDP2 run
-checkpoints (DCP) at step 2; resuming from there must end exactly where it ended.
+DDP (DistributedMuonWithAuxAdam: replicated matrices) and FSDP2 (MuonWithAuxAdam on
+DTensors: sharded) on 2 processes see the same per-rank batches and average the same
+gradients, through different collectives and layouts, so they must reach the same validation
+loss. The FSDP2 run checkpoints (DCP) at step 2; resuming from there must end exactly where it
+ended. HSDP on 4 processes launched as two simulated nodes must end where one node ends.
 """
 
 from __future__ import annotations
