@@ -185,3 +185,90 @@ def test_groups_without_use_muon_and_vectors_in_muon_groups_raise():
         MuonWithAuxAdam([dict(params=[nn.Parameter(torch.randn(3, 3))])])
     with pytest.raises(ValueError, match="MuonWithAuxAdam"):
         MuonWithAuxAdam([dict(params=[nn.Parameter(torch.randn(3))], use_muon=True)])
+
+
+class Attn(nn.Module):
+    def __init__(self, d=6, heads=2):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(d, heads, bias=False)
+        self.c_attn = nn.Linear(d, 3 * d, bias=False)
+        self.c_proj = nn.Linear(3 * d, d, bias=False)  # 3 divides its rows too: must stay whole
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = x + self.mha(x, x, x, need_weights=False)[0]
+        return self.head(self.c_proj(self.c_attn(x)))
+
+
+def test_qkv_split_applies_ns_split_to_fused_qkv_weights_only():
+    torch.manual_seed(0)
+    model = Attn()
+    groups = hybrid_param_groups(model, qkv_split=3)
+    by_role = {g["role"]: g for g in groups}
+    fused = {id(model.mha.in_proj_weight), id(model.c_attn.weight)}
+    assert {id(p) for p in by_role["muon_qkv"]["params"]} == fused
+    assert by_role["muon_qkv"]["ns_split"] == 3 and "ns_split" not in by_role["muon"]
+    assert [id(p) for p in by_role["muon"]["params"]] == [
+        id(model.mha.out_proj.weight),
+        id(model.c_proj.weight),
+    ]
+    with pytest.raises(ValueError, match="qkv_split.*ns_split"):
+        hybrid_param_groups(model, qkv_split=3, ns_split=3)
+    # the step equals plain Muon with ns_split=3 on the fused weights and 1 on the others
+    twin = copy.deepcopy(model)
+    opt = MuonWithAuxAdam(groups)
+    split, whole = (
+        [twin.mha.in_proj_weight, twin.c_attn.weight],
+        [twin.mha.out_proj.weight, twin.c_proj.weight],
+    )
+    refs = [Muon(split, ns_split=3), Muon(whole)]
+    x = torch.randn(4, 2, 6)
+    for m in (model, twin):
+        m(x).sum().backward()
+    opt.step()
+    for r in refs:
+        r.step()
+    for a, b in [
+        (model.c_attn.weight, twin.c_attn.weight),
+        (model.c_proj.weight, twin.c_proj.weight),
+    ]:
+        assert torch.equal(a, b)
+
+
+def test_head_bias_gets_no_weight_decay():
+    model = Attn()
+    groups = hybrid_param_groups(model, adamw_weight_decay=0.1)
+    decayed = {
+        id(p) for g in groups if not g["use_muon"] and g["weight_decay"] > 0 for p in g["params"]
+    }
+    assert id(model.head.weight) in decayed and id(model.head.bias) not in decayed
+
+
+def test_muon_with_aux_adam_loads_a_state_dict_with_float_steps():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = MuonWithAuxAdam(hybrid_param_groups(model))
+    loss_of(model, 0).backward()
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    for s in sd["state"].values():
+        if "step" in s:
+            s["step"] = float(s["step"])
+    opt.load_state_dict(sd)
+    loss_of(model, 1).backward()
+    opt.step()
+    assert all(
+        torch.is_tensor(s["step"]) and s["step"].item() == 2
+        for s in opt.state.values()
+        if "step" in s
+    )
+
+
+def test_one_cycle_lr_cycles_the_muon_momentum():
+    opt = MuonWithAuxAdam(hybrid_param_groups(TinyLM()))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=10)
+    muon_group = opt.param_groups[0]
+    assert muon_group["use_muon"] and muon_group["momentum"] == 0.95
+    opt.step()
+    sched.step()
+    assert 0.85 <= muon_group["momentum"] < 0.95

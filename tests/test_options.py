@@ -24,6 +24,7 @@ OTHER_VALUES = dict(
     ns_gram=False,
     ns_compile=True,
     ns_batch_dims=1,
+    maximize=True,
 )
 
 
@@ -76,8 +77,9 @@ def test_a_group_may_carry_an_options_object():
     opt = Muon([dict(params=[a]), dict(params=[b], options=MuonOptions(ns_split=2))], lr=0.1)
     assert opt.param_groups[1]["ns_split"] == 2 and "options" not in opt.param_groups[1]
     with pytest.raises(ValueError, match="both as keys and in options"):
-        opt.add_param_group(dict(params=[nn.Parameter(torch.randn(2, 2))], momentum=0.1,
-                                 options=MuonOptions()))
+        opt.add_param_group(
+            dict(params=[nn.Parameter(torch.randn(2, 2))], momentum=0.1, options=MuonOptions())
+        )
 
 
 def test_hybrid_groups_take_an_options_object():

@@ -235,3 +235,19 @@ def test_hybrid_rejects_unknown_dense_modules():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="not modules"):
             HybridKroneckerMuon(nn.Sequential(nn.Linear(4, 4, bias=False)), dense_modules=["x"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lora_pre_steps_half_precision_params_with_fp32_solves(dtype):
+    torch.manual_seed(0)
+    start, grads = torch.randn(12, 8), [torch.randn(12, 8) for _ in range(3)]
+    low, ref = nn.Parameter(start.to(dtype)), nn.Parameter(start.to(dtype).float())
+    opt_low, opt_ref = LoRAPreMuon([low], rank=4, lr=0.05), LoRAPreMuon([ref], rank=4, lr=0.05)
+    for g in grads:
+        low.grad, ref.grad = g.to(dtype), g.to(dtype).float()
+        opt_low.step()
+        opt_ref.step()
+    state = opt_low.state[low]
+    assert state["lowrank_B"].dtype == state["lowrank_A"].dtype == dtype  # documented
+    # the same steps as on fp32 parameters, up to the rounding of the stored values
+    torch.testing.assert_close(low.float(), ref.detach(), atol=0.02, rtol=0)

@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .muon import MUON_DEFAULTS, MuonBase, validate_muon_options
-from .options import check_choice, expand_options
+from .options import check_choice, check_lr, expand_options
 
 ROLES = ("muon", "embedding", "head", "vector")
 HEAD_NAMES = ("lm_head", "head", "output", "classifier")
 ADAMW_DEFAULTS: dict[str, Any] = dict(
-    lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, use_muon=False
+    lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, maximize=False, use_muon=False
 )
 
 
@@ -35,10 +35,11 @@ def classify_params(
 ) -> list[tuple[str, Tensor, str]]:
     """(name, param, role) for every trainable parameter, each listed once.
 
-    Roles: "embedding" (weights of nn.Embedding / nn.EmbeddingBag), "head" (parameters of a
-    module whose attribute name is in ``head_names``; a head tied to an embedding is the
-    embedding's weight and is listed once as "embedding"), "vector" (any parameter with fewer
-    than 2 dims: biases, norm gains, scalars), "muon" (every other matrix or conv kernel).
+    Roles: "embedding" (weights of nn.Embedding / nn.EmbeddingBag), "vector" (any other
+    parameter with fewer than 2 dims: biases (the head's too), norm gains, scalars), "head"
+    (the matrices of a module whose attribute name is in ``head_names``; a head tied to an
+    embedding is the embedding's weight and is listed once as "embedding"), "muon" (every
+    other matrix or conv kernel).
     """
     embedding_ids = {
         id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
@@ -55,10 +56,10 @@ def classify_params(
             continue
         if id(p) in embedding_ids:
             role = "embedding"
-        elif id(p) in head_ids:
-            role = "head"
         elif p.ndim < 2:
             role = "vector"
+        elif id(p) in head_ids:
+            role = "head"
         else:
             role = "muon"
         out.append((name, p, role))
@@ -83,6 +84,19 @@ def split_params(
     return [p for _, p in muon], [p for _, p in adamw]
 
 
+def fused_qkv_params(model: nn.Module) -> list[Tensor]:
+    """The fused query-key-value weights of ``model``: ``in_proj_weight`` of every
+    nn.MultiheadAttention that packs Q, K and V in one matrix, and the weight of every module
+    named ``c_attn`` (nanoGPT / GPT-2)."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            out.append(m.in_proj_weight)
+        elif name.rsplit(".", 1)[-1] == "c_attn" and isinstance(getattr(m, "weight", None), Tensor):
+            out.append(m.weight)
+    return out
+
+
 def hybrid_param_groups(
     model: nn.Module,
     *,
@@ -97,16 +111,22 @@ def hybrid_param_groups(
     adamw_eps: float = 1e-8,
     head_names: Sequence[str] = HEAD_NAMES,
     experts: Sequence[str] | Callable[[str, Tensor], bool] = (),
+    qkv_split: int = 1,
     **muon_options: Any,
 ) -> list[dict]:
     """Param groups for :class:`MuonWithAuxAdam`: one Muon group and one AdamW group per role.
 
     Embedding, head and vector LRs default to ``adamw_lr``. AdamW weight decay applies to
-    embeddings and the head, never to vectors (biases and gains), as in nanoGPT. Each group
-    carries its ``role`` so schedules and reports can tell them apart. ``experts`` (parameter
-    names, or a predicate ``(name, param) -> bool``) picks MoE expert stacks ``(E, out, in)``:
-    they get a second Muon group (role "muon_experts") with ``ns_batch_dims=1``, so each
-    expert is orthogonalized as its own matrix.
+    embeddings and the head's matrices, never to vectors (biases, the head's included, and
+    gains), as in nanoGPT. ``qkv_split`` > 1 puts the fused QKV weights
+    (:func:`fused_qkv_params`) in a Muon group of their own (role "muon_qkv") with
+    ``ns_split=qkv_split``: 3 orthogonalizes Q, K and V separately, ``3 * n_head`` each head's
+    block; other matrices are not split. ``experts`` (parameter names, or a predicate
+    ``(name, param) -> bool``) picks MoE expert stacks ``(E, out, in)``: they get a Muon group
+    of their own (role "muon_experts") with ``ns_batch_dims=1``, so each expert is
+    orthogonalized as its own matrix. ``muon_options`` (or ``options=MuonOptions(...)``) go to
+    the Muon group(s). Each group carries its ``role`` so schedules and reports can tell them
+    apart.
     """
     role_lr = {
         "embedding": adamw_lr if embedding_lr is None else embedding_lr,
@@ -123,19 +143,22 @@ def hybrid_param_groups(
             raise ValueError("pass weight_decay inside options=MuonOptions(...), not both")
     else:
         muon_options = {"weight_decay": muon_weight_decay, **muon_options}
+    if qkv_split != 1 and "ns_split" in muon_options:
+        raise ValueError("pass qkv_split (fused QKV weights only) or ns_split (all), not both")
+    qkv_ids = {id(p) for p in fused_qkv_params(model)} if qkv_split != 1 else set()
+    muon_groups = {
+        "muon": ([p for p in by_role["muon"] if id(p) not in qkv_ids], {}),
+        "muon_qkv": ([p for p in by_role["muon"] if id(p) in qkv_ids], {"ns_split": qkv_split}),
+        "muon_experts": (by_role["muon_experts"], {"ns_batch_dims": 1}),
+    }
     groups: list[dict] = []
-    if by_role["muon"]:
-        groups.append(
-            dict(params=by_role["muon"], use_muon=True, role="muon", lr=muon_lr, **muon_options)
-        )
-    if by_role["muon_experts"]:
-        options = dict(muon_options, ns_batch_dims=1)
-        if "options" in muon_options:
-            options = dict(muon_options, options=muon_options["options"].replace(ns_batch_dims=1))
-        groups.append(
-            dict(params=by_role["muon_experts"], use_muon=True, role="muon_experts", lr=muon_lr,
-                 **options)
-        )  # fmt: skip
+    for role, (params, extra) in muon_groups.items():
+        if params:
+            if "options" in muon_options and extra:
+                options = dict(muon_options, options=muon_options["options"].replace(**extra))
+            else:
+                options = dict(muon_options, **extra)
+            groups.append(dict(params=params, use_muon=True, role=role, lr=muon_lr, **options))
     for role in ("embedding", "head", "vector"):
         if by_role[role]:
             groups.append(
@@ -186,8 +209,8 @@ def adamw_update_(
 
 
 def validate_adamw_options(group: dict) -> None:
-    if not group["lr"] >= 0:
-        raise ValueError(f"lr must be >= 0, got {group['lr']}")
+    check_lr(group["lr"])
+    check_choice("maximize", group["maximize"], (True, False))
     beta1, beta2 = group["betas"]
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
         raise ValueError(f"betas must each be in [0, 1), got {group['betas']}")
@@ -208,8 +231,13 @@ class MuonWithAuxAdam(MuonBase):
             ``weight_decay`` (0). Build them with :func:`hybrid_param_groups`.
         nonfinite: "raise" or "skip", for the whole step (see :class:`muonkit.muon.MuonBase`).
 
-    State per AdamW parameter: ``step`` (a float32 scalar tensor), ``exp_avg``, ``exp_avg_sq``;
-    per Muon parameter: ``momentum_buffer``.
+    State per AdamW parameter: ``step`` (a float32 scalar tensor; a state dict whose steps
+    are numbers loads too, as with torch.optim.AdamW), ``exp_avg``, ``exp_avg_sq``; per Muon
+    parameter: ``momentum_buffer``.
+
+    ``defaults`` holds Muon's ``momentum`` so that schedulers which cycle momentum
+    (``OneCycleLR(cycle_momentum=True)``) find it; they then cycle the Muon groups' momentum
+    (AdamW groups keep their betas and ignore a ``momentum`` key).
     """
 
     def __init__(self, param_groups: Iterable[dict], nonfinite: str = "raise"):
@@ -220,7 +248,8 @@ class MuonWithAuxAdam(MuonBase):
                     "MuonWithAuxAdam takes a list of param-group dicts, each with 'use_muon' "
                     "True or False; build them with muonkit.hybrid.hybrid_param_groups(model)"
                 )
-        super().__init__(groups, defaults={}, nonfinite=nonfinite)
+        defaults = dict(momentum=MUON_DEFAULTS["momentum"])
+        super().__init__(groups, defaults=defaults, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict) -> None:
         check_choice("use_muon", param_group.get("use_muon"), (True, False))
@@ -229,6 +258,17 @@ class MuonWithAuxAdam(MuonBase):
         else:
             param_group = {**ADAMW_DEFAULTS, **param_group}
         super().add_param_group(param_group)
+
+    def _group_defaults(self, group: dict) -> dict:
+        role = MUON_DEFAULTS if group.get("use_muon", True) else ADAMW_DEFAULTS
+        return {**self.defaults, **role}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for p_state in self.state.values():
+            if isinstance(p_state, dict) and "step" in p_state:
+                if not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
 
     def _validate_group(self, group: dict) -> None:
         if group["use_muon"]:
@@ -254,7 +294,7 @@ class MuonWithAuxAdam(MuonBase):
             [s["exp_avg"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [s["step"] for s in states],
-            lr=group["lr"],
+            lr=float(group["lr"]),
             beta1=beta1,
             beta2=beta2,
             eps=group["eps"],

@@ -45,6 +45,7 @@ from .options import (
     MOMENTUM_FORMS,
     MuonOptions,
     check_choice,
+    check_lr,
     expand_options,
     options_from_call,
 )
@@ -233,8 +234,7 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
 def validate_muon_options(group: dict) -> MuonOptions:
     """Check a Muon param group's lr and options and that every parameter is a matrix;
     returns the group's :class:`MuonOptions` (which checks itself)."""
-    if not group["lr"] >= 0:
-        raise ValueError(f"lr must be >= 0, got {group['lr']}")
+    check_lr(group["lr"])
     options = MuonOptions.from_group(group)
     split, b = options.ns_split, options.ns_batch_dims
     for p in group["params"]:
@@ -284,7 +284,7 @@ class LocalStep:
     def __call__(self, gi, group, params, grads, bufs, options: MuonOptions) -> None:
         """One step of group ``gi`` (``params``: those with gradients ``grads``)."""
         updates = momentum_update_(bufs, grads, options)
-        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)
+        orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
         for k, p in zip(param_indices(group, params), params):
             self.ns_counts[(gi, k)] += math.prod(p.shape[: options.ns_batch_dims])
 
@@ -311,24 +311,48 @@ def register_step_strategy(choose: Callable[[Sequence[Tensor]], LocalStep | None
     STEP_STRATEGIES.append(choose)
 
 
+def check_param_dtypes(params: Iterable[Tensor], optimizer: str) -> None:
+    """Refuse complex and integer parameters when the optimizer is built."""
+    for p in params:
+        if p.is_complex():
+            raise ValueError(
+                f"{optimizer} does not support complex parameters (got {p.dtype}, shape "
+                f"{tuple(p.shape)}): orthogonalizing a complex matrix is not the real one's "
+                "update. Keep the real and imaginary parts as separate real parameters."
+            )
+        if not p.is_floating_point():
+            raise ValueError(
+                f"{optimizer} optimizes floating-point parameters; got one of dtype {p.dtype} "
+                f"and shape {tuple(p.shape)}"
+            )
+
+
 class MuonBase(torch.optim.Optimizer):
     """Shared machinery of Muon-style optimizers: non-finite gradient policy, group steps.
 
     Subclasses implement ``_validate_group(group)`` and ``_group_step(group, params, grads)``.
-    ``step`` first gathers every group's gradients and checks them all; with a NaN/inf it
-    raises ``NonFiniteGradientError`` (``nonfinite="raise"``) or skips the whole step and
-    counts it in ``optimizer.state["nonfinite_skipped_steps"]`` (``nonfinite="skip"``); in
-    both cases no parameter or state is touched.
+    ``step`` first gathers every group's gradients (negated in groups with ``maximize``;
+    parameters with no elements are skipped) and checks them all; with a NaN/inf it raises
+    ``NonFiniteGradientError`` (``nonfinite="raise"``) or skips the whole step and counts it in
+    ``optimizer.state["nonfinite_skipped_steps"]`` (``nonfinite="skip"``); in both cases no
+    parameter or state is touched.
+
+    Every option lives where torch.optim keeps options (``defaults`` and the param groups,
+    ``nonfinite`` included), so ``copy.deepcopy``, pickle and ``state_dict()`` keep them.
+    Groups loaded from an older state dict get the options they lack from the defaults.
     """
 
     group_step: LocalStep | None = None  # a subclass may set its strategy before __init__
 
     def __init__(self, params, defaults: dict, nonfinite: str = "raise"):
-        check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
-        self.nonfinite = nonfinite
         if self.group_step is None:
             self.group_step = LocalStep()
-        super().__init__(params, defaults)
+        super().__init__(params, {**defaults, "nonfinite": nonfinite})
+
+    @property
+    def nonfinite(self) -> str:
+        """The step's non-finite policy: "skip" when every group says so, else "raise"."""
+        return "skip" if all(g["nonfinite"] == "skip" for g in self.param_groups) else "raise"
 
     @property
     def ns_counts(self) -> Counter:
@@ -346,14 +370,37 @@ class MuonBase(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
+            check_choice("nonfinite", group["nonfinite"], NONFINITE_POLICIES)
+            check_param_dtypes(group["params"], type(self).__name__)
             self._validate_group(group)
             if type(self.group_step) is LocalStep:
-                chosen = (choose(group["params"]) for choose in STEP_STRATEGIES)
-                self.group_step = next((s for s in chosen if s is not None), self.group_step)
+                self.group_step = self._chosen_step(group, self.group_step)
             self.group_step.check_group(group)
         except ValueError:
             self.param_groups.pop()
             raise
+
+    @staticmethod
+    def _chosen_step(group: dict, default: LocalStep) -> LocalStep:
+        """The strategy a registered chooser picks for ``group``'s tensors, else ``default``."""
+        chosen = (choose(group["params"]) for choose in STEP_STRATEGIES)
+        return next((s for s in chosen if s is not None), default)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if self.__dict__.get("group_step") is None:  # a copy: torch keeps only the groups
+            self.group_step = LocalStep()
+            for group in self.param_groups:
+                if type(self.group_step) is LocalStep:
+                    self.group_step = self._chosen_step(group, self.group_step)
+        for group in self.param_groups:
+            for name, value in self._group_defaults(group).items():
+                if name != "differentiable":  # torch's __setstate__ adds it; we never use it
+                    group.setdefault(name, value)
+
+    def _group_defaults(self, group: dict) -> dict:
+        """The options a group of this optimizer has when it does not set them."""
+        return self.defaults
 
     def _validate_group(self, group: dict) -> None:
         raise NotImplementedError
@@ -364,12 +411,22 @@ class MuonBase(torch.optim.Optimizer):
     def _gather(self) -> list[tuple[dict, list[Tensor], list[Tensor]]]:
         work = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             for p in params:
                 if p.grad.is_sparse:
                     raise ValueError(f"{type(self).__name__} does not support sparse gradients")
-            work.append((group, params, [p.grad for p in params]))
+            grads = [p.grad for p in params]
+            if group.get("maximize", False) and grads:
+                grads = list(torch._foreach_neg(grads))  # ascend: torch.optim's maximize
+            work.append((group, params, grads))
         return work
+
+    def _generator(self, group: dict, p: Tensor) -> torch.Generator:
+        """The generator of ``p``'s random draws (the variants' initial factors), seeded by
+        the group's ``seed`` and p's position among all parameters: the global RNG is never
+        touched, and copies, resumed runs and compiled steps draw the same numbers."""
+        index = [id(q) for g in self.param_groups for q in g["params"]].index(id(p))
+        return torch.Generator(device=p.device).manual_seed((group["seed"] << 32) + index)
 
     def _refuse_nonfinite(self, work) -> bool:
         """True (and counted) when the step must be skipped; raises under "raise"."""
@@ -459,6 +516,7 @@ class Muon(MuonBase):
             experts ``(E, out, in)``, each orthogonalized on its own (batched) with the LR rule
             seeing ``(out, in)``. Default 0: conv kernels are flattened to (shape[0], -1).
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
+        maximize: ascend the objective (the gradients are negated, as in torch.optim).
         options: all the options above but ``lr`` and ``nonfinite`` as one
             :class:`muonkit.MuonOptions` (then leave those keywords at their defaults).
 
@@ -484,6 +542,7 @@ class Muon(MuonBase):
         ns_batch_dims: int = 0,
         nonfinite: str = "raise",
         *,
+        maximize: bool = False,
         options: MuonOptions | None = None,
     ):
         chosen = options_from_call(Muon.__init__, locals(), options)

@@ -53,6 +53,7 @@ class MuonOptions:
         ns_compile: ``torch.compile`` the Newton-Schulz loop (CUDA).
         ns_batch_dims: leading dims that index independent matrices (int >= 0): 1 for an
             ``(E, out, in)`` stack of MoE experts; 0 flattens conv kernels to (shape[0], -1).
+        maximize: ascend instead of descend (the gradient is negated first, as torch.optim).
     """
 
     momentum: float = 0.95
@@ -67,6 +68,7 @@ class MuonOptions:
     ns_gram: bool | None = None
     ns_compile: bool = False
     ns_batch_dims: int = 0
+    maximize: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -118,6 +120,21 @@ def _validate(o: MuonOptions) -> None:
     b = o.ns_batch_dims
     if not isinstance(b, int) or isinstance(b, bool) or b < 0:
         raise ValueError(f"ns_batch_dims must be an int >= 0, got {b!r}")
+    check_choice("maximize", o.maximize, (True, False))
+
+
+def check_seed(seed: Any) -> None:
+    """A seed of an optimizer's own generator is an int >= 0."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+
+def check_lr(lr: Any) -> None:
+    """An lr is a number or a one-element tensor (as torch.optim), and >= 0."""
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0, got {lr}")
 
 
 def options_from_call(init: Callable, values: Mapping[str, Any], options: MuonOptions | None):

@@ -40,7 +40,7 @@ from ..muon import (
     orthogonalize_and_apply_,
     validate_muon_options,
 )
-from ..options import MuonOptions, options_from_call
+from ..options import MuonOptions, check_seed, options_from_call
 
 
 def closest_divisor_to_sqrt(n: int) -> int:
@@ -57,6 +57,16 @@ def kronecker_shapes(out_dim: int, in_dim: int) -> tuple[tuple[int, int], tuple[
     return (m1, n1), (out_dim // m1, in_dim // n1)
 
 
+def useful_factorization(shape: Sequence[int], min_savings: float) -> bool:
+    """Whether Kronecker factors of a parameter of ``shape`` are ``min_savings`` x smaller
+    than the dense matrix."""
+    out_dim, in_dim = matrix_shape(shape)
+    if out_dim * in_dim == 0:
+        return True  # nothing to store; the step skips empty parameters
+    (m1, n1), (m2, n2) = kronecker_shapes(out_dim, in_dim)
+    return out_dim * in_dim >= min_savings * (m1 * n1 + m2 * n2)
+
+
 def rearrange(T: Tensor, shape1: tuple[int, int], shape2: tuple[int, int]) -> Tensor:
     """Van Loan's R(T): row (i1, j1) is the flattened block T[i1*m2:(i1+1)*m2, j1*n2:...]."""
     (m1, n1), (m2, n2) = shape1, shape2
@@ -64,14 +74,19 @@ def rearrange(T: Tensor, shape1: tuple[int, int], shape2: tuple[int, int]) -> Te
 
 
 def nearest_kronecker(
-    T: Tensor, F1: Tensor, F2: Tensor, power_iters: int = 2
+    T: Tensor,
+    F1: Tensor,
+    F2: Tensor,
+    power_iters: int = 2,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Factors (F1, F2) minimizing ||T - F1 (x) F2||_F, by power iteration on R(T) started
-    from the given factors (random if they are zero). Balanced: ||F1||_F = ||F2||_F."""
+    from the given factors (from a Gaussian drawn with ``generator`` if they are zero).
+    Balanced: ||F1||_F = ||F2||_F."""
     R = rearrange(T, tuple(F1.shape), tuple(F2.shape))
     v = F2.reshape(-1)
     if not bool(v.any()):
-        v = torch.randn(v.shape, dtype=T.dtype, device=T.device)
+        v = torch.randn(v.shape, dtype=T.dtype, device=T.device, generator=generator)
     for _ in range(power_iters):
         u = R @ v
         u_norm = u.norm()
@@ -96,11 +111,15 @@ class KroneckerMuon(MuonBase):
         min_savings: matrices whose Kronecker state would be less than this many times smaller
             than dense keep dense momentum (4).
         dense: parameters (tensors) that keep dense momentum whatever their shape.
+        seed: seeds the random start of the first power iteration (a generator of the
+            optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
         lr, nesterov, weight_decay, momentum_form ("standard" only), ns_steps,
             ns_coefficients, ns_dtype, lr_scaling, ns_split (1 only), ns_gram, ns_compile,
-            ns_batch_dims (0 only), nonfinite, options: as :class:`muonkit.Muon`.
+            ns_batch_dims (0 only), maximize, nonfinite, options: as :class:`muonkit.Muon`.
 
     State per matrix: ``kron_f1``, ``kron_f2`` (or ``momentum_buffer`` for dense fallbacks).
+    Each param group lists the positions of its dense-momentum parameters under
+    ``dense_momentum`` (so copies and state dicts keep the choice).
     """
 
     def __init__(
@@ -112,31 +131,43 @@ class KroneckerMuon(MuonBase):
         min_savings: float = 4.0,
         nesterov: bool = True,
         weight_decay: float = 0.0,
-        momentum_form: str = "standard",
         ns_steps: int = 5,
         ns_coefficients: str | Sequence = "jordan",
         ns_dtype: torch.dtype | None = None,
         lr_scaling: str | Callable = "keller",
+        dense: Iterable[Tensor] = (),
+        nonfinite: str = "raise",
+        *,
+        momentum_form: str = "standard",
         ns_split: int = 1,
         ns_gram: bool | None = None,
         ns_compile: bool = False,
         ns_batch_dims: int = 0,
-        dense: Iterable[Tensor] = (),
-        nonfinite: str = "raise",
-        *,
+        maximize: bool = False,
+        seed: int = 0,
         options: MuonOptions | None = None,
     ):
         chosen = options_from_call(KroneckerMuon.__init__, locals(), options)
-        self._dense_ids = {id(p) for p in dense}
-        self.dense_fallback: list[tuple[int, ...]] = []
+        self._requested_dense = {id(p) for p in dense}
         defaults = dict(
             MUON_DEFAULTS,
             lr=lr,
             power_iters=power_iters,
             min_savings=min_savings,
+            seed=seed,
             **chosen.as_dict(),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
+
+    @property
+    def dense_fallback(self) -> list[tuple[int, ...]]:
+        """Shapes of the matrices that keep dense momentum for want of a useful factorization."""
+        return [
+            tuple(p.shape)
+            for group in self.param_groups
+            for p in group["params"]
+            if not useful_factorization(p.shape, group["min_savings"])
+        ]
 
     def _validate_group(self, group: dict) -> None:
         options = validate_muon_options(group)
@@ -146,21 +177,35 @@ class KroneckerMuon(MuonBase):
             )
         if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
             raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
-        for p in group["params"]:
-            if id(p) in self._dense_ids:
-                continue
-            out_dim, in_dim = matrix_shape(p.shape)
-            (m1, n1), (m2, n2) = kronecker_shapes(out_dim, in_dim)
-            if out_dim * in_dim < group["min_savings"] * (m1 * n1 + m2 * n2):
-                self._dense_ids.add(id(p))
-                self.dense_fallback.append(tuple(p.shape))
+        check_seed(group["seed"])
+        requested = getattr(self, "_requested_dense", set())  # a copy has no such request
+        dense = set(group.get("dense_momentum", ()))
+        for i, p in enumerate(group["params"]):
+            if id(p) in requested:
+                dense.add(i)
+            elif not useful_factorization(p.shape, group["min_savings"]):
+                dense.add(i)
+                (m1, n1), (m2, n2) = kronecker_shapes(*matrix_shape(p.shape))
                 warnings.warn(
-                    f"KroneckerMuon: no useful Kronecker factorization of a {out_dim} x {in_dim}"
-                    f" matrix (best {m1}x{n1} (x) {m2}x{n2}); it keeps dense momentum",
+                    f"KroneckerMuon: no useful Kronecker factorization of a "
+                    f"{' x '.join(map(str, matrix_shape(p.shape)))} matrix (best {m1}x{n1} (x) "
+                    f"{m2}x{n2}); it keeps dense momentum",
                     stacklevel=3,
                 )
+        group["dense_momentum"] = sorted(dense)
 
-    def _kronecker_momentum(self, p: Tensor, g: Tensor, mu: float, iters: int) -> Tensor:
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # a state dict from before groups listed them
+            if "dense_momentum" not in group:
+                group["dense_momentum"] = [
+                    i
+                    for i, p in enumerate(group["params"])
+                    if "momentum_buffer" in self.state.get(p, {})
+                    or not useful_factorization(p.shape, group["min_savings"])
+                ]
+
+    def _kronecker_momentum(self, group: dict, p: Tensor, g: Tensor) -> Tensor:
         """Update p's factors from T = mu F1 (x) F2 + g; returns the dense T."""
         state = self.state[p]
         if "kron_f1" not in state:
@@ -168,8 +213,9 @@ class KroneckerMuon(MuonBase):
             state["kron_f1"] = torch.zeros(shape1, dtype=p.dtype, device=p.device)
             state["kron_f2"] = torch.zeros(shape2, dtype=p.dtype, device=p.device)
         F1, F2 = state["kron_f1"], state["kron_f2"]
-        T = g.reshape(matrix_shape(p.shape)) + mu * torch.kron(F1, F2)
-        new1, new2 = nearest_kronecker(T, F1, F2, iters)
+        T = g.reshape(matrix_shape(p.shape)) + group["momentum"] * torch.kron(F1, F2)
+        generator = None if bool(F2.any()) else self._generator(group, p)
+        new1, new2 = nearest_kronecker(T, F1, F2, group["power_iters"], generator)
         F1.copy_(new1)
         F2.copy_(new2)
         return T.reshape(p.shape)
@@ -177,7 +223,8 @@ class KroneckerMuon(MuonBase):
     def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         options = MuonOptions.from_group(group)
         mu, nesterov = options.momentum, options.nesterov
-        dense = [i for i, p in enumerate(params) if id(p) in self._dense_ids]
+        dense_ids = {id(group["params"][i]) for i in group["dense_momentum"]}
+        dense = [i for i, p in enumerate(params) if id(p) in dense_ids]
         updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
         if dense:
             dense_updates = momentum_update_(
@@ -189,9 +236,9 @@ class KroneckerMuon(MuonBase):
                 updates[i] = u
         for i, (p, g) in enumerate(zip(params, grads)):
             if updates[i] is None:
-                T = self._kronecker_momentum(p, g, mu, group["power_iters"])
+                T = self._kronecker_momentum(group, p, g)
                 updates[i] = g + mu * T if nesterov else T
-        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)
+        orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
 
 
 def output_layer_params(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> list[Tensor]:
@@ -225,4 +272,12 @@ class HybridKroneckerMuon(KroneckerMuon):
         dense += [p for n in dense_modules for p in named[n].parameters() if p.ndim >= 2]
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dense=dense, **kwargs)
-        self.dense_params = [i for i, p in enumerate(params) if id(p) in self._dense_ids]
+
+    @property
+    def dense_params(self) -> list[int]:
+        """Positions (in param-group order) of the parameters with dense momentum."""
+        out, offset = [], 0
+        for group in self.param_groups:
+            out += [offset + i for i in group["dense_momentum"]]
+            offset += len(group["params"])
+        return out

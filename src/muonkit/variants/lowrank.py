@@ -38,7 +38,7 @@ from ..muon import (
     orthogonalize_and_apply_,
     validate_muon_options,
 )
-from ..options import MuonOptions, options_from_call
+from ..options import MuonOptions, check_seed, options_from_call
 
 
 def ridge_solve_right(X: Tensor, A: Tensor, ridge: float) -> Tensor:
@@ -71,8 +71,10 @@ def lora_pre_update_(B: Tensor, A: Tensor, g: Tensor, gamma: float, ridge: float
     rebalance_(B, A)
 
 
-def random_orthonormal_rows(r: int, n: int, like: Tensor) -> Tensor:
-    q, _ = torch.linalg.qr(torch.randn(n, r, dtype=torch.float32, device=like.device))
+def random_orthonormal_rows(r: int, n: int, like: Tensor, generator: torch.Generator) -> Tensor:
+    """r random orthonormal rows of length n (QR of a Gaussian matrix), in ``like``'s dtype."""
+    gauss = torch.randn(n, r, dtype=torch.float32, device=like.device, generator=generator)
+    q, _ = torch.linalg.qr(gauss)
     return q.mT.contiguous().to(like.dtype)
 
 
@@ -85,11 +87,15 @@ class LoRAPreMuon(MuonBase):
         rank: r; clamped (with a warning) to min(out, in) per matrix.
         gamma1: factor step; None gives 1 - sqrt(momentum).
         ridge: relative ridge of the r x r solves (1e-6).
+        seed: seeds the random initial ``lowrank_A`` (drawn from a generator of the
+            optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
         lr, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients, ns_dtype,
             lr_scaling, ns_split (1 only), ns_gram, ns_compile, ns_batch_dims (0 only),
-            nonfinite, options: as :class:`muonkit.Muon`.
+            maximize, nonfinite, options: as :class:`muonkit.Muon`.
 
-    State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in).
+    State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in), in the parameter's
+    dtype (as Muon's momentum buffer); the factor updates and solves run in float32 (float64
+    for float64 parameters), so fp16/bf16 parameters work.
     """
 
     def __init__(
@@ -102,22 +108,30 @@ class LoRAPreMuon(MuonBase):
         ridge: float = 1e-6,
         nesterov: bool = True,
         weight_decay: float = 0.0,
-        momentum_form: str = "standard",
         ns_steps: int = 5,
         ns_coefficients: str | Sequence = "jordan",
         ns_dtype: torch.dtype | None = None,
         lr_scaling: str | Callable = "keller",
+        nonfinite: str = "raise",
+        *,
+        momentum_form: str = "standard",
         ns_split: int = 1,
         ns_gram: bool | None = None,
         ns_compile: bool = False,
         ns_batch_dims: int = 0,
-        nonfinite: str = "raise",
-        *,
+        maximize: bool = False,
+        seed: int = 0,
         options: MuonOptions | None = None,
     ):
         chosen = options_from_call(LoRAPreMuon.__init__, locals(), options)
         defaults = dict(
-            MUON_DEFAULTS, lr=lr, rank=rank, gamma1=gamma1, ridge=ridge, **chosen.as_dict()
+            MUON_DEFAULTS,
+            lr=lr,
+            rank=rank,
+            gamma1=gamma1,
+            ridge=ridge,
+            seed=seed,
+            **chosen.as_dict(),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
 
@@ -132,6 +146,7 @@ class LoRAPreMuon(MuonBase):
             raise ValueError(f"gamma1 must be in (0, 1], got {gamma}")
         if not group["ridge"] > 0:
             raise ValueError(f"ridge must be > 0, got {group['ridge']}")
+        check_seed(group["seed"])
         for p in group["params"]:
             limit = min(matrix_shape(p.shape))
             if group["rank"] > limit:
@@ -141,13 +156,13 @@ class LoRAPreMuon(MuonBase):
                     stacklevel=3,
                 )
 
-    def _factors(self, p: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    def _factors(self, group: dict, p: Tensor) -> tuple[Tensor, Tensor]:
         state = self.state[p]
         if "lowrank_B" not in state:
             out_dim, in_dim = matrix_shape(p.shape)
-            r = min(rank, out_dim, in_dim)
+            r = min(group["rank"], out_dim, in_dim)
             state["lowrank_B"] = torch.zeros(out_dim, r, dtype=p.dtype, device=p.device)
-            state["lowrank_A"] = random_orthonormal_rows(r, in_dim, p)
+            state["lowrank_A"] = random_orthonormal_rows(r, in_dim, p, self._generator(group, p))
         return state["lowrank_B"], state["lowrank_A"]
 
     def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
@@ -156,9 +171,14 @@ class LoRAPreMuon(MuonBase):
         gamma = group["gamma1"] if group["gamma1"] is not None else 1.0 - mu**0.5
         updates = []
         for p, g in zip(params, grads):
-            B, A = self._factors(p, group["rank"])
-            g2 = g.reshape(B.shape[0], A.shape[1])
-            lora_pre_update_(B, A, g2, gamma, group["ridge"])
-            m = B @ A
+            B, A = self._factors(group, p)
+            dtype = torch.promote_types(p.dtype, torch.float32)  # solves in fp32 or better
+            B32, A32 = B.to(dtype), A.to(dtype)
+            g2 = g.reshape(B.shape[0], A.shape[1]).to(dtype)
+            lora_pre_update_(B32, A32, g2, gamma, group["ridge"])
+            if B32 is not B:
+                B.copy_(B32)
+                A.copy_(A32)
+            m = B32 @ A32
             updates.append((g2 + mu * m if options.nesterov else m).reshape(p.shape))
-        orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options)
+        orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
