@@ -257,11 +257,14 @@ class MuonWithAuxAdam(MuonBase):
             param_group = {**MUON_DEFAULTS, **expand_options(param_group)}
         else:
             param_group = {**ADAMW_DEFAULTS, **param_group}
+        momentum_given = "momentum" in param_group
         super().add_param_group(param_group)
+        if not param_group["use_muon"] and not momentum_given:
+            self.param_groups[-1].pop("momentum")  # torch copied defaults' Muon momentum in
 
     def _group_defaults(self, group: dict) -> dict:
         role = MUON_DEFAULTS if group.get("use_muon", True) else ADAMW_DEFAULTS
-        return {**self.defaults, **role}
+        return {"nonfinite": self.defaults["nonfinite"], **role}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
