@@ -343,3 +343,21 @@ def test_fixed_val_batches_do_not_change_between_evals():
           val_batches=val)
     assert len(seen) == 6  # 3 evals (steps 0, 1, 2) x 2 batches
     assert all(torch.equal(seen[i], seen[i % 2]) for i in range(6))
+
+
+def test_device_is_resolved_once_per_run(tmp_path, monkeypatch):
+    import muonkit.train.config as config_module
+    import muonkit.train.gpt as gpt_module
+    import muonkit.train.loop as loop_module
+
+    calls = []
+    real = config_module.resolve_device
+
+    def counting(device):
+        calls.append(device)
+        return real(device)
+
+    for module in (gpt_module, loop_module):
+        monkeypatch.setattr(module, "resolve_device", counting)
+    small_run(tmp_path, steps=1)
+    assert calls == ["auto"]

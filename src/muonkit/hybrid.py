@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .heads import HEAD_NAMES, head_modules
 from .muon import MUON_DEFAULTS, MuonBase, validate_muon_options
 from .options import check_choice, check_lr, expand_options
 
 ROLES = ("muon", "embedding", "head", "vector")
-HEAD_NAMES = ("lm_head", "head", "output", "classifier")
 ADAMW_DEFAULTS: dict[str, Any] = dict(
     lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, maximize=False, use_muon=False
 )
@@ -44,12 +44,7 @@ def classify_params(
     embedding_ids = {
         id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
     }
-    head_ids = {
-        id(p)
-        for name, m in model.named_modules()
-        if name and name.rsplit(".", 1)[-1] in head_names
-        for p in m.parameters()
-    }
+    head_ids = {id(p) for m in head_modules(model, head_names) for p in m.parameters()}
     out = []
     for name, p in model.named_parameters():  # deduplicates tied parameters
         if not p.requires_grad:

@@ -19,8 +19,10 @@ from ..distributed.env import PARALLEL_MODES, compute_cleanup, compute_init, is_
 from ..experiments.runs import default_threads
 from ..models.gpt import OPTIMIZERS, PRESETS
 from ..schedules import DECAYS
+from ..train.config import DTYPES, TrainConfig
+from ..train.files import RunComplete
 from ..train.gpt import GPTRunConfig, sample_text, train_gpt
-from ..train.loop import DTYPES, RunComplete, TrainConfig, TrainingInterrupted
+from ..train.loop import TrainingInterrupted
 from .common import (
     FRACTION,
     MOMENTUM,

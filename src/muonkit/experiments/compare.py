@@ -33,12 +33,11 @@ import torch
 
 from ..cli.train import add_gpt_arguments, train_config_from, train_gpt_kwargs
 from ..hardware import machine_info
+from ..models.gpt import OPTIMIZERS
 from ..report.compare import build_compare_report
 from ..train.gpt import train_gpt
 from .runs import RunSpec, SlotPool, default_threads, run_concurrently, run_isolated
 from .sweep import SweepResult, check_factor_grid, run_sweep, top_k
-
-OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass

@@ -54,7 +54,7 @@ from ..train import optimizer_state_bytes as train_optimizer_state_bytes
 
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid")
 DATASETS = {"mnist": 784, "cifar10": 3072}
-OPTIMIZERS = ("adamw", "muon", "lora_pre", "kronecker", "hybrid_kronecker")
+ARM_KINDS = ("adamw", "muon", "lora_pre", "kronecker", "hybrid_kronecker")
 
 
 STUDY_BOUNDS = {  # numeric StudyConfig fields (lists: each value), None-valued ones skipped
@@ -123,7 +123,7 @@ class Arm:
     """One optimizer setting of a study."""
 
     label: str
-    kind: str  # one of OPTIMIZERS
+    kind: str  # one of ARM_KINDS
     rank: int | None = None
 
     @property
@@ -156,7 +156,7 @@ def build_optimizer(arm: Arm, model: nn.Module, cfg: StudyConfig) -> torch.optim
         return variants.KroneckerMuon(params, lr=cfg.lr, momentum=cfg.momentum)
     if arm.kind == "hybrid_kronecker":
         return variants.HybridKroneckerMuon(model, lr=cfg.lr, momentum=cfg.momentum)
-    raise ValueError(f"optimizer kind must be one of {list(OPTIMIZERS)}, got {arm.kind!r}")
+    raise ValueError(f"optimizer kind must be one of {list(ARM_KINDS)}, got {arm.kind!r}")
 
 
 def per_param_state_bytes(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:

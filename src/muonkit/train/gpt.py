@@ -20,7 +20,8 @@ from ..checks import check_number
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
 from ..models.gpt import GPT, OPTIMIZERS, PRESETS, preset_config
 from ..schedules import DECAYS
-from .loop import DTYPES, TrainConfig, TrainResult, resolve_device, train
+from .config import DTYPES, TrainConfig, TrainResult, resolve_device
+from .loop import train
 
 # name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
 BOUNDS = {
@@ -222,13 +223,12 @@ def train_gpt(
     val = fixed_batches(tokens.val, batch_size, config.block_size, eval_batches, seed=val_seed)
     torch.manual_seed(seed)
     model = GPT(config)
-    device = resolve_device(train_config.device)
-    model.to(device)
-    net = model
+    net = model  # train() moves it to the device; a parallel one is wrapped there first
     if parallel != "none":  # before the optimizer: FSDP2 swaps in sharded (DTensor) params
         from ..distributed.parallel import distribute_optimizer, parallelize
 
-        net = parallelize(model, parallel, device, replicate=replicate)
+        device = resolve_device(train_config.device)  # this rank's (compute_init's) device
+        net = parallelize(model.to(device), parallel, device, replicate=replicate)
     opt = model.configure_optimizers(optimizer, **(optimizer_options or {}))
     if parallel != "none":
         opt = distribute_optimizer(opt, parallel)

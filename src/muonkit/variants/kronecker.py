@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..hybrid import HEAD_NAMES
+from ..heads import HEAD_NAMES, head_modules
 from ..muon import (
     MUON_DEFAULTS,
     MuonBase,
@@ -243,9 +243,7 @@ class KroneckerMuon(MuonBase):
 
 def output_layer_params(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> list[Tensor]:
     """The output layer's matrices: a module named like a head, else the last nn.Linear."""
-    heads = [
-        m for name, m in model.named_modules() if name and name.rsplit(".", 1)[-1] in head_names
-    ]
+    heads = head_modules(model, head_names)
     if not heads:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         heads = linears[-1:]

@@ -1,0 +1,241 @@
+"""A run's directory: what a run leaves there, and the rules that keep runs from being lost.
+
+* ``OUT/metrics.jsonl`` (:class:`MetricsLogger`), ``OUT/ckpt.pt`` (:func:`save_checkpoint`, or
+  ``OUT/ckpt_dcp/`` under torch.distributed), ``OUT/tb/``;
+* :func:`prepare_out_dir`: a directory that holds a run is refused unless resumed or
+  overwritten; :func:`check_resume`: a resume that would not continue the run is refused, a
+  finished run is reported complete (:class:`RunComplete`) and left alone;
+* :func:`load_checkpoint`: a truncated or corrupt checkpoint is a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..distributed.env import is_distributed
+from .config import TrainConfig
+
+CHECKPOINT = "ckpt.pt"
+
+CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs (torchrun): muonkit.distributed.save_train_state
+
+METRICS = "metrics.jsonl"
+
+RUN_MARKERS = (METRICS, CHECKPOINT, CHECKPOINT_DIR)  # files that say a directory holds a run
+
+RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", "tb")  # what overwrite=True deletes
+
+CHECKPOINT_KEYS = ("model", "optimizers", "batches", "rng", "step", "elapsed_s", "tokens")
+
+
+
+class RunComplete(Exception):
+    """``resume=True`` on a run that has already trained all its steps; nothing was changed."""
+
+
+
+class RunExistsError(FileExistsError):
+    """``out_dir`` holds a run, and neither ``resume`` nor ``overwrite`` was asked for."""
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: truncated, corrupt, or not written by this loop."""
+
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create ``out_dir``; refuse a file or an unwritable directory, and a directory that holds
+    a run (``RUN_MARKERS``) unless ``resume`` (continue it) or ``overwrite`` (delete its
+    ``RUN_FILES``, nothing else) is set. Under torch.distributed rank 0 deletes."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output directory {out_dir} is a file, not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create output directory {out_dir}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"output directory {out_dir} is not writable")
+    found = [name for name in RUN_MARKERS if (out_dir / name).exists()]
+    if found and not (resume or overwrite):
+        raise RunExistsError(
+            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    distributed = is_distributed()
+    if distributed:
+        torch.distributed.barrier()  # every rank has looked before any rank writes or deletes
+    if found and overwrite and (not distributed or torch.distributed.get_rank() == 0):
+        for path in (out_dir / name for name in RUN_FILES):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    if distributed:
+        torch.distributed.barrier()
+
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON records of a metrics file; a last line cut short by a kill is left out."""
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path} line {i + 1} is not JSON: {line[:60]!r}") from None
+    return records
+
+
+
+def finished_run(metrics: Path) -> dict | None:
+    """The summary record of the run in ``metrics`` if it ended after all its planned steps
+    (the config line's ``steps``), else None."""
+    if not metrics.exists():
+        return None
+    records = read_records(metrics)
+    config = next((r for r in records if r.get("kind") == "config"), None)
+    if config is None or not records or records[-1].get("kind") != "summary":
+        return None
+    summary = records[-1]
+    return summary if summary["steps"] >= config["config"]["steps"] else None
+
+
+
+def check_resume(cfg: TrainConfig, out_dir: Path, ckpt_step: int | None) -> None:
+    """Refuse a resume that would not continue the run: :class:`RunComplete` when all
+    ``cfg.steps`` are done, ValueError when ``cfg.steps`` is below what is done.
+    ``ckpt_step`` None: the checkpoint has not been read yet (only the metrics are checked)."""
+    summary = finished_run(out_dir / METRICS)
+    done = summary["steps"] if summary is not None else ckpt_step
+    if done is None or done < cfg.steps:
+        return
+    if done > cfg.steps:
+        raise ValueError(
+            f"the run in {out_dir} has trained {done} steps; steps={cfg.steps} is below that: "
+            f"pass --steps {done} (the run is complete then) or more to train on"
+        )
+    loss = None if summary is None else summary.get("final_val_loss")
+    raise RunComplete(
+        f"{out_dir}: the run is complete ({done} of {cfg.steps} steps"
+        + (f", final val loss {loss:.4f}" if loss is not None else "")
+        + "); nothing to do. Pass a larger --steps to train on, or --overwrite to start again."
+    )
+
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A single-process checkpoint, on CPU (RNG and generator states must stay CPU tensors;
+    ``load_state_dict`` moves model and optimizer tensors to their parameters' device)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({reason}): it is truncated or corrupt; restore "
+            "it, or start the run again with --overwrite"
+        ) from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a muonkit "
+                              "training checkpoint")
+    return ckpt
+
+
+
+def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
+    """Everything a resumed run needs to continue exactly; written atomically.
+
+    Under torch.distributed (several ranks) model and optimizers go through DCP, each rank's
+    sampler and RNG states to their own file (:func:`muonkit.distributed.save_train_state`).
+    """
+    state = {
+        "batches": batches.state_dict(),
+        "rng": rng_state(device),
+        "step": step,
+        "elapsed_s": elapsed,
+        "tokens": tokens,
+    }
+    if is_distributed():
+        from ..distributed.checkpoint import save_train_state
+
+        save_train_state(path, model, optimizers, state)
+        return
+    state["model"] = model.state_dict()
+    state["optimizers"] = [opt.state_dict() for opt in optimizers]
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+
+class MetricsLogger:
+    """JSONL metrics (and TensorBoard scalars) of one run; None paths write nothing."""
+
+    def __init__(self, out_dir: Path | None, tensorboard: bool, resume_step: int | None):
+        self.path = None if out_dir is None else out_dir / METRICS
+        self.tb = None
+        if self.path is None:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate(resume_step)
+        elif self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an optional extra
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step)
+
+    def _truncate(self, step: int) -> None:
+        """Keep the config line and the records up to ``step`` (the checkpoint's)."""
+        kept = [
+            rec
+            for rec in read_records(self.path)
+            if rec["kind"] == "config" or (rec["kind"] != "summary" and rec.get("step", 0) <= step)
+        ]
+        self.path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
+
+    @property
+    def has_config(self) -> bool:
+        return self.path is not None and self.path.exists() and self.path.stat().st_size > 0
+
+    def write(self, record: dict) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.tb is not None and "step" in record:
+            for key, value in record.items():
+                if key not in ("kind", "step") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+

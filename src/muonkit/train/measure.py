@@ -1,0 +1,71 @@
+"""What a run measures about itself: optimizer-state bytes, peak memory, MFU, the summary."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# Dense bf16 tensor-core peaks (vendor data sheets) used for MFU when --peak-flops is not given.
+KNOWN_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+
+def optimizer_state_bytes(optimizers: Sequence[torch.optim.Optimizer]) -> int:
+    """Bytes held by tensors in the optimizers' ``state`` (momentum buffers, moments, steps)."""
+
+    def size(obj) -> int:
+        if isinstance(obj, Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(size(v) for v in obj)
+        return 0
+
+    return sum(size(dict(opt.state)) for opt in optimizers)
+
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: ``max_memory_allocated``; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+
+
+
+def default_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in KNOWN_PEAK_FLOPS.items() if k in name), None)
+
+
+
+def summary_record(
+    steps, device, optimizers, val_records, step_times, step_tokens, fpt, peak
+) -> dict:
+    """Throughput over this session's steps, leaving out the first (warm-up/compile) if >1."""
+    times, toks = (step_times[1:], step_tokens[1:]) if len(step_times) > 1 else (
+        step_times, step_tokens
+    )
+    total_time = sum(times)
+    tokens_per_s = sum(toks) / total_time if total_time > 0 else 0.0
+    mfu = fpt * tokens_per_s / peak if (fpt and peak) else None
+    return {
+        "kind": "summary",
+        "steps": steps,
+        "final_val_loss": val_records[-1]["val_loss"] if val_records else None,
+        "tokens_per_s": tokens_per_s,
+        "step_time_s": total_time / len(times) if times else 0.0,
+        "peak_mem_bytes": peak_memory_bytes(device),
+        "optimizer_state_bytes": optimizer_state_bytes(optimizers),
+        "mfu": mfu,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+    }
+
