@@ -146,3 +146,16 @@ def test_small_pieces():
     assert markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n| --- | --- |\n| 1 | 2 |\n"
     with pytest.raises(ValueError, match="cells"):
         markdown_table(["a"], [[1, 2]])
+
+
+def test_variant_tables_regenerate_from_the_committed_runs():
+    """The report module rebuilds every committed variants table from its committed runs."""
+    from pathlib import Path
+
+    from muonkit.report.metrics import load_run
+    from muonkit.report.variants import markdown_rows, summarize
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results" / "variants"
+    for study in ("large", "equal-memory", "rank-sweep", "hybrid"):
+        runs = [load_run(p) for p in sorted((root / study / "runs").glob("*/metrics.jsonl"))]
+        assert markdown_rows(summarize(runs)) in (root / study / "table.md").read_text(), study
