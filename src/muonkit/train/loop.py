@@ -21,6 +21,12 @@ does the rest (nanoGPT's ``train.py`` structure, minus the GPT specifics):
   carries on across a resume; the summary's throughput leaves out the first step of a session
   (warm-up, compilation) when there are more.
 
+Structure: :func:`train` = :class:`Session` (device and dtype resolved once) -> ``restore``
+(resume) -> per step ``train_step`` then ``after_step`` (evaluation, checkpoint) -> ``finish``
+(summary). The pieces live in ``config`` (settings), ``files`` (the run directory: metrics,
+checkpoints, the rules that keep runs from being lost), ``step`` (autocast, accumulation,
+evaluation) and ``measure`` (state bytes, memory, MFU).
+
 Interfaces:
 
 * batch source: an object with ``next_batch() -> tuple[Tensor, ...]`` (one micro-batch, on any
