@@ -277,3 +277,21 @@ def test_per_head_split_orthogonalizes_each_head_block():
 def test_split_must_divide_rows():
     with pytest.raises(ValueError, match=r"ns_split=3 must divide.*\(8, 4\)"):
         Muon([torch.nn.Parameter(torch.randn(8, 4))], ns_split=3)
+
+
+@pytest.mark.parametrize("form", ["standard", "ema"])
+def test_gradient_heavy_mixing_orthogonalizes_g_plus_mu_times_the_ema(form):
+    # the ablation of LoRA-Pre's printed mixing on dense Muon: U = G + mu * EMA(G)
+    params, mu = make_params(), 0.9
+    grads = grad_sequence(SHAPES, 4)
+    expected = [p.detach().clone() for p in params]
+    emas = [torch.zeros_like(p) for p in params]
+    for step_grads in grads:
+        for i, g in enumerate(step_grads):
+            emas[i] = mu * emas[i] + (1 - mu) * g
+            scale = max(1.0, g.shape[0] / g.shape[1]) ** 0.5
+            expected[i] = expected[i] - 0.05 * scale * reference_ns(g + mu * emas[i])
+    opt = Muon(params, lr=0.05, momentum=mu, momentum_form=form, mixing="gradient_heavy")
+    run(params, opt, grads)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, atol=2e-5, rtol=0)

@@ -25,6 +25,7 @@ OTHER_VALUES = dict(
     ns_compile=True,
     ns_batch_dims=1,
     maximize=True,
+    mixing="gradient_heavy",
 )
 
 

@@ -20,8 +20,12 @@ The EMA buffer is the standard one times (1 - mu), so fed to an un-normalized up
 standard form would take steps 1/(1 - mu) times larger (20x at mu = 0.95). Newton-Schulz
 normalizes its input by the Frobenius norm, so for constant mu both forms give the same
 orthogonalized update up to the ``eps`` of that normalization; they differ when mu changes
-over time (momentum warmup), for the low-rank/Kronecker variants whose factor updates are not
-scale-free, and in the size of the buffer a reader sees in state.
+over time (momentum warmup) and in the size of the buffer a reader sees in state.
+
+``mixing="gradient_heavy"`` (an ablation, not Muon) orthogonalizes ``U = G + mu M`` with M the
+EMA of the gradients (``B`` in the EMA form, ``(1 - mu) B`` in the standard one): the current
+gradient weighs 1/(1 - mu) times more than in Muon's Nesterov update (20x at mu = 0.95). It is
+the mixing LoRA-Pre's Algorithm 2 prints, kept so studies can separate it from compression.
 
 This module keeps the math in functions on lists of tensors (``momentum_update_``,
 ``orthogonalize_updates``, ``apply_updates_``, and ``orthogonalize_and_apply_`` joining the last
@@ -76,15 +80,34 @@ def momentum_update_(
     """
     if not bufs:
         return []
-    momentum, nesterov, form = options.momentum, options.nesterov, options.momentum_form
+    momentum, form = options.momentum, options.momentum_form
     if form == "standard":
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, grads)
-        return list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else list(bufs)
-    if form == "ema":
+    elif form == "ema":
         torch._foreach_lerp_(bufs, grads, 1.0 - momentum)
-        return list(torch._foreach_lerp(grads, bufs, momentum)) if nesterov else list(bufs)
-    raise ValueError(f"unknown momentum_form {form!r}; valid: {MOMENTUM_FORMS}")
+    else:
+        raise ValueError(f"unknown momentum_form {form!r}; valid: {MOMENTUM_FORMS}")
+    return nesterov_updates(grads, bufs, options)
+
+
+def nesterov_updates(
+    grads: Sequence[Tensor], bufs: Sequence[Tensor], options: MuonOptions
+) -> list[Tensor]:
+    """The tensors to orthogonalize from the gradients and the updated momentum buffers of
+    ``options.momentum_form``: the buffers themselves without Nesterov; with it
+    ``G + mu B`` (standard) / ``lerp(G, B, mu)`` (ema), or under
+    ``mixing="gradient_heavy"`` ``G + mu M`` with M the gradients' EMA (module docstring).
+    The variants call this with their reconstructed buffers. May alias ``bufs``."""
+    mu = options.momentum
+    if not options.nesterov:
+        return list(bufs)
+    if options.mixing == "gradient_heavy":
+        ema_scale = mu if options.momentum_form == "ema" else mu * (1.0 - mu)
+        return list(torch._foreach_add(grads, bufs, alpha=ema_scale))
+    if options.momentum_form == "standard":
+        return list(torch._foreach_add(grads, bufs, alpha=mu))
+    return list(torch._foreach_lerp(grads, bufs, mu))
 
 
 def matrix_shape(shape: Sequence[int], batch_dims: int = 0) -> tuple[int, int]:
@@ -517,6 +540,8 @@ class Muon(MuonBase):
             seeing ``(out, in)``. Default 0: conv kernels are flattened to (shape[0], -1).
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
         maximize: ascend the objective (the gradients are negated, as in torch.optim).
+        mixing: "momentum_form" (default: Muon's Nesterov update) or "gradient_heavy"
+            (``G + mu * EMA(G)``, LoRA-Pre's printed mixing; an ablation, see module docstring).
         options: all the options above but ``lr`` and ``nonfinite`` as one
             :class:`muonkit.MuonOptions` (then leave those keywords at their defaults).
 
@@ -543,6 +568,7 @@ class Muon(MuonBase):
         nonfinite: str = "raise",
         *,
         maximize: bool = False,
+        mixing: str = "momentum_form",
         options: MuonOptions | None = None,
     ):
         chosen = options_from_call(Muon.__init__, locals(), options)

@@ -27,6 +27,7 @@ from .orthogonalize import ORTHOGONALIZE_METHODS, resolve_schedule
 from .scaling import validate_rule
 
 MOMENTUM_FORMS = ("standard", "ema")
+MIXINGS = ("momentum_form", "gradient_heavy")
 
 
 def check_choice(name: str, value: Any, valid: Sequence[Any]) -> None:
@@ -54,6 +55,8 @@ class MuonOptions:
         ns_batch_dims: leading dims that index independent matrices (int >= 0): 1 for an
             ``(E, out, in)`` stack of MoE experts; 0 flattens conv kernels to (shape[0], -1).
         maximize: ascend instead of descend (the gradient is negated first, as torch.optim).
+        mixing: the Nesterov update: "momentum_form" (Muon's, of ``momentum_form``) or
+            "gradient_heavy" (``G + mu * EMA(G)``, LoRA-Pre's printed mixing; an ablation).
     """
 
     momentum: float = 0.95
@@ -69,6 +72,7 @@ class MuonOptions:
     ns_compile: bool = False
     ns_batch_dims: int = 0
     maximize: bool = False
+    mixing: str = "momentum_form"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -121,6 +125,7 @@ def _validate(o: MuonOptions) -> None:
     if not isinstance(b, int) or isinstance(b, bool) or b < 0:
         raise ValueError(f"ns_batch_dims must be an int >= 0, got {b!r}")
     check_choice("maximize", o.maximize, (True, False))
+    check_choice("mixing", o.mixing, MIXINGS)
 
 
 def check_seed(seed: Any) -> None:

@@ -2,9 +2,11 @@
 
 The momentum matrix M (out x in) is stored as a Kronecker product ``F1 (x) F2`` with F1
 (m1 x n1), F2 (m2 x n2), m1 m2 = out, n1 n2 = in: (m1 n1 + m2 n2) floats instead of out * in.
-Each step forms the dense candidate ``T = momentum * F1 (x) F2 + G`` (the standard heavy-ball
-momentum), replaces the factors by the nearest Kronecker product of T, and orthogonalizes the
-full Nesterov update ``G + momentum * T`` (or T) with Muon's Newton-Schulz.
+Each step forms the dense candidate buffer of ``momentum_form`` from the stored one,
+``T = mu F1 (x) F2 + G`` (standard heavy ball) or ``T = lerp(F1 (x) F2, G, 1 - mu)`` (EMA),
+replaces the factors by the nearest Kronecker product of T, and orthogonalizes Muon's update
+of T (:func:`muonkit.muon.nesterov_updates`: ``G + mu T`` / ``lerp(G, T, mu)`` with Nesterov,
+T without; ``mixing="gradient_heavy"`` as in Muon) with Muon's Newton-Schulz.
 
 Nearest Kronecker product (Van Loan & Pitsianis, "Approximation with Kronecker Products",
 1993): ``||T - F1 (x) F2||_F = ||R(T) - vec(F1) vec(F2)^T||_F`` where R(T) rearranges the
@@ -12,10 +14,13 @@ Nearest Kronecker product (Van Loan & Pitsianis, "Approximation with Kronecker P
 found here by power iteration warm-started from the current factors (``power_iters`` steps;
 exact after one step when T is itself a Kronecker product).
 
-Orthogonalization acts on the full update matrix, as dense Muon: when the gradient is exactly
-A (x) B at every step the momentum stays a Kronecker product and the update equals dense
-Muon's. (For a Kronecker product alone, polar(A (x) B) = polar(A) (x) polar(B) would be
-cheaper, but the Nesterov update G + mu T is not one in general.)
+Orthogonalization acts on the full update matrix, as dense Muon. The update equals dense
+Muon's exactly only when every gradient is a multiple of one fixed Kronecker product
+``c_t A (x) B``: then T is one too and the fit loses nothing. Gradients that are Kronecker
+products with changing factors ``A_t (x) B_t`` are not enough: T is then a sum of different
+products, the fit drops part of it, and the updates drift from dense Muon's (both cases are
+tested). (For a Kronecker product alone, polar(A (x) B) = polar(A) (x) polar(B) would be
+cheaper, but the Nesterov update is not one in general.)
 
 Factor shapes: the divisors of out and in closest to their square roots. Where that saves
 less than ``min_savings`` x (e.g. out and in both prime), the matrix keeps dense momentum; such
@@ -37,6 +42,7 @@ from ..muon import (
     MuonBase,
     matrix_shape,
     momentum_update_,
+    nesterov_updates,
     orthogonalize_and_apply_,
     validate_muon_options,
 )
@@ -106,16 +112,17 @@ class KroneckerMuon(MuonBase):
 
     Args:
         params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
-        momentum: mu of the heavy-ball momentum (0.9).
+        momentum: mu of Muon's momentum (0.9).
         power_iters: power-iteration steps of the nearest-Kronecker fit per update (2).
         min_savings: matrices whose Kronecker state would be less than this many times smaller
             than dense keep dense momentum (4).
         dense: parameters (tensors) that keep dense momentum whatever their shape.
         seed: seeds the random start of the first power iteration (a generator of the
             optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
-        lr, nesterov, weight_decay, momentum_form ("standard" only), ns_steps,
+        lr, nesterov, weight_decay, momentum_form, ns_steps,
             ns_coefficients, ns_dtype, lr_scaling, ns_split (1 only), ns_gram, ns_compile,
-            ns_batch_dims (0 only), maximize, nonfinite, options: as :class:`muonkit.Muon`.
+            ns_batch_dims (0 only), maximize, mixing, nonfinite, options: as
+            :class:`muonkit.Muon`.
 
     State per matrix: ``kron_f1``, ``kron_f2`` (or ``momentum_buffer`` for dense fallbacks).
     Each param group lists the positions of its dense-momentum parameters under
@@ -144,6 +151,7 @@ class KroneckerMuon(MuonBase):
         ns_compile: bool = False,
         ns_batch_dims: int = 0,
         maximize: bool = False,
+        mixing: str = "momentum_form",
         seed: int = 0,
         options: MuonOptions | None = None,
     ):
@@ -171,10 +179,8 @@ class KroneckerMuon(MuonBase):
 
     def _validate_group(self, group: dict) -> None:
         options = validate_muon_options(group)
-        if options.momentum_form != "standard" or options.ns_split != 1 or options.ns_batch_dims:
-            raise ValueError(
-                "KroneckerMuon supports momentum_form='standard', ns_split=1 and ns_batch_dims=0"
-            )
+        if options.ns_split != 1 or options.ns_batch_dims:
+            raise ValueError("KroneckerMuon supports ns_split=1 and ns_batch_dims=0 only")
         if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
             raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
         check_seed(group["seed"])
@@ -206,14 +212,19 @@ class KroneckerMuon(MuonBase):
                 ]
 
     def _kronecker_momentum(self, group: dict, p: Tensor, g: Tensor) -> Tensor:
-        """Update p's factors from T = mu F1 (x) F2 + g; returns the dense T."""
+        """Update p's factors from the dense buffer T of the group's momentum form (module
+        docstring); returns T."""
         state = self.state[p]
         if "kron_f1" not in state:
             shape1, shape2 = kronecker_shapes(*matrix_shape(p.shape))
             state["kron_f1"] = torch.zeros(shape1, dtype=p.dtype, device=p.device)
             state["kron_f2"] = torch.zeros(shape2, dtype=p.dtype, device=p.device)
         F1, F2 = state["kron_f1"], state["kron_f2"]
-        T = g.reshape(matrix_shape(p.shape)) + group["momentum"] * torch.kron(F1, F2)
+        mu, g2 = group["momentum"], g.reshape(matrix_shape(p.shape))
+        if group["momentum_form"] == "ema":
+            T = torch.kron(F1, F2).lerp_(g2, 1.0 - mu)
+        else:
+            T = g2 + mu * torch.kron(F1, F2)
         generator = None if bool(F2.any()) else self._generator(group, p)
         new1, new2 = nearest_kronecker(T, F1, F2, group["power_iters"], generator)
         F1.copy_(new1)
@@ -222,7 +233,6 @@ class KroneckerMuon(MuonBase):
 
     def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         options = MuonOptions.from_group(group)
-        mu, nesterov = options.momentum, options.nesterov
         dense_ids = {id(group["params"][i]) for i in group["dense_momentum"]}
         dense = [i for i, p in enumerate(params) if id(p) in dense_ids]
         updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
@@ -237,7 +247,7 @@ class KroneckerMuon(MuonBase):
         for i, (p, g) in enumerate(zip(params, grads)):
             if updates[i] is None:
                 T = self._kronecker_momentum(group, p, g)
-                updates[i] = g + mu * T if nesterov else T
+                (updates[i],) = nesterov_updates([g], [T], options)
         orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
 
 

@@ -12,8 +12,17 @@ Newton-preconditioned step of that regression on each factor:
 
 With the factors spanning g, the product decays by (1 - gamma)^2 per step, so
 ``gamma = 1 - sqrt(momentum)`` gives the EMA rate of dense momentum (the paper's gamma1).
-The Muon update is then ``orth(momentum * m_B m_A + g)`` (Nesterov; ``m_B m_A`` without it),
-scaled and applied as in :mod:`muonkit.muon`. State: (out + in) * r floats per matrix.
+Square at full rank both steps are exact Newton steps and the product is exactly the EMA.
+
+The product stands for Muon's momentum buffer B of ``momentum_form``: the regression target
+is g for the EMA form and ``g / (1 - momentum)`` for the standard one (an EMA of
+``g / (1 - mu)`` at rate mu is the heavy-ball sum ``B <- mu B + g``, also while mu changes).
+The update to orthogonalize is then exactly Muon's (:func:`muonkit.muon.nesterov_updates`:
+``g + mu B`` / ``lerp(g, B, mu)`` with Nesterov, B without), so at full rank LoRA-Pre is
+dense Muon up to the compression. The paper's Algorithm 2 prints ``orth(g + mu m)`` with m
+the EMA, which weighs the gradient 1/(1 - mu) times more than Muon; that mixing is
+``mixing="gradient_heavy"`` (for ablations). Scaled and applied as in :mod:`muonkit.muon`.
+State: (out + in) * r floats per matrix.
 
 Our reading where the paper leaves room: ``lambda`` is a ridge relative to the Gram
 matrix's mean diagonal (``ridge * tr/r``, plus a tiny absolute floor), so the r x r solves stay
@@ -35,6 +44,7 @@ from ..muon import (
     MUON_DEFAULTS,
     MuonBase,
     matrix_shape,
+    nesterov_updates,
     orthogonalize_and_apply_,
     validate_muon_options,
 )
@@ -83,7 +93,7 @@ class LoRAPreMuon(MuonBase):
 
     Args:
         params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
-        momentum: beta of the EMA the factors track (0.9).
+        momentum: mu of Muon's momentum, whose buffer the factors track (0.9).
         rank: r; clamped (with a warning) to min(out, in) per matrix.
         gamma1: factor step; None gives 1 - sqrt(momentum).
         ridge: relative ridge of the r x r solves (1e-6).
@@ -91,7 +101,7 @@ class LoRAPreMuon(MuonBase):
             optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
         lr, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients, ns_dtype,
             lr_scaling, ns_split (1 only), ns_gram, ns_compile, ns_batch_dims (0 only),
-            maximize, nonfinite, options: as :class:`muonkit.Muon`.
+            maximize, mixing, nonfinite, options: as :class:`muonkit.Muon`.
 
     State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in), in the parameter's
     dtype (as Muon's momentum buffer); the factor updates and solves run in float32 (float64
@@ -120,6 +130,7 @@ class LoRAPreMuon(MuonBase):
         ns_compile: bool = False,
         ns_batch_dims: int = 0,
         maximize: bool = False,
+        mixing: str = "momentum_form",
         seed: int = 0,
         options: MuonOptions | None = None,
     ):
@@ -169,16 +180,17 @@ class LoRAPreMuon(MuonBase):
         options = MuonOptions.from_group(group)
         mu = options.momentum
         gamma = group["gamma1"] if group["gamma1"] is not None else 1.0 - mu**0.5
+        target_scale = 1.0 if options.momentum_form == "ema" else 1.0 / (1.0 - mu)
         updates = []
         for p, g in zip(params, grads):
             B, A = self._factors(group, p)
             dtype = torch.promote_types(p.dtype, torch.float32)  # solves in fp32 or better
             B32, A32 = B.to(dtype), A.to(dtype)
             g2 = g.reshape(B.shape[0], A.shape[1]).to(dtype)
-            lora_pre_update_(B32, A32, g2, gamma, group["ridge"])
+            lora_pre_update_(B32, A32, g2 * target_scale, gamma, group["ridge"])
             if B32 is not B:
                 B.copy_(B32)
                 A.copy_(A32)
-            m = B32 @ A32
-            updates.append((g2 + mu * m if options.nesterov else m).reshape(p.shape))
+            (u,) = nesterov_updates([g2], [B32 @ A32], options)
+            updates.append(u.reshape(p.shape))
         orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
