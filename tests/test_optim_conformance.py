@@ -442,13 +442,13 @@ def stepped(name, nonfinite="raise"):
 def test_copies_keep_a_working_optimizer(name, how):
     opt, (w, b, x) = stepped(name)
     if how == "deepcopy":
-        copy_opt = copy.deepcopy(opt)
-    else:  # pickle the optimizer with its parameters, as a (model, optimizer) pair
-        copy_opt = pickle.loads(pickle.dumps(opt))
+        (cw, cb), copy_opt = copy.deepcopy(([w, b], opt))
+    else:  # as a (model, optimizer) pair: the copy steps the copied model's parameters
+        (cw, cb), copy_opt = pickle.loads(pickle.dumps(([w, b], opt)))
+    assert {id(p) for g in copy_opt.param_groups for p in g["params"]} == {id(cw), id(cb)}
     assert {k for k in vars(opt) if not k.startswith("_")} == {
         k for k in vars(copy_opt) if not k.startswith("_")
     }
-    cw, cb = [p for g in copy_opt.param_groups for p in g["params"]]
     opt.step(closure_for(opt, w, b, x))
     copy_opt.step(closure_for(copy_opt, cw, cb, x))
     assert torch.equal(w, cw) and torch.equal(b, cb)  # the copy steps exactly as the original
