@@ -81,7 +81,9 @@ def build(layout: str, shapes: dict, world: int):
     if layout == "ddp":
         return model, DistributedMuon(model.parameters())
     if layout in ("fsdp2", "hsdp"):
-        mesh = init_device_mesh("cpu", (2, world // 2) if layout == "hsdp" else (world,))
+        shape, names = ((2, world // 2), ("replicate", "shard")) if layout == "hsdp" else (
+            (world,), None)  # fmt: skip
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=names)
         fully_shard(model, mesh=mesh)
         return model, Muon(model.parameters())
     plan = {n: ColwiseParallel() if n.endswith(COLWISE) else RowwiseParallel() for n in shapes}

@@ -218,6 +218,20 @@ def fsdp_tp_backward(mesh) -> dict:
     )
 
 
+def equal_meshes_one_group() -> dict:
+    """Blocks sharded on two equal but distinct DeviceMesh objects, all in one Muon group."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    net = Net()
+    meshes = [init_device_mesh("cpu", (WORLD,)) for _ in net.blocks]
+    for block, mesh in zip(net.blocks, meshes):
+        fully_shard(block, mesh=mesh)
+    run(net, Muon(net.parameters(), **MUON_OPTS), range(STEPS))
+    distinct = meshes[0] is not meshes[1] and meshes[0] == meshes[1]
+    return dict(params=full_params(net), distinct=distinct)
+
+
 def worker(rank: int, world: int, out_dir: str) -> None:
     mesh = meshes()
     res: dict = {}
@@ -232,6 +246,7 @@ def worker(rank: int, world: int, out_dir: str) -> None:
             layout_ok=layouts_hold_what_layout_says(net),
             nan_refused=nan_refused(layout, mesh, rank),
         )
+    res["two_meshes"] = equal_meshes_one_group()
     net = build("ep", mesh)  # experts alone under expert parallel: nothing to communicate
     opt = Muon([groups(net)[1]])
     run(net, opt, range(STEPS))
@@ -357,6 +372,15 @@ def test_layout_matches_single_process(results, layout):
     for res in results["ranks"]:
         assert res[layout]["layout_ok"], "local_index disagrees with DTensor's local shard"
         assert_close(res[layout]["params"], want)
+
+
+@pytest.mark.timeout(500)
+def test_equal_but_distinct_meshes_are_one_mesh(results):
+    net = Net()
+    want = reference(range(STEPS), net, Muon(net.parameters(), **MUON_OPTS))
+    for res in results["ranks"]:
+        assert res["two_meshes"]["distinct"]
+        assert_close(res["two_meshes"]["params"], want)
 
 
 @pytest.mark.timeout(500)

@@ -14,8 +14,9 @@ and derives two exchanges:
 * **scatter**: the owner sends each rank (replicas included) its elements of the result.
 
 The owner keeps its units in a compact buffer (``(owned units, u)`` per parameter), which is
-what it orthogonalizes. One ``all_to_all`` per exchange moves everything; a plan in which no
-rank sends to another (expert parallel, one process) skips the collective.
+what it orthogonalizes. One ``all_to_all`` per exchange moves everything; an exchange in
+which no rank sends to another (a replicated matrix needs no gather; expert parallel and one
+process need neither) skips its collective.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class ExchangePlan:
     batch_dims: int
     routes: list[ParamRoutes]
     owners: list[Tensor]
-    traffic: bool  # does any rank send anything to another (the same on every rank)
+    gather_traffic: bool  # does any rank send anything to another (the same on every rank)
+    scatter_traffic: bool
 
     @classmethod
     def build(
@@ -137,16 +139,22 @@ class ExchangePlan:
     ) -> ExchangePlan:
         me = comm.me()
         routes = [param_routes(h, o, batch_dims, me) for h, o in zip(holdings, owners)]
-        traffic = any(  # a rank holds an element of a unit it does not own
-            bool((o[i // math.prod(h.shape[batch_dims:])] != r).any())
-            for h, o in zip(holdings, owners)
-            for r, i in enumerate(h.index)
-        )
-        return cls(comm, me, [h.shape for h in holdings], batch_dims, routes, owners, traffic)
+        gather = scatter = False
+        for h, o in zip(holdings, owners):
+            unit_numel = math.prod(h.shape[batch_dims:])
+            held = torch.stack([torch.bincount(i // unit_numel, minlength=len(o)) for i in h.index])
+            gather |= bool((held[o, torch.arange(len(o))] < unit_numel).any())  # owner lacks part
+            scatter |= any(bool((o[i // unit_numel] != r).any()) for r, i in enumerate(h.index))
+        shapes = [h.shape for h in holdings]
+        return cls(comm, me, shapes, batch_dims, routes, owners, gather, scatter)
 
-    def exchange(self, pieces: list[list[Tensor]], recv_numel: list[int], stats: CommStats):
-        """Send the flat tensors ``pieces[d]`` to rank d; returns the flat piece from each."""
-        if not self.traffic:
+    def exchange(
+        self, pieces: list[list[Tensor]], recv_numel: list[int], stats: CommStats, traffic: bool
+    ) -> list[Tensor | None]:
+        """Send the flat tensors ``pieces[d]`` to rank d; returns the flat piece from each (one
+        ``all_to_all``; only the local piece, without a collective, when ``traffic`` is False
+        on every rank)."""
+        if not traffic:
             return [torch.cat(p) if s == self.me else None for s, p in enumerate(pieces)]
         send_splits = [sum(t.numel() for t in p) for p in pieces]
         send = torch.cat([t for p in pieces for t in p])
@@ -165,7 +173,7 @@ class ExchangePlan:
         pieces = [[u.reshape(-1)[r.send_gather[d]] for u, r in zip(updates, self.routes)]
                   for d in range(world)]  # fmt: skip
         recv = [sum(len(r.recv_gather[s]) for r in self.routes) for s in range(world)]
-        got = self.exchange(pieces, recv, stats)
+        got = self.exchange(pieces, recv, stats, self.gather_traffic)
         whole = [updates[0].new_empty(r.owned * r.unit_numel) for r in self.routes]
         for s, flat in enumerate(got):
             if flat is None:
@@ -188,7 +196,7 @@ class ExchangePlan:
         pieces = [[o.reshape(-1)[r.send_result[d]] for o, r in zip(results, self.routes)]
                   for d in range(world)]  # fmt: skip
         recv = [sum(len(r.recv_result[s]) for r in self.routes) for s in range(world)]
-        got = self.exchange(pieces, recv, stats)
+        got = self.exchange(pieces, recv, stats, self.scatter_traffic)
         final = [torch.empty_like(t) for t in like]
         for s, flat in enumerate(got):
             if flat is None:
