@@ -5,7 +5,7 @@ meshes (``parallelize(..., "fsdp2")``, no ``mesh=``), HSDP 2x2, tensor parallel 
 mesh, FSDP x TP 2x2 (hand-placed, and ColwiseParallel/RowwiseParallel + fully_shard with a real
 backward), expert parallel; each with uneven and empty shards and an ``(E, out, in)`` expert
 stack (``ns_batch_dims=1``). It also runs every Muon option through ``DistributedMuon`` and the
-FSDP2 path (issue 16), and DCP checkpoints saved on one layout and loaded on the others. The
+FSDP2 path (issue 16), and DCP checkpoints saved on each layout and loaded on others. The
 ranks write what they end with; the tests compare it with single-process runs made here.
 """
 
@@ -34,6 +34,8 @@ MUON_OPTS = dict(lr=0.05, momentum=0.9, weight_decay=0.1)
 STEPS, K = 3, 2
 LAYOUTS = ("fsdp_default", "hsdp", "tp", "fsdp_tp", "ep")
 TP_COMM = {"tp": 2}  # layouts whose Muon groups communicate over fewer ranks (the TP pair)
+# DCP: HSDP's checkpoint resumes on every layout, and every layout's on the next one
+RESUMES = sorted({("hsdp", x) for x in LAYOUTS} | set(zip(LAYOUTS, LAYOUTS[1:] + LAYOUTS[:1])))
 
 
 class Holder(nn.Module):
@@ -253,17 +255,18 @@ def worker(rank: int, world: int, out_dir: str) -> None:
     res["ep_experts_comm"] = dict(opt.comm_stats)
     res["fsdp_tp_backward"] = fsdp_tp_backward(mesh)
 
-    ckpt = os.path.join(out_dir, "ckpt_hsdp")  # DCP: save on HSDP, resume on every layout
-    net = build("hsdp", mesh)
-    opt = Muon(groups(net))
-    run(net, opt, range(K))
-    save_checkpoint(ckpt, net, opt, extra={"step": K})
-    for layout in LAYOUTS:
+    for layout in LAYOUTS:  # DCP: every layout saves at step K
         net = build(layout, mesh)
         opt = Muon(groups(net))
-        step = load_checkpoint(ckpt, net, opt, extra={"step": -1})["step"]
+        run(net, opt, range(K))
+        save_checkpoint(os.path.join(out_dir, f"ckpt_{layout}"), net, opt, extra={"step": K})
+    for saved, layout in RESUMES:
+        net = build(layout, mesh)
+        opt = Muon(groups(net))
+        path = os.path.join(out_dir, f"ckpt_{saved}")
+        step = load_checkpoint(path, net, opt, extra={"step": -1})["step"]
         run(net, opt, range(step, 2 * K))
-        res[f"resumed_{layout}"] = full_params(net)
+        res[f"resumed_{layout}_from_{saved}"] = full_params(net)
 
     res["options"] = options_worker(mesh)
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -348,7 +351,7 @@ def results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("layouts")
     spawn(worker, WORLD, args=(str(out_dir),), timeout_s=400)
     ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    return {"ranks": ranks, "ckpt": out_dir / "ckpt_hsdp"}
+    return {"ranks": ranks, "dir": out_dir}
 
 
 def reference(steps: range, net: nn.Module | None = None, opt=None) -> dict:
@@ -423,19 +426,21 @@ def test_fsdp_tp_real_backward_matches_single_process(results):
 
 
 @pytest.mark.timeout(500)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_dcp_from_hsdp_resumes_on_every_layout(results, layout):
+@pytest.mark.parametrize("saved,layout", RESUMES)
+def test_dcp_saved_on_one_layout_resumes_on_another(results, saved, layout):
     want = reference(range(2 * K))
     for res in results["ranks"]:
-        assert_close(res[f"resumed_{layout}"], want)
+        assert_close(res[f"resumed_{layout}_from_{saved}"], want)
 
 
 @pytest.mark.timeout(500)
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process
-def test_dcp_from_hsdp_resumes_in_one_process(results):
+@pytest.mark.parametrize("saved", LAYOUTS)
+def test_dcp_saved_on_any_layout_resumes_in_one_process(results, saved):
     net = Net()
     opt = Muon(groups(net))
-    step = load_checkpoint(str(results["ckpt"]), net, opt, extra={"step": -1})["step"]
+    path = results["dir"] / f"ckpt_{saved}"
+    step = load_checkpoint(str(path), net, opt, extra={"step": -1})["step"]
     assert step == K
     assert_close(reference(range(K, 2 * K), net, opt), reference(range(2 * K)))
 
