@@ -90,6 +90,13 @@ def check_one_dtype(params: Sequence[Tensor]) -> None:
         )
 
 
+def flag_device() -> torch.device:
+    """Where a small tensor for a collective must live: the current CUDA device under NCCL."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 class ShardedStep(LocalStep):
     """The Muon group step across ranks (see the module docstring).
 
@@ -123,7 +130,7 @@ class ShardedStep(LocalStep):
         tensors = [local(t) for t in tensors]
         ok = all_finite(tensors)
         if dist.is_initialized() and dist.get_world_size() > 1:
-            device = tensors[0].device if tensors else torch.device("cpu")
+            device = tensors[0].device if tensors else flag_device()
             flag = torch.tensor(int(ok), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             ok = bool(flag.item())
