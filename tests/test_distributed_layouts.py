@@ -511,3 +511,10 @@ def test_hybrid_param_groups_put_experts_in_a_batched_group(experts):
     assert by_role["muon"]["ns_batch_dims"] == 0
     if extra:
         assert by_role["muon_experts"]["momentum"] == by_role["muon"]["momentum"] == 0.8
+
+
+def test_replicate_without_hsdp_is_a_clear_error():
+    from muonkit.distributed.parallel import parallelize
+
+    with pytest.raises(ValueError, match="applies to --parallel hsdp"):
+        parallelize(nn.Linear(2, 2), "fsdp2", torch.device("cpu"), replicate=2)

@@ -51,6 +51,8 @@ def parallelize(
 ) -> nn.Module:
     """The model to train under ``mode`` (build the optimizer from the result for fsdp2 and
     hsdp; ``replicate``: the number of HSDP replica groups)."""
+    if replicate != 1 and mode != "hsdp":
+        raise ValueError(f"--replicate {replicate} applies to --parallel hsdp, not {mode!r}")
     check_mode(mode)
     model.to(device)
     if mode == "ddp":
