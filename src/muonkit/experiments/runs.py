@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import json
 import math
 import multiprocessing
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from ..report.metrics import load_run
 from ..train.loop import CHECKPOINT, METRICS
 
 ERROR_FILE = "error.txt"
+SESSIONS = "sessions.jsonl"  # one line per process that worked on the run: CPU and wall time
 DIVERGED = "FloatingPointError"
 
 
@@ -88,15 +91,32 @@ def final_val_loss(out_dir: Path) -> float:
     return float(run.val[-1]["val_loss"]) if run.val else math.inf
 
 
-def _train_in_child(spec: RunSpec) -> None:
+def train_spec(spec: RunSpec) -> None:
+    """Train ``spec`` in this process at its thread count; append this session's CPU and
+    wall time to the run's ``sessions.jsonl``; a failure's traceback goes to ``error.txt``."""
     from ..train.gpt import train_gpt
     from .rms import RMSMonitor
 
+    wall, cpu = time.perf_counter(), time.process_time()
+    status = "failed"
     try:
         torch.set_num_threads(spec.threads)
         train_gpt(**spec.kwargs, monitor=RMSMonitor if spec.log_rms else None)
+        status = "finished"
     except BaseException:
         (spec.out_dir / ERROR_FILE).write_text(traceback.format_exc())
+        raise
+    finally:
+        with (spec.out_dir / SESSIONS).open("a") as f:
+            f.write(json.dumps({"status": status, "threads": spec.threads,
+                                "cpu_s": time.process_time() - cpu,
+                                "wall_s": time.perf_counter() - wall}) + "\n")
+
+
+def _train_in_child(spec: RunSpec) -> None:
+    try:
+        train_spec(spec)
+    except BaseException:
         raise SystemExit(1) from None
 
 
@@ -114,22 +134,32 @@ def _progress_lines(path: Path, seen: int, spec: RunSpec, log: Callable[[str], N
     return max(seen, len(vals))
 
 
+def _prepare(spec: RunSpec, log: Callable[[str], None]) -> tuple[RunSpec, str]:
+    """The spec to run now (resume set from :func:`run_status`) and the status."""
+    out = spec.out_dir
+    status = run_status(out, spec.steps)
+    if status in ("finished", "diverged"):
+        return spec, status
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ERROR_FILE).unlink(missing_ok=True)
+    cfg = dataclasses.replace(spec.kwargs["train_config"], resume=status == "resumable",
+                              overwrite=status == "new", progress=False)
+    if status == "resumable":
+        log(f"[{spec.label}] resuming from {out / CHECKPOINT}")
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, "train_config": cfg}), status
+
+
+def _outcome(out: Path, status: str) -> float:
+    return math.inf if status == "diverged" else final_val_loss(out)
+
+
 def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: float = 2.0) -> float:
     """Run ``spec`` in a spawned process (resuming or skipping as :func:`run_status` says);
     returns its final val loss (``inf`` if it diverged)."""
     out = spec.out_dir
-    status = run_status(out, spec.steps)
+    spec, status = _prepare(spec, log)
     if status in ("finished", "diverged"):
-        return final_val_loss(out) if status == "finished" else math.inf
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ERROR_FILE).unlink(missing_ok=True)
-    cfg = spec.kwargs["train_config"]
-    spec = dataclasses.replace(
-        spec, kwargs={**spec.kwargs, "train_config": dataclasses.replace(
-            cfg, resume=status == "resumable", overwrite=status == "new", progress=False)}
-    )
-    if status == "resumable":
-        log(f"[{spec.label}] resuming from {out / CHECKPOINT}")
+        return _outcome(out, status)
     child = multiprocessing.get_context("spawn").Process(target=_train_in_child, args=(spec,))
     child.start()
     seen = 0 if status == "new" else len(load_run(out / METRICS).val)
@@ -143,6 +173,21 @@ def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: floa
             log(f"[{spec.label}] diverged (non-finite loss)")
             return math.inf
         raise RuntimeError(f"training run {out} failed:\n{detail}")
+    return final_val_loss(out)
+
+
+def run_in_process(spec: RunSpec, log: Callable[[str], None] = print) -> float:
+    """:func:`run_isolated` without the child process (tests, debugging); a diverged run
+    returns ``inf``."""
+    out = spec.out_dir
+    spec, status = _prepare(spec, log)
+    if status in ("finished", "diverged"):
+        return _outcome(out, status)
+    try:
+        train_spec(spec)
+    except FloatingPointError:
+        return math.inf
+    _progress_lines(out / METRICS, 0, spec, log)
     return final_val_loss(out)
 
 

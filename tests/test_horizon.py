@@ -1,0 +1,88 @@
+"""A tiny `muonkit horizon` study, in process (the study itself is never a test)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from muonkit.cli import main
+from muonkit.experiments import horizon
+from muonkit.experiments.horizon import HorizonConfig, Study, prepare_out
+from muonkit.experiments.runs import run_in_process
+from muonkit.experiments.sweep import factor_grid
+from muonkit.report.horizon import build_horizon_report
+from muonkit.report.metrics import load_run, read_jsonl
+
+
+def sessions(out):
+    return sum(len(read_jsonl(p)) for p in out.rglob("sessions.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("horizon")
+    cfg = HorizonConfig(out=str(out), horizons=[4, 8], seeds=[0, 1],
+                        contenders=["adamw", "muon", "muon-seed"], batch_size=2, block_size=8,
+                        eval_batches=1, evals_per_run=2, model_overrides={"n_layer": 1},
+                        grid_points=2, sweep_extend=0)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(horizon, "run_isolated", run_in_process)
+    prepare_out(cfg, "muonkit horizon (test)")
+    Study(cfg, log=lambda _: None).run_all()
+    yield out, cfg
+    mp.undo()
+
+
+def test_each_horizon_is_tuned_around_the_last_and_has_its_own_schedule(study_dir):
+    out, cfg = study_dir
+    sweeps = json.loads((out / "sweeps.json").read_text())
+    for name in ("adamw", "muon"):
+        assert sweeps["8"][name]["initial"] == factor_grid(sweeps["4"][name]["best"], 2)
+    for h in (4, 8):
+        best = sweeps[str(h)]["adamw"]["best"]
+        assert sweeps[str(h)]["muon"]["aux_lr"] == best
+        muon = load_run(out / f"h{h}" / "muon" / f"lr{sweeps[str(h)]['muon']['best']:g}-s1"
+                        / "metrics.jsonl")
+        assert muon.config["config"]["optimizer_options"]["lr"] == best  # aux = AdamW's LR
+        assert muon.config["config"]["steps"] == h
+        adamw = load_run(out / f"h{h}" / "adamw" / f"lr{best:g}-s0" / "metrics.jsonl")
+        assert adamw.train[-1]["lr"] == pytest.approx(best * (0.1 + 0.9 * 0.5 * (
+            1 + np.cos(np.pi * (h - 1 - 0) / (h - 0)))), rel=0.05)  # cosine ends near 0.1x
+    # seed 0 at the chosen LR is the sweep's run: each tuned cell has grid + 1 seed dirs
+    assert len(list((out / "h8" / "adamw").iterdir())) == 2 + 1
+    assert [p.name for p in (out / "h8" / "muon-seed").iterdir()] != []
+    rms = [r for r in read_jsonl(out / "h8" / "muon-seed" / "lr0.02-s1" / "metrics.jsonl")
+           if r["kind"] == "rms"]
+    assert [r["step"] for r in rms] == [0, 4, 8] and rms[-1]["weight_rms"] > 0
+
+
+def test_rerun_skips_finished_runs_and_refuses_other_settings(study_dir, monkeypatch):
+    out, cfg = study_dir
+    monkeypatch.setattr(horizon, "run_isolated", run_in_process)
+    before = sessions(out)
+    Study(cfg, log=lambda _: None).run_all()
+    assert sessions(out) == before
+    other = HorizonConfig(**{**cfg.__dict__, "horizons": [4, 16]})
+    with pytest.raises(ValueError, match="horizons"):
+        prepare_out(other, "x")
+
+
+def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
+    out, _ = study_dir
+    build_horizon_report(out)
+    text = (out / "report.md").read_text()
+    sweeps = json.loads((out / "sweeps.json").read_text())
+    lr = sweeps["8"]["adamw"]["best"]
+    finals = [load_run(out / "h8" / "adamw" / f"lr{lr:g}-s{s}" / "metrics.jsonl").val[-1][
+        "val_loss"] for s in (0, 1)]
+    assert f"{np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f} (lr {lr:g})" in text
+    assert "Status: complete" in text and "muonkit horizon (test)" in text
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    shutil.rmtree(partial / "h8" / "muon-seed" / "lr0.02-s1")
+    assert main(["horizon", "--out", str(partial), "--report-only", "--horizons", "4", "8",
+                 "--contenders", "adamw", "muon", "muon-seed"]) == 2  # other settings
+    build_horizon_report(partial)
+    text = (partial / "report.md").read_text()
+    assert "**unfinished**: 5 of 6" in text and "| muon-seed | " in text
