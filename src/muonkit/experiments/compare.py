@@ -216,7 +216,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
     for name, loss in zip(names, run_concurrently(calls), strict=True):
         log(f"{name}: final val loss {loss:.4f}")
     settings = {
-        "command": "muonkit " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "",
+        "command": "muonkit " + shlex.join(getattr(gpt, "argv", sys.argv[1:])),
         "chosen_lr": {k: chosen[k]["muon_lr" if k == "muon" else "lr"] for k in cfg.optimizers},
         "chosen": {k: chosen[k] for k in cfg.optimizers},
         "sweeps": sweeps,

@@ -250,7 +250,7 @@ def _command(args) -> int:
 
     try:
         cfg = config_from_args(args)
-        out = prepare_out(cfg, "muonkit " + shlex.join(sys.argv[1:]))
+        out = prepare_out(cfg, "muonkit " + shlex.join(getattr(args, "argv", sys.argv[1:])))
     except ValueError as e:
         print(f"muonkit horizon: error: {e}", file=sys.stderr)
         return 2
