@@ -23,7 +23,7 @@ def sessions(out):
 def study_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("horizon")
     cfg = HorizonConfig(out=str(out), horizons=[4, 8], seeds=[0, 1],
-                        contenders=["adamw", "muon", "muon-seed"], batch_size=2, block_size=8,
+                        contenders=["adamw", "normuon", "muon-seed"], batch_size=2, block_size=8,
                         eval_batches=1, evals_per_run=2, model_overrides={"n_layer": 1},
                         grid_points=2, sweep_extend=0)
     mp = pytest.MonkeyPatch()
@@ -37,13 +37,14 @@ def study_dir(tmp_path_factory):
 def test_each_horizon_is_tuned_around_the_last_and_has_its_own_schedule(study_dir):
     out, cfg = study_dir
     sweeps = json.loads((out / "sweeps.json").read_text())
-    for name in ("adamw", "muon"):
+    for name in ("adamw", "normuon"):
         assert sweeps["8"][name]["initial"] == factor_grid(sweeps["4"][name]["best"], 2)
     for h in (4, 8):
         best = sweeps[str(h)]["adamw"]["best"]
-        assert sweeps[str(h)]["muon"]["aux_lr"] == best
-        muon = load_run(out / f"h{h}" / "muon" / f"lr{sweeps[str(h)]['muon']['best']:g}-s1"
-                        / "metrics.jsonl")
+        assert sweeps[str(h)]["normuon"]["aux_lr"] == best
+        muon = load_run(out / f"h{h}" / "normuon"
+                        / f"lr{sweeps[str(h)]['normuon']['best']:g}-s1" / "metrics.jsonl")
+        assert muon.optimizer == "normuon" and muon.val[-1]["val_loss"] < muon.val[0]["val_loss"]
         assert muon.config["config"]["optimizer_options"]["lr"] == best  # aux = AdamW's LR
         assert muon.config["config"]["steps"] == h
         adamw = load_run(out / f"h{h}" / "adamw" / f"lr{best:g}-s0" / "metrics.jsonl")
@@ -82,7 +83,7 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     shutil.copytree(out, partial)
     shutil.rmtree(partial / "h8" / "muon-seed" / "lr0.02-s1")
     assert main(["horizon", "--out", str(partial), "--report-only", "--horizons", "4", "8",
-                 "--contenders", "adamw", "muon", "muon-seed"]) == 2  # other settings
+                 "--contenders", "adamw", "normuon", "muon-seed"]) == 2  # other settings
     build_horizon_report(partial)
     text = (partial / "report.md").read_text()
     assert "**unfinished**: 5 of 6" in text and "| muon-seed | " in text

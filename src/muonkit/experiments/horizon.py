@@ -64,6 +64,8 @@ CONTENDERS = {
     "muon-moonlight": Contender(
         "muon", "shared", 8e-3, {"lr_scaling": "moonlight", "muon_weight_decay": 0.1},
         aux="shared", about="Muon with lr_scaling='moonlight' sharing AdamW's LR, wd 0.1"),
+    "normuon": Contender("normuon", "muon_lr", 0.02, {"muon_weight_decay": 0.1},
+                         about="NorMuon hybrid (Li et al. 2025), decoupled wd 0.1 x lr"),
     "muon-seed": Contender(
         "muon", "muon_lr", None, {"muon_lr": 0.02, "momentum": 0.95, "muon_weight_decay": 0.0},
         aux=3e-4, about="the seed study's Muon: lr 0.02, momentum 0.95, aux AdamW 3e-4, no wd"),

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..hybrid import MuonWithAuxAdam, classify_params, hybrid_param_groups
 
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon", "normuon")
 
 
 @dataclass
@@ -257,7 +257,8 @@ class GPT(nn.Module):
         fused: bool | None = None,
         **muon_options,
     ) -> torch.optim.Optimizer:
-        """AdamW (``kind="adamw"``) or the Muon hybrid (``kind="muon"``).
+        """AdamW (``kind="adamw"``), the Muon hybrid (``kind="muon"``) or the same hybrid with
+        NorMuon on the hidden matrices (``kind="normuon"``, :mod:`muonkit.variants.normuon`).
 
         AdamW follows nanoGPT's ``configure_optimizers``: lr 6e-4, betas (0.9, 0.95), weight
         decay 0.1 on every parameter with 2+ dims (matmul weights and embeddings), none on
@@ -301,6 +302,10 @@ class GPT(nn.Module):
         )
         if qkv_split:
             groups = split_qkv_group(self, groups)
+        if kind == "normuon":
+            from ..variants.normuon import NorMuonWithAuxAdam
+
+            return NorMuonWithAuxAdam(groups)
         return MuonWithAuxAdam(groups)
 
     def param_roles(self) -> dict[str, str]:

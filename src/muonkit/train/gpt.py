@@ -114,7 +114,7 @@ class GPTRunConfig:
     def optimizer_options(self, optimizer: str) -> dict:
         """Keyword arguments of ``GPT.configure_optimizers`` for ``optimizer``."""
         opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
-        if optimizer == "muon":
+        if optimizer != "adamw":  # the hybrids: muon, normuon
             opts.update(
                 muon_lr=self.muon_lr,
                 momentum=self.muon_momentum,
@@ -134,7 +134,7 @@ class GPTRunConfig:
             warmup_steps=self.warmup,
             decay=self.decay,
             min_lr_ratio=self.min_lr_ratio,
-            momentum_warmup_steps=self.momentum_warmup if optimizer == "muon" else 0,
+            momentum_warmup_steps=self.momentum_warmup if optimizer != "adamw" else 0,
             momentum_end=self.muon_momentum,
             grad_clip=self.grad_clip,
             eval_every=self.eval_every,

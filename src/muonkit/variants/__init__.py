@@ -3,6 +3,8 @@
 * :class:`LoRAPreMuon`: low-rank factors m_B (out x r), m_A (r x in) of the momentum.
 * :class:`KroneckerMuon`: a Kronecker product of two small factors.
 * :class:`HybridKroneckerMuon`: Kronecker momentum on hidden layers, dense on the output layer.
+* :class:`NorMuon` / :class:`NorMuonWithAuxAdam`: not a memory saver but a Muon variant (Li et
+  al. 2025): per-row second-moment normalization after Newton-Schulz (one extra vector).
 
 All orthogonalize the full (reconstructed) update with Muon's Newton-Schulz and share Muon's
 validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon.MuonBase`).
@@ -10,11 +12,14 @@ validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon
 
 from .kronecker import HybridKroneckerMuon, KroneckerMuon, kronecker_shapes, nearest_kronecker
 from .lowrank import LoRAPreMuon
+from .normuon import NorMuon, NorMuonWithAuxAdam
 
 __all__ = [
     "HybridKroneckerMuon",
     "KroneckerMuon",
     "LoRAPreMuon",
+    "NorMuon",
+    "NorMuonWithAuxAdam",
     "kronecker_shapes",
     "nearest_kronecker",
 ]

@@ -1,0 +1,164 @@
+"""NorMuon: Muon with neuron-wise (per-row) normalization of the orthogonalized update.
+
+Li, Liu, Wang, Zhao, Wang & Chen, "NorMuon: Making Muon more efficient and scalable"
+(arXiv:2510.05491, ICLR 2026), Algorithm 1, and the authors' reference ``normuon.py``. For each
+matrix W (out x in) with gradient G, after Muon's momentum and Newton-Schulz step O:
+
+    v <- beta2 v + (1 - beta2) mean_j(O_ij^2)        (one second moment per row / neuron)
+    N <- O / (sqrt(v) + eps)                        (rows divided by their RMS estimate)
+    N <- N * ||O||_F / ||N||_F                      (back to O's norm: Muon's LR carries over)
+    W <- W * (1 - lr * weight_decay) - lr * lr_scale(shape) * N
+
+Orthogonalization equalizes singular values but leaves rows (neurons) with very different
+update sizes; the per-row second moment evens them out, as Adam does per coordinate, at the
+cost of one ``out``-vector per matrix (kept in fp32). The rescale to ``||O||_F`` follows the
+reference code, so every LR rule of :mod:`muonkit.scaling` means what it means for Muon; the
+paper's own scaling, ``0.2 sqrt(out * in) / ||N||_F``, is ``lr_scaling="moonlight"`` with an
+exact polar factor (``ns_coefficients="svd"``), which the tests check. With ``ns_split`` the
+rescale is per row block (each block was orthogonalized on its own).
+
+Everything else (momentum forms, Nesterov, Newton-Schulz options, LR rules, decoupled weight
+decay, the NaN/inf policy, ``state_dict``) is :class:`muonkit.Muon`'s. The distributed
+(DTensor / FSDP2) path is not implemented: the row statistics would shard with ``Shard(0)``
+rows, but the owner-rank engine of :mod:`muonkit.distributed` has no hook for a per-row step
+yet, so NorMuon refuses DTensor parameters with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..hybrid import MuonWithAuxAdam
+from ..muon import (
+    MUON_DEFAULTS,
+    MuonBase,
+    any_dtensor,
+    matrix_shape,
+    momentum_update_,
+    orthogonalize_and_apply_,
+    orthogonalize_updates,
+    validate_muon_options,
+)
+from ..options import MuonOptions, options_from_call
+
+NORMUON_DEFAULTS = {"beta2": 0.95, "eps": 1e-8}
+STATE_KEY = "row_second_moment"
+
+
+def neuron_normalize(orth: Tensor, v: Tensor, beta2: float, eps: float, split: int = 1) -> Tensor:
+    """NorMuon's step on one orthogonalized update ``orth``: update the per-row second moment
+    ``v`` (shape (out,), in place) and return the row-normalized update, rescaled per row
+    block to the Frobenius norm ``orth`` had."""
+    out_dim, in_dim = matrix_shape(orth.shape)
+    o = orth.reshape(out_dim, in_dim).float()
+    v.lerp_(o.square().mean(dim=1), 1.0 - beta2)
+    n = o / (v.sqrt() + eps).unsqueeze(1)
+    o_blocks, n_blocks = o.reshape(split, -1, in_dim), n.reshape(split, -1, in_dim)
+    norm_o = torch.linalg.vector_norm(o_blocks, dim=(1, 2), keepdim=True)
+    norm_n = torch.linalg.vector_norm(n_blocks, dim=(1, 2), keepdim=True)
+    return (n_blocks * (norm_o / (norm_n + eps))).reshape(orth.shape).to(orth.dtype)
+
+
+def check_normuon_group(group: dict) -> None:
+    if MuonOptions.from_group(group).ns_batch_dims:
+        raise ValueError("NorMuon supports ns_batch_dims=0 only (no stacked experts yet)")
+    if not 0.0 <= group["beta2"] < 1.0:
+        raise ValueError(f"beta2 must be in [0, 1), got {group['beta2']}")
+    if not group["eps"] > 0:
+        raise ValueError(f"eps must be > 0, got {group['eps']}")
+    if any_dtensor(group["params"]):
+        raise ValueError(
+            "NorMuon has no distributed (DTensor/FSDP2) path yet; use muonkit.Muon there, or "
+            "NorMuon with DDP-replicated (plain) parameters"
+        )
+
+
+def normuon_group_step(opt: MuonBase, group: dict, params: list[Tensor], grads: list[Tensor]):
+    """Momentum, Newton-Schulz, per-row normalization, weight decay and the scaled step for
+    one param group of ``opt`` (its state gets ``momentum_buffer`` and the row moment)."""
+    options = MuonOptions.from_group(group)
+    updates = momentum_update_(opt._momentum_buffers(params), grads, options)
+    moments = []
+    for p in params:
+        state = opt.state[p]
+        if STATE_KEY not in state:
+            state[STATE_KEY] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+        moments.append(state[STATE_KEY])
+
+    def orthogonalize_and_normalize(us, opts):
+        return [neuron_normalize(o, v, group["beta2"], group["eps"], opts.ns_split)
+                for o, v in zip(orthogonalize_updates(us, opts), moments)]
+
+    orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options,
+                             orthogonalize=orthogonalize_and_normalize)
+
+
+class NorMuon(MuonBase):
+    """NorMuon for matrix parameters (see the module docstring).
+
+    Args:
+        params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
+        beta2: EMA rate of the per-row second moment (0.95, the paper's default).
+        eps: added to the row RMS and to the norm of the rescale (1e-8).
+        lr, momentum, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients,
+            ns_dtype, lr_scaling, ns_split, ns_gram, ns_compile, nonfinite, options: as
+            :class:`muonkit.Muon` (``ns_batch_dims`` 0 only).
+
+    State per matrix: ``momentum_buffer`` (as Muon) and ``row_second_moment`` (out floats,
+    fp32).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        beta2: float = 0.95,
+        eps: float = 1e-8,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        momentum_form: str = "standard",
+        ns_steps: int = 5,
+        ns_coefficients: str | Sequence = "jordan",
+        ns_dtype: torch.dtype | None = None,
+        lr_scaling: str | Callable = "keller",
+        ns_split: int = 1,
+        ns_gram: bool | None = None,
+        ns_compile: bool = False,
+        ns_batch_dims: int = 0,
+        nonfinite: str = "raise",
+        *,
+        options: MuonOptions | None = None,
+    ):
+        chosen = options_from_call(NorMuon.__init__, locals(), options)
+        defaults = dict(MUON_DEFAULTS, lr=lr, beta2=beta2, eps=eps, **chosen.as_dict())
+        super().__init__(params, defaults, nonfinite=nonfinite)
+
+    def _validate_group(self, group: dict) -> None:
+        validate_muon_options(group)
+        check_normuon_group(group)
+
+    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        normuon_group_step(self, group, params, grads)
+
+
+class NorMuonWithAuxAdam(MuonWithAuxAdam):
+    """The hybrid with NorMuon on its ``use_muon`` groups (which also take ``beta2`` and
+    ``eps``, defaults 0.95 and 1e-8) and AdamW on the others; build the groups with
+    :func:`muonkit.hybrid_param_groups`."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        if param_group.get("use_muon"):
+            param_group = {**NORMUON_DEFAULTS, **param_group}
+        super().add_param_group(param_group)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        if group["use_muon"]:
+            check_normuon_group(group)
+
+    def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        normuon_group_step(self, group, params, grads)
