@@ -250,14 +250,17 @@ def config_from_args(args) -> HorizonConfig:
 def _command(args) -> int:
     from ..report.horizon import build_horizon_report
 
+    if args.report_only:  # no settings to check, nothing appended to commands.txt
+        paths = build_horizon_report(args.out)
+        print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+        return 0
     try:
         cfg = config_from_args(args)
         out = prepare_out(cfg, "muonkit " + shlex.join(getattr(args, "argv", sys.argv[1:])))
     except ValueError as e:
         print(f"muonkit horizon: error: {e}", file=sys.stderr)
         return 2
-    if not args.report_only:
-        Study(cfg).run_all()
+    Study(cfg).run_all()
     paths = build_horizon_report(out)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0
@@ -288,5 +291,6 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=d.device)
     p.add_argument("--jobs", type=int, default=d.jobs, help="runs at once")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per run")
-    p.add_argument("--report-only", action="store_true", help="only redraw the report")
+    p.add_argument("--report-only", action="store_true",
+                   help="only redraw the report of --out (other flags are ignored)")
     p.set_defaults(func=_command)
