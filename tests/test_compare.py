@@ -1,6 +1,7 @@
 """A tiny end-to-end `muonkit compare`: real training runs, report numbers equal the JSONL."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,35 @@ def test_isolated_run_progress_skip_and_resume(tmp_path):
     rms = [r for r in rms if r["kind"] == "rms"]
     assert [r["step"] for r in rms] == [0, 2, 4] and rms[-1]["update_rms"] > 0
     assert dataclasses.asdict(part.kwargs["train_config"])["steps"] == 4
+
+
+def test_sweep_full_topk_reruns_the_best_at_full_length_and_chooses_among_them(
+    tmp_path, monkeypatch
+):
+    """Short runs favour lr 0.04, full-length runs 0.02: with --sweep-full-topk 2 the choice
+    is made at full length, and that run becomes seed 0's compared run."""
+    from types import SimpleNamespace
+
+    from muonkit.cli import build_parser
+    from muonkit.experiments import compare
+
+    def fake_train_gpt(**kwargs):
+        cfg = kwargs["train_config"]
+        best = 0.04 if cfg.steps < 800 else 0.02
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out_dir) / "marker").write_text(str(cfg.steps))
+        lr = kwargs["optimizer_options"]["muon_lr"]
+        return SimpleNamespace(final_val_loss=float(np.log2(lr / best) ** 2))
+
+    monkeypatch.setattr(compare, "train_gpt", fake_train_gpt)
+    args = build_parser().parse_args([
+        "compare", "--optimizers", "muon", "--muon-lrs", "0.01", "0.02", "0.04", "0.08",
+        "--lr-sweep", "--sweep-full-topk", "2", "--no-isolate", "--steps", "800",
+        "--out", str(tmp_path),
+    ])
+    exp = compare.Experiment(compare.config_from_args(args), log=lambda _: None)
+    chosen, record = compare.tune(exp)
+    assert chosen["muon"]["muon_lr"] == 0.02
+    assert [r["name"] for r in record["muon_full"]] == ["muon-lr0.04-aux0.0006",
+                                                        "muon-lr0.02-aux0.0006"]
+    assert (tmp_path / "runs" / "muon-s0" / "marker").read_text() == "800"
