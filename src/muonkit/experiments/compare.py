@@ -48,7 +48,7 @@ class CompareConfig:
     gpt: argparse.Namespace
     out: str = "runs/compare"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
+    optimizers: list[str] = field(default_factory=lambda: ["adamw", "muon"])
     lr_sweep: bool = False
     sweep_steps: int | None = None
     adamw_lrs: list[float] = field(default_factory=lambda: [2.5e-3, 5e-3, 1e-2])
@@ -89,7 +89,8 @@ class Experiment:
             aux_lr: float, priority: tuple = (0,), **changes) -> float:
         """One run; its final val loss (``inf`` if it diverged)."""
         gpt = argparse.Namespace(**vars(self.cfg.gpt))
-        gpt.lr, gpt.muon_lr = (aux_lr, muon_lr) if optimizer == "muon" else (lr, gpt.muon_lr)
+        hybrid = optimizer != "adamw"
+        gpt.lr, gpt.muon_lr = (aux_lr, muon_lr) if hybrid else (lr, gpt.muon_lr)
         train_cfg = train_config_from(gpt, optimizer, str(out_dir), seed, progress=False,
                                       **changes)
         kwargs = train_gpt_kwargs(gpt, optimizer, train_cfg)
@@ -126,7 +127,7 @@ def _sweep_one(exp: Experiment, optimizer: str, base: dict, param: str, grid, st
 def _trial_name(optimizer: str, lrs: dict) -> str:
     if optimizer == "adamw":
         return f"adamw-lr{lrs['lr']:g}"
-    return f"muon-lr{lrs['muon_lr']:g}-aux{lrs['aux_lr']:g}"
+    return f"{optimizer}-lr{lrs['muon_lr']:g}-aux{lrs['aux_lr']:g}"
 
 
 def tune(exp: Experiment) -> tuple[dict, dict]:
@@ -139,7 +140,7 @@ def tune(exp: Experiment) -> tuple[dict, dict]:
         lrs = dict(chosen["adamw"])
         lrs["aux_lr"] = cfg.aux_lr if cfg.aux_lr is not None else chosen["adamw"]["lr"]
         stages = [("lr", cfg.adamw_lrs)] if optimizer == "adamw" else [("muon_lr", cfg.muon_lrs)]
-        if optimizer == "muon" and cfg.aux_lrs:
+        if optimizer != "adamw" and cfg.aux_lrs:
             stages.append(("aux_lr", cfg.aux_lrs))
         trials: dict[tuple, float] = {}
         record[optimizer] = []
@@ -197,9 +198,9 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
     exp = Experiment(cfg, log)
     info_start = machine_info()
     gpt = cfg.gpt
-    chosen = {"adamw": {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr},
-              "muon": {"lr": gpt.lr, "muon_lr": gpt.muon_lr,
-                       "aux_lr": cfg.aux_lr if cfg.aux_lr is not None else gpt.lr}}
+    aux = cfg.aux_lr if cfg.aux_lr is not None else gpt.lr
+    chosen = {o: {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr if o == "adamw" else aux}
+              for o in cfg.optimizers}
     sweeps: dict = {}
     if cfg.lr_sweep:
         tuned, sweeps = tune(exp)
@@ -217,7 +218,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
         log(f"{name}: final val loss {loss:.4f}")
     settings = {
         "command": "muonkit " + shlex.join(getattr(gpt, "argv", sys.argv[1:])),
-        "chosen_lr": {k: chosen[k]["muon_lr" if k == "muon" else "lr"] for k in cfg.optimizers},
+        "chosen_lr": {k: chosen[k]["lr" if k == "adamw" else "muon_lr"] for k in cfg.optimizers},
         "chosen": {k: chosen[k] for k in cfg.optimizers},
         "sweeps": sweeps,
         "threads_per_run": exp.threads if cfg.isolate else torch.get_num_threads(),

@@ -104,7 +104,8 @@ class NorMuon(MuonBase):
         beta2: EMA rate of the per-row second moment (0.95, the paper's default).
         eps: added to the row RMS and to the norm of the rescale (1e-8).
         lr, momentum, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients,
-            ns_dtype, lr_scaling, ns_split, ns_gram, ns_compile, maximize, nonfinite, options: as
+            ns_dtype, lr_scaling, ns_split, ns_gram, ns_compile, maximize, mixing, nonfinite,
+            options: as
             :class:`muonkit.Muon` (``ns_batch_dims`` 0 only).
 
     State per matrix: ``momentum_buffer`` (as Muon) and ``row_second_moment`` (out floats,
@@ -132,6 +133,7 @@ class NorMuon(MuonBase):
         nonfinite: str = "raise",
         *,
         maximize: bool = False,
+        mixing: str = "momentum_form",
         options: MuonOptions | None = None,
     ):
         chosen = options_from_call(NorMuon.__init__, locals(), options)
