@@ -53,7 +53,7 @@ clean:
 # there (files already present with the canonical md5 are kept).
 DATA_DIR ?= $(or $(MUONKIT_DATA),data)
 VARIANTS_OUT ?= runs/variants
-VARIANTS_FLAGS ?=
+VARIANTS_FLAGS ?=  # e.g. --overwrite to replace the studies of an earlier `make variants`
 .PHONY: variants
 variants: install
 	$(PY) -m muonkit data fetch mnist --data-dir $(DATA_DIR)

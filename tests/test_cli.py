@@ -204,3 +204,21 @@ def test_help_describes_options_with_defaults(argv, expected, capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert all(e in text for e in expected), text
+
+
+def test_variants_refuses_an_earlier_study_unless_overwrite(tmp_path, capsys):
+    earlier = tmp_path / "study" / "runs" / "00-muon-s0" / "metrics.jsonl"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"kind": "config"}\n')
+    argv = ["variants", "large", "--out", str(tmp_path / "study"), "--data-dir", str(tmp_path)]
+    err = user_error(capsys, argv)
+    assert "--overwrite" in err and earlier.read_text() == '{"kind": "config"}\n'
+    assert "mnist file not found" in user_error(capsys, [*argv, "--overwrite"])  # goes on
+
+
+def test_unwritable_out_is_a_user_error_for_any_user(tmp_path, capsys, monkeypatch):
+    import muonkit.train.files as files
+
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False)
+    out = tmp_path / "locked"
+    assert "not writable" in user_error(capsys, ["train", "--out", str(out), *FAST])

@@ -52,6 +52,7 @@ class StudyConfig:
     device: str = "auto"
     threads: int | None = None
     out: str = ""
+    overwrite: bool = False  # replace the runs of an earlier study in ``out`` (else refused)
 
     def __post_init__(self):
         for name, valid in (("study", STUDIES), ("dataset", tuple(DATASETS))):

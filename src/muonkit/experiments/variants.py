@@ -44,6 +44,7 @@ from torch import nn
 from ..data.vision import ShuffledBatches, load_flat
 from ..report.variants import write_report
 from ..train import TrainConfig, train
+from ..train.files import RunExistsError
 from .variant_config import ARM_KINDS, DATASETS, STUDIES, Arm, StudyConfig
 from .variant_optimizers import build_model, build_optimizer, per_param_state_bytes, study_arms
 
@@ -152,15 +153,21 @@ def run_arm(arm: Arm, seed: int, cfg: StudyConfig, data: dict, out_dir: Path) ->
 def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
     """Train every arm of ``cfg.study`` over every seed; write the metrics files, the table
     and the figure under ``cfg.out``. Returns {"table": path, "figure": path, "runs": dir}."""
+    out = Path(cfg.out)
+    runs_dir = out / "runs"
+    earlier = sorted(runs_dir.glob("*/metrics.jsonl"))
+    if earlier and not cfg.overwrite:
+        raise RunExistsError(
+            f"{out} already holds a study ({len(earlier)} runs in {runs_dir}); pass --overwrite "
+            "to replace it, or choose another --out"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_flat(cfg.dataset, cfg.data_dir)
     if cfg.train_limit:
         data["train"] = tuple(t[: cfg.train_limit] for t in data["train"])
-    out = Path(cfg.out)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(runs_dir, ignore_errors=True)  # runs of an earlier call would mix in
+    shutil.rmtree(runs_dir, ignore_errors=True)  # runs of an earlier study would mix in
+    runs_dir.mkdir(parents=True)
     arms = study_arms(cfg, build_model(cfg, cfg.seeds[0]))
     for i, arm in enumerate(arms):
         for seed in cfg.seeds:
