@@ -1,5 +1,5 @@
 """What every ``muonkit`` command shares: the parser (one-line errors, defaults in ``--help``,
-``--debug``), numeric flag types checked by :func:`muonkit.checks.check_number` at parse time,
+``--debug``), numeric flag types checked by :func:`muonkit.train.checks.check_number` at parse time,
 and the errors that are the user's (one line on stderr, exit code 2, no traceback).
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..checks import check_number, describe_range
+from ..train.checks import check_number, describe_range
 
 # Exceptions that report a bad input or environment (a missing or unreadable file, a value out
 # of range, a diverging run): ``muonkit`` prints their message on one line and exits with 2.
@@ -45,7 +45,7 @@ def add_debug_flag(p: argparse.ArgumentParser) -> None:
 
 def number(kind: type = float, **bounds):
     """An argparse ``type`` that parses ``kind`` and checks it like
-    :func:`muonkit.checks.check_number` (finite, within ``bounds``: ge, gt, le, lt)."""
+    :func:`muonkit.train.checks.check_number` (finite, within ``bounds``: ge, gt, le, lt)."""
 
     def parse(text: str):
         try:

@@ -1,8 +1,8 @@
-"""`muonkit demo`: the one-minute check that Muon trains (:mod:`muonkit.demo`)."""
+"""`muonkit demo`: the one-minute check that Muon trains (:mod:`muonkit.experiments.demo`)."""
 
 from __future__ import annotations
 
-from ..demo import print_summary, run
+from ..experiments.demo import print_summary, run
 from .common import NONNEGATIVE_INT, POSITIVE_INT, add_command
 
 

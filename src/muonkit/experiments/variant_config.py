@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..checks import check_number
+from ..train.checks import check_number
 
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid")
 DATASETS = {"mnist": 784, "cifar10": 3072}

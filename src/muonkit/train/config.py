@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_number
 from ..schedules import DECAYS
+from .checks import check_number
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_number
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
 from ..models.gpt import GPT, OPTIMIZERS, PRESETS, preset_config
 from ..schedules import DECAYS
+from .checks import check_number
 from .config import DTYPES, TrainConfig, TrainResult, resolve_device
 from .loop import train
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import check_number
-from .data.text import load_text
-from .hybrid import MuonWithAuxAdam, hybrid_param_groups
-from .schedules import apply_schedules, lr_multiplier, muon_momentum
+from ..data.text import load_text
+from ..hybrid import MuonWithAuxAdam, hybrid_param_groups
+from ..schedules import apply_schedules, lr_multiplier, muon_momentum
+from ..train.checks import check_number
 
 
 class CharMLP(nn.Module):
