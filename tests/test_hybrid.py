@@ -272,3 +272,27 @@ def test_one_cycle_lr_cycles_the_muon_momentum():
     opt.step()
     sched.step()
     assert 0.85 <= muon_group["momentum"] < 0.95
+
+
+@pytest.mark.parametrize("how", ["keyword", "options"])
+def test_maximize_reaches_every_group(how):
+    """hybrid_param_groups(maximize=True) ascends the whole model: the same parameters as
+    minimizing the negated loss, the AdamW groups (embedding, head, vectors) included."""
+    from muonkit import MuonOptions
+
+    torch.manual_seed(0)
+    up, down = TinyLM(), TinyLM()
+    down.load_state_dict(up.state_dict())
+    kw = {"maximize": True} if how == "keyword" else {"options": MuonOptions(maximize=True)}
+    opt_up = MuonWithAuxAdam(hybrid_param_groups(up, **kw))
+    opt_down = MuonWithAuxAdam(hybrid_param_groups(down))
+    assert all(g["maximize"] for g in opt_up.param_groups)
+    for seed in range(3):
+        loss_of(up, seed).backward()
+        (-loss_of(down, seed)).backward()
+        opt_up.step()
+        opt_down.step()
+        opt_up.zero_grad()
+        opt_down.zero_grad()
+    for (name, a), b in zip(up.named_parameters(), down.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)

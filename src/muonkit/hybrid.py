@@ -120,8 +120,9 @@ def hybrid_param_groups(
     ``(name, param) -> bool``) picks MoE expert stacks ``(E, out, in)``: they get a Muon group
     of their own (role "muon_experts") with ``ns_batch_dims=1``, so each expert is
     orthogonalized as its own matrix. ``muon_options`` (or ``options=MuonOptions(...)``) go to
-    the Muon group(s). Each group carries its ``role`` so schedules and reports can tell them
-    apart.
+    the Muon group(s), except ``maximize``, which every group takes (the AdamW groups too: the
+    whole model ascends). Each group carries its ``role`` so schedules and reports can tell
+    them apart.
     """
     role_lr = {
         "embedding": adamw_lr if embedding_lr is None else embedding_lr,
@@ -138,6 +139,8 @@ def hybrid_param_groups(
             raise ValueError("pass weight_decay inside options=MuonOptions(...), not both")
     else:
         muon_options = {"weight_decay": muon_weight_decay, **muon_options}
+    options = muon_options.get("options")
+    maximize = options.maximize if options is not None else muon_options.get("maximize", False)
     if qkv_split != 1 and "ns_split" in muon_options:
         raise ValueError("pass qkv_split (fused QKV weights only) or ns_split (all), not both")
     qkv_ids = {id(p) for p in fused_qkv_params(model)} if qkv_split != 1 else set()
@@ -165,6 +168,7 @@ def hybrid_param_groups(
                     betas=adamw_betas,
                     eps=adamw_eps,
                     weight_decay=0.0 if role == "vector" else adamw_weight_decay,
+                    maximize=maximize,
                 )
             )
     return groups
