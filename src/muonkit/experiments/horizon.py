@@ -237,6 +237,10 @@ def prepare_out(cfg: HorizonConfig, command: str) -> Path:
                              "use another --out")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(study, indent=1))
+    asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)
+    names = set(json.loads(asked.read_text())) if asked.exists() else set()
+    names |= set(cfg.contenders) | {"adamw"}
+    asked.write_text(json.dumps(sorted(names)))
     with (out / "commands.txt").open("a") as f:
         f.write(command + "\n")
     return out

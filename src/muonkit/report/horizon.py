@@ -47,13 +47,15 @@ class Study:
     runs_done: int
     runs_started: int
     commands: list[str]
+    contenders: set[str] = field(default_factory=set)
 
     @property
     def horizons(self) -> list[int]:
         return list(self.settings["horizons"])
 
     def names(self) -> list[str]:
-        seen = {name for _, name in self.cells}
+        """Every contender the study ran or was asked to run (AdamW first)."""
+        seen = self.contenders | {name for _, name in self.cells}
         return [n for n in ["adamw", *sorted(seen - {"adamw"})] if n in seen]
 
 
@@ -91,7 +93,10 @@ def load_study(out: Path) -> Study:
         cells[(h, name)] = Cell(h, name, lr, [runs[s] for s in seeds if s in runs], finished)
     commands_path = out / "commands.txt"
     commands = commands_path.read_text().splitlines() if commands_path.exists() else []
-    return Study(settings, sweeps, cells, cpu, done, started, commands)
+    asked = out / "contenders.json"
+    contenders = {p.name for p in out.glob("h*/*") if p.is_dir()}
+    contenders |= set(json.loads(asked.read_text())) if asked.exists() else set()
+    return Study(settings, sweeps, cells, cpu, done, started, commands, contenders)
 
 
 def ready(study: Study, h: int, name: str) -> Cell | None:
@@ -235,6 +240,9 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
         "Update RMS: mean RMS of one optimizer step's change of the hidden matrices over the "
         "last evaluation interval (LR schedule and weight decay included).\n",
         "## Wall-clock and throughput\n", cost_table(study),
+        "Mean over the seeds at the chosen LR; each run at one process with its `--threads`. "
+        "Per-step times depend on what else the machine ran meanwhile; each run's "
+        "`sessions.jsonl` holds its processes' CPU and wall time.\n",
         "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
         "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
         "Figures: " + ", ".join(f"`{p.name}`" for p in figures.values()) + ".\n",
