@@ -49,7 +49,8 @@ def plot_horizon(study, path: Path) -> Path:
                title="gap to AdamW (below 0: ahead)")
     for ax in (ax_loss, ax_gap):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -71,7 +72,8 @@ def plot_curves(study, path: Path) -> Path:
                             alpha=0.2, lw=0)
         ax.set(xlabel="step", ylabel="val loss", title=f"{h} steps")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -97,5 +99,6 @@ def plot_rms(study, path: Path, records) -> Path:
         axes[1][j].set(title=f"update RMS, {h} steps", xlabel="step", yscale="log")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     return _save(fig, path)
