@@ -22,10 +22,11 @@ test: install
 	$(PY) -m pytest -q
 
 # The main job, short: AdamW vs the Muon hybrid on the bundled tinyshakespeare (a few minutes
-# on 2 CPU cores); the full experiment is `muonkit compare --preset tiny --lr-sweep`.
+# on 2 CPU cores; --overwrite: a rerun replaces the previous demo); the full experiment is
+# `muonkit compare --preset tiny --lr-sweep`.
 demo: install
 	$(PY) -m muonkit compare --preset tiny --steps 300 --seeds 0 --eval-every 50 --warmup 30 \
-	    --momentum-warmup 100 --lr 1e-3 --out runs/demo
+	    --momentum-warmup 100 --lr 1e-3 --out runs/demo --overwrite
 
 # 2 processes on this machine (torchrun, gloo, CPU): the tiny GPT with FSDP2, then DDP.
 demo-distributed: install
