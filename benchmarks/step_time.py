@@ -36,7 +36,7 @@ import torch
 from common import gpt_matrix_shapes, hardware, markdown_table, write_fragment
 
 from muonkit.muon import Muon
-from muonkit.orthogonalize import newton_schulz_flops, use_gram
+from muonkit.precision import newton_schulz_flops, use_gram
 
 KELLER_ABC = (3.4445, -4.7750, 2.0315)
 

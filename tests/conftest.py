@@ -10,3 +10,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_native_bf16(monkeypatch):
+    """Every test sees a CPU without native bf16, so ``ns_dtype="auto"`` runs fp32 and results
+    are the same on every machine; tests of the other case force it with ``native_bf16``."""
+    monkeypatch.setattr("muonkit.precision.cpu_native_bf16", lambda: False)
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """A CPU with native bf16 (AVX512-BF16/AMX), as ``ns_dtype="auto"`` sees it."""
+    monkeypatch.setattr("muonkit.precision.cpu_native_bf16", lambda: True)

@@ -9,9 +9,8 @@ from muonkit.orthogonalize import (
     _gram_iteration,
     _standard_iteration,
     newton_schulz,
-    newton_schulz_flops,
-    use_gram,
 )
+from muonkit.precision import newton_schulz_flops, use_gram
 
 
 def well_conditioned(*shape, seed=0):

@@ -24,12 +24,13 @@ Coefficient schedules (``COEFFICIENT_SCHEDULES``):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .precision import GRAM_RESTART, mixed_split, resolve_dtype, use_gram
 
 Coefficients = tuple[float, float, float]
 
@@ -63,15 +64,6 @@ COEFFICIENT_SCHEDULES: dict[str, CoefficientSchedule] = {
 ORTHOGONALIZE_METHODS = (*COEFFICIENT_SCHEDULES, "svd")
 
 
-def compute_dtype(device: torch.device | str) -> torch.dtype:
-    """The dtype Newton-Schulz runs in by default on ``device``.
-
-    bfloat16 on CUDA (tensor cores; what every reference implementation uses). float32
-    elsewhere: CPUs without native bf16 run bf16 matmuls ~50x slower than fp32.
-    """
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
 def resolve_schedule(coefficients: str | Sequence[Coefficients]) -> CoefficientSchedule:
     """Turn a schedule name or an explicit list of (a, b, c) into a CoefficientSchedule."""
     if isinstance(coefficients, str):
@@ -95,20 +87,6 @@ def _as_batch(X: Tensor) -> Tensor:
     return X.reshape(-1, X.shape[-2], X.shape[-1])
 
 
-GRAM_MIN_ASPECT = 2.0
-GRAM_DTYPES = (torch.float32, torch.float64)
-
-
-def use_gram(shape: Sequence[int], dtype: torch.dtype, gram: bool | None) -> bool:
-    """Whether ``gram=None`` (auto) picks the Gram-side evaluation: fp32/fp64 and an aspect
-    ratio of at least ``GRAM_MIN_ASPECT``, where it does fewer FLOPs (see
-    :func:`newton_schulz`)."""
-    if gram is not None:
-        return gram
-    m, n = sorted(shape[-2:])
-    return dtype in GRAM_DTYPES and n >= GRAM_MIN_ASPECT * m
-
-
 def _standard_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
     """``A = X X^T; B = b A + c A A; X = a X + B X`` per step (X wide, (..., m, n))."""
     if X.ndim == 2:
@@ -124,9 +102,6 @@ def _standard_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         X = torch.baddbmm(X, B, X, beta=a)
     return X.reshape(shape)
-
-
-GRAM_RESTART = 5
 
 
 def _gram_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
@@ -157,23 +132,6 @@ def _gram_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
     return X
 
 
-def newton_schulz_flops(shape: Sequence[int], steps: int = 5, gram: bool = False) -> int:
-    """Matrix-product FLOPs (2 per multiply-add) of :func:`newton_schulz` on ``shape``.
-
-    With (m, n) the wide orientation (m <= n) and B the batch size: the standard form costs
-    ``steps * (4 m^2 n + 2 m^3)``; the Gram form, per segment of k <= ``GRAM_RESTART`` steps,
-    ``4 m^2 n`` (R = X X^T and Q X) plus ``2 m^3 (4 k - 3)`` (one product in the first step,
-    four in each later one). Elementwise work is not counted. The cost model behind
-    ``GRAM_MIN_ASPECT`` and the benchmarks' achieved-FLOP/s figures.
-    """
-    m, n = sorted(int(d) for d in shape[-2:])
-    batch = math.prod(int(d) for d in shape[:-2])
-    if not gram:
-        return batch * steps * (4 * m * m * n + 2 * m**3)
-    segments = [min(GRAM_RESTART, steps - s) for s in range(0, steps, GRAM_RESTART)]
-    return batch * sum(4 * m * m * n + 2 * m**3 * (4 * k - 3) for k in segments)
-
-
 _compiled_iterations: dict = {}
 
 
@@ -188,14 +146,14 @@ def newton_schulz(
     G: Tensor,
     steps: int = 5,
     coefficients: str | Sequence[Coefficients] = "jordan",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = "auto",
     eps: float = 1e-7,
     gram: bool | None = None,
     compile: bool = False,
 ) -> Tensor:
     """Approximate the polar factor of each matrix in ``G`` by quintic Newton-Schulz.
 
-    Algorithm (Keller Jordan, muon.py; Bernstein & Newhouse 2024): cast to ``dtype``;
+    Algorithm (Keller Jordan, muon.py; Bernstein & Newhouse 2024): cast to the compute dtype;
     work on the wide side (transpose when m > n, so the Gram matrix X X^T is the small one);
     normalize ``X <- X / (safety * ||X||_F + eps)`` so every singular value is at most 1;
     then for each step ``A = X X^T; B = b A + c A A; X = a X + B X``.
@@ -204,7 +162,9 @@ def newton_schulz(
         G: tensor of shape (..., m, n); leading dimensions are a batch of independent matrices.
         steps: number of iterations.
         coefficients: a name in ``COEFFICIENT_SCHEDULES`` or a list of (a, b, c) tuples.
-        dtype: compute dtype; ``None`` picks :func:`compute_dtype` of G's device.
+        dtype: compute dtype; ``"auto"`` (or None) picks it from G's device and shape
+            (:func:`auto_dtype`); ``"mixed"`` runs the first steps in fp32 and the last ones in
+            bf16 (:func:`mixed_split`).
         eps: added to the norm so a zero matrix maps to zero, not NaN.
         gram: evaluate the same iteration on the small Gram side (``_gram_iteration``):
             True, False, or None (default) = where it is cheaper (aspect ratio >= 2) and the
@@ -212,7 +172,8 @@ def newton_schulz(
             before touching X, so rounding grows with the steps in a segment (hence the
             restart every 5 steps) and with the conditioning of G; in fp32 it matches the
             standard form to ~1e-5 at 5 steps (tested to 1e-4, also at 8 and 12 steps); in
-            bf16 the error is of the order of the result, so auto never picks it there.
+            bf16 the error is of the order of the result, so auto never picks it there (nor
+            for the bf16 steps of "mixed").
         compile: run the iteration through ``torch.compile`` (CUDA tensors only; ignored on
             CPU, where compilation costs more than it saves for these small loops).
 
@@ -224,15 +185,23 @@ def newton_schulz(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     schedule = resolve_schedule(coefficients)
-    X = G.to(compute_dtype(G.device) if dtype is None else dtype)
+    dtype = resolve_dtype(dtype, G.device, G.shape, steps, gram)
+    phases = [(dtype, steps, gram)]  # (compute dtype, steps, gram choice) in order
+    if dtype == "mixed":
+        fp32_steps, bf16_steps = mixed_split(steps)
+        phases = [(torch.float32, fp32_steps, gram), (torch.bfloat16, bf16_steps, False)]
+    X = G.to(phases[0][0])
     transposed = G.shape[-2] > G.shape[-1]
     if transposed:
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * schedule.norm_safety + eps)
-    iteration = _gram_iteration if use_gram(X.shape, X.dtype, gram) else _standard_iteration
-    if compile and X.is_cuda:
-        iteration = _compiled(iteration)
-    X = iteration(X, schedule.for_steps(steps))
+    coeffs = schedule.for_steps(steps)
+    for phase_dtype, n, phase_gram in phases:
+        X = X.to(phase_dtype)
+        form = _gram_iteration if use_gram(X.shape, X.dtype, phase_gram) else _standard_iteration
+        if compile and X.is_cuda:
+            form = _compiled(form)
+        X, coeffs = form(X, coeffs[:n]), coeffs[n:]
     if transposed:
         X = X.mT
     return X.to(G.dtype)
@@ -256,7 +225,7 @@ def orthogonalize(
     G: Tensor,
     method: str | Sequence[Coefficients] = "jordan",
     steps: int = 5,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = "auto",
     gram: bool | None = None,
     compile: bool = False,
 ) -> Tensor:
