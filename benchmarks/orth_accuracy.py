@@ -9,6 +9,11 @@ tinyshakespeare. For each method and step count: max |sigma - 1| of the output's
 values (0 for an exact polar factor), and the cosine between the output and the exact polar
 factor U V^T (1 = same direction; the Muon update direction is what matters for training).
 The figure plots output against input singular values for the synthetic matrix.
+
+Mixed precision (``ns_dtype="mixed"``: fp32 first, the last ``MIXED_BF16_STEPS`` in bf16) gets
+a switch-point table: for 5 and 8 steps and every number of final bf16 steps, each error of the
+mixed iteration divided by that of the fp32 iteration (max |sigma - 1|, and 1 - cos, on both
+inputs); the worst of the four must stay <= 1.1 (issue 14: within 10% of fp32's accuracy).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from common import FRAGMENTS, hardware, markdown_table, write_fragment  # noqa: E402
 
+from muonkit import precision  # noqa: E402
 from muonkit.data.text import TokenBatches, load_text  # noqa: E402
 from muonkit.models.gpt import GPT, preset_config  # noqa: E402
 from muonkit.orthogonalize import newton_schulz, polar  # noqa: E402
@@ -34,6 +40,8 @@ METHODS = [
     ("polar_express fp32", "polar_express", torch.float32, None),
     ("jordan bf16 (torch.optim.Muon, muon.py)", "jordan", torch.bfloat16, False),
     ("polar_express bf16", "polar_express", torch.bfloat16, False),
+    ("jordan mixed (fp32 first, last 4 steps bf16)", "jordan", "mixed", None),
+    ("polar_express mixed", "polar_express", "mixed", None),
 ]
 STEPS = (3, 4, 5, 6, 8)
 
@@ -74,6 +82,51 @@ def metrics(out: torch.Tensor, G: torch.Tensor, floor: float = 0.0) -> tuple[flo
 
 
 GRAD_FLOOR = 1e-2
+SWITCH_STEPS = (5, 8)
+
+
+def evaluate(G, grads, steps, coeffs, dtype, gram) -> tuple[float, float, float, float]:
+    """(synthetic max err, synthetic cos, GPT grads max err, GPT grads min cos)."""
+    err, cos = metrics(newton_schulz(G, steps, coeffs, dtype=dtype, gram=gram), G)
+    real = [
+        metrics(newton_schulz(g, steps, coeffs, dtype=dtype, gram=gram), g, GRAD_FLOOR)
+        for g in grads
+    ]
+    return err, cos, max(e for e, _ in real), min(c for _, c in real)
+
+
+def error_ratio(result, reference) -> float:
+    """The worst of max-err and (1 - cos) ratios to the reference, over both inputs."""
+    return max(
+        result[0] / reference[0],
+        (1 - result[1]) / (1 - reference[1]),
+        result[2] / reference[2],
+        (1 - result[3]) / (1 - reference[3]),
+    )
+
+
+def switch_point(G, grads) -> tuple[list[list[str]], list[dict]]:
+    """Mixed precision with every number of final bf16 steps against fp32 (the real code
+    path, ``precision.MIXED_BF16_STEPS`` varied)."""
+    rows, data = [], []
+    default = precision.MIXED_BF16_STEPS
+    try:
+        for coeffs in ("jordan", "polar_express"):
+            for steps in SWITCH_STEPS:
+                fp32 = evaluate(G, grads, steps, coeffs, torch.float32, None)
+                for bf16_steps in range(steps + 1):
+                    precision.MIXED_BF16_STEPS = bf16_steps
+                    dtype = torch.bfloat16 if bf16_steps == steps else "mixed"
+                    result = evaluate(G, grads, steps, coeffs, dtype, None)
+                    ratio = error_ratio(result, fp32)
+                    data.append(dict(coefficients=coeffs, steps=steps, bf16_steps=bf16_steps,
+                                     results=result, fp32=fp32, worst_ratio=ratio))
+                    rows.append([coeffs, str(steps), f"{steps - bf16_steps} + {bf16_steps}",
+                                 *(f"{x:.4f}" for x in result), f"{ratio:.3f}",
+                                 "yes" if ratio <= 1.1 else "no"])
+    finally:
+        precision.MIXED_BF16_STEPS = default
+    return rows, data
 
 
 def main(argv=None) -> int:
@@ -85,19 +138,13 @@ def main(argv=None) -> int:
     rows, data = [], {"hardware": hardware(torch.device("cpu")), "results": []}
     for label, coeffs, dtype, gram in METHODS:
         for steps in STEPS:
-            out = newton_schulz(G, steps, coeffs, dtype=dtype, gram=gram)
-            err, cos = metrics(out, G)
-            real = [
-                metrics(newton_schulz(g, steps, coeffs, dtype=dtype, gram=gram), g, GRAD_FLOOR)
-                for g in grads
-            ]
-            real_err = max(e for e, _ in real)
-            real_cos = min(c for _, c in real)
+            err, cos, real_err, real_cos = evaluate(G, grads, steps, coeffs, dtype, gram)
             data["results"].append(dict(method=label, steps=steps, synthetic_max_err=err,
                                         synthetic_cos=cos, gpt_max_err=real_err,
                                         gpt_min_cos=real_cos))
             rows.append([label, str(steps), f"{err:.3f}", f"{cos:.4f}", f"{real_err:.3f}",
                          f"{real_cos:.4f}"])
+    switch_rows, data["switch_point"] = switch_point(G, grads)
     print(markdown_table(["method", "steps", "synthetic max abs(sigma-1)", "synthetic cos",
                           "GPT grads max abs(sigma-1)", "GPT grads min cos"], rows))
     FRAGMENTS.mkdir(parents=True, exist_ok=True)
@@ -130,6 +177,17 @@ def main(argv=None) -> int:
         markdown_table(["method", "steps", "synthetic max abs(sigma-1)", "synthetic cos",
                         "GPT grads max abs(sigma-1)", "GPT grads min cos"], rows),
         "![sigma_out vs sigma_in](bench/orth_accuracy.png)\n",
+        "### Mixed precision: where to switch from fp32 to bf16\n",
+        "Each run: the first steps in fp32 (Gram side where cheaper), the rest in bf16 "
+        "(`fp32 + bf16` steps; `0 + n` is plain bf16). `worst ratio`: the largest of the four "
+        "errors (max abs(sigma-1) and 1 - cos, synthetic and GPT grads) divided by the fp32 "
+        "iteration's. Rounding G or an early iterate to bf16 loses the directions of small "
+        "singular values and later steps amplify that noise, so the early steps need fp32 and "
+        f"the late ones do not; `ns_dtype=\"mixed\"` runs the last "
+        f"{precision.MIXED_BF16_STEPS} steps in bf16.\n",
+        markdown_table(["coefficients", "steps", "fp32 + bf16", "synthetic max err",
+                        "synthetic cos", "GPT max err", "GPT min cos", "worst ratio",
+                        "within 10%"], switch_rows),
     ])
     if not args.no_write:
         print(f"wrote {write_fragment('orth_accuracy', md, data)} and {figure}")

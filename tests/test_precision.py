@@ -142,3 +142,8 @@ def test_compiled_bf16_iteration_matches_eager():
     coeffs = COEFFICIENT_SCHEDULES["jordan"].for_steps(5)
     out = _compiled(_standard_iteration)(X, coeffs).float()
     torch.testing.assert_close(out, _standard_iteration(X, coeffs).float(), atol=3e-2, rtol=0)
+
+
+def test_mixed_without_bf16_steps_is_fp32_exactly():
+    G = spread(16, 48, 0.05)
+    assert torch.equal(newton_schulz(G, 1, dtype="mixed"), newton_schulz(G, 1, dtype=torch.float32))

@@ -190,6 +190,7 @@ def newton_schulz(
     if dtype == "mixed":
         fp32_steps, bf16_steps = mixed_split(steps)
         phases = [(torch.float32, fp32_steps, gram), (torch.bfloat16, bf16_steps, False)]
+        phases = [p for p in phases if p[1]] or phases[:1]  # no bf16 rounding without steps
     X = G.to(phases[0][0])
     transposed = G.shape[-2] > G.shape[-1]
     if transposed:
