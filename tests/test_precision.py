@@ -147,3 +147,39 @@ def test_compiled_bf16_iteration_matches_eager():
 def test_mixed_without_bf16_steps_is_fp32_exactly():
     G = spread(16, 48, 0.05)
     assert torch.equal(newton_schulz(G, 1, dtype="mixed"), newton_schulz(G, 1, dtype=torch.float32))
+
+
+# --- what the optimizer shows and runs ---------------------------------------------------------
+
+
+def test_muon_reports_and_runs_the_auto_choice(native_bf16):
+    from muonkit import Muon
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(32, 32), (32, 128)]
+    grads = [torch.randn(s, generator=g) for s in shapes]
+
+    def one_step(**kw):
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+        opt = Muon(params, lr=1.0, **kw)
+        for p, grad in zip(params, grads):
+            p.grad = grad.clone()
+        opt.step()
+        return opt, [p.detach().clone() for p in params]
+
+    opt, auto = one_step()
+    assert opt.ns_precision()[0].startswith("auto: mixed for 1 shapes, fp32 for 1 shapes (cpu")
+    assert "Newton-Schulz precision, group 0: auto: mixed" in repr(opt)
+    _, mixed = one_step(ns_dtype="mixed")
+    _, fp32 = one_step(ns_dtype=torch.float32)
+    assert torch.equal(auto[0], mixed[0]) and not torch.equal(auto[0], fp32[0])  # square: mixed
+    assert torch.equal(auto[1], fp32[1])  # 4:1: fp32 on the Gram side
+
+
+def test_ns_precision_without_native_bf16_and_for_svd():
+    from muonkit import Muon
+
+    params = [torch.nn.Parameter(torch.zeros(8, 8))]
+    assert Muon(params).ns_precision()[0].startswith("auto: fp32 (cpu ")
+    assert Muon(params, ns_dtype=torch.bfloat16).ns_precision() == {0: "bf16 (explicit)"}
+    assert Muon(params, ns_coefficients="svd").ns_precision()[0].startswith("svd")

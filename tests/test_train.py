@@ -170,6 +170,7 @@ def test_jsonl_matches_the_schema(tmp_path):
     assert s["mfu"] == pytest.approx(model.estimate_flops_per_token() * s["tokens_per_s"] / 1e12)
     assert s["peak_mem_bytes"] > 10 * 2**20 and s["device"] == "cpu"
     assert recs[0]["config"]["model"]["n_layer"] == 2
+    assert recs[0]["config"]["ns_precision"]["0"].startswith("auto: fp32 (cpu ")  # muon run
 
 
 def test_optimizer_state_bytes_counts_state_tensors():

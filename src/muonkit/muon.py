@@ -54,6 +54,7 @@ from .options import (
     options_from_call,
 )
 from .orthogonalize import orthogonalize
+from .precision import describe
 from .scaling import lr_scale
 
 DEFAULT_OPTIONS = MuonOptions()
@@ -483,6 +484,27 @@ class MuonBase(torch.optim.Optimizer):
                 self._group_step(group, params, grads)
         return loss
 
+    def ns_precision(self) -> dict[int, str]:
+        """{param group index: the Newton-Schulz precision that runs there, and why} for
+        every Muon group with parameters (:func:`muonkit.precision.describe`), e.g.
+        ``{0: "auto: fp32 (cpu AVX2, no native bf16)"}``; also shown by ``repr(opt)``."""
+        out = {}
+        for i, group in enumerate(self.param_groups):
+            if not group.get("use_muon", True) or not group["params"]:
+                continue
+            o = MuonOptions.from_group(group)
+            if o.ns_coefficients == "svd":
+                out[i] = "svd: exact polar factor (fp64)"
+                continue
+            shapes = sorted({block_shape(p.shape, o.ns_split) for p in group["params"]})
+            device = group["params"][0].device
+            out[i] = describe(o.ns_dtype, device, shapes, o.ns_steps, o.ns_gram)
+        return out
+
+    def __repr__(self) -> str:
+        lines = [f"Newton-Schulz precision, group {i}: {d}" for i, d in self.ns_precision().items()]
+        return super().__repr__().removesuffix(")") + "\n".join(lines) + "\n)"
+
     def state_bytes(self) -> dict[int, int]:
         """{index of the parameter in param-group order: bytes of its state tensors}, measured
         from the tensors actually held (parameters without state are left out)."""
@@ -525,7 +547,11 @@ class Muon(MuonBase):
         ns_steps: Newton-Schulz iterations (5, muon.py).
         ns_coefficients: "jordan", "polar_express", "svd" (exact polar factor, slow) or a list
             of (a, b, c) tuples; see :mod:`muonkit.orthogonalize`.
-        ns_dtype: Newton-Schulz compute dtype; None picks bf16 on CUDA and fp32 on CPU.
+        ns_dtype: Newton-Schulz precision: "auto" (default: bf16 on CUDA; fp32 on a CPU without
+            native bf16; on one with AVX512-BF16/AMX the cheaper of "mixed" and fp32 per
+            shape; see :func:`muonkit.precision.auto_dtype`; None means the same), "mixed"
+            (first steps fp32, last 4 bf16) or a torch.dtype. ``opt.ns_precision()`` says
+            what runs.
         lr_scaling: per-shape LR rule, "keller" (default), "max_dim", "mup", "moonlight",
             "none" or a callable; see :mod:`muonkit.scaling`.
         ns_split: orthogonalize each parameter as this many equal row blocks (dim 0): 3 for
@@ -559,7 +585,7 @@ class Muon(MuonBase):
         momentum_form: str = "standard",
         ns_steps: int = 5,
         ns_coefficients: str | Sequence = "jordan",
-        ns_dtype: torch.dtype | None = None,
+        ns_dtype: torch.dtype | str | None = "auto",
         lr_scaling: str | Callable = "keller",
         ns_split: int = 1,
         ns_gram: bool | None = None,

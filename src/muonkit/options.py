@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .orthogonalize import ORTHOGONALIZE_METHODS, resolve_schedule
+from .precision import NS_PRECISIONS
 from .scaling import validate_rule
 
 MOMENTUM_FORMS = ("standard", "ema")
@@ -47,7 +48,7 @@ class MuonOptions:
         weight_decay: decoupled weight decay (>= 0).
         ns_steps: Newton-Schulz iterations (int >= 0).
         ns_coefficients: a schedule name of :mod:`muonkit.orthogonalize`, "svd", or (a, b, c)s.
-        ns_dtype: Newton-Schulz compute dtype, None for the device's default.
+        ns_dtype: Newton-Schulz precision: "auto" (None: the same), "mixed" or a torch.dtype.
         lr_scaling: a rule name of :mod:`muonkit.scaling` or a callable(shape) -> float.
         ns_split: orthogonalize each parameter as this many equal row blocks (int >= 1).
         ns_gram: Gram-side Newton-Schulz: True, False or None (where cheaper).
@@ -65,7 +66,7 @@ class MuonOptions:
     weight_decay: float = 0.0
     ns_steps: int = 5
     ns_coefficients: str | Sequence = "jordan"
-    ns_dtype: torch.dtype | None = None
+    ns_dtype: torch.dtype | str | None = "auto"
     lr_scaling: str | Callable = "keller"
     ns_split: int = 1
     ns_gram: bool | None = None
@@ -114,8 +115,12 @@ def _validate(o: MuonOptions) -> None:
         check_choice("ns_coefficients", o.ns_coefficients, ORTHOGONALIZE_METHODS)
     else:
         resolve_schedule(o.ns_coefficients)
-    if o.ns_dtype is not None and not isinstance(o.ns_dtype, torch.dtype):
-        raise ValueError(f"ns_dtype must be a torch.dtype or None, got {o.ns_dtype!r}")
+    precision = isinstance(o.ns_dtype, torch.dtype) or o.ns_dtype in (None, *NS_PRECISIONS)
+    if not precision:
+        raise ValueError(
+            f"ns_dtype must be a torch.dtype, {' or '.join(map(repr, NS_PRECISIONS))}, got "
+            f"{o.ns_dtype!r}"
+        )
     validate_rule(o.lr_scaling)
     if not isinstance(o.ns_split, int) or isinstance(o.ns_split, bool) or o.ns_split < 1:
         raise ValueError(f"ns_split must be an int >= 1, got {o.ns_split!r}")

@@ -120,7 +120,7 @@ class LoRAPreMuon(MuonBase):
         weight_decay: float = 0.0,
         ns_steps: int = 5,
         ns_coefficients: str | Sequence = "jordan",
-        ns_dtype: torch.dtype | None = None,
+        ns_dtype: torch.dtype | str | None = "auto",
         lr_scaling: str | Callable = "keller",
         nonfinite: str = "raise",
         *,
