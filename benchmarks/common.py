@@ -9,58 +9,39 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from muonkit.hardware import machine_info
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 FRAGMENTS = RESULTS / "bench"
-FRAGMENT_ORDER = ("step_time", "orth_accuracy")
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    """The CPU feature flags that decide matmul speed by dtype (AVX-512, bf16, AMX)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2")))
-    except OSError:
-        pass
-    return []
+FRAGMENT_ORDER = ("step_time-*", "orth_accuracy")
 
 
 def hardware(device: torch.device) -> dict:
-    """What the numbers were measured on, and how loaded the machine was."""
-    info = {
-        "cpu": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "device": str(device),
-        "loadavg_start": list(os.getloadavg()),
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+    """What the numbers were measured on (:func:`muonkit.hardware.machine_info`: CPU, its
+    timing flags, PyTorch's CPU capability, native bf16, GPU), when, and how loaded."""
+    info = machine_info(device)
+    info.update(
+        python=sys.version.split()[0],
+        device=str(device),
+        loadavg_start=list(os.getloadavg()),
+        date_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
     return info
+
+
+def machine_label(info: dict) -> str:
+    """``native-bf16`` or ``no-native-bf16`` for a CPU (the two cases of issue 14), else the
+    device type: the suffix of a step-time fragment, so each machine kind keeps its figures."""
+    if info["device"].startswith("cuda"):
+        return "cuda"
+    return "native-bf16" if info["cpu_native_bf16"] else "no-native-bf16"
 
 
 def gpt_matrix_shapes(width: int, layers: int) -> list[tuple[int, int]]:
@@ -86,9 +67,8 @@ def rebuild_index() -> Path:
         "Written by `benchmarks/step_time.py` and `benchmarks/orth_accuracy.py` (`make bench`); "
         "every number below comes from the json beside its section in `docs/results/bench/`.\n",
     ]
-    for name in FRAGMENT_ORDER:
-        path = FRAGMENTS / f"{name}.md"
-        if path.exists():
+    for pattern in FRAGMENT_ORDER:
+        for path in sorted(FRAGMENTS.glob(f"{pattern}.md")):
             parts.append(path.read_text())
     out = RESULTS / "benchmarks.md"
     out.write_text("\n".join(parts))

@@ -33,10 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from common import gpt_matrix_shapes, hardware, markdown_table, write_fragment
+from common import gpt_matrix_shapes, hardware, machine_label, markdown_table, write_fragment
 
 from muonkit.muon import Muon
-from muonkit.precision import newton_schulz_flops, use_gram
+from muonkit.precision import describe, newton_schulz_flops, ns_flops_by_dtype
 
 KELLER_ABC = (3.4445, -4.7750, 2.0315)
 
@@ -102,16 +102,23 @@ class Unavailable(Exception):
 @dataclass
 class Method:
     name: str
-    dtype: str  # Newton-Schulz compute dtype ("" for AdamW)
+    dtype: str  # Newton-Schulz precision: "fp32", "bf16", "mixed", "auto" ("" for AdamW)
     make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
     note: str = ""
     muon: bool = True
     ns_gram: bool | None = False  # muonkit's ns_gram (None = auto); False for every peer
 
-    def flops(self, shapes) -> int:
-        """Matrix-product FLOPs of one step's Newton-Schulz: the Gram form where it runs."""
-        dtype = torch.float32 if self.dtype == "fp32" else torch.bfloat16
-        return sum(newton_schulz_flops(s, 5, use_gram(s, dtype, self.ns_gram)) for s in shapes)
+    def flops(self, shapes, device) -> dict[str, int]:
+        """Matrix-product FLOPs of one step's Newton-Schulz by compute dtype ("fp32",
+        "bf16"): the Gram form where it runs, each shape in the precision it runs in."""
+        named = {"fp32": torch.float32, "bf16": torch.bfloat16}
+        dtype = named.get(self.dtype, self.dtype)
+        return ns_flops_by_dtype(shapes, 5, dtype, device, self.ns_gram)
+
+
+def seconds_at_peak(flops: dict[str, int], peaks: dict[str, float]) -> float:
+    """The time the products would take at this machine's measured peak of each dtype."""
+    return sum(n / (peaks[d] * 1e9) for d, n in flops.items() if n)
 
 
 def _keller_package(params):
@@ -139,25 +146,24 @@ def _heavyball(params):
 
 
 def methods(device: torch.device) -> list[Method]:
-    ns = "bf16" if device.type == "cuda" else "fp32"
     out = [
         Method(
             "muonkit Muon() default",
-            ns,
+            "auto",
             Muon,
-            "jordan, 5 steps, Gram-NS where cheaper",
+            "jordan, 5 steps, ns_dtype='auto', Gram-NS where cheaper",
             ns_gram=None,
         ),
-        Method("muonkit jordan, Gram off", ns, lambda p: Muon(p, ns_gram=False)),
+        Method("muonkit jordan, Gram off", "auto", lambda p: Muon(p, ns_gram=False)),
         Method(
             "muonkit polar_express",
-            ns,
+            "auto",
             lambda p: Muon(p, ns_coefficients="polar_express"),
             ns_gram=None,
         ),
         Method(
             "muonkit polar_express, Gram off",
-            ns,
+            "auto",
             lambda p: Muon(p, ns_coefficients="polar_express", ns_gram=False),
         ),
         Method(
@@ -165,6 +171,13 @@ def methods(device: torch.device) -> list[Method]:
             "bf16",
             lambda p: Muon(p, ns_dtype=torch.bfloat16),
             "torch.optim.Muon's precision; Gram-NS never runs in bf16",
+            ns_gram=None,
+        ),
+        Method(
+            "muonkit ns_dtype='mixed'",
+            "mixed",
+            lambda p: Muon(p, ns_dtype="mixed"),
+            "first step fp32 (Gram side where cheaper), last 4 bf16",
             ns_gram=None,
         ),
         Method("torch.optim.Muon", "bf16", torch.optim.Muon, "as shipped in torch"),
@@ -331,6 +344,8 @@ def main(argv=None) -> int:
     for width, layers in parse_sets(args.sets):
         shapes = gpt_matrix_shapes(width, layers)
         repeats = args.repeats_large if width >= 768 else args.repeats
+        precision = describe("auto", device, sorted(set(shapes)))
+        print(f"set {width}x{layers}: muonkit default runs {precision}", flush=True)
         load0 = os.getloadavg()[0]
         recs = time_set(shapes, device, chosen, repeats, args.warmup, rng)
         load1 = os.getloadavg()[0]
@@ -341,11 +356,16 @@ def main(argv=None) -> int:
             if rec["status"] != "ok":
                 continue
             rec["ratio_to_muonkit"] = rec["median_ms"] / base if base else None
+            if m.dtype == "auto":  # show what auto ran: "auto: fp32", "auto: mixed", ...
+                rec["dtype"] = describe("auto", device, sorted(set(shapes)), 5, m.ns_gram)
+                rec["dtype"] = rec["dtype"].split(" (")[0]
             if rec["muon"]:
                 seconds = rec["median_ms"] * 1e-3
-                rec["gflop_run"] = m.flops(shapes) / 1e9
+                run = m.flops(shapes, device)
+                rec["gflop_run"] = {d: n / 1e9 for d, n in run.items()}
+                rec["ms_at_peak"] = 1e3 * seconds_at_peak(run, peaks)
                 rec["gflops"] = flops / seconds / 1e9
-                rec["pct_of_peak"] = 100 * rec["gflop_run"] / seconds / peaks[rec["dtype"]]
+                rec["pct_of_peak"] = 100 * rec["ms_at_peak"] / rec["median_ms"]
         entry = {
             "width": width,
             "layers": layers,
@@ -354,17 +374,18 @@ def main(argv=None) -> int:
             "ns_gflop_per_step": flops / 1e9,
             "repeats": repeats,
             "loadavg_1min": [load0, load1],
+            "default_precision": precision,
             "methods": recs,
         }
         results.append(entry)
         print(render_set(entry))
 
     data = {"hardware": hw, "matmul_peak_gflops": peaks, "args": vars(args), "sets": results}
-    data["targets"] = check_targets(results, chosen[0].name, peaks)
+    data["targets"] = check_targets(results, chosen[0].name, machine_label(hw))
     md = render(data)
     print(render_targets(data["targets"]))
     if not args.no_write:
-        print(f"wrote {write_fragment('step_time', md, data)}")
+        print(f"wrote {write_fragment('step_time-' + machine_label(hw), md, data)}")
     return 0
 
 
@@ -410,19 +431,24 @@ def render_set(entry: dict) -> str:
         f"({len(entry['shapes'])} matrices, {entry['params'] / 1e6:.2f} M params, "
         f"{entry['ns_gflop_per_step']:.2f} GFLOP of standard NS per step; median of "
         f"{entry['repeats']}; 1-min load {entry['loadavg_1min'][0]:.1f} -> "
-        f"{entry['loadavg_1min'][1]:.1f})\n"
+        f"{entry['loadavg_1min'][1]:.1f})\n\nmuonkit default: {entry['default_precision']}.\n"
     )
     return title + "\n" + markdown_table(header, rows)
 
 
 TARGET_SETS = ((128, 4), (256, 1))
-TORCH_RATIO, KELLER_RATIO = 0.05, 0.7
+# issue 14: (peer, bound on the muonkit default's ratio) per machine kind (common.machine_label)
+TARGETS = {
+    "no-native-bf16": (("torch.optim.Muon", 0.05), ("Keller Jordan algorithm in fp32", 0.65)),
+    "native-bf16": (("torch.optim.Muon", 0.8),),
+    "cuda": (),
+}
 
 
-def check_targets(results, default_name: str, peaks: dict) -> list[dict]:
-    """Each target ratio as measured, and the floor: the ratio the muonkit default would have
-    if its matrix products ran at this machine's measured peak in its NS dtype with no other
-    cost."""
+def check_targets(results, default_name: str, machine: str) -> list[dict]:
+    """Each target ratio of this machine kind as measured, and the floor: the ratio the muonkit
+    default would have if its matrix products ran at this machine's measured peak of each
+    dtype they run in, with no other cost."""
     out = []
     for entry in results:
         if (entry["width"], entry["layers"]) not in TARGET_SETS:
@@ -430,13 +456,8 @@ def check_targets(results, default_name: str, peaks: dict) -> list[dict]:
         recs = entry["methods"]
         default = recs.get(default_name, {})
         ours = default.get("median_ms")
-        floor_ms = (
-            1e3 * default["gflop_run"] / peaks[default["dtype"]] if "gflop_run" in default else None
-        )
-        for peer, bound in (
-            ("torch.optim.Muon", TORCH_RATIO),
-            ("Keller Jordan algorithm in fp32", KELLER_RATIO),
-        ):
+        floor_ms = default.get("ms_at_peak")
+        for peer, bound in TARGETS[machine]:
             theirs = recs.get(peer, {}).get("median_ms")
             ratio = ours / theirs if ours and theirs else None
             out.append(
@@ -469,21 +490,33 @@ def render_targets(targets: list[dict]) -> str:
     return markdown_table(header, rows)
 
 
+MACHINE_TITLES = {
+    "no-native-bf16": "without native bf16",
+    "native-bf16": "with native bf16",
+    "cuda": "host, CUDA device",
+}
+
+
 def render(data: dict) -> str:
     hw, peaks = data["hardware"], data["matmul_peak_gflops"]
     lines = [
-        "## Optimizer step time (`benchmarks/step_time.py`)\n",
+        f"## Optimizer step time on a CPU {MACHINE_TITLES[machine_label(hw)]} "
+        "(`benchmarks/step_time.py`)\n",
         f"Measured {hw['date_utc']} on {hw['cpu']} ({hw['logical_cores']} logical cores, "
         f"torch {hw['torch']}, {hw['torch_threads']} torch thread(s), device {hw['device']}). "
         f"Measured matmul peak (1024^3, best of 15): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16']:.0f} GFLOP/s. CPU flags: {' '.join(hw['cpu_flags']) or '-'}.\n",
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s. CPU flags: {' '.join(hw['cpu_flags']) or '-'}; "
+        f"PyTorch CPU capability {hw['cpu_capability']}; native bf16: "
+        f"{'yes' if hw['cpu_native_bf16'] else 'no'}. Per set, the title says what the "
+        "muonkit default (`ns_dtype=\"auto\"`) runs there.\n",
         "Load averages are given per set (other jobs on a shared machine inflate absolute "
         "times and widen min/max); methods run interleaved in random order each round, so "
         "load falls on all of them alike. Ratios within one set are the figure to read. "
         "Effective GFLOP/s counts the work of standard 5-step Newton-Schulz for "
         "every method (Gram-NS does fewer FLOPs, so its effective rate can pass the peak); "
         "`% peak` counts the products a method actually runs against the matmul peak of its NS "
-        "dtype. In the targets table, `floor (at peak)` is the ratio the muonkit default would "
+        "dtype (fp32 and bf16 parts of mixed precision each at its own peak). In the targets "
+        "table, `floor (at peak)` is the ratio the muonkit default would "
         "reach if its products ran at the peak of its NS dtype with nothing else to do: no "
         "implementation of the same work in that dtype can beat it on this machine.\n",
     ]
@@ -496,7 +529,7 @@ def render(data: dict) -> str:
         ]
         if warm:
             lines.append(f"Warm-up ({data['args']['warmup']} steps) over 5 s: {'; '.join(warm)}.\n")
-    lines.append("### Targets of issue 6 (this run)\n")
+    lines.append("### Targets of issue 14 (this run)\n")
     lines.append(render_targets(data["targets"]))
     lines.append(
         f"\nCommand: `python benchmarks/step_time.py --sets {data['args']['sets']} "

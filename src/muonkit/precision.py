@@ -162,3 +162,26 @@ def describe(
     else:
         why = device.type
     return f"auto: {chosen} ({why})"
+
+
+def ns_flops_by_dtype(
+    shapes: Sequence[Sequence[int]],
+    steps: int = 5,
+    ns_dtype: torch.dtype | str | None = "auto",
+    device: torch.device | str = "cpu",
+    gram: bool | None = None,
+) -> dict[str, int]:
+    """Matrix-product FLOPs of one Newton-Schulz call per shape, by the precision each product
+    runs in (e.g. ``{"fp32": ..., "bf16": ...}``): each shape resolved as ``ns_dtype`` resolves
+    it on ``device``, the Gram side where :func:`use_gram` picks it."""
+    out: dict[str, int] = {}
+    for shape in shapes:
+        dtype = resolve_dtype(ns_dtype, device, shape, steps, gram)
+        if dtype == "mixed":
+            parts = dict(zip(("fp32", "bf16"), mixed_flops(shape, steps, gram)))
+        else:
+            flops = newton_schulz_flops(shape, steps, use_gram(shape, dtype, gram))
+            parts = {precision_name(dtype): flops}
+        for name, n in parts.items():
+            out[name] = out.get(name, 0) + n
+    return out

@@ -25,6 +25,7 @@ from .metrics import (
     steps_to_reach,
     val_loss_at,
 )
+from .ns_cost import gpt_step_flops
 from .plots import plot_loss_curves, val_stats
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
@@ -53,6 +54,7 @@ def compare_numbers(groups: dict[str, list[Run]]) -> dict:
             "optimizer_state_bytes": max(s.get("optimizer_state_bytes", 0) for s in summaries),
             "peak_mem_bytes": max(s.get("peak_mem_bytes", 0) for s in summaries),
             "train_time_s": mean_std([r.train[-1]["elapsed_s"] for r in runs]),
+            "ns_flops": gpt_step_flops(runs[0].config, summaries[0].get("device", "cpu")),
         }
     reach = {}
     for a, runs_a in groups.items():
@@ -111,6 +113,7 @@ def cost_table(numbers: dict) -> str:
         "train time (s)",
         "optimizer state",
         "peak memory",
+        "NS / fwd+bwd FLOPs",
     ]
     rows = []
     for name, o in numbers["optimizers"].items():
@@ -125,9 +128,16 @@ def cost_table(numbers: dict) -> str:
                 f"{o['train_time_s'][0]:.0f}",
                 fmt_bytes(o["optimizer_state_bytes"]),
                 fmt_bytes(o["peak_mem_bytes"]),
+                fmt_ns_fraction(o.get("ns_flops")),
             ]
         )
     return markdown_table(headers, rows)
+
+
+def fmt_ns_fraction(ns: dict | None) -> str:
+    if ns is None:
+        return "-"
+    return f"{ns['fraction']:.0%} ({ns['ns'] / 1e9:.2f} / {ns['model'] / 1e9:.2f} GFLOP)"
 
 
 def sweep_table(sweep: list[Run], chosen: dict) -> str:
@@ -250,7 +260,10 @@ def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: d
         "tokens/s and ms/step leave out each run's first step (warm-up); optimizer state is "
         "measured from the optimizer's state tensors; peak memory is the run's peak RSS on "
         "CPU (each run its own process unless compare ran with --no-isolate) or "
-        "max_memory_allocated on CUDA.\n"
+        "max_memory_allocated on CUDA. `NS / fwd+bwd FLOPs`: Newton-Schulz matrix-product "
+        "FLOPs per optimizer step over the model's forward+backward FLOPs per step "
+        "(6 N + 12 L C T per token, `muonkit.report.ns_cost`); it falls with width / "
+        "tokens per step, so a Muon step's overhead shrinks on larger models and batches.\n"
     )
     if len(names) == 2:
         t0, t1 = (numbers["optimizers"][n]["step_time_s"][0] for n in names)
