@@ -44,6 +44,7 @@ demo-distributed: install
 bench: install  # peers = the `bench` extra of pyproject.toml
 	$(PY) -m pip install -q --no-deps muon-optimizer muon-fsdp2 heavyball opt-einsum
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/gpt_step.py
 	$(PY) benchmarks/orth_accuracy.py
 
 clean:

@@ -19,6 +19,7 @@ inputs); the worst of the four must stay <= 1.1 (issue 14: within 10% of fp32's 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import matplotlib
 
@@ -30,7 +31,12 @@ from common import FRAGMENTS, hardware, markdown_table, write_fragment  # noqa: 
 from muonkit import precision  # noqa: E402
 from muonkit.data.text import TokenBatches, load_text  # noqa: E402
 from muonkit.models.gpt import GPT, preset_config  # noqa: E402
-from muonkit.orthogonalize import newton_schulz, polar  # noqa: E402
+from muonkit.orthogonalize import (  # noqa: E402
+    _standard_iteration,
+    newton_schulz,
+    polar,
+    resolve_schedule,
+)
 from muonkit.train.gpt import lm_loss  # noqa: E402
 
 # (label, coefficients, dtype, gram)
@@ -105,6 +111,25 @@ def error_ratio(result, reference) -> float:
     )
 
 
+def bf16_first(G, steps: int, coeffs: str, fp32_steps: int) -> torch.Tensor:
+    """The other order (issue 14's first guess): the first steps in bf16 (standard form), the
+    last ``fp32_steps`` in fp32, as one continued iteration."""
+    schedule = resolve_schedule(coeffs)
+    X = G.to(torch.bfloat16)
+    X = X.mT if G.shape[-2] > G.shape[-1] else X
+    X = X / (X.norm() * schedule.norm_safety + 1e-7)
+    abc = schedule.for_steps(steps)
+    X = _standard_iteration(X, abc[: steps - fp32_steps]).float()
+    X = _standard_iteration(X, abc[steps - fp32_steps :])
+    return (X.mT if G.shape[-2] > G.shape[-1] else X).float()
+
+
+def evaluate_fn(G, grads, fn) -> tuple[float, float, float, float]:
+    err, cos = metrics(fn(G), G)
+    real = [metrics(fn(g), g, GRAD_FLOOR) for g in grads]
+    return err, cos, max(e for e, _ in real), min(c for _, c in real)
+
+
 def switch_point(G, grads) -> tuple[list[list[str]], list[dict]]:
     """Mixed precision with every number of final bf16 steps against fp32 (the real code
     path, ``precision.MIXED_BF16_STEPS`` varied)."""
@@ -122,6 +147,16 @@ def switch_point(G, grads) -> tuple[list[list[str]], list[dict]]:
                     data.append(dict(coefficients=coeffs, steps=steps, bf16_steps=bf16_steps,
                                      results=result, fp32=fp32, worst_ratio=ratio))
                     rows.append([coeffs, str(steps), f"{steps - bf16_steps} + {bf16_steps}",
+                                 *(f"{x:.4f}" for x in result), f"{ratio:.3f}",
+                                 "yes" if ratio <= 1.1 else "no"])
+                for fp32_steps in (1, 2):
+                    result = evaluate_fn(G, grads, functools.partial(
+                        bf16_first, steps=steps, coeffs=coeffs, fp32_steps=fp32_steps))
+                    ratio = error_ratio(result, fp32)
+                    data.append(dict(coefficients=coeffs, steps=steps, bf16_first=True,
+                                     fp32_steps=fp32_steps, results=result, worst_ratio=ratio))
+                    rows.append([coeffs, str(steps),
+                                 f"bf16 first: {steps - fp32_steps} bf16 + {fp32_steps} fp32",
                                  *(f"{x:.4f}" for x in result), f"{ratio:.3f}",
                                  "yes" if ratio <= 1.1 else "no"])
     finally:
@@ -179,7 +214,8 @@ def main(argv=None) -> int:
         "![sigma_out vs sigma_in](bench/orth_accuracy.png)\n",
         "### Mixed precision: where to switch from fp32 to bf16\n",
         "Each run: the first steps in fp32 (Gram side where cheaper), the rest in bf16 "
-        "(`fp32 + bf16` steps; `0 + n` is plain bf16). `worst ratio`: the largest of the four "
+        "(`fp32 + bf16` steps; `0 + n` is plain bf16); the `bf16 first` rows run the other "
+        "order (bf16 early, fp32 late). `worst ratio`: the largest of the four "
         "errors (max abs(sigma-1) and 1 - cos, synthetic and GPT grads) divided by the fp32 "
         "iteration's. Rounding G or an early iterate to bf16 loses the directions of small "
         "singular values and later steps amplify that noise, so the early steps need fp32 and "
