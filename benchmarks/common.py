@@ -64,8 +64,11 @@ def write_fragment(name: str, markdown: str, data: dict) -> Path:
 def rebuild_index() -> Path:
     parts = [
         "# muonkit benchmarks\n",
-        "Written by `benchmarks/step_time.py` and `benchmarks/orth_accuracy.py` (`make bench`); "
-        "every number below comes from the json beside its section in `docs/results/bench/`.\n",
+        "Written by `benchmarks/step_time.py`, `gpt_step.py`, `orth_accuracy.py` (`make bench`) "
+        "and `project_native.py`; every number below comes from the json beside its section in "
+        "`docs/results/bench/`. Machines differ: the step-time sections are one per machine "
+        "kind (a CPU with native bf16, i.e. AVX512-BF16/AMX, and one without), each naming the "
+        "CPU, its flags and PyTorch's CPU capability; compare ratios within a section only.\n",
     ]
     for pattern in FRAGMENT_ORDER:
         for path in sorted(FRAGMENTS.glob(f"{pattern}.md")):

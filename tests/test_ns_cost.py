@@ -45,3 +45,4 @@ def test_no_figure_for_adamw_or_non_gpt_runs():
     config = GPTConfig(**SMALL)
     assert gpt_step_flops(run_record(config, optimizer="adamw")) is None
     assert gpt_step_flops({"optimizer": "muon", "config": {}}) is None  # not a GPT run
+    assert gpt_step_flops(run_record(config, ns_coefficients="svd")) is None

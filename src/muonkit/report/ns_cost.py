@@ -35,6 +35,8 @@ def gpt_step_flops(run: dict, device: str = "cpu") -> dict | None:
     for group in opt.param_groups:
         if group.get("use_muon"):
             o = MuonOptions.from_group(group)
+            if o.ns_coefficients == "svd":  # an SVD, not Newton-Schulz: no FLOP model
+                return None
             shapes = [block_shape(p.shape, o.ns_split) for p in group["params"]] * o.ns_split
             ns += sum(ns_flops_by_dtype(shapes, o.ns_steps, o.ns_dtype, device, o.ns_gram).values())
     tokens = (
