@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         table,
     ])
     print(md)
-    write_fragment("step_time-native-bf16-projection", md, {"source": str(path), "rows": rows})
+    write_fragment("step_time-native-bf16_projection", md, {"source": str(path), "rows": rows})
     return 0
 
 
