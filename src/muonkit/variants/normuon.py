@@ -124,7 +124,7 @@ class NorMuon(MuonBase):
         momentum_form: str = "standard",
         ns_steps: int = 5,
         ns_coefficients: str | Sequence = "jordan",
-        ns_dtype: torch.dtype | None = None,
+        ns_dtype: torch.dtype | str | None = "auto",
         lr_scaling: str | Callable = "keller",
         ns_split: int = 1,
         ns_gram: bool | None = None,
