@@ -26,8 +26,8 @@ import torch
 from common import hardware, markdown_table, write_fragment
 
 from muonkit.data.text import TokenBatches, load_text
+from muonkit.functional import orthogonalize_updates
 from muonkit.models.gpt import GPT, preset_config
-from muonkit.muon import orthogonalize_updates
 from muonkit.options import MuonOptions
 from muonkit.report.ns_cost import gpt_step_flops
 from muonkit.train.gpt import lm_loss

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-import muonkit.muon
+import muonkit.functional
 from muonkit import Muon
 from muonkit.distributed import DistributedMuon, load_checkpoint, save_checkpoint, spawn
 from muonkit.muon import NonFiniteGradientError
@@ -303,7 +303,7 @@ class OptionNet(nn.Module):
 
 
 def option_run(kind: str, variant: str, mesh=None) -> tuple[dict, set]:
-    """(full params after 2 steps, the arguments muonkit.muon.orthogonalize was called with)."""
+    """(full params after 2 steps, the arguments muonkit.functional.orthogonalize got)."""
     net = OptionNet()
     if kind == "fsdp2":
         from torch.distributed.fsdp import fully_shard
@@ -317,13 +317,13 @@ def option_run(kind: str, variant: str, mesh=None) -> tuple[dict, set]:
     cls = DistributedMuon if kind == "ddp" else Muon
     opt = cls(param_groups, momentum=momentum, **options)
     calls: set = set()
-    original = muonkit.muon.orthogonalize
+    original = muonkit.functional.orthogonalize
 
     def spy(G, *args):
         calls.add((tuple(G.shape[-2:]), *map(str, args)))
         return original(G, *args)
 
-    muonkit.muon.orthogonalize = spy
+    muonkit.functional.orthogonalize = spy
     try:
         for step in range(2):
             for group in opt.param_groups:
@@ -332,7 +332,7 @@ def option_run(kind: str, variant: str, mesh=None) -> tuple[dict, set]:
             opt.step()
             opt.zero_grad(set_to_none=True)
     finally:
-        muonkit.muon.orthogonalize = original
+        muonkit.functional.orthogonalize = original
     return full_params(net), calls
 
 

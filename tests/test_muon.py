@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from muonkit import Muon, NonFiniteGradientError
-from muonkit.muon import SKIPPED_STEPS_KEY, all_finite, orthogonalize_updates
+from muonkit.functional import all_finite, orthogonalize_updates
+from muonkit.muon import SKIPPED_STEPS_KEY
 
 SHAPES = [(16, 8), (8, 16), (12, 12), (12, 12), (16, 8)]
 

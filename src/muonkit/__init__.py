@@ -14,7 +14,7 @@ from .scaling import lr_scale
 def _distributed_step(params):
     """The distributed step strategy for a group holding DTensors (FSDP2, HSDP, TP, EP),
     imported only when one appears, so the core never imports ``muonkit.distributed``."""
-    from .muon import any_dtensor
+    from .functional import any_dtensor
 
     if not any_dtensor(params):
         return None

@@ -40,16 +40,15 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from ..hybrid import MuonWithAuxAdam
-from ..muon import (
-    LocalStep,
-    Muon,
+from ..functional import (
     all_finite,
     any_dtensor,
     momentum_update_,
     orthogonalize_and_apply_,
     orthogonalize_updates,
 )
+from ..hybrid import MuonWithAuxAdam
+from ..muon import LocalStep, Muon
 from ..options import MuonOptions
 from .layout import assign_owners, comm_group, holding, shard_rows
 from .plan import CommStats, ExchangePlan, ns_cost, unit_owners

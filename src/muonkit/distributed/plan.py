@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..muon import block_shape
+from ..functional import block_shape
 from .layout import CommGroup, Holding, assign_owners
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..functional import block_shape
 from ..models.gpt import GPT, GPTConfig
-from ..muon import block_shape
 from ..options import MuonOptions
 from ..precision import ns_flops_by_dtype
 

@@ -36,16 +36,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..functional import matrix_shape, momentum_update_, nesterov_updates, orthogonalize_and_apply_
 from ..heads import HEAD_NAMES, head_modules
-from ..muon import (
-    MUON_DEFAULTS,
-    MuonBase,
-    matrix_shape,
-    momentum_update_,
-    nesterov_updates,
-    orthogonalize_and_apply_,
-    validate_muon_options,
-)
+from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
 from ..options import MuonOptions, check_seed, options_from_call
 
 

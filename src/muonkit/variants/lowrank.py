@@ -40,14 +40,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..muon import (
-    MUON_DEFAULTS,
-    MuonBase,
-    matrix_shape,
-    nesterov_updates,
-    orthogonalize_and_apply_,
-    validate_muon_options,
-)
+from ..functional import matrix_shape, nesterov_updates, orthogonalize_and_apply_
+from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
 from ..options import MuonOptions, check_seed, options_from_call
 
 

@@ -31,17 +31,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..hybrid import MuonWithAuxAdam
-from ..muon import (
-    MUON_DEFAULTS,
-    MuonBase,
+from ..functional import (
     any_dtensor,
     matrix_shape,
     momentum_update_,
     orthogonalize_and_apply_,
     orthogonalize_updates,
-    validate_muon_options,
 )
+from ..hybrid import MuonWithAuxAdam
+from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
 from ..options import MuonOptions, options_from_call
 
 NORMUON_DEFAULTS = {"beta2": 0.95, "eps": 1e-8}
