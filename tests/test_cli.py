@@ -91,6 +91,16 @@ def test_a_directory_holding_a_run_is_refused_unless_overwrite(finished, tmp_pat
         (["demo", "--steps", "0"], "--steps"),
         (["variants", "large", "--momentum", "1.0"], "--momentum"),
         (["variants", "large", "--ranks", "4", "0"], "--ranks"),
+        (["compare", "--seeds", "-1"], "--seeds"),
+        (["compare", "--lr-sweep", "--sweep-steps", "0"], "--sweep-steps"),
+        (["compare", "--adamw-lrs", "nan"], "--adamw-lrs"),
+        (["compare", "--aux-lrs", "0"], "--aux-lrs"),
+        (["compare", "--jobs", "0"], "--jobs"),
+        (["compare", "--sweep-extend", "-1"], "--sweep-extend"),
+        (["horizon", "--horizons", "0"], "--horizons"),
+        (["horizon", "--seeds", "-1"], "--seeds"),
+        (["horizon", "--threads", "0"], "--threads"),
+        (["horizon", "--grid-points", "1.5"], "--grid-points"),
     ],
 )
 def test_every_numeric_value_is_checked_before_work(argv, flag, capsys, tmp_path):
@@ -204,6 +214,25 @@ def test_help_describes_options_with_defaults(argv, expected, capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert all(e in text for e in expected), text
+
+
+@pytest.mark.parametrize("command", [["compare"], ["horizon"], ["variants", "large"]])
+def test_an_unknown_device_is_refused_before_anything_is_written(command, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert "unknown device" in user_error(capsys, [*command, "--device", "foo", "--out", str(out)])
+    assert not out.exists() and capsys.readouterr().out == ""
+
+
+def test_help_shows_no_meaningless_default(capsys):
+    texts = {}
+    for command in ("compare", "variants", "horizon"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    assert "(default: True)" not in texts["compare"] and "--no-progress" not in texts["compare"]
+    assert "(default: )" not in texts["variants"] and "(default: False)" not in texts["horizon"]
+    assert "every optimizer trains once per seed (default: [0, 1, 2])" in texts["compare"]
+    assert "optimizers to compare (default: ['adamw', 'muon'])" in texts["compare"]
 
 
 def test_variants_refuses_an_earlier_study_unless_overwrite(tmp_path, capsys):

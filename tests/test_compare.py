@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from muonkit.cli import main
+from muonkit.cli.compare import config_from_args
 from muonkit.report.metrics import load_run
 
 
@@ -72,33 +73,56 @@ def test_tiny_compare_end_to_end(tmp_path, capsys):
     assert "1-minute load average" in text and "thread(s) per run" in text
 
 
+def user_error(capsys, argv) -> str:
+    """Run ``muonkit argv``; assert exit code 2 and one line on stderr; return that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 def test_compare_bad_input(tmp_path, capsys):
-    assert main(["compare", "--adamw-lrs", "3e-4", "1e-3", "--out", str(tmp_path)]) == 2
-    assert "factor 2" in capsys.readouterr().err
+    assert "factor 2" in user_error(capsys, ["compare", "--adamw-lrs", "3e-4", "1e-3",
+                                             "--out", str(tmp_path)])
     (tmp_path / "runs").mkdir()
-    assert main(["compare", "--out", str(tmp_path)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert "--overwrite" in user_error(capsys, ["compare", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["compare", "--preset", "huge", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["compare", "--optimizers", "sgd", "--out", str(tmp_path)])
-    with pytest.raises(RuntimeError, match="does not exist"):
-        main(
-            [
-                "compare",
-                "--steps",
-                "2",
-                "--seeds",
-                "0",
-                "--optimizers",
-                "adamw",
-                "--data",
-                str(tmp_path / "missing.txt"),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
 
+
+def test_unreadable_data_is_one_line_before_any_run(tmp_path, capsys):
+    """The parent loads the data first: a missing, empty or binary file is one line, exit 2,
+    and nothing is written."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for data, expected in ((empty, "empty.txt is empty"), (binary, "weights.bin is not UTF-8"),
+                           (tmp_path / "missing.txt", "missing.txt")):
+        out = tmp_path / "o"
+        argv = ["compare", "--steps", "2", "--seeds", "0", "--optimizers", "adamw",
+                "--data", str(data), "--out", str(out)]
+        assert expected in user_error(capsys, argv)
+        assert not out.exists()
+
+
+def test_a_child_runs_user_error_is_one_line(tmp_path):
+    """A run that fails in its own process with a user error (here: its data file is gone)
+    raises a one-line ValueError naming the run and the cause, not the child's traceback."""
+    from muonkit.experiments.runs import RunSpec, run_isolated
+    from muonkit.train.loop import TrainConfig
+
+    cfg = TrainConfig(steps=2, out_dir=str(tmp_path / "r"), tensorboard=False, progress=False)
+    spec = RunSpec(dict(optimizer="adamw", data=str(tmp_path / "gone.txt"), train_config=cfg),
+                   "r", threads=1)
+    with pytest.raises(ValueError) as info:
+        run_isolated(spec, lambda _: None, poll_s=0.2)
+    message = str(info.value)
+    assert "gone.txt" in message and "Traceback" not in message and "\n" not in message
 
 def test_edge_pick_is_extended_and_aux_lr_reaches_the_hybrids_adamw_groups(tmp_path, monkeypatch):
     """The runner is replaced by one that builds the real optimizer from what compare passes
@@ -125,7 +149,7 @@ def test_edge_pick_is_extended_and_aux_lr_reaches_the_hybrids_adamw_groups(tmp_p
         "1e-3", "2e-3", "--muon-lrs", "0.01", "0.02", "0.04", "--lr-sweep", "--no-isolate",
         "--steps", "1000", "--out", str(tmp_path),
     ])
-    exp = compare.Experiment(compare.config_from_args(args), log=lambda _: None)
+    exp = compare.Experiment(config_from_args(args), log=lambda _: None)
     chosen, record = compare.tune(exp)
     assert chosen["muon"]["muon_lr"] == 0.02 and chosen["muon"]["aux_lr"] == 8e-3
     muon_stage, aux_stage = record["muon"]
@@ -194,7 +218,7 @@ def test_sweep_full_topk_reruns_the_best_at_full_length_and_chooses_among_them(
         "--lr-sweep", "--sweep-full-topk", "2", "--no-isolate", "--steps", "800",
         "--out", str(tmp_path),
     ])
-    exp = compare.Experiment(compare.config_from_args(args), log=lambda _: None)
+    exp = compare.Experiment(config_from_args(args), log=lambda _: None)
     chosen, record = compare.tune(exp)
     assert chosen["muon"]["muon_lr"] == 0.02
     assert [r["name"] for r in record["muon_full"]] == ["muon-lr0.04-aux0.0006",

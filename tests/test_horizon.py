@@ -82,7 +82,9 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(out, partial)
     shutil.rmtree(partial / "h8" / "muon-seed" / "lr0.02-s1")
-    assert main(["horizon", "--out", str(partial), "--horizons", "4", "8"]) == 2  # settings
+    with pytest.raises(SystemExit) as exit_info:  # other settings
+        main(["horizon", "--out", str(partial), "--horizons", "4", "8"])
+    assert exit_info.value.code == 2
     commands = (partial / "commands.txt").read_text()
     assert main(["horizon", "--out", str(partial), "--report-only"]) == 0
     assert (partial / "commands.txt").read_text() == commands

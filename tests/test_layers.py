@@ -83,3 +83,19 @@ def test_core_never_imports_distributed():
         for f in layer_files(LAB + ("distributed",), inside=False)
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_only_the_command_line_parses_flags():
+    """argparse lives in ``muonkit.cli`` only, and nothing but ``__main__`` imports the CLI:
+    experiments take dataclasses, not ``argparse.Namespace`` objects."""
+    offenders = {}
+    for f in layer_files(("cli", "__main__"), inside=False):
+        tree = ast.parse(f.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        bad = sorted(m for m in names | imported_modules(f)
+                     if m.split(".")[0] == "argparse" or top(m) == "cli")
+        if bad:
+            offenders[module_name(f)] = bad
+    assert offenders == {}
+    assert PACKAGE / "cli" / "train.py" not in layer_files(("cli", "__main__"), inside=False)

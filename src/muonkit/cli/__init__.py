@@ -16,8 +16,8 @@ from .common import DEBUG_ENV, USER_ERRORS, Parser, add_debug_flag
 
 COMMANDS = [
     "muonkit.cli.demo",
-    "muonkit.experiments.compare",
-    "muonkit.experiments.horizon",
+    "muonkit.cli.compare",
+    "muonkit.cli.horizon",
     "muonkit.cli.data",
     "muonkit.cli.train",
     "muonkit.cli.variants",

@@ -22,13 +22,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except for on/off flags (their default says nothing)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 def add_command(subparsers, name: str, *, help: str, description: str | None = None):
     """A subcommand parser that shows defaults in ``--help`` and takes ``--debug``."""
     p = subparsers.add_parser(
         name,
         help=help,
         description=description or help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_debug_flag(p)
     return p

@@ -34,9 +34,9 @@ from .common import (
 )
 
 
-def add_gpt_arguments(p: argparse.ArgumentParser) -> None:
+def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None:
     """Model, data, loop and optimizer flags of :class:`GPTRunConfig` (``config_from_args``
-    reads them back)."""
+    reads them back); ``progress=False``: no ``--no-progress`` (a command that shows its own)."""
     d = GPTRunConfig()
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="GPT size")
     p.add_argument("--data", default=d.data,
@@ -69,7 +69,8 @@ def add_gpt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--peak-flops", type=POSITIVE, default=d.peak_flops,
                    help="device peak FLOP/s for MFU (None: known GPUs' bf16 peak, else no MFU)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
     # optimizer settings (nanoGPT AdamW defaults; Muon on hidden matrices)
     p.add_argument("--lr", type=POSITIVE, default=d.lr,
@@ -95,19 +96,9 @@ def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
         for f in dataclasses.fields(GPTRunConfig)
         if hasattr(args, f.name)
     }
-    values["progress"] = not args.no_progress
+    values["progress"] = not getattr(args, "no_progress", True)
     values["tensorboard"] = not args.no_tensorboard
     return GPTRunConfig(**values)
-
-
-def train_config_from(args, optimizer: str, out_dir: str, seed: int, **changes) -> TrainConfig:
-    """For commands that still pass flags around: ``config_from_args(args).train_config(...)``."""
-    return config_from_args(args).train_config(optimizer, out_dir, seed, **changes)
-
-
-def train_gpt_kwargs(args, optimizer: str, cfg: TrainConfig) -> dict:
-    """For commands that still pass flags around: ``config_from_args(args).train_gpt_kwargs``."""
-    return config_from_args(args).train_gpt_kwargs(optimizer, cfg)
 
 
 def run_command(args: argparse.Namespace) -> int:

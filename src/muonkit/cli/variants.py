@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
                    help="torch intra-op threads (None: the cores the 1-minute load leaves "
                    "free)")
-    p.add_argument("--out", default="", help="output dir (default runs/variants/<study>)")
+    p.add_argument("--out", default=None, help="output dir (None: runs/variants/<study>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the study already in --out (its runs, table and figure)")
     p.set_defaults(func=run_command)

@@ -15,11 +15,11 @@
    ``curves.png`` from the runs' ``metrics.jsonl``.
 
 ``--no-isolate`` runs everything in this process (no progress lines; peak memory cumulative).
+The command line is :mod:`muonkit.cli.compare`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -31,21 +31,23 @@ from pathlib import Path
 
 import torch
 
-from ..cli.train import add_gpt_arguments, train_config_from, train_gpt_kwargs
+from ..data.text import load_text
 from ..hardware import machine_info
-from ..models.gpt import OPTIMIZERS
 from ..report.compare import build_compare_report
-from ..train.gpt import train_gpt
+from ..train.checks import check_number
+from ..train.gpt import GPTRunConfig, train_gpt
 from .runs import RunSpec, SlotPool, default_threads, run_concurrently, run_isolated
 from .sweep import SweepResult, check_factor_grid, run_sweep, top_k
 
 
 @dataclass
 class CompareConfig:
-    """The experiment's own settings; ``gpt`` holds the shared GPT flags (``muonkit train``'s
-    model, data, schedule and optimizer options)."""
+    """The experiment's own settings; ``gpt``: the GPT run settings every run starts from
+    (``muonkit train``'s model, data, schedule and optimizer options); ``command``: the command
+    line recorded in settings.json."""
 
-    gpt: argparse.Namespace
+    gpt: GPTRunConfig = field(default_factory=GPTRunConfig)
+    command: str | None = None
     out: str = "runs/compare"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     optimizers: list[str] = field(default_factory=lambda: ["adamw", "muon"])
@@ -63,18 +65,32 @@ class CompareConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        for name, bounds in BOUNDS.items():
+            values = getattr(self, name)
+            for value in values if isinstance(values, list) else [values]:
+                if value is not None:
+                    check_number(f"--{name.replace('_', '-')}", value, **bounds)
+        if not self.seeds or not self.optimizers:
+            raise ValueError("--seeds and --optimizers need at least one value")
         for name in ("adamw_lrs", "muon_lrs", "aux_lrs"):
             if getattr(self, name):
-                check_factor_grid(getattr(self, name))
-        if self.aux_lr is not None and not self.aux_lr > 0:
-            raise ValueError(f"--aux-lr must be > 0, got {self.aux_lr}")
-        if self.jobs < 1 or (self.threads is not None and self.threads < 1):
-            raise ValueError("--jobs and --threads must be >= 1")
-        if self.sweep_extend < 0 or self.sweep_full_topk < 0:
-            raise ValueError("--sweep-extend and --sweep-full-topk must be >= 0")
+                try:
+                    check_factor_grid(getattr(self, name))
+                except ValueError as e:
+                    raise ValueError(f"--{name.replace('_', '-')}: {e}") from None
         steps = self.sweep_steps or max(1, self.gpt.steps // 4)
         if self.lr_sweep and steps <= self.gpt.warmup:
-            raise ValueError(f"sweep runs ({steps} steps) must be longer than --warmup")
+            raise ValueError(f"sweep runs must be longer than --warmup ({self.gpt.warmup} "
+                             f"steps); they take {steps} (--sweep-steps, else --steps / 4)")
+
+
+# Bounds of the numeric settings (:func:`muonkit.train.checks.check_number`).
+BOUNDS = {
+    "seeds": {"ge": 0, "integer": True}, "sweep_steps": {"ge": 1, "integer": True},
+    "adamw_lrs": {"gt": 0}, "muon_lrs": {"gt": 0}, "aux_lr": {"gt": 0}, "aux_lrs": {"gt": 0},
+    "sweep_extend": {"ge": 0, "integer": True}, "sweep_full_topk": {"ge": 0, "integer": True},
+    "threads": {"ge": 1, "integer": True}, "jobs": {"ge": 1, "integer": True},
+}
 
 
 class Experiment:
@@ -88,12 +104,13 @@ class Experiment:
     def run(self, optimizer: str, out_dir: Path, seed: int, lr: float, muon_lr: float,
             aux_lr: float, priority: tuple = (0,), **changes) -> float:
         """One run; its final val loss (``inf`` if it diverged)."""
-        gpt = argparse.Namespace(**vars(self.cfg.gpt))
-        hybrid = optimizer != "adamw"
-        gpt.lr, gpt.muon_lr = (aux_lr, muon_lr) if hybrid else (lr, gpt.muon_lr)
-        train_cfg = train_config_from(gpt, optimizer, str(out_dir), seed, progress=False,
-                                      **changes)
-        kwargs = train_gpt_kwargs(gpt, optimizer, train_cfg)
+        gpt = self.cfg.gpt
+        if optimizer == "adamw":
+            gpt = dataclasses.replace(gpt, lr=lr, progress=False)
+        else:
+            gpt = dataclasses.replace(gpt, lr=aux_lr, muon_lr=muon_lr, progress=False)
+        train_cfg = gpt.train_config(optimizer, str(out_dir), seed, progress=False, **changes)
+        kwargs = gpt.train_gpt_kwargs(optimizer, train_cfg)
         if not self.cfg.isolate:
             return self.pool.run(priority, _run_here, kwargs)
         spec = RunSpec(kwargs, out_dir.name, self.threads)
@@ -193,7 +210,9 @@ def prepare_out(cfg: CompareConfig) -> Path:
 
 
 def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
-    """The whole experiment; returns the report's paths."""
+    """The whole experiment; returns the report's paths. The data is loaded once first, so a
+    missing, empty or binary file fails before anything is written."""
+    load_text(cfg.gpt.data, cfg.gpt.tokenizer)
     out = prepare_out(cfg)
     exp = Experiment(cfg, log)
     info_start = machine_info()
@@ -217,7 +236,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
     for name, loss in zip(names, run_concurrently(calls), strict=True):
         log(f"{name}: final val loss {loss:.4f}")
     settings = {
-        "command": "muonkit " + shlex.join(getattr(gpt, "argv", sys.argv[1:])),
+        "command": cfg.command or "muonkit " + shlex.join(sys.argv[1:]),
         "chosen_lr": {k: chosen[k]["lr" if k == "adamw" else "muon_lr"] for k in cfg.optimizers},
         "chosen": {k: chosen[k] for k in cfg.optimizers},
         "sweeps": sweeps,
@@ -225,80 +244,8 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
         "jobs": cfg.jobs,
         "machine_start": info_start,
         "machine_end": machine_info(),
-        "args": {**{k: v for k, v in vars(gpt).items() if k != "func"},
+        "args": {**dataclasses.asdict(gpt),
                  **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "gpt"}},
     }
     (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
     return build_compare_report(out)
-
-
-def _user_error(message: str) -> int:
-    print(f"muonkit compare: error: {message}", file=sys.stderr)
-    return 2
-
-
-def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    own = {f.name for f in dataclasses.fields(CompareConfig)} - {"gpt"}
-    return CompareConfig(gpt=args, **{k: getattr(args, k) for k in own})
-
-
-def _command(args: argparse.Namespace) -> int:
-    try:
-        cfg = config_from_args(args)
-        paths = run_compare(cfg)
-    except (ValueError, FileExistsError) as e:
-        return _user_error(str(e).splitlines()[0])
-    print(f"report: {paths['report']}\ncurves: {paths['curves']}")
-    return 0
-
-
-def _report_command(args: argparse.Namespace) -> int:
-    paths = build_compare_report(args.dir)
-    print(f"report: {paths['report']}\ncurves: {paths['curves']}")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "compare",
-        help="AdamW vs the Muon hybrid on the same GPT, data and budget",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    d = argparse.Namespace(**{
-        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-        for f in dataclasses.fields(CompareConfig) if f.name != "gpt"
-    })
-    p.add_argument("--out", default=d.out, help="output directory")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier experiment in --out")
-    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
-    p.add_argument("--optimizers", nargs="+", default=d.optimizers, choices=OPTIMIZERS)
-    p.add_argument("--lr-sweep", action="store_true",
-                   help="tune each optimizer's LR on shorter runs first")
-    p.add_argument("--sweep-steps", type=int, default=None, help="default: --steps / 4")
-    p.add_argument("--adamw-lrs", type=float, nargs="+", default=d.adamw_lrs,
-                   help="AdamW LR grid (factor-2 spaced)")
-    p.add_argument("--muon-lrs", type=float, nargs="+", default=d.muon_lrs,
-                   help="the hybrid's Muon (matrix) LR grid (factor-2 spaced)")
-    p.add_argument("--aux-lr", type=float, default=None,
-                   help="LR of the hybrid's AdamW groups (default: AdamW's, the swept one "
-                        "with --lr-sweep)")
-    p.add_argument("--aux-lrs", type=float, nargs="+", default=None,
-                   help="also sweep the aux LR over this grid (at the chosen Muon LR)")
-    p.add_argument("--sweep-extend", type=int, default=d.sweep_extend,
-                   help="max points added beyond each edge when the best LR sits there")
-    p.add_argument("--sweep-full-topk", type=int, default=d.sweep_full_topk,
-                   help="rerun the best K settings at full length and choose from those")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: the cores the load leaves free, "
-                        "divided by --jobs)")
-    p.add_argument("--jobs", type=int, default=d.jobs, help="runs at once")
-    p.add_argument("--no-isolate", dest="isolate", action="store_false",
-                   help="run in this process (peak memory is then the max so far)")
-    add_gpt_arguments(p)
-    p.set_defaults(func=_command, no_progress=True)
-
-    r = subparsers.add_parser("report", help="redraw a compare directory's report and plots")
-    r.add_argument("dir", help="output directory of `muonkit compare`")
-    r.set_defaults(func=_report_command)

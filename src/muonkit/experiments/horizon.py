@@ -24,17 +24,15 @@ order; each logs weight and update RMS of the hidden matrices
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import shlex
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.text import BUNDLED
-from ..models.gpt import PRESETS
+from ..data.text import BUNDLED, load_text
+from ..train.checks import check_number
+from ..train.config import resolve_device
 from ..train.loop import TrainConfig
 from .runs import RunSpec, SlotPool, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
@@ -72,6 +70,17 @@ CONTENDERS = {
 }
 
 
+# Bounds of the numeric settings (:func:`muonkit.train.checks.check_number`).
+BOUNDS = {
+    **{k: {"ge": 1, "integer": True} for k in (
+        "horizons", "batch_size", "block_size", "eval_batches", "evals_per_run", "grid_points",
+        "jobs", "threads")},
+    "seeds": {"ge": 0, "integer": True}, "sweep_extend": {"ge": 0, "integer": True},
+    "warmup_frac": {"ge": 0, "le": 1}, "momentum_warmup_frac": {"ge": 0, "le": 1},
+    "min_lr_ratio": {"ge": 0, "le": 1}, "grad_clip": {"ge": 0},
+}
+
+
 @dataclass
 class HorizonConfig:
     """The study's settings (everything but ``out``, ``jobs``, ``threads`` and ``contenders``
@@ -101,6 +110,12 @@ class HorizonConfig:
     RUNTIME = ("out", "jobs", "threads", "contenders")
 
     def __post_init__(self) -> None:
+        for name, bounds in BOUNDS.items():
+            values = getattr(self, name)
+            for value in values if isinstance(values, list) else [values]:
+                if value is not None:
+                    check_number(f"--{name.replace('_', '-')}", value, **bounds)
+        resolve_device(self.device)  # an unknown device fails before anything is written
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
         if unknown:
             raise ValueError(f"unknown contender(s) {unknown}; valid: {list(CONTENDERS)}")
@@ -223,10 +238,12 @@ class Study:
 
 
 def prepare_out(cfg: HorizonConfig, command: str) -> Path:
-    """Create ``out`` or check that it holds this study (same settings); log the command."""
+    """Check the data; create ``out`` or check that it holds this study (same settings); log
+    the command."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
+    load_text(cfg.data)  # a missing, empty or binary file fails here, before any run
     saved = out / "study.json"
     study = json.loads(json.dumps(cfg.study()))
     if saved.exists():
@@ -244,57 +261,3 @@ def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     with (out / "commands.txt").open("a") as f:
         f.write(command + "\n")
     return out
-
-
-def config_from_args(args) -> HorizonConfig:
-    names = {f.name for f in dataclasses.fields(HorizonConfig)}
-    return HorizonConfig(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def _command(args) -> int:
-    from ..report.horizon import build_horizon_report
-
-    if args.report_only:  # no settings to check, nothing appended to commands.txt
-        paths = build_horizon_report(args.out)
-        print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-        return 0
-    try:
-        cfg = config_from_args(args)
-        out = prepare_out(cfg, "muonkit " + shlex.join(getattr(args, "argv", sys.argv[1:])))
-    except ValueError as e:
-        print(f"muonkit horizon: error: {e}", file=sys.stderr)
-        return 2
-    Study(cfg).run_all()
-    paths = build_horizon_report(out)
-    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    return 0
-
-
-def register(subparsers) -> None:
-    d = HorizonConfig()
-    p = subparsers.add_parser(
-        "horizon", help="AdamW vs Muon variants at several training lengths, each tuned",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", default=d.out, help="study directory (a rerun continues it)")
-    p.add_argument("--horizons", type=int, nargs="+", default=d.horizons, help="steps per run")
-    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds)
-    p.add_argument("--contenders", nargs="+", default=d.contenders, choices=list(CONTENDERS))
-    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
-    p.add_argument("--data", default=d.data, help="'tinyshakespeare', a text file, or a dir "
-                   "with train.bin/val.bin")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--block-size", type=int, default=d.block_size)
-    p.add_argument("--eval-batches", type=int, default=d.eval_batches)
-    p.add_argument("--evals-per-run", type=int, default=d.evals_per_run)
-    p.add_argument("--grid-points", type=int, default=d.grid_points,
-                   help="factor-2 LR grid size around the previous horizon's best")
-    p.add_argument("--sweep-extend", type=int, default=d.sweep_extend,
-                   help="max points added past each edge of a grid")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--jobs", type=int, default=d.jobs, help="runs at once")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads per run")
-    p.add_argument("--report-only", action="store_true",
-                   help="only redraw the report of --out (other flags are ignored)")
-    p.set_defaults(func=_command)

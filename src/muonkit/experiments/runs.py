@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import heapq
 import itertools
@@ -172,8 +173,19 @@ def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: floa
         if DIVERGED in detail:
             log(f"[{spec.label}] diverged (non-finite loss)")
             return math.inf
-        raise RuntimeError(f"training run {out} failed:\n{detail}")
+        raise _child_error(out, detail)
     return final_val_loss(out)
+
+
+def _child_error(out: Path, detail: str) -> Exception:
+    """The error a failed child run raises here: a user error (a ValueError or OSError in the
+    child, e.g. unreadable data) as one line naming the run, anything else with its traceback."""
+    last = detail.strip().splitlines()[-1] if detail.strip() else ""
+    name, _, message = last.partition(": ")
+    kind = getattr(builtins, name.rpartition(".")[2], None)
+    if isinstance(kind, type) and issubclass(kind, (ValueError, OSError)):
+        return ValueError(f"training run {out} failed: {message}")
+    return RuntimeError(f"training run {out} failed:\n{detail}")
 
 
 def run_in_process(spec: RunSpec, log: Callable[[str], None] = print) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..train.checks import check_number
+from ..train.config import resolve_device
 
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid")
 DATASETS = {"mnist": 784, "cifar10": 3072}
@@ -51,7 +52,7 @@ class StudyConfig:
     train_limit: int | None = None
     device: str = "auto"
     threads: int | None = None
-    out: str = ""
+    out: str | None = None  # None: runs/variants/<study>
     overwrite: bool = False  # replace the runs of an earlier study in ``out`` (else refused)
 
     def __post_init__(self):
@@ -71,6 +72,7 @@ class StudyConfig:
             tuple(self.seeds),
         )
         self.out = self.out or f"runs/variants/{self.study}"
+        resolve_device(self.device)  # an unknown device fails before anything is written
 
 
 @dataclass(frozen=True)
