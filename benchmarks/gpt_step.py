@@ -1,7 +1,9 @@
 """Training-step time of the tiny GPT with AdamW and with the Muon hybrid, interleaved.
 
-Usage: ``python benchmarks/gpt_step.py [--rounds N] [--threads T] [--preset tiny]``; writes its
-section of docs/results/benchmarks.md (fragment ``docs/results/bench/gpt_step.md`` + json).
+Usage: ``python benchmarks/gpt_step.py [--rounds N] [--threads T] [--preset tiny] [--device cuda]``;
+writes its section of docs/results/benchmarks.md (fragment ``docs/results/bench/gpt_step.md`` +
+json; ``gpt_step-cuda`` on a GPU, where the forward runs under bf16 autocast as in training and
+every timed call ends with a device synchronize).
 
 Both optimizers get their own copy of the same model (same initial weights) and the same
 batch; each round runs one full step of each (forward, backward, optimizer step, zero_grad)
@@ -31,29 +33,48 @@ from muonkit.models.gpt import GPT, preset_config
 from muonkit.options import MuonOptions
 from muonkit.report.ns_cost import gpt_step_flops
 from muonkit.train.gpt import lm_loss
+from muonkit.train.step import autocast_context
 
 
-def build(kind: str, preset: str, vocab: int, seed: int):
+def build(kind: str, preset: str, vocab: int, seed: int, device: torch.device):
     torch.manual_seed(seed)
-    model = GPT(preset_config(preset, vocab_size=vocab))
+    model = GPT(preset_config(preset, vocab_size=vocab)).to(device)
     return model, model.configure_optimizers(kind, lr=1e-3)
 
 
+def training_dtype(device: torch.device) -> torch.dtype:
+    """The training loop's ``dtype="auto"``: bf16 autocast on CUDA, fp32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def loss_of(model, batch):
+    device = batch[0].device
+    with autocast_context(device, training_dtype(device)):
+        return lm_loss(model, batch)
+
+
 def full_step(model, opt, batch) -> None:
-    lm_loss(model, batch).backward()
+    loss_of(model, batch).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def timed(fns: dict, rounds: int, rng: random.Random) -> dict[str, list[float]]:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fns: dict, rounds: int, rng: random.Random, device: torch.device) -> dict[str, list]:
     """ms per call of each function, interleaved in a fresh random order every round."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         order = list(fns)
         rng.shuffle(order)
         for name in order:
+            sync(device)
             t0 = time.perf_counter()
             fns[name]()
+            sync(device)
             times[name].append(1e3 * (time.perf_counter() - t0))
     return times
 
@@ -65,18 +86,21 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     rng = random.Random(0)
     data = load_text()
-    adamw, muon = (build(k, args.preset, data.vocab_size, 0) for k in ("adamw", "muon"))
+    adamw, muon = (build(k, args.preset, data.vocab_size, 0, device) for k in ("adamw", "muon"))
     block = adamw[0].config.block_size
     batch = TokenBatches(data.train, args.batch_size, block, seed=0, split="train").next_batch()
+    batch = tuple(t.to(device) for t in batch)
     for _ in range(args.warmup):
         full_step(*adamw, batch)
         full_step(*muon, batch)
-    lm_loss(muon[0], batch).backward()
+    loss_of(muon[0], batch).backward()
     muon_group = next(g for g in muon[1].param_groups if g["use_muon"])
     muon_grads = [p.grad.clone() for p in muon_group["params"]]
     options = MuonOptions.from_group(muon_group)
@@ -84,13 +108,14 @@ def main(argv=None) -> int:
 
     def forward_backward():
         muon[0].zero_grad(set_to_none=True)
-        lm_loss(muon[0], batch).backward()
+        loss_of(muon[0], batch).backward()
 
     load0 = os.getloadavg()[0]
     steps = timed(
         {"adamw": lambda: full_step(*adamw, batch), "muon": lambda: full_step(*muon, batch)},
         args.rounds,
         rng,
+        device,
     )
     parts = timed(
         {
@@ -99,6 +124,7 @@ def main(argv=None) -> int:
         },
         args.rounds,
         rng,
+        device,
     )
     load1 = os.getloadavg()[0]
     run = {
@@ -110,7 +136,7 @@ def main(argv=None) -> int:
         },
     }
     data_out = {
-        "hardware": hardware(torch.device("cpu")),
+        "hardware": hardware(device),
         "args": vars(args),
         "loadavg_1min": [load0, load1],
         "ns_precision": "; ".join(muon[1].ns_precision().values()),
@@ -126,7 +152,8 @@ def main(argv=None) -> int:
     md = render(data_out)
     print(md)
     if not args.no_write:
-        print(f"wrote {write_fragment('gpt_step', md, data_out)}")
+        name = "gpt_step" if device.type == "cpu" else f"gpt_step-{device.type}"
+        print(f"wrote {write_fragment(name, md, data_out)}")
     return 0
 
 
@@ -135,7 +162,8 @@ def render(d: dict) -> str:
     rows = [[name, f"{v['median']:.2f}", f"{v['min']:.2f}"] for name, v in ms.items()]
     return "\n".join([
         "## Tiny-GPT training step: AdamW vs the Muon hybrid (`benchmarks/gpt_step.py`)\n",
-        f"Measured {hw['date_utc']} on {hw['cpu']} (PyTorch CPU capability "
+        f"Measured {hw['date_utc']} on {hw.get('gpu') or hw['cpu']} (device {hw['device']}; "
+        f"PyTorch CPU capability "
         f"{hw['cpu_capability']}, native bf16: {'yes' if hw['cpu_native_bf16'] else 'no'}; "
         f"{d['args']['threads']} torch thread(s); 1-min load {d['loadavg_1min'][0]:.1f} -> "
         f"{d['loadavg_1min'][1]:.1f}). Preset `{d['args']['preset']}`, batch "
