@@ -32,3 +32,9 @@ def test_machine_info_reports_what_affects_timing():
     assert info["logical_cores"] == os.cpu_count()
     if hasattr(os, "getloadavg"):
         assert info["load_1min"] >= 0
+
+
+def test_bf16_speedup_follows_the_fastest_native_bf16_unit():
+    assert hardware.bf16_speedup(frozenset({"avx2", "avx512_bf16", "amx_bf16", "amx_tile"})) == 3.5
+    assert hardware.bf16_speedup(frozenset({"avx2", "avx512f", "avx512_bf16"})) == 2.0
+    assert hardware.bf16_speedup(frozenset({"avx2", "fma"})) == 1.0

@@ -62,6 +62,22 @@ def test_auto_picks_fp32_on_a_cpu_without_native_bf16(shape):
     assert auto_dtype("cpu", shape, 5) == torch.float32  # the conftest double: no native bf16
 
 
+def test_auto_on_an_amx_cpu_runs_every_shape_mixed(native_bf16):
+    # bf16 at 3.5x fp32 (AMX-BF16), m = 128, 5 steps: 4:1 mixed 37.7M + 4 * 37.7M / 3.5
+    # = 80.8M < fp32 Gram 104.9M, so the 4:1 shapes that AVX512-BF16 keeps in fp32 go mixed
+    for shape in [(128, 128), (384, 128), (128, 512), (512, 128)]:
+        assert auto_dtype("cpu", shape, bf16_speedup=3.5) == "mixed"
+    assert auto_dtype("cpu", (128, 512), bf16_speedup=2.0) == torch.float32
+    assert auto_dtype("cpu", (128, 512), native_bf16=False, bf16_speedup=3.5) == torch.float32
+
+
+def test_auto_reads_the_speedup_from_the_cpu_flags(native_bf16, monkeypatch):
+    monkeypatch.setattr("muonkit.hardware.cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert auto_dtype("cpu", (128, 512)) == "mixed"
+    monkeypatch.setattr("muonkit.hardware.cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert auto_dtype("cpu", (128, 512)) == torch.float32
+
+
 def test_auto_on_a_native_bf16_cpu_picks_the_cheaper_of_mixed_and_fp32_gram(native_bf16):
     # cost with a bf16 product at half an fp32 one (hand-computed for m = 128, 5 steps):
     # square: mixed 12.6M + 4 * 12.6M / 2 = 37.7M < fp32 63M;
@@ -90,7 +106,7 @@ def test_describe_says_what_runs_and_why(native_bf16):
     assert describe("auto", "cuda", [(8, 8)]) == "auto: bf16 (cuda)"
     text = describe("auto", "cpu", [(128, 128), (384, 128), (128, 512)])
     assert text.startswith("auto: mixed for 2 shapes, fp32 for 1 shapes (cpu ")
-    assert text.endswith(", native bf16)")
+    assert text.endswith(", native bf16, 2x fp32)")
 
 
 # --- the mixed iteration ----------------------------------------------------------------------

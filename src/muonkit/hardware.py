@@ -1,10 +1,10 @@
 """What the machine does natively, read once and never assumed.
 
 Matrix-multiply speed by dtype differs by an order of magnitude between machines: a CPU with
-AVX512-BF16 or AMX runs bf16 matmul about 2x faster than fp32, one with only AVX2 runs it tens
-of times slower. Optimizer defaults and reports therefore ask this module, which reads the CPU
-feature flags (``/proc/cpuinfo`` on Linux) and PyTorch's own view of the CPU
-(``torch.backends.cpu.get_cpu_capability()``) instead of guessing.
+AVX512-BF16 runs bf16 matmul about 2x faster than fp32, one with AMX-BF16 tile units more than
+3x, one with only AVX2 tens of times slower. Optimizer defaults and reports therefore ask this
+module, which reads the CPU feature flags (``/proc/cpuinfo`` on Linux) and PyTorch's own view
+of the CPU (``torch.backends.cpu.get_cpu_capability()``) instead of guessing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ import torch
 # CPU flags that decide matmul speed by dtype; reports list those present.
 TIMING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# bf16 / fp32 matmul throughput at one thread, by the fastest bf16 unit present: the factor the
+# ns_dtype="auto" cost rule uses (measured by benchmarks/step_time.py's matmul peaks; the
+# native-bf16 section of docs/results/benchmarks.md names each machine).
+BF16_SPEEDUP = {"amx_bf16": 3.5, "avx512_bf16": 2.0}
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -58,6 +62,14 @@ def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
     """
     flags = cpu_flags() if flags is None else flags
     return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def bf16_speedup(flags: frozenset[str] | None = None) -> float:
+    """How many times faster than fp32 this CPU multiplies bf16 matrices, from its fastest
+    native bf16 unit (:data:`BF16_SPEEDUP`); 1.0 without one (then bf16 is far slower, and
+    nothing should use it). ``flags`` replaces the detected flags (tests)."""
+    flags = cpu_flags() if flags is None else flags
+    return max((v for f, v in BF16_SPEEDUP.items() if f in flags), default=1.0)
 
 
 def load_average() -> float | None:

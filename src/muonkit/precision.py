@@ -59,8 +59,15 @@ def cpu_native_bf16() -> bool:
     return hardware.cpu_native_bf16()
 
 
+def cpu_bf16_speedup() -> float:
+    """bf16 / fp32 matmul throughput the cost rule assumes on a native-bf16 CPU
+    (:func:`muonkit.hardware.bf16_speedup`: AMX-BF16 3.5, AVX512-BF16 2.0); a seam like
+    :func:`cpu_native_bf16`. Without a detected bf16 unit (a forced native CPU in tests) it is
+    AVX512-BF16's factor."""
+    return max(hardware.bf16_speedup(), hardware.BF16_SPEEDUP["avx512_bf16"])
+
+
 MIXED_BF16_STEPS = 4
-NATIVE_BF16_SPEEDUP = 2.0
 
 
 def mixed_split(steps: int) -> tuple[int, int]:
@@ -92,6 +99,7 @@ def auto_dtype(
     steps: int = 5,
     gram: bool | None = None,
     native_bf16: bool | None = None,
+    bf16_speedup: float | None = None,
 ) -> torch.dtype | str:
     """The precision ``dtype="auto"`` runs Newton-Schulz in, from what the device does natively.
 
@@ -99,11 +107,12 @@ def auto_dtype(
     * CPU without native bf16 (no AVX512-BF16 / AMX-BF16 flag, :func:`muonkit.hardware.
       cpu_native_bf16`; such CPUs run bf16 matmul tens of times slower than fp32): float32.
     * CPU with native bf16: ``"mixed"`` (:func:`mixed_split`) where its cost, a bf16 product
-      counted as ``1 / NATIVE_BF16_SPEEDUP`` of an fp32 one, is below that of fp32 (Gram side
-      where cheaper); else float32. Square and 3:1 matrices go mixed, 4:1 ones stay fp32 Gram.
+      counted as ``1 / bf16_speedup`` of an fp32 one (:func:`cpu_bf16_speedup`), is below that
+      of fp32 (Gram side where cheaper); else float32. With AVX512-BF16 (2x) square and 3:1
+      matrices go mixed and 4:1 ones stay fp32 Gram; with AMX-BF16 (3.5x) all of them go mixed.
     * any other device: float32.
 
-    ``native_bf16`` replaces the CPU detection (tests force either case with it).
+    ``native_bf16`` and ``bf16_speedup`` replace the CPU detection (tests force each case).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -114,9 +123,11 @@ def auto_dtype(
         native_bf16 = cpu_native_bf16()
     if not native_bf16:
         return torch.float32
+    if bf16_speedup is None:
+        bf16_speedup = cpu_bf16_speedup()
     fp32, bf16 = mixed_flops(shape, steps, gram)
     full = newton_schulz_flops(shape, steps, use_gram(shape, torch.float32, gram))
-    return "mixed" if fp32 + bf16 / NATIVE_BF16_SPEEDUP < full else torch.float32
+    return "mixed" if fp32 + bf16 / bf16_speedup < full else torch.float32
 
 
 def resolve_dtype(
@@ -157,7 +168,8 @@ def describe(
     else:
         chosen = ", ".join(f"{name} for {n} shapes" for name, n in counts.items())
     if device.type == "cpu":
-        native = "native bf16" if cpu_native_bf16() else "no native bf16"
+        native = (f"native bf16, {cpu_bf16_speedup():g}x fp32" if cpu_native_bf16()
+                  else "no native bf16")
         why = f"cpu {hardware.cpu_capability()}, {native}"
     else:
         why = device.type
