@@ -20,7 +20,7 @@ from muonkit.hardware import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 FRAGMENTS = RESULTS / "bench"
-FRAGMENT_ORDER = ("step_time-*", "gpt_step", "gpt_step-*", "orth_accuracy")
+FRAGMENT_ORDER = ("step_time-*", "gpt_step-*", "orth_accuracy")
 
 
 def hardware(device: torch.device) -> dict:

@@ -1,8 +1,9 @@
 """Training-step time of the tiny GPT with AdamW and with the Muon hybrid, interleaved.
 
 Usage: ``python benchmarks/gpt_step.py [--rounds N] [--threads T] [--preset tiny] [--device cuda]``;
-writes its section of docs/results/benchmarks.md (fragment ``docs/results/bench/gpt_step.md`` +
-json; ``gpt_step-cuda`` on a GPU, where the forward runs under bf16 autocast as in training and
+writes its section of docs/results/benchmarks.md (fragment ``docs/results/bench/gpt_step-<machine
+kind>.md`` + json, one per machine kind as step_time's: ``no-native-bf16``, ``native-bf16``,
+``cuda``; on a GPU the forward runs under bf16 autocast as in training and
 every timed call ends with a device synchronize).
 
 Both optimizers get their own copy of the same model (same initial weights) and the same
@@ -25,7 +26,7 @@ import statistics
 import time
 
 import torch
-from common import hardware, markdown_table, write_fragment
+from common import hardware, machine_label, markdown_table, write_fragment
 
 from muonkit.data.text import TokenBatches, load_text
 from muonkit.functional import orthogonalize_updates
@@ -35,11 +36,14 @@ from muonkit.report.ns_cost import gpt_step_flops
 from muonkit.train.gpt import lm_loss
 from muonkit.train.step import autocast_context
 
+NS_DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "mixed": "mixed"}
 
-def build(kind: str, preset: str, vocab: int, seed: int, device: torch.device):
+
+def build(kind: str, preset: str, vocab: int, seed: int, device: torch.device, ns_dtype="auto"):
     torch.manual_seed(seed)
     model = GPT(preset_config(preset, vocab_size=vocab)).to(device)
-    return model, model.configure_optimizers(kind, lr=1e-3)
+    options = {} if kind == "adamw" else {"ns_dtype": ns_dtype}
+    return model, model.configure_optimizers(kind, lr=1e-3, **options)
 
 
 def training_dtype(device: torch.device) -> torch.dtype:
@@ -87,13 +91,18 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--ns-dtype", default="auto", choices=list(NS_DTYPES),
+                    help="the hybrid's Newton-Schulz precision (auto: as the optimizer picks)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rng = random.Random(0)
     data = load_text()
-    adamw, muon = (build(k, args.preset, data.vocab_size, 0, device) for k in ("adamw", "muon"))
+    adamw, muon = (
+        build(k, args.preset, data.vocab_size, 0, device, NS_DTYPES[args.ns_dtype])
+        for k in ("adamw", "muon")
+    )
     block = adamw[0].config.block_size
     batch = TokenBatches(data.train, args.batch_size, block, seed=0, split="train").next_batch()
     batch = tuple(t.to(device) for t in batch)
@@ -152,7 +161,9 @@ def main(argv=None) -> int:
     md = render(data_out)
     print(md)
     if not args.no_write:
-        name = "gpt_step" if device.type == "cpu" else f"gpt_step-{device.type}"
+        name = f"gpt_step-{machine_label(data_out['hardware'])}"
+        if args.ns_dtype != "auto":
+            name += f"-ns_{args.ns_dtype}"
         print(f"wrote {write_fragment(name, md, data_out)}")
     return 0
 
