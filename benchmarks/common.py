@@ -37,11 +37,14 @@ def hardware(device: torch.device) -> dict:
 
 
 def machine_label(info: dict) -> str:
-    """``native-bf16`` or ``no-native-bf16`` for a CPU (the two cases of issue 14), else the
-    device type: the suffix of a step-time fragment, so each machine kind keeps its figures."""
+    """``no-native-bf16``, ``native-bf16`` (AVX512-BF16) or ``native-bf16-amx`` for a CPU (the
+    cases of issue 14), else the device type: the suffix of a step-time fragment, so each
+    machine kind keeps its figures."""
     if info["device"].startswith("cuda"):
         return "cuda"
-    return "native-bf16" if info["cpu_native_bf16"] else "no-native-bf16"
+    if not info["cpu_native_bf16"]:
+        return "no-native-bf16"
+    return "native-bf16-amx" if "amx_bf16" in info["cpu_flags"] else "native-bf16"
 
 
 def gpt_matrix_shapes(width: int, layers: int) -> list[tuple[int, int]]:

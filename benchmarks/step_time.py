@@ -272,6 +272,7 @@ TARGET_SETS = ((128, 4), (256, 1))
 TARGETS = {
     "no-native-bf16": (("torch.optim.Muon", 0.05), ("Keller Jordan algorithm in fp32", 0.65)),
     "native-bf16": (("torch.optim.Muon", 0.8),),
+    "native-bf16-amx": (("torch.optim.Muon", 0.8),),
     "cuda": (),
 }
 
@@ -322,18 +323,21 @@ def render_targets(targets: list[dict]) -> str:
 
 
 MACHINE_TITLES = {
-    "no-native-bf16": "without native bf16",
-    "native-bf16": "with native bf16",
-    "cuda": "host, CUDA device",
+    "no-native-bf16": "on a CPU without native bf16",
+    "native-bf16": "on a CPU with native bf16 (AVX512-BF16)",
+    "native-bf16-amx": "on a CPU with native bf16 (AMX-BF16)",
+    "cuda": "on a CUDA GPU",
 }
 
 
 def render(data: dict) -> str:
     hw, peaks = data["hardware"], data["matmul_peak_gflops"]
     lines = [
-        f"## Optimizer step time on a CPU {MACHINE_TITLES[machine_label(hw)]} "
+        f"## Optimizer step time {MACHINE_TITLES[machine_label(hw)]} "
         "(`benchmarks/step_time.py`)\n",
-        f"Measured {hw['date_utc']} on {hw['cpu']} ({hw['logical_cores']} logical cores, "
+        f"Measured {hw['date_utc']} on "
+        + (f"{hw['gpu']} (capability {hw['gpu_capability']}), host " if hw.get("gpu") else "")
+        + f"{hw['cpu']} ({hw['logical_cores']} logical cores, "
         f"torch {hw['torch']}, {hw['torch_threads']} torch thread(s), device {hw['device']}). "
         "Measured matmul peak (best of 1024^3 and 512^3 products): "
         f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s. "
