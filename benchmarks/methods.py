@@ -15,6 +15,7 @@ import torch
 
 from muonkit.muon import Muon
 from muonkit.precision import ns_flops_by_dtype
+from muonkit.variants import NorMuon
 
 KELLER_ABC = (3.4445, -4.7750, 2.0315)
 
@@ -151,6 +152,13 @@ def methods(device: torch.device) -> list[Method]:
             "mixed",
             lambda p: Muon(p, ns_dtype="mixed"),
             "first step fp32 (Gram side where cheaper), last 4 bf16",
+            ns_gram=None,
+        ),
+        Method(
+            "muonkit NorMuon default",
+            "auto",
+            NorMuon,
+            "Muon's default + per-row normalization (Li et al. 2025)",
             ns_gram=None,
         ),
         Method("torch.optim.Muon", "bf16", torch.optim.Muon, "as shipped in torch"),

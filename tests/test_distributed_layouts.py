@@ -23,6 +23,7 @@ import muonkit.functional
 from muonkit import Muon
 from muonkit.distributed import DistributedMuon, load_checkpoint, save_checkpoint, spawn
 from muonkit.muon import NonFiniteGradientError
+from muonkit.variants import NorMuon
 
 WORLD = 4
 # dim 0 not divisible by 2 or 4 (5, 3), smaller than the shard count (1), a conv-like kernel,
@@ -269,7 +270,50 @@ def worker(rank: int, world: int, out_dir: str) -> None:
         res[f"resumed_{layout}_from_{saved}"] = full_params(net)
 
     res["options"] = options_worker(mesh)
+    res["normuon"] = normuon_worker(mesh, out_dir)
     torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# NorMuon: the owner normalizes rows of the whole matrix; the row moments agree on every rank
+# ---------------------------------------------------------------------------------------------
+
+NORMUON_OPTS = dict(beta2=0.8)
+
+
+def normuon_groups(net: nn.Module) -> list[dict]:
+    return [dict(groups(net)[0], **NORMUON_OPTS)]  # the dense matrices (no expert stacks)
+
+
+def normuon_result(net: nn.Module, opt) -> dict:
+    moments = [opt.state[p]["row_second_moment"].clone() for p in net.blocks[0].parameters()]
+    return dict(params=full_params(net), moments=moments)
+
+
+def normuon_worker(mesh, out_dir: str) -> dict:
+    from muonkit.distributed import DistributedNorMuon
+
+    res = {}
+    for layout in LAYOUTS:
+        net = build(layout, mesh)
+        opt = NorMuon(normuon_groups(net))
+        run(net, opt, range(STEPS))
+        res[layout] = normuon_result(net, opt)
+    net = Net()  # DDP: replicated plain tensors
+    opt = DistributedNorMuon(normuon_groups(net))
+    run(net, opt, range(STEPS))
+    res["ddp"] = dict(normuon_result(net, opt), counts=Counter(opt.ns_counts))
+    net = build("fsdp_default", mesh)  # DCP: saved under FSDP2, resumed under HSDP
+    opt = NorMuon(normuon_groups(net))
+    run(net, opt, range(K))
+    path = os.path.join(out_dir, "ckpt_normuon")
+    save_checkpoint(path, net, opt, extra={"step": K})
+    net = build("hsdp", mesh)
+    opt = NorMuon(normuon_groups(net))
+    step = load_checkpoint(path, net, opt, extra={"step": -1})["step"]
+    run(net, opt, range(step, 2 * K))
+    res["resumed"] = normuon_result(net, opt)
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,3 +562,33 @@ def test_replicate_without_hsdp_is_a_clear_error():
 
     with pytest.raises(ValueError, match="applies to --parallel hsdp"):
         parallelize(nn.Linear(2, 2), "fsdp2", torch.device("cpu"), replicate=2)
+
+
+def normuon_reference(steps: range) -> dict:
+    net = Net()
+    opt = NorMuon(normuon_groups(net))
+    run(net, opt, steps)
+    return normuon_result(net, opt)
+
+
+@pytest.mark.timeout(500)
+@pytest.mark.parametrize("layout", [*LAYOUTS, "ddp"])
+def test_normuon_layout_matches_single_process(results, layout):
+    want = normuon_reference(range(STEPS))
+    for res in results["ranks"]:
+        got = res["normuon"][layout]
+        assert_close(got["params"], want["params"])
+        for v, w in zip(got["moments"], want["moments"], strict=True):
+            torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-7)  # whole, equal on every rank
+    if layout == "ddp":  # each matrix orthogonalized (and normalized) on one rank only
+        total = sum((r["normuon"]["ddp"]["counts"] for r in results["ranks"]), Counter())
+        assert sorted(total.values()) == [1 * STEPS] * len(MATRICES)
+
+
+@pytest.mark.timeout(500)
+def test_normuon_dcp_fsdp2_checkpoint_resumes_under_hsdp(results):
+    want = normuon_reference(range(2 * K))
+    for res in results["ranks"]:
+        assert_close(res["normuon"]["resumed"]["params"], want["params"])
+        for v, w in zip(res["normuon"]["resumed"]["moments"], want["moments"], strict=True):
+            torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-7)

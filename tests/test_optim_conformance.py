@@ -24,7 +24,13 @@ from torch.optim.optimizer import (
 )
 
 from muonkit import Muon, MuonWithAuxAdam, NonFiniteGradientError
-from muonkit.variants import HybridKroneckerMuon, KroneckerMuon, LoRAPreMuon
+from muonkit.variants import (
+    HybridKroneckerMuon,
+    KroneckerMuon,
+    LoRAPreMuon,
+    NorMuon,
+    NorMuonWithAuxAdam,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(rank|Kronecker factorization).*:UserWarning")
 
@@ -48,8 +54,8 @@ def same(a, b) -> bool:
     return a == b
 
 
-def hybrid(params, **kw):
-    """MuonWithAuxAdam: matrices on Muon (with ``kw``), vectors on AdamW."""
+def hybrid(params, cls=MuonWithAuxAdam, **kw):
+    """A hybrid (``cls``): matrices on Muon / NorMuon (with ``kw``), vectors on AdamW."""
     params = list(params)
     named = params and isinstance(params[0], tuple)
     ndim = (lambda p: p[1].ndim) if named else (lambda p: p.ndim)
@@ -59,17 +65,20 @@ def hybrid(params, **kw):
         dict(params=[p for p in params if ndim(p) >= 2], use_muon=True, **kw),
         dict(params=[p for p in params if ndim(p) < 2], use_muon=False, **adamw),
     ]
-    return MuonWithAuxAdam([g for g in groups if g["params"]], nonfinite=nonfinite)
+    return cls([g for g in groups if g["params"]], nonfinite=nonfinite)
 
 
 BUILDERS = {
     "Muon": Muon,
     "MuonWithAuxAdam": hybrid,
+    "NorMuon": NorMuon,
+    "NorMuonWithAuxAdam": functools.partial(hybrid, cls=NorMuonWithAuxAdam),
     "LoRAPreMuon": functools.partial(LoRAPreMuon, rank=2),
     "KroneckerMuon": functools.partial(KroneckerMuon, min_savings=1.0),
     "HybridKroneckerMuon": lambda ps, **kw: HybridKroneckerMuon(holder(ps), min_savings=1.0, **kw),
 }
 ALL = pytest.mark.parametrize("name", list(BUILDERS))
+HYBRIDS = {"MuonWithAuxAdam": MuonWithAuxAdam, "NorMuonWithAuxAdam": NorMuonWithAuxAdam}
 # HybridKroneckerMuon is built from a model: it takes no param groups (nor named params)
 TAKES_GROUPS = pytest.mark.parametrize("name", [n for n in BUILDERS if n != "HybridKroneckerMuon"])
 
@@ -81,7 +90,7 @@ def build(name, params, **kw):
 def weight_and_bias(name, contiguous=True):
     torch.manual_seed(0)
     w = torch.randn(10, 5) if contiguous else torch.randn(10, 5, 2)[..., 0]
-    b_shape = (10,) if name == "MuonWithAuxAdam" else (10, 1)
+    b_shape = (10,) if name in HYBRIDS else (10, 1)
     b = torch.randn(10, 2)[..., :1].reshape(b_shape) if not contiguous else torch.randn(b_shape)
     return Parameter(w), Parameter(b), torch.randn(5)
 
@@ -106,7 +115,7 @@ def closure_for(opt, w, b, x):
 @ALL
 def test_errors_like_torch(name):
     p = Parameter(torch.randn(4, 3))
-    if name not in ("MuonWithAuxAdam", "HybridKroneckerMuon"):  # both take other containers
+    if name not in (*HYBRIDS, "HybridKroneckerMuon"):  # both take other containers
         with pytest.raises(TypeError, match="iterable of Tensors or dicts"):
             build(name, p)
         with pytest.raises(ValueError, match="more than one parameter group"):
@@ -187,9 +196,9 @@ def test_maximize_equals_minimizing_the_negated_loss(name):
 @TAKES_GROUPS
 def test_param_group_with_lrscheduler_goes_right_direction(name):
     w, b, x = weight_and_bias(name)
-    if name == "MuonWithAuxAdam":
+    if name in HYBRIDS:
         groups = [dict(params=[w], use_muon=True), dict(params=[b], use_muon=False, lr=0.01)]
-        opt = MuonWithAuxAdam(groups)
+        opt = HYBRIDS[name](groups)
     else:
         opt = build(name, [{"params": [w]}, {"params": [b], "lr": 0.01}])
     scheduler = StepLR(opt, gamma=0.9, step_size=10)
@@ -217,13 +226,13 @@ def test_param_groups_weight_decay_and_lr(name):
     w, b, x = weight_and_bias(name)
     irrelevant = Parameter(torch.randn(2, 2))
     before = irrelevant.detach().clone()
-    if name == "MuonWithAuxAdam":
+    if name in HYBRIDS:
         groups = [
             dict(params=[w], use_muon=True, weight_decay=0.1),
             dict(params=[b], use_muon=False, weight_decay=0.0),
             dict(params=[irrelevant], use_muon=True, lr=1e-28),
         ]
-        opt = MuonWithAuxAdam(groups)
+        opt = HYBRIDS[name](groups)
     else:
         groups = [
             dict(params=[w], weight_decay=0.1, lr=0.02),

@@ -23,6 +23,7 @@ from .functional import (
     block_shape,
     momentum_update_,
     orthogonalize_and_apply_,
+    orthogonalize_updates,
 )
 from .options import (
     MuonOptions,
@@ -77,6 +78,28 @@ MUON_DEFAULTS: dict[str, Any] = dict(lr=0.02, **MuonOptions.defaults(), use_muon
 # ---------------------------------------------------------------------------------------------
 
 
+class PostStep:
+    """A per-matrix step after Newton-Schulz, on the whole orthogonalized update of each
+    parameter (NorMuon's per-row normalization), that may update per-parameter state.
+
+    ``transform(k, orth)`` returns the new update of ``params[k]``; ``state[k]`` is the state
+    tensor of ``params[k]`` it updates (or None). A distributed step runs ``transform`` only on
+    the rank that orthogonalizes the matrix (its owner) and then copies ``state[k]`` from the
+    owner to every rank, so every rank holds the same state (as a replicated tensor must).
+    """
+
+    def __init__(self, transform: Callable[[int, Tensor], Tensor], state: Sequence[Tensor | None]):
+        self.transform, self.state = transform, state
+
+    def after(self, orthogonalize: Callable[..., list[Tensor]]) -> Callable[..., list[Tensor]]:
+        """``orthogonalize`` followed by ``transform`` on every update (one device)."""
+
+        def orthogonalize_then_transform(updates, options):
+            return [self.transform(k, o) for k, o in enumerate(orthogonalize(updates, options))]
+
+        return orthogonalize_then_transform
+
+
 class LocalStep:
     """The Muon group step on one device: momentum, then :func:`orthogonalize_and_apply_`.
 
@@ -96,10 +119,16 @@ class LocalStep:
     def all_finite(self, tensors: Iterable[Tensor]) -> bool:
         return all_finite(tensors)
 
-    def __call__(self, gi, group, params, grads, bufs, options: MuonOptions) -> None:
-        """One step of group ``gi`` (``params``: those with gradients ``grads``)."""
+    def __call__(
+        self, gi, group, params, grads, bufs, options: MuonOptions, post: PostStep | None = None
+    ) -> None:
+        """One step of group ``gi`` (``params``: those with gradients ``grads``); ``post``
+        changes each whole orthogonalized update before the step (NorMuon)."""
         updates = momentum_update_(bufs, grads, options)
-        orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
+        orthogonalize = orthogonalize_updates if post is None else post.after(orthogonalize_updates)
+        orthogonalize_and_apply_(
+            params, updates, lr=float(group["lr"]), options=options, orthogonalize=orthogonalize
+        )
         for k, p in zip(param_indices(group, params), params):
             self.ns_counts[(gi, k)] += math.prod(p.shape[: options.ns_batch_dims])
 
@@ -319,10 +348,12 @@ class MuonBase(torch.optim.Optimizer):
             bufs.append(state["momentum_buffer"])
         return bufs
 
-    def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+    def _muon_group_step(
+        self, group: dict, params: list[Tensor], grads: list[Tensor], post: PostStep | None = None
+    ) -> None:
         gi = next(k for k, g in enumerate(self.param_groups) if g is group)
         bufs = self._momentum_buffers(params)
-        self.group_step(gi, group, params, grads, bufs, MuonOptions.from_group(group))
+        self.group_step(gi, group, params, grads, bufs, MuonOptions.from_group(group), post)
 
 
 class Muon(MuonBase):

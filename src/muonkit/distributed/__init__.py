@@ -1,7 +1,8 @@
 """Muon under torch.distributed: torchrun setup, DDP and FSDP2 (DTensor), DCP checkpoints.
 
 - :func:`compute_init` / :func:`compute_cleanup`: process group from torchrun's environment.
-- :class:`DistributedMuon`, :class:`DistributedMuonWithAuxAdam`: for DDP (replicated
+- :class:`DistributedMuon`, :class:`DistributedMuonWithAuxAdam` (and the NorMuon forms
+  :class:`DistributedNorMuon`, :class:`DistributedNorMuonWithAuxAdam`): for DDP (replicated
   parameters): each matrix is orthogonalized on one owner rank, results sent to every rank.
 - ``muonkit.Muon`` / ``muonkit.MuonWithAuxAdam`` over DTensor parameters (FSDP2's
   ``fully_shard`` on 1-D or HSDP meshes, tensor parallel, FSDP x TP, expert parallel) take
@@ -20,6 +21,8 @@ import importlib
 _EXPORTS = {
     "DistributedMuon": "muon",
     "DistributedMuonWithAuxAdam": "muon",
+    "DistributedNorMuon": "muon",
+    "DistributedNorMuonWithAuxAdam": "muon",
     "ShardedStep": "muon",
     "assign_owners": "layout",
     "shard_rows": "layout",

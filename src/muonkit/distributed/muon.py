@@ -50,6 +50,7 @@ from ..functional import (
 from ..hybrid import MuonWithAuxAdam
 from ..muon import LocalStep, Muon
 from ..options import MuonOptions
+from ..variants.normuon import NorMuon, NorMuonWithAuxAdam
 from .layout import assign_owners, comm_group, holding, shard_rows
 from .plan import CommStats, ExchangePlan, ns_cost, unit_owners
 
@@ -57,6 +58,8 @@ __all__ = [
     "CommStats",
     "DistributedMuon",
     "DistributedMuonWithAuxAdam",
+    "DistributedNorMuon",
+    "DistributedNorMuonWithAuxAdam",
     "ShardedStep",
     "assign_owners",
     "ns_cost",
@@ -135,9 +138,9 @@ class ShardedStep(LocalStep):
             ok = bool(flag.item())
         return ok
 
-    def __call__(self, gi, group, params, grads, bufs, options: MuonOptions) -> None:
+    def __call__(self, gi, group, params, grads, bufs, options: MuonOptions, post=None) -> None:
         if not self.across_ranks(params):
-            super().__call__(gi, group, params, grads, bufs, options)
+            super().__call__(gi, group, params, grads, bufs, options, post)
             return
         grads = [
             g.redistribute(p.device_mesh, p.placements)
@@ -153,26 +156,47 @@ class ShardedStep(LocalStep):
             lr=group["lr"],
             options=options,
             shapes=[tuple(p.shape) for p in params],
-            orthogonalize=partial(self.orthogonalize_owned, plan),
+            orthogonalize=partial(self.orthogonalize_owned, plan, post),
         )
+        if post is not None:
+            self.share_owner_state(plan, post.state)
         index = {id(p): k for k, p in enumerate(group["params"])}
         for p, route in zip(params, plan.routes):
             if route.owned:
                 self.ns_counts[(gi, index[id(p)])] += route.owned
 
     def orthogonalize_owned(
-        self, plan: ExchangePlan, updates: Sequence[Tensor], options: MuonOptions
+        self, plan: ExchangePlan, post, updates: Sequence[Tensor], options: MuonOptions
     ) -> list[Tensor]:
-        """Gather -> the owner's ``orthogonalize_updates`` on its whole matrices -> scatter."""
+        """Gather -> the owner's ``orthogonalize_updates`` (then ``post.transform``) on its
+        whole matrices -> scatter."""
         whole = plan.gather(updates, self.comm_stats)
         mine = [j for j, route in enumerate(plan.routes) if route.owned]
         if plan.batch_dims:  # the owner holds (owned experts, *matrix shape) per parameter
             options = options.replace(ns_batch_dims=1)
         done = orthogonalize_updates([whole[j] for j in mine], options)
+        if post is not None:
+            done = [post.transform(j, o) for j, o in zip(mine, done)]
         results = [w.new_empty(0) for w in whole]
         for j, o in zip(mine, done):
             results[j] = o
         return plan.scatter(results, updates, self.comm_stats)
+
+    def share_owner_state(self, plan: ExchangePlan, state: Sequence[Tensor | None]) -> None:
+        """Copy each parameter's ``state`` tensor (replicated, whole on every rank) from the
+        rank that owns the parameter's matrix, which alone updated it, to every rank: one
+        all-reduce of the tensors, each rank contributing zeros for those it does not own."""
+        held = [(t, route.owned) for t, route in zip(state, plan.routes) if t is not None]
+        if not held or plan.comm.size == 1:
+            return
+        flat = torch.cat([(t if owned else torch.zeros_like(t)).reshape(-1) for t, owned in held])
+        dist.all_reduce(flat, group=plan.comm.group)
+        nbytes = flat.numel() * flat.element_size()
+        self.comm_stats.collective(nbytes, nbytes)
+        offset = 0
+        for t, _ in held:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     def plan(self, gi: int, params: Sequence[Tensor], options: MuonOptions) -> ExchangePlan:
         """The cached :class:`ExchangePlan` of group ``gi`` (rebuilt when its parameters with
@@ -242,3 +266,15 @@ class DistributedMuonWithAuxAdam(ReplicatedMuon, MuonWithAuxAdam):
     AdamW groups are elementwise, so each rank updates what it holds (all of a replicated
     parameter, its shard of a DTensor). Takes ``process_group`` like ``DistributedMuon``.
     """
+
+
+class DistributedNorMuon(ReplicatedMuon, NorMuon):
+    """:class:`muonkit.variants.NorMuon` for data-parallel training, as
+    :class:`DistributedMuon` is ``Muon``'s: each matrix orthogonalized and row-normalized once,
+    on its owner rank (``muonkit.variants.NorMuon`` over DTensor parameters takes this path by
+    itself). Takes ``process_group``; needs an initialized process group."""
+
+
+class DistributedNorMuonWithAuxAdam(ReplicatedMuon, NorMuonWithAuxAdam):
+    """:class:`muonkit.variants.NorMuonWithAuxAdam` whose NorMuon groups step as
+    :class:`DistributedNorMuon`. Takes ``process_group`` like ``DistributedMuon``."""

@@ -18,10 +18,12 @@ exact polar factor (``ns_coefficients="svd"``), which the tests check. With ``ns
 rescale is per row block (each block was orthogonalized on its own).
 
 Everything else (momentum forms, Nesterov, Newton-Schulz options, LR rules, decoupled weight
-decay, the NaN/inf policy, ``state_dict``) is :class:`muonkit.Muon`'s. The distributed
-(DTensor / FSDP2) path is not implemented: the row statistics would shard with ``Shard(0)``
-rows, but the owner-rank engine of :mod:`muonkit.distributed` has no hook for a per-row step
-yet, so NorMuon refuses DTensor parameters with a clear error.
+decay, the NaN/inf policy, ``state_dict``) is :class:`muonkit.Muon`'s, and so is the
+distributed path (DTensor / FSDP2 / TP, and DDP through ``DistributedNorMuon``): the rank that
+orthogonalizes a whole matrix (its owner) also normalizes its rows, with the whole row-moment
+vector, before the result is scattered back to the shards; the vector (``out`` floats, kept
+whole on every rank) is then copied from the owner to every rank in one all-reduce per group
+(:class:`muonkit.muon.PostStep`), so checkpoints hold the same state on every rank.
 """
 
 from __future__ import annotations
@@ -31,15 +33,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..functional import (
-    any_dtensor,
-    matrix_shape,
-    momentum_update_,
-    orthogonalize_and_apply_,
-    orthogonalize_updates,
-)
+from ..functional import matrix_shape
 from ..hybrid import MuonWithAuxAdam
-from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
+from ..muon import MUON_DEFAULTS, MuonBase, PostStep, validate_muon_options
 from ..options import MuonOptions, options_from_call
 
 NORMUON_DEFAULTS = {"beta2": 0.95, "eps": 1e-8}
@@ -67,31 +63,24 @@ def check_normuon_group(group: dict) -> None:
         raise ValueError(f"beta2 must be in [0, 1), got {group['beta2']}")
     if not group["eps"] > 0:
         raise ValueError(f"eps must be > 0, got {group['eps']}")
-    if any_dtensor(group["params"]):
-        raise ValueError(
-            "NorMuon has no distributed (DTensor/FSDP2) path yet; use muonkit.Muon there, or "
-            "NorMuon with DDP-replicated (plain) parameters"
-        )
 
 
 def normuon_group_step(opt: MuonBase, group: dict, params: list[Tensor], grads: list[Tensor]):
-    """Momentum, Newton-Schulz, per-row normalization, weight decay and the scaled step for
-    one param group of ``opt`` (its state gets ``momentum_buffer`` and the row moment)."""
-    options = MuonOptions.from_group(group)
-    updates = momentum_update_(opt._momentum_buffers(params), grads, options)
+    """Muon's group step (momentum, Newton-Schulz, weight decay and the scaled step, on one
+    device or across ranks) with the per-row normalization after Newton-Schulz; the state of
+    each parameter gets ``momentum_buffer`` and the row moment (``out`` floats, fp32)."""
     moments = []
     for p in params:
         state = opt.state[p]
         if STATE_KEY not in state:
             state[STATE_KEY] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
         moments.append(state[STATE_KEY])
+    beta2, eps, split = group["beta2"], group["eps"], MuonOptions.from_group(group).ns_split
 
-    def orthogonalize_and_normalize(us, opts):
-        return [neuron_normalize(o, v, group["beta2"], group["eps"], opts.ns_split)
-                for o, v in zip(orthogonalize_updates(us, opts), moments)]
+    def normalize(k: int, orth: Tensor) -> Tensor:
+        return neuron_normalize(orth, moments[k], beta2, eps, split)
 
-    orthogonalize_and_apply_(params, updates, lr=group["lr"], options=options,
-                             orthogonalize=orthogonalize_and_normalize)
+    MuonBase._muon_group_step(opt, group, params, grads, PostStep(normalize, moments))
 
 
 class NorMuon(MuonBase):
