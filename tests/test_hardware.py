@@ -38,3 +38,14 @@ def test_bf16_speedup_follows_the_fastest_native_bf16_unit():
     assert hardware.bf16_speedup(frozenset({"avx2", "avx512_bf16", "amx_bf16", "amx_tile"})) == 3.5
     assert hardware.bf16_speedup(frozenset({"avx2", "avx512f", "avx512_bf16"})) == 2.0
     assert hardware.bf16_speedup(frozenset({"avx2", "fma"})) == 1.0
+
+
+def test_the_environment_overrides_the_native_bf16_detection(monkeypatch):
+    monkeypatch.setenv("MUONKIT_CPU_NATIVE_BF16", "0")
+    assert not hardware.cpu_native_bf16()
+    monkeypatch.setenv("MUONKIT_CPU_NATIVE_BF16", "1")
+    assert hardware.cpu_native_bf16()
+    assert not hardware.cpu_native_bf16(frozenset({"avx2"}))  # explicit flags win
+    monkeypatch.setenv("MUONKIT_CPU_NATIVE_BF16", "yes")
+    with pytest.raises(ValueError, match="MUONKIT_CPU_NATIVE_BF16"):
+        hardware.cpu_native_bf16()

@@ -55,11 +55,23 @@ def cpu_capability() -> str:
         return "unknown"
 
 
-def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
-    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16).
+# "0" or "1": overrides the detection (a VM that hides its flags; a study that must run the
+# same precision on every machine it uses).
+NATIVE_BF16_ENV = "MUONKIT_CPU_NATIVE_BF16"
 
-    ``flags`` replaces the detected flags (tests force either case with it).
+
+def cpu_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), unless the
+    environment variable ``MUONKIT_CPU_NATIVE_BF16`` says "0" or "1".
+
+    ``flags`` replaces the detected flags and ignores the variable (tests).
     """
+    if flags is None:
+        forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+        if forced in ("0", "1"):
+            return forced == "1"
+        if forced:
+            raise ValueError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {forced!r}")
     flags = cpu_flags() if flags is None else flags
     return any(f in flags for f in NATIVE_BF16_FLAGS)
 
