@@ -183,8 +183,10 @@ def cost_table(study: Study) -> str:
                 name, h, f"{np.mean([s['tokens_per_s'] for s in sums]):,.0f}",
                 f"{1000 * np.mean([s['step_time_s'] for s in sums]):.1f}",
                 f"{np.mean([r.train[-1]['elapsed_s'] for r in cell.runs]):.0f}",
+                "; ".join(sorted({" ".join(s.get("cpu_flags") or ["-"]) for s in sums})),
             ])
-    return markdown_table(["contender", "steps", "tokens/s", "ms/step", "train time (s)"], rows)
+    header = ["contender", "steps", "tokens/s", "ms/step", "train time (s)", "CPU flags"]
+    return markdown_table(header, rows)
 
 
 def rms_table(study: Study) -> str:
@@ -241,7 +243,8 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
         "last evaluation interval (LR schedule and weight decay included).\n",
         "## Wall-clock and throughput\n", cost_table(study),
         "Mean over the seeds at the chosen LR; each run at one process with its `--threads`. "
-        "Per-step times depend on what else the machine ran meanwhile; each run's "
+        "Per-step times depend on the machine (its timing flags: the last column) and on what "
+        "else it ran meanwhile; compare them within one machine only. Each run's "
         "`sessions.jsonl` holds its processes' CPU and wall time.\n",
         "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
         "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
