@@ -17,7 +17,7 @@ from muonkit.train.gpt import GPTRunConfig
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
-        "--eval-every", "0", "--warmup", "1", "--no-progress", "--no-tensorboard"]
+        "--eval-every", "0", "--warmup", "1", "--no-progress", "--tracker", "none"]
 
 
 def train(out, *flags):

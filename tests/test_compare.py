@@ -42,7 +42,7 @@ def test_tiny_compare_end_to_end(tmp_path, capsys):
         "1",
         "--muon-lrs",
         "0.02",
-        "--no-tensorboard",
+        "--tracker", "none",
         "--no-isolate",
         "--out",
         str(out),
@@ -116,7 +116,7 @@ def test_a_child_runs_user_error_is_one_line(tmp_path):
     from muonkit.experiments.runs import RunSpec, run_isolated
     from muonkit.train.loop import TrainConfig
 
-    cfg = TrainConfig(steps=2, out_dir=str(tmp_path / "r"), tensorboard=False, progress=False)
+    cfg = TrainConfig(steps=2, out_dir=str(tmp_path / "r"), trackers=(), progress=False)
     spec = RunSpec(dict(optimizer="adamw", data=str(tmp_path / "gone.txt"), train_config=cfg),
                    "r", threads=1)
     with pytest.raises(ValueError) as info:
@@ -170,15 +170,16 @@ def test_isolated_run_progress_skip_and_resume(tmp_path):
     from muonkit.train.gpt import train_gpt
     from muonkit.train.loop import TrainConfig
 
-    def spec(out, **changes):
-        cfg = TrainConfig(steps=4, eval_every=2, out_dir=str(out), tensorboard=False,
+    def spec(out, trackers=(), **changes):
+        cfg = TrainConfig(steps=4, eval_every=2, out_dir=str(out), trackers=trackers,
                           progress=False, checkpoint_every=2, warmup_steps=1, **changes)
         kwargs = dict(optimizer="muon", batch_size=2, block_size=8, eval_batches=1,
                       model_overrides={"n_layer": 1}, train_config=cfg)
         return RunSpec(kwargs, out.name, threads=1, log_rms=True)
 
     lines = []
-    full = run_isolated(spec(tmp_path / "a"), lines.append, poll_s=0.2)
+    full = run_isolated(spec(tmp_path / "a", ["tensorboard"]), lines.append, poll_s=0.2)
+    assert list((tmp_path / "a" / "tb").glob("events.out.tfevents.*"))  # the child's tracker
     assert [ln.split(":")[0] for ln in lines] == [f"[a] step {s}/4" for s in (0, 2, 4)]
     assert run_status(tmp_path / "a", 4) == "finished"
     lines.clear()

@@ -27,7 +27,7 @@ def train_command(parallel: str, out, *extra: str, launch=("--standalone",), npr
         sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc_per_node={nproc}",
         "-m", "muonkit", "train", "--parallel", parallel, "--preset", "tiny",
         "--steps", str(STEPS), "--batch-size", "4", "--warmup", "0", "--eval-every", "0",
-        "--eval-batches", "2", "--device", "cpu", "--no-progress", "--no-tensorboard",
+        "--eval-batches", "2", "--device", "cpu", "--no-progress", "--tracker", "none",
         "--out", str(out), *extra,
     ]  # fmt: skip
 

@@ -20,7 +20,7 @@ SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16)
 
 
 def small_run(tmp_path, optimizer="muon", steps=8, **cfg):
-    cfg = {"steps": steps, "warmup_steps": 2, "progress": False, "tensorboard": False,
+    cfg = {"steps": steps, "warmup_steps": 2, "progress": False, "trackers": (),
            "out_dir": str(tmp_path), **cfg}
     return train_gpt(
         optimizer, batch_size=4, eval_batches=2, model_overrides=SMALL,
@@ -106,10 +106,10 @@ def test_resume_with_dropout_restores_rng(tmp_path):
     opts = {}
     full = train_gpt("muon", batch_size=4, eval_batches=1,
                      model_overrides={**SMALL, "dropout": 0.2}, optimizer_options=opts,
-                     train_config=TrainConfig(steps=6, progress=False, tensorboard=False,
+                     train_config=TrainConfig(steps=6, progress=False, trackers=(),
                                               out_dir=str(tmp_path / "a"), **over))
     kw = dict(batch_size=4, eval_batches=1, model_overrides={**SMALL, "dropout": 0.2})
-    base = dict(steps=6, progress=False, tensorboard=False, out_dir=str(tmp_path / "b"), **over)
+    base = dict(steps=6, progress=False, trackers=(), out_dir=str(tmp_path / "b"), **over)
     train_gpt("muon", **kw, train_config=TrainConfig(**base, stop_at=3))
     rest = train_gpt("muon", **kw, train_config=TrainConfig(**base, resume=True))
     assert rest.train_losses == full.train_losses[3:]
@@ -131,7 +131,7 @@ def test_tiny_run_loss_falls(tmp_path, optimizer):
     result = train_gpt(
         optimizer, preset="tiny", batch_size=8, eval_batches=2, optimizer_options=opts,
         train_config=TrainConfig(steps=30, warmup_steps=3, eval_every=30, progress=False,
-                                 tensorboard=False, out_dir=str(tmp_path)),
+                                 trackers=(), out_dir=str(tmp_path)),
     )
     losses = result.train_losses
     assert len(losses) == 30
@@ -229,7 +229,7 @@ def test_classifier_client_with_custom_evaluate(tmp_path):
     epochs = []
     result = train(
         model, torch.optim.AdamW(model.parameters(), lr=1e-2), Source(), loss_fn,
-        TrainConfig(steps=40, eval_every=20, progress=False, tensorboard=False,
+        TrainConfig(steps=40, eval_every=20, progress=False, trackers=(),
                     out_dir=str(tmp_path)),
         evaluate=evaluate,
         on_eval=lambda step, rec, log: epochs.append(step) or log.write(
@@ -286,17 +286,11 @@ def test_compile_inductor_matches_eager(tmp_path):
     assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, abs=1e-4)
 
 
-def test_tensorboard_scalars_written(tmp_path):
-    pytest.importorskip("tensorboard")
-    small_run(tmp_path, steps=2, tensorboard=True)
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
-
-
 def test_train_cli(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--optimizer", "adamw", "--preset", "tiny", "--steps", "3",
                  "--batch-size", "2", "--eval-every", "3", "--eval-batches", "1",
-                 "--no-progress", "--no-tensorboard", "--out", str(out), "--sample", "30"])
+                 "--no-progress", "--tracker", "none", "--out", str(out), "--sample", "30"])
     assert code == 0
     printed = capsys.readouterr().out
     assert len(printed.rstrip("\n").split("metrics: ")[1].split("\n", 1)[1]) >= 30  # sample

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.checks import check_number, describe_range
+from ..train.trackers import TRACKERS, parse_trackers
 
 # Exceptions that report a bad input or environment (a missing or unreadable file, a value out
 # of range, a diverging run): ``muonkit`` prints their message on one line and exits with 2.
@@ -76,3 +77,29 @@ POSITIVE = number(float, gt=0)
 NONNEGATIVE = number(float, ge=0)
 FRACTION = number(float, ge=0, le=1)  # a ratio in [0, 1]
 MOMENTUM = number(float, ge=0, lt=1)  # momentum, beta, dropout: [0, 1)
+
+
+def tracker_list(text: str) -> list[str]:
+    """An argparse ``type``: comma-separated tracker names, each one of ``TRACKERS``."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in TRACKERS:
+            raise argparse.ArgumentTypeError(
+                f"unknown tracker {name!r}; valid: {', '.join(TRACKERS)}")
+    return names
+
+
+def add_tracker_arguments(p: argparse.ArgumentParser, default: str, run_name: str) -> None:
+    """``--tracker`` (repeatable, comma-separated; ``default`` says what none given means),
+    ``--wandb-project``, ``--wandb-run-name`` (``run_name`` says what it names)."""
+    p.add_argument("--tracker", type=tracker_list, action="extend", default=None,
+                   metavar="NAME", help=f"experiment tracker(s) besides metrics.jsonl: "
+                   f"{', '.join(TRACKERS)}; repeatable or comma-separated (default: {default})")
+    p.add_argument("--wandb-project", default="muonkit", help="W&B project (--tracker wandb)")
+    p.add_argument("--wandb-run-name", default=None, help=run_name)
+
+
+def trackers_from_args(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The ``--tracker`` choice (None: none given, the command's default); ValueError for
+    "none" combined with a tracker."""
+    return None if args.tracker is None else parse_trackers(args.tracker)

@@ -11,12 +11,21 @@ import sys
 from ..experiments import horizon
 from ..models.gpt import PRESETS
 from ..report.horizon import build_horizon_report
-from .common import NONNEGATIVE_INT, POSITIVE_INT, add_command
+from .common import (
+    NONNEGATIVE_INT,
+    POSITIVE_INT,
+    add_command,
+    add_tracker_arguments,
+    trackers_from_args,
+)
 
 
 def config_from_args(args: argparse.Namespace) -> horizon.HorizonConfig:
     names = {f.name for f in dataclasses.fields(horizon.HorizonConfig)}
-    return horizon.HorizonConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if args.tracker is not None:
+        values["trackers"] = trackers_from_args(args)
+    return horizon.HorizonConfig(**values)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -65,6 +74,7 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=POSITIVE_INT, default=d.jobs, help="runs at once")
     p.add_argument("--threads", type=POSITIVE_INT, default=d.threads,
                    help="torch threads per run")
+    add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the name of --out)")
     p.add_argument("--report-only", action="store_true",
                    help="only redraw the report of --out (other flags are ignored)")
     p.set_defaults(func=run_command)

@@ -31,6 +31,8 @@ from .common import (
     POSITIVE,
     POSITIVE_INT,
     add_command,
+    add_tracker_arguments,
+    trackers_from_args,
 )
 
 
@@ -71,7 +73,11 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
                    help="device peak FLOP/s for MFU (None: known GPUs' bf16 peak, else no MFU)")
     if progress:
         p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    add_tracker_arguments(p, "tensorboard when installed",
+                          "W&B run name (None: the run's name; compare: the runs' group)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="leave TensorBoard out of the trackers (the older spelling of "
+                   "--tracker none, kept so recorded commands still run)")
     # optimizer settings (nanoGPT AdamW defaults; Muon on hidden matrices)
     p.add_argument("--lr", type=POSITIVE, default=d.lr,
                    help="AdamW lr (the baseline, and the hybrid's AdamW groups)")
@@ -97,7 +103,10 @@ def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
         if hasattr(args, f.name)
     }
     values["progress"] = not getattr(args, "no_progress", True)
-    values["tensorboard"] = not args.no_tensorboard
+    trackers = trackers_from_args(args)
+    if args.no_tensorboard:
+        trackers = tuple(t for t in trackers or () if t != "tensorboard")
+    values["trackers"] = trackers
     return GPTRunConfig(**values)
 
 
@@ -174,7 +183,8 @@ def interrupted_message(stop: TrainingInterrupted, args: argparse.Namespace) -> 
 def register(subparsers) -> None:
     p = add_command(
         subparsers, "train", help="train a GPT with AdamW or the Muon hybrid (one run)",
-        description="Train a nanoGPT-style GPT; metrics go to OUT/metrics.jsonl (+ OUT/tb).",
+        description="Train a nanoGPT-style GPT; metrics go to OUT/metrics.jsonl and the "
+        "--tracker(s): OUT/tb (TensorBoard), OUT/wandb (W&B).",
     )
     p.add_argument("--optimizer", default="muon", choices=OPTIMIZERS, help="optimizer")
     p.add_argument("--out", default="runs/train", help="output directory")
@@ -184,7 +194,7 @@ def register(subparsers) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     again.add_argument("--overwrite", action="store_true",
-                       help="replace the run already in OUT (its metrics, checkpoint, tb)")
+                       help="replace the run already in OUT (its metrics, checkpoint, tb, wandb)")
     p.add_argument("--sample", type=NONNEGATIVE_INT, default=0,
                    help="print N sampled tokens at the end")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,

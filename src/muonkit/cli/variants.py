@@ -8,7 +8,15 @@ from pathlib import Path
 
 from ..experiments import variants
 from ..experiments.runs import default_threads
-from .common import MOMENTUM, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, add_command
+from .common import (
+    MOMENTUM,
+    NONNEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    add_command,
+    add_tracker_arguments,
+    trackers_from_args,
+)
 
 
 def register(subparsers) -> None:
@@ -48,12 +56,16 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="output dir (None: runs/variants/<study>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the study already in --out (its runs, table and figure)")
+    add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the study's name)")
     p.set_defaults(func=run_command)
 
 
 def config_from_args(args: argparse.Namespace) -> variants.StudyConfig:
     names = {f.name for f in dataclasses.fields(variants.StudyConfig)}
-    return variants.StudyConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if args.tracker is not None:
+        values["trackers"] = trackers_from_args(args)
+    return variants.StudyConfig(**values)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@
    ``curves.png`` from the runs' ``metrics.jsonl``.
 
 ``--no-isolate`` runs everything in this process (no progress lines; peak memory cumulative).
+Every run logs to the ``--tracker`` choice in its own process; a W&B run is named after its
+directory (``runs/muon-s0``, ``sweep/adamw-lr0.001``) and grouped under ``--wandb-run-name``
+(default: the name of ``--out``).
 The command line is :mod:`muonkit.cli.compare`.
 """
 
@@ -109,7 +112,11 @@ class Experiment:
             gpt = dataclasses.replace(gpt, lr=lr, progress=False)
         else:
             gpt = dataclasses.replace(gpt, lr=aux_lr, muon_lr=muon_lr, progress=False)
-        train_cfg = gpt.train_config(optimizer, str(out_dir), seed, progress=False, **changes)
+        train_cfg = gpt.train_config(
+            optimizer, str(out_dir), seed, progress=False,
+            wandb_run_name=f"{out_dir.parent.name}/{out_dir.name}",
+            wandb_group=gpt.wandb_run_name or self.out.name, **changes,
+        )
         kwargs = gpt.train_gpt_kwargs(optimizer, train_cfg)
         if not self.cfg.isolate:
             return self.pool.run(priority, _run_here, kwargs)

@@ -34,6 +34,7 @@ from ..data.text import BUNDLED, load_text
 from ..train.checks import check_number
 from ..train.config import resolve_device
 from ..train.loop import TrainConfig
+from ..train.trackers import resolve_trackers
 from .runs import RunSpec, SlotPool, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
 
@@ -83,8 +84,10 @@ BOUNDS = {
 
 @dataclass
 class HorizonConfig:
-    """The study's settings (everything but ``out``, ``jobs``, ``threads`` and ``contenders``
-    must match on a rerun into the same ``out``)."""
+    """The study's settings (everything but ``RUNTIME``: ``out``, ``jobs``, ``threads``,
+    ``contenders`` and the trackers, must match on a rerun into the same ``out``). Every run
+    logs to ``trackers`` (default none); W&B runs are grouped under ``wandb_run_name`` (None:
+    the name of ``out``)."""
 
     out: str = "runs/horizon"
     horizons: list[int] = field(default_factory=lambda: [250, 800, 2500])
@@ -106,8 +109,12 @@ class HorizonConfig:
     device: str = "cpu"
     jobs: int = 1
     threads: int = 1
+    trackers: tuple[str, ...] = ()
+    wandb_project: str = "muonkit"
+    wandb_run_name: str | None = None
 
-    RUNTIME = ("out", "jobs", "threads", "contenders")
+    RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
+               "wandb_run_name")
 
     def __post_init__(self) -> None:
         for name, bounds in BOUNDS.items():
@@ -116,6 +123,7 @@ class HorizonConfig:
                 if value is not None:
                     check_number(f"--{name.replace('_', '-')}", value, **bounds)
         resolve_device(self.device)  # an unknown device fails before anything is written
+        self.trackers = resolve_trackers(self.trackers)
         unknown = sorted(set(self.contenders) - set(CONTENDERS))
         if unknown:
             raise ValueError(f"unknown contender(s) {unknown}; valid: {list(CONTENDERS)}")
@@ -138,7 +146,8 @@ class HorizonConfig:
             momentum_warmup_steps=round(self.momentum_warmup_frac * steps) if muon else 0,
             eval_every=every, checkpoint_every=2 * every, out_dir=str(out_dir),
             run_name=f"{out_dir.parent.name}-{out_dir.name}-h{steps}", device=self.device,
-            progress=False, tensorboard=False, seed=seed,
+            progress=False, seed=seed, trackers=self.trackers, wandb_project=self.wandb_project,
+            wandb_group=self.wandb_run_name or Path(self.out).name,
         )
 
 

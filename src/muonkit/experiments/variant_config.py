@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..train.checks import check_number
 from ..train.config import resolve_device
+from ..train.trackers import resolve_trackers
 
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid")
 DATASETS = {"mnist": 784, "cifar10": 3072}
@@ -54,6 +55,9 @@ class StudyConfig:
     threads: int | None = None
     out: str | None = None  # None: runs/variants/<study>
     overwrite: bool = False  # replace the runs of an earlier study in ``out`` (else refused)
+    trackers: tuple[str, ...] = ()  # experiment trackers of every run (default none)
+    wandb_project: str = "muonkit"
+    wandb_run_name: str | None = None  # the W&B group of the runs (None: the study's name)
 
     def __post_init__(self):
         for name, valid in (("study", STUDIES), ("dataset", tuple(DATASETS))):
@@ -73,6 +77,7 @@ class StudyConfig:
         )
         self.out = self.out or f"runs/variants/{self.study}"
         resolve_device(self.device)  # an unknown device fails before anything is written
+        self.trackers = resolve_trackers(self.trackers)
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,10 @@ def run_arm(arm: Arm, seed: int, cfg: StudyConfig, data: dict, out_dir: Path) ->
         run_name=f"{arm.slug}-s{seed}",
         device=cfg.device,
         progress=False,
-        tensorboard=False,
+        trackers=cfg.trackers,
+        wandb_project=cfg.wandb_project,
+        wandb_run_name=f"{cfg.study}/{out_dir.name}",
+        wandb_group=cfg.wandb_run_name or cfg.study,
         seed=seed,
     )
     run_config = dict(

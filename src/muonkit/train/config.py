@@ -9,6 +9,7 @@ import torch
 
 from ..schedules import DECAYS
 from .checks import check_number
+from .trackers import resolve_trackers
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -27,8 +28,9 @@ class TrainConfig:
         grad_clip: max global gradient norm (0: no clipping).
         eval_every: validation every this many steps (0: only at step 0 and at the end).
         checkpoint_every: checkpoint every this many steps (0: never); needs ``out_dir``.
-        out_dir: where metrics.jsonl, ckpt.pt and tb/ go (None: nothing written). A directory
-            that already holds a run is refused unless ``resume`` or ``overwrite`` is set.
+        out_dir: where metrics.jsonl, ckpt.pt and the trackers' files go (None: nothing
+            written). A directory that already holds a run is refused unless ``resume`` or
+            ``overwrite`` is set.
         resume: continue from ``out_dir/ckpt.pt``; a run that has trained all ``steps``
             raises :class:`RunComplete` and changes nothing.
         overwrite: delete the run files already in ``out_dir`` (``RUN_FILES``) and start anew.
@@ -37,7 +39,12 @@ class TrainConfig:
         device: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
         dtype: "auto" (bf16 autocast on CUDA, fp32 on CPU), "float32", "bfloat16".
         compile, compile_backend: wrap the model in ``torch.compile(backend=...)``.
-        progress: tqdm bar. tensorboard: TensorBoard scalars in ``out_dir/tb`` if installed.
+        progress: tqdm bar.
+        trackers: experiment trackers besides metrics.jsonl, names of
+            :data:`muonkit.train.trackers.TRACKERS` ("tensorboard", "wandb"; "none" or ()
+            for none); None: TensorBoard when installed. One not installed is an ImportError.
+        wandb_project, wandb_run_name, wandb_group: the W&B run's project, name (None:
+            ``run_name``) and group (None: none).
         peak_flops: the device's peak FLOP/s for MFU; None: a known GPU's bf16 peak, else no MFU.
         seed: recorded in the metrics, and seeds torch's global RNG (dropout) at the start.
     """
@@ -63,7 +70,10 @@ class TrainConfig:
     compile: bool = False
     compile_backend: str = "inductor"
     progress: bool = True
-    tensorboard: bool = True
+    trackers: tuple[str, ...] | None = None
+    wandb_project: str = "muonkit"
+    wandb_run_name: str | None = None
+    wandb_group: str | None = None
     peak_flops: float | None = None
     seed: int = 0
 
@@ -89,6 +99,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.dtype {self.dtype!r} unknown; valid: {list(DTYPES)}")
         if self.stop_at is not None and not 0 < self.stop_at <= self.steps:
             raise ValueError(f"TrainConfig.stop_at must be in [1, steps], got {self.stop_at}")
+        if self.trackers is not None:
+            self.trackers = resolve_trackers(
+                (self.trackers,) if isinstance(self.trackers, str) else self.trackers)
         if (self.checkpoint_every or self.resume) and self.out_dir is None:
             raise ValueError("checkpoint_every/resume need TrainConfig.out_dir (where ckpt.pt is)")
 

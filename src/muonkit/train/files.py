@@ -1,7 +1,7 @@
 """A run's directory: what a run leaves there, and the rules that keep runs from being lost.
 
 * ``OUT/metrics.jsonl`` (:class:`MetricsLogger`), ``OUT/ckpt.pt`` (:func:`save_checkpoint`, or
-  ``OUT/ckpt_dcp/`` under torch.distributed), ``OUT/tb/``;
+  ``OUT/ckpt_dcp/`` under torch.distributed), the trackers' ``OUT/tb/`` and ``OUT/wandb/``;
 * :func:`prepare_out_dir`: a directory that holds a run is refused unless resumed or
   overwritten; :func:`check_resume`: a resume that would not continue the run is refused, a
   finished run is reported complete (:class:`RunComplete`) and left alone;
@@ -14,12 +14,14 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..distributed.env import is_distributed
 from .config import TrainConfig
+from .trackers import TRACKER_FILES, Tracker
 
 CHECKPOINT = "ckpt.pt"
 
@@ -29,7 +31,8 @@ METRICS = "metrics.jsonl"
 
 RUN_MARKERS = (METRICS, CHECKPOINT, CHECKPOINT_DIR)  # files that say a directory holds a run
 
-RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", "tb")  # what overwrite=True deletes
+# what overwrite=True deletes: the run's files and its trackers' (tb/, wandb/, the W&B run id)
+RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", *TRACKER_FILES)
 
 CHECKPOINT_KEYS = ("model", "optimizers", "batches", "rng", "step", "elapsed_s", "tokens")
 
@@ -193,11 +196,13 @@ def set_rng_state(state: dict) -> None:
 
 
 class MetricsLogger:
-    """JSONL metrics (and TensorBoard scalars) of one run; None paths write nothing."""
+    """The JSONL metrics of one run (None path: no file), each record also sent to the run's
+    experiment trackers (:mod:`muonkit.train.trackers`): config, per-step records, summary."""
 
-    def __init__(self, out_dir: Path | None, tensorboard: bool, resume_step: int | None):
+    def __init__(self, out_dir: Path | None, resume_step: int | None,
+                 trackers: Sequence[Tracker] = ()):
         self.path = None if out_dir is None else out_dir / METRICS
-        self.tb = None
+        self.trackers = list(trackers)
         if self.path is None:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,13 +210,6 @@ class MetricsLogger:
             self._truncate(resume_step)
         elif self.path.exists():
             self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is an optional extra
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step)
 
     def _truncate(self, step: int) -> None:
         """Keep the config line and the records up to ``step`` (the checkpoint's)."""
@@ -223,19 +221,28 @@ class MetricsLogger:
         self.path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
 
     @property
-    def has_config(self) -> bool:
-        return self.path is not None and self.path.exists() and self.path.stat().st_size > 0
+    def config(self) -> dict | None:
+        """The config record already in the file (a resumed run's), else None."""
+        if self.path is None or not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        return next((r for r in read_records(self.path) if r["kind"] == "config"), None)
 
     def write(self, record: dict) -> None:
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        if self.tb is not None and "step" in record:
-            for key, value in record.items():
-                if key not in ("kind", "step") and isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+        self.track(record)
+
+    def track(self, record: dict) -> None:
+        """Send ``record`` to the trackers (a config line, a summary, or a record with a step)."""
+        for tracker in self.trackers:
+            if record["kind"] == "config":
+                tracker.log_config({k: v for k, v in record.items() if k != "kind"})
+            elif record["kind"] == "summary":
+                tracker.log_summary(record)
+            elif "step" in record:
+                tracker.log_metrics(record)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
+        for tracker in self.trackers:
+            tracker.close()

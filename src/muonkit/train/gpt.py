@@ -22,6 +22,7 @@ from ..schedules import DECAYS
 from .checks import check_number
 from .config import DTYPES, TrainConfig, TrainResult, resolve_device
 from .loop import train
+from .trackers import resolve_trackers
 
 # name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
 BOUNDS = {
@@ -57,7 +58,8 @@ class GPTRunConfig:
     ``muon_*``: the hybrid's Muon groups; ``momentum_warmup``: Muon momentum 0.85 ->
     ``muon_momentum`` over that many steps; ``warmup``, ``decay``, ``min_lr_ratio``: the LR
     schedule of every group; ``untied``: a separate ``lm_head`` weight; ``threads``: torch
-    intra-op threads (None: leave torch's setting).
+    intra-op threads (None: leave torch's setting); ``trackers``, ``wandb_*``: see
+    :class:`TrainConfig` (names checked, and installed, here).
     """
 
     preset: str = "tiny"
@@ -81,7 +83,9 @@ class GPTRunConfig:
     compile: bool = False
     peak_flops: float | None = None
     progress: bool = True
-    tensorboard: bool = True
+    trackers: tuple[str, ...] | None = None
+    wandb_project: str = "muonkit"
+    wandb_run_name: str | None = None
     threads: int | None = None
     lr: float = 6e-4
     beta2: float = 0.95
@@ -103,6 +107,8 @@ class GPTRunConfig:
             if getattr(self, name) is not None:
                 check_number(name, getattr(self, name), **bounds)
         resolve_device(self.device)  # an unknown or unavailable device fails here, not later
+        if self.trackers is not None:
+            resolve_trackers(self.trackers)
 
     def model_overrides(self) -> dict:
         """Keyword arguments of :func:`muonkit.models.gpt.preset_config` beyond the preset."""
@@ -144,7 +150,9 @@ class GPTRunConfig:
             dtype=self.dtype,
             compile=self.compile,
             progress=self.progress,
-            tensorboard=self.tensorboard,
+            trackers=self.trackers,
+            wandb_project=self.wandb_project,
+            wandb_run_name=self.wandb_run_name,
             peak_flops=self.peak_flops,
             seed=seed,
         )
@@ -283,7 +291,7 @@ def _parallel_config(parallel: str, cfg: TrainConfig) -> tuple[TrainConfig, int,
     check_mode(parallel)
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank != 0:
-        cfg = dataclasses.replace(cfg, progress=False, tensorboard=False)
+        cfg = dataclasses.replace(cfg, progress=False)
     return cfg, rank, world
 
 

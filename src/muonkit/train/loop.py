@@ -13,7 +13,8 @@ does the rest (nanoGPT's ``train.py`` structure, minus the GPT specifics):
   source's state and the RNG states: ``resume=True`` continues so that N steps + resume N steps
   ends bit for bit where 2N steps do (on CPU);
 * metrics: one JSONL line per step in the team's schema (``config``, ``train``, ``val``,
-  ``summary``), TensorBoard scalars when tensorboard is installed, a tqdm bar with loss and
+  ``summary``), the same records sent to the experiment trackers (:mod:`muonkit.train.trackers`:
+  TensorBoard when installed, W&B), a tqdm bar with loss and
   tokens/s; the summary has tokens/s, time per step, peak memory, optimizer state bytes, MFU,
   and what affects timing (torch threads, 1-minute load average at the start and end of the
   session, the CPU's timing flags from :func:`muonkit.hardware.machine_info`).
@@ -68,7 +69,7 @@ from .files import (
     save_checkpoint,
     set_rng_state,
 )
-from .measure import default_peak_flops, summary_record
+from .measure import default_peak_flops, group_lrs, summary_record
 from .step import (
     accumulate_gradients,
     autocast_context,
@@ -76,6 +77,7 @@ from .step import (
     evaluate_batches,
     to_device,
 )
+from .trackers import build_trackers, resolve_trackers
 
 __all__ = [  # the loop; and names its callers import from here (tests, experiments.runs)
     "CHECKPOINT",
@@ -113,18 +115,22 @@ class Session:
     elapsed: float = 0.0
     tokens: int = 0
     checkpoint_step: int | None = None
+    mfu_per_token_rate: float | None = None  # training FLOPs per token / peak FLOP/s
     train_losses: list[float] = field(default_factory=list)
     val_records: list[dict] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
 
     @classmethod
-    def start(cls, cfg: TrainConfig) -> Session:
+    def start(cls, cfg: TrainConfig, flops_per_token: float | None) -> Session:
         device = resolve_device(cfg.device)
         out_dir = None if cfg.out_dir is None else Path(cfg.out_dir)
         ckpt_name = CHECKPOINT_DIR if is_distributed() else CHECKPOINT
         ckpt_path = None if out_dir is None else out_dir / ckpt_name
-        return cls(cfg, device, resolve_dtype(cfg.dtype, device), out_dir, ckpt_path)
+        peak = cfg.peak_flops if cfg.peak_flops is not None else default_peak_flops(device)
+        rate = flops_per_token / peak if (flops_per_token and peak) else None
+        return cls(cfg, device, resolve_dtype(cfg.dtype, device), out_dir, ckpt_path,
+                   mfu_per_token_rate=rate)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.dtype)
@@ -177,14 +183,23 @@ def restore(session: Session, model: nn.Module, optimizers, batches) -> None:
 
 
 def open_logger(session: Session, optimizer_name: str, run_config: dict | None) -> MetricsLogger:
-    """The metrics of this run (rank 0 only under torch.distributed), with its config line."""
+    """The metrics of this run and its trackers (rank 0 only under torch.distributed), with its
+    config line (a resumed run's is in its file already, and goes to the trackers)."""
     cfg = session.cfg
     main_process = not is_distributed() or torch.distributed.get_rank() == 0
-    logger = MetricsLogger(
-        session.out_dir if main_process else None, cfg.tensorboard,
-        session.step if cfg.resume else None,
-    )
-    if not logger.has_config:
+    out_dir = session.out_dir if main_process else None
+    resume_step = session.step if cfg.resume else None
+    trackers = []
+    if out_dir is not None:
+        wandb_options = dict(project=cfg.wandb_project, name=cfg.wandb_run_name or cfg.run_name,
+                             group=cfg.wandb_group)
+        trackers = build_trackers(resolve_trackers(cfg.trackers), out_dir, resume_step,
+                                  wandb_options)
+    logger = MetricsLogger(out_dir, resume_step, trackers)
+    config = logger.config
+    if config is not None:
+        logger.track(config)
+    else:
         logger.write(
             {
                 "kind": "config",
@@ -240,13 +255,17 @@ def train_step(session: Session, model, forward_model, optimizers, batches, loss
         "step": session.step,
         "loss": loss,
         "lr": optimizers[0].param_groups[0]["lr"],
+        "lr_groups": group_lrs(optimizers),
         "tokens": session.tokens,
         "elapsed_s": session.elapsed,
         "tokens_per_s": n_tokens / dt,
     }
     if grad_norm is not None:
         record["grad_norm"] = grad_norm
+    if session.mfu_per_token_rate is not None:
+        record["mfu"] = record["tokens_per_s"] * session.mfu_per_token_rate
     return record
+
 
 
 def run_eval(session: Session, model, evaluator, logger: MetricsLogger, on_eval) -> None:
@@ -307,7 +326,7 @@ def train(
     cfg = config
     optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
     check_inputs(cfg, optimizers, batches, val_batches, evaluate)
-    session = Session.start(cfg)
+    session = Session.start(cfg, flops_per_token)
     model.to(session.device)
     forward_model = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
     evaluator = make_evaluator(evaluate, val_batches, loss_fn, session)
@@ -338,6 +357,9 @@ def train(
         raise TrainingInterrupted(
             session.step, session.last_checkpoint, session.checkpoint_step
         ) from None
+    except BaseException:  # e.g. a diverged run: the trackers still end their runs
+        logger.close()
+        raise
     finally:
         progress.close()
     summary = finish(session, optimizers, flops_per_token, machine)

@@ -1,4 +1,4 @@
-"""What a run measures about itself: optimizer-state bytes, peak memory, MFU, the summary."""
+"""What a run measures about itself: optimizer-state bytes, peak memory, MFU, LRs, the summary."""
 
 from __future__ import annotations
 
@@ -69,3 +69,13 @@ def summary_record(
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
     }
 
+
+def group_lrs(optimizers) -> dict[str, float]:
+    """The LR of every param group, named by its ``role`` (:func:`muonkit.hybrid_param_groups`
+    sets one) or ``<optimizer index>.<group index>``."""
+    lrs: dict[str, float] = {}
+    for i, opt in enumerate(optimizers):
+        for j, group in enumerate(opt.param_groups):
+            name = str(group.get("role", f"{i}.{j}"))
+            lrs[name if name not in lrs else f"{name}.{i}.{j}"] = group["lr"]
+    return lrs
