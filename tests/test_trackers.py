@@ -38,7 +38,8 @@ def test_wandb_offline_run_holds_the_metrics_config_and_summary_and_resumes_its_
 
     out = tmp_path / "run"
     argv = [*TRAIN, "--tracker", "wandb", "--wandb-project", "proj", "--wandb-run-name", "r1",
-            "--checkpoint-every", "2", "--eval-every", "2", "--out", str(out)]
+            "--checkpoint-every", "2", "--eval-every", "2", "--peak-flops", "1e12",
+            "--out", str(out)]
     assert main([*argv, "--steps", "2"]) == 0
     wandb.teardown()  # wandb's service writes the run's file asynchronously: wait for it
     err = capsys.readouterr().err.strip().splitlines()
@@ -57,8 +58,13 @@ def test_wandb_offline_run_holds_the_metrics_config_and_summary_and_resumes_its_
                 assert rows[rec["step"]][f"{rec['kind']}/{key}"] == pytest.approx(value)
     train = [r for r in records if r["kind"] == "train"]
     assert set(train[-1]["lr_groups"]) == {"muon", "embedding", "vector"}
+    model = config["config"]["model"]  # MFU per step: 6 N + 12 L C T FLOPs per token / peak
+    per_token = 6 * config["config"]["params"] + 12 * model["n_layer"] * model["n_embd"] * 16
+    for rec in train:
+        assert rec["mfu"] == pytest.approx(rec["tokens_per_s"] * per_token / 1e12)
     assert rows[2]["train/lr_groups/muon"] == pytest.approx(train[-1]["lr_groups"]["muon"])
-    assert {"train/loss", "train/grad_norm", "train/tokens_per_s", "val/val_loss"} <= set(rows[2])
+    assert {"train/loss", "train/grad_norm", "train/tokens_per_s", "train/mfu",
+            "val/val_loss"} <= set(rows[2])
     assert first["summary"]["final_val_loss"] == pytest.approx(summary["final_val_loss"])
     run_id = (out / WANDB_ID_FILE).read_text().strip()
     assert first["run"].run_id == run_id
