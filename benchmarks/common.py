@@ -36,6 +36,14 @@ def hardware(device: torch.device) -> dict:
     return info
 
 
+MACHINE_NAMES = {  # machine_label -> words for section titles
+    "no-native-bf16": "a CPU without native bf16",
+    "native-bf16": "a CPU with native bf16 (AVX512-BF16)",
+    "native-bf16-amx": "a CPU with native bf16 (AMX-BF16)",
+    "cuda": "a CUDA GPU",
+}
+
+
 def machine_label(info: dict) -> str:
     """``no-native-bf16``, ``native-bf16`` (AVX512-BF16) or ``native-bf16-amx`` for a CPU (the
     cases of issue 14), else the device type: the suffix of a step-time fragment, so each

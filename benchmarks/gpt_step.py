@@ -26,7 +26,7 @@ import statistics
 import time
 
 import torch
-from common import hardware, machine_label, markdown_table, write_fragment
+from common import MACHINE_NAMES, hardware, machine_label, markdown_table, write_fragment
 
 from muonkit.data.text import TokenBatches, load_text
 from muonkit.functional import orthogonalize_updates
@@ -168,20 +168,13 @@ def main(argv=None) -> int:
     return 0
 
 
-TITLES = {
-    "no-native-bf16": "CPU without native bf16",
-    "native-bf16": "CPU with AVX512-BF16",
-    "native-bf16-amx": "CPU with AMX-BF16",
-    "cuda": "CUDA GPU",
-}
-
-
 def render(d: dict) -> str:
     hw, ms, f = d["hardware"], d["ms"], d["flops"]
     rows = [[name, f"{v['median']:.2f}", f"{v['min']:.2f}"] for name, v in ms.items()]
     return "\n".join([
-        f"## GPT training step ({d['args']['preset']}, {TITLES[machine_label(hw)]}, Newton-Schulz "
-        f"{d['ns_precision']}): AdamW vs the Muon hybrid (`benchmarks/gpt_step.py`)\n",
+        f"## GPT training step ({d['args']['preset']}, {MACHINE_NAMES[machine_label(hw)]}, "
+        f"Newton-Schulz {d['ns_precision']}): AdamW vs the Muon hybrid "
+        "(`benchmarks/gpt_step.py`)\n",
         f"Measured {hw['date_utc']} on {hw.get('gpu') or hw['cpu']} (device {hw['device']}; "
         f"PyTorch CPU capability "
         f"{hw['cpu_capability']}, native bf16: {'yes' if hw['cpu_native_bf16'] else 'no'}; "

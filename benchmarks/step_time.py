@@ -30,7 +30,14 @@ import statistics
 import time
 
 import torch
-from common import gpt_matrix_shapes, hardware, machine_label, markdown_table, write_fragment
+from common import (
+    MACHINE_NAMES,
+    gpt_matrix_shapes,
+    hardware,
+    machine_label,
+    markdown_table,
+    write_fragment,
+)
 from methods import Method, Unavailable, methods
 
 from muonkit.precision import describe, newton_schulz_flops
@@ -322,18 +329,10 @@ def render_targets(targets: list[dict]) -> str:
     return markdown_table(header, rows)
 
 
-MACHINE_TITLES = {
-    "no-native-bf16": "on a CPU without native bf16",
-    "native-bf16": "on a CPU with native bf16 (AVX512-BF16)",
-    "native-bf16-amx": "on a CPU with native bf16 (AMX-BF16)",
-    "cuda": "on a CUDA GPU",
-}
-
-
 def render(data: dict) -> str:
     hw, peaks = data["hardware"], data["matmul_peak_gflops"]
     lines = [
-        f"## Optimizer step time {MACHINE_TITLES[machine_label(hw)]} "
+        f"## Optimizer step time on {MACHINE_NAMES[machine_label(hw)]} "
         "(`benchmarks/step_time.py`)\n",
         f"Measured {hw['date_utc']} on "
         + (f"{hw['gpu']} (capability {hw['gpu_capability']}), host " if hw.get("gpu") else "")
