@@ -34,10 +34,12 @@ from muonkit.schedules import apply_schedules
 from muonkit.train import accumulate_gradients
 
 # dim 0 not divisible by 2, 3 or 4 (5, 7), smaller than W (2, 1, 3), a same-shape batch of
-# three (5, 4), a conv-like 3-D kernel and a fused "QKV" q0 (the hybrid orthogonalizes it as 3
-# blocks, ns_split=3, in a second Muon group); r0 is replicated under FSDP2 (Replicate DTensor).
+# three (5, 4), a conv-like 3-D kernel, a fused "QKV" q0 (the hybrid orthogonalizes it as 3
+# blocks, ns_split=3, in a second Muon group) and t0, stored (in, out) as GPT-2's Conv1D (a third
+# group: transposed=True, ns_split=3 on its out dim, FSDP2 shards its in dim); r0 is replicated
+# under FSDP2 (Replicate DTensor).
 MATRICES = {"w0": (5, 4), "w1": (5, 4), "w2": (5, 4), "w3": (2, 6), "w4": (7, 3),
-            "w5": (3, 2, 2), "w6": (1, 5), "q0": (6, 4)}  # fmt: skip
+            "w5": (3, 2, 2), "w6": (1, 5), "q0": (6, 4), "t0": (4, 6)}  # fmt: skip
 REPLICATED = {"r0": (6, 4)}
 VECTORS = {"b0": (5,), "b1": (1,)}
 STEPS = 3  # steps compared with the single-process run; DCP saves at K and resumes to 2K
@@ -76,10 +78,12 @@ def grads_at(step: int) -> dict[str, torch.Tensor]:
 
 
 def muon_groups(net: Net) -> list[dict]:
-    qkv = net.get_parameter("body.q0")
+    qkv, stored_in_out = net.get_parameter("body.q0"), net.get_parameter("body.t0")
+    plain = [p for p in net.muon_params() if p is not qkv and p is not stored_in_out]
     return [
-        dict(params=[p for p in net.muon_params() if p is not qkv], use_muon=True, **MUON_OPTS),
+        dict(params=plain, use_muon=True, **MUON_OPTS),
         dict(params=[qkv], use_muon=True, ns_split=3, **MUON_OPTS),
+        dict(params=[stored_in_out], use_muon=True, ns_split=3, transposed=True, **MUON_OPTS),
         dict(params=net.vector_params(), use_muon=False, **ADAMW_OPTS),
     ]
 

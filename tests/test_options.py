@@ -26,6 +26,7 @@ OTHER_VALUES = dict(
     ns_batch_dims=1,
     maximize=True,
     mixing="gradient_heavy",
+    transposed=True,
 )
 
 
@@ -52,7 +53,7 @@ def test_muon_defaults_are_the_options_defaults():
 @pytest.mark.parametrize("name", sorted(OTHER_VALUES))
 @pytest.mark.parametrize("cls", [Muon, LoRAPreMuon, KroneckerMuon])
 def test_keyword_and_options_object_give_the_same_groups(cls, name):
-    if cls is not Muon and name in ("ns_split", "momentum_form", "ns_batch_dims"):
+    if cls is not Muon and name in ("ns_split", "momentum_form", "ns_batch_dims", "transposed"):
         pytest.skip("checked by the variants' own validation")
     shape = (2, 16, 16) if name == "ns_batch_dims" else (16, 16)
     params = [nn.Parameter(torch.randn(shape))]
@@ -111,6 +112,7 @@ def test_hybrid_groups_take_an_options_object():
         (dict(ns_split=0), "ns_split"),
         (dict(ns_gram="auto"), "ns_gram"),
         (dict(ns_compile=None), "ns_compile"),
+        (dict(transposed="yes"), "transposed"),
     ],
 )
 def test_options_validate_themselves(kwargs, match):

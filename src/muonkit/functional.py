@@ -92,9 +92,15 @@ def nesterov_updates(
     return list(torch._foreach_lerp(grads, bufs, mu))
 
 
-def matrix_shape(shape: Sequence[int], batch_dims: int = 0) -> tuple[int, int]:
+def matrix_shape(
+    shape: Sequence[int], batch_dims: int = 0, transposed: bool = False
+) -> tuple[int, int]:
     """The (out, in) matrix a parameter of ``shape`` is orthogonalized as: (shape[b], rest),
-    after ``b = batch_dims`` leading dims that index independent matrices (MoE experts)."""
+    after ``b = batch_dims`` leading dims that index independent matrices (MoE experts);
+    ``transposed`` (a weight stored ``(..., in, out)``, as GPT-2's Conv1D): (shape[-1],
+    shape[-2])."""
+    if transposed:
+        return int(shape[-1]), int(shape[-2])
     return int(shape[batch_dims]), int(math.prod(shape[batch_dims + 1 :]))
 
 
@@ -110,9 +116,14 @@ def orthogonalize_updates(
     many equal row blocks that are orthogonalized separately: 3 for a fused QKV projection
     (Q, K and V are separate linear maps), ``3 * n_head`` per attention head. The ``ns_*``
     options choose how Newton-Schulz is evaluated (see
-    :func:`muonkit.orthogonalize.newton_schulz`). Returns new tensors of the inputs' shapes.
+    :func:`muonkit.orthogonalize.newton_schulz`). With ``options.transposed`` each update is
+    stored ``(..., in, out)``: its transpose is the matrix orthogonalized and split (the polar
+    factor of a transpose is the transpose of the polar factor; the row blocks are not).
+    Returns new tensors of the inputs' shapes.
     """
     k, b = options.ns_split, options.ns_batch_dims
+    transposed = options.transposed
+    updates = [u.mT for u in updates] if transposed else updates
     blocks: list[Tensor] = []
     per_update: list[int] = []
     for u in updates:
@@ -143,22 +154,28 @@ def orthogonalize_updates(
         parts = done[start : start + n]
         out.append((parts[0] if n == 1 else torch.stack(parts)).reshape(u.shape))
         start += n
-    return out
+    return [o.mT for o in out] if transposed else out
 
 
-def block_shape(shape: Sequence[int], split: int = 1, batch_dims: int = 0) -> tuple[int, int]:
-    """The shape of one orthogonalized block of a parameter cut into ``split`` row blocks
-    (of each matrix after ``batch_dims`` leading dims): what the LR rule sees."""
-    out_dim, in_dim = matrix_shape(shape, batch_dims)
+def block_shape(
+    shape: Sequence[int], split: int = 1, batch_dims: int = 0, transposed: bool = False
+) -> tuple[int, int]:
+    """The (out, in) shape of one orthogonalized block of a parameter cut into ``split`` row
+    blocks (of each matrix after ``batch_dims`` leading dims, transposed first when stored
+    ``(in, out)``): what the LR rule sees."""
+    out_dim, in_dim = matrix_shape(shape, batch_dims, transposed)
     return out_dim // split, in_dim
 
 
+def options_block_shape(shape: Sequence[int], options: MuonOptions) -> tuple[int, int]:
+    """:func:`block_shape` of ``shape`` under ``options`` (split, batch dims, transposed)."""
+    return block_shape(shape, options.ns_split, options.ns_batch_dims, options.transposed)
+
+
 def lr_scales(shapes: Sequence[Sequence[int]], options: MuonOptions) -> list[float]:
-    """The LR scale of each parameter shape under ``options`` (rule, split, batch dims)."""
-    return [
-        lr_scale(options.lr_scaling, block_shape(s, options.ns_split, options.ns_batch_dims))
-        for s in shapes
-    ]
+    """The LR scale of each parameter shape under ``options`` (rule, split, batch dims,
+    transposed)."""
+    return [lr_scale(options.lr_scaling, options_block_shape(s, options)) for s in shapes]
 
 
 def apply_updates_(

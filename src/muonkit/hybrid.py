@@ -92,6 +92,32 @@ def fused_qkv_params(model: nn.Module) -> list[Tensor]:
     return out
 
 
+def is_transposed_linear(module: nn.Module) -> bool:
+    """True for a Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2's attention and MLP
+    layers: ``y = x @ W + b`` with W stored ``(in, out)``), or a subclass; found by class name
+    and module, so muonkit never imports transformers."""
+    return any(
+        c.__name__ == "Conv1D" and c.__module__.startswith("transformers.")
+        for c in type(module).__mro__
+    )
+
+
+def transposed_params(model: nn.Module) -> list[Tensor]:
+    """The weights of ``model`` stored transposed, ``(in, out)``: those of every module for
+    which :func:`is_transposed_linear` holds."""
+    return [m.weight for m in model.modules() if is_transposed_linear(m)]
+
+
+def _param_picker(
+    chosen: Sequence[str] | Callable[[str, Tensor], bool],
+) -> Callable[[str, Tensor], bool]:
+    """A predicate ``(name, param) -> bool`` from parameter names or a predicate."""
+    if callable(chosen):
+        return chosen
+    names = set(chosen)
+    return lambda name, p: name in names
+
+
 def hybrid_param_groups(
     model: nn.Module,
     *,
@@ -107,6 +133,7 @@ def hybrid_param_groups(
     head_names: Sequence[str] = HEAD_NAMES,
     experts: Sequence[str] | Callable[[str, Tensor], bool] = (),
     qkv_split: int = 1,
+    transposed_weights: Sequence[str] | Callable[[str, Tensor], bool] | None = None,
     **muon_options: Any,
 ) -> list[dict]:
     """Param groups for :class:`MuonWithAuxAdam`: one Muon group and one AdamW group per role.
@@ -119,21 +146,32 @@ def hybrid_param_groups(
     block; other matrices are not split. ``experts`` (parameter names, or a predicate
     ``(name, param) -> bool``) picks MoE expert stacks ``(E, out, in)``: they get a Muon group
     of their own (role "muon_experts") with ``ns_batch_dims=1``, so each expert is
-    orthogonalized as its own matrix. ``muon_options`` (or ``options=MuonOptions(...)``) go to
-    the Muon group(s), except ``maximize``, which every group takes (the AdamW groups too: the
-    whole model ascends). Each group carries its ``role`` so schedules and reports can tell
-    them apart.
+    orthogonalized as its own matrix. ``transposed_weights`` (names or a predicate; None: the
+    weights of Hugging Face ``Conv1D`` layers, :func:`transposed_params`) picks matrices stored
+    ``(in, out)``: their Muon group (role suffixed "_transposed") gets ``transposed=True``, so
+    the LR rule and ``ns_split`` see ``(out, in)`` as for the ``nn.Linear`` with the same map.
+    ``muon_options`` (or ``options=MuonOptions(...)``) go to the Muon group(s), except
+    ``maximize``, which every group takes (the AdamW groups too: the whole model ascends).
+    Each group carries its ``role`` so schedules and reports can tell them apart.
     """
     role_lr = {
         "embedding": adamw_lr if embedding_lr is None else embedding_lr,
         "head": adamw_lr if head_lr is None else head_lr,
         "vector": adamw_lr if vector_lr is None else vector_lr,
     }
-    names = set() if callable(experts) else set(experts)
-    is_expert = experts if callable(experts) else (lambda name, p: name in names)
+    is_expert = _param_picker(experts)
+    in_out = {id(p) for p in transposed_params(model)} if transposed_weights is None else set()
+    is_transposed = (
+        _param_picker(transposed_weights)
+        if transposed_weights is not None
+        else (lambda name, p: id(p) in in_out)
+    )
     by_role: dict[str, list[Tensor]] = {r: [] for r in (*ROLES, "muon_experts")}
+    transposed_ids = set()
     for name, p, role in classify_params(model, head_names):
         by_role["muon_experts" if role == "muon" and is_expert(name, p) else role].append(p)
+        if role == "muon" and is_transposed(name, p):
+            transposed_ids.add(id(p))
     if "options" in muon_options:  # a MuonOptions carries its own weight_decay
         if muon_weight_decay != 0.0:
             raise ValueError("pass weight_decay inside options=MuonOptions(...), not both")
@@ -149,6 +187,10 @@ def hybrid_param_groups(
         "muon_qkv": ([p for p in by_role["muon"] if id(p) in qkv_ids], {"ns_split": qkv_split}),
         "muon_experts": (by_role["muon_experts"], {"ns_batch_dims": 1}),
     }
+    for role, (params, extra) in list(muon_groups.items()):
+        muon_groups[role] = ([p for p in params if id(p) not in transposed_ids], extra)
+        kept = [p for p in params if id(p) in transposed_ids]
+        muon_groups[f"{role}_transposed"] = (kept, {**extra, "transposed": True})
     groups: list[dict] = []
     for role, (params, extra) in muon_groups.items():
         if params:

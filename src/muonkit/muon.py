@@ -20,8 +20,8 @@ from torch import Tensor
 
 from .functional import (
     all_finite,
-    block_shape,
     momentum_update_,
+    options_block_shape,
     orthogonalize_and_apply_,
     orthogonalize_updates,
 )
@@ -62,10 +62,17 @@ def validate_muon_options(group: dict) -> MuonOptions:
                 "and muonkit.hybrid.MuonWithAuxAdam. With ns_batch_dims=b, a parameter needs "
                 "b + 2 dims."
             )
-        if p.shape[b] % split:
+        if options.transposed and p.ndim > 2 + b:
             raise ValueError(
-                f"ns_split={split} must divide dim {b} of every parameter in its group; got a "
-                f"parameter of shape {tuple(p.shape)}. Put it in a group with its own ns_split."
+                f"transposed=True takes matrices stored (in, out) (after ns_batch_dims={b} "
+                f"leading dims), got a parameter of shape {tuple(p.shape)}"
+            )
+        split_dim = p.ndim - 1 if options.transposed else b
+        if p.shape[split_dim] % split:
+            raise ValueError(
+                f"ns_split={split} must divide dim {split_dim} (out) of every parameter in its "
+                f"group; got a parameter of shape {tuple(p.shape)}. Put it in a group with its "
+                "own ns_split."
             )
     return options
 
@@ -316,7 +323,7 @@ class MuonBase(torch.optim.Optimizer):
             if o.ns_coefficients == "svd":
                 out[i] = "svd: exact polar factor (fp64)"
                 continue
-            shapes = sorted({block_shape(p.shape, o.ns_split) for p in group["params"]})
+            shapes = sorted({options_block_shape(p.shape, o) for p in group["params"]})
             device = group["params"][0].device
             out[i] = describe(o.ns_dtype, device, shapes, o.ns_steps, o.ns_gram)
         return out
@@ -390,6 +397,12 @@ class Muon(MuonBase):
         maximize: ascend the objective (the gradients are negated, as in torch.optim).
         mixing: "momentum_form" (default: Muon's Nesterov update) or "gradient_heavy"
             (``G + mu * EMA(G)``, LoRA-Pre's printed mixing; an ablation, see module docstring).
+        transposed: the matrices are stored transposed, ``(in, out)``, as the weights of
+            Hugging Face GPT-2's ``Conv1D`` (``y = x @ W + b``): ``ns_split`` cuts the out
+            dim (the last) and the LR rule sees ``(out, in)``. Newton-Schulz itself does not
+            care (the polar factor of ``W.T`` is the transpose of W's) but the rules for
+            non-square shapes do. False by default; :func:`muonkit.hybrid_param_groups` sets
+            it for Conv1D weights.
         options: all the options above but ``lr`` and ``nonfinite`` as one
             :class:`muonkit.MuonOptions` (then leave those keywords at their defaults).
 
@@ -417,6 +430,7 @@ class Muon(MuonBase):
         *,
         maximize: bool = False,
         mixing: str = "momentum_form",
+        transposed: bool = False,
         options: MuonOptions | None = None,
     ):
         chosen = options_from_call(Muon.__init__, locals(), options)

@@ -58,6 +58,8 @@ class MuonOptions:
         maximize: ascend instead of descend (the gradient is negated first, as torch.optim).
         mixing: the Nesterov update: "momentum_form" (Muon's, of ``momentum_form``) or
             "gradient_heavy" (``G + mu * EMA(G)``, LoRA-Pre's printed mixing; an ablation).
+        transposed: the parameters store their matrix transposed, ``(..., in, out)`` (GPT-2's
+            ``Conv1D``): orthogonalization, ``ns_split`` and the LR rule use ``(out, in)``.
     """
 
     momentum: float = 0.95
@@ -74,6 +76,7 @@ class MuonOptions:
     ns_batch_dims: int = 0
     maximize: bool = False
     mixing: str = "momentum_form"
+    transposed: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -131,6 +134,7 @@ def _validate(o: MuonOptions) -> None:
         raise ValueError(f"ns_batch_dims must be an int >= 0, got {b!r}")
     check_choice("maximize", o.maximize, (True, False))
     check_choice("mixing", o.mixing, MIXINGS)
+    check_choice("transposed", o.transposed, (True, False))
 
 
 def check_seed(seed: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import block_shape
+from ..functional import options_block_shape
 from ..models.gpt import GPT, GPTConfig
 from ..options import MuonOptions
 from ..precision import ns_flops_by_dtype
@@ -37,7 +37,7 @@ def gpt_step_flops(run: dict, device: str = "cpu") -> dict | None:
             o = MuonOptions.from_group(group)
             if o.ns_coefficients == "svd":  # an SVD, not Newton-Schulz: no FLOP model
                 return None
-            shapes = [block_shape(p.shape, o.ns_split) for p in group["params"]] * o.ns_split
+            shapes = [options_block_shape(p.shape, o) for p in group["params"]] * o.ns_split
             ns += sum(ns_flops_by_dtype(shapes, o.ns_steps, o.ns_dtype, device, o.ns_gram).values())
     tokens = (
         cfg.get("batch_size", 1)

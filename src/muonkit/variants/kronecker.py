@@ -114,8 +114,8 @@ class KroneckerMuon(MuonBase):
             optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
         lr, nesterov, weight_decay, momentum_form, ns_steps,
             ns_coefficients, ns_dtype, lr_scaling, ns_split (1 only), ns_gram, ns_compile,
-            ns_batch_dims (0 only), maximize, mixing, nonfinite, options: as
-            :class:`muonkit.Muon`.
+            ns_batch_dims (0 only), maximize, mixing, transposed (False only), nonfinite,
+            options: as :class:`muonkit.Muon`.
 
     State per matrix: ``kron_f1``, ``kron_f2`` (or ``momentum_buffer`` for dense fallbacks).
     Each param group lists the positions of its dense-momentum parameters under
@@ -145,6 +145,7 @@ class KroneckerMuon(MuonBase):
         ns_batch_dims: int = 0,
         maximize: bool = False,
         mixing: str = "momentum_form",
+        transposed: bool = False,
         seed: int = 0,
         options: MuonOptions | None = None,
     ):
@@ -172,8 +173,10 @@ class KroneckerMuon(MuonBase):
 
     def _validate_group(self, group: dict) -> None:
         options = validate_muon_options(group)
-        if options.ns_split != 1 or options.ns_batch_dims:
-            raise ValueError("KroneckerMuon supports ns_split=1 and ns_batch_dims=0 only")
+        if options.ns_split != 1 or options.ns_batch_dims or options.transposed:
+            raise ValueError(
+                "KroneckerMuon supports ns_split=1, ns_batch_dims=0 and transposed=False only"
+            )
         if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
             raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
         check_seed(group["seed"])

@@ -95,7 +95,7 @@ class LoRAPreMuon(MuonBase):
             optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
         lr, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients, ns_dtype,
             lr_scaling, ns_split (1 only), ns_gram, ns_compile, ns_batch_dims (0 only),
-            maximize, mixing, nonfinite, options: as :class:`muonkit.Muon`.
+            maximize, mixing, transposed (False only), nonfinite, options: as :class:`muonkit.Muon`.
 
     State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in), in the parameter's
     dtype (as Muon's momentum buffer); the factor updates and solves run in float32 (float64
@@ -125,6 +125,7 @@ class LoRAPreMuon(MuonBase):
         ns_batch_dims: int = 0,
         maximize: bool = False,
         mixing: str = "momentum_form",
+        transposed: bool = False,
         seed: int = 0,
         options: MuonOptions | None = None,
     ):
@@ -142,8 +143,10 @@ class LoRAPreMuon(MuonBase):
 
     def _validate_group(self, group: dict) -> None:
         options = validate_muon_options(group)
-        if options.ns_split != 1 or options.ns_batch_dims:
-            raise ValueError("LoRAPreMuon supports ns_split=1 and ns_batch_dims=0 only")
+        if options.ns_split != 1 or options.ns_batch_dims or options.transposed:
+            raise ValueError(
+                "LoRAPreMuon supports ns_split=1, ns_batch_dims=0 and transposed=False only"
+            )
         if not isinstance(group["rank"], int) or group["rank"] < 1:
             raise ValueError(f"rank must be an int >= 1, got {group['rank']!r}")
         gamma = group["gamma1"]

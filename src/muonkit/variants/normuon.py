@@ -57,8 +57,11 @@ def neuron_normalize(orth: Tensor, v: Tensor, beta2: float, eps: float, split: i
 
 
 def check_normuon_group(group: dict) -> None:
-    if MuonOptions.from_group(group).ns_batch_dims:
+    options = MuonOptions.from_group(group)
+    if options.ns_batch_dims:
         raise ValueError("NorMuon supports ns_batch_dims=0 only (no stacked experts yet)")
+    if options.transposed:  # its per-row (output neuron) rescale would take the input dim
+        raise ValueError("NorMuon supports transposed=False only (weights stored (out, in))")
     if not 0.0 <= group["beta2"] < 1.0:
         raise ValueError(f"beta2 must be in [0, 1), got {group['beta2']}")
     if not group["eps"] > 0:
@@ -93,7 +96,7 @@ class NorMuon(MuonBase):
         lr, momentum, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients,
             ns_dtype, lr_scaling, ns_split, ns_gram, ns_compile, maximize, mixing, nonfinite,
             options: as
-            :class:`muonkit.Muon` (``ns_batch_dims`` 0 only).
+            :class:`muonkit.Muon` (``ns_batch_dims`` 0 and ``transposed`` False only).
 
     State per matrix: ``momentum_buffer`` (as Muon) and ``row_second_moment`` (out floats,
     fp32).
@@ -121,6 +124,7 @@ class NorMuon(MuonBase):
         *,
         maximize: bool = False,
         mixing: str = "momentum_form",
+        transposed: bool = False,
         options: MuonOptions | None = None,
     ):
         chosen = options_from_call(NorMuon.__init__, locals(), options)
