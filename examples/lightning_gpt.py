@@ -4,20 +4,26 @@
 ``LambdaLR`` of ``muonkit.schedules.lr_multiplier`` (linear warmup, cosine decay), stepped
 every optimizer step. Muon's momentum warmup (``muonkit.schedules.muon_momentum``, 0.85 ->
 0.95) is a pure function of the step, set before each step in ``on_train_batch_start``, so a
-resumed run needs nothing saved for it. Under ``strategy="ddp"`` with more than one process
-the optimizer is ``muonkit.distributed.DistributedMuonWithAuxAdam``: DDP all-reduces the
-gradients, then each matrix is orthogonalized on one rank and the result sent to all.
-Lightning checkpoints hold the optimizer and scheduler state; ``--resume`` continues from one
-(``Trainer.fit(..., ckpt_path=...)``).
+resumed run needs nothing saved for it. Lightning checkpoints hold the optimizer and scheduler
+state; ``--resume`` continues from one (``Trainer.fit(..., ckpt_path=...)``).
+
+More than one process (``--devices N``, CPU processes talking gloo), muonkit's distributed path:
+
+* ``--strategy ddp``: the optimizer is ``muonkit.distributed.DistributedMuonWithAuxAdam``: DDP
+  all-reduces the gradients, then each matrix is orthogonalized on one rank, sent to all.
+* ``--strategy fsdp2``: Lightning's ``ModelParallelStrategy``; ``configure_model`` applies
+  FSDP2's ``fully_shard`` (each block, then the root), so the parameters are DTensors and
+  ``MuonWithAuxAdam`` takes muonkit's sharded step by itself (each matrix gathered whole on
+  one rank, orthogonalized, its shards sent back).
 
 Lightning's ``strategy="fsdp"`` is FSDP1: it flattens parameters into 1-D shards that carry no
-record of their matrix, so Muon cannot orthogonalize whole matrices there; it is refused.
-muonkit's sharded path needs FSDP2 (DTensor parameters; ``muonkit train --parallel fsdp2``).
+record of their matrix, so Muon cannot orthogonalize whole matrices there; use ``fsdp2``.
 
 Needs ``pip install "muonkit[lightning]"``. On CPU, 2 processes (gloo):
 
     python examples/lightning_gpt.py --out runs/lightning-gpt --steps 200
     python examples/lightning_gpt.py --out runs/lightning-gpt --devices 2 --strategy ddp
+    python examples/lightning_gpt.py --out runs/lightning-fsdp2 --devices 2 --strategy fsdp2
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from torch.distributed.fsdp import fully_shard
 
 from muonkit import MuonWithAuxAdam, hybrid_param_groups
 from muonkit.data.text import load_text
@@ -38,7 +45,7 @@ from muonkit.distributed import DistributedMuonWithAuxAdam
 from muonkit.models.gpt import GPT, preset_config
 from muonkit.schedules import lr_multiplier, muon_momentum
 
-STRATEGIES = ("auto", "ddp")
+STRATEGIES = ("auto", "ddp", "fsdp2")
 
 
 class TokenWindows(torch.utils.data.Dataset):
@@ -84,6 +91,16 @@ class GPTModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = GPT(preset_config("tiny", vocab_size=vocab_size, block_size=block_size,
                                        n_layer=n_layer, n_embd=n_embd, n_head=n_head))  # fmt: skip
+
+    def configure_model(self):
+        """Under ``--strategy fsdp2`` (a device mesh exists): FSDP2 on each block, then the root
+        (as ``muonkit.distributed.parallel.parallelize``); the optimizer is built after."""
+        if self.device_mesh is None:
+            return
+        mesh = self.device_mesh["data_parallel"]
+        for block in self.model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -150,8 +167,12 @@ def main(argv=None, callbacks=()) -> L.Trainer:
                        momentum_warmup=args.momentum_warmup)  # fmt: skip
     checkpoints = ModelCheckpoint(dirpath=Path(args.out) / "checkpoints", save_top_k=-1,
                                   every_n_train_steps=args.batches_per_epoch)  # fmt: skip
+    strategy = args.strategy
+    if strategy == "fsdp2":  # checkpoints as one file of full tensors, as the other strategies
+        strategy = ModelParallelStrategy(data_parallel_size=args.devices, tensor_parallel_size=1,
+                                         save_distributed_checkpoint=False)  # fmt: skip
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=args.strategy, max_steps=args.steps,
+        accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps,
         default_root_dir=args.out, use_distributed_sampler=False,
         callbacks=[checkpoints, *callbacks], logger=False, enable_progress_bar=False,
         enable_model_summary=False,

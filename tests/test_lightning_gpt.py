@@ -2,8 +2,8 @@
 
 References: the checkpoint's own optimizer state (a resume must load it tensor for tensor),
 the uninterrupted run (a resumed run ends the same), the schedules' functions, and a
-single-process run with the same global batch (2 DDP processes of half the batch end the
-same, with each matrix orthogonalized on one rank)."""
+single-process run with the same global batch (2 DDP or FSDP2 processes of half the batch
+end the same, with each matrix orthogonalized on one rank)."""
 
 import copy
 import json
@@ -81,22 +81,34 @@ def test_resume_restores_optimizer_and_schedules_and_equals_an_uninterrupted_run
             assert group["momentum"] == pytest.approx(muon_momentum(5, warmup_steps=10))
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
-    example = load_example("lightning_gpt")
-    example.main(["--out", str(tmp_path / "single"), "--batch-size", "4", *ARGS])
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The final checkpoint of one process with batch 4 (the global batch of 2 x 2)."""
+    out = tmp_path_factory.mktemp("one_process")
+    load_example("lightning_gpt").main(["--out", str(out), "--batch-size", "4", *ARGS])
+    return load(out / "final.ckpt")
+
+
+@pytest.mark.parametrize(
+    "strategy, optimizer",
+    [("ddp", "DistributedMuonWithAuxAdam"), ("fsdp2", "MuonWithAuxAdam")],  # fsdp2: DTensors
+)
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(
+    one_process, tmp_path, strategy, optimizer
+):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parent / "src"),
                                           os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     subprocess.run(
-        [sys.executable, str(EXAMPLES / "lightning_gpt.py"), "--out", str(tmp_path / "ddp"),
-         "--batch-size", "2", "--devices", "2", "--strategy", "ddp", *ARGS],
+        [sys.executable, str(EXAMPLES / "lightning_gpt.py"), "--out", str(tmp_path),
+         "--batch-size", "2", "--devices", "2", "--strategy", strategy, *ARGS],
         env=env, check=True, timeout=300, capture_output=True,
     )  # fmt: skip
-    single, ddp = load(tmp_path / "single" / "final.ckpt"), load(tmp_path / "ddp" / "final.ckpt")
     # all-reduced mean vs one mean: fp32 rounding, which AdamW's first steps amplify (~2e-5
     # here); feeding the ranks other windows than the single run's differs by ~1e-2
-    assert_same_weights(ddp["state_dict"], single["state_dict"], tol=1e-4)
-    ranks = [json.loads((tmp_path / "ddp" / f"run_rank{r}.json").read_text()) for r in (0, 1)]
-    assert {r["optimizer"] for r in ranks} == {"DistributedMuonWithAuxAdam"}
+    assert_same_weights(load(tmp_path / "final.ckpt")["state_dict"], one_process["state_dict"],
+                        tol=1e-4)  # fmt: skip
+    ranks = [json.loads((tmp_path / f"run_rank{r}.json").read_text()) for r in (0, 1)]
+    assert {r["optimizer"] for r in ranks} == {optimizer}
     assert sum(r["ns_count"] for r in ranks) == 6 * N_MATRICES  # each matrix once per step
     assert all(0 < r["ns_count"] < 6 * N_MATRICES for r in ranks)
