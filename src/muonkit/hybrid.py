@@ -290,7 +290,9 @@ class MuonWithAuxAdam(MuonBase):
                     "True or False; build them with muonkit.hybrid.hybrid_param_groups(model)"
                 )
         defaults = dict(momentum=MUON_DEFAULTS["momentum"])
-        super().__init__(groups, defaults=defaults, nonfinite=nonfinite)
+        # MuonBase by name, not super(): in a VariantWithAuxAdam the next class is the variant,
+        # whose constructor takes the variant's keywords
+        MuonBase.__init__(self, groups, defaults=defaults, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict) -> None:
         check_choice("use_muon", param_group.get("use_muon"), (True, False))
@@ -344,3 +346,37 @@ class MuonWithAuxAdam(MuonBase):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
         )
+
+
+class VariantWithAuxAdam(MuonWithAuxAdam):
+    """The hybrid with a Muon variant on its ``use_muon`` groups and AdamW on the others.
+
+    Subclass as ``class XWithAuxAdam(VariantWithAuxAdam, X)`` with X a :class:`MuonBase`
+    subclass (e.g. :class:`muonkit.variants.LoRAPreMuon`) and ``variant_defaults`` the group
+    options X adds to Muon's (e.g. ``rank``): the Muon groups are then validated and stepped
+    by X's ``_validate_group`` / ``_group_step`` (the next class after
+    :class:`MuonWithAuxAdam` in the MRO), their state (X's, e.g. low-rank factors) lives in
+    this optimizer's ``state``, and the AdamW groups, the non-finite policy, momentum
+    schedules and ``state_dict`` are the hybrid's. Build the groups with
+    :func:`hybrid_param_groups`; variant options (``rank=4``) go in as Muon options.
+    """
+
+    variant_defaults: dict[str, Any] = {}
+
+    def add_param_group(self, param_group: dict) -> None:
+        if param_group.get("use_muon"):
+            param_group = {**self.variant_defaults, **param_group}
+        super().add_param_group(param_group)
+
+    def _group_defaults(self, group: dict) -> dict:
+        defaults = super()._group_defaults(group)
+        return {**self.variant_defaults, **defaults} if group.get("use_muon", True) else defaults
+
+    def _validate_group(self, group: dict) -> None:
+        if group["use_muon"]:
+            super(MuonWithAuxAdam, self)._validate_group(group)  # the variant's
+        else:
+            validate_adamw_options(group)
+
+    def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        super(MuonWithAuxAdam, self)._group_step(group, params, grads)  # the variant's

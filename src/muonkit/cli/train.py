@@ -93,6 +93,8 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
                    help="Muon decoupled weight decay")
     p.add_argument("--qkv-split", action="store_true",
                    help="orthogonalize the fused QKV weight as 3 blocks")
+    p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
+                   help="rank of the low-rank momentum (optimizer lorapre)")
 
 
 def config_from_args(args: argparse.Namespace) -> GPTRunConfig:

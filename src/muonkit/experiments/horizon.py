@@ -29,6 +29,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..data.text import BUNDLED, load_text
 from ..train.checks import check_number
@@ -87,7 +88,10 @@ class HorizonConfig:
     """The study's settings (everything but ``RUNTIME``: ``out``, ``jobs``, ``threads``,
     ``contenders`` and the trackers, must match on a rerun into the same ``out``). Every run
     logs to ``trackers`` (default none); W&B runs are grouped under ``wandb_run_name`` (None:
-    the name of ``out``)."""
+    the name of ``out``). ``table``: the contenders a study of this kind can run (a subclass
+    runs another table, e.g. the variant study of :mod:`muonkit.experiments.variants_gpt`)."""
+
+    table: ClassVar[dict[str, Contender]] = CONTENDERS
 
     out: str = "runs/horizon"
     horizons: list[int] = field(default_factory=lambda: [250, 800, 2500])
@@ -124,9 +128,9 @@ class HorizonConfig:
                     check_number(f"--{name.replace('_', '-')}", value, **bounds)
         resolve_device(self.device)  # an unknown device fails before anything is written
         self.trackers = resolve_trackers(self.trackers)
-        unknown = sorted(set(self.contenders) - set(CONTENDERS))
+        unknown = sorted(set(self.contenders) - set(self.table))
         if unknown:
-            raise ValueError(f"unknown contender(s) {unknown}; valid: {list(CONTENDERS)}")
+            raise ValueError(f"unknown contender(s) {unknown}; valid: {list(self.table)}")
         if len(self.horizons) < 1 or min(self.horizons) < self.evals_per_run:
             raise ValueError(f"horizons must be >= evals_per_run ({self.evals_per_run}) steps")
         if sorted(self.horizons) != list(self.horizons):
@@ -180,7 +184,7 @@ class Study:
         self.sweeps: dict = json.loads(path.read_text()) if path.exists() else {}
 
     def run(self, name: str, h: int, lr: float, seed: int, aux: float | None, phase: int) -> float:
-        c, cfg = CONTENDERS[name], self.cfg
+        c, cfg = self.cfg.table[name], self.cfg
         out_dir = run_dir(self.out, h, name, lr, seed)
         kwargs = dict(
             optimizer=c.optimizer, preset=cfg.preset, data=cfg.data, batch_size=cfg.batch_size,
@@ -203,7 +207,7 @@ class Study:
                     event.set()
 
     def _contender(self, name: str) -> None:
-        c, cfg = CONTENDERS[name], self.cfg
+        c, cfg = self.cfg.table[name], self.cfg
         center = c.center
         for h in cfg.horizons:
             aux = None
@@ -240,7 +244,7 @@ class Study:
 
     def run_all(self) -> None:
         names = list(self.cfg.contenders)
-        if any(CONTENDERS[n].aux == "adamw" for n in names) and "adamw" not in names:
+        if any(self.cfg.table[n].aux == "adamw" for n in names) and "adamw" not in names:
             names.insert(0, "adamw")  # the hybrids' aux LR comes from AdamW's sweep
         self.cfg.contenders = names
         run_concurrently([lambda n=n: self.contender(n) for n in names])

@@ -10,10 +10,10 @@ tied to the token embedding by default (Press & Wolf 2017).
 Initialisation follows GPT-2: normal(0, 0.02) for linear and embedding weights, zero biases,
 and the residual projections (``c_proj``) scaled by ``1 / sqrt(2 * n_layer)``.
 
-``configure_optimizers("adamw" | "muon")`` returns nanoGPT's AdamW (weight decay on every
-tensor of 2+ dims, none on biases and norm gains) or the Muon hybrid
-(:class:`muonkit.hybrid.MuonWithAuxAdam`): Muon on the hidden matrices of attention and MLP,
-AdamW on embeddings, the head and all vectors.
+``configure_optimizers("adamw" | "muon" | ...)`` returns nanoGPT's AdamW (weight decay on
+every tensor of 2+ dims, none on biases and norm gains) or a Muon hybrid
+(:class:`muonkit.hybrid.MuonWithAuxAdam`): Muon (or NorMuon, or a memory-saving variant) on
+the hidden matrices of attention and MLP, AdamW on embeddings, the head and all vectors.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..hybrid import MuonWithAuxAdam, classify_params, hybrid_param_groups
 
-OPTIMIZERS = ("adamw", "muon", "normuon")
+OPTIMIZERS = ("adamw", "muon", "normuon", "lorapre", "kronecker", "kronecker-hybrid")
 
 
 @dataclass
@@ -258,7 +258,11 @@ class GPT(nn.Module):
         **muon_options,
     ) -> torch.optim.Optimizer:
         """AdamW (``kind="adamw"``), the Muon hybrid (``kind="muon"``) or the same hybrid with
-        NorMuon on the hidden matrices (``kind="normuon"``, :mod:`muonkit.variants.normuon`).
+        a Muon variant on the hidden matrices: ``"normuon"`` (:mod:`muonkit.variants.normuon`),
+        ``"lorapre"`` (low-rank momentum; ``rank=`` in ``muon_options``, default 16),
+        ``"kronecker"`` (Kronecker-factored momentum) or ``"kronecker-hybrid"`` (Kronecker
+        momentum, but dense Muon momentum on the head side: the matrices of the last block,
+        see :func:`dense_head_side_group`); :mod:`muonkit.variants.aux_adam`.
 
         AdamW follows nanoGPT's ``configure_optimizers``: lr 6e-4, betas (0.9, 0.95), weight
         decay 0.1 on every parameter with 2+ dims (matmul weights and embeddings), none on
@@ -274,6 +278,8 @@ class GPT(nn.Module):
         """
         if kind not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer kind {kind!r}; valid: {list(OPTIMIZERS)}")
+        if "rank" in muon_options and kind != "lorapre":
+            raise ValueError(f"rank is an option of kind='lorapre' only, not {kind!r}")
         if kind == "adamw":
             if muon_options:
                 raise ValueError(f"Muon options {sorted(muon_options)} given for kind='adamw'")
@@ -302,15 +308,50 @@ class GPT(nn.Module):
         )
         if qkv_split:
             groups = split_qkv_group(self, groups)
-        if kind == "normuon":
-            from ..variants.normuon import NorMuonWithAuxAdam
-
-            return NorMuonWithAuxAdam(groups)
-        return MuonWithAuxAdam(groups)
+        if kind == "kronecker-hybrid":
+            groups = dense_head_side_group(self, groups)
+        return hybrid_class(kind)(groups)
 
     def param_roles(self) -> dict[str, str]:
         """name -> role ("muon", "embedding", "head", "vector") as the hybrid assigns them."""
         return {name: role for name, _, role in classify_params(self)}
+
+
+def hybrid_class(kind: str) -> type[MuonWithAuxAdam]:
+    """The hybrid optimizer class of a Muon-family ``kind`` of :data:`OPTIMIZERS`."""
+    if kind == "muon":
+        return MuonWithAuxAdam
+    from .. import variants
+
+    return {
+        "normuon": variants.NorMuonWithAuxAdam,
+        "lorapre": variants.LoRAPreMuonWithAuxAdam,
+        "kronecker": variants.KroneckerMuonWithAuxAdam,
+        "kronecker-hybrid": variants.KroneckerMuonWithAuxAdam,
+    }[kind]
+
+
+def dense_head_side_group(model: GPT, groups: list[dict]) -> list[dict]:
+    """Move the last block's matrices out of each Muon group into a group (role "muon_dense")
+    whose ``dense_momentum`` lists them all: Kronecker optimizers keep dense momentum there.
+
+    :class:`muonkit.variants.HybridKroneckerMuon` keeps the output layer dense; in the GPT
+    hybrid the output layer (the head) is AdamW's, so the dense part is the block next to it.
+    """
+    last = {id(p) for p in model.blocks[-1].parameters()}
+    out = []
+    for g in groups:
+        if not g["use_muon"]:
+            out.append(g)
+            continue
+        rest = [p for p in g["params"] if id(p) not in last]
+        dense = [p for p in g["params"] if id(p) in last]
+        if rest:
+            out.append({**g, "params": rest})
+        if dense:
+            out.append({**g, "params": dense, "role": "muon_dense",
+                        "dense_momentum": list(range(len(dense)))})
+    return out
 
 
 def split_qkv_group(model: GPT, groups: list[dict]) -> list[dict]:

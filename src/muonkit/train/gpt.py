@@ -1,4 +1,4 @@
-"""Train a GPT with AdamW or the Muon hybrid: ``train_gpt`` and its settings ``GPTRunConfig``.
+"""Train a GPT with AdamW or a Muon hybrid: ``train_gpt`` and its settings ``GPTRunConfig``.
 
 Data -> :class:`muonkit.models.gpt.GPT` -> ``configure_optimizers`` -> :func:`train`. The same
 seed gives both optimizers the same initial weights, the same training batches in the same
@@ -45,6 +45,7 @@ BOUNDS = {
     "muon_momentum": dict(ge=0, lt=1),
     "momentum_warmup": dict(integer=True, ge=0),
     "muon_weight_decay": dict(ge=0),
+    "rank": dict(integer=True, ge=1),
 }
 
 
@@ -59,7 +60,8 @@ class GPTRunConfig:
     ``muon_momentum`` over that many steps; ``warmup``, ``decay``, ``min_lr_ratio``: the LR
     schedule of every group; ``untied``: a separate ``lm_head`` weight; ``threads``: torch
     intra-op threads (None: leave torch's setting); ``trackers``, ``wandb_*``: see
-    :class:`TrainConfig` (names checked, and installed, here).
+    :class:`TrainConfig` (names checked, and installed, here); ``rank``: LoRA-Pre's momentum
+    rank (optimizer "lorapre" only).
     """
 
     preset: str = "tiny"
@@ -95,6 +97,7 @@ class GPTRunConfig:
     momentum_warmup: int = 300
     muon_weight_decay: float = 0.0
     qkv_split: bool = False
+    rank: int = 16
 
     def __post_init__(self) -> None:
         for name, valid in (
@@ -120,13 +123,15 @@ class GPTRunConfig:
     def optimizer_options(self, optimizer: str) -> dict:
         """Keyword arguments of ``GPT.configure_optimizers`` for ``optimizer``."""
         opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
-        if optimizer != "adamw":  # the hybrids: muon, normuon
+        if optimizer != "adamw":  # the hybrids: muon, normuon, the memory-saving variants
             opts.update(
                 muon_lr=self.muon_lr,
                 momentum=self.muon_momentum,
                 muon_weight_decay=self.muon_weight_decay,
                 qkv_split=self.qkv_split,
             )
+        if optimizer == "lorapre":
+            opts["rank"] = self.rank
         return opts
 
     def train_config(

@@ -9,24 +9,41 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..muon import MuonBase
+
 # Dense bf16 tensor-core peaks (vendor data sheets) used for MFU when --peak-flops is not given.
 KNOWN_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in ``obj`` (a tensor, or dicts / lists / tuples of them)."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def optimizer_state_bytes(optimizers: Sequence[torch.optim.Optimizer]) -> int:
     """Bytes held by tensors in the optimizers' ``state`` (momentum buffers, moments, steps)."""
+    return sum(tensor_bytes(dict(opt.state)) for opt in optimizers)
 
-    def size(obj) -> int:
-        if isinstance(obj, Tensor):
-            return obj.numel() * obj.element_size()
-        if isinstance(obj, dict):
-            return sum(size(v) for v in obj.values())
-        if isinstance(obj, (list, tuple)):
-            return sum(size(v) for v in obj)
-        return 0
 
-    return sum(size(dict(opt.state)) for opt in optimizers)
+def muon_state_bytes(optimizers: Sequence[torch.optim.Optimizer]) -> int:
+    """The part of :func:`optimizer_state_bytes` held for parameters that a Muon-family
+    optimizer (:class:`muonkit.muon.MuonBase`) steps as Muon: groups whose ``use_muon`` is
+    True or absent. 0 for other optimizers (e.g. torch's AdamW)."""
+    return sum(
+        tensor_bytes(opt.state.get(p, {}))
+        for opt in optimizers
+        if isinstance(opt, MuonBase)
+        for g in opt.param_groups
+        if g.get("use_muon", True)
+        for p in g["params"]
+    )
 
 
 
@@ -65,6 +82,7 @@ def summary_record(
         "step_time_s": total_time / len(times) if times else 0.0,
         "peak_mem_bytes": peak_memory_bytes(device),
         "optimizer_state_bytes": optimizer_state_bytes(optimizers),
+        "muon_state_bytes": muon_state_bytes(optimizers),
         "mfu": mfu,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
     }

@@ -5,11 +5,14 @@
 * :class:`HybridKroneckerMuon`: Kronecker momentum on hidden layers, dense on the output layer.
 * :class:`NorMuon` / :class:`NorMuonWithAuxAdam`: not a memory saver but a Muon variant (Li et
   al. 2025): per-row second-moment normalization after Newton-Schulz (one extra vector).
+* :class:`LoRAPreMuonWithAuxAdam` / :class:`KroneckerMuonWithAuxAdam`: the variants as the
+  Muon part of the Muon + AdamW hybrid (:mod:`muonkit.variants.aux_adam`).
 
 All orthogonalize the full (reconstructed) update with Muon's Newton-Schulz and share Muon's
 validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon.MuonBase`).
 """
 
+from .aux_adam import KroneckerMuonWithAuxAdam, LoRAPreMuonWithAuxAdam
 from .kronecker import HybridKroneckerMuon, KroneckerMuon, kronecker_shapes, nearest_kronecker
 from .lowrank import LoRAPreMuon
 from .normuon import NorMuon, NorMuonWithAuxAdam
@@ -17,7 +20,9 @@ from .normuon import NorMuon, NorMuonWithAuxAdam
 __all__ = [
     "HybridKroneckerMuon",
     "KroneckerMuon",
+    "KroneckerMuonWithAuxAdam",
     "LoRAPreMuon",
+    "LoRAPreMuonWithAuxAdam",
     "NorMuon",
     "NorMuonWithAuxAdam",
     "kronecker_shapes",

@@ -199,7 +199,7 @@ class KroneckerMuon(MuonBase):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         for group in self.param_groups:  # a state dict from before groups listed them
-            if "dense_momentum" not in group:
+            if group.get("use_muon", True) and "dense_momentum" not in group:  # not AdamW's
                 group["dense_momentum"] = [
                     i
                     for i, p in enumerate(group["params"])
