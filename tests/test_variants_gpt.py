@@ -3,12 +3,23 @@
 
 import copy
 import inspect
+import json
 
+import numpy as np
 import pytest
 import torch
 
+from muonkit.cli import main
+from muonkit.experiments import horizon
+from muonkit.experiments.horizon import HorizonConfig, Study, prepare_out
+from muonkit.experiments.runs import run_in_process
+from muonkit.experiments.sweep import factor_grid
+from muonkit.experiments.variants_gpt import CONTENDERS as VARIANTS
+from muonkit.experiments.variants_gpt import VariantGPTConfig
 from muonkit.models.gpt import GPT, preset_config
-from muonkit.report.metrics import load_run
+from muonkit.report.metrics import load_run, read_jsonl
+from muonkit.report.stats import paired_interval, t975
+from muonkit.report.tables import fmt_bytes
 from muonkit.train.gpt import train_gpt
 from muonkit.train.loop import METRICS, TrainConfig
 from muonkit.train.measure import muon_state_bytes, optimizer_state_bytes
@@ -152,3 +163,117 @@ def test_variants_train_the_gpt(kind, tmp_path):
     assert run.optimizer == kind
     assert run.val[-1]["val_loss"] < run.val[0]["val_loss"] - 0.3
     assert 0 < run.summary["muon_state_bytes"] < run.summary["optimizer_state_bytes"]
+
+
+# --- the study (in process; the study itself is never a test) --------------------------------
+
+
+def sessions(out):
+    return sum(len(read_jsonl(p)) for p in out.rglob("sessions.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("variants-gpt")
+    cfg = VariantGPTConfig(out=str(out), horizons=[8], seeds=[0, 1],
+                           contenders=["muon", "lorapre-r1", "kronecker-hybrid"], batch_size=2,
+                           block_size=8, eval_batches=1, evals_per_run=2,
+                           model_overrides={"n_layer": 1}, grid_points=2, sweep_extend=1)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(horizon, "run_isolated", run_in_process)
+    prepare_out(cfg, "muonkit variants gpt (test)")
+    Study(cfg, log=lambda _: None).run_all()
+    yield out, cfg
+    mp.undo()
+
+
+def cell_finals(out, name, lr, seeds=(0, 1)):
+    return [load_run(out / "h8" / name / f"lr{lr:g}-s{s}" / METRICS).val[-1]["val_loss"]
+            for s in seeds]
+
+
+def test_study_tunes_each_variant_with_the_edge_aware_sweep(study_dir):
+    out, cfg = study_dir
+    sweeps = json.loads((out / "sweeps.json").read_text())["8"]
+    assert set(sweeps) == {"adamw", "muon", "lorapre-r1", "kronecker-hybrid"}  # AdamW added
+    for name, entry in sweeps.items():
+        center = VARIANTS[name].center
+        assert entry["initial"] == factor_grid(center, 2)
+        assert len(entry["added"]) == 1  # a 2-point grid's best sits at an edge: extended
+        losses = {float(k): v for k, v in entry["losses"].items()}
+        assert entry["best"] == min(losses, key=losses.get)
+        run = load_run(out / "h8" / name / f"lr{entry['best']:g}-s1" / METRICS)
+        options = run.config["config"]["optimizer_options"]
+        assert run.optimizer == VARIANTS[name].optimizer
+        if name != "adamw":
+            assert options["muon_lr"] == entry["best"]
+            assert options["lr"] == entry["aux_lr"] == sweeps["adamw"]["best"]
+    rank = load_run(next((out / "h8" / "lorapre-r1").glob("*/" + METRICS)))
+    assert rank.config["config"]["optimizer_options"]["rank"] == 1
+
+
+def test_study_resumes_and_refuses_other_settings(study_dir, monkeypatch):
+    out, cfg = study_dir
+    monkeypatch.setattr(horizon, "run_isolated", run_in_process)
+    before = sessions(out)
+    Study(cfg, log=lambda _: None).run_all()
+    assert sessions(out) == before
+    with pytest.raises(ValueError, match="study"):  # a horizon study is not continued
+        prepare_out(HorizonConfig(**{**cfg.__dict__, "contenders": ["muon"]}), "x")
+    with pytest.raises(ValueError, match="one length"):
+        VariantGPTConfig(horizons=[800, 1600])
+
+
+def test_report_has_the_table_and_figures_from_the_runs(study_dir, capsys):
+    out, _ = study_dir
+    assert main(["variants", "gpt", "--report-only", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    sweeps = json.loads((out / "sweeps.json").read_text())["8"]
+    dense = cell_finals(out, "muon", sweeps["muon"]["best"])
+    row = {}
+    table = text.split("## Final validation loss")[1].split("##")[0]
+    for line in table.splitlines():
+        if line.startswith("| ") and not line.startswith(("| contender", "| ---")):
+            row[line.split("|")[1].strip()] = [c.strip() for c in line.split("|")[2:-1]]
+    assert set(row) == {"adamw", "muon", "lorapre-r1", "kronecker-hybrid"}
+    assert [r for r in row.values() if "edge" in r[1]]  # 8 steps: some best sits at an edge
+    for name in row:
+        assert ("edge" in row[name][1]) == (sweeps[name]["edge"] is not None)
+        finals = cell_finals(out, name, sweeps[name]["best"])
+        assert row[name][2] == f"{np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f}"
+        summary = load_run(out / "h8" / name / f"lr{sweeps[name]['best']:g}-s0" / METRICS).summary
+        assert row[name][4] == fmt_bytes(summary["optimizer_state_bytes"])
+        if name == "adamw":
+            assert row[name][3] == "-"
+        else:
+            assert row[name][3] == fmt_bytes(summary["muon_state_bytes"])
+        if name not in ("muon",):
+            d = np.array(finals) - np.array(dense)
+            half = 12.7062 * d.std(ddof=1) / np.sqrt(2)  # t_{0.975} with 1 degree of freedom
+            low, high = d.mean() - half, d.mean() + half
+            assert row[name][5] == f"{d.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
+            assert row[name][6] == ("yes" if low <= 0 <= high else "no: " + (
+                "worse" if low > 0 else "better"))
+    assert "Status: complete" in text and "muonkit variants gpt (test)" in text
+    assert (out / "memory.png").stat().st_size > 0 and (out / "curves.png").exists()
+    assert "memory.png" in capsys.readouterr().out
+
+
+def test_t_quantiles_give_95_percent_of_students_t():
+    """The table / expansion against numerical integration of torch's Student t density."""
+    for df in (1, 2, 4, 30, 31, 80):
+        t = t975(df)
+        x = torch.linspace(-t, t, 200_001, dtype=torch.float64)
+        density = torch.distributions.StudentT(torch.tensor(float(df), dtype=torch.float64))
+        mass = torch.trapezoid(density.log_prob(x).exp(), x).item()
+        assert mass == pytest.approx(0.95, abs=2e-5), df
+    mean, low, high = paired_interval([1.0, 2.0, 4.0], [0.5, 1.0, 2.5])  # d: .5, 1, 1.5
+    assert (mean, high - mean) == pytest.approx((1.0, 4.3027 * 0.5 / 3**0.5))
+
+
+def test_gpt_study_checks_the_device_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["variants", "gpt", "--device", "foo", "--out", str(out)])
+    assert exit_info.value.code == 2 and "unknown device" in capsys.readouterr().err
+    assert not out.exists()
