@@ -255,6 +255,8 @@ def test_report_has_the_table_and_figures_from_the_runs(study_dir, capsys):
             assert row[name][6] == ("yes" if low <= 0 <= high else "no: " + (
                 "worse" if low > 0 else "better"))
     assert "Status: complete" in text and "muonkit variants gpt (test)" in text
+    precision = load_run(out / "h8" / "muon" / f"lr{sweeps['muon']['best']:g}-s0" / METRICS)
+    assert f"`{precision.config['config']['ns_precision']['0']}`" in text
     assert (out / "memory.png").stat().st_size > 0 and (out / "curves.png").exists()
     assert "memory.png" in capsys.readouterr().out
 
