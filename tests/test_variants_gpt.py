@@ -155,7 +155,7 @@ def test_rank_is_refused_for_other_kinds():
 @pytest.mark.parametrize("kind", ["lorapre", "kronecker", "kronecker-hybrid"])
 def test_variants_train_the_gpt(kind, tmp_path):
     cfg = TrainConfig(steps=30, warmup_steps=0, eval_every=30, out_dir=str(tmp_path),
-                      progress=False, tensorboard=False, device="cpu", seed=0)
+                      progress=False, device="cpu", seed=0)
     train_gpt(kind, batch_size=4, block_size=16, eval_batches=2,
               model_overrides={"n_layer": 1, "n_embd": 32, "n_head": 2},
               optimizer_options={"lr": 3e-3, "muon_lr": 0.03}, train_config=cfg)
