@@ -1,7 +1,8 @@
 """Training runs of the experiments, each in its own process, a few at a time.
 
-* :class:`RunSpec`: everything one GPT run needs (the keyword arguments of
-  :func:`muonkit.train.gpt.train_gpt`, its thread count, whether to log weight/update RMS).
+* :class:`RunSpec`: everything one run needs: the function that trains it (``entry``, by
+  default :func:`muonkit.train.gpt.train_gpt`), its keyword arguments (``train_config`` among
+  them), its thread count, whether to log weight/update RMS (GPT runs).
 * :func:`run_isolated`: run a spec in a fresh (spawned) process at ``threads`` torch threads,
   printing one progress line per evaluation (read from the run's ``metrics.jsonl``). A run
   whose loss became non-finite is a diverged run (loss ``inf``), not an error.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import heapq
+import importlib
 import itertools
 import json
 import math
@@ -39,15 +41,21 @@ SESSIONS = "sessions.jsonl"  # one line per process that worked on the run: CPU 
 DIVERGED = "FloatingPointError"
 
 
+GPT_ENTRY = "muonkit.train.gpt:train_gpt"
+
+
 @dataclass
 class RunSpec:
-    """One GPT run: ``kwargs`` for ``train_gpt`` (with ``train_config``), a label for the
-    progress lines, the torch thread count, and ``log_rms`` (weight/update RMS records)."""
+    """One run: ``kwargs`` for the training function ``entry`` ("module:function", called in
+    the child process; the kwargs hold the loop's ``train_config``), a label for the progress
+    lines, the torch thread count, and ``log_rms`` (weight/update RMS records: passes
+    ``monitor=RMSMonitor``, which :func:`muonkit.train.gpt.train_gpt` takes)."""
 
     kwargs: dict
     label: str
     threads: int = 1
     log_rms: bool = False
+    entry: str = GPT_ENTRY
 
     @property
     def out_dir(self) -> Path:
@@ -92,17 +100,23 @@ def final_val_loss(out_dir: Path) -> float:
     return float(run.val[-1]["val_loss"]) if run.val else math.inf
 
 
+def resolve_entry(entry: str) -> Callable:
+    """The function named by ``"package.module:function"``."""
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def train_spec(spec: RunSpec) -> None:
     """Train ``spec`` in this process at its thread count; append this session's CPU and
     wall time to the run's ``sessions.jsonl``; a failure's traceback goes to ``error.txt``."""
-    from ..train.gpt import train_gpt
     from .rms import RMSMonitor
 
     wall, cpu = time.perf_counter(), time.process_time()
     status = "failed"
     try:
         torch.set_num_threads(spec.threads)
-        train_gpt(**spec.kwargs, monitor=RMSMonitor if spec.log_rms else None)
+        extra = {"monitor": RMSMonitor} if spec.log_rms else {}
+        resolve_entry(spec.entry)(**spec.kwargs, **extra)
         status = "finished"
     except BaseException:
         (spec.out_dir / ERROR_FILE).write_text(traceback.format_exc())
