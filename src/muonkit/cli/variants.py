@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 
-from ..experiments import variants
+from ..experiments import variant_tuned, variants
 from ..experiments.runs import default_threads
+from ..report.variant_tuned import write_report as write_tuned_report
 from . import variants_gpt
 from .common import (
     MOMENTUM,
@@ -43,8 +46,10 @@ def register(subparsers) -> None:
                    help="hidden widths of the MLP")
     p.add_argument("--epochs", type=POSITIVE_INT, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size, help="batch size")
-    p.add_argument("--lr", type=POSITIVE, default=d.lr, help="LR of every Muon-family optimizer")
-    p.add_argument("--adamw-lr", type=POSITIVE, default=d.adamw_lr, help="AdamW's LR")
+    p.add_argument("--lr", type=POSITIVE, default=d.lr,
+                   help="LR of every Muon-family optimizer (tuned: the centre of their grids)")
+    p.add_argument("--adamw-lr", type=POSITIVE, default=None,
+                   help="AdamW's LR (tuned: the centre of its grid; None: 1e-3, tuned 8e-3)")
     p.add_argument("--momentum", type=MOMENTUM, default=d.momentum,
                    help="momentum of every Muon-family optimizer")
     p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
@@ -53,18 +58,26 @@ def register(subparsers) -> None:
                    help="rank-sweep ranks")
     p.add_argument("--seeds", type=NONNEGATIVE_INT, nargs="+", default=None,
                    help=f"seeds (each arm runs once per seed; None: {' '.join(map(str, d.seeds))}"
-                   ", gpt: 0 1 2)")
+                   ", gpt and tuned: 0 1 2; tuned: the first one chooses the LRs)")
     p.add_argument("--train-limit", type=POSITIVE_INT, default=None,
                    help="use only the first N training examples (None: all)")
     p.add_argument("--device", default=None,
                    help=f"auto (cuda if available), cpu, cuda (None: {d.device}, gpt: cpu)")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch intra-op threads (None: the cores the 1-minute load leaves "
-                   "free)")
-    p.add_argument("--out", default=None, help="output dir (None: runs/variants/<study>; gpt: "
-                   "a rerun continues it)")
+                   help="torch intra-op threads (per run; None: the cores the 1-minute load "
+                   "leaves free, shared by the --jobs)")
+    p.add_argument("--out", default=None, help="output dir (None: runs/variants/<study>; "
+                   "tuned: a rerun continues the study there)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the study already in --out (its runs, table and figure)")
+                   help="replace the study already in --out (its runs, table and figure; "
+                   "not tuned, which resumes)")
+    tuned = p.add_argument_group("tuned study (each LR swept, runs in their own processes)")
+    tuned.add_argument("--grid-points", type=POSITIVE_INT, default=d.grid_points,
+                       help="factor-2 LR grid size per optimizer")
+    tuned.add_argument("--sweep-extend", type=NONNEGATIVE_INT, default=d.sweep_extend,
+                       help="max points added past each edge of a grid")
+    tuned.add_argument("--val-size", type=POSITIVE_INT, default=d.val_size,
+                       help="training examples held out to choose the LRs")
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the study's name)")
     variants_gpt.add_arguments(p)
     p.set_defaults(func=run_command)
@@ -78,12 +91,29 @@ def config_from_args(args: argparse.Namespace) -> variants.StudyConfig:
     return variants.StudyConfig(**values)
 
 
+def run_tuned(cfg: variants.StudyConfig, args: argparse.Namespace) -> int:
+    out = Path(cfg.out)
+    if not args.report_only:
+        command = "muonkit " + shlex.join(getattr(args, "argv", sys.argv[1:]))
+        paths = variant_tuned.run_tuned(cfg, command)
+    elif (out / "study.json").exists():
+        paths = write_tuned_report(out, variants.DATASETS[cfg.dataset])
+    else:
+        raise ValueError(f"{out} holds no tuned study (no study.json)")
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.study == "gpt":
         return variants_gpt.run_command(args)
     cfg = config_from_args(args)
     if cfg.threads is None:
-        cfg = dataclasses.replace(cfg, threads=default_threads())
+        cfg = dataclasses.replace(cfg, threads=default_threads(cfg.jobs))
+    if cfg.study == "tuned":
+        return run_tuned(cfg, args)
+    if args.report_only:
+        raise ValueError("--report-only is for the tuned study")
     paths = variants.run_study(cfg)
     print(Path(paths["table"]).read_text())
     print(f"wrote {paths['table']}, {paths['figure']} and {paths['runs']}/*/metrics.jsonl")

@@ -19,21 +19,31 @@ def build_model(cfg: StudyConfig, seed: int) -> MLP:
     return MLP(DATASETS[cfg.dataset], cfg.hidden, 10, bias=False)
 
 
-def build_optimizer(arm: Arm, model: nn.Module, cfg: StudyConfig) -> torch.optim.Optimizer:
-    """The optimizer of ``arm`` over all of ``model``'s parameters."""
+def arm_lr(arm: Arm, cfg: StudyConfig) -> float:
+    """The study's LR of ``arm`` (AdamW: ``adamw_lr``, the Muon family: ``lr``)."""
+    return cfg.adamw_lr if arm.kind == "adamw" else cfg.lr
+
+
+def build_optimizer(
+    arm: Arm, model: nn.Module, cfg: StudyConfig, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer of ``arm`` over all of ``model``'s parameters, at ``lr`` (None: the
+    study's, :func:`arm_lr`)."""
     params = list(model.parameters())
+    lr = arm_lr(arm, cfg) if lr is None else lr
     if arm.kind == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.adamw_lr, weight_decay=0.0)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    common = dict(lr=lr, momentum=cfg.momentum, mixing=arm.mixing)
     if arm.kind == "muon":
-        return Muon(params, lr=cfg.lr, momentum=cfg.momentum)
+        return Muon(params, **common)
     from .. import variants
 
     if arm.kind == "lora_pre":
-        return variants.LoRAPreMuon(params, lr=cfg.lr, momentum=cfg.momentum, rank=arm.rank)
+        return variants.LoRAPreMuon(params, rank=arm.rank, **common)
     if arm.kind == "kronecker":
-        return variants.KroneckerMuon(params, lr=cfg.lr, momentum=cfg.momentum)
+        return variants.KroneckerMuon(params, **common)
     if arm.kind == "hybrid_kronecker":
-        return variants.HybridKroneckerMuon(model, lr=cfg.lr, momentum=cfg.momentum)
+        return variants.HybridKroneckerMuon(model, **common)
     raise ValueError(f"optimizer kind must be one of {list(ARM_KINDS)}, got {arm.kind!r}")
 
 

@@ -15,12 +15,15 @@ Studies:
   reference lines: final test accuracy against optimizer-state bytes.
 * ``hybrid``: HybridKroneckerMuon (Kronecker momentum for the hidden layers, dense for the
   output layer) vs dense Muon vs LoRAPreMuon (``--rank``).
+* ``tuned``: the arms of all four plus a mixing ablation, every LR swept on a held-out split,
+  3 seeds, paired intervals against dense Muon, resumable, runs in their own processes
+  (:mod:`muonkit.experiments.variant_tuned`).
 
-Every Muon-family arm shares ``--lr`` and ``--momentum``; AdamW has ``--adamw-lr``; all use
-the loop's cosine LR decay to 10% and no gradient clipping. The table's state bytes are the
-loop's measurement at the end of training (every tensor in ``optimizer.state``); each metrics
-file also holds a ``state`` record with the bytes per parameter (the variants'
-``state_bytes()``; tests check that both agree).
+In the four untuned studies every Muon-family arm shares ``--lr`` and ``--momentum``; AdamW
+has ``--adamw-lr``; all use the loop's cosine LR decay to 10% and no gradient clipping. The
+table's state bytes are the loop's measurement at the end of training (every tensor in
+``optimizer.state``); each metrics file also holds a ``state`` record with the bytes per
+parameter (the variants' ``state_bytes()``; tests check that both agree).
 
 Outputs in ``--out``: ``runs/<NN>-<arm>-s<seed>/metrics.jsonl`` (the metrics files),
 ``table.md`` and ``<study>.png``.
@@ -46,7 +49,13 @@ from ..report.variants import write_report
 from ..train import TrainConfig, train
 from ..train.files import RunExistsError
 from .variant_config import ARM_KINDS, DATASETS, STUDIES, Arm, StudyConfig
-from .variant_optimizers import build_model, build_optimizer, per_param_state_bytes, study_arms
+from .variant_optimizers import (
+    arm_lr,
+    build_model,
+    build_optimizer,
+    per_param_state_bytes,
+    study_arms,
+)
 
 __all__ = ["ARM_KINDS", "DATASETS", "STUDIES", "Arm", "StudyConfig", "run_arm", "run_study"]
 
@@ -91,8 +100,14 @@ class EpochRecorder:
         return loss
 
     def evaluate(self, model: nn.Module) -> dict:
+        """Test accuracy; ``val_loss`` is the held-out split's loss where ``data`` has a
+        "val" split (the tuned study chooses by it), else the test loss (untuned studies)."""
         test_acc, test_loss = accuracy_and_loss(model, *self.data["test"])
-        return {"val_loss": test_loss, "test_acc": test_acc}
+        if "val" not in self.data:
+            return {"val_loss": test_loss, "test_acc": test_acc}
+        val_acc, val_loss = accuracy_and_loss(model, *self.data["val"])
+        return {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
+                "test_acc": test_acc}
 
     def on_eval(self, step: int, record: dict, logger) -> None:
         if step == 0:
@@ -116,17 +131,13 @@ class EpochRecorder:
             logger.write(dict(kind="state", step=step, state_bytes=state))
 
 
-def run_arm(arm: Arm, seed: int, cfg: StudyConfig, data: dict, out_dir: Path) -> Path:
-    """Train one (arm, seed) with the training loop, one evaluation per epoch
-    (:class:`EpochRecorder`); returns its metrics file."""
-    model = build_model(cfg, seed)
-    optimizer = build_optimizer(arm, model, cfg)
-    batches = ShuffledBatches(*data["train"], cfg.batch_size, seed)
-    steps = cfg.epochs * batches.batches_per_epoch
-    recorder = EpochRecorder(model, optimizer, data, batches.batches_per_epoch, steps)
-    loop_config = TrainConfig(
-        steps=steps,
-        eval_every=batches.batches_per_epoch,
+def loop_config(arm: Arm, seed: int, cfg: StudyConfig, steps_per_epoch: int, out_dir: Path,
+                **overrides) -> TrainConfig:
+    """The training loop's settings of one (arm, seed): ``cfg.epochs`` epochs, one evaluation
+    per epoch, cosine decay to 10%, no clipping."""
+    return TrainConfig(
+        steps=cfg.epochs * steps_per_epoch,
+        eval_every=steps_per_epoch,
         grad_clip=0.0,
         decay="cosine",
         min_lr_ratio=0.1,
@@ -139,18 +150,38 @@ def run_arm(arm: Arm, seed: int, cfg: StudyConfig, data: dict, out_dir: Path) ->
         wandb_run_name=f"{cfg.study}/{out_dir.name}",
         wandb_group=cfg.wandb_run_name or cfg.study,
         seed=seed,
+        **overrides,
     )
+
+
+def train_arm(arm: Arm, cfg: StudyConfig, data: dict, loop: TrainConfig,
+              lr: float | None = None) -> Path:
+    """Train ``arm`` at ``lr`` (None: the study's) with the training loop and ``loop``'s
+    settings (its seed seeds the model and the batch order), one evaluation per epoch
+    (:class:`EpochRecorder`); returns the metrics file."""
+    model = build_model(cfg, loop.seed)
+    optimizer = build_optimizer(arm, model, cfg, lr)
+    batches = ShuffledBatches(*data["train"], cfg.batch_size, loop.seed)
+    recorder = EpochRecorder(model, optimizer, data, batches.batches_per_epoch, loop.steps)
     run_config = dict(
         study=asdict(cfg),
         kind=arm.kind,
         rank=arm.rank,
+        mixing=arm.mixing,
+        lr=arm_lr(arm, cfg) if lr is None else lr,
         params=sum(p.numel() for p in model.parameters()),
     )
     result = train(
-        model, optimizer, batches, recorder.loss_fn, loop_config, evaluate=recorder.evaluate,
+        model, optimizer, batches, recorder.loss_fn, loop, evaluate=recorder.evaluate,
         on_eval=recorder.on_eval, optimizer_name=arm.label, run_config=run_config,
     )
     return result.metrics_path
+
+
+def run_arm(arm: Arm, seed: int, cfg: StudyConfig, data: dict, out_dir: Path) -> Path:
+    """Train one (arm, seed) of an untuned study at the study's LR; returns its metrics file."""
+    steps_per_epoch = -(-len(data["train"][0]) // cfg.batch_size)
+    return train_arm(arm, cfg, data, loop_config(arm, seed, cfg, steps_per_epoch, out_dir))
 
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
