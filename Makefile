@@ -63,3 +63,13 @@ variants: install
 		$(PY) -m muonkit variants $$s --dataset mnist --data-dir $(DATA_DIR) \
 			--out $(VARIANTS_OUT)/$$s $(VARIANTS_FLAGS) || exit 1; \
 	done
+
+# The tuned rerun of the variant studies (issue 17; docs/results/variants/README.md): every LR
+# swept on a held-out split, 3 seeds, runs in their own processes, resumable (a rerun into the
+# same VARIANTS_OUT/tuned skips finished runs). JOBS runs at once, 1 torch thread each.
+JOBS ?= 2
+.PHONY: variants-tuned
+variants-tuned: install
+	$(PY) -m muonkit data fetch mnist --data-dir $(DATA_DIR)
+	$(PY) -m muonkit variants tuned --dataset mnist --data-dir $(DATA_DIR) \
+		--out $(VARIANTS_OUT)/tuned --jobs $(JOBS) --threads 1

@@ -138,6 +138,12 @@ def test_a_rerun_skips_finished_runs_and_redoes_a_lost_one(study, tmp_path):
     other = StudyConfig(**{**TINY, "epochs": 2}, data_dir=cfg.data_dir, out=cfg.out)
     with pytest.raises(ValueError, match="other settings"):
         variant_tuned.run_tuned(other, "test", runner=runner)
+    again.clear()  # a larger extension cap continues the sweeps that ended at the old cap
+    wider = StudyConfig(**{**TINY, "sweep_extend": 2}, data_dir=cfg.data_dir, out=cfg.out)
+    variant_tuned.run_tuned(wider, "test", log=lambda _: None, runner=runner)
+    muon = json.loads((out / "sweeps.json").read_text())["muon"]
+    assert len(muon["added"]) == 2 and muon["added"][1] == lr_key(muon["added"][0] * 2)
+    assert len(again) > len(trained)
 
 
 def test_a_run_in_its_own_process_and_the_cli_errors(study, data_dir, tmp_path, capsys):

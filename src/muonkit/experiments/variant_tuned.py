@@ -43,8 +43,9 @@ from .variant_optimizers import arm_lr, build_model, equal_memory_rank
 from .variants import loop_config, train_arm
 
 ENTRY = "muonkit.experiments.variant_tuned:train_run"
-# May differ on a rerun (a larger sweep_extend continues the sweeps, reusing finished runs).
-RUNTIME = ("out", "data_dir", "jobs", "threads", "overwrite", "sweep_extend")
+RUNTIME = ("out", "data_dir", "jobs", "threads", "overwrite")  # not saved in study.json
+# Saved but may differ on a rerun (a larger cap continues the sweeps, reusing finished runs).
+MAY_CHANGE = ("sweep_extend",)
 
 
 def load_split(cfg: StudyConfig) -> dict:
@@ -153,7 +154,8 @@ def prepare_out(cfg: StudyConfig, arms: list[Arm], groups: dict, command: str) -
     saved, study = out / "study.json", settings(cfg)
     if saved.exists():
         old = json.loads(saved.read_text())
-        diff = sorted(k for k in set(old) | set(study) if old.get(k) != study.get(k))
+        keys = (set(old) | set(study)) - set(MAY_CHANGE)
+        diff = sorted(k for k in keys if old.get(k) != study.get(k))
         if diff:
             raise ValueError(f"{out} holds a tuned study with other settings ({', '.join(diff)})"
                              "; use another --out")
