@@ -160,4 +160,11 @@ def test_a_run_in_its_own_process_and_the_cli_errors(study, data_dir, tmp_path, 
     with pytest.raises(SystemExit) as e:
         main([*base, "--val-size", "300"])
     assert e.value.code == 2 and "--val-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--report-only"])
+    assert e.value.code == 2 and "no tuned study" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    report = study[1] / "report.md"
+    report.unlink()
+    assert main(["variants", "tuned", "--report-only", "--out", str(study[1])]) == 0
+    assert "## Mixing vs compression" in report.read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -96,8 +97,9 @@ def run_tuned(cfg: variants.StudyConfig, args: argparse.Namespace) -> int:
     if not args.report_only:
         command = "muonkit " + shlex.join(getattr(args, "argv", sys.argv[1:]))
         paths = variant_tuned.run_tuned(cfg, command)
-    elif (out / "study.json").exists():
-        paths = write_tuned_report(out, variants.DATASETS[cfg.dataset])
+    elif (out / "study.json").exists():  # the study's own dataset, not the --dataset flag
+        dataset = json.loads((out / "study.json").read_text())["dataset"]
+        paths = write_tuned_report(out, variants.DATASETS[dataset])
     else:
         raise ValueError(f"{out} holds no tuned study (no study.json)")
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
