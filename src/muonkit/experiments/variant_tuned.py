@@ -43,7 +43,9 @@ from .variant_optimizers import arm_lr, build_model, equal_memory_rank
 from .variants import loop_config, train_arm
 
 ENTRY = "muonkit.experiments.variant_tuned:train_run"
-RUNTIME = ("out", "data_dir", "jobs", "threads", "overwrite")  # not saved in study.json
+# Not saved in study.json: where and how the runs execute, and where they are logged.
+RUNTIME = ("out", "data_dir", "jobs", "threads", "overwrite", "trackers", "wandb_project",
+           "wandb_run_name")
 # Saved but may differ on a rerun (a larger cap continues the sweeps, reusing finished runs).
 MAY_CHANGE = ("sweep_extend",)
 
