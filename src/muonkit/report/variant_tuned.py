@@ -11,6 +11,7 @@ against state bytes (the rank sweep) and the curves of the ``large`` arms.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import Run, load_run, mean_std
@@ -71,13 +72,29 @@ def arm_rows(s: dict) -> dict[str, dict]:
     return rows
 
 
-def difference(a: dict, b: dict, key: str):
+@dataclass(frozen=True)
+class Interval:
+    """A paired 95% interval (:func:`muonkit.report.stats.paired_interval`) over ``n`` seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def contains_zero(self) -> bool:
+        """Inside the seed noise: the interval contains 0."""
+        return self.low <= 0 <= self.high
+
+
+def difference(a: dict, b: dict, key: str) -> Interval | None:
     """Paired interval of ``a - b`` for ``key`` over the seeds both rows have (None if none)."""
     seeds = sorted(set(a["by_seed"]) & set(b["by_seed"]))
     if not seeds:
         return None
-    return paired_interval([a["by_seed"][s][key] for s in seeds],
-                           [b["by_seed"][s][key] for s in seeds])
+    mean, low, high = paired_interval([a["by_seed"][s][key] for s in seeds],
+                                      [b["by_seed"][s][key] for s in seeds])
+    return Interval(mean, low, high, len(seeds))
 
 
 def fmt_interval(iv, scale: float, digits: int) -> tuple[str, str]:
