@@ -90,6 +90,7 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     assert (partial / "commands.txt").read_text() == commands
     text = (partial / "report.md").read_text()
     assert "**unfinished**: 5 of 6" in text and "| muon-seed | " in text
+    assert "(1 of 2 seeds)" in text  # the seed that finished is shown, marked
     shutil.rmtree(partial / "h4" / "muon-seed")
     shutil.rmtree(partial / "h8" / "muon-seed")  # never started: still a row, unfinished
     build_horizon_report(partial)

@@ -100,8 +100,16 @@ def load_study(out: Path) -> Study:
 
 
 def ready(study: Study, h: int, name: str) -> Cell | None:
+    """The cell once its LR is chosen and a seed has finished at it; a cell still missing
+    seeds is reported with what it has, marked by :func:`seeds_note`."""
     cell = study.cells.get((h, name))
-    return cell if cell is not None and cell.finished else None
+    return cell if cell is not None and cell.lr is not None and cell.runs else None
+
+
+def seeds_note(study: Study, cell: Cell) -> str:
+    """"" for a finished cell, else " (k of n seeds)"."""
+    n = len(study.settings["seeds"])
+    return "" if cell.finished else f" ({len(cell.runs)} of {n} seeds)"
 
 
 def final_table(study: Study) -> str:
@@ -111,7 +119,8 @@ def final_table(study: Study) -> str:
         for h in study.horizons:
             cell = ready(study, h, name)
             row.append("unfinished" if cell is None else
-                       f"{fmt_mean_std(*cell.final, 3, len(cell.runs))} (lr {cell.lr:g})")
+                       f"{fmt_mean_std(*cell.final, 3, len(cell.runs))} (lr {cell.lr:g})"
+                       + seeds_note(study, cell))
         rows.append(row)
     return markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
 
@@ -136,7 +145,7 @@ def gap_and_reach(study: Study) -> tuple[str, dict]:
             gaps[(h, name)] = gap
             where = ("never reaches AdamW's final" if reach is None
                      else f"reaches AdamW's final at {reach / h:.0%} of the run")
-            row.append(f"{gap:+.3f}; {where}")
+            row.append(f"{gap:+.3f}; {where}{seeds_note(study, cell)}")
         rows.append(row)
     table = markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
     return table, gaps
