@@ -23,6 +23,12 @@ FRAGMENTS = RESULTS / "bench"
 FRAGMENT_ORDER = ("step_time-*", "gpt_step-*", "orth_accuracy")
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def hardware(device: torch.device) -> dict:
     """What the numbers were measured on (:func:`muonkit.hardware.machine_info`: CPU, its
     timing flags, PyTorch's CPU capability, native bf16, GPU), when, and how loaded."""

@@ -26,13 +26,14 @@ import statistics
 import time
 
 import torch
-from common import MACHINE_NAMES, hardware, machine_label, markdown_table, write_fragment
+from common import MACHINE_NAMES, hardware, machine_label, markdown_table, sync, write_fragment
 
 from muonkit.data.text import TokenBatches, load_text
 from muonkit.functional import orthogonalize_updates
 from muonkit.models.gpt import GPT, preset_config
 from muonkit.options import MuonOptions
 from muonkit.report.ns_cost import gpt_step_flops
+from muonkit.train.config import resolve_dtype
 from muonkit.train.gpt import lm_loss
 from muonkit.train.step import autocast_context
 
@@ -46,14 +47,9 @@ def build(kind: str, preset: str, vocab: int, seed: int, device: torch.device, n
     return model, model.configure_optimizers(kind, lr=1e-3, **options)
 
 
-def training_dtype(device: torch.device) -> torch.dtype:
-    """The training loop's ``dtype="auto"``: bf16 autocast on CUDA, fp32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 def loss_of(model, batch):
     device = batch[0].device
-    with autocast_context(device, training_dtype(device)):
+    with autocast_context(device, resolve_dtype("auto", device)):  # as the training loop
         return lm_loss(model, batch)
 
 
@@ -61,11 +57,6 @@ def full_step(model, opt, batch) -> None:
     loss_of(model, batch).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fns: dict, rounds: int, rng: random.Random, device: torch.device) -> dict[str, list]:

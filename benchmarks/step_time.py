@@ -36,6 +36,7 @@ from common import (
     hardware,
     machine_label,
     markdown_table,
+    sync,
     write_fragment,
 )
 from methods import Method, Unavailable, methods
@@ -51,11 +52,6 @@ def seconds_at_peak(flops: dict[str, int], peaks: dict[str, float]) -> float:
 # ---------------------------------------------------------------------------------------------
 # measurement
 # ---------------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, budget_s: float = 10.0) -> float:
