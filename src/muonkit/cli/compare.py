@@ -8,7 +8,7 @@ import dataclasses
 import shlex
 
 from ..experiments import compare
-from ..models.gpt import OPTIMIZERS
+from ..registry import OPTIMIZER_NAMES
 from ..report.compare import build_compare_report
 from .common import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, add_command
 from .train import add_gpt_arguments
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                    help="replace an earlier experiment in --out")
     p.add_argument("--seeds", type=NONNEGATIVE_INT, nargs="+", default=d.seeds,
                    help="seeds (init and batch order); every optimizer trains once per seed")
-    p.add_argument("--optimizers", nargs="+", default=d.optimizers, choices=OPTIMIZERS,
+    p.add_argument("--optimizers", nargs="+", default=d.optimizers, choices=OPTIMIZER_NAMES,
                    help="optimizers to compare")
     p.add_argument("--lr-sweep", action="store_true",
                    help="tune each optimizer's LR on shorter runs first")

@@ -15,9 +15,10 @@ import sys
 import torch
 
 from ..data.text import BUNDLED, TOKENIZERS
-from ..distributed.env import PARALLEL_MODES, compute_cleanup, compute_init, is_distributed
+from ..distributed.env import compute_cleanup, compute_init, is_distributed
 from ..experiments.runs import default_threads
-from ..models.gpt import OPTIMIZERS, PRESETS
+from ..models.gpt import PRESETS
+from ..registry import OPTIMIZER_NAMES, PARALLEL_MODES, check_parallel
 from ..schedules import DECAYS
 from ..train.config import DTYPES, TrainConfig
 from ..train.files import RunComplete
@@ -113,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    check_parallel(args.optimizer, args.parallel)  # before torchrun's process group
     run = config_from_args(args)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if args.parallel != "none" else 1
     torch.set_num_threads(run.threads or default_threads(local_ranks))
@@ -188,7 +190,7 @@ def register(subparsers) -> None:
         description="Train a nanoGPT-style GPT; metrics go to OUT/metrics.jsonl and the "
         "--tracker(s): OUT/tb (TensorBoard), OUT/wandb (W&B).",
     )
-    p.add_argument("--optimizer", default="muon", choices=OPTIMIZERS, help="optimizer")
+    p.add_argument("--optimizer", default="muon", choices=OPTIMIZER_NAMES, help="optimizer")
     p.add_argument("--out", default="runs/train", help="output directory")
     p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="init and batch-order seed")
     p.add_argument("--checkpoint-every", type=NONNEGATIVE_INT, default=0,

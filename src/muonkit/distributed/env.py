@@ -20,7 +20,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-PARALLEL_MODES = ("none", "ddp", "fsdp2", "hsdp")  # --parallel of the train loop (see .parallel)
 
 
 def best_device() -> torch.device:

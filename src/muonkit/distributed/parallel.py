@@ -1,9 +1,10 @@
 """Wrap a model and its optimizer for data-parallel training: ``--parallel ddp|fsdp2``.
 
-* ``"ddp"``: ``DistributedDataParallel`` (gradients all-reduced, averaged); a Muon optimizer
-  becomes :class:`~muonkit.distributed.DistributedMuon` /
-  :class:`~muonkit.distributed.DistributedMuonWithAuxAdam` (same param groups and state), so
-  each matrix is orthogonalized on one rank.
+* ``"ddp"``: ``DistributedDataParallel`` (gradients all-reduced, averaged); a Muon or NorMuon
+  optimizer becomes its class of :mod:`muonkit.distributed` (``DistributedMuon``,
+  ``DistributedMuonWithAuxAdam``, ``DistributedNorMuon(WithAuxAdam)``: same param groups, so
+  each matrix is orthogonalized on one rank); the memory-saving variants run unchanged (see
+  :mod:`muonkit.registry`).
 * ``"fsdp2"``: ``fully_shard`` on every block of every ``nn.ModuleList`` (the transformer
   blocks), then on the root (embeddings, head, final norm), as in torchtitan, on FSDP2's
   default 1-D mesh; parameters become DTensors with Shard(0), and ``muonkit.Muon`` /
@@ -19,10 +20,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..hybrid import MuonWithAuxAdam
-from ..muon import Muon
-from .env import PARALLEL_MODES
-from .muon import DistributedMuon, DistributedMuonWithAuxAdam, require_process_group
+from .. import registry
+from ..muon import Muon, MuonBase
+from ..registry import PARALLEL_MODES
+from ..variants import NorMuon
+from . import muon as distributed_muon
+from .muon import DistributedMuon, DistributedNorMuon, require_process_group
+
+# the distributed classes by the exact class they replace under DDP (registry.OptimizerSpec
+# names the hybrids'; the plain optimizers are here for users who build their own)
+DDP_CLASSES: dict[type, type] = {
+    Muon: DistributedMuon,
+    NorMuon: DistributedNorMuon,
+    **{
+        spec.hybrid: getattr(distributed_muon, spec.ddp_class)
+        for spec in registry.OPTIMIZERS.values()
+        if spec.ddp_class is not None
+    },
+}
 
 
 def check_mode(mode: str) -> None:
@@ -74,13 +89,32 @@ def parallelize(
 
 
 def distribute_optimizer(optimizer: torch.optim.Optimizer, mode: str) -> torch.optim.Optimizer:
-    """Under ``"ddp"``, the distributed class of a Muon optimizer (fresh state, same groups);
-    anything else is returned as is."""
+    """The optimizer to step under ``mode``, keeping its class and its math.
+
+    Under ``"ddp"`` a Muon-family class with a distributed form (:data:`DDP_CLASSES`) is rebuilt
+    as that form (fresh state, the same param groups); any other optimizer is returned as is:
+    DDP gives every rank the same averaged gradients, so an optimizer whose step is
+    deterministic (AdamW, the memory-saving variants) takes the same step on every rank. A
+    registry optimizer that cannot run under ``mode`` is refused
+    (:func:`muonkit.registry.check_parallel`), as is a subclass of a Muon class that has a
+    distributed form (rebuilding it as the parent would drop what the subclass changes).
+    Under ``"fsdp2"``/``"hsdp"`` the optimizer, built on the sharded parameters, is returned
+    as is (Muon and NorMuon take the sharded step by themselves)."""
     check_mode(mode)
-    if mode != "ddp" or isinstance(optimizer, (DistributedMuon, DistributedMuonWithAuxAdam)):
+    spec = registry.spec_of(optimizer)
+    if spec is not None:
+        registry.check_parallel(spec.name, mode)
+    if mode != "ddp" or isinstance(optimizer, tuple(DDP_CLASSES.values())):
         return optimizer
-    if isinstance(optimizer, MuonWithAuxAdam):
-        return DistributedMuonWithAuxAdam(optimizer.param_groups, nonfinite=optimizer.nonfinite)
-    if isinstance(optimizer, Muon):
-        return DistributedMuon(optimizer.param_groups, nonfinite=optimizer.nonfinite)
+    cls = type(optimizer)
+    if cls in DDP_CLASSES:
+        return DDP_CLASSES[cls](optimizer.param_groups, nonfinite=optimizer.nonfinite)
+    if spec is None and isinstance(optimizer, MuonBase) and any(
+        isinstance(optimizer, base) for base in DDP_CLASSES
+    ):
+        raise TypeError(
+            f"distribute_optimizer: {cls.__name__} subclasses a Muon optimizer with a "
+            "distributed form but has none of its own; build its distributed class yourself "
+            "or step it unchanged (each rank repeats the step)"
+        )
     return optimizer

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hybrid import MuonWithAuxAdam, classify_params, hybrid_param_groups
-
-OPTIMIZERS = ("adamw", "muon", "normuon", "lorapre", "kronecker", "kronecker-hybrid")
+from .. import registry
+from ..hybrid import classify_params, hybrid_param_groups
 
 
 @dataclass
@@ -276,11 +275,10 @@ class GPT(nn.Module):
         orthogonalizes the fused ``c_attn`` weight as three blocks Q, K, V (``ns_split=3``).
         ``muon_options`` go to the Muon group(s) (momentum, nesterov, ns_steps, ...).
         """
-        if kind not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer kind {kind!r}; valid: {list(OPTIMIZERS)}")
-        if "rank" in muon_options and kind != "lorapre":
-            raise ValueError(f"rank is an option of kind='lorapre' only, not {kind!r}")
-        if kind == "adamw":
+        spec = registry.get(kind)
+        if "rank" in muon_options and not spec.takes_rank:
+            raise ValueError(f"rank is not an option of optimizer {kind!r}")
+        if not spec.is_muon:
             if muon_options:
                 raise ValueError(f"Muon options {sorted(muon_options)} given for kind='adamw'")
             params = [p for p in self.parameters() if p.requires_grad]
@@ -308,27 +306,13 @@ class GPT(nn.Module):
         )
         if qkv_split:
             groups = split_qkv_group(self, groups)
-        if kind == "kronecker-hybrid":
+        if spec.dense_last_block:
             groups = dense_head_side_group(self, groups)
-        return hybrid_class(kind)(groups)
+        return spec.hybrid(groups)
 
     def param_roles(self) -> dict[str, str]:
         """name -> role ("muon", "embedding", "head", "vector") as the hybrid assigns them."""
         return {name: role for name, _, role in classify_params(self)}
-
-
-def hybrid_class(kind: str) -> type[MuonWithAuxAdam]:
-    """The hybrid optimizer class of a Muon-family ``kind`` of :data:`OPTIMIZERS`."""
-    if kind == "muon":
-        return MuonWithAuxAdam
-    from .. import variants
-
-    return {
-        "normuon": variants.NorMuonWithAuxAdam,
-        "lorapre": variants.LoRAPreMuonWithAuxAdam,
-        "kronecker": variants.KroneckerMuonWithAuxAdam,
-        "kronecker-hybrid": variants.KroneckerMuonWithAuxAdam,
-    }[kind]
 
 
 def dense_head_side_group(model: GPT, groups: list[dict]) -> list[dict]:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import registry
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
-from ..models.gpt import GPT, OPTIMIZERS, PRESETS, preset_config
+from ..models.gpt import GPT, PRESETS, preset_config
 from ..schedules import DECAYS
 from .checks import check_number
 from .config import DTYPES, TrainConfig, TrainResult, resolve_device
@@ -123,14 +124,15 @@ class GPTRunConfig:
     def optimizer_options(self, optimizer: str) -> dict:
         """Keyword arguments of ``GPT.configure_optimizers`` for ``optimizer``."""
         opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
-        if optimizer != "adamw":  # the hybrids: muon, normuon, the memory-saving variants
+        spec = registry.get(optimizer)
+        if spec.is_muon:  # the hybrids: muon, normuon, the memory-saving variants
             opts.update(
                 muon_lr=self.muon_lr,
                 momentum=self.muon_momentum,
                 muon_weight_decay=self.muon_weight_decay,
                 qkv_split=self.qkv_split,
             )
-        if optimizer == "lorapre":
+        if spec.takes_rank:
             opts["rank"] = self.rank
         return opts
 
@@ -145,7 +147,7 @@ class GPTRunConfig:
             warmup_steps=self.warmup,
             decay=self.decay,
             min_lr_ratio=self.min_lr_ratio,
-            momentum_warmup_steps=self.momentum_warmup if optimizer != "adamw" else 0,
+            momentum_warmup_steps=self.momentum_warmup if registry.get(optimizer).is_muon else 0,
             momentum_end=self.muon_momentum,
             grad_clip=self.grad_clip,
             eval_every=self.eval_every,
@@ -219,8 +221,7 @@ def train_gpt(
     ``monitor(model, optimizer)``, if given, is called once both exist and returns the loop's
     ``on_eval(step, val_record, logger)`` (e.g. :class:`muonkit.experiments.rms.RMSMonitor`).
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {list(OPTIMIZERS)}")
+    registry.check_parallel(optimizer, parallel)  # before any data is read or file written
     tokens = load_text(data, tokenizer)
     overrides = dict(model_overrides or {})
     if block_size is not None:
