@@ -14,6 +14,9 @@ in one optimizer object.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -22,7 +25,7 @@ from torch import Tensor, nn
 
 from .heads import HEAD_NAMES, head_modules
 from .muon import MUON_DEFAULTS, MuonBase, validate_muon_options
-from .options import check_choice, check_lr, expand_options
+from .options import MuonOptions, check_choice, check_lr, expand_options
 
 ROLES = ("muon", "embedding", "head", "vector")
 ADAMW_DEFAULTS: dict[str, Any] = dict(
@@ -118,6 +121,22 @@ def _param_picker(
     return lambda name, p: name in names
 
 
+def check_option_names(muon_options: dict) -> None:
+    """TypeError for a keyword that is neither an argument of :func:`hybrid_param_groups`, a
+    :class:`MuonOptions` field nor a variant's group option (a misspelt ``muon_lrr`` would
+    otherwise ride along in the group unused), naming the closest valid names."""
+    from .variants import GROUP_OPTIONS
+
+    valid = {f.name for f in dataclasses.fields(MuonOptions)} | {"options"} | GROUP_OPTIONS
+    valid |= set(inspect.signature(hybrid_param_groups).parameters) - {"model", "muon_options"}
+    for name in muon_options:
+        if name not in valid:
+            close = difflib.get_close_matches(name, sorted(valid), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise TypeError(f"hybrid_param_groups() got an unexpected keyword argument "
+                            f"{name!r}{hint}")
+
+
 def hybrid_param_groups(
     model: nn.Module,
     *,
@@ -154,6 +173,7 @@ def hybrid_param_groups(
     ``maximize``, which every group takes (the AdamW groups too: the whole model ascends).
     Each group carries its ``role`` so schedules and reports can tell them apart.
     """
+    check_option_names(muon_options)
     role_lr = {
         "embedding": adamw_lr if embedding_lr is None else embedding_lr,
         "head": adamw_lr if head_lr is None else head_lr,

@@ -203,7 +203,26 @@ def load_bin_dir(path: str | os.PathLike) -> TokenData:
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     tokenizer = meta.get("tokenizer", "gpt2")
     vocab = int(meta.get("vocab_size", GPT2_PADDED_VOCAB))
+    for split, tokens in arrays.items():
+        check_token_ids(tokens, vocab, path / f"{split}.bin")
     return TokenData(arrays["train"], arrays["val"], vocab, tokenizer, str(path), meta.get("itos"))
+
+
+def check_token_ids(
+    tokens: np.ndarray, vocab_size: int, source: Path, chunk: int = 1 << 24
+) -> None:
+    """Refuse a token file holding an id >= ``vocab_size`` (the model's embedding would fail
+    mid-run), naming the file, the first such id, its position and the vocabulary size. Reads
+    the file once, ``chunk`` ids at a time."""
+    for start in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[start:start + chunk])
+        bad = np.flatnonzero(part >= vocab_size)
+        if bad.size:
+            at = start + int(bad[0])
+            raise ValueError(
+                f"{source}: token id {int(tokens[at])} at position {at} is outside the "
+                f"vocabulary of size {vocab_size} (meta.json vocab_size, else GPT-2's 50304)"
+            )
 
 
 def prepare_bin(
@@ -233,9 +252,9 @@ def check_fits(tokens: np.ndarray, batch_size: int, block_size: int, split: str)
         raise ValueError(f"batch_size and block_size must be > 0, got {batch_size}, {block_size}")
     if batch_size * block_size + 1 > len(tokens):
         raise ValueError(
-            f"a batch of batch_size x block_size = {batch_size} x {block_size} = "
+            f"a batch of --batch-size x --block-size = {batch_size} x {block_size} = "
             f"{batch_size * block_size} tokens is larger than the {len(tokens)} tokens of the "
-            f"{split} split; use a smaller batch_size/block_size or more data"
+            f"{split} split; use a smaller --batch-size or --block-size, or more data"
         )
 
 

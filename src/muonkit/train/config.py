@@ -33,7 +33,9 @@ class TrainConfig:
             ``overwrite`` is set.
         resume: continue from ``out_dir/ckpt.pt``; a run that has trained all ``steps``
             raises :class:`RunComplete` and changes nothing.
-        overwrite: delete the run files already in ``out_dir`` (``RUN_FILES``) and start anew.
+        overwrite: replace the run files already in ``out_dir`` (``RUN_FILES``) and start
+            anew; the old ones are kept aside until the new run's first step (they come back
+            if it fails before), see :func:`muonkit.train.files.prepare_out_dir`.
         stop_at: end this session after this many steps (the schedule still spans ``steps``),
             e.g. to split a run over time-limited jobs; continue it with ``resume``.
         device: "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...

@@ -34,6 +34,8 @@ RUN_MARKERS = (METRICS, CHECKPOINT, CHECKPOINT_DIR)  # files that say a director
 # what overwrite=True deletes: the run's files and its trackers' (tb/, wandb/, the W&B run id)
 RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", *TRACKER_FILES)
 
+PARKED = ".replaced"  # where --overwrite keeps the old run until the new one has taken a step
+
 CHECKPOINT_KEYS = ("model", "optimizers", "batches", "rng", "step", "elapsed_s", "tokens")
 
 
@@ -53,10 +55,14 @@ class CheckpointError(ValueError):
 
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     """Create ``out_dir``; refuse a file or an unwritable directory, and a directory that holds
-    a run (``RUN_MARKERS``) unless ``resume`` (continue it) or ``overwrite`` (delete its
-    ``RUN_FILES``, nothing else) is set. Under torch.distributed rank 0 deletes."""
+    a run (``RUN_MARKERS``) unless ``resume`` (continue it) or ``overwrite`` (replace its
+    ``RUN_FILES``, nothing else) is set. The run being replaced is parked in ``OUT/.replaced``
+    (:func:`park_run_files`) until the new run has taken a step: the caller then calls
+    :func:`drop_parked`, or :func:`unpark` when the new run failed before that, so a run that
+    cannot start never costs the old one. Returns whether a run was parked (on rank 0 under
+    torch.distributed, which alone moves files)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output directory {out_dir} is a file, not a directory")
     try:
@@ -67,21 +73,55 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
         raise PermissionError(f"output directory {out_dir} is not writable")
     found = [name for name in RUN_MARKERS if (out_dir / name).exists()]
     if found and not (resume or overwrite):
+        resumable = CHECKPOINT in found or CHECKPOINT_DIR in found
         raise RunExistsError(
-            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue it "
-            "or --overwrite to replace it"
+            f"{out_dir} already holds a run ({', '.join(found)}); "
+            + ("pass --resume to continue it or --overwrite to replace it" if resumable else
+               "it has no checkpoint to resume from: pass --overwrite to replace it, or "
+               "another --out")
         )
     distributed = is_distributed()
     if distributed:
         torch.distributed.barrier()  # every rank has looked before any rank writes or deletes
-    if found and overwrite and (not distributed or torch.distributed.get_rank() == 0):
-        for path in (out_dir / name for name in RUN_FILES):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+    parked = bool(found) and overwrite and (not distributed or torch.distributed.get_rank() == 0)
+    if parked:
+        park_run_files(out_dir)
     if distributed:
         torch.distributed.barrier()
+    return parked
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def park_run_files(out_dir: Path) -> None:
+    """Move the ``RUN_FILES`` of ``out_dir`` into ``out_dir/.replaced`` (replacing what an
+    earlier, killed overwrite left there: a run the user had already asked to replace)."""
+    parked = out_dir / PARKED
+    _remove(parked)
+    parked.mkdir()
+    for name in RUN_FILES:
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, parked / name)
+
+
+def drop_parked(out_dir: Path) -> None:
+    """The new run has started: delete the run it replaces."""
+    _remove(out_dir / PARKED)
+
+
+def unpark(out_dir: Path) -> None:
+    """The new run failed before its first step: delete what it wrote, put the old run back."""
+    parked = out_dir / PARKED
+    for name in RUN_FILES:
+        _remove(out_dir / name)
+        if (parked / name).exists():
+            os.replace(parked / name, out_dir / name)
+    _remove(parked)
 
 
 
@@ -123,7 +163,7 @@ def check_resume(cfg: TrainConfig, out_dir: Path, ckpt_step: int | None) -> None
         return
     if done > cfg.steps:
         raise ValueError(
-            f"the run in {out_dir} has trained {done} steps; steps={cfg.steps} is below that: "
+            f"the run in {out_dir} has trained {done} steps; --steps {cfg.steps} is below that: "
             f"pass --steps {done} (the run is complete then) or more to train on"
         )
     loss = None if summary is None else summary.get("final_val_loss")

@@ -64,10 +64,12 @@ from .files import (
     METRICS,
     MetricsLogger,
     check_resume,
+    drop_parked,
     load_checkpoint,
     prepare_out_dir,
     save_checkpoint,
     set_rng_state,
+    unpark,
 )
 from .measure import default_peak_flops, group_lrs, summary_record
 from .step import (
@@ -162,8 +164,9 @@ def restore(session: Session, model: nn.Module, optimizers, batches) -> None:
     check_resume(cfg, session.out_dir, None)
     if not path.exists():
         raise FileNotFoundError(
-            f"resume=True but there is no checkpoint {path}; run without --resume "
-            "first with checkpoint_every > 0"
+            f"--resume: {session.out_dir} holds no checkpoint ({path.name}) to continue from "
+            "(a run writes one every --checkpoint-every steps); pass --overwrite instead to "
+            "start the run again"
         )
     if is_distributed():
         from ..distributed.checkpoint import load_train_state
@@ -331,11 +334,17 @@ def train(
     forward_model = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
     evaluator = make_evaluator(evaluate, val_batches, loss_fn, session)
     torch.manual_seed(cfg.seed)
-    if session.out_dir is not None:
-        prepare_out_dir(session.out_dir, cfg.resume, cfg.overwrite)
-    if cfg.resume:
-        restore(session, model, optimizers, batches)
-    logger = open_logger(session, optimizer_name, run_config)
+    parked = session.out_dir is not None and prepare_out_dir(
+        session.out_dir, cfg.resume, cfg.overwrite
+    )
+    try:
+        if cfg.resume:
+            restore(session, model, optimizers, batches)
+        logger = open_logger(session, optimizer_name, run_config)
+    except BaseException:
+        if parked:
+            unpark(session.out_dir)
+        raise
     machine = machine_info(session.device)  # threads, load, CPU flags at the start
     if session.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(session.device)
@@ -348,20 +357,29 @@ def train(
             record = train_step(session, model, forward_model, optimizers, batches, loss_fn,
                                 count_tokens)
             logger.write(record)
+            if parked:  # the new run has taken a step: the one it replaces goes
+                drop_parked(session.out_dir)
+                parked = False
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}",
                                  tok_s=f"{record['tokens_per_s']:,.0f}")
             after_step(session, model, optimizers, batches, evaluator, logger, on_eval)
     except KeyboardInterrupt:
         logger.close()
+        if parked:
+            unpark(session.out_dir)
         raise TrainingInterrupted(
             session.step, session.last_checkpoint, session.checkpoint_step
         ) from None
     except BaseException:  # e.g. a diverged run: the trackers still end their runs
         logger.close()
+        if parked:
+            unpark(session.out_dir)
         raise
     finally:
         progress.close()
+    if parked:
+        drop_parked(session.out_dir)
     summary = finish(session, optimizers, flops_per_token, machine)
     logger.write(summary)
     logger.close()

@@ -15,7 +15,13 @@ validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon
 from .aux_adam import KroneckerMuonWithAuxAdam, LoRAPreMuonWithAuxAdam
 from .kronecker import HybridKroneckerMuon, KroneckerMuon, kronecker_shapes, nearest_kronecker
 from .lowrank import LoRAPreMuon
-from .normuon import NorMuon, NorMuonWithAuxAdam
+from .normuon import NORMUON_DEFAULTS, NorMuon, NorMuonWithAuxAdam
+
+# the group options the variants add to MuonOptions' (hybrid_param_groups accepts them too)
+GROUP_OPTIONS = frozenset(
+    {*LoRAPreMuonWithAuxAdam.variant_defaults, *KroneckerMuonWithAuxAdam.variant_defaults,
+     *NORMUON_DEFAULTS, "dense_momentum"}
+)
 
 __all__ = [
     "HybridKroneckerMuon",
