@@ -95,10 +95,12 @@ def save_train_state(
     save_checkpoint(tmp, model, optimizers)
     torch.save(rank_state, tmp / f"rank{_rank()}.pt")
     dist.barrier()
-    if _rank() == 0:
+    if _rank() == 0:  # the old checkpoint goes only once the new one has its name
+        old = path.with_name(path.name + ".old")
         if path.exists():
-            shutil.rmtree(path)
+            os.replace(path, old)
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
 
 

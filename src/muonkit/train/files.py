@@ -32,7 +32,8 @@ METRICS = "metrics.jsonl"
 RUN_MARKERS = (METRICS, CHECKPOINT, CHECKPOINT_DIR)  # files that say a directory holds a run
 
 # what overwrite=True deletes: the run's files and its trackers' (tb/, wandb/, the W&B run id)
-RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", *TRACKER_FILES)
+RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", CHECKPOINT_DIR + ".tmp", CHECKPOINT_DIR + ".old",
+             METRICS + ".tmp", *TRACKER_FILES)
 
 PARKED = ".replaced"  # where --overwrite keeps the old run until the new one has taken a step
 
@@ -47,6 +48,12 @@ class RunComplete(Exception):
 
 class RunExistsError(FileExistsError):
     """``out_dir`` holds a run, and neither ``resume`` nor ``overwrite`` was asked for."""
+
+
+
+class RunWriteError(OSError):
+    """A run's file could not be written (a full disk, a quota, an I/O error); what was there
+    before is intact, and the message says what was kept and how to continue."""
 
 
 
@@ -194,12 +201,28 @@ def load_checkpoint(path: Path) -> dict:
 
 
 
-def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
-    """Everything a resumed run needs to continue exactly; written atomically.
+def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device,
+                    previous_step: int | None = None) -> None:
+    """Everything a resumed run needs to continue exactly; written atomically: to
+    ``ckpt.pt.tmp``, flushed to disk, then renamed over ``ckpt.pt``.
 
     Under torch.distributed (several ranks) model and optimizers go through DCP, each rank's
     sampler and RNG states to their own file (:func:`muonkit.distributed.save_train_state`).
+    A failed write (e.g. a full disk) removes the temporary file, leaves the previous
+    checkpoint (of ``previous_step``) as it was and raises :class:`RunWriteError`.
     """
+    try:
+        _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device)
+    except OSError as e:
+        kept = (f"the checkpoint of step {previous_step} is kept" if previous_step is not None
+                else "no earlier checkpoint exists")
+        raise RunWriteError(
+            f"cannot write the step-{step} checkpoint {path}: {e.strerror or e}; {kept}; "
+            "free space and run the same command with --resume to continue from it"
+        ) from None
+
+
+def _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
     state = {
         "batches": batches.state_dict(),
         "rng": rng_state(device),
@@ -215,8 +238,14 @@ def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, dev
     state["model"] = model.state_dict()
     state["optimizers"] = [opt.state_dict() for opt in optimizers]
     tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 
@@ -232,6 +261,34 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` whole or not at all: a failed write (a full disk) cuts the
+    file back to its size before, so a reader never meets half a record, and raises
+    :class:`RunWriteError`."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            write_all(fd, (line + "\n").encode())
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise RunWriteError(
+                f"cannot write to {path}: {e.strerror or e}; its records up to the last "
+                "whole line are kept; free space and run the same command with --resume "
+                "to continue from the last checkpoint"
+            ) from None
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written (a write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 
@@ -258,7 +315,16 @@ class MetricsLogger:
             for rec in read_records(self.path)
             if rec["kind"] == "config" or (rec["kind"] != "summary" and rec.get("step", 0) <= step)
         ]
-        self.path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
+        text = "".join(json.dumps(rec) + "\n" for rec in kept)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise RunWriteError(f"cannot rewrite {self.path} for the resume: "
+                                f"{e.strerror or e}; it is unchanged") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @property
     def config(self) -> dict | None:
@@ -269,8 +335,7 @@ class MetricsLogger:
 
     def write(self, record: dict) -> None:
         if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record))
         self.track(record)
 
     def track(self, record: dict) -> None:
@@ -283,6 +348,12 @@ class MetricsLogger:
             elif "step" in record:
                 tracker.log_metrics(record)
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """End the trackers' runs; ``quiet``: on the way out of a failed run, a tracker that
+        cannot close (its disk is full too) does not hide the error that ended the run."""
         for tracker in self.trackers:
-            tracker.close()
+            try:
+                tracker.close()
+            except Exception:
+                if not quiet:
+                    raise

@@ -292,7 +292,7 @@ def after_step(session: Session, model, optimizers, batches, evaluator, logger, 
         run_eval(session, model, evaluator, logger, on_eval)
     if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
         save_checkpoint(session.ckpt_path, model, optimizers, batches, done, session.elapsed,
-                        session.tokens, session.device)
+                        session.tokens, session.device, previous_step=session.checkpoint_step)
         session.checkpoint_step = done
 
 
@@ -365,14 +365,14 @@ def train(
                                  tok_s=f"{record['tokens_per_s']:,.0f}")
             after_step(session, model, optimizers, batches, evaluator, logger, on_eval)
     except KeyboardInterrupt:
-        logger.close()
+        logger.close(quiet=True)
         if parked:
             unpark(session.out_dir)
         raise TrainingInterrupted(
             session.step, session.last_checkpoint, session.checkpoint_step
         ) from None
     except BaseException:  # e.g. a diverged run: the trackers still end their runs
-        logger.close()
+        logger.close(quiet=True)
         if parked:
             unpark(session.out_dir)
         raise

@@ -1,0 +1,100 @@
+"""A full disk loses nothing (issue 22, point 4): a failed checkpoint or metrics write says so
+in one line, leaves the previous checkpoint and the metrics whole and no temporary file, and
+the same command with ``--resume`` ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from muonkit.cli import main
+from muonkit.train import files
+from muonkit.train.files import load_checkpoint
+
+FAST = ["--optimizer", "muon", "--preset", "tiny", "--batch-size", "2", "--block-size", "8",
+        "--eval-batches", "1", "--eval-every", "2", "--warmup", "1", "--no-progress",
+        "--tracker", "none", "--steps", "6", "--checkpoint-every", "2", "--threads", "1"]
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")
+
+
+def cli(out, *flags):
+    return main(["train", "--out", str(out), *FAST, *flags])
+
+
+def one_line_failure(capsys, out) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(out)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def uninterrupted(tmp_path):  # per test: conftest's fp32 Newton-Schulz is per test too
+    out = tmp_path / "full"
+    assert cli(out) == 0
+    return out
+
+
+def resume_ends_like(out, reference) -> None:
+    assert cli(out, "--resume") == 0
+    mine, ref = load_checkpoint(out / "ckpt.pt"), load_checkpoint(reference / "ckpt.pt")
+    for key, value in ref["model"].items():
+        assert torch.equal(mine["model"][key], value), key
+    assert records(out)[-1]["final_val_loss"] == records(reference)[-1]["final_val_loss"]
+    steps = [r["step"] for r in records(out) if r["kind"] == "train"]
+    assert steps == list(range(1, 7))
+
+
+def test_full_disk_at_a_checkpoint(tmp_path, capsys, monkeypatch, uninterrupted):
+    out = tmp_path / "run"
+    calls = []
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the step-4 checkpoint: half written, then the disk is full
+            f.write(b"\0" * 100)
+            raise ENOSPC
+        return real_save(obj, f, *args, **kwargs)
+
+    with monkeypatch.context() as patch:  # (undo() would also undo conftest's patches)
+        patch.setattr(files.torch, "save", save)
+        err = one_line_failure(capsys, out)
+    assert "No space left on device" in err and "step 2 is kept" in err and "--resume" in err
+    assert not (out / "ckpt.pt.tmp").exists()
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 2
+    assert max(r.get("step", 0) for r in records(out)) == 4  # every line whole
+    (out / "ckpt.pt.tmp").write_bytes(b"\0" * 10)  # as a process killed mid-save leaves it
+    resume_ends_like(out, uninterrupted)
+    assert not (out / "ckpt.pt.tmp").exists()
+
+
+def test_full_disk_at_a_metrics_line(tmp_path, capsys, monkeypatch, uninterrupted):
+    out = tmp_path / "run"
+    real_write = files.write_all
+    lines = []
+
+    def write_all(fd, data):
+        lines.append(data)
+        if b'"step": 5' in data and b'"kind": "train"' in data:
+            real_write(fd, data[: len(data) // 2])  # half a record reaches the disk
+            raise ENOSPC
+        real_write(fd, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "write_all", write_all)
+        err = one_line_failure(capsys, out)
+    assert "No space left on device" in err and "metrics.jsonl" in err
+    text = (out / "metrics.jsonl").read_text()
+    assert text.endswith("\n") and [json.loads(x) for x in text.splitlines()]
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 4
+    resume_ends_like(out, uninterrupted)
