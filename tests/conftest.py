@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Processes the tests start (torchrun, spawned ranks, runs in their own process) inherit this:
+# on a CPU with native bf16 they would otherwise run "auto" Newton-Schulz in mixed precision
+# while the test's own reference (below) runs fp32.
+os.environ["MUONKIT_CPU_NATIVE_BF16"] = "0"
 
 
 @pytest.fixture(autouse=True)

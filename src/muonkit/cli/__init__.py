@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if debug:
             raise
+        lines = getattr(e, "lines", None)  # one line per item (e.g. each differing flag)
         message = " ".join(str(e).split()) or type(e).__name__
+        if lines:
+            message = str(e).split(":")[0] + ":\n" + "\n".join(f"  {x}" for x in lines)
         print(f"muonkit {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 

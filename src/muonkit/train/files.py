@@ -14,8 +14,9 @@ import json
 import os
 import pickle
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,6 +55,18 @@ class RunExistsError(FileExistsError):
 class RunWriteError(OSError):
     """A run's file could not be written (a full disk, a quota, an I/O error); what was there
     before is intact, and the message says what was kept and how to continue."""
+
+
+
+class ResumeMismatch(ValueError):
+    """``resume`` with settings that would change the run's result; ``lines`` names each
+    differing setting with the checkpoint's value and the given one."""
+
+    def __init__(self, out_dir: Path, lines: list[str]):
+        self.lines = lines
+        super().__init__(f"cannot resume the run in {out_dir}: {len(lines)} setting(s) differ "
+                         "from the run's (resume with the run's own, or --overwrite to start "
+                         "anew): " + "; ".join(lines))
 
 
 
@@ -179,6 +192,69 @@ def check_resume(cfg: TrainConfig, out_dir: Path, ckpt_step: int | None) -> None
         + (f", final val loss {loss:.4f}" if loss is not None else "")
         + "); nothing to do. Pass a larger --steps to train on, or --overwrite to start again."
     )
+
+
+
+# run settings a resume may change: they cannot change what the run computes (where files go,
+# progress and trackers, how often it checkpoints, when this session stops, --steps to train
+# on) or are the machine's (device, NS precision "auto" resolved; the provenance records them)
+RESUME_MAY_DIFFER = frozenset({
+    "out_dir", "resume", "overwrite", "progress", "trackers", "wandb_project", "wandb_run_name",
+    "wandb_group", "checkpoint_every", "stop_at", "steps", "device", "peak_flops", "run_name",
+    "params", "ns_precision",
+})
+
+
+def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def setting_name(path: str, flag_names: Mapping[str, str]) -> str:
+    """How a user names the setting at ``path`` (e.g. "optimizer_options.muon_lr" ->
+    "--muon-lr"): ``flag_names[path]``, else its last part as a flag."""
+    if path in flag_names:
+        return flag_names[path]
+    return "--" + path.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def resume_differences(recorded: dict, given: dict,
+                       flag_names: Mapping[str, str] = {}) -> list[str]:  # noqa: B006
+    """One line per setting (flag) whose value in ``given`` differs from the run's config
+    record ``recorded`` (both ``{"optimizer": ..., "config": {...}}``), skipping
+    :data:`RESUME_MAY_DIFFER` and settings the record lacks (older runs)."""
+    old = flatten({"optimizer": recorded.get("optimizer"), **recorded.get("config", {})})
+    new = flatten(json.loads(json.dumps(given, default=str)))
+    lines, seen = [], set()
+    for path, value in new.items():
+        if path.split(".")[0] in RESUME_MAY_DIFFER or path not in old or old[path] == value:
+            continue
+        name = setting_name(path, flag_names)
+        if name not in seen:
+            seen.add(name)
+            lines.append(f"{name}: checkpoint {old[path]!r}, given {value!r}")
+    return lines
+
+
+def check_same_run(out_dir: Path, given: dict, flag_names: Mapping[str, str] = {}) -> None:  # noqa: B006
+    """Refuse (:class:`ResumeMismatch`) to resume the run in ``out_dir`` with settings that
+    differ from its config record; nothing is read but the record."""
+    metrics = out_dir / METRICS
+    if not metrics.exists():
+        return
+    recorded = next((r for r in read_records(metrics) if r.get("kind") == "config"), None)
+    if recorded is None:
+        return
+    lines = resume_differences(recorded, given, flag_names)
+    if lines:
+        raise ResumeMismatch(out_dir, lines)
 
 
 

@@ -50,6 +50,30 @@ BOUNDS = {
 }
 
 
+# the flag of `muonkit train` behind each recorded setting whose name is not simply the flag
+# (see muonkit.train.files.setting_name; a resume names differing settings by these)
+FLAG_NAMES = {
+    "warmup_steps": "--warmup",
+    "momentum_warmup_steps": "--momentum-warmup",
+    "momentum_end": "--muon-momentum",
+    "optimizer_options.momentum": "--muon-momentum",
+    "optimizer_options.betas": "--beta2",
+    "optimizer_options.rank": "--rank",
+    "model.vocab_size": "--data (its vocabulary)",
+    "data.vocab_size": "--data (its vocabulary)",
+    "data.source": "--data",
+    "data.train_tokens": "--data",
+    "data.val_tokens": "--data",
+    "model.tie_weights": "--untied",
+    "model.n_layer": "--preset",
+    "model.n_head": "--preset",
+    "model.n_embd": "--preset",
+    "model.bias": "--preset",
+    "model.rope_base": "--rope",
+    "world_size": "--nproc_per_node (torchrun)",
+}
+
+
 @dataclass(frozen=True)
 class GPTRunConfig:
     """Model, data, loop and optimizer settings of GPT runs (the flags of ``muonkit train``;
@@ -271,6 +295,7 @@ def train_gpt(
         flops_per_token=model.estimate_flops_per_token(),
         optimizer_name=optimizer,
         run_config=run_config,
+        flag_names=FLAG_NAMES,
         count_tokens=lambda batch: world * int(batch[-1].numel()),
         on_eval=None if monitor is None else monitor(model, opt),
     )

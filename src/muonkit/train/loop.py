@@ -46,7 +46,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from .files import (
     METRICS,
     MetricsLogger,
     check_resume,
+    check_same_run,
     drop_parked,
     load_checkpoint,
     prepare_out_dir,
@@ -318,13 +319,18 @@ def train(
     flops_per_token: float | None = None,
     optimizer_name: str = "",
     run_config: dict | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimizer steps; see the module docstring.
 
     ``optimizer_name`` and ``run_config`` (model/data settings) go into the metrics' config
     line. ``flops_per_token`` (training FLOPs per token, e.g. ``GPT.estimate_flops_per_token``)
     with a peak FLOP/s gives MFU. ``on_eval(step, val_record, logger)`` runs after each
-    evaluation (e.g. to write extra records with ``logger.write``).
+    evaluation (e.g. to write extra records with ``logger.write``). A resume whose settings
+    (``config``, ``optimizer_name``, ``run_config``) differ from the run's recorded ones, other
+    than :data:`~muonkit.train.files.RESUME_MAY_DIFFER`, is refused before anything is loaded
+    (:class:`~muonkit.train.files.ResumeMismatch`), each setting named as ``flag_names`` maps
+    its config path (e.g. ``{"warmup_steps": "--warmup"}``; else ``--`` + its last part).
     """
     cfg = config
     optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
@@ -338,7 +344,9 @@ def train(
         session.out_dir, cfg.resume, cfg.overwrite
     )
     try:
-        if cfg.resume:
+        if cfg.resume and session.out_dir is not None:
+            given = {"optimizer": optimizer_name, **dataclasses.asdict(cfg), **(run_config or {})}
+            check_same_run(session.out_dir, given, flag_names or {})
             restore(session, model, optimizers, batches)
         logger = open_logger(session, optimizer_name, run_config)
     except BaseException:
