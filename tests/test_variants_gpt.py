@@ -18,6 +18,7 @@ from muonkit.experiments.variants_gpt import CONTENDERS as VARIANTS
 from muonkit.experiments.variants_gpt import VariantGPTConfig
 from muonkit.models.gpt import GPT, preset_config
 from muonkit.report.metrics import load_run, read_jsonl
+from muonkit.report.provenance import ns_label
 from muonkit.report.stats import paired_interval, t975
 from muonkit.report.tables import fmt_bytes
 from muonkit.train.gpt import train_gpt
@@ -256,7 +257,7 @@ def test_report_has_the_table_and_figures_from_the_runs(study_dir, capsys):
                 "worse" if low > 0 else "better"))
     assert "Status: complete" in text and "muonkit variants gpt (test)" in text
     precision = load_run(out / "h8" / "muon" / f"lr{sweeps['muon']['best']:g}-s0" / METRICS)
-    assert f"`{precision.config['config']['ns_precision']['0']}`" in text
+    assert f"Newton-Schulz {ns_label(precision.config['config']['ns_precision']['0'])} in" in text
     assert (out / "memory.png").stat().st_size > 0 and (out / "curves.png").exists()
     assert "memory.png" in capsys.readouterr().out
 

@@ -7,7 +7,8 @@ Layout read (written by :mod:`muonkit.experiments.compare`)::
     OUT/sweep-full/<name>/metrics.jsonl          its best settings rerun at full length
     OUT/settings.json                            how the experiment was launched
 
-Every number in the report is computed here from those files.
+Every number in the report is computed here from those files; the hardware, precision and CPU
+time of the runs by :mod:`muonkit.report.provenance`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .metrics import (
 )
 from .ns_cost import gpt_step_flops
 from .plots import plot_loss_curves, val_stats
+from .provenance import provenance_section, study_provenance
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -220,7 +222,6 @@ def settings_lines(groups: dict[str, list[Run]], settings: dict) -> list[str]:
         f"{first['min_lr_ratio']} x peak, grad clip {first['grad_clip']}",
         f"- validation: {first.get('eval_batches')} fixed batches every "
         f"{first['eval_every']} steps",
-        f"- device: {next(iter(groups.values()))[0].summary.get('device', '?')}",
     ]
     for name, runs in groups.items():
         cfg = runs[0].config["config"]
@@ -238,7 +239,9 @@ def settings_lines(groups: dict[str, list[Run]], settings: dict) -> list[str]:
     return lines + machine_lines(settings)
 
 
-def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: dict) -> str:
+def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: dict,
+                     out: Path) -> str:
+    """The report of the compared runs ``groups`` and the ``sweep`` runs under ``out``."""
     numbers = compare_numbers(groups)
     names = list(groups)
     parts = [f"# {' vs '.join(names)}\n"]
@@ -288,6 +291,7 @@ def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: d
         notes = sweep_notes(settings)
         if notes:
             parts.append("\n".join(notes) + "\n")
+    parts.append(hardware(groups, sweep, out))
     parts.append("## Settings\n")
     parts.append("\n".join(settings_lines(groups, settings)) + "\n")
     parts.append(
@@ -297,9 +301,9 @@ def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: d
     return "\n".join(parts)
 
 
-def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.md`` and ``curves.png`` into ``out_dir`` from its metrics files."""
-    out = Path(out_dir)
+def load_compare(out: Path) -> tuple[dict[str, list[Run]], list[Run]]:
+    """(the compared runs by optimizer, the sweep runs) of a compare directory; an
+    incomplete compared run is an error."""
     runs_dir = out / "runs"
     if not runs_dir.is_dir():
         raise FileNotFoundError(
@@ -313,10 +317,25 @@ def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
                 raise ValueError(f"{run.path} is incomplete (no val records or no summary)")
     sweep = [run for sub in ("sweep", "sweep-full") if (out / sub).is_dir()
              for run in find_runs(out / sub)]
+    return groups, sweep
+
+
+def hardware(groups: dict[str, list[Run]], sweep: list[Run], out: Path) -> str:
+    """Where and in which precision the compared and sweep runs ran, from their records,
+    counted per folder (``runs``, ``sweep``, ``sweep-full``)."""
+    compared = [r for runs in groups.values() for r in runs]
+    return provenance_section(study_provenance(
+        compared + sweep, out, lambda r: r.path.relative_to(out).parts[0]))
+
+
+def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md`` and ``curves.png`` into ``out_dir`` from its metrics files."""
+    out = Path(out_dir)
+    groups, sweep = load_compare(out)
     settings_path = out / "settings.json"
     settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
     report = out / REPORT
-    report.write_text(compare_markdown(groups, sweep, settings))
+    report.write_text(compare_markdown(groups, sweep, settings, out))
     first = next(iter(groups.values()))[0].config["config"]
     title = f"{' vs '.join(groups)}: preset {first.get('preset')}, {first['steps']} steps"
     curves = plot_loss_curves(groups, out / CURVES, title)

@@ -3,7 +3,9 @@
 Reads a `muonkit horizon` directory (layout: :mod:`muonkit.experiments.horizon`). A
 (horizon, contender) cell counts only when its sweep has chosen an LR and every seed's run at
 that LR has finished; everything else is listed as unfinished, never guessed. Every number is
-computed here from ``metrics.jsonl``, ``sessions.jsonl``, ``sweeps.json`` and ``study.json``.
+computed here from ``metrics.jsonl``, ``sessions.jsonl``, ``sweeps.json`` and ``study.json``;
+the hardware, precision and CPU time from every started run's records
+(:mod:`muonkit.report.provenance`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import val_stats
+from .provenance import provenance_section, study_provenance
 from .tables import fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -43,15 +46,24 @@ class Study:
     settings: dict
     sweeps: dict
     cells: dict[tuple[int, str], Cell]
-    cpu_s: float
+    out: Path
+    started: list[Run]  # every run with a metrics file, by horizon
     runs_done: int
-    runs_started: int
     commands: list[str]
     contenders: set[str] = field(default_factory=set)
 
     @property
     def horizons(self) -> list[int]:
         return list(self.settings["horizons"])
+
+    @property
+    def runs_started(self) -> int:
+        return len(self.started)
+
+    def hardware(self) -> str:
+        """The hardware, precision and CPU-time section, from every started run's records."""
+        group = (lambda r: f"{horizon_of(self.out, r)} steps") if len(self.horizons) > 1 else None
+        return provenance_section(study_provenance(self.started, self.out, group))
 
     def names(self) -> list[str]:
         """Every contender the study ran or was asked to run (AdamW first)."""
@@ -63,23 +75,24 @@ def _finished(run: Run, horizon: int) -> bool:
     return run.summary is not None and run.summary.get("steps") == horizon and bool(run.val)
 
 
+def horizon_of(out: Path, run: Run) -> int:
+    return int(RUN_DIR.search(run.path.parent.relative_to(out).as_posix())[1])
+
+
 def load_study(out: Path) -> Study:
     """Every run under ``out`` grouped into cells at their chosen LRs."""
     settings = json.loads((out / "study.json").read_text())
     sweeps_path = out / "sweeps.json"
     sweeps = json.loads(sweeps_path.read_text()) if sweeps_path.exists() else {}
     by_cell: dict[tuple[int, str], dict[float, dict[int, Run]]] = {}
-    cpu, done, started = 0.0, 0, 0
+    done, started = 0, []
     for path in sorted(out.glob("h*/*/*/metrics.jsonl")):
-        m = RUN_DIR.search(str(path.parent.relative_to(out)))
+        m = RUN_DIR.search(path.parent.relative_to(out).as_posix())
         if not m:
             continue
         h, name, lr, seed = int(m[1]), m[2], float(m[3]), int(m[4])
         run = load_run(path)
-        started += 1
-        sessions = path.parent / "sessions.jsonl"
-        if sessions.exists():
-            cpu += sum(s["cpu_s"] for s in read_jsonl(sessions))
+        started.append(run)
         if _finished(run, h):
             done += 1
             by_cell.setdefault((h, name), {}).setdefault(lr, {})[seed] = run
@@ -96,7 +109,8 @@ def load_study(out: Path) -> Study:
     asked = out / "contenders.json"
     contenders = {p.name for p in out.glob("h*/*") if p.is_dir()}
     contenders |= set(json.loads(asked.read_text())) if asked.exists() else set()
-    return Study(settings, sweeps, cells, cpu, done, started, commands, contenders)
+    started.sort(key=lambda r: horizon_of(out, r))
+    return Study(settings, sweeps, cells, out, started, done, commands, contenders)
 
 
 def ready(study: Study, h: int, name: str) -> Cell | None:
@@ -235,14 +249,14 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
               f"**unfinished**: {done} of {expected} (horizon, contender) cells finished")
     parts = [
         "# Horizon study: does Muon's lead over AdamW survive longer training?\n",
-        f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished; "
-        f"CPU time so far {study.cpu_s / 3600:.2f} h (sum over runs of each process's CPU time).\n",
+        f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished.\n",
         f"Model preset `{s['preset']}`, data `{s['data']}`, {s['batch_size']} sequences per step, "
         f"seeds {s['seeds']}, horizons {s['horizons']} steps, each with its own schedule "
         f"(warmup {s['warmup_frac']:.0%}, cosine to {s['min_lr_ratio']} x peak, Muon momentum "
         f"warmup {s['momentum_warmup_frac']:.0%}); every contender tuned per horizon on a "
         f"{s['grid_points']}-point factor-2 grid around the previous horizon's best (seed "
         f"{s['seeds'][0]}, full length, extended past an edge up to {s['sweep_extend']} points).\n",
+        study.hardware(),
         "## Final validation loss (mean ± std over seeds, chosen LR)\n", final_table(study),
         "## Gap to AdamW and steps to reach AdamW's final loss\n", gap_table,
         "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
@@ -253,8 +267,7 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
         "## Wall-clock and throughput\n", cost_table(study),
         "Mean over the seeds at the chosen LR; each run at one process with its `--threads`. "
         "Per-step times depend on the machine (its timing flags: the last column) and on what "
-        "else it ran meanwhile; compare them within one machine only. Each run's "
-        "`sessions.jsonl` holds its processes' CPU and wall time.\n",
+        "else it ran meanwhile; compare them within one machine only.\n",
         "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
         "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
         "Figures: " + ", ".join(f"`{p.name}`" for p in figures.values()) + ".\n",

@@ -2,7 +2,9 @@
 
 Schema (one JSON object a line): a ``config`` line first, then ``train`` lines (step, loss,
 lr, tokens, elapsed_s, tokens_per_s), ``val`` lines (step, val_loss, elapsed_s), optional
-``epoch`` lines, and a final ``summary`` line.
+``epoch`` lines, and a ``summary`` line at the end of each session that finished. A
+``provenance`` object (where and how a session ran) rides on the config line and on the first
+line a resumed session writes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class Run:
     train: list[dict] = field(default_factory=list)
     val: list[dict] = field(default_factory=list)
     epochs: list[dict] = field(default_factory=list)
-    summary: dict | None = None
+    summary: dict | None = None  # the last session's
+    summaries: list[dict] = field(default_factory=list)  # every session's, in order
+    provenance: list[dict] = field(default_factory=list)  # every session's that recorded one
 
     @property
     def optimizer(self) -> str:
@@ -72,6 +76,7 @@ def load_run(path: str | Path) -> Run:
     if not records or records[0].get("kind") != "config":
         raise ValueError(f"{path} does not start with a 'config' record; is it a metrics file?")
     run = Run(path=path, config=records[0])
+    run.provenance = [r["provenance"] for r in records if isinstance(r.get("provenance"), dict)]
     for r in records[1:]:
         kind = r.get("kind")
         if kind == "train":
@@ -82,6 +87,7 @@ def load_run(path: str | Path) -> Run:
             run.epochs.append(r)
         elif kind == "summary":
             run.summary = r
+            run.summaries.append(r)
     return run
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import Run, load_run, mean_std
+from .provenance import provenance_section, study_provenance
 from .stats import paired_interval
 from .tables import fmt_bytes, markdown_table
 from .variants import plot_curves, plot_memory_tradeoff
@@ -176,21 +177,17 @@ def sweep_section(s: dict) -> str:
     return "\n".join(parts)
 
 
-def cpu_seconds(out: Path) -> tuple[float, int]:
-    """(CPU seconds of every session of every run, number of runs) from ``sessions.jsonl``."""
-    total, runs = 0.0, 0
-    for path in sorted((out / "runs").glob("*/*/sessions.jsonl")):
-        runs += 1
-        total += sum(json.loads(line)["cpu_s"] for line in path.read_text().splitlines() if line)
-    return total, runs
+def hardware(out: Path) -> str:
+    """The hardware, precision and CPU time of every run under ``out/runs`` (sweeps and
+    seeds, finished or not), from their records."""
+    runs = [load_run(p) for p in sorted((out / "runs").glob("*/*/metrics.jsonl"))]
+    return provenance_section(study_provenance(runs, out))
 
 
-def settings_text(s: dict, out: Path, input_dim: int) -> str:
-    """The study's settings, how the LRs were chosen, the statistics, the CPU time."""
+def settings_text(s: dict, input_dim: int) -> str:
+    """The study's settings, how the LRs were chosen, the statistics."""
     st = s["study"]
     sizes = " -> ".join(str(n) for n in (input_dim, *st["hidden"], 10))
-    cpu, n = cpu_seconds(out)
-    threads = sorted({r.summary.get("threads") for g in s["runs"].values() for r in g} - {None})
     return (
         f"{st['dataset']}, MLP {sizes} (no biases), epochs: {st['epochs']}, batch "
         f"{st['batch_size']}, cosine decay to 10%, no clipping, Muon-family momentum "
@@ -208,9 +205,7 @@ def settings_text(s: dict, out: Path, input_dim: int) -> str:
         f"**Statistics.** Test accuracy and loss after the last epoch, mean ± sample std over "
         f"seeds; Δ: the paired difference to dense Muon (same seed: same initialization and "
         f"batch order), mean and two-sided 95% t-interval (n - 1 degrees of freedom); "
-        f"'inside noise' = the interval contains 0.\n\n"
-        f"Cost: {cpu / 3600:.2f} CPU-hours over {n} runs (each run's own process, "
-        f"`sessions.jsonl`), torch threads per run: {', '.join(map(str, threads)) or 'n/a'}."
+        f"'inside noise' = the interval contains 0.\n"
     )
 
 
@@ -253,7 +248,7 @@ def write_report(out: str | Path, input_dim: int) -> dict[str, Path]:
         plot_curves(runs, large, figures["curves"], title="large (tuned LRs)")
     text = [f"# Memory-saving Muon variants, every LR tuned ({s['study']['dataset']})\n",
             "Written by `muonkit variants tuned` from the files in this folder.\n",
-            settings_text(s, out, input_dim), "\n## Summary\n", findings(rows),
+            settings_text(s, input_dim), hardware(out), "## Summary\n", findings(rows),
             "\n## All arms\n", results_table(rows, list(rows))]
     for name, slugs in groups.items():
         text += [f"\n## {name}\n", results_table(rows, slugs)]

@@ -1,9 +1,10 @@
 """Tables and figures of the variant studies (``muonkit variants``), from their metrics files.
 
 One row per optimizer (arm): state bytes, savings vs dense Muon, final train loss and test
-accuracy over seeds, time per epoch; the caption says what the numbers are and what affected
-the timing. Figures: training curves and memory (``plot_curves``), or accuracy against state
-bytes for the rank sweep (``plot_memory_tradeoff``).
+accuracy over seeds, time per epoch; the caption says what the numbers are, the section below
+it where and in which precision the runs ran (:mod:`muonkit.report.provenance`). Figures:
+training curves and memory (``plot_curves``), or accuracy against state bytes for the rank
+sweep (``plot_memory_tradeoff``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from .metrics import Run, group_runs, load_run, mean_std
 from .plots import plt
+from .provenance import provenance_section, study_provenance
 from .tables import fmt_bytes, markdown_table
 
 
@@ -84,38 +86,40 @@ def table_caption(runs: list[Run], input_dim: int) -> str:
     study = runs[0].config["config"]["study"]
     epochs = runs[0].epochs[-1]["epoch"]
     sizes = " -> ".join(str(n) for n in (input_dim, *study["hidden"], 10))
-    devices = sorted({r.summary["device"] for r in runs})
     return (
         f"{study['dataset']}, MLP {sizes} (no biases), {epochs} epochs, batch "
         f"{study['batch_size']}, Muon-family lr {study['lr']} momentum {study['momentum']}, "
         f"AdamW lr {study['adamw_lr']}; cosine decay to 10%. Final = after epoch {epochs}; "
         f"test accuracy: mean ± sample std over seeds. State bytes: every tensor in the "
         f"optimizer's state after training. Time per epoch: training steps only (evaluation "
-        f"excluded), mean over epochs and seeds, on {', '.join(devices)}. {timing_note(runs)}"
+        f"excluded), mean over epochs and seeds. {load_note(runs)}"
     )
 
 
-def timing_note(runs: list[Run]) -> str:
-    """Threads, 1-minute load range and CPU timing flags, from the runs' summary records
-    ("not recorded" for runs written before the loop recorded them)."""
-    summaries = [r.summary for r in runs]
-    threads = sorted({s["threads"] for s in summaries if s.get("threads") is not None})
-    loads = [s.get(k) for s in summaries for k in ("load_1min_start", "load_1min_end")]
+def load_note(runs: list[Run]) -> str:
+    """The 1-minute load range the runs' summary records give ("not recorded" for runs
+    written before the loop recorded it); machine, threads and precision are in
+    :func:`muonkit.report.provenance.provenance_section`."""
+    loads = [s.get(k) for r in runs for s in r.summaries
+             for k in ("load_1min_start", "load_1min_end")]
     loads = [x for x in loads if x is not None]
-    flags = sorted({f for s in summaries for f in s.get("cpu_flags", [])})
     load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
-    return (
-        f"Torch threads: {', '.join(map(str, threads)) or 'not recorded'}; 1-minute load "
-        f"average during the runs: {load}; CPU timing flags: {', '.join(flags) or 'none'}."
-    )
+    return f"1-minute load average during the runs: {load}."
+
+
+def study_runs(out: Path) -> list[Run]:
+    """The runs of a variant study directory (``out/runs/*/metrics.jsonl``)."""
+    return [load_run(p) for p in sorted((out / "runs").glob("*/metrics.jsonl"))]
 
 
 def write_report(out: Path, study: str, input_dim: int) -> dict[str, Path]:
-    """Table and figure of the metrics files in ``out/runs`` (an MLP on ``input_dim`` inputs)."""
-    runs = [load_run(p) for p in sorted((out / "runs").glob("*/metrics.jsonl"))]
+    """Table and figure of the metrics files in ``out/runs`` (an MLP on ``input_dim`` inputs),
+    with where and in which precision the runs ran."""
+    runs = study_runs(out)
     rows = summarize(runs)
     caption = table_caption(runs, input_dim)
-    (out / "table.md").write_text(markdown_rows(rows) + "\n" + caption + "\n")
+    hardware = provenance_section(study_provenance(runs, out))
+    (out / "table.md").write_text(markdown_rows(rows) + "\n" + caption + "\n\n" + hardware)
     figure = out / f"{study}.png"
     if study == "rank-sweep":
         plot_memory_tradeoff(rows, figure, title=study)

@@ -82,14 +82,6 @@ def results_table(study: Study) -> str:
     return markdown_table(headers, rows)
 
 
-def ns_precisions(study: Study) -> str:
-    """The Newton-Schulz precisions the finished runs recorded (e.g. fp32 on an AVX2 CPU,
-    mixed on one with native bf16)."""
-    seen = sorted({d for c in finished_cells(study) for r in c.runs
-                   for d in r.config.get("config", {}).get("ns_precision", {}).values()})
-    return "; ".join(f"`{d}`" for d in seen) or "none recorded"
-
-
 def unfinished(study: Study) -> list[str]:
     h = study.horizons[0]
     return [n for n in study.names() if ready(study, h, n) is None]
@@ -103,9 +95,7 @@ def report_markdown(study: Study, figures: dict[str, Path]) -> str:
               f"(missing: {', '.join(missing)})")
     parts = [
         "# Memory-saving Muon variants on the tiny GPT\n",
-        f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished; "
-        f"CPU time so far {study.cpu_s / 3600:.2f} h (sum over runs of each process's CPU "
-        "time).\n",
+        f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished.\n",
         f"Model preset `{s['preset']}`, data `{s['data']}`, {s['batch_size']} sequences per "
         f"step, {s['horizons'][0]} steps (warmup {s['warmup_frac']:.0%}, cosine to "
         f"{s['min_lr_ratio']} x peak, Muon momentum warmup {s['momentum_warmup_frac']:.0%}), "
@@ -113,7 +103,8 @@ def report_markdown(study: Study, figures: dict[str, Path]) -> str:
         "(AdamW on embeddings, head, norms and biases at the LR AdamW's sweep chose). Each "
         f"contender's LR: a {s['grid_points']}-point factor-2 sweep (seed {s['seeds'][0]}, full "
         f"length, extended past an edge up to {s['sweep_extend']} points), then the other seeds "
-        f"at the chosen LR. Newton-Schulz precision of the runs: {ns_precisions(study)}.\n",
+        "at the chosen LR.\n",
+        study.hardware(),
         "## Final validation loss and optimizer state\n", results_table(study),
         "Final val loss: mean ± std over seeds at the chosen LR. State: bytes of the tensors in "
         "the optimizer's state at the end of a run (Muon part: those of the hidden matrices; "
