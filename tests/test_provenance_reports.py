@@ -113,10 +113,10 @@ def test_study_lines_count_classes_switches_and_every_session(study):
         # 3600 + (1800 + 5400) + (1800 + 3600) + 900 = 17100 s over 6 sessions; d's 3600
         # unrecorded seconds at its 2 threads add 7200 s: 24300 s
         "- CPU time: 4.75 h over all 6 recorded sessions of 4 runs (`sessions.jsonl`; on a GPU "
-        "this is the host process's CPU time; the 1 run on a GPU took 0.28 h of wall time); "
+        "this is the host process's CPU time; the 1 run that used a GPU took 0.28 h of wall time); "
         "with the training outside the recorded sessions counted at its training time x "
         "threads: about 6.75 h.",
-        "- CPU time: not recorded for 1 run (no `sessions.jsonl`).",
+        "- CPU time: not recorded for 1 run (no `sessions.jsonl` nor `session_end` records).",
     ]
 
 
@@ -130,6 +130,33 @@ def test_missing_provenance_keys_say_not_recorded(tmp_path):
     assert provenance_lines([r])[0] == (
         "- CPU (model not recorded; ISA flags not recorded): 1 run; training not recorded; "
         "Newton-Schulz not recorded in 1 run; torch threads not recorded.")
+
+
+def test_session_records_of_the_loop_give_cpu_time_without_sessions_file(tmp_path):
+    """A run of `muonkit train` (no sessions.jsonl): its first session's provenance on the
+    config line and again on its ``session`` record, a resume on a GPU, and the CPU seconds of
+    each ``session_end``; Newton-Schulz per Muon group, none for a run without Muon."""
+    gpu = {"device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3", "isa": ["avx2"],
+           "threads": 4, "dtype": "bfloat16", "ns_dtype": {"0": "auto: bf16 (cuda)"}}
+    first = {**EPYC, "ns_dtype": {"0": "auto: fp32 (cpu AVX2, no native bf16)", "1": "fp32"}}
+    path = write_run(tmp_path, "m", [
+        {"provenance": first}, {"kind": "session", "provenance": first}, train(50),
+        {"kind": "session_end", "cpu_s": 900.0, "wall_s": 600.0},
+        {"kind": "session", "provenance": gpu}, train(80),
+        {"kind": "session_end", "cpu_s": 900.0, "wall_s": 50.0}], None)
+    no_muon = write_run(tmp_path, "n", [{"provenance": {**EPYC, "ns_dtype": {}}}, train(1)],
+                        None, optimizer="sgd")
+    m, n = study_provenance([load_run(path), load_run(no_muon)], tmp_path)
+    assert [(s.dtype, s.ns_dtype) for s in m.segments] == [
+        ("fp32", "fp32"), ("fp32", "fp32"), ("bf16 autocast", "bf16")]
+    assert m.machines == [Machine("cpu", "EPYC 7B13", ("avx2",)),
+                          Machine("cuda", "NVIDIA H100 80GB HBM3")]
+    assert (m.cpu_s, m.sessions, m.unrecorded_s) == (1800.0, 2, 0.0)
+    assert [(s.ns_dtype, s.threads) for s in n.segments] == [("not used", 2)]
+    assert provenance_lines([m, n])[-2:] == [
+        "- CPU time: 0.50 h over all 2 recorded sessions of 1 run (`session_end`; on a GPU this "
+        "is the host process's CPU time; the 1 run that used a GPU took 0.18 h of wall time).",
+        "- CPU time: not recorded for 1 run (no `sessions.jsonl` nor `session_end` records)."]
 
 
 def section_of(path: Path) -> str:

@@ -2,9 +2,7 @@
 
 Schema (one JSON object a line): a ``config`` line first, then ``train`` lines (step, loss,
 lr, tokens, elapsed_s, tokens_per_s), ``val`` lines (step, val_loss, elapsed_s), optional
-``epoch`` lines, and a ``summary`` line at the end of each session that finished. A
-``provenance`` object (where and how a session ran) rides on the config line and on the first
-line a resumed session writes.
+``epoch`` lines, and a final ``summary`` line.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ record format the loop has written:
 * older runs: each session's ``summary`` line (``device``: ``"cpu"`` or the GPU's name,
   ``cpu_flags``, ``cpu_native_bf16``, ``threads``) and the config line (``dtype``,
   ``ns_precision``, the optimizer options' ``ns_dtype``);
-* ``sessions.jsonl`` next to the metrics (one line per process that worked on the run: its
-  CPU and wall seconds, threads).
+* ``sessions.jsonl`` next to the metrics (a study's run: one line per process that worked on
+  it, its CPU and wall seconds and threads), else the metrics' ``session_end`` records (the
+  loop's CPU and wall seconds of each session).
 
 What a run does not record is said to be "not recorded", never guessed. Two statements are
 derived, and marked so: the precision ``"auto"`` resolves to on the recorded device (from
@@ -33,6 +34,7 @@ from ..hardware import NATIVE_BF16_ENV, NATIVE_BF16_FLAGS
 from .metrics import Run, read_jsonl
 
 SESSIONS_FILE = "sessions.jsonl"
+SESSION_END = "session_end"  # a metrics record: the loop's CPU and wall seconds of a session
 SECTION_TITLE = "## Hardware and precision (from the run records)"
 NOT_RECORDED = "not recorded"
 NO_NS = "not used"  # AdamW runs: no Newton-Schulz
@@ -72,8 +74,9 @@ class Segment:
 
 @dataclass
 class RunProvenance:
-    """One run: its sessions' segments, its recorded CPU and wall seconds (``cpu_s`` None
-    without ``sessions.jsonl``) and its training seconds (``elapsed_s`` of the last step)."""
+    """One run: its sessions' segments, its recorded CPU and wall seconds over ``sessions``
+    sessions (``cpu_s`` None when nothing records them; ``cpu_source``: the file or record
+    kind that does) and its training seconds (``elapsed_s`` of the last step)."""
 
     name: str
     group: str
@@ -81,6 +84,7 @@ class RunProvenance:
     cpu_s: float | None
     wall_s: float
     sessions: int
+    cpu_source: str
     train_s: float
 
     @property
@@ -167,10 +171,12 @@ def ns_precision(config: dict, machine: Machine | None, source: dict) -> tuple[s
     recorded = source.get("ns_dtype")
     if recorded is None:
         recorded = config.get("config", {}).get("ns_precision")
-    if isinstance(recorded, dict):
-        recorded = sorted(recorded.values())
-    if isinstance(recorded, (list, tuple)) and recorded:
+    if isinstance(recorded, dict):  # per Muon group
+        recorded = list(recorded.values())
+    if isinstance(recorded, (list, tuple)):
         labels = sorted({ns_label(r) for r in recorded})
+        if not labels:  # no Muon group
+            return NO_NS, False
         if labels != ["auto"]:
             return " / ".join(labels), False
     elif recorded not in (None, "", "auto"):
@@ -201,7 +207,9 @@ def run_provenance(run: Run, name: str, group: str = "") -> RunProvenance:
     sources = run.provenance or run.summaries
     segments = [segment(run.config, s) for s in sources] or [segment(run.config, {})]
     path = run.path.parent / SESSIONS_FILE
-    sessions = read_jsonl(path) if path.exists() else None
+    source = SESSIONS_FILE if path.exists() else SESSION_END
+    sessions = read_jsonl(path) if path.exists() else [
+        r for r in read_jsonl(run.path) if r.get("kind") == SESSION_END] or None
     threads = [s["threads"] for s in sessions or [] if s.get("threads")]
     if threads and not any(s.threads for s in segments):
         segments = [dataclasses.replace(s, threads=max(threads)) for s in segments]
@@ -212,6 +220,7 @@ def run_provenance(run: Run, name: str, group: str = "") -> RunProvenance:
         cpu_s=None if sessions is None else sum(s.get("cpu_s", 0.0) for s in sessions),
         wall_s=sum(s.get("wall_s", 0.0) for s in sessions or []),
         sessions=len(sessions or []),
+        cpu_source=source,
         train_s=float(run.train[-1]["elapsed_s"]) if run.train else 0.0,
     )
 
@@ -283,11 +292,12 @@ def cost_lines(runs: list[RunProvenance]) -> list[str]:
     if recorded:
         cpu = sum(r.cpu_s for r in recorded)
         gpu = [r for r in recorded if any(m.device == "cuda" for m in r.machines)]
+        sources = " and ".join(f"`{s}`" for s in dict.fromkeys(r.cpu_source for r in recorded))
         text = (f"- CPU time: {_hours(cpu)} over all {sum(r.sessions for r in recorded)} "
-                f"recorded sessions of {len(recorded)} runs (`{SESSIONS_FILE}`")
+                f"recorded sessions of {_runs(len(recorded))} ({sources}")
         if gpu:
-            text += (f"; on a GPU this is the host process's CPU time; the {_runs(len(gpu))} on "
-                     f"a GPU took {_hours(sum(r.wall_s for r in gpu))} of wall time")
+            text += (f"; on a GPU this is the host process's CPU time; the {_runs(len(gpu))} that "
+                     f"used a GPU took {_hours(sum(r.wall_s for r in gpu))} of wall time")
         text += ")"
         gaps = [r for r in recorded if r.unrecorded_s > 0]
         if gaps:
@@ -297,7 +307,7 @@ def cost_lines(runs: list[RunProvenance]) -> list[str]:
         lines.append(text + ".")
     if len(recorded) < len(runs):
         lines.append(f"- CPU time: not recorded for {_runs(len(runs) - len(recorded))} (no "
-                     f"`{SESSIONS_FILE}`).")
+                     f"`{SESSIONS_FILE}` nor `{SESSION_END}` records).")
     return lines
 
 
