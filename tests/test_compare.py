@@ -143,7 +143,8 @@ def test_edge_pick_is_extended_and_aux_lr_reaches_the_hybrids_adamw_groups(tmp_p
         aux, mlr = adamw.pop(), muon.pop()
         return SimpleNamespace(final_val_loss=np.log2(aux / 8e-3) ** 2 + np.log2(mlr / 0.02) ** 2)
 
-    monkeypatch.setattr(compare, "train_gpt", fake_train_gpt)
+    monkeypatch.setattr(compare, "run_in_process",
+                        lambda spec, log: fake_train_gpt(**spec.kwargs).final_val_loss)
     args = build_parser().parse_args([
         "compare", "--optimizers", "muon", "--lr", "0.5", "--aux-lr", "1e-3", "--aux-lrs",
         "1e-3", "2e-3", "--muon-lrs", "0.01", "0.02", "0.04", "--lr-sweep", "--no-isolate",
@@ -213,7 +214,8 @@ def test_sweep_full_topk_reruns_the_best_at_full_length_and_chooses_among_them(
         lr = kwargs["optimizer_options"]["muon_lr"]
         return SimpleNamespace(final_val_loss=float(np.log2(lr / best) ** 2))
 
-    monkeypatch.setattr(compare, "train_gpt", fake_train_gpt)
+    monkeypatch.setattr(compare, "run_in_process",
+                        lambda spec, log: fake_train_gpt(**spec.kwargs).final_val_loss)
     args = build_parser().parse_args([
         "compare", "--optimizers", "muon", "--muon-lrs", "0.01", "0.02", "0.04", "0.08",
         "--lr-sweep", "--sweep-full-topk", "2", "--no-isolate", "--steps", "800",

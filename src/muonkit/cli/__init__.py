@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # a study's StudyInterrupted says how to continue
         if debug:
             raise
-        print(f"muonkit {args.command}: interrupted", file=sys.stderr)
+        print(f"muonkit {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
         raise SystemExit(130) from None
     except USER_ERRORS as e:
         if debug:

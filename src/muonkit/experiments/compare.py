@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shlex
 import shutil
 import sys
@@ -38,8 +37,15 @@ from ..data.text import load_text
 from ..hardware import machine_info
 from ..report.compare import build_compare_report
 from ..train.checks import check_number
-from ..train.gpt import GPTRunConfig, train_gpt
-from .runs import RunSpec, SlotPool, default_threads, run_concurrently, run_isolated
+from ..train.gpt import GPTRunConfig
+from .runs import (
+    RunSpec,
+    SlotPool,
+    default_threads,
+    run_concurrently,
+    run_in_process,
+    run_isolated,
+)
 from .sweep import SweepResult, check_factor_grid, run_sweep, top_k
 
 
@@ -117,18 +123,9 @@ class Experiment:
             wandb_run_name=f"{out_dir.parent.name}/{out_dir.name}",
             wandb_group=gpt.wandb_run_name or self.out.name, **changes,
         )
-        kwargs = gpt.train_gpt_kwargs(optimizer, train_cfg)
-        if not self.cfg.isolate:
-            return self.pool.run(priority, _run_here, kwargs)
-        spec = RunSpec(kwargs, out_dir.name, self.threads)
-        return self.pool.run(priority, run_isolated, spec, self.log)
-
-
-def _run_here(kwargs: dict) -> float:
-    try:
-        return train_gpt(**kwargs).final_val_loss
-    except FloatingPointError:
-        return math.inf
+        spec = RunSpec(gpt.train_gpt_kwargs(optimizer, train_cfg), out_dir.name, self.threads)
+        runner = run_isolated if self.cfg.isolate else run_in_process
+        return self.pool.run(priority, runner, spec, self.log)
 
 
 def _sweep_one(exp: Experiment, optimizer: str, base: dict, param: str, grid, steps: int):
@@ -198,21 +195,48 @@ def full_length_pick(exp: Experiment, optimizer: str, trials: dict, record: dict
     pick = min(zip(losses, best))[1]
     record[f"{optimizer}_full"] = [{"name": n, "val_loss": loss}
                                    for n, loss in zip(names, losses)]
-    shutil.copytree(exp.out / "sweep-full" / names[best.index(pick)],
-                    exp.out / "runs" / f"{optimizer}-s{exp.cfg.seeds[0]}")
+    compared = exp.out / "runs" / f"{optimizer}-s{exp.cfg.seeds[0]}"
+    if not compared.exists():  # (a continued study copied it before it was interrupted)
+        shutil.copytree(exp.out / "sweep-full" / names[best.index(pick)], compared)
     return dict(zip(("lr", "muon_lr", "aux_lr"), pick))
 
 
+STUDY_FILE = "study.json"  # the settings that define a compare study, written at its start
+
+# settings that do not change a study's results: a continued study may change them
+RUNTIME_SETTINGS = ("command", "out", "threads", "jobs", "isolate", "overwrite", "progress",
+                    "trackers", "wandb_project", "wandb_run_name", "device", "peak_flops")
+
+
+def study_identity(cfg: CompareConfig) -> dict:
+    """The settings of ``cfg`` that define the study's results (JSON values)."""
+    settings = {**dataclasses.asdict(cfg.gpt),
+                **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "gpt"}}
+    settings = {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
+    return json.loads(json.dumps(settings, default=str))
+
+
 def prepare_out(cfg: CompareConfig) -> Path:
-    """The output directory; refuses to mix with an earlier experiment unless ``overwrite``."""
+    """The output directory. One that holds the same study (its ``study.json``) is continued:
+    finished runs are kept, unfinished ones resume or start again. Another study there is
+    refused, naming the settings that differ, unless ``overwrite`` (which deletes it)."""
     out = Path(cfg.out)
     old = [out / sub for sub in ("runs", "sweep", "sweep-full") if (out / sub).exists()]
+    identity = study_identity(cfg)
     if old and not cfg.overwrite:
-        raise FileExistsError(f"{out} already holds a compare experiment ({old[0].name}/); "
+        recorded = (json.loads((out / STUDY_FILE).read_text())
+                    if (out / STUDY_FILE).exists() else None)
+        if recorded == identity:
+            return out
+        differ = ("" if recorded is None else ": " + ", ".join(
+            f"--{k.replace('_', '-')} {recorded.get(k)!r} there, {v!r} given"
+            for k, v in identity.items() if recorded.get(k) != v))
+        raise FileExistsError(f"{out} already holds another compare experiment{differ}; "
                               "pass --overwrite to replace it, or choose another --out")
     for path in old:
         shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
+    (out / STUDY_FILE).write_text(json.dumps(identity, indent=2))
     return out
 
 
@@ -234,9 +258,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
     calls, names = [], []
     for i, seed in enumerate(cfg.seeds):
         for optimizer in cfg.optimizers:
-            run_dir = out / "runs" / f"{optimizer}-s{seed}"
-            if run_dir.exists():  # the full-length pick of the sweep (seed 0)
-                continue
+            run_dir = out / "runs" / f"{optimizer}-s{seed}"  # a finished one is skipped
             calls.append(lambda o=optimizer, d=run_dir, s=seed, p=(i,): exp.run(
                 o, d, s, **chosen[o], priority=p))
             names.append(run_dir.name)

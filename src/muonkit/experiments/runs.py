@@ -11,6 +11,12 @@
 * :class:`SlotPool`: at most ``jobs`` runs at once, granted in priority order.
 * :func:`default_threads`: threads per run that neither oversubscribe the cores nor ignore
   what other processes already use (the 1-minute load average).
+* Ctrl-C (SIGINT, to the whole process group as a terminal sends it, or to this process
+  alone) and SIGTERM stop a study within seconds: no queued run starts, each running child is
+  sent SIGINT and ends its run (its checkpoints stay; no ``error.txt``: an interrupted run is
+  not a failed one), and :class:`StudyInterrupted` reaches the caller. Running the same
+  command again continues: finished runs are skipped, interrupted ones resume from their last
+  checkpoint or start again.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import traceback
@@ -42,6 +49,20 @@ DIVERGED = "FloatingPointError"
 
 
 GPT_ENTRY = "muonkit.train.gpt:train_gpt"
+INTERRUPTED_EXIT = 130  # a child whose run was interrupted (128 + SIGINT)
+STOP_GRACE_S = 20.0  # how long an interrupted child may take to end its run before it is killed
+
+_stop = threading.Event()  # set once a study is interrupted: nothing new starts
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """A study was interrupted (Ctrl-C, SIGTERM): no run was started after it, and its runs'
+    files are as a rerun of the same command needs them to continue."""
+
+    def __str__(self) -> str:
+        return ("interrupted: no further run was started; finished runs are kept and the "
+                "interrupted ones continue from their last checkpoint: run the same command "
+                "again to continue the study")
 
 
 @dataclass
@@ -118,6 +139,9 @@ def train_spec(spec: RunSpec) -> None:
         extra = {"monitor": RMSMonitor} if spec.log_rms else {}
         resolve_entry(spec.entry)(**spec.kwargs, **extra)
         status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     except BaseException:
         (spec.out_dir / ERROR_FILE).write_text(traceback.format_exc())
         raise
@@ -129,10 +153,23 @@ def train_spec(spec: RunSpec) -> None:
 
 
 def _train_in_child(spec: RunSpec) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even under a shell that ignores it
     try:
         train_spec(spec)
+    except KeyboardInterrupt:
+        raise SystemExit(INTERRUPTED_EXIT) from None
     except BaseException:
         raise SystemExit(1) from None
+
+
+def _stop_child(child) -> None:
+    """Ask ``child`` to end its run (SIGINT), wait up to :data:`STOP_GRACE_S`, then kill it."""
+    if child.is_alive():
+        os.kill(child.pid, signal.SIGINT)
+        child.join(STOP_GRACE_S)
+    if child.is_alive():
+        child.kill()
+        child.join()
 
 
 def _progress_lines(path: Path, seen: int, spec: RunSpec, log: Callable[[str], None]) -> int:
@@ -175,12 +212,22 @@ def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: floa
     spec, status = _prepare(spec, log)
     if status in ("finished", "diverged"):
         return _outcome(out, status)
+    if _stop.is_set():
+        raise StudyInterrupted
     child = multiprocessing.get_context("spawn").Process(target=_train_in_child, args=(spec,))
     child.start()
     seen = 0 if status == "new" else len(load_run(out / METRICS).val)
-    while child.is_alive():
-        child.join(poll_s)
-        seen = _progress_lines(out / METRICS, seen, spec, log)
+    try:
+        while child.is_alive() and not _stop.is_set():
+            child.join(min(poll_s, 0.5))
+            seen = _progress_lines(out / METRICS, seen, spec, log)
+    except KeyboardInterrupt:  # this thread is the main one
+        _stop.set()
+    if _stop.is_set() or child.exitcode == INTERRUPTED_EXIT:
+        _stop.set()
+        _stop_child(child)
+        log(f"[{spec.label}] interrupted")
+        raise StudyInterrupted
     error = out / ERROR_FILE
     if child.exitcode != 0:
         detail = error.read_text() if error.exists() else f"exit code {child.exitcode}"
@@ -231,7 +278,15 @@ class SlotPool:
         ticket = (priority, next(self.counter))
         with self.cond:
             heapq.heappush(self.queue, ticket)
-            self.cond.wait_for(lambda: self.free > 0 and self.queue[0] == ticket)
+            while not self.cond.wait_for(
+                lambda: _stop.is_set() or (self.free > 0 and self.queue[0] == ticket), 0.5
+            ):
+                pass
+            if _stop.is_set():
+                self.queue.remove(ticket)
+                heapq.heapify(self.queue)
+                self.cond.notify_all()
+                raise StudyInterrupted
             heapq.heappop(self.queue)
             self.free -= 1
             self.cond.notify_all()
@@ -245,7 +300,26 @@ class SlotPool:
 
 def run_concurrently(fns: list[Callable[[], float]]) -> list[float]:
     """Call each function in its own thread (each typically waits for a pool slot and then
-    for its child process); re-raises the first error; results in order."""
+    for its child process); re-raises the first error (:class:`StudyInterrupted` first);
+    results in order. From the main thread, Ctrl-C or SIGTERM stops them all (module doc)."""
+    if threading.current_thread() is threading.main_thread():
+        _stop.clear()  # a new study (or the next stage of one that was not interrupted)
+        with _sigterm_interrupts():
+            return _run_threads(fns)
+    return _run_threads(fns)
+
+
+class _sigterm_interrupts:
+    """SIGTERM raises KeyboardInterrupt in the main thread while the study runs."""
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def _run_threads(fns: list[Callable[[], float]]) -> list[float]:
     results: list = [None] * len(fns)
     errors: list[BaseException] = []
 
@@ -258,10 +332,18 @@ def run_concurrently(fns: list[Callable[[], float]]) -> list[float]:
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        _stop.set()  # every thread stops its child or leaves the queue, within seconds
+        for t in threads:
+            t.join()
+        raise StudyInterrupted from None
+    interrupted = [e for e in errors if isinstance(e, StudyInterrupted)]
+    if interrupted or errors:
+        raise (interrupted or errors)[0]
     return results
 
 

@@ -1,0 +1,87 @@
+"""Ctrl-C stops a study and the same command continues it (issue 22, point 5): no run starts
+after the interrupt, no traceback lands in error.txt, and the rerun keeps the finished runs and
+completes the study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+COMPARE = ["compare", "--preset", "tiny", "--batch-size", "2", "--block-size", "8",
+           "--eval-batches", "1", "--eval-every", "0", "--warmup", "1", "--steps", "200",
+           "--seeds", "0", "--optimizers", "adamw", "muon", "--jobs", "1",
+           "--threads", "1", "--tracker", "none", "--momentum-warmup", "5"]
+
+
+def finished(run: Path) -> bool:
+    metrics = run / "metrics.jsonl"
+    return metrics.exists() and '"kind": "summary"' in metrics.read_text()
+
+
+def started(out: Path) -> list[Path]:
+    return sorted(p.parent for p in (out / "runs").glob("*/metrics.jsonl"))
+
+
+def study(out: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "muonkit", *COMPARE, "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_stops_a_compare_study_and_the_same_command_continues_it(tmp_path):
+    out = tmp_path / "study"
+    proc = study(out, start_new_session=True)  # its own process group, as a terminal job
+    try:  # (generous deadlines guard against a hang on a loaded machine; not speed limits)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not (
+            any(finished(r) for r in started(out)) and len(started(out)) >= 2
+        ):
+            time.sleep(0.1)
+        assert len(started(out)) >= 2, "the study did not reach its second run"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the parent and its running child
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "run the same command again" in err, err
+    runs_at_stop = started(out)
+    time.sleep(2)
+    assert started(out) == runs_at_stop, "a queued run started after the interrupt"
+    assert not all(finished(r) for r in runs_at_stop)
+    assert not list(out.glob("runs/*/error.txt"))
+    done = {r.name: (r / "metrics.jsonl").read_bytes() for r in runs_at_stop if finished(r)}
+    assert done
+
+    rerun = study(out)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    runs = started(out)
+    assert [r.name for r in runs] == ["adamw-s0", "muon-s0"]
+    assert all(finished(r) for r in runs) and (out / "report.md").exists()
+    for name, metrics in done.items():
+        assert (out / "runs" / name / "metrics.jsonl").read_bytes() == metrics, name
+
+
+def test_a_different_study_in_the_same_directory_is_refused(tmp_path, capsys):
+    from muonkit.cli import main
+
+    out = tmp_path / "study"
+    (out / "runs").mkdir(parents=True)
+    from muonkit.experiments.compare import STUDY_FILE
+
+    (out / STUDY_FILE).write_text('{"steps": 10}')
+    with pytest.raises(SystemExit) as exit_info:
+        main([*COMPARE, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "another compare experiment" in err, err
+    assert "--steps 10 there, 200 given" in err
