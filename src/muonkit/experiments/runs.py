@@ -9,8 +9,8 @@
 * :func:`run_status` / resume: a finished run (summary line with the planned steps) is skipped;
   a run with a checkpoint resumes from it; anything else starts afresh.
 * :class:`SlotPool`: at most ``jobs`` runs at once, granted in priority order.
-* :func:`default_threads`: threads per run that neither oversubscribe the cores nor ignore
-  what other processes already use (the 1-minute load average).
+* :func:`default_threads`: threads per run that do not oversubscribe the cores, fixed by the
+  machine (never by its load, which would change a run's bits from one launch to the next).
 """
 
 from __future__ import annotations
@@ -67,15 +67,14 @@ class RunSpec:
 
 
 def default_threads(jobs: int = 1) -> int:
-    """Torch threads per run for ``jobs`` concurrent runs: the cores left free by the current
-    1-minute load, shared among the jobs, at least 1."""
+    """Torch threads per run for ``jobs`` concurrent runs (or ranks) on this machine: the cores
+    this process may use (its CPU affinity) shared equally among them, at least 1.
+
+    Fixed by the machine and ``jobs`` only, never by the machine's load: the thread count
+    changes how reductions are split, hence the rounding, so the same command on the same
+    machine class must get the same count to compute the same bits."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    free = max(1, int(cores - busy + 0.5))
-    return max(1, min(cores, free) // max(1, jobs))
+    return max(1, (cores or 1) // max(1, jobs))
 
 
 def run_status(out_dir: Path, steps: int) -> str:
