@@ -35,6 +35,7 @@ import torch
 
 from ..report.metrics import load_run
 from ..train.loop import CHECKPOINT, METRICS
+from ..train.provenance import launched_as
 
 ERROR_FILE = "error.txt"
 SESSIONS = "sessions.jsonl"  # one line per process that worked on the run: CPU and wall time
@@ -115,7 +116,8 @@ def train_spec(spec: RunSpec) -> None:
     try:
         torch.set_num_threads(spec.threads)
         extra = {"monitor": RMSMonitor} if spec.log_rms else {}
-        resolve_entry(spec.entry)(**spec.kwargs, **extra)
+        with launched_as({"label": spec.label, "entry": spec.entry, "threads": spec.threads}):
+            resolve_entry(spec.entry)(**spec.kwargs, **extra)
         status = "finished"
     except BaseException:
         (spec.out_dir / ERROR_FILE).write_text(traceback.format_exc())
