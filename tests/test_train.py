@@ -146,7 +146,10 @@ def test_jsonl_matches_the_schema(tmp_path):
     small_run(tmp_path, steps=4, eval_every=2, peak_flops=1e12)
     recs = records(tmp_path / "metrics.jsonl")
     types = {
-        "config": {"run": str, "optimizer": str, "seed": int, "config": dict},
+        "config": {"run": str, "optimizer": str, "seed": int, "config": dict,
+                   "provenance": dict},
+        "session": {"start_step": int, "provenance": dict, "machine_changed": bool},
+        "session_end": {"end_step": int, "status": str, "cpu_s": float, "wall_s": float},
         "train": {"step": int, "loss": float, "lr": float, "tokens": int, "elapsed_s": float,
                   "tokens_per_s": float},
         "val": {"step": int, "val_loss": float, "elapsed_s": float},

@@ -19,6 +19,9 @@ import torch
 # CPU flags that decide matmul speed by dtype; reports list those present.
 TIMING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# CPU flags that change the arithmetic (which kernels PyTorch runs, hence the rounding): runs
+# are reproducible bit for bit only between machines with the same ones (:func:`machine_class`).
+ARITHMETIC_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 # bf16 / fp32 matmul throughput at one thread, by the fastest bf16 unit present: the factor the
 # ns_dtype="auto" cost rule uses (measured by benchmarks/step_time.py's matmul peaks; the
 # native-bf16 section of docs/results/benchmarks.md names each machine).
@@ -110,3 +113,22 @@ def machine_info(device: torch.device | str | None = None) -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
     return info
+
+
+def machine_class(device: torch.device | str, threads: int | None = None) -> dict:
+    """What decides a run's bits besides its flags: the device type and its name, and on a CPU
+    the :data:`ARITHMETIC_FLAGS` present, PyTorch's CPU kernel level and the torch threads
+    (``threads``, default ``torch.get_num_threads()``: the thread count changes how reductions
+    are split), on a GPU its compute capability. The same command on two machines of one class
+    computes the same bits; a resumed run compares its class with the one it started on."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"device": "cuda", "name": torch.cuda.get_device_name(device),
+                "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(device)))}
+    return {
+        "device": device.type,
+        "name": cpu_model(),
+        "isa": sorted(f for f in ARITHMETIC_FLAGS if f in cpu_flags()),
+        "cpu_capability": cpu_capability(),
+        "threads": torch.get_num_threads() if threads is None else threads,
+    }

@@ -65,8 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--sweep-full-topk", type=NONNEGATIVE_INT, default=d.sweep_full_topk,
                    help="rerun the best K settings at full length and choose from those")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch threads per run (None: the cores the load leaves free, "
-                        "divided by --jobs)")
+                   help="torch threads per run (None: this machine's cores divided by --jobs; "
+                        "never the load, so a rerun computes the same bits)")
     p.add_argument("--jobs", type=POSITIVE_INT, default=d.jobs, help="runs at once")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="run in this process (no progress lines; peak memory is then the "

@@ -202,8 +202,8 @@ def register(subparsers) -> None:
     p.add_argument("--sample", type=NONNEGATIVE_INT, default=0,
                    help="print N sampled tokens at the end")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch intra-op threads (None: the cores the 1-minute load leaves "
-                   "free, shared among the ranks of this machine)")
+                   help="torch intra-op threads (None: this machine's cores shared among its "
+                   "ranks; never the load, so a rerun computes the same bits)")
     p.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
                    help="under torchrun: DDP, FSDP2 or HSDP data parallelism (gloo on CPU)")
     p.add_argument("--replicate", type=POSITIVE_INT, default=1,

@@ -65,8 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None,
                    help=f"auto (cuda if available), cpu, cuda (None: {d.device}, gpt: cpu)")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch intra-op threads (per run; None: the cores the 1-minute load "
-                   "leaves free, shared by the --jobs)")
+                   help="torch intra-op threads (per run; None: this machine's cores shared by "
+                   "the --jobs; never the load, so a rerun computes the same bits)")
     p.add_argument("--out", default=None, help="output dir (None: runs/variants/<study>; "
                    "tuned: a rerun continues the study there)")
     p.add_argument("--overwrite", action="store_true",

@@ -9,8 +9,8 @@
 * :func:`run_status` / resume: a finished run (summary line with the planned steps) is skipped;
   a run with a checkpoint resumes from it; anything else starts afresh.
 * :class:`SlotPool`: at most ``jobs`` runs at once, granted in priority order.
-* :func:`default_threads`: threads per run that neither oversubscribe the cores nor ignore
-  what other processes already use (the 1-minute load average).
+* :func:`default_threads`: threads per run that do not oversubscribe the cores, fixed by the
+  machine (never by its load, which would change a run's bits from one launch to the next).
 * Ctrl-C (SIGINT, to the whole process group as a terminal sends it, or to this process
   alone) and SIGTERM stop a study within seconds: no queued run starts, each running child is
   sent SIGINT and ends its run (its checkpoints stay; no ``error.txt``: an interrupted run is
@@ -42,6 +42,7 @@ import torch
 
 from ..report.metrics import load_run
 from ..train.loop import CHECKPOINT, METRICS
+from ..train.provenance import launched_as
 
 ERROR_FILE = "error.txt"
 SESSIONS = "sessions.jsonl"  # one line per process that worked on the run: CPU and wall time
@@ -88,15 +89,14 @@ class RunSpec:
 
 
 def default_threads(jobs: int = 1) -> int:
-    """Torch threads per run for ``jobs`` concurrent runs: the cores left free by the current
-    1-minute load, shared among the jobs, at least 1."""
+    """Torch threads per run for ``jobs`` concurrent runs (or ranks) on this machine: the cores
+    this process may use (its CPU affinity) shared equally among them, at least 1.
+
+    Fixed by the machine and ``jobs`` only, never by the machine's load: the thread count
+    changes how reductions are split, hence the rounding, so the same command on the same
+    machine class must get the same count to compute the same bits."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    free = max(1, int(cores - busy + 0.5))
-    return max(1, min(cores, free) // max(1, jobs))
+    return max(1, (cores or 1) // max(1, jobs))
 
 
 def run_status(out_dir: Path, steps: int) -> str:
@@ -137,7 +137,8 @@ def train_spec(spec: RunSpec) -> None:
     try:
         torch.set_num_threads(spec.threads)
         extra = {"monitor": RMSMonitor} if spec.log_rms else {}
-        resolve_entry(spec.entry)(**spec.kwargs, **extra)
+        with launched_as({"label": spec.label, "entry": spec.entry, "threads": spec.threads}):
+            resolve_entry(spec.entry)(**spec.kwargs, **extra)
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"

@@ -1,8 +1,10 @@
 """Read metrics JSONL files (the training loop's schema) and aggregate them over seeds.
 
-Schema (one JSON object a line): a ``config`` line first, then ``train`` lines (step, loss,
-lr, tokens, elapsed_s, tokens_per_s), ``val`` lines (step, val_loss, elapsed_s), optional
-``epoch`` lines, and a final ``summary`` line.
+Schema (one JSON object a line): a ``config`` line first (with the first session's
+``provenance``), then ``train`` lines (step, loss, lr, tokens, elapsed_s, tokens_per_s), ``val``
+lines (step, val_loss, elapsed_s), optional ``epoch`` lines, a ``session`` line where each
+resume starts (its own ``provenance``), a ``session_end`` line where each session ends
+(:func:`run_sessions`), and a final ``summary`` line.
 """
 
 from __future__ import annotations
@@ -87,6 +89,59 @@ def load_run(path: str | Path) -> Run:
             run.summary = r
             run.summaries.append(r)
     return run
+
+
+def run_sessions(run_dir: str | Path) -> list[dict]:
+    """Every session of the run in ``run_dir`` (one call of the training loop: the first, then
+    each resume), in order, from its ``metrics.jsonl``; each a dict:
+
+    * ``start_step``, ``end_step``: the steps it started from and reached;
+    * ``status``: "finished", "stopped" (at ``stop_at``), "interrupted", "failed", or None;
+    * ``cpu_s``, ``wall_s``: CPU seconds (all threads of its process) and wall seconds from
+      the loop's start to its end (data loading before the loop is not counted; a study's
+      ``sessions.jsonl`` counts its whole process);
+    * ``provenance``: :func:`muonkit.train.provenance.provenance` of the session (versions,
+      device and name, ISA flags, threads, dtypes, command line, ``machine_class``): the
+      config line's for the first session, its ``session`` line's for each resume;
+    * ``machine_changed``: True when its machine class differs from the first session's
+      (``first_machine_class`` then holds that one), None when the run's first session
+      recorded none (a run from before provenance was recorded).
+
+    A session killed outright (SIGKILL, power loss) has no end record: ``end_step``,
+    ``status``, ``cpu_s`` and ``wall_s`` are None. A run's CPU-hours are
+    ``sum(s["cpu_s"] or 0 for s in sessions) / 3600`` (rank 0's process under torchrun:
+    ``provenance["world_size"]`` processes ran). A run recorded before provenance was: [].
+    """
+    sessions: list[dict] = []
+    for record in read_jsonl(Path(run_dir) / METRICS_FILE):
+        kind = record.get("kind")
+        if kind == "config" and "provenance" in record:  # the first session starts the run
+            sessions.append(_session(0, record["provenance"], {"machine_changed": False}))
+        elif kind == "session":
+            sessions.append(_session(record["start_step"], record["provenance"], record))
+        elif kind == "session_end" and sessions:
+            sessions[-1].update({k: record[k] for k in ("end_step", "status", "cpu_s", "wall_s")})
+    return sessions
+
+
+def _session(start_step: int, provenance: dict, change: dict) -> dict:
+    return {"start_step": start_step, "end_step": None, "status": None, "cpu_s": None,
+            "wall_s": None, "provenance": provenance,
+            "machine_changed": change["machine_changed"],
+            "first_machine_class": change.get("first_machine_class")}
+
+
+def run_machine_classes(run_dir: str | Path) -> list[dict]:
+    """The distinct machine classes (:func:`muonkit.hardware.machine_class`: device, its name,
+    ISA flags, CPU kernel level, threads) the sessions of the run in ``run_dir`` ran on, in
+    order of first use: more than one means the run changed machines and its bits are not
+    those of a run on one machine. [] for a run recorded before provenance was."""
+    classes: list[dict] = []
+    for session in run_sessions(run_dir):
+        cls = session["provenance"]["machine_class"]
+        if cls not in classes:
+            classes.append(cls)
+    return classes
 
 
 def find_runs(directory: str | Path) -> list[Run]:

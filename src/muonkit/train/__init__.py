@@ -1,5 +1,5 @@
 """The one training loop (``loop``: restore, step, after-step; ``config``, ``files``,
-``measure``, ``step`` hold its pieces) and its GPT client (``gpt``)."""
+``measure``, ``step``, ``provenance`` hold its pieces) and its GPT client (``gpt``)."""
 
 from .config import TrainConfig, TrainResult, resolve_dtype
 from .files import MetricsLogger

@@ -283,8 +283,6 @@ def train_gpt(
         "world_size": world,
         "replicate": replicate,
     }
-    if hasattr(opt, "ns_precision"):  # Muon: which Newton-Schulz precision ran, and why
-        run_config["ns_precision"] = {str(g): d for g, d in opt.ns_precision().items()}
     result = train(
         net,
         opt,

@@ -20,7 +20,14 @@ does the rest (nanoGPT's ``train.py`` structure, minus the GPT specifics):
   session, the CPU's timing flags from :func:`muonkit.hardware.machine_info`).
   ``elapsed_s`` counts the training steps only (evaluation and checkpoint time left out), and
   carries on across a resume; the summary's throughput leaves out the first step of a session
-  (warm-up, compilation) when there are more.
+  (warm-up, compilation) when there are more;
+* provenance: the config line's ``provenance`` (:func:`muonkit.train.provenance.provenance`:
+  versions, git commit, device and its name, ISA flags, threads, dtype, Newton-Schulz dtype,
+  command line, machine class) is the first session's; each resume writes a ``session``
+  record at its start (its provenance; ``machine_changed`` when its machine class differs from
+  the first session's, with a warning line); every session ends with a ``session_end`` record
+  (status, this process's CPU and wall seconds);
+  :func:`muonkit.report.metrics.run_sessions` reads them back.
 
 Structure: :func:`train` = :class:`Session` (device and dtype resolved once) -> ``restore``
 (resume) -> per step ``train_step`` then ``after_step`` (evaluation, checkpoint) -> ``finish``
@@ -45,6 +52,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +81,7 @@ from .files import (
     unpark,
 )
 from .measure import default_peak_flops, group_lrs, summary_record
+from .provenance import describe_class, machine_change, provenance
 from .step import (
     accumulate_gradients,
     autocast_context,
@@ -186,9 +195,12 @@ def restore(session: Session, model: nn.Module, optimizers, batches) -> None:
     session.checkpoint_step = session.step
 
 
-def open_logger(session: Session, optimizer_name: str, run_config: dict | None) -> MetricsLogger:
+def open_logger(session: Session, optimizer_name: str, run_config: dict | None,
+                origin: dict) -> MetricsLogger:
     """The metrics of this run and its trackers (rank 0 only under torch.distributed), with its
-    config line (a resumed run's is in its file already, and goes to the trackers)."""
+    config line and its ``provenance`` ``origin``; a resumed run's config line is in its file
+    already (it goes to the trackers), and this session's ``origin`` goes to a ``session`` line
+    (:func:`resume_session`)."""
     cfg = session.cfg
     main_process = not is_distributed() or torch.distributed.get_rank() == 0
     out_dir = session.out_dir if main_process else None
@@ -201,8 +213,11 @@ def open_logger(session: Session, optimizer_name: str, run_config: dict | None) 
                                   wandb_options)
     logger = MetricsLogger(out_dir, resume_step, trackers)
     config = logger.config
+    # which Newton-Schulz precision runs, and why, on the parameters' device (Muon only)
+    ns_precision = {"ns_precision": origin["ns_dtype"]} if origin["ns_dtype"] else {}
     if config is not None:
         logger.track(config)
+        resume_session(session, logger, config, origin)
     else:
         logger.write(
             {
@@ -210,10 +225,33 @@ def open_logger(session: Session, optimizer_name: str, run_config: dict | None) 
                 "run": cfg.run_name,
                 "optimizer": optimizer_name,
                 "seed": cfg.seed,
-                "config": {**dataclasses.asdict(cfg), **(run_config or {})},
+                "config": {**dataclasses.asdict(cfg), **(run_config or {}), **ns_precision},
+                "provenance": origin,
             }
         )
     return logger
+
+
+def resume_session(session: Session, logger: MetricsLogger, config: dict, origin: dict) -> None:
+    """A resumed session's ``session`` record: where it starts, its provenance ``origin``, and
+    whether its machine class differs from the one the run's ``config`` line records for its
+    first session (then one warning line)."""
+    first = (config.get("provenance") or {}).get("machine_class")
+    change = machine_change(first, origin["machine_class"])
+    logger.write({"kind": "session", "start_step": session.step, "provenance": origin, **change})
+    if change["machine_changed"]:
+        print(f"muonkit: warning: {session.cfg.run_name} started on {describe_class(first)} "
+              f"and resumes on {describe_class(origin['machine_class'])}: its numbers can "
+              "differ from a run on one machine (recorded as machine_changed)", file=sys.stderr)
+
+
+def end_session(session: Session, logger: MetricsLogger, status: str, clock: tuple) -> None:
+    """This session's ``session_end`` record: how it ended ("finished", "stopped" at
+    ``stop_at``, "interrupted", "failed"), the step reached, and this process's CPU seconds
+    (all its threads) and wall seconds since :func:`train` was called (``clock``)."""
+    wall, cpu = clock
+    logger.write({"kind": "session_end", "end_step": session.step, "status": status,
+                  "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall})
 
 
 def train_step(session: Session, model, forward_model, optimizers, batches, loss_fn,
@@ -332,6 +370,7 @@ def train(
     (:class:`~muonkit.train.files.ResumeMismatch`), each setting named as ``flag_names`` maps
     its config path (e.g. ``{"warmup_steps": "--warmup"}``; else ``--`` + its last part).
     """
+    clock = (time.perf_counter(), time.process_time())
     cfg = config
     optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
     check_inputs(cfg, optimizers, batches, val_batches, evaluate)
@@ -348,7 +387,9 @@ def train(
             given = {"optimizer": optimizer_name, **dataclasses.asdict(cfg), **(run_config or {})}
             check_same_run(session.out_dir, given, flag_names or {})
             restore(session, model, optimizers, batches)
-        logger = open_logger(session, optimizer_name, run_config)
+        world = torch.distributed.get_world_size() if is_distributed() else 1
+        origin = provenance(session.device, session.dtype, optimizers, world)
+        logger = open_logger(session, optimizer_name, run_config, origin)
     except BaseException:
         if parked:
             unpark(session.out_dir)
@@ -358,6 +399,7 @@ def train(
         torch.cuda.reset_peak_memory_stats(session.device)
     progress = _progress_bar(cfg, session.step)
     model.train()
+    status = "failed"
     try:
         if session.step == 0:
             run_eval(session, model, evaluator, logger, on_eval)
@@ -372,20 +414,21 @@ def train(
             progress.set_postfix(loss=f"{record['loss']:.4f}",
                                  tok_s=f"{record['tokens_per_s']:,.0f}")
             after_step(session, model, optimizers, batches, evaluator, logger, on_eval)
+        status = "finished" if session.step == cfg.steps else "stopped"
     except KeyboardInterrupt:
-        logger.close(quiet=True)
-        if parked:
-            unpark(session.out_dir)
+        status = "interrupted"
         raise TrainingInterrupted(
             session.step, session.last_checkpoint, session.checkpoint_step
         ) from None
-    except BaseException:  # e.g. a diverged run: the trackers still end their runs
-        logger.close(quiet=True)
-        if parked:
-            unpark(session.out_dir)
-        raise
     finally:
         progress.close()
+        if status in ("failed", "interrupted"):  # e.g. a diverged run
+            with contextlib.suppress(OSError):  # its record, if it can be written
+                end_session(session, logger, status, clock)
+            logger.close(quiet=True)  # the trackers still end their runs
+            if parked:
+                unpark(session.out_dir)
+    end_session(session, logger, status, clock)
     if parked:
         drop_parked(session.out_dir)
     summary = finish(session, optimizers, flops_per_token, machine)

@@ -97,3 +97,15 @@ def group_lrs(optimizers) -> dict[str, float]:
             name = str(group.get("role", f"{i}.{j}"))
             lrs[name if name not in lrs else f"{name}.{i}.{j}"] = group["lr"]
     return lrs
+
+
+def ns_precisions(optimizers) -> dict[str, str]:
+    """The Newton-Schulz precision of every Muon group, as resolved on its parameters' device
+    (:meth:`muonkit.muon.MuonBase.ns_precision`), by group index (``<optimizer index>.<group
+    index>`` when there are several optimizers); {} when no optimizer runs Newton-Schulz."""
+    several = len(optimizers) > 1
+    return {
+        f"{i}.{g}" if several else str(g): description
+        for i, opt in enumerate(optimizers) if isinstance(opt, MuonBase)
+        for g, description in opt.ns_precision().items()
+    }
