@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,tb,wandb,hf,lightning]"
+	$(PY) -m pip install -q -e ".[lab,dev,tb,wandb,hf,lightning]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,7 +13,7 @@ interleaved the same way: forward+backward, each optimizer's step, and the hybri
 Newton-Schulz calls by themselves (the Muon matrices' gradients, batched by shape as the
 optimizer batches them). Reported: medians and minima, the hybrid/AdamW step ratio, and the
 Newton-Schulz FLOPs per step as a fraction of the model's forward+backward FLOPs
-(:func:`muonkit.report.ns_cost.gpt_step_flops`, the figure compare's cost table shows).
+(:func:`muonlab.report.ns_cost.gpt_step_flops`, the figure compare's cost table shows).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import time
 import torch
 from common import MACHINE_NAMES, hardware, machine_label, markdown_table, sync, write_fragment
 
-from muonkit.data.text import TokenBatches, load_text
 from muonkit.functional import orthogonalize_updates
-from muonkit.models.gpt import GPT, preset_config
 from muonkit.options import MuonOptions
-from muonkit.report.ns_cost import gpt_step_flops
-from muonkit.train.config import resolve_dtype
-from muonkit.train.gpt import lm_loss
-from muonkit.train.step import autocast_context
+from muonlab.data.text import TokenBatches, load_text
+from muonlab.models.gpt import GPT, preset_config
+from muonlab.report.ns_cost import gpt_step_flops
+from muonlab.train.config import resolve_dtype
+from muonlab.train.gpt import lm_loss
+from muonlab.train.step import autocast_context
 
 NS_DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "mixed": "mixed"}
 

@@ -29,15 +29,15 @@ import torch  # noqa: E402
 from common import FRAGMENTS, hardware, markdown_table, write_fragment  # noqa: E402
 
 from muonkit import precision  # noqa: E402
-from muonkit.data.text import TokenBatches, load_text  # noqa: E402
-from muonkit.models.gpt import GPT, preset_config  # noqa: E402
 from muonkit.orthogonalize import (  # noqa: E402
     _standard_iteration,
     newton_schulz,
     polar,
     resolve_schedule,
 )
-from muonkit.train.gpt import lm_loss  # noqa: E402
+from muonlab.data.text import TokenBatches, load_text  # noqa: E402
+from muonlab.models.gpt import GPT, preset_config  # noqa: E402
+from muonlab.train.gpt import lm_loss  # noqa: E402
 
 # (label, coefficients, dtype, gram)
 METHODS = [

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from muonkit import MuonWithAuxAdam, hybrid_param_groups
-from muonkit.data.text import load_text
+from muonlab.data.text import load_text
 
 
 class CharWindows(torch.utils.data.Dataset):

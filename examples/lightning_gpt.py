@@ -40,10 +40,10 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
 from muonkit import MuonWithAuxAdam, hybrid_param_groups
-from muonkit.data.text import load_text
 from muonkit.distributed import DistributedMuonWithAuxAdam
-from muonkit.models.gpt import GPT, preset_config
 from muonkit.schedules import lr_multiplier, muon_momentum
+from muonlab.data.text import load_text
+from muonlab.models.gpt import GPT, preset_config
 
 STRATEGIES = ("auto", "ddp", "fsdp2")
 

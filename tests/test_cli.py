@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from muonkit.cli import main
-from muonkit.cli.train import config_from_args
-from muonkit.train.gpt import GPTRunConfig
+from muonlab.cli import main
+from muonlab.cli.train import config_from_args
+from muonlab.train.gpt import GPTRunConfig
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
@@ -111,7 +111,7 @@ def test_every_numeric_value_is_checked_before_work(argv, flag, capsys, tmp_path
 
 def test_config_mirrors_the_flags():
     """Every GPTRunConfig field has a flag with the same default; the config checks values."""
-    from muonkit.cli import build_parser
+    from muonlab.cli import build_parser
 
     args = build_parser().parse_args(["train"])
     assert config_from_args(args) == GPTRunConfig()
@@ -195,8 +195,8 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
 def test_threads_flag_and_its_default_are_applied_and_recorded(tmp_path, monkeypatch):
     import torch
 
-    from muonkit import cli
     from muonkit.hardware import TIMING_FLAGS, cpu_flags
+    from muonlab import cli
 
     def records(out):
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -259,7 +259,7 @@ def test_variants_refuses_an_earlier_study_unless_overwrite(tmp_path, capsys):
 
 
 def test_unwritable_out_is_a_user_error_for_any_user(tmp_path, capsys, monkeypatch):
-    import muonkit.train.files as files
+    import muonlab.train.files as files
 
     monkeypatch.setattr(files.os, "access", lambda path, mode: False)
     out = tmp_path / "locked"

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from muonkit.cli import main
-from muonkit.cli.compare import config_from_args
-from muonkit.report.metrics import load_run
+from muonlab.cli import main
+from muonlab.cli.compare import config_from_args
+from muonlab.report.metrics import load_run
 
 
 def test_tiny_compare_end_to_end(tmp_path, capsys):
@@ -113,8 +113,8 @@ def test_unreadable_data_is_one_line_before_any_run(tmp_path, capsys):
 def test_a_child_runs_user_error_is_one_line(tmp_path):
     """A run that fails in its own process with a user error (here: its data file is gone)
     raises a one-line ValueError naming the run and the cause, not the child's traceback."""
-    from muonkit.experiments.runs import RunSpec, run_isolated
-    from muonkit.train.loop import TrainConfig
+    from muonlab.experiments.runs import RunSpec, run_isolated
+    from muonlab.train.loop import TrainConfig
 
     cfg = TrainConfig(steps=2, out_dir=str(tmp_path / "r"), trackers=(), progress=False)
     spec = RunSpec(dict(optimizer="adamw", data=str(tmp_path / "gone.txt"), train_config=cfg),
@@ -129,9 +129,9 @@ def test_edge_pick_is_extended_and_aux_lr_reaches_the_hybrids_adamw_groups(tmp_p
     and scores it by its groups' LRs: the AdamW (aux) groups must carry --aux-lrs' values."""
     from types import SimpleNamespace
 
-    from muonkit.cli import build_parser
-    from muonkit.experiments import compare
-    from muonkit.models.gpt import GPT, preset_config
+    from muonlab.cli import build_parser
+    from muonlab.experiments import compare
+    from muonlab.models.gpt import GPT, preset_config
 
     model = GPT(preset_config("tiny", vocab_size=65))
 
@@ -157,7 +157,7 @@ def test_edge_pick_is_extended_and_aux_lr_reaches_the_hybrids_adamw_groups(tmp_p
     assert muon_stage["added"] == [] and muon_stage["losses"][0.01] == 9 + 1  # at aux 1e-3
     assert aux_stage["added"] == [4e-3, 8e-3]  # ... 2e-3 was best at the edge: extended twice
     assert "extended by 0.004, 0.008" in aux_stage["note"]
-    from muonkit.report.compare import sweep_notes
+    from muonlab.report.compare import sweep_notes
 
     assert any("extended by 0.004, 0.008" in line for line in sweep_notes({"sweeps": record}))
 
@@ -167,9 +167,9 @@ def test_isolated_run_progress_skip_and_resume(tmp_path):
     run with a checkpoint resumes and ends where an uninterrupted one does."""
     import dataclasses
 
-    from muonkit.experiments.runs import RunSpec, run_isolated, run_status
-    from muonkit.train.gpt import train_gpt
-    from muonkit.train.loop import TrainConfig
+    from muonlab.experiments.runs import RunSpec, run_isolated, run_status
+    from muonlab.train.gpt import train_gpt
+    from muonlab.train.loop import TrainConfig
 
     def spec(out, trackers=(), **changes):
         cfg = TrainConfig(steps=4, eval_every=2, out_dir=str(out), trackers=trackers,
@@ -203,8 +203,8 @@ def test_sweep_full_topk_reruns_the_best_at_full_length_and_chooses_among_them(
     is made at full length, and that run becomes seed 0's compared run."""
     from types import SimpleNamespace
 
-    from muonkit.cli import build_parser
-    from muonkit.experiments import compare
+    from muonlab.cli import build_parser
+    from muonlab.experiments import compare
 
     def fake_train_gpt(**kwargs):
         cfg = kwargs["train_config"]

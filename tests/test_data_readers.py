@@ -13,12 +13,12 @@ import pytest
 import torch
 from fake_datasets import idx_bytes, write_cifar, write_mnist
 
-from muonkit.cli import main
-from muonkit.data import fetch as fetch_mod
-from muonkit.data.cifar import load_cifar10
-from muonkit.data.mnist import load_mnist, parse_idx, read_idx
-from muonkit.data.paths import DataNotFoundError, resolve_data_dir
-from muonkit.data.vision import load_flat
+from muonlab.cli import main
+from muonlab.data import fetch as fetch_mod
+from muonlab.data.cifar import load_cifar10
+from muonlab.data.mnist import load_mnist, parse_idx, read_idx
+from muonlab.data.paths import DataNotFoundError, resolve_data_dir
+from muonlab.data.vision import load_flat
 
 
 def test_idx_header_by_hand():
@@ -181,7 +181,7 @@ def test_canonical_sources():
 
 
 def test_shuffled_batches_cover_each_epoch_and_resume():
-    from muonkit.data.vision import ShuffledBatches
+    from muonlab.data.vision import ShuffledBatches
 
     x, y = torch.arange(10).float()[:, None], torch.arange(10)
     src = ShuffledBatches(x, y, batch_size=4, seed=3)

@@ -1,5 +1,5 @@
-from muonkit.cli import main
-from muonkit.experiments.demo import run
+from muonlab.cli import main
+from muonlab.experiments.demo import run
 
 
 def test_demo_loss_falls():

@@ -31,7 +31,7 @@ from muonkit.distributed import (
 )
 from muonkit.muon import NonFiniteGradientError
 from muonkit.schedules import apply_schedules
-from muonkit.train import accumulate_gradients
+from muonlab.train import accumulate_gradients
 
 # dim 0 not divisible by 2, 3 or 4 (5, 7), smaller than W (2, 1, 3), a same-shape batch of
 # three (5, 4), a conv-like 3-D kernel, a fused "QKV" q0 (the hybrid orthogonalizes it as 3

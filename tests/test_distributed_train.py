@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from muonkit.distributed import free_port
-from muonkit.train.gpt import train_gpt
-from muonkit.train.loop import TrainConfig
+from muonlab.train.gpt import train_gpt
+from muonlab.train.loop import TrainConfig
 
 STEPS = 3
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from muonkit.data import text
 from muonkit.hybrid import MuonWithAuxAdam
-from muonkit.models.gpt import GPT, PRESETS, GPTConfig, preset_config
+from muonlab.data import text
+from muonlab.models.gpt import GPT, PRESETS, GPTConfig, preset_config
 
 
 def small(**kw):
@@ -58,7 +58,7 @@ def test_forward_is_causal(rope):
 
 
 def test_rope_scores_depend_on_relative_position_only():
-    from muonkit.models.gpt import apply_rotary, rotary_tables
+    from muonlab.models.gpt import apply_rotary, rotary_tables
 
     model = GPT(small(rope=True))
     assert model.wpe is None and "wpe.weight" not in dict(model.named_parameters())

@@ -6,13 +6,13 @@ import shutil
 import numpy as np
 import pytest
 
-from muonkit.cli import main
-from muonkit.experiments import horizon
-from muonkit.experiments.horizon import HorizonConfig, Study, prepare_out
-from muonkit.experiments.runs import run_in_process
-from muonkit.experiments.sweep import factor_grid
-from muonkit.report.horizon import build_horizon_report
-from muonkit.report.metrics import load_run, read_jsonl
+from muonlab.cli import main
+from muonlab.experiments import horizon
+from muonlab.experiments.horizon import HorizonConfig, Study, prepare_out
+from muonlab.experiments.runs import run_in_process
+from muonlab.experiments.sweep import factor_grid
+from muonlab.report.horizon import build_horizon_report
+from muonlab.report.metrics import load_run, read_jsonl
 
 
 def sessions(out):

@@ -1,30 +1,34 @@
-"""The layers of docs/DESIGN.md, read from the source (every import, also inside functions).
+"""The two houses of docs/DESIGN.md, read from the source (every import, also inside functions).
 
-- The folders show the layers: the lab is the subpackages ``cli``, ``data``, ``models``,
-  ``train``, ``experiments`` and ``report``; every other module is the library (plus the
-  ``__main__`` entry point, which only calls the CLI).
-- The library (optimizers, their math, distributed, hardware) never imports the lab (training
-  loop, models, data, experiments, reports, command line).
-- The core (single-device optimizers and their math: everything in the library but
-  ``muonkit.distributed``) never imports ``muonkit.distributed``; the distributed step plugs in.
+- ``muonkit`` is the library (optimizers, their math, distributed step, hardware facts, the
+  registry) and needs torch alone; ``muonlab`` is the lab (training loop, models, data,
+  experiments, reports, the command line).
+- The library never imports the lab (``muonkit/__main__.py``, ``python -m muonkit``, only
+  hands over to the lab's command line), and ``import muonkit`` loads nothing but torch's
+  own imports.
+- The core (single-device optimizers and their math: the library but ``muonkit.distributed``)
+  never imports ``muonkit.distributed``; the distributed step plugs in (the package
+  ``__init__`` imports it lazily, when a DTensor appears).
+- argparse lives in ``muonlab.cli``, which nothing but the entry points imports.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "muonkit"
-
-LAB = ("train", "models", "data", "experiments", "report", "cli", "__main__")
-LIBRARY_PACKAGES = ("variants", "distributed")
+SRC = Path(__file__).resolve().parents[1] / "src"
+LIBRARY, LAB = SRC / "muonkit", SRC / "muonlab"
+ENTRY_POINTS = (LIBRARY / "__main__.py", LAB / "__main__.py")
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    parts = path.relative_to(SRC).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Every muonkit module ``path`` imports, relative imports resolved."""
+    """Every muonkit/muonlab module ``path`` imports, relative imports resolved."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -39,63 +43,73 @@ def imported_modules(path: Path) -> set[str]:
                 stem = node.module or ""
             found.add(stem)
             found.update(f"{stem}.{a.name}" for a in node.names)
-    return {m for m in found if m == "muonkit" or m.startswith("muonkit.")}
+    return {m for m in found if m.split(".")[0] in ("muonkit", "muonlab")}
 
 
-def top(module: str) -> str:
-    return module.split(".")[1] if "." in module else ""
-
-
-def layer_files(tops: tuple[str, ...], inside: bool) -> list[Path]:
-    files = [f for f in sorted(PACKAGE.rglob("*.py")) if module_name(f) != "muonkit"]
-    return [f for f in files if (top(module_name(f)) in tops) == inside]
-
-
-def test_lab_modules_live_in_lab_folders():
-    """Every subpackage is named as lab or library, and a top-level module counts as library
-    (so a lab module left at the top fails test_library_never_imports_the_lab)."""
-    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
-    assert packages == set(LAB[:-1]) | set(LIBRARY_PACKAGES)
-    entry = imported_modules(PACKAGE / "__main__.py")
-    assert entry and {top(m) for m in entry} == {"cli"}
+def files(package: Path) -> list[Path]:
+    return [f for f in sorted(package.rglob("*.py")) if f not in ENTRY_POINTS]
 
 
 def test_the_rules_see_every_module():
-    library = layer_files(LAB, inside=False)
-    assert PACKAGE / "muon.py" in library
-    assert PACKAGE / "distributed" / "muon.py" in library
-    assert PACKAGE / "train" / "loop.py" not in library
+    assert LIBRARY / "muon.py" in files(LIBRARY)
+    assert LAB / "train" / "loop.py" in files(LAB)
     # the parser resolves relative imports (a broken resolver would make the rules vacuous)
-    assert "muonkit.orthogonalize" in imported_modules(PACKAGE / "functional.py")
+    assert "muonkit.orthogonalize" in imported_modules(LIBRARY / "functional.py")
+    assert "muonlab.train.config" in imported_modules(LAB / "train" / "loop.py")
+    assert imported_modules(LIBRARY / "__main__.py") == {"muonlab.cli", "muonlab.cli.main"}
 
 
 def test_library_never_imports_the_lab():
     offenders = {
-        module_name(f): sorted(m for m in imported_modules(f) if top(m) in LAB)
-        for f in layer_files(LAB, inside=False)
+        module_name(f): sorted(m for m in imported_modules(f) if m.startswith("muonlab"))
+        for f in files(LIBRARY)
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_import_muonkit_loads_no_lab_dependency():
+    """Beyond what ``import torch`` itself loads: no numpy, matplotlib, tqdm or muonlab."""
+    code = ("import sys, torch; before = set(sys.modules); import muonkit, muonkit.variants, "
+            "muonkit.registry; new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(sorted(new & {'numpy', 'matplotlib', 'tqdm', 'muonlab', 'argparse'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(SRC), "PATH": ""}, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_core_never_imports_distributed():
+    core = [f for f in files(LIBRARY) if "distributed" not in f.relative_to(LIBRARY).parts
+            and f != LIBRARY / "__init__.py"]  # (registers the distributed step, lazily)
     offenders = {
-        module_name(f): sorted(m for m in imported_modules(f) if top(m) == "distributed")
-        for f in layer_files(LAB + ("distributed",), inside=False)
+        module_name(f): sorted(m for m in imported_modules(f)
+                               if m.startswith("muonkit.distributed"))
+        for f in core
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_only_the_command_line_parses_flags():
-    """argparse lives in ``muonkit.cli`` only, and nothing but ``__main__`` imports the CLI:
-    experiments take dataclasses, not ``argparse.Namespace`` objects."""
+    """argparse lives in ``muonlab.cli`` only, and nothing but the entry points imports the
+    CLI: experiments take dataclasses, not ``argparse.Namespace`` objects."""
     offenders = {}
-    for f in layer_files(("cli", "__main__"), inside=False):
+    for f in files(LIBRARY) + files(LAB):
+        if "cli" in f.relative_to(SRC).parts[1:2]:
+            continue
         tree = ast.parse(f.read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         bad = sorted(m for m in names | imported_modules(f)
-                     if m.split(".")[0] == "argparse" or top(m) == "cli")
+                     if m.split(".")[0] == "argparse" or m.startswith("muonlab.cli"))
         if bad:
             offenders[module_name(f)] = bad
     assert offenders == {}
-    assert PACKAGE / "cli" / "train.py" not in layer_files(("cli", "__main__"), inside=False)
+
+
+def test_old_lab_paths_still_import_with_a_deprecation_warning():
+    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+            "try:\n    import muonkit.train.gpt\nexcept DeprecationWarning as e: print(e)\n"
+            "warnings.simplefilter('ignore')\nfrom muonkit.train.gpt import GPTRunConfig\n"
+            "import muonlab.train.gpt as new; print(GPTRunConfig is new.GPTRunConfig)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(SRC), "PATH": ""}, check=True).stdout
+    assert "muonkit.train moved to muonlab.train" in out and out.strip().endswith("True")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from muonkit.models.gpt import GPT, GPTConfig
-from muonkit.report.ns_cost import gpt_step_flops
+from muonlab.models.gpt import GPT, GPTConfig
+from muonlab.report.ns_cost import gpt_step_flops
 
 SMALL = dict(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=16)
 

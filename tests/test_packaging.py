@@ -37,3 +37,12 @@ def test_package_metadata_and_cpu_torch_instructions():
     assert "License :: OSI Approved :: MIT License" in project["classifiers"]
     readme = (ROOT / "README.md").read_text()
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_the_library_needs_torch_alone_and_the_lab_is_an_extra():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["dependencies"] == ["torch>=2.6"]
+    assert set(project["optional-dependencies"]["lab"]) == {"numpy", "matplotlib", "tqdm"}
+    assert project["scripts"]["muonkit"] == "muonlab.cli:main"
+    makefile = (ROOT / "Makefile").read_text()
+    assert '".[lab,' in makefile  # make demo / make test install the lab

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import muonkit
-from muonkit.cli import main
-from muonkit.experiments.runs import GPT_ENTRY, RunSpec, default_threads, train_spec
-from muonkit.report.metrics import run_machine_classes, run_sessions
-from muonkit.train import TrainConfig
-from muonkit.train.provenance import git_revision
+from muonlab.cli import main
+from muonlab.experiments.runs import GPT_ENTRY, RunSpec, default_threads, train_spec
+from muonlab.report.metrics import run_machine_classes, run_sessions
+from muonlab.train import TrainConfig
+from muonlab.train.provenance import git_revision
 
 FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
         "--eval-every", "0", "--warmup", "1", "--no-progress", "--tracker", "none"]

@@ -1,15 +1,15 @@
 """Hardware, precision and CPU time of a study, derived from its run records
-(``muonkit.report.provenance``), and every committed report stating exactly that."""
+(``muonlab.report.provenance``), and every committed report stating exactly that."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from muonkit.report import compare, variant_tuned, variants
-from muonkit.report.horizon import load_study
-from muonkit.report.metrics import load_run
-from muonkit.report.provenance import (
+from muonlab.report import compare, variant_tuned, variants
+from muonlab.report.horizon import load_study
+from muonlab.report.metrics import load_run
+from muonlab.report.provenance import (
     SECTION_TITLE,
     Machine,
     provenance_lines,

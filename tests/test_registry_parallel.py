@@ -15,8 +15,8 @@ import torch
 from muonkit import registry
 from muonkit.distributed import spawn
 from muonkit.distributed.parallel import DDP_CLASSES, distribute_optimizer
-from muonkit.models.gpt import GPT, preset_config
-from muonkit.train.gpt import lm_loss
+from muonlab.models.gpt import GPT, preset_config
+from muonlab.train.gpt import lm_loss
 
 STEPS = 3
 BATCH, BLOCK, VOCAB = 4, 16, 32
@@ -101,7 +101,7 @@ def test_refused_modes_name_optimizer_and_mode(name, mode):
 
 
 def test_cli_refuses_unsupported_pair_in_one_line(tmp_path, capsys):
-    from muonkit.cli import main
+    from muonlab.cli import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--parallel", "fsdp2", "--optimizer", "kronecker", "--preset", "tiny",

@@ -6,10 +6,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from muonkit.cli import main
-from muonkit.report.compare import build_compare_report, compare_numbers
-from muonkit.report.metrics import find_runs, group_runs, mean_std, steps_to_reach
-from muonkit.report.tables import fmt_bytes, markdown_table
+from muonlab.cli import main
+from muonlab.report.compare import build_compare_report, compare_numbers
+from muonlab.report.metrics import find_runs, group_runs, mean_std, steps_to_reach
+from muonlab.report.tables import fmt_bytes, markdown_table
 
 STEPS = 100
 
@@ -152,8 +152,8 @@ def test_variant_tables_regenerate_from_the_committed_runs():
     """The report module rebuilds every committed variants table from its committed runs."""
     from pathlib import Path
 
-    from muonkit.report.metrics import load_run
-    from muonkit.report.variants import markdown_rows, summarize
+    from muonlab.report.metrics import load_run
+    from muonlab.report.variants import markdown_rows, summarize
 
     root = Path(__file__).resolve().parents[1] / "docs" / "results" / "variants"
     for study in ("large", "equal-memory", "rank-sweep", "hybrid"):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from fake_datasets import write_cifar, write_mnist
 
-from muonkit.cli import main
-from muonkit.data.paths import DataNotFoundError
-from muonkit.experiments.variants import StudyConfig, run_study
+from muonlab.cli import main
+from muonlab.data.paths import DataNotFoundError
+from muonlab.experiments.variants import StudyConfig, run_study
 
 TINY = dict(
     hidden=(16, 12), epochs=2, batch_size=16, lr=0.05, seeds=(0, 1), rank=4, ranks=(1, 2, 8)

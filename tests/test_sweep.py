@@ -1,10 +1,10 @@
-"""The edge-aware LR sweep (muonkit.experiments.sweep) and the run machinery it drives."""
+"""The edge-aware LR sweep (muonlab.experiments.sweep) and the run machinery it drives."""
 
 import math
 
 import pytest
 
-from muonkit.experiments.sweep import (
+from muonlab.experiments.sweep import (
     EdgeAwareSweep,
     check_factor_grid,
     factor_grid,

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from muonkit.cli import build_parser, main
-from muonkit.cli.train import config_from_args
-from muonkit.report.metrics import read_jsonl
-from muonkit.train.trackers import WANDB_ID_FILE, parse_trackers
+from muonlab.cli import build_parser, main
+from muonlab.cli.train import config_from_args
+from muonlab.report.metrics import read_jsonl
+from muonlab.train.trackers import WANDB_ID_FILE, parse_trackers
 
 TRAIN = ["train", "--preset", "tiny", "--batch-size", "2", "--block-size", "16",
          "--eval-batches", "1", "--warmup", "1", "--no-progress", "--threads", "1"]
@@ -144,7 +144,7 @@ def test_tracker_names_repeat_or_comma_separate():
     assert parse_trackers(args.tracker) == ("wandb", "tensorboard")
     assert parse_trackers(["none"]) == ()
     with pytest.raises(argparse.ArgumentTypeError):
-        from muonkit.cli.common import tracker_list
+        from muonlab.cli.common import tracker_list
 
         tracker_list("tensorboard,wandbb")
 
@@ -152,10 +152,10 @@ def test_tracker_names_repeat_or_comma_separate():
 def test_compare_horizon_and_variants_pass_the_trackers_to_every_run(tmp_path, monkeypatch):
     """The tracker flags reach the TrainConfig of each run (a compare run's goes to its child
     process inside its RunSpec), with the W&B run named after the run and grouped."""
-    from muonkit.cli import compare as compare_cli
-    from muonkit.cli import horizon as horizon_cli
-    from muonkit.cli import variants as variants_cli
-    from muonkit.experiments import compare, variants
+    from muonlab.cli import compare as compare_cli
+    from muonlab.cli import horizon as horizon_cli
+    from muonlab.cli import variants as variants_cli
+    from muonlab.experiments import compare, variants
 
     flags = ["--tracker", "tensorboard", "--wandb-project", "p", "--wandb-run-name", "g"]
     specs = []

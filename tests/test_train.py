@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from muonkit.cli import main
-from muonkit.data.text import TokenBatches, fixed_batches
-from muonkit.models.gpt import GPT, GPTConfig
-from muonkit.train import TrainConfig, accumulate_gradients, optimizer_state_bytes, train
-from muonkit.train.gpt import lm_loss, train_gpt
-from muonkit.train.loop import autocast_context, resolve_dtype
+from muonlab.cli import main
+from muonlab.data.text import TokenBatches, fixed_batches
+from muonlab.models.gpt import GPT, GPTConfig
+from muonlab.train import TrainConfig, accumulate_gradients, optimizer_state_bytes, train
+from muonlab.train.gpt import lm_loss, train_gpt
+from muonlab.train.loop import autocast_context, resolve_dtype
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16)
 
@@ -344,9 +344,9 @@ def test_fixed_val_batches_do_not_change_between_evals():
 
 
 def test_device_is_resolved_once_per_run(tmp_path, monkeypatch):
-    import muonkit.train.config as config_module
-    import muonkit.train.gpt as gpt_module
-    import muonkit.train.loop as loop_module
+    import muonlab.train.config as config_module
+    import muonlab.train.gpt as gpt_module
+    import muonlab.train.loop as loop_module
 
     calls = []
     real = config_module.resolve_device

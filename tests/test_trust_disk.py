@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from muonkit.cli import main
-from muonkit.train import files
-from muonkit.train.files import load_checkpoint
+from muonlab.cli import main
+from muonlab.train import files
+from muonlab.train.files import load_checkpoint
 
 FAST = ["--optimizer", "muon", "--preset", "tiny", "--batch-size", "2", "--block-size", "8",
         "--eval-batches", "1", "--eval-every", "2", "--warmup", "1", "--no-progress",

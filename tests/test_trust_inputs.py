@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from muonkit import hybrid_param_groups
-from muonkit.cli import main
-from muonkit.train.files import PARKED
-from muonkit.train.loop import TrainConfig, train
+from muonlab.cli import main
+from muonlab.train.files import PARKED
+from muonlab.train.loop import TrainConfig, train
 
 FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
         "--eval-every", "0", "--warmup", "1", "--no-progress", "--tracker", "none"]

@@ -73,11 +73,11 @@ def test_ctrl_c_stops_a_compare_study_and_the_same_command_continues_it(tmp_path
 
 
 def test_a_different_study_in_the_same_directory_is_refused(tmp_path, capsys):
-    from muonkit.cli import main
+    from muonlab.cli import main
 
     out = tmp_path / "study"
     (out / "runs").mkdir(parents=True)
-    from muonkit.experiments.compare import STUDY_FILE
+    from muonlab.experiments.compare import STUDY_FILE
 
     (out / STUDY_FILE).write_text('{"steps": 10}')
     with pytest.raises(SystemExit) as exit_info:

@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from muonkit.cli import build_parser, main
-from muonkit.cli.train import config_from_args
-from muonkit.train.files import RESUME_MAY_DIFFER, resume_differences
-from muonkit.train.gpt import train_gpt
+from muonlab.cli import build_parser, main
+from muonlab.cli.train import config_from_args
+from muonlab.train.files import RESUME_MAY_DIFFER, resume_differences
+from muonlab.train.gpt import train_gpt
 
 BASE = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
         "--eval-every", "0", "--warmup", "1", "--steps", "4", "--checkpoint-every", "2",

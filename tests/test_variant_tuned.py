@@ -12,11 +12,11 @@ import statistics
 import pytest
 from fake_datasets import write_mnist
 
-from muonkit.cli import main
-from muonkit.experiments import variant_tuned
-from muonkit.experiments.runs import run_in_process, run_isolated
-from muonkit.experiments.sweep import lr_key
-from muonkit.experiments.variants import StudyConfig
+from muonlab.cli import main
+from muonlab.experiments import variant_tuned
+from muonlab.experiments.runs import run_in_process, run_isolated
+from muonlab.experiments.sweep import lr_key
+from muonlab.experiments.variants import StudyConfig
 
 # lr 1e-4 is far too small for 4 steps: the Muon family's best LR sits at the grid's high
 # edge, so the sweep must extend (once: sweep_extend=1) and report that it is still there.

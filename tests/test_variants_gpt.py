@@ -9,21 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from muonkit.cli import main
-from muonkit.experiments import horizon
-from muonkit.experiments.horizon import HorizonConfig, Study, prepare_out
-from muonkit.experiments.runs import run_in_process
-from muonkit.experiments.sweep import factor_grid
-from muonkit.experiments.variants_gpt import CONTENDERS as VARIANTS
-from muonkit.experiments.variants_gpt import VariantGPTConfig
-from muonkit.models.gpt import GPT, preset_config
-from muonkit.report.metrics import load_run, read_jsonl
-from muonkit.report.provenance import ns_label
-from muonkit.report.stats import paired_interval, t975
-from muonkit.report.tables import fmt_bytes
-from muonkit.train.gpt import train_gpt
-from muonkit.train.loop import METRICS, TrainConfig
-from muonkit.train.measure import muon_state_bytes, optimizer_state_bytes
 from muonkit.variants import (
     KroneckerMuon,
     KroneckerMuonWithAuxAdam,
@@ -31,6 +16,21 @@ from muonkit.variants import (
     LoRAPreMuonWithAuxAdam,
     kronecker_shapes,
 )
+from muonlab.cli import main
+from muonlab.experiments import horizon
+from muonlab.experiments.horizon import HorizonConfig, Study, prepare_out
+from muonlab.experiments.runs import run_in_process
+from muonlab.experiments.sweep import factor_grid
+from muonlab.experiments.variants_gpt import CONTENDERS as VARIANTS
+from muonlab.experiments.variants_gpt import VariantGPTConfig
+from muonlab.models.gpt import GPT, preset_config
+from muonlab.report.metrics import load_run, read_jsonl
+from muonlab.report.provenance import ns_label
+from muonlab.report.stats import paired_interval, t975
+from muonlab.report.tables import fmt_bytes
+from muonlab.train.gpt import train_gpt
+from muonlab.train.loop import METRICS, TrainConfig
+from muonlab.train.measure import muon_state_bytes, optimizer_state_bytes
 
 VOCAB = 11
 OPTS = dict(lr=3e-3, muon_lr=0.03, weight_decay=0.1, betas=(0.9, 0.95))

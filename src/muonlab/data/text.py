@@ -1,0 +1,307 @@
+"""Token streams for language-model training, and a checkpointable batch sampler.
+
+Sources (``load_text``):
+
+* ``"tinyshakespeare"`` (default): the bundled tinyshakespeare (Karpathy's char-rnn data,
+  1.1 MB), package data ``muonkit/data/tinyshakespeare.txt``.
+* a text file path: tokenized whole, split into the first 90 % for training and the last 10 %
+  for validation (nanoGPT's ``data/shakespeare_char/prepare.py``).
+* a directory with ``train.bin`` and ``val.bin``: pre-tokenized flat uint16 arrays, read as
+  ``np.memmap`` (nanoGPT's OpenWebText format); a ``meta.json`` beside them may give
+  ``vocab_size`` (and ``itos`` for char data), else GPT-2's vocabulary padded to 50304.
+
+Tokenizers: ``"char"`` (one id per distinct character, sorted, as nanoGPT's char runs) or
+``"gpt2"`` (GPT-2 BPE through the ``tiktoken`` package; its encoding files must already be in
+tiktoken's cache: nothing here downloads).
+
+``TokenBatches`` draws ``batch_size`` random windows of ``block_size + 1`` tokens per call
+(nanoGPT's ``get_batch``) from its own ``torch.Generator``, whose state is in
+``state_dict()`` so a resumed run draws the same batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BUNDLED = "tinyshakespeare"
+TOKENIZERS = ("char", "gpt2")
+GPT2_VOCAB = 50257
+GPT2_PADDED_VOCAB = 50304  # 50257 rounded up to a multiple of 64, as nanoGPT
+# The files tiktoken fetches for the "gpt2" encoding; its cache names each by the sha1 of its URL.
+GPT2_ENCODING_URLS = (
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+)
+
+
+@dataclass
+class TokenData:
+    """Train and val token arrays (1-D numpy, uint16/uint32 or memmap) and how to read them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    tokenizer: str
+    source: str
+    itos: list[str] | None = field(default=None, repr=False)
+
+    def decode(self, ids) -> str:
+        """Token ids back to text (char vocabularies and GPT-2 BPE)."""
+        ids = [int(i) for i in ids]
+        if self.itos is not None:
+            return "".join(self.itos[i] for i in ids)
+        if self.tokenizer == "gpt2":
+            return gpt2_encoding().decode(ids)
+        raise ValueError(f"no decoder for tokenizer {self.tokenizer!r} of {self.source}")
+
+    def describe(self) -> dict:
+        return dict(
+            source=self.source,
+            tokenizer=self.tokenizer,
+            vocab_size=self.vocab_size,
+            train_tokens=len(self.train),
+            val_tokens=len(self.val),
+        )
+
+
+def bundled_text() -> str:
+    """The bundled tinyshakespeare text."""
+    return (importlib.resources.files("muonlab") / "data" / "tinyshakespeare.txt").read_text(
+        encoding="utf-8"
+    )
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """First ``1 - val_fraction`` of the stream for training, the rest for validation."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n = int(len(tokens) * (1.0 - val_fraction))
+    return tokens[:n], tokens[n:]
+
+
+def char_vocab(text: str) -> list[str]:
+    return sorted(set(text))
+
+
+def char_encode(text: str, itos: list[str]) -> np.ndarray:
+    """Ids of ``text``'s characters in vocabulary ``itos`` (uint16, uint32 past 65536 chars)."""
+    stoi = {c: i for i, c in enumerate(itos)}
+    dtype = np.uint16 if len(itos) <= 2**16 else np.uint32
+    try:
+        return np.array([stoi[c] for c in text], dtype=dtype)
+    except KeyError as e:
+        raise ValueError(f"character {e.args[0]!r} is not in the vocabulary") from None
+
+
+def tiktoken_cache_dir() -> Path:
+    """Where tiktoken looks for cached encoding files (its TIKTOKEN_CACHE_DIR rule)."""
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 encoding, from its local cache only; a clear error if it cannot be."""
+    try:
+        import tiktoken
+    except ImportError:
+        raise ImportError(
+            "tokenizer='gpt2' needs the tiktoken package: pip install 'muonkit[bpe]' "
+            "(or pip install tiktoken)"
+        ) from None
+    cache = tiktoken_cache_dir()
+    missing = [
+        url
+        for url in GPT2_ENCODING_URLS
+        if not (cache / hashlib.sha1(url.encode()).hexdigest()).exists()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"tiktoken's GPT-2 encoding files are not in its cache {cache} (missing: "
+            f"{', '.join(u.rsplit('/', 1)[1] for u in missing)}); muonkit never downloads. "
+            "On a machine with internet run: python -c \"import tiktoken; "
+            "tiktoken.get_encoding('gpt2')\" and copy that cache here (point TIKTOKEN_CACHE_DIR "
+            "at it), or pre-tokenize to train.bin/val.bin and pass that directory"
+        )
+    return tiktoken.get_encoding("gpt2")
+
+
+def gpt2_encode(text: str) -> np.ndarray:
+    ids = gpt2_encoding().encode_ordinary(text)
+    return np.array(ids, dtype=np.uint16)
+
+
+def load_text(
+    source: str | os.PathLike = BUNDLED, tokenizer: str = "char", val_fraction: float = 0.1
+) -> TokenData:
+    """Tokens of ``source``: the bundled tinyshakespeare, a text file, or a .bin directory."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; valid: {list(TOKENIZERS)}")
+    if str(source) == BUNDLED:
+        text, name = bundled_text(), BUNDLED
+    else:
+        path = Path(source)
+        if path.is_dir():
+            return load_bin_dir(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"data file {path} does not exist. Pass a UTF-8 text file, a directory with "
+                f"train.bin and val.bin (make them with muonlab.data.text.prepare_bin or "
+                f"nanoGPT's data/*/prepare.py), or '{BUNDLED}' for the bundled text"
+            )
+        text, name = read_text_file(path), str(path)
+    if tokenizer == "char":
+        itos = char_vocab(text)
+        train, val = split_tokens(char_encode(text, itos), val_fraction)
+        return TokenData(train, val, len(itos), "char", name, itos)
+    train, val = split_tokens(gpt2_encode(text), val_fraction)
+    return TokenData(train, val, GPT2_PADDED_VOCAB, "gpt2", name)
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of ``path``; ValueError naming the file if it is empty or not text."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"data file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}); pass a text file, or a directory with train.bin and val.bin for "
+            "pre-tokenized data"
+        ) from None
+    if not text:
+        raise ValueError(f"data file {path} is empty")
+    return text
+
+
+def load_bin_dir(path: str | os.PathLike) -> TokenData:
+    """``train.bin``/``val.bin`` (flat uint16) in ``path`` as memmaps; meta.json if present."""
+    path = Path(path)
+    arrays = {}
+    for split in ("train", "val"):
+        f = path / f"{split}.bin"
+        if not f.exists():
+            raise FileNotFoundError(
+                f"{f} does not exist: a token directory needs train.bin and val.bin (flat "
+                "uint16 token ids). Make them with muonlab.data.text.prepare_bin(text_file, "
+                f"{str(path)!r}) or nanoGPT's data/openwebtext/prepare.py"
+            )
+        if f.stat().st_size < 2:
+            raise ValueError(f"token file {f} is empty")
+        arrays[split] = np.memmap(f, dtype=np.uint16, mode="r")
+    meta_file = path / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    tokenizer = meta.get("tokenizer", "gpt2")
+    vocab = int(meta.get("vocab_size", GPT2_PADDED_VOCAB))
+    for split, tokens in arrays.items():
+        check_token_ids(tokens, vocab, path / f"{split}.bin")
+    return TokenData(arrays["train"], arrays["val"], vocab, tokenizer, str(path), meta.get("itos"))
+
+
+def check_token_ids(
+    tokens: np.ndarray, vocab_size: int, source: Path, chunk: int = 1 << 24
+) -> None:
+    """Refuse a token file holding an id >= ``vocab_size`` (the model's embedding would fail
+    mid-run), naming the file, the first such id, its position and the vocabulary size. Reads
+    the file once, ``chunk`` ids at a time."""
+    for start in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[start:start + chunk])
+        bad = np.flatnonzero(part >= vocab_size)
+        if bad.size:
+            at = start + int(bad[0])
+            raise ValueError(
+                f"{source}: token id {int(tokens[at])} at position {at} is outside the "
+                f"vocabulary of size {vocab_size} (meta.json vocab_size, else GPT-2's 50304)"
+            )
+
+
+def prepare_bin(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+) -> Path:
+    """Tokenize ``source`` (see :func:`load_text`) into ``out_dir``/{train,val}.bin + meta.json."""
+    data = load_text(source, tokenizer, val_fraction)
+    if data.vocab_size > 2**16:
+        raise ValueError(f"vocab_size {data.vocab_size} does not fit the uint16 .bin format")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data.train.astype(np.uint16).tofile(out / "train.bin")
+    data.val.astype(np.uint16).tofile(out / "val.bin")
+    meta = dict(vocab_size=data.vocab_size, tokenizer=data.tokenizer, source=data.source)
+    if data.itos is not None:
+        meta["itos"] = data.itos
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+def check_fits(tokens: np.ndarray, batch_size: int, block_size: int, split: str) -> None:
+    """Refuse batches that cannot be cut from ``tokens`` (windows of block_size + 1)."""
+    if batch_size <= 0 or block_size <= 0:
+        raise ValueError(f"batch_size and block_size must be > 0, got {batch_size}, {block_size}")
+    if batch_size * block_size + 1 > len(tokens):
+        raise ValueError(
+            f"a batch of --batch-size x --block-size = {batch_size} x {block_size} = "
+            f"{batch_size * block_size} tokens is larger than the {len(tokens)} tokens of the "
+            f"{split} split; use a smaller --batch-size or --block-size, or more data"
+        )
+
+
+def windows(tokens: np.ndarray, starts: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """Inputs ``tokens[s : s+T]`` and targets ``tokens[s+1 : s+T+1]`` (int64) for each start."""
+    idx = starts.numpy()[:, None] + np.arange(block_size + 1)
+    w = torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))
+    return w[:, :-1], w[:, 1:]
+
+
+class TokenBatches:
+    """Random (x, y) windows of a token array, reproducible and resumable.
+
+    Each ``next_batch()`` draws ``batch_size`` start positions uniformly from
+    ``[0, len - block_size)`` with a private ``torch.Generator`` seeded by ``seed``.
+    ``state_dict()`` holds the generator state and the number of batches drawn.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int = 0,
+        split: str = "train",
+    ):
+        check_fits(tokens, batch_size, block_size, split)
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.block_size = block_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches_drawn = 0
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        high = len(self.tokens) - self.block_size
+        starts = torch.randint(high, (self.batch_size,), generator=self.generator)
+        self.batches_drawn += 1
+        return windows(self.tokens, starts, self.block_size)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.batches_drawn = int(state["batches_drawn"])
+
+
+def fixed_batches(
+    tokens: np.ndarray, batch_size: int, block_size: int, num_batches: int, seed: int = 0,
+    split: str = "val",
+) -> list[tuple[Tensor, Tensor]]:
+    """``num_batches`` batches drawn once, so every evaluation sees the same tokens."""
+    sampler = TokenBatches(tokens, batch_size, block_size, seed=seed, split=split)
+    return [sampler.next_batch() for _ in range(num_batches)]

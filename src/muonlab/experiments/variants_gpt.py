@@ -1,0 +1,75 @@
+"""`muonkit variants gpt`: the memory-saving Muon variants on the tiny GPT, each tuned.
+
+The horizon study's machinery (:mod:`muonlab.experiments.horizon`) at one horizon (``steps``)
+with the variant contenders of :data:`CONTENDERS`: AdamW, dense Muon, LoRA-Pre at ranks 1, 4
+and 16, Kronecker-factored momentum and the hybrid Kronecker (dense momentum on the last block),
+each the Muon part of the same hybrid (:meth:`muonlab.models.gpt.GPT.configure_optimizers`:
+AdamW on embeddings, head, norms and biases at the LR AdamW's own sweep chose). Every
+contender's Muon LR comes from the edge-aware factor-2 sweep (seed ``seeds[0]``, full length,
+extended past an edge), then the other seeds run at the chosen LR. Every run records its
+optimizer-state bytes (total and Muon part) measured from the state tensors at the end.
+
+Every run is its own process (``jobs`` at a time, ``threads`` torch threads each); a rerun
+with the same ``out`` skips finished runs. Layout as the horizon study's
+(``OUT/h<steps>/<contender>/lr<lr>-s<seed>/``); :func:`muonlab.report.variants_gpt.build_report`
+writes ``report.md`` and the figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .horizon import CONTENDERS as HORIZON_CONTENDERS
+from .horizon import Contender, HorizonConfig
+
+STUDY = "variants-gpt"
+NO_WD = {"muon_weight_decay": 0.0}
+
+
+def _variant(optimizer: str, about: str, **options) -> Contender:
+    return Contender(optimizer, "muon_lr", 0.02, {**NO_WD, **options}, about=about)
+
+
+CONTENDERS = {
+    "adamw": HORIZON_CONTENDERS["adamw"],
+    "muon": _variant("muon", "dense Muon hybrid (no weight decay on the Muon matrices)"),
+    **{f"lorapre-r{r}": _variant("lorapre", f"LoRA-Pre, rank-{r} momentum factors", rank=r)
+       for r in (1, 4, 16)},
+    "kronecker": _variant("kronecker", "Kronecker-factored momentum"),
+    "kronecker-hybrid": _variant(
+        "kronecker-hybrid", "Kronecker momentum, dense Muon momentum on the last block"),
+    # ablations (not run by default): LoRA-Pre's printed mixing g + mu * EMA(g)
+    "muon-gradient-heavy": _variant("muon", "dense Muon, mixing='gradient_heavy' (ablation)",
+                                    mixing="gradient_heavy"),
+    "lorapre-r16-gradient-heavy": _variant(
+        "lorapre", "LoRA-Pre r=16, mixing='gradient_heavy' (ablation)", rank=16,
+        mixing="gradient_heavy"),
+}
+DEFAULT_CONTENDERS = [n for n in CONTENDERS if "gradient-heavy" not in n]
+
+
+@dataclass
+class VariantGPTConfig(HorizonConfig):
+    """The study's settings: a :class:`HorizonConfig` with one horizon (the run length) and
+    the variant contenders; ``study.json`` names the study so that a horizon directory is
+    never continued as a variant one."""
+
+    table: ClassVar[dict[str, Contender]] = CONTENDERS
+
+    out: str = "runs/variants/gpt"
+    horizons: list[int] = field(default_factory=lambda: [800])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    contenders: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENDERS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.horizons) != 1:
+            raise ValueError(f"the variant study runs one length (--steps), got {self.horizons}")
+
+    @property
+    def steps(self) -> int:
+        return self.horizons[0]
+
+    def study(self) -> dict:
+        return {"study": STUDY, **super().study()}

@@ -1,0 +1,354 @@
+"""A nanoGPT-style GPT: the model the AdamW-vs-Muon comparison trains.
+
+Architecture as in Karpathy's nanoGPT ``model.py`` (itself GPT-2, Radford et al. 2019): token
+embeddings plus learned position embeddings (or rotary position embeddings on q and k, Su et
+al., "RoFormer", 2021), ``n_layer`` pre-norm blocks ``x + attn(ln(x))``, ``x + mlp(ln(x))``,
+causal self-attention through ``F.scaled_dot_product_attention`` (fused QKV projection), a GELU
+MLP of width ``4 * n_embd``, a final LayerNorm and a linear head ``lm_head`` whose weight is
+tied to the token embedding by default (Press & Wolf 2017).
+
+Initialisation follows GPT-2: normal(0, 0.02) for linear and embedding weights, zero biases,
+and the residual projections (``c_proj``) scaled by ``1 / sqrt(2 * n_layer)``.
+
+``configure_optimizers("adamw" | "muon" | ...)`` returns nanoGPT's AdamW (weight decay on
+every tensor of 2+ dims, none on biases and norm gains) or a Muon hybrid
+(:class:`muonkit.hybrid.MuonWithAuxAdam`): Muon (or NorMuon, or a memory-saving variant) on
+the hidden matrices of attention and MLP, AdamW on embeddings, the head and all vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from muonkit import registry
+from muonkit.hybrid import classify_params, hybrid_param_groups
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a :class:`GPT`.
+
+    ``bias``: biases in Linear and LayerNorm layers (GPT-2 has them; nanoGPT's default is
+    False, slightly better and faster). ``tie_weights``: ``lm_head.weight is wte.weight``.
+    ``rope``: rotary position embeddings instead of the learned ``wpe`` table.
+    """
+
+    vocab_size: int = 50304
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    tie_weights: bool = True
+    rope: bool = False
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if self.rope and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rope needs an even head size, got {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+# tiny: nanoGPT's CPU run of config/train_shakespeare_char.py (README: --n_layer=4 --n_head=4
+# --n_embd=128 --block_size=64 --dropout=0.0). small: that config's GPU size (6/6/384, block
+# 256). gpt2-124m: GPT-2 small, vocabulary 50257 padded to 50304 (a multiple of 64) as nanoGPT.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.0),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
+}
+
+
+def preset_config(name: str, **overrides) -> GPTConfig:
+    """The :class:`GPTConfig` of preset ``name``, with ``overrides`` (e.g. ``vocab_size``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown GPT preset {name!r}; valid presets: {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown GPTConfig field(s) {unknown}; valid: {sorted(fields)}")
+    return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of shape (seq_len, head_dim // 2) for rotary embeddings (RoFormer eq. 34)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (first half, second half) of the last dim of x (B, H, T, D) by position."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), rotary)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer; ``forward(idx)`` maps token ids (B, T) to logits (B, T, V)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = None if config.rope else nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        if config.rope:
+            cos, sin = rotary_tables(
+                config.block_size, config.n_embd // config.n_head, config.rope_base
+            )
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {T} exceeds block_size {self.config.block_size}; "
+                "pass shorter sequences or build the model with a larger block_size"
+            )
+        x = self.wte(idx)
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        else:
+            rotary = (self.rope_cos[:T], self.rope_sin[:T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rotary)
+        return self.lm_head(self.ln_f(x))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T), cropping the context to
+        ``block_size``; ``top_k`` keeps only the k most likely tokens (nanoGPT's sample.py)."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size :])[:, -1, :].float() / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters counted once (tied head = embedding); without ``wpe`` if non_embedding.
+
+        As nanoGPT's ``get_num_params``: the token embedding stays in the count because, tied,
+        it is also the head's matmul weight.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def estimate_flops_per_token(self) -> float:
+        """Training FLOPs per token: ``6 N + 12 L C T`` (PaLM, Chowdhery et al. 2022, app. B).
+
+        6N for the forward and backward matmuls of N parameters, plus attention's QK^T and AV
+        (2 * 2 * T * C per layer forward, times 3 with backward) at the full context T.
+        """
+        c = self.config
+        return 6.0 * self.num_params() + 12.0 * c.n_layer * c.n_embd * c.block_size
+
+    def configure_optimizers(
+        self,
+        kind: str,
+        *,
+        lr: float = 6e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        muon_lr: float = 0.02,
+        muon_weight_decay: float = 0.0,
+        embedding_lr: float | None = None,
+        head_lr: float | None = None,
+        vector_lr: float | None = None,
+        qkv_split: bool = False,
+        fused: bool | None = None,
+        **muon_options,
+    ) -> torch.optim.Optimizer:
+        """AdamW (``kind="adamw"``), the Muon hybrid (``kind="muon"``) or the same hybrid with
+        a Muon variant on the hidden matrices: ``"normuon"`` (:mod:`muonkit.variants.normuon`),
+        ``"lorapre"`` (low-rank momentum; ``rank=`` in ``muon_options``, default 16),
+        ``"kronecker"`` (Kronecker-factored momentum) or ``"kronecker-hybrid"`` (Kronecker
+        momentum, but dense Muon momentum on the head side: the matrices of the last block,
+        see :func:`dense_head_side_group`); :mod:`muonkit.variants.aux_adam`.
+
+        AdamW follows nanoGPT's ``configure_optimizers``: lr 6e-4, betas (0.9, 0.95), weight
+        decay 0.1 on every parameter with 2+ dims (matmul weights and embeddings), none on
+        biases and norm gains. ``fused`` defaults to True on CUDA.
+
+        The hybrid puts the hidden matrices (attention and MLP weights) on Muon with
+        ``muon_lr`` (0.02, Keller Jordan's muon.py) and ``muon_weight_decay``, and trains the
+        embeddings, the head (tied: the embedding) and all vectors with the same AdamW settings
+        as the baseline (``lr``, ``betas``, ``weight_decay`` on embedding/head, none on vectors);
+        ``embedding_lr``, ``head_lr``, ``vector_lr`` override ``lr`` per role. ``qkv_split``
+        orthogonalizes the fused ``c_attn`` weight as three blocks Q, K, V (``ns_split=3``).
+        ``muon_options`` go to the Muon group(s) (momentum, nesterov, ns_steps, ...).
+        """
+        spec = registry.get(kind)
+        if "rank" in muon_options and not spec.takes_rank:
+            raise ValueError(f"rank is not an option of optimizer {kind!r}")
+        if not spec.is_muon:
+            if muon_options:
+                raise ValueError(f"Muon options {sorted(muon_options)} given for kind='adamw'")
+            params = [p for p in self.parameters() if p.requires_grad]
+            decay = [p for p in params if p.dim() >= 2]
+            no_decay = [p for p in params if p.dim() < 2]
+            if fused is None:
+                fused = all(p.is_cuda for p in params)
+            groups = [
+                {"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+        groups = hybrid_param_groups(
+            self,
+            muon_lr=muon_lr,
+            adamw_lr=lr,
+            embedding_lr=embedding_lr,
+            head_lr=head_lr,
+            vector_lr=vector_lr,
+            muon_weight_decay=muon_weight_decay,
+            adamw_weight_decay=weight_decay,
+            adamw_betas=betas,
+            adamw_eps=eps,
+            **muon_options,
+        )
+        if qkv_split:
+            groups = split_qkv_group(self, groups)
+        if spec.dense_last_block:
+            groups = dense_head_side_group(self, groups)
+        return spec.hybrid(groups)
+
+    def param_roles(self) -> dict[str, str]:
+        """name -> role ("muon", "embedding", "head", "vector") as the hybrid assigns them."""
+        return {name: role for name, _, role in classify_params(self)}
+
+
+def dense_head_side_group(model: GPT, groups: list[dict]) -> list[dict]:
+    """Move the last block's matrices out of each Muon group into a group (role "muon_dense")
+    whose ``dense_momentum`` lists them all: Kronecker optimizers keep dense momentum there.
+
+    :class:`muonkit.variants.HybridKroneckerMuon` keeps the output layer dense; in the GPT
+    hybrid the output layer (the head) is AdamW's, so the dense part is the block next to it.
+    """
+    last = {id(p) for p in model.blocks[-1].parameters()}
+    out = []
+    for g in groups:
+        if not g["use_muon"]:
+            out.append(g)
+            continue
+        rest = [p for p in g["params"] if id(p) not in last]
+        dense = [p for p in g["params"] if id(p) in last]
+        if rest:
+            out.append({**g, "params": rest})
+        if dense:
+            out.append({**g, "params": dense, "role": "muon_dense",
+                        "dense_momentum": list(range(len(dense)))})
+    return out
+
+
+def split_qkv_group(model: GPT, groups: list[dict]) -> list[dict]:
+    """Move the fused QKV weights out of the Muon group into one with ``ns_split=3``."""
+    qkv = {id(b.attn.c_attn.weight) for b in model.blocks}
+    out = []
+    for g in groups:
+        if not g["use_muon"]:
+            out.append(g)
+            continue
+        rest = [p for p in g["params"] if id(p) not in qkv]
+        fused = [p for p in g["params"] if id(p) in qkv]
+        if rest:
+            out.append({**g, "params": rest})
+        out.append({**g, "params": fused, "ns_split": 3, "role": "muon_qkv"})
+    return out

@@ -1,0 +1,293 @@
+"""The horizon study's report: ``report.md``, ``horizon.png``, ``curves.png``, ``rms.png``.
+
+Reads a `muonkit horizon` directory (layout: :mod:`muonlab.experiments.horizon`). A
+(horizon, contender) cell counts only when its sweep has chosen an LR and every seed's run at
+that LR has finished; everything else is listed as unfinished, never guessed. Every number is
+computed here from ``metrics.jsonl``, ``sessions.jsonl``, ``sweeps.json`` and ``study.json``;
+the hardware, precision and CPU time from every started run's records
+(:mod:`muonlab.report.provenance`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
+from .plots import val_stats
+from .provenance import provenance_section, study_provenance
+from .tables import fmt_mean_std, markdown_table
+
+REPORT = "report.md"
+RUN_DIR = re.compile(r"h(\d+)/([\w.-]+)/lr([\d.e+-]+)-s(\d+)$")
+
+
+@dataclass
+class Cell:
+    """One contender at one horizon: the chosen LR and the runs at it (one per seed)."""
+
+    horizon: int
+    name: str
+    lr: float | None = None
+    runs: list[Run] = field(default_factory=list)
+    finished: bool = False
+
+    @property
+    def final(self) -> tuple[float, float]:
+        return mean_std([r.val[-1]["val_loss"] for r in self.runs])
+
+
+@dataclass
+class Study:
+    settings: dict
+    sweeps: dict
+    cells: dict[tuple[int, str], Cell]
+    out: Path
+    started: list[Run]  # every run with a metrics file, by horizon
+    runs_done: int
+    commands: list[str]
+    contenders: set[str] = field(default_factory=set)
+
+    @property
+    def horizons(self) -> list[int]:
+        return list(self.settings["horizons"])
+
+    @property
+    def runs_started(self) -> int:
+        return len(self.started)
+
+    def hardware(self) -> str:
+        """The hardware, precision and CPU-time section, from every started run's records."""
+        group = (lambda r: f"{horizon_of(self.out, r)} steps") if len(self.horizons) > 1 else None
+        return provenance_section(study_provenance(self.started, self.out, group))
+
+    def names(self) -> list[str]:
+        """Every contender the study ran or was asked to run (AdamW first)."""
+        seen = self.contenders | {name for _, name in self.cells}
+        return [n for n in ["adamw", *sorted(seen - {"adamw"})] if n in seen]
+
+
+def _finished(run: Run, horizon: int) -> bool:
+    return run.summary is not None and run.summary.get("steps") == horizon and bool(run.val)
+
+
+def horizon_of(out: Path, run: Run) -> int:
+    return int(RUN_DIR.search(run.path.parent.relative_to(out).as_posix())[1])
+
+
+def load_study(out: Path) -> Study:
+    """Every run under ``out`` grouped into cells at their chosen LRs."""
+    settings = json.loads((out / "study.json").read_text())
+    sweeps_path = out / "sweeps.json"
+    sweeps = json.loads(sweeps_path.read_text()) if sweeps_path.exists() else {}
+    by_cell: dict[tuple[int, str], dict[float, dict[int, Run]]] = {}
+    done, started = 0, []
+    for path in sorted(out.glob("h*/*/*/metrics.jsonl")):
+        m = RUN_DIR.search(path.parent.relative_to(out).as_posix())
+        if not m:
+            continue
+        h, name, lr, seed = int(m[1]), m[2], float(m[3]), int(m[4])
+        run = load_run(path)
+        started.append(run)
+        if _finished(run, h):
+            done += 1
+            by_cell.setdefault((h, name), {}).setdefault(lr, {})[seed] = run
+    cells = {}
+    for (h, name), lrs in by_cell.items():
+        entry = sweeps.get(str(h), {}).get(name)
+        lr = entry["best"] if entry else (next(iter(lrs)) if len(lrs) == 1 else None)
+        runs = lrs.get(lr, {}) if lr is not None else {}
+        seeds = settings["seeds"]
+        finished = lr is not None and all(s in runs for s in seeds)
+        cells[(h, name)] = Cell(h, name, lr, [runs[s] for s in seeds if s in runs], finished)
+    commands_path = out / "commands.txt"
+    commands = commands_path.read_text().splitlines() if commands_path.exists() else []
+    asked = out / "contenders.json"
+    contenders = {p.name for p in out.glob("h*/*") if p.is_dir()}
+    contenders |= set(json.loads(asked.read_text())) if asked.exists() else set()
+    started.sort(key=lambda r: horizon_of(out, r))
+    return Study(settings, sweeps, cells, out, started, done, commands, contenders)
+
+
+def ready(study: Study, h: int, name: str) -> Cell | None:
+    """The cell once its LR is chosen and a seed has finished at it; a cell still missing
+    seeds is reported with what it has, marked by :func:`seeds_note`."""
+    cell = study.cells.get((h, name))
+    return cell if cell is not None and cell.lr is not None and cell.runs else None
+
+
+def seeds_note(study: Study, cell: Cell) -> str:
+    """"" for a finished cell, else " (k of n seeds)"."""
+    n = len(study.settings["seeds"])
+    return "" if cell.finished else f" ({len(cell.runs)} of {n} seeds)"
+
+
+def final_table(study: Study) -> str:
+    rows = []
+    for name in study.names():
+        row = [name]
+        for h in study.horizons:
+            cell = ready(study, h, name)
+            row.append("unfinished" if cell is None else
+                       f"{fmt_mean_std(*cell.final, 3, len(cell.runs))} (lr {cell.lr:g})"
+                       + seeds_note(study, cell))
+        rows.append(row)
+    return markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
+
+
+def gap_and_reach(study: Study) -> tuple[str, dict]:
+    """Table of each contender's gap to AdamW's final loss and the fraction of the run it
+    needs to reach that loss (mean val curve over seeds, interpolated), per horizon."""
+    rows, gaps = [], {}
+    for name in study.names():
+        if name == "adamw":
+            continue
+        row = [name]
+        for h in study.horizons:
+            cell, base = ready(study, h, name), ready(study, h, "adamw")
+            if cell is None or base is None:
+                row.append("unfinished")
+                continue
+            target = base.final[0]
+            gap = cell.final[0] - target
+            steps, mean, _, _ = val_stats(cell.runs)
+            reach = steps_to_reach(steps, mean, target)
+            gaps[(h, name)] = gap
+            where = ("never reaches AdamW's final" if reach is None
+                     else f"reaches AdamW's final at {reach / h:.0%} of the run")
+            row.append(f"{gap:+.3f}; {where}{seeds_note(study, cell)}")
+        rows.append(row)
+    table = markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
+    return table, gaps
+
+
+def crossing_lines(study: Study, gaps: dict) -> list[str]:
+    """Where a contender's mean val curve crosses AdamW's within a run, and where the sign
+    of its final gap changes between horizons."""
+    lines = []
+    for name in study.names():
+        if name == "adamw":
+            continue
+        for h in study.horizons:
+            cell, base = ready(study, h, name), ready(study, h, "adamw")
+            if cell is None or base is None:
+                continue
+            s1, m1, _, _ = val_stats(cell.runs)
+            s0, m0, _, _ = val_stats(base.runs)
+            common = [s for s in s1 if s in set(s0) and s > 0]
+            diff = np.array([m1[list(s1).index(s)] - m0[list(s0).index(s)] for s in common])
+            flips = [common[i] for i in range(1, len(diff)) if np.sign(diff[i]) != np.sign(
+                diff[i - 1])]
+            if flips:
+                lines.append(f"- {name} at {h} steps: its val curve crosses AdamW's near step(s) "
+                             f"{', '.join(str(int(s)) for s in flips)}.")
+        signs = [(h, np.sign(gaps[(h, name)])) for h in study.horizons if (h, name) in gaps]
+        for (ha, a), (hb, b) in zip(signs, signs[1:]):
+            if a != b:
+                lead = "AdamW" if b > 0 else name
+                lines.append(f"- {name}: the lead changes between {ha} and {hb} steps "
+                             f"({lead} ahead at {hb}).")
+    return lines or ["- No crossings among the finished cells."]
+
+
+def cost_table(study: Study) -> str:
+    rows = []
+    for name in study.names():
+        for h in study.horizons:
+            cell = ready(study, h, name)
+            if cell is None:
+                continue
+            sums = [r.summary for r in cell.runs]
+            rows.append([
+                name, h, f"{np.mean([s['tokens_per_s'] for s in sums]):,.0f}",
+                f"{1000 * np.mean([s['step_time_s'] for s in sums]):.1f}",
+                f"{np.mean([r.train[-1]['elapsed_s'] for r in cell.runs]):.0f}",
+                "; ".join(sorted({" ".join(s.get("cpu_flags") or ["-"]) for s in sums})),
+            ])
+    header = ["contender", "steps", "tokens/s", "ms/step", "train time (s)", "CPU flags"]
+    return markdown_table(header, rows)
+
+
+def rms_table(study: Study) -> str:
+    rows = []
+    for name in study.names():
+        row = [name]
+        for h in study.horizons:
+            cell = ready(study, h, name)
+            rec = _rms_records(cell.runs[0]) if cell else []
+            row.append(f"{rec[-1]['weight_rms']:.4f} / {rec[-1]['update_rms']:.2e}"
+                       if rec else "unfinished")
+        rows.append(row)
+    return markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
+
+
+def _rms_records(run: Run) -> list[dict]:
+    return [r for r in read_jsonl(run.path) if r.get("kind") == "rms" and r.get("update_rms")]
+
+
+def sweep_lines(study: Study) -> list[str]:
+    lines = []
+    for h in study.horizons:
+        for name, entry in study.sweeps.get(str(h), {}).items():
+            tried = ", ".join(f"{float(lr):g}: {loss:.3f}" for lr, loss in sorted(
+                entry["losses"].items(), key=lambda kv: float(kv[0])))
+            aux = f" (aux AdamW lr {entry['aux_lr']:g})" if entry.get("aux_lr") else ""
+            lines.append(f"- {h} steps, {name}{aux}: {tried}. {entry['note']}")
+    return lines
+
+
+def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
+    s = study.settings
+    expected = len(study.horizons) * len(study.names())
+    done = sum(1 for c in study.cells.values() if c.finished)
+    gap_table, gaps = gap_and_reach(study)
+    status = ("complete" if done == expected and expected else
+              f"**unfinished**: {done} of {expected} (horizon, contender) cells finished")
+    parts = [
+        "# Horizon study: does Muon's lead over AdamW survive longer training?\n",
+        f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished.\n",
+        f"Model preset `{s['preset']}`, data `{s['data']}`, {s['batch_size']} sequences per step, "
+        f"seeds {s['seeds']}, horizons {s['horizons']} steps, each with its own schedule "
+        f"(warmup {s['warmup_frac']:.0%}, cosine to {s['min_lr_ratio']} x peak, Muon momentum "
+        f"warmup {s['momentum_warmup_frac']:.0%}); every contender tuned per horizon on a "
+        f"{s['grid_points']}-point factor-2 grid around the previous horizon's best (seed "
+        f"{s['seeds'][0]}, full length, extended past an edge up to {s['sweep_extend']} points).\n",
+        study.hardware(),
+        "## Final validation loss (mean ± std over seeds, chosen LR)\n", final_table(study),
+        "## Gap to AdamW and steps to reach AdamW's final loss\n", gap_table,
+        "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
+        "## Weight RMS / update RMS of the hidden matrices at the end (seed 0)\n",
+        rms_table(study),
+        "Update RMS: mean RMS of one optimizer step's change of the hidden matrices over the "
+        "last evaluation interval (LR schedule and weight decay included).\n",
+        "## Wall-clock and throughput\n", cost_table(study),
+        "Mean over the seeds at the chosen LR; each run at one process with its `--threads`. "
+        "Per-step times depend on the machine (its timing flags: the last column) and on what "
+        "else it ran meanwhile; compare them within one machine only.\n",
+        "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
+        "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
+        "Figures: " + ", ".join(f"`{p.name}`" for p in figures.values()) + ".\n",
+    ]
+    return "\n".join(parts)
+
+
+def build_horizon_report(out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md`` and the figures of a horizon study directory."""
+    from .horizon_plots import plot_curves, plot_horizon, plot_rms
+
+    out = Path(out_dir)
+    if not (out / "study.json").exists():
+        raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit horizon` directory?")
+    study = load_study(out)
+    figures = {
+        "horizon": plot_horizon(study, out / "horizon.png"),
+        "curves": plot_curves(study, out / "curves.png"),
+        "rms": plot_rms(study, out / "rms.png", _rms_records),
+    }
+    report = out / REPORT
+    report.write_text(horizon_markdown(study, figures))
+    return {"report": report, **figures}

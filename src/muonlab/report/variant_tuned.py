@@ -1,0 +1,262 @@
+"""Report of the tuned variant study (``muonkit variants tuned``), from its files only.
+
+``report.md``: the settings, one table per arm set (all arms, then each untuned study's arms
+and the mixing ablation) with state bytes, the chosen LR, final test accuracy and loss (mean
++- std over seeds) and the paired 95% t-interval of the difference to dense Muon with whether
+it contains 0 (inside the seed noise); the mixing-vs-compression differences; every sweep
+(each LR's held-out loss and accuracy, the choice, the extensions). Figures: accuracy
+against state bytes (the rank sweep) and the curves of the ``large`` arms.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .metrics import Run, load_run, mean_std
+from .provenance import provenance_section, study_provenance
+from .stats import paired_interval
+from .tables import fmt_bytes, markdown_table
+from .variants import plot_curves, plot_memory_tradeoff
+
+REFERENCE = "muon"  # the slug every difference is taken against
+# (label, a, b): the mixing ablation's paired differences a - b
+ABLATION_PAIRS = (
+    ("mixing, dense", "muon-gh", "muon"),
+    ("mixing, LoRA-Pre full rank", "{full}-gh", "{full}"),
+    ("mixing, LoRA-Pre low rank", "{low}-gh", "{low}"),
+    ("compression (full-rank LoRA-Pre - dense), default mixing", "{full}", "muon"),
+    ("compression (full-rank LoRA-Pre - dense), gradient-heavy", "{full}-gh", "muon-gh"),
+    ("compression (low-rank - full-rank LoRA-Pre), default mixing", "{low}", "{full}"),
+)
+
+
+def load_study(out: Path) -> dict:
+    """Settings, arms, groups, sweeps and, per arm slug, the finished runs at its chosen LR."""
+    study = json.loads((out / "study.json").read_text())
+    arms = json.loads((out / "arms.json").read_text())
+    path = out / "sweeps.json"
+    sweeps = json.loads(path.read_text()) if path.exists() else {}
+    runs = {}
+    for arm in arms["arms"]:
+        if arm["slug"] in sweeps:
+            best = sweeps[arm["slug"]]["best"]
+            paths = [out / "runs" / arm["slug"] / f"lr{best:g}-s{s}" / "metrics.jsonl"
+                     for s in study["seeds"]]
+            found = [load_run(p) for p in paths if p.exists()]
+            runs[arm["slug"]] = [r for r in found if r.summary is not None]
+    return dict(study=study, arms=arms["arms"], groups=arms["groups"], sweeps=sweeps, runs=runs)
+
+
+def final(run: Run, key: str) -> float:
+    return float(run.val[-1][key])
+
+
+def arm_rows(s: dict) -> dict[str, dict]:
+    """{slug: row} for every arm with finished runs: the numbers of the tables and figures."""
+    rows = {}
+    for arm in s["arms"]:
+        group = s["runs"].get(arm["slug"])
+        if not group:
+            continue
+        row = dict(arm, optimizer=arm["label"], seeds=[r.seed for r in group],
+                   state_bytes=group[0].summary["optimizer_state_bytes"],
+                   lr=s["sweeps"][arm["slug"]]["best"], edge=s["sweeps"][arm["slug"]]["edge"])
+        for key in ("test_acc", "test_loss"):
+            row[key], row[key + "_std"] = mean_std([final(r, key) for r in group])
+        row["train_loss"], row["train_loss_std"] = mean_std(
+            [r.epochs[-1]["train_loss"] for r in group])
+        row["by_seed"] = {r.seed: {k: final(r, k) for k in ("test_acc", "test_loss")}
+                          for r in group}
+        rows[arm["slug"]] = row
+    return rows
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A paired 95% interval (:func:`muonlab.report.stats.paired_interval`) over ``n`` seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def contains_zero(self) -> bool:
+        """Inside the seed noise: the interval contains 0."""
+        return self.low <= 0 <= self.high
+
+
+def difference(a: dict, b: dict, key: str) -> Interval | None:
+    """Paired interval of ``a - b`` for ``key`` over the seeds both rows have (None if none)."""
+    seeds = sorted(set(a["by_seed"]) & set(b["by_seed"]))
+    if not seeds:
+        return None
+    mean, low, high = paired_interval([a["by_seed"][s][key] for s in seeds],
+                                      [b["by_seed"][s][key] for s in seeds])
+    return Interval(mean, low, high, len(seeds))
+
+
+def fmt_interval(iv, scale: float, digits: int) -> tuple[str, str]:
+    """(``mean [low, high]``, inside-the-noise cell) of a paired interval."""
+    if iv is None:
+        return "n/a", "n/a"
+    if iv.n < 2:
+        return f"{scale * iv.mean:+.{digits}f} (1 seed)", "n/a (1 seed)"
+    text = (f"{scale * iv.mean:+.{digits}f} [{scale * iv.low:+.{digits}f}, "
+            f"{scale * iv.high:+.{digits}f}]")
+    return text, "yes" if iv.contains_zero else "**no**"
+
+
+def results_table(rows: dict, slugs: list[str]) -> str:
+    ref = rows.get(REFERENCE)
+    cells = []
+    for slug in slugs:
+        if slug not in rows:
+            continue
+        r = rows[slug]
+        savings = ("n/a" if ref is None
+                   else f"{100 * (1 - r['state_bytes'] / ref['state_bytes']):.1f}%")
+        acc = fmt_interval(difference(r, ref, "test_acc") if ref and slug != REFERENCE
+                           else None, 100, 2)
+        loss = fmt_interval(difference(r, ref, "test_loss") if ref and slug != REFERENCE
+                            else None, 1, 4)
+        lr = f"{r['lr']:g}" + (f" (at the {r['edge']} edge)" if r["edge"] else "")
+        cells.append([r["label"], f"{r['state_bytes']} ({fmt_bytes(r['state_bytes'])})",
+                      savings, lr, len(r["seeds"]),
+                      f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}",
+                      f"{r['test_loss']:.4f} ± {r['test_loss_std']:.4f}",
+                      acc[0], acc[1], loss[0], loss[1]])
+    headers = ["optimizer", "state bytes", "savings vs Muon", "chosen LR", "seeds",
+               "test acc % (mean ± std)", "test loss (mean ± std)",
+               "Δ acc vs Muon, pp [95% CI]", "inside noise (acc)",
+               "Δ loss vs Muon [95% CI]", "inside noise (loss)"]
+    return markdown_table(headers, cells)
+
+
+def ablation_table(rows: dict, groups: dict) -> str:
+    """The paired differences that separate mixing from compression."""
+    lora = [g for g in groups["mixing ablation"] if g.startswith("lora_pre") and "-gh" not in g]
+    names = {"full": lora[0], "low": lora[-1]}
+    cells = []
+    for label, a, b in ABLATION_PAIRS:
+        a, b = a.format(**names), b.format(**names)
+        if a in rows and b in rows:
+            acc = fmt_interval(difference(rows[a], rows[b], "test_acc"), 100, 2)
+            loss = fmt_interval(difference(rows[a], rows[b], "test_loss"), 1, 4)
+            cells.append([label, f"{rows[a]['label']} − {rows[b]['label']}", *acc, *loss])
+    headers = ["effect", "difference", "Δ test acc, pp [95% CI]", "inside noise (acc)",
+               "Δ test loss [95% CI]", "inside noise (loss)"]
+    return markdown_table(headers, cells)
+
+
+def sweep_section(s: dict) -> str:
+    """Per arm: every LR tried on the first seed with its final held-out loss and accuracy
+    and test accuracy, the choice and the note on extensions/edges."""
+    parts = []
+    for arm in s["arms"]:
+        sweep = s["sweeps"].get(arm["slug"])
+        if sweep is None:
+            parts.append(f"**{arm['label']}**: sweep not finished.\n")
+            continue
+        cells = []
+        for lr_text, loss in sorted(sweep["losses"].items(), key=lambda kv: float(kv[0])):
+            lr = float(lr_text)
+            path = (Path(s["out"]) / "runs" / arm["slug"] / f"lr{lr:g}-s{s['study']['seeds'][0]}"
+                    / "metrics.jsonl")
+            run = load_run(path) if path.exists() else None
+            accs = ("n/a", "n/a") if run is None or not run.val or loss == float("inf") else (
+                f"{100 * final(run, 'val_acc'):.2f}", f"{100 * final(run, 'test_acc'):.2f}")
+            mark = " (chosen)" if lr == sweep["best"] else (
+                " (added)" if lr in sweep["added"] else "")
+            cells.append([f"{lr:g}{mark}", "diverged" if loss == float("inf") else f"{loss:.4f}",
+                          *accs])
+        table = markdown_table(["LR", "held-out loss", "held-out acc %", "test acc %"], cells)
+        parts.append(f"**{arm['label']}** ({sweep['note']})\n\n{table}")
+    return "\n".join(parts)
+
+
+def hardware(out: Path) -> str:
+    """The hardware, precision and CPU time of every run under ``out/runs`` (sweeps and
+    seeds, finished or not), from their records."""
+    runs = [load_run(p) for p in sorted((out / "runs").glob("*/*/metrics.jsonl"))]
+    return provenance_section(study_provenance(runs, out))
+
+
+def settings_text(s: dict, input_dim: int) -> str:
+    """The study's settings, how the LRs were chosen, the statistics."""
+    st = s["study"]
+    sizes = " -> ".join(str(n) for n in (input_dim, *st["hidden"], 10))
+    return (
+        f"{st['dataset']}, MLP {sizes} (no biases), epochs: {st['epochs']}, batch "
+        f"{st['batch_size']}, cosine decay to 10%, no clipping, Muon-family momentum "
+        f"{st['momentum']}; seeds {', '.join(map(str, st['seeds']))}. The last "
+        f"{st['val_size']} training examples are held out"
+        f"{' (of the first ' + str(st['train_limit']) + ')' if st['train_limit'] else ''} and "
+        f"the rest train; the test set is only reported.\n\n"
+        f"**How each LR was chosen.** Edge-aware factor-2 sweep per arm: {st['grid_points']} "
+        f"LRs centred on {st['lr']:g} (Muon family) / {st['adamw_lr']:g} (AdamW), extended by "
+        f"one factor-2 step past an edge while the best sits there, at most "
+        f"{st['sweep_extend']} points per side; seed {st['seeds'][0]} at full length. The "
+        f"choice is the lowest final **held-out cross-entropy**: a continuous measure, less "
+        f"coarse than accuracy on {st['val_size']} examples, and never the test set. The "
+        f"other seeds train at the chosen LR; the sweep's run is seed {st['seeds'][0]}'s run.\n\n"
+        f"**Statistics.** Test accuracy and loss after the last epoch, mean ± sample std over "
+        f"seeds; Δ: the paired difference to dense Muon (same seed: same initialization and "
+        f"batch order), mean and two-sided 95% t-interval (n - 1 degrees of freedom); "
+        f"'inside noise' = the interval contains 0.\n"
+    )
+
+
+def findings(rows: dict) -> str:
+    """Which arms' chosen LR still sits at a grid edge, and which differences to dense Muon
+    are outside the seed noise (test accuracy, test loss)."""
+    lines = []
+    edges = [f"{r['label']} ({r['lr']:g}, {r['edge']})" for r in rows.values() if r["edge"]]
+    lines.append("**Chosen LR still at an edge of its grid** (the optimum may lie beyond): "
+                 + (", ".join(edges) if edges else "none") + ".")
+    ref = rows.get(REFERENCE)
+    for key, name in (("test_acc", "test accuracy"), ("test_loss", "test loss")):
+        outside = []
+        for slug, r in rows.items():
+            iv = difference(r, ref, key) if ref and slug != REFERENCE else None
+            if iv is not None and iv.n >= 2 and not iv.contains_zero:
+                better = (iv.mean > 0) == (key == "test_acc")
+                outside.append(f"{r['label']} ({'better' if better else 'worse'})")
+        lines.append(f"**Differences to dense Muon outside the seed noise ({name}, 95%)**: "
+                     + (", ".join(outside) if outside else "none") + "; every other arm's "
+                     "difference is inside the noise.")
+    return "\n\n".join(lines)
+
+
+def write_report(out: str | Path, input_dim: int) -> dict[str, Path]:
+    """``report.md`` and the figures of the tuned study in ``out`` (an MLP on ``input_dim``
+    inputs)."""
+    out = Path(out)
+    s = load_study(out) | {"out": str(out)}
+    rows = arm_rows(s)
+    groups = s["groups"]
+    figures = {"tradeoff": out / "tradeoff.png", "curves": out / "curves.png"}
+    sweep_rows = [rows[g] for g in groups["rank-sweep"] if g in rows]
+    if sweep_rows:
+        plot_memory_tradeoff(sweep_rows, figures["tradeoff"],
+                             title="final test accuracy against optimizer state (tuned LRs)")
+    large = [rows[g] for g in groups["large"] if g in rows]
+    if large:
+        runs = [r for g in groups["large"] for r in s["runs"].get(g, [])]
+        plot_curves(runs, large, figures["curves"], title="large (tuned LRs)")
+    text = [f"# Memory-saving Muon variants, every LR tuned ({s['study']['dataset']})\n",
+            "Written by `muonkit variants tuned` from the files in this folder.\n",
+            settings_text(s, input_dim), hardware(out), "## Summary\n", findings(rows),
+            "\n## All arms\n", results_table(rows, list(rows))]
+    for name, slugs in groups.items():
+        text += [f"\n## {name}\n", results_table(rows, slugs)]
+    text += ["\n## Mixing vs compression\n",
+             "Each row is a paired difference (same seeds); 'gradient-heavy' is LoRA-Pre's "
+             "printed mixing `g + mu * EMA(g)`, the default `momentum_form` is Muon's.\n",
+             ablation_table(rows, groups), "\n## LR sweeps (first seed)\n", sweep_section(s),
+             "\n## Figures\n", "![accuracy against state](tradeoff.png)\n",
+             "![curves of the large arms](curves.png)\n"]
+    (out / "report.md").write_text("\n".join(text))
+    return {"report": out / "report.md", **{k: v for k, v in figures.items() if v.exists()}}

@@ -1,0 +1,163 @@
+"""The GPT variant study's report: ``report.md``, ``memory.png`` and ``curves.png``.
+
+Reads a `muonkit variants gpt` directory (the horizon study's layout at one horizon, loaded by
+:func:`muonlab.report.horizon.load_study`): a contender counts only when its sweep has chosen
+an LR and every seed's run at that LR has finished. Final val loss is the mean ± std over
+seeds; state bytes are the runs' own measurements (``optimizer_state_bytes``, the tensors in
+the optimizer's state at the end, and ``muon_state_bytes``, its Muon part); the difference to
+dense Muon is paired by seed (:func:`muonlab.report.stats.paired_interval`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .horizon import Cell, Study, cost_table, load_study, ready, sweep_lines
+from .stats import paired_interval
+from .tables import fmt_bytes, fmt_mean_std, markdown_table
+
+REPORT = "report.md"
+DENSE = "muon"
+OPTION_KEYS = ("rank", "mixing")
+
+
+def finished_cells(study: Study) -> list[Cell]:
+    """The finished contenders, largest total optimizer state first."""
+    h = study.horizons[0]
+    cells = [c for name in study.names() if (c := ready(study, h, name))]
+    return sorted(cells, key=lambda c: (-state_bytes(c)[1], c.name))
+
+
+def state_bytes(cell: Cell) -> tuple[int, int]:
+    """(Muon part, total) of the seed runs' measured optimizer-state bytes (the same for
+    every seed: the shapes do not depend on the data; the first run's)."""
+    summary = cell.runs[0].summary
+    return int(summary.get("muon_state_bytes", 0)), int(summary["optimizer_state_bytes"])
+
+
+def finals(cell: Cell) -> list[float]:
+    return [r.val[-1]["val_loss"] for r in cell.runs]
+
+
+def describe(cell: Cell) -> str:
+    """The run's optimizer kind and the options that tell the variants apart."""
+    run = cell.runs[0]
+    options = run.config.get("config", {}).get("optimizer_options", {})
+    extra = ", ".join(f"{k} {options[k]}" for k in OPTION_KEYS if k in options)
+    return run.optimizer + (f" ({extra})" if extra else "")
+
+
+def difference(cell: Cell, dense: Cell | None) -> tuple[str, str]:
+    """(difference to dense Muon with its 95% interval, whether it is inside the noise)."""
+    if dense is None:
+        return "dense Muon unfinished", ""
+    if cell.name == dense.name:
+        return "reference", ""
+    mean, low, high = paired_interval(finals(cell), finals(dense))
+    if math.isnan(low):
+        return f"{mean:+.3f} (one seed: no interval)", "?"
+    inside = "yes" if low <= 0 <= high else ("no: worse" if low > 0 else "no: better")
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]", inside
+
+
+def results_table(study: Study) -> str:
+    dense = ready(study, study.horizons[0], DENSE)
+    rows = []
+    for cell in finished_cells(study):
+        muon, total = state_bytes(cell)
+        sweep = study.sweeps.get(str(cell.horizon), {}).get(cell.name, {})
+        lr = f"{cell.lr:g}" + (f" (AdamW part {sweep['aux_lr']:g})" if sweep.get("aux_lr") else "")
+        if sweep.get("edge"):
+            lr += f", at the {sweep['edge']} edge of its sweep"
+        diff, inside = difference(cell, dense)
+        rows.append([
+            cell.name, describe(cell), lr, fmt_mean_std(*cell.final, 3, len(cell.runs)),
+            fmt_bytes(muon) if muon else "-", fmt_bytes(total), diff, inside,
+        ])
+    headers = ["contender", "optimizer", "chosen LR", "final val loss", "state: Muon part",
+               "state: total", "minus dense Muon [95% CI]", "inside the noise?"]
+    return markdown_table(headers, rows)
+
+
+def unfinished(study: Study) -> list[str]:
+    h = study.horizons[0]
+    return [n for n in study.names() if ready(study, h, n) is None]
+
+
+def report_markdown(study: Study, figures: dict[str, Path]) -> str:
+    s = study.settings
+    names, missing = study.names(), unfinished(study)
+    status = ("complete" if not missing else
+              f"**unfinished**: {len(names) - len(missing)} of {len(names)} contenders finished "
+              f"(missing: {', '.join(missing)})")
+    parts = [
+        "# Memory-saving Muon variants on the tiny GPT\n",
+        f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished.\n",
+        f"Model preset `{s['preset']}`, data `{s['data']}`, {s['batch_size']} sequences per "
+        f"step, {s['horizons'][0]} steps (warmup {s['warmup_frac']:.0%}, cosine to "
+        f"{s['min_lr_ratio']} x peak, Muon momentum warmup {s['momentum_warmup_frac']:.0%}), "
+        f"seeds {s['seeds']}. Every Muon-family contender is the Muon part of the same hybrid "
+        "(AdamW on embeddings, head, norms and biases at the LR AdamW's sweep chose). Each "
+        f"contender's LR: a {s['grid_points']}-point factor-2 sweep (seed {s['seeds'][0]}, full "
+        f"length, extended past an edge up to {s['sweep_extend']} points), then the other seeds "
+        "at the chosen LR.\n",
+        study.hardware(),
+        "## Final validation loss and optimizer state\n", results_table(study),
+        "Final val loss: mean ± std over seeds at the chosen LR. State: bytes of the tensors in "
+        "the optimizer's state at the end of a run (Muon part: those of the hidden matrices; "
+        "total: with the AdamW part and AdamW's step counters). Difference to dense Muon: "
+        "paired by seed (same initial weights and batches), 95% t-interval; *inside the noise* "
+        "when the interval contains 0. A chosen LR at an edge of its sweep (after the extension "
+        "cap) may not be the best one.\n",
+        "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
+        "## Wall-clock and throughput\n", cost_table(study),
+        "Mean over the seeds at the chosen LR, one process per run at its `--threads`; per-step "
+        "times depend on what else the machine ran meanwhile.\n",
+        "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
+        "Figures: " + ", ".join(f"`{p.name}`" for p in figures.values()) + ".\n",
+    ]
+    return "\n".join(parts)
+
+
+def build_report(out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``memory.png`` and ``curves.png`` of a GPT variant study."""
+    from .horizon_plots import plot_curves
+    from .plots import plt
+
+    out = Path(out_dir)
+    if not (out / "study.json").exists():
+        raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit variants gpt` "
+                                "directory?")
+    study = load_study(out)
+    figures = {"memory": plot_memory(study, out / "memory.png", plt),
+               "curves": plot_curves(study, out / "curves.png")}
+    report = out / REPORT
+    report.write_text(report_markdown(study, figures))
+    return {"report": report, **figures}
+
+
+def plot_memory(study: Study, path: Path, plt) -> Path:
+    """Final val loss (± std over seeds) against the optimizer-state bytes, total (left) and
+    Muon part (right; AdamW has none), log x."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    cells = finished_cells(study)
+    for cell in cells:
+        muon, total = state_bytes(cell)
+        mean, std = cell.final
+        for ax, x in zip(axes, (total, muon)):
+            if x:
+                ax.errorbar([x], [mean], yerr=[0 if np.isnan(std) else std], marker="o",
+                            capsize=3, label=cell.name)
+    for ax, which in zip(axes, ("total", "Muon part")):
+        ax.set(xscale="log", xlabel=f"optimizer state bytes ({which})",
+               ylabel="final val loss", title=f"final val loss vs state bytes ({which})")
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,436 @@
+"""A run's directory: what a run leaves there, and the rules that keep runs from being lost.
+
+* ``OUT/metrics.jsonl`` (:class:`MetricsLogger`), ``OUT/ckpt.pt`` (:func:`save_checkpoint`, or
+  ``OUT/ckpt_dcp/`` under torch.distributed), the trackers' ``OUT/tb/`` and ``OUT/wandb/``;
+* :func:`prepare_out_dir`: a directory that holds a run is refused unless resumed or
+  overwritten; :func:`check_resume`: a resume that would not continue the run is refused, a
+  finished run is reported complete (:class:`RunComplete`) and left alone;
+* :func:`load_checkpoint`: a truncated or corrupt checkpoint is a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muonkit.distributed.env import is_distributed
+
+from .config import TrainConfig
+from .trackers import TRACKER_FILES, Tracker
+
+CHECKPOINT = "ckpt.pt"
+
+CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs (torchrun): muonkit.distributed.save_train_state
+
+METRICS = "metrics.jsonl"
+
+RUN_MARKERS = (METRICS, CHECKPOINT, CHECKPOINT_DIR)  # files that say a directory holds a run
+
+# what overwrite=True deletes: the run's files and its trackers' (tb/, wandb/, the W&B run id)
+RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", CHECKPOINT_DIR + ".tmp", CHECKPOINT_DIR + ".old",
+             METRICS + ".tmp", *TRACKER_FILES)
+
+PARKED = ".replaced"  # where --overwrite keeps the old run until the new one has taken a step
+
+CHECKPOINT_KEYS = ("model", "optimizers", "batches", "rng", "step", "elapsed_s", "tokens")
+
+
+
+class RunComplete(Exception):
+    """``resume=True`` on a run that has already trained all its steps; nothing was changed."""
+
+
+
+class RunExistsError(FileExistsError):
+    """``out_dir`` holds a run, and neither ``resume`` nor ``overwrite`` was asked for."""
+
+
+
+class RunWriteError(OSError):
+    """A run's file could not be written (a full disk, a quota, an I/O error); what was there
+    before is intact, and the message says what was kept and how to continue."""
+
+
+
+class ResumeMismatch(ValueError):
+    """``resume`` with settings that would change the run's result; ``lines`` names each
+    differing setting with the checkpoint's value and the given one."""
+
+    def __init__(self, out_dir: Path, lines: list[str]):
+        self.lines = lines
+        super().__init__(f"cannot resume the run in {out_dir}: {len(lines)} setting(s) differ "
+                         "from the run's (resume with the run's own, or --overwrite to start "
+                         "anew): " + "; ".join(lines))
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: truncated, corrupt, or not written by this loop."""
+
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Create ``out_dir``; refuse a file or an unwritable directory, and a directory that holds
+    a run (``RUN_MARKERS``) unless ``resume`` (continue it) or ``overwrite`` (replace its
+    ``RUN_FILES``, nothing else) is set. The run being replaced is parked in ``OUT/.replaced``
+    (:func:`park_run_files`) until the new run has taken a step: the caller then calls
+    :func:`drop_parked`, or :func:`unpark` when the new run failed before that, so a run that
+    cannot start never costs the old one. Returns whether a run was parked (on rank 0 under
+    torch.distributed, which alone moves files)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output directory {out_dir} is a file, not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create output directory {out_dir}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"output directory {out_dir} is not writable")
+    found = [name for name in RUN_MARKERS if (out_dir / name).exists()]
+    if found and not (resume or overwrite):
+        resumable = CHECKPOINT in found or CHECKPOINT_DIR in found
+        raise RunExistsError(
+            f"{out_dir} already holds a run ({', '.join(found)}); "
+            + ("pass --resume to continue it or --overwrite to replace it" if resumable else
+               "it has no checkpoint to resume from: pass --overwrite to replace it, or "
+               "another --out")
+        )
+    distributed = is_distributed()
+    if distributed:
+        torch.distributed.barrier()  # every rank has looked before any rank writes or deletes
+    parked = bool(found) and overwrite and (not distributed or torch.distributed.get_rank() == 0)
+    if parked:
+        park_run_files(out_dir)
+    if distributed:
+        torch.distributed.barrier()
+    return parked
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def park_run_files(out_dir: Path) -> None:
+    """Move the ``RUN_FILES`` of ``out_dir`` into ``out_dir/.replaced`` (replacing what an
+    earlier, killed overwrite left there: a run the user had already asked to replace)."""
+    parked = out_dir / PARKED
+    _remove(parked)
+    parked.mkdir()
+    for name in RUN_FILES:
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, parked / name)
+
+
+def drop_parked(out_dir: Path) -> None:
+    """The new run has started: delete the run it replaces."""
+    _remove(out_dir / PARKED)
+
+
+def unpark(out_dir: Path) -> None:
+    """The new run failed before its first step: delete what it wrote, put the old run back."""
+    parked = out_dir / PARKED
+    for name in RUN_FILES:
+        _remove(out_dir / name)
+        if (parked / name).exists():
+            os.replace(parked / name, out_dir / name)
+    _remove(parked)
+
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON records of a metrics file; a last line cut short by a kill is left out."""
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path} line {i + 1} is not JSON: {line[:60]!r}") from None
+    return records
+
+
+
+def finished_run(metrics: Path) -> dict | None:
+    """The summary record of the run in ``metrics`` if it ended after all its planned steps
+    (the config line's ``steps``), else None."""
+    if not metrics.exists():
+        return None
+    records = read_records(metrics)
+    config = next((r for r in records if r.get("kind") == "config"), None)
+    if config is None or not records or records[-1].get("kind") != "summary":
+        return None
+    summary = records[-1]
+    return summary if summary["steps"] >= config["config"]["steps"] else None
+
+
+
+def check_resume(cfg: TrainConfig, out_dir: Path, ckpt_step: int | None) -> None:
+    """Refuse a resume that would not continue the run: :class:`RunComplete` when all
+    ``cfg.steps`` are done, ValueError when ``cfg.steps`` is below what is done.
+    ``ckpt_step`` None: the checkpoint has not been read yet (only the metrics are checked)."""
+    summary = finished_run(out_dir / METRICS)
+    done = summary["steps"] if summary is not None else ckpt_step
+    if done is None or done < cfg.steps:
+        return
+    if done > cfg.steps:
+        raise ValueError(
+            f"the run in {out_dir} has trained {done} steps; --steps {cfg.steps} is below that: "
+            f"pass --steps {done} (the run is complete then) or more to train on"
+        )
+    loss = None if summary is None else summary.get("final_val_loss")
+    raise RunComplete(
+        f"{out_dir}: the run is complete ({done} of {cfg.steps} steps"
+        + (f", final val loss {loss:.4f}" if loss is not None else "")
+        + "); nothing to do. Pass a larger --steps to train on, or --overwrite to start again."
+    )
+
+
+
+# run settings a resume may change: they cannot change what the run computes (where files go,
+# progress and trackers, how often it checkpoints, when this session stops, --steps to train
+# on) or are the machine's (device, NS precision "auto" resolved; the provenance records them)
+RESUME_MAY_DIFFER = frozenset({
+    "out_dir", "resume", "overwrite", "progress", "trackers", "wandb_project", "wandb_run_name",
+    "wandb_group", "checkpoint_every", "stop_at", "steps", "device", "peak_flops", "run_name",
+    "params", "ns_precision",
+})
+
+
+def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def setting_name(path: str, flag_names: Mapping[str, str]) -> str:
+    """How a user names the setting at ``path`` (e.g. "optimizer_options.muon_lr" ->
+    "--muon-lr"): ``flag_names[path]``, else its last part as a flag."""
+    if path in flag_names:
+        return flag_names[path]
+    return "--" + path.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def resume_differences(recorded: dict, given: dict,
+                       flag_names: Mapping[str, str] = {}) -> list[str]:  # noqa: B006
+    """One line per setting (flag) whose value in ``given`` differs from the run's config
+    record ``recorded`` (both ``{"optimizer": ..., "config": {...}}``), skipping
+    :data:`RESUME_MAY_DIFFER` and settings the record lacks (older runs)."""
+    old = flatten({"optimizer": recorded.get("optimizer"), **recorded.get("config", {})})
+    new = flatten(json.loads(json.dumps(given, default=str)))
+    lines, seen = [], set()
+    for path, value in new.items():
+        if path.split(".")[0] in RESUME_MAY_DIFFER or path not in old or old[path] == value:
+            continue
+        name = setting_name(path, flag_names)
+        if name not in seen:
+            seen.add(name)
+            lines.append(f"{name}: checkpoint {old[path]!r}, given {value!r}")
+    return lines
+
+
+def check_same_run(out_dir: Path, given: dict, flag_names: Mapping[str, str] = {}) -> None:  # noqa: B006
+    """Refuse (:class:`ResumeMismatch`) to resume the run in ``out_dir`` with settings that
+    differ from its config record; nothing is read but the record."""
+    metrics = out_dir / METRICS
+    if not metrics.exists():
+        return
+    recorded = next((r for r in read_records(metrics) if r.get("kind") == "config"), None)
+    if recorded is None:
+        return
+    lines = resume_differences(recorded, given, flag_names)
+    if lines:
+        raise ResumeMismatch(out_dir, lines)
+
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A single-process checkpoint, on CPU (RNG and generator states must stay CPU tensors;
+    ``load_state_dict`` moves model and optimizer tensors to their parameters' device)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({reason}): it is truncated or corrupt; restore "
+            "it, or start the run again with --overwrite"
+        ) from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a muonkit "
+                              "training checkpoint")
+    return ckpt
+
+
+
+def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device,
+                    previous_step: int | None = None) -> None:
+    """Everything a resumed run needs to continue exactly; written atomically: to
+    ``ckpt.pt.tmp``, flushed to disk, then renamed over ``ckpt.pt``.
+
+    Under torch.distributed (several ranks) model and optimizers go through DCP, each rank's
+    sampler and RNG states to their own file (:func:`muonkit.distributed.save_train_state`).
+    A failed write (e.g. a full disk) removes the temporary file, leaves the previous
+    checkpoint (of ``previous_step``) as it was and raises :class:`RunWriteError`.
+    """
+    try:
+        _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device)
+    except OSError as e:
+        kept = (f"the checkpoint of step {previous_step} is kept" if previous_step is not None
+                else "no earlier checkpoint exists")
+        raise RunWriteError(
+            f"cannot write the step-{step} checkpoint {path}: {e.strerror or e}; {kept}; "
+            "free space and run the same command with --resume to continue from it"
+        ) from None
+
+
+def _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
+    state = {
+        "batches": batches.state_dict(),
+        "rng": rng_state(device),
+        "step": step,
+        "elapsed_s": elapsed,
+        "tokens": tokens,
+    }
+    if is_distributed():
+        from muonkit.distributed.checkpoint import save_train_state
+
+        save_train_state(path, model, optimizers, state)
+        return
+    state["model"] = model.state_dict()
+    state["optimizers"] = [opt.state_dict() for opt in optimizers]
+    tmp = Path(str(path) + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` whole or not at all: a failed write (a full disk) cuts the
+    file back to its size before, so a reader never meets half a record, and raises
+    :class:`RunWriteError`."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            write_all(fd, (line + "\n").encode())
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise RunWriteError(
+                f"cannot write to {path}: {e.strerror or e}; its records up to the last "
+                "whole line are kept; free space and run the same command with --resume "
+                "to continue from the last checkpoint"
+            ) from None
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written (a write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+
+class MetricsLogger:
+    """The JSONL metrics of one run (None path: no file), each record also sent to the run's
+    experiment trackers (:mod:`muonlab.train.trackers`): config, per-step records, summary."""
+
+    def __init__(self, out_dir: Path | None, resume_step: int | None,
+                 trackers: Sequence[Tracker] = ()):
+        self.path = None if out_dir is None else out_dir / METRICS
+        self.trackers = list(trackers)
+        if self.path is None:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate(resume_step)
+        elif self.path.exists():
+            self.path.unlink()
+
+    def _truncate(self, step: int) -> None:
+        """Keep the config line and the records up to ``step`` (the checkpoint's)."""
+        kept = [
+            rec
+            for rec in read_records(self.path)
+            if rec["kind"] == "config" or (rec["kind"] != "summary" and rec.get("step", 0) <= step)
+        ]
+        text = "".join(json.dumps(rec) + "\n" for rec in kept)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise RunWriteError(f"cannot rewrite {self.path} for the resume: "
+                                f"{e.strerror or e}; it is unchanged") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @property
+    def config(self) -> dict | None:
+        """The config record already in the file (a resumed run's), else None."""
+        if self.path is None or not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        return next((r for r in read_records(self.path) if r["kind"] == "config"), None)
+
+    def write(self, record: dict) -> None:
+        if self.path is not None:
+            append_line(self.path, json.dumps(record))
+        self.track(record)
+
+    def track(self, record: dict) -> None:
+        """Send ``record`` to the trackers (a config line, a summary, or a record with a step)."""
+        for tracker in self.trackers:
+            if record["kind"] == "config":
+                tracker.log_config({k: v for k, v in record.items() if k != "kind"})
+            elif record["kind"] == "summary":
+                tracker.log_summary(record)
+            elif "step" in record:
+                tracker.log_metrics(record)
+
+    def close(self, quiet: bool = False) -> None:
+        """End the trackers' runs; ``quiet``: on the way out of a failed run, a tracker that
+        cannot close (its disk is full too) does not hide the error that ended the run."""
+        for tracker in self.trackers:
+            try:
+                tracker.close()
+            except Exception:
+                if not quiet:
+                    raise

@@ -1,0 +1,335 @@
+"""Train a GPT with AdamW or a Muon hybrid: ``train_gpt`` and its settings ``GPTRunConfig``.
+
+Data -> :class:`muonlab.models.gpt.GPT` -> ``configure_optimizers`` -> :func:`train`. The same
+seed gives both optimizers the same initial weights, the same training batches in the same
+order and the same validation batches (drawn once with seed ``val_seed``). The ``muonkit
+train`` command (:mod:`muonlab.cli.train`) builds a ``GPTRunConfig`` from its flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from muonkit import registry
+from muonkit.schedules import DECAYS
+
+from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
+from ..models.gpt import GPT, PRESETS, preset_config
+from .checks import check_number
+from .config import DTYPES, TrainConfig, TrainResult, resolve_device
+from .loop import train
+from .trackers import resolve_trackers
+
+# name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
+BOUNDS = {
+    "steps": dict(integer=True, ge=1),
+    "batch_size": dict(integer=True, ge=1),
+    "grad_accum": dict(integer=True, ge=1),
+    "block_size": dict(integer=True, ge=1),
+    "dropout": dict(ge=0, lt=1),
+    "warmup": dict(integer=True, ge=0),
+    "min_lr_ratio": dict(ge=0, le=1),
+    "grad_clip": dict(ge=0),
+    "eval_every": dict(integer=True, ge=0),
+    "eval_batches": dict(integer=True, ge=1),
+    "peak_flops": dict(gt=0),
+    "threads": dict(integer=True, ge=1),
+    "lr": dict(gt=0),
+    "beta2": dict(ge=0, lt=1),
+    "weight_decay": dict(ge=0),
+    "muon_lr": dict(gt=0),
+    "muon_momentum": dict(ge=0, lt=1),
+    "momentum_warmup": dict(integer=True, ge=0),
+    "muon_weight_decay": dict(ge=0),
+    "rank": dict(integer=True, ge=1),
+}
+
+
+# the flag of `muonkit train` behind each recorded setting whose name is not simply the flag
+# (see muonlab.train.files.setting_name; a resume names differing settings by these)
+FLAG_NAMES = {
+    "warmup_steps": "--warmup",
+    "momentum_warmup_steps": "--momentum-warmup",
+    "momentum_end": "--muon-momentum",
+    "optimizer_options.momentum": "--muon-momentum",
+    "optimizer_options.betas": "--beta2",
+    "optimizer_options.rank": "--rank",
+    "model.vocab_size": "--data (its vocabulary)",
+    "data.vocab_size": "--data (its vocabulary)",
+    "data.source": "--data",
+    "data.train_tokens": "--data",
+    "data.val_tokens": "--data",
+    "model.tie_weights": "--untied",
+    "model.n_layer": "--preset",
+    "model.n_head": "--preset",
+    "model.n_embd": "--preset",
+    "model.bias": "--preset",
+    "model.rope_base": "--rope",
+    "world_size": "--nproc_per_node (torchrun)",
+}
+
+
+@dataclass(frozen=True)
+class GPTRunConfig:
+    """Model, data, loop and optimizer settings of GPT runs (the flags of ``muonkit train``;
+    experiments such as ``compare`` build on it). One config serves both optimizers: see
+    :meth:`optimizer_options` and :meth:`train_config` for what each one takes.
+
+    ``lr``, ``beta2``, ``weight_decay``: AdamW (the baseline, and the hybrid's AdamW groups);
+    ``muon_*``: the hybrid's Muon groups; ``momentum_warmup``: Muon momentum 0.85 ->
+    ``muon_momentum`` over that many steps; ``warmup``, ``decay``, ``min_lr_ratio``: the LR
+    schedule of every group; ``untied``: a separate ``lm_head`` weight; ``threads``: torch
+    intra-op threads (None: leave torch's setting); ``trackers``, ``wandb_*``: see
+    :class:`TrainConfig` (names checked, and installed, here); ``rank``: LoRA-Pre's momentum
+    rank (optimizer "lorapre" only).
+    """
+
+    preset: str = "tiny"
+    data: str = BUNDLED
+    tokenizer: str = "char"
+    steps: int = 2000
+    batch_size: int = 12
+    grad_accum: int = 1
+    block_size: int | None = None
+    dropout: float | None = None
+    rope: bool = False
+    untied: bool = False
+    warmup: int = 100
+    decay: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 20
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    peak_flops: float | None = None
+    progress: bool = True
+    trackers: tuple[str, ...] | None = None
+    wandb_project: str = "muonkit"
+    wandb_run_name: str | None = None
+    threads: int | None = None
+    lr: float = 6e-4
+    beta2: float = 0.95
+    weight_decay: float = 0.1
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    momentum_warmup: int = 300
+    muon_weight_decay: float = 0.0
+    qkv_split: bool = False
+    rank: int = 16
+
+    def __post_init__(self) -> None:
+        for name, valid in (
+            ("preset", PRESETS), ("tokenizer", TOKENIZERS), ("decay", DECAYS), ("dtype", DTYPES)
+        ):
+            if getattr(self, name) not in valid:
+                value = getattr(self, name)
+                raise ValueError(f"{name} must be one of {sorted(valid)}, got {value!r}")
+        for name, bounds in BOUNDS.items():
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), **bounds)
+        resolve_device(self.device)  # an unknown or unavailable device fails here, not later
+        if self.trackers is not None:
+            resolve_trackers(self.trackers)
+
+    def model_overrides(self) -> dict:
+        """Keyword arguments of :func:`muonlab.models.gpt.preset_config` beyond the preset."""
+        out = {"rope": self.rope, "tie_weights": not self.untied}
+        if self.dropout is not None:
+            out["dropout"] = self.dropout
+        return out
+
+    def optimizer_options(self, optimizer: str) -> dict:
+        """Keyword arguments of ``GPT.configure_optimizers`` for ``optimizer``."""
+        opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
+        spec = registry.get(optimizer)
+        if spec.is_muon:  # the hybrids: muon, normuon, the memory-saving variants
+            opts.update(
+                muon_lr=self.muon_lr,
+                momentum=self.muon_momentum,
+                muon_weight_decay=self.muon_weight_decay,
+                qkv_split=self.qkv_split,
+            )
+        if spec.takes_rank:
+            opts["rank"] = self.rank
+        return opts
+
+    def train_config(
+        self, optimizer: str, out_dir: str | None, seed: int, **changes
+    ) -> TrainConfig:
+        """The loop's settings of one run of ``optimizer``; ``changes`` override fields of the
+        :class:`TrainConfig` (e.g. ``steps``, ``resume``, ``checkpoint_every``)."""
+        cfg = TrainConfig(
+            steps=self.steps,
+            grad_accum=self.grad_accum,
+            warmup_steps=self.warmup,
+            decay=self.decay,
+            min_lr_ratio=self.min_lr_ratio,
+            momentum_warmup_steps=self.momentum_warmup if registry.get(optimizer).is_muon else 0,
+            momentum_end=self.muon_momentum,
+            grad_clip=self.grad_clip,
+            eval_every=self.eval_every,
+            out_dir=out_dir,
+            run_name=f"{self.preset}-{optimizer}-s{seed}",
+            device=self.device,
+            dtype=self.dtype,
+            compile=self.compile,
+            progress=self.progress,
+            trackers=self.trackers,
+            wandb_project=self.wandb_project,
+            wandb_run_name=self.wandb_run_name,
+            peak_flops=self.peak_flops,
+            seed=seed,
+        )
+        return dataclasses.replace(cfg, **changes)
+
+    def train_gpt_kwargs(self, optimizer: str, train_config: TrainConfig) -> dict:
+        """The keyword arguments of :func:`train_gpt` for one run of ``optimizer``."""
+        return dict(
+            optimizer=optimizer,
+            preset=self.preset,
+            data=self.data,
+            tokenizer=self.tokenizer,
+            batch_size=self.batch_size,
+            block_size=self.block_size,
+            eval_batches=self.eval_batches,
+            model_overrides=self.model_overrides(),
+            optimizer_options=self.optimizer_options(optimizer),
+            train_config=train_config,
+        )
+
+
+def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Mean next-token cross-entropy of ``model(x)`` against ``y``."""
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+
+def train_gpt(
+    optimizer: str = "muon",
+    *,
+    preset: str = "tiny",
+    data: str = BUNDLED,
+    tokenizer: str = "char",
+    batch_size: int = 12,
+    block_size: int | None = None,
+    eval_batches: int = 20,
+    val_seed: int = 0,
+    model_overrides: dict | None = None,
+    optimizer_options: dict | None = None,
+    train_config: TrainConfig,
+    parallel: str = "none",
+    replicate: int = 1,
+    monitor=None,
+) -> TrainResult:
+    """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
+
+    ``model_overrides`` go to :func:`preset_config` (e.g. ``dropout``, ``rope``,
+    ``tie_weights``); ``optimizer_options`` to ``GPT.configure_optimizers`` (``lr``,
+    ``muon_lr``, ``betas``, ``weight_decay``, ...). The vocabulary size comes from the data.
+
+    ``parallel="ddp"|"fsdp2"|"hsdp"`` (HSDP: ``replicate`` replica groups; under torchrun,
+    after ``muonkit.distributed.compute_init``): every rank builds the same model, draws its
+    own training batches (seed offset by rank), and the model/optimizer are wrapped by
+    :mod:`muonkit.distributed.parallel`. Rank 0 writes
+    the metrics (its micro-batch loss; tokens counted over all ranks); checkpoints go through
+    DCP (``OUT/ckpt_dcp``) and resume with the same number of ranks.
+
+    ``monitor(model, optimizer)``, if given, is called once both exist and returns the loop's
+    ``on_eval(step, val_record, logger)`` (e.g. :class:`muonlab.experiments.rms.RMSMonitor`).
+    """
+    registry.check_parallel(optimizer, parallel)  # before any data is read or file written
+    tokens = load_text(data, tokenizer)
+    overrides = dict(model_overrides or {})
+    if block_size is not None:
+        overrides["block_size"] = block_size
+    config = preset_config(preset, vocab_size=tokens.vocab_size, **overrides)
+    seed = train_config.seed
+    rank, world = 0, 1
+    if parallel != "none":
+        train_config, rank, world = _parallel_config(parallel, train_config)
+    batches = TokenBatches(
+        tokens.train, batch_size, config.block_size, seed=seed + 100_003 * rank, split="train"
+    )
+    val = fixed_batches(tokens.val, batch_size, config.block_size, eval_batches, seed=val_seed)
+    torch.manual_seed(seed)
+    model = GPT(config)
+    net = model  # train() moves it to the device; a parallel one is wrapped there first
+    if parallel != "none":  # before the optimizer: FSDP2 swaps in sharded (DTensor) params
+        from muonkit.distributed.parallel import distribute_optimizer, parallelize
+
+        device = resolve_device(train_config.device)  # this rank's (compute_init's) device
+        net = parallelize(model.to(device), parallel, device, replicate=replicate)
+    opt = model.configure_optimizers(optimizer, **(optimizer_options or {}))
+    if parallel != "none":
+        opt = distribute_optimizer(opt, parallel)
+    run_config = {
+        "preset": preset,
+        "model": dataclasses.asdict(config),
+        "data": tokens.describe(),
+        "batch_size": batch_size,
+        "eval_batches": eval_batches,
+        "val_seed": val_seed,
+        "optimizer_options": {k: _jsonable(v) for k, v in (optimizer_options or {}).items()},
+        "params": model.num_params(),
+        "parallel": parallel,
+        "world_size": world,
+        "replicate": replicate,
+    }
+    result = train(
+        net,
+        opt,
+        batches,
+        lm_loss,
+        train_config,
+        val_batches=val,
+        flops_per_token=model.estimate_flops_per_token(),
+        optimizer_name=optimizer,
+        run_config=run_config,
+        flag_names=FLAG_NAMES,
+        count_tokens=lambda batch: world * int(batch[-1].numel()),
+        on_eval=None if monitor is None else monitor(model, opt),
+    )
+    result.extra.update(model=model, data=tokens)
+    return result
+
+
+def sample_text(model: GPT, data, n: int, seed: int = 0, top_k: int = 200) -> str:
+    """``n`` tokens sampled from ``model`` after the first token of the val split."""
+    device = next(model.parameters()).device
+    start = torch.tensor([[int(data.val[0])]], device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    return data.decode(model.generate(start, n, top_k=top_k, generator=gen)[0].tolist())
+
+
+def _parallel_config(parallel: str, cfg: TrainConfig) -> tuple[TrainConfig, int, int]:
+    """Check the process group; only rank 0 shows progress (and the loop lets only rank 0
+    write metrics; every rank writes its part of a checkpoint)."""
+    import torch.distributed as dist
+
+    from muonkit.distributed.parallel import check_mode
+
+    check_mode(parallel)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if rank != 0:
+        cfg = dataclasses.replace(cfg, progress=False)
+    return cfg, rank, world
+
+
+def _jsonable(v):
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
