@@ -18,7 +18,7 @@ from ..data.text import BUNDLED, TOKENIZERS
 from ..distributed.env import compute_cleanup, compute_init, is_distributed
 from ..experiments.runs import default_threads
 from ..models.gpt import PRESETS
-from ..registry import OPTIMIZER_NAMES, PARALLEL_MODES, check_parallel
+from ..registry import OPTIMIZER_NAMES, OPTIMIZERS, PARALLEL_MODES, check_parallel
 from ..schedules import DECAYS
 from ..train.config import DTYPES, TrainConfig
 from ..train.files import RunComplete
@@ -95,7 +95,8 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
     p.add_argument("--qkv-split", action="store_true",
                    help="orthogonalize the fused QKV weight as 3 blocks")
     p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
-                   help="rank of the low-rank momentum (optimizer lorapre)")
+                   help="rank of the low-rank momentum (--optimizer "
+                   f"{' or '.join(n for n, s in OPTIMIZERS.items() if s.takes_rank)})")
 
 
 def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
