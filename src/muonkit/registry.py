@@ -94,16 +94,28 @@ def get(name: str) -> OptimizerSpec:
         raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}") from None
 
 
+def _refuse_mode(who: str, spec: OptimizerSpec, mode: str) -> None:
+    if mode not in spec.parallel:
+        raise ValueError(
+            f"{who} cannot run under --parallel {mode} ({spec.why_not}); "
+            f"it runs under --parallel {' or '.join(spec.parallel)}"
+        )
+
+
 def check_parallel(name: str, mode: str) -> None:
     """Refuse ``--parallel mode`` for an optimizer that cannot run under it (one line)."""
     spec = get(name)
     if mode not in PARALLEL_MODES:
         raise ValueError(f"unknown --parallel mode {mode!r}; valid: {list(PARALLEL_MODES)}")
-    if mode not in spec.parallel:
-        raise ValueError(
-            f"--optimizer {name} cannot run under --parallel {mode} ({spec.why_not}); "
-            f"it runs under --parallel {' or '.join(spec.parallel)}"
-        )
+    _refuse_mode(f"--optimizer {name}", spec, mode)
+
+
+def check_optimizer_parallel(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """Refuse ``mode`` for a built registry optimizer that cannot run under it (one line naming
+    its class: one class may serve several names, e.g. kronecker and kronecker-hybrid)."""
+    spec = spec_of(optimizer)
+    if spec is not None:
+        _refuse_mode(type(optimizer).__name__, spec, mode)
 
 
 def hybrid_class(name: str) -> type[torch.optim.Optimizer]:
@@ -116,8 +128,8 @@ def hybrid_class(name: str) -> type[torch.optim.Optimizer]:
 
 def spec_of(optimizer: torch.optim.Optimizer) -> OptimizerSpec | None:
     """The spec whose class ``optimizer`` is exactly (subclasses are other optimizers), or None:
-    ``torch.optim.AdamW`` is "adamw"; kronecker and kronecker-hybrid share a class and a spec's
-    parallel rules."""
+    ``torch.optim.AdamW`` is "adamw"; kronecker and kronecker-hybrid share a class, so specs of
+    one class must agree on ``parallel`` and ``ddp_class`` (tested)."""
     cls = type(optimizer)
     if cls is torch.optim.AdamW:
         return OPTIMIZERS["adamw"]

@@ -96,20 +96,18 @@ def distribute_optimizer(optimizer: torch.optim.Optimizer, mode: str) -> torch.o
     DDP gives every rank the same averaged gradients, so an optimizer whose step is
     deterministic (AdamW, the memory-saving variants) takes the same step on every rank. A
     registry optimizer that cannot run under ``mode`` is refused
-    (:func:`muonkit.registry.check_parallel`), as is a subclass of a Muon class that has a
+    (:func:`muonkit.registry.check_optimizer_parallel`), as is a subclass of a Muon class that has a
     distributed form (rebuilding it as the parent would drop what the subclass changes).
     Under ``"fsdp2"``/``"hsdp"`` the optimizer, built on the sharded parameters, is returned
     as is (Muon and NorMuon take the sharded step by themselves)."""
     check_mode(mode)
-    spec = registry.spec_of(optimizer)
-    if spec is not None:
-        registry.check_parallel(spec.name, mode)
+    registry.check_optimizer_parallel(optimizer, mode)
     if mode != "ddp" or isinstance(optimizer, tuple(DDP_CLASSES.values())):
         return optimizer
     cls = type(optimizer)
     if cls in DDP_CLASSES:
         return DDP_CLASSES[cls](optimizer.param_groups, nonfinite=optimizer.nonfinite)
-    if spec is None and isinstance(optimizer, MuonBase) and any(
+    if registry.spec_of(optimizer) is None and isinstance(optimizer, MuonBase) and any(
         isinstance(optimizer, base) for base in DDP_CLASSES
     ):
         raise TypeError(

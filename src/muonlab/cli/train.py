@@ -15,7 +15,7 @@ import sys
 import torch
 
 from muonkit.distributed.env import compute_cleanup, compute_init, is_distributed
-from muonkit.registry import OPTIMIZER_NAMES, PARALLEL_MODES, check_parallel
+from muonkit.registry import OPTIMIZER_NAMES, OPTIMIZERS, PARALLEL_MODES, check_parallel
 from muonkit.schedules import DECAYS
 
 from ..data.text import BUNDLED, TOKENIZERS
@@ -96,7 +96,8 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
     p.add_argument("--qkv-split", action="store_true",
                    help="orthogonalize the fused QKV weight as 3 blocks")
     p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
-                   help="rank of the low-rank momentum (optimizer lorapre)")
+                   help="rank of the low-rank momentum (--optimizer "
+                   f"{' or '.join(n for n, s in OPTIMIZERS.items() if s.takes_rank)})")
 
 
 def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
