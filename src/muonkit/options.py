@@ -90,8 +90,9 @@ class MuonOptions:
         "or a list of `(a, b, c)`; see `muonkit.orthogonalize`",
         words=_identity_words(ORTHOGONALIZE_METHODS))
     ns_dtype: torch.dtype | str | None = option(
-        "auto", "Newton-Schulz precision: `\"auto\"`, `\"mixed\"` (the first steps fp32, the "
-        "last 4 bf16) or a `torch.dtype` (or its name, `\"float32\"`)",
+        "auto", "Newton-Schulz precision: `\"auto\"` (from the hardware), `\"mixed\"` (the "
+        "first steps fp32, the last 4 bf16) or a dtype (`torch.float32` or its name "
+        "`\"float32\"`)",
         ". `\"auto\"` (None means the same) picks per device from what the hardware does "
         "natively (`muonkit.hardware`): CUDA: bf16; a CPU without native bf16 (no "
         "`avx512_bf16`/`amx_bf16` flag; bf16 matmul there is tens of times slower): fp32; a CPU "
@@ -112,8 +113,8 @@ class MuonOptions:
         ": 3 for a fused QKV weight, `3*n_head` per head (modded-nanogpt treats Q, K and V as "
         "separate matrices); the LR rule then sees the block shape")
     ns_gram: bool | None = option(
-        None, "evaluate Newton-Schulz on the small Gram side: True, False, or None "
-        "(automatically where cheaper)",
+        None, "evaluate Newton-Schulz on the small Gram side: always (True), never (False) or "
+        "where cheaper (None)",
         ": the same iteration, fewer FLOPs for matrices with aspect ratio >= 2 (restarted "
         "every 5 steps to bound fp32 rounding); None uses it in fp32/fp64 where cheaper, never "
         "in bf16 "
@@ -159,6 +160,12 @@ class MuonOptions:
     def declaration(cls, name: str) -> Field:
         """The declaration of option ``name`` (its metadata: summary, details, words)."""
         return next(f for f in fields(cls) if f.name == name)
+
+    @classmethod
+    def changes(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``values`` (option name -> value) that differ from the defaults."""
+        defaults = cls.defaults()
+        return {name: v for name, v in values.items() if v != defaults[name]}
 
     @classmethod
     def from_group(cls, group: Mapping[str, Any]) -> MuonOptions:
