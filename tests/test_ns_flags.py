@@ -179,15 +179,17 @@ def test_configs_check_their_muon_options():
 def test_readme_constructor_examples_run():
     """The README builds optimizers with keywords; those calls keep working."""
     from muonkit import Muon, hybrid_param_groups
-    from muonkit.variants import KroneckerMuon, LoRAPreMuon
+    from muonkit.variants import HybridKroneckerMuon, KroneckerMuon, LoRAPreMuon
 
     matrices = [nn.Parameter(torch.randn(16, 16))]
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+    no_bias = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Linear(16, 4, bias=False))
     for opt in (
         Muon(matrices, lr=0.02, options=MuonOptions(momentum_form="ema")),
         MuonWithAuxAdam(hybrid_param_groups(model, muon_lr=0.02, adamw_lr=3e-4)),
         LoRAPreMuon(matrices, lr=0.02, momentum=0.9, rank=16),
         KroneckerMuon(matrices, lr=0.02, momentum=0.9),
+        HybridKroneckerMuon(no_bias, lr=0.02),
         Muon(matrices, ns_dtype=torch.bfloat16),
         Muon(matrices, ns_dtype="mixed"),
     ):

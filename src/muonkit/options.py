@@ -285,7 +285,8 @@ def options_table() -> str:
     )
 
 
-MuonOptions.__doc__ += "\n\n    Options (name (default): meaning):\n\n" + options_doc(indent="    ")
+MuonOptions.__doc__ = (MuonOptions.__doc__ or "") + (
+    "\n\n    Options (name (default): meaning):\n\n" + options_doc(indent="    "))
 
 
 def unexpected_keyword(owner: str, name: str, valid: Iterable[str]) -> TypeError:
