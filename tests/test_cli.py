@@ -1,6 +1,7 @@
 """`muonkit` as a user meets it: runs are never lost, bad values and user errors end in one
 line on stderr with exit code 2 before any work, Ctrl-C says how to resume."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from muonkit import MuonOptions
 from muonlab.cli import main
 from muonlab.cli.train import config_from_args
 from muonlab.train.gpt import GPTRunConfig
@@ -114,7 +116,9 @@ def test_config_mirrors_the_flags():
     from muonlab.cli import build_parser
 
     args = build_parser().parse_args(["train"])
-    assert config_from_args(args) == GPTRunConfig()
+    config = config_from_args(args)  # the --ns-* flags: MuonOptions' defaults, recorded
+    assert config == dataclasses.replace(GPTRunConfig(), muon_options=config.muon_options)
+    assert MuonOptions(**config.muon_options) == MuonOptions()
     with pytest.raises(ValueError, match="min_lr_ratio"):
         GPTRunConfig(min_lr_ratio=-1.0)
     with pytest.raises(ValueError, match="unknown device"):

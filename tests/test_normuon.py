@@ -141,7 +141,7 @@ def test_signature_agrees_with_muon_options_and_refuses_batch_dims():
 
     from muonkit import MuonOptions
 
-    signature = inspect.signature(NorMuon.__init__).parameters
+    signature = inspect.signature(NorMuon).parameters
     assert {n: signature[n].default for n in MuonOptions.names()} == MuonOptions.defaults()
     with pytest.raises(ValueError, match="ns_batch_dims"):
         NorMuon([nn.Parameter(torch.randn(2, 4, 4))], ns_batch_dims=1)

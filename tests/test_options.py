@@ -1,4 +1,6 @@
 import inspect
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +8,8 @@ from torch import nn
 
 from muonkit import Muon, MuonOptions, MuonWithAuxAdam, hybrid_param_groups
 from muonkit.muon import MUON_DEFAULTS
-from muonkit.variants import HybridKroneckerMuon, KroneckerMuon, LoRAPreMuon
+from muonkit.options import MuonOptionValues, options_table
+from muonkit.variants import HybridKroneckerMuon, KroneckerMuon, LoRAPreMuon, NorMuon
 
 # Option defaults a class documents as its own (the variants' momentum follows their papers).
 OWN_DEFAULTS = {Muon: {}, LoRAPreMuon: {"momentum": 0.9}, KroneckerMuon: {"momentum": 0.9}}
@@ -35,13 +38,85 @@ def test_other_values_cover_every_option():
     assert all(OTHER_VALUES[k] != v for k, v in MuonOptions.defaults().items())
 
 
-@pytest.mark.parametrize("cls", list(OWN_DEFAULTS))
+@pytest.mark.parametrize("cls", [*OWN_DEFAULTS, NorMuon])
 def test_class_signatures_agree_with_muon_options(cls):
-    signature = inspect.signature(cls.__init__).parameters
-    expected = {**MuonOptions.defaults(), **OWN_DEFAULTS[cls]}
+    signature = inspect.signature(cls).parameters
+    expected = {**MuonOptions.defaults(), **OWN_DEFAULTS.get(cls, {})}
     got = {n: signature[n].default for n in MuonOptions.names() if n in signature}
     assert got == expected  # a missing keyword or a different default fails here
-    assert signature["options"].kind is inspect.Parameter.KEYWORD_ONLY
+    positional = [n for n, p in signature.items() if p.kind is not p.KEYWORD_ONLY]
+    assert positional == ["params", "lr"]  # keyword-only past lr, as torch.optim
+
+
+def test_option_values_type_lists_every_field_with_its_type():
+    # the TypedDict behind **option_values (IDE completion, type checkers) is the fields
+    typed = {n: t.__forward_arg__ for n, t in MuonOptionValues.__annotations__.items()}
+    assert typed == {f.name: f.type for f in fields(MuonOptions)}
+
+
+POSITIONAL_CALLS = {
+    "Muon": lambda p: Muon(p, 0.02, 0.95),
+    "NorMuon": lambda p: NorMuon(p, 0.02, 0.95),
+    "LoRAPreMuon": lambda p: LoRAPreMuon(p, 0.02, 0.9),
+    "KroneckerMuon": lambda p: KroneckerMuon(p, 0.02, 0.9),
+    "MuonWithAuxAdam": lambda p: MuonWithAuxAdam([dict(params=p, use_muon=True)], "skip"),
+    "HybridKroneckerMuon": lambda p: HybridKroneckerMuon(nn.Linear(4, 4, bias=False), ["0"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POSITIONAL_CALLS))
+def test_options_past_lr_are_keyword_only(name):
+    with pytest.raises(TypeError, match="positional argument"):
+        POSITIONAL_CALLS[name]([nn.Parameter(torch.randn(4, 4))])
+
+
+@pytest.mark.parametrize("cls, typo, closest", [
+    (Muon, "ns_step", "ns_steps"), (NorMuon, "beta", "beta2"), (LoRAPreMuon, "rnak", "rank"),
+    (KroneckerMuon, "momentun", "momentum"),
+])
+def test_an_unknown_keyword_is_a_type_error_naming_the_closest(cls, typo, closest):
+    with pytest.raises(TypeError, match=rf"{cls.__name__}\(\) got an unexpected keyword "
+                       rf"argument '{typo}'; did you mean {closest}\b"):
+        cls([nn.Parameter(torch.randn(4, 4))], lr=0.1, **{typo: 3})
+
+
+def test_help_lists_every_option_from_its_declaration():
+    for cls in (MuonOptions, Muon, LoRAPreMuon):
+        for f in fields(MuonOptions):
+            summary = f.metadata["summary"].replace("`", "")
+            assert f"{f.name} (" in cls.__doc__ and summary in cls.__doc__
+    assert "momentum (0.9): momentum coefficient" in LoRAPreMuon.__doc__
+
+
+def test_readme_options_table_is_the_declared_one():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [row for row in options_table().splitlines() if row not in readme.splitlines()]
+    assert not missing, (
+        "README's options table differs from MuonOptions' declarations; paste the rows of "
+        "`python -c 'from muonkit.options import options_table; print(options_table())'`")
+
+
+def test_ns_dtype_by_name_is_the_dtype():
+    assert MuonOptions(ns_dtype="float32") == MuonOptions(ns_dtype=torch.float32)
+    assert MuonOptions(ns_dtype="bfloat16").ns_dtype is torch.bfloat16
+
+
+@pytest.mark.parametrize("name, word, value", [
+    ("ns_steps", "3", 3), ("ns_coefficients", "polar_express", "polar_express"),
+    ("ns_dtype", "float64", "float64"), ("ns_gram", "auto", None), ("ns_gram", "false", False),
+])
+def test_options_read_from_words(name, word, value):
+    assert MuonOptions.from_word(name, word) == value
+    assert MuonOptions.word_of(name, value) == word
+
+
+@pytest.mark.parametrize("name, word, match", [
+    ("ns_steps", "-1", "ns_steps must be an int >= 0"), ("ns_steps", "2.5", "an integer"),
+    ("ns_dtype", "fp32", "invalid choice 'fp32'"), ("ns_gram", "yes", "invalid choice"),
+])
+def test_bad_words_are_refused(name, word, match):
+    with pytest.raises(ValueError, match=match):
+        MuonOptions.from_word(name, word)
 
 
 def test_muon_defaults_are_the_options_defaults():

@@ -15,7 +15,6 @@ in one optimizer object.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from .heads import HEAD_NAMES, head_modules
 from .muon import MUON_DEFAULTS, MuonBase, validate_muon_options
-from .options import MuonOptions, check_choice, check_lr, expand_options
+from .options import MuonOptions, check_choice, check_lr, expand_options, unexpected_keyword
 
 ROLES = ("muon", "embedding", "head", "vector")
 ADAMW_DEFAULTS: dict[str, Any] = dict(
@@ -131,10 +130,7 @@ def check_option_names(muon_options: dict) -> None:
     valid |= set(inspect.signature(hybrid_param_groups).parameters) - {"model", "muon_options"}
     for name in muon_options:
         if name not in valid:
-            close = difflib.get_close_matches(name, sorted(valid), n=3)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise TypeError(f"hybrid_param_groups() got an unexpected keyword argument "
-                            f"{name!r}{hint}")
+            raise unexpected_keyword("hybrid_param_groups", name, valid)
 
 
 def hybrid_param_groups(
@@ -301,7 +297,7 @@ class MuonWithAuxAdam(MuonBase):
     (AdamW groups keep their betas and ignore a ``momentum`` key).
     """
 
-    def __init__(self, param_groups: Iterable[dict], nonfinite: str = "raise"):
+    def __init__(self, param_groups: Iterable[dict], *, nonfinite: str = "raise"):
         groups = list(param_groups)
         for g in groups:
             if not isinstance(g, dict) or "use_muon" not in g:

@@ -27,10 +27,13 @@ from .functional import (
 )
 from .options import (
     MuonOptions,
+    MuonOptionValues,
+    Unpack,
     check_choice,
     check_lr,
     expand_options,
-    options_from_call,
+    option_keywords,
+    options_from_keywords,
 )
 from .precision import describe
 
@@ -363,48 +366,19 @@ class MuonBase(torch.optim.Optimizer):
         self.group_step(gi, group, params, grads, bufs, MuonOptions.from_group(group), post)
 
 
+@option_keywords()
 class Muon(MuonBase):
     """Muon for matrix parameters (see the module docstring for the algorithm).
 
     Args:
         params: matrices (2-D; conv kernels are flattened to (shape[0], -1)) or param groups.
         lr: learning rate (0.02, Keller Jordan's muon.py default for hidden matrices).
-        momentum: mu in [0, 1) (0.95, muon.py).
-        nesterov: use the Nesterov update ``G + mu B`` (True, muon.py).
-        weight_decay: decoupled weight decay, ``W *= 1 - lr * weight_decay`` (0).
-        momentum_form: "standard" (``B = mu B + G``) or "ema" (``B = lerp(B, G, 1 - mu)``).
-        ns_steps: Newton-Schulz iterations (5, muon.py).
-        ns_coefficients: "jordan", "polar_express", "svd" (exact polar factor, slow) or a list
-            of (a, b, c) tuples; see :mod:`muonkit.orthogonalize`.
-        ns_dtype: Newton-Schulz precision: "auto" (default: bf16 on CUDA; fp32 on a CPU without
-            native bf16; on one with AVX512-BF16/AMX the cheaper of "mixed" and fp32 per
-            shape; see :func:`muonkit.precision.auto_dtype`; None means the same), "mixed"
-            (first steps fp32, last 4 bf16) or a torch.dtype. ``opt.ns_precision()`` says
-            what runs.
-        lr_scaling: per-shape LR rule, "keller" (default), "max_dim", "mup", "moonlight",
-            "none" or a callable; see :mod:`muonkit.scaling`.
-        ns_split: orthogonalize each parameter as this many equal row blocks (dim 0): 3 for
-            a fused QKV weight, ``3 * n_head`` for per-head blocks (modded-nanogpt treats Q, K
-            and V as separate matrices). The LR rule then sees the block shape. Default 1.
-        ns_gram: evaluate Newton-Schulz on the Gram side (True), in the standard form (False)
-            or where it is cheaper and the compute dtype is fp32/fp64 (None, default): the same
-            iteration, fewer FLOPs for rectangular matrices; see :mod:`muonkit.orthogonalize`.
-        ns_compile: ``torch.compile`` the Newton-Schulz loop on CUDA (False; no effect on CPU).
-        ns_batch_dims: leading dims that index independent matrices: 1 for a MoE stack of
-            experts ``(E, out, in)``, each orthogonalized on its own (batched) with the LR rule
-            seeing ``(out, in)``. Default 0: conv kernels are flattened to (shape[0], -1).
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
-        maximize: ascend the objective (the gradients are negated, as in torch.optim).
-        mixing: "momentum_form" (default: Muon's Nesterov update) or "gradient_heavy"
-            (``G + mu * EMA(G)``, LoRA-Pre's printed mixing; an ablation, see module docstring).
-        transposed: the matrices are stored transposed, ``(in, out)``, as the weights of
-            Hugging Face GPT-2's ``Conv1D`` (``y = x @ W + b``): ``ns_split`` cuts the out
-            dim (the last) and the LR rule sees ``(out, in)``. Newton-Schulz itself does not
-            care (the polar factor of ``W.T`` is the transpose of W's) but the rules for
-            non-square shapes do. False by default; :func:`muonkit.hybrid_param_groups` sets
-            it for Conv1D weights.
-        options: all the options above but ``lr`` and ``nonfinite`` as one
-            :class:`muonkit.MuonOptions` (then leave those keywords at their defaults).
+        options: the options below as one :class:`muonkit.MuonOptions` (then pass none of
+            them as a keyword).
+        **option_values: the fields of :class:`muonkit.MuonOptions` (listed below; their
+            meanings and sources are declared there), keyword-only; an unknown keyword is a
+            TypeError naming the closest option.
 
     With ``ns_dtype=torch.bfloat16, momentum_form="ema"`` and ``lr_scaling="keller"`` this is
     torch.optim.Muon (``adjust_lr_fn="original"``) step for step.
@@ -414,26 +388,12 @@ class Muon(MuonBase):
         self,
         params,
         lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        momentum_form: str = "standard",
-        ns_steps: int = 5,
-        ns_coefficients: str | Sequence = "jordan",
-        ns_dtype: torch.dtype | str | None = "auto",
-        lr_scaling: str | Callable = "keller",
-        ns_split: int = 1,
-        ns_gram: bool | None = None,
-        ns_compile: bool = False,
-        ns_batch_dims: int = 0,
-        nonfinite: str = "raise",
         *,
-        maximize: bool = False,
-        mixing: str = "momentum_form",
-        transposed: bool = False,
+        nonfinite: str = "raise",
         options: MuonOptions | None = None,
+        **option_values: Unpack[MuonOptionValues],
     ):
-        chosen = options_from_call(Muon.__init__, locals(), options)
+        chosen = options_from_keywords(self, options, option_values)
         defaults = dict(MUON_DEFAULTS, lr=lr, **chosen.as_dict())
         super().__init__(params, defaults, nonfinite=nonfinite)
 

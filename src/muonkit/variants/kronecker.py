@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,14 @@ from torch import Tensor, nn
 from ..functional import matrix_shape, momentum_update_, nesterov_updates, orthogonalize_and_apply_
 from ..heads import HEAD_NAMES, head_modules
 from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
-from ..options import MuonOptions, check_seed, options_from_call
+from ..options import (
+    MuonOptions,
+    MuonOptionValues,
+    Unpack,
+    check_seed,
+    option_keywords,
+    options_from_keywords,
+)
 
 
 def closest_divisor_to_sqrt(n: int) -> int:
@@ -100,22 +107,21 @@ def nearest_kronecker(
     return (u * scale).reshape(F1.shape), (v / sigma * scale).reshape(F2.shape)
 
 
+@option_keywords(momentum=0.9)
 class KroneckerMuon(MuonBase):
     """Muon whose momentum is a Kronecker product of two small factors (module docstring).
 
     Args:
         params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
-        momentum: mu of Muon's momentum (0.9).
+        lr: learning rate (0.02, as :class:`muonkit.Muon`).
         power_iters: power-iteration steps of the nearest-Kronecker fit per update (2).
         min_savings: matrices whose Kronecker state would be less than this many times smaller
             than dense keep dense momentum (4).
         dense: parameters (tensors) that keep dense momentum whatever their shape.
         seed: seeds the random start of the first power iteration (a generator of the
             optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
-        lr, nesterov, weight_decay, momentum_form, ns_steps,
-            ns_coefficients, ns_dtype, lr_scaling, ns_split (1 only), ns_gram, ns_compile,
-            ns_batch_dims (0 only), maximize, mixing, transposed (False only), nonfinite,
-            options: as :class:`muonkit.Muon`.
+        nonfinite, options, **option_values: as :class:`muonkit.Muon`, with ``momentum`` 0.9;
+            ``ns_split`` 1, ``ns_batch_dims`` 0 and ``transposed`` False only.
 
     State per matrix: ``kron_f1``, ``kron_f2`` (or ``momentum_buffer`` for dense fallbacks).
     Each param group lists the positions of its dense-momentum parameters under
@@ -126,37 +132,19 @@ class KroneckerMuon(MuonBase):
         self,
         params,
         lr: float = 0.02,
-        momentum: float = 0.9,
+        *,
         power_iters: int = 2,
         min_savings: float = 4.0,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        ns_steps: int = 5,
-        ns_coefficients: str | Sequence = "jordan",
-        ns_dtype: torch.dtype | str | None = "auto",
-        lr_scaling: str | Callable = "keller",
         dense: Iterable[Tensor] = (),
-        nonfinite: str = "raise",
-        *,
-        momentum_form: str = "standard",
-        ns_split: int = 1,
-        ns_gram: bool | None = None,
-        ns_compile: bool = False,
-        ns_batch_dims: int = 0,
-        maximize: bool = False,
-        mixing: str = "momentum_form",
-        transposed: bool = False,
         seed: int = 0,
+        nonfinite: str = "raise",
         options: MuonOptions | None = None,
+        **option_values: Unpack[MuonOptionValues],
     ):
-        chosen = options_from_call(KroneckerMuon.__init__, locals(), options)
+        chosen = options_from_keywords(self, options, option_values)
         self._requested_dense = {id(p) for p in dense}
         defaults = dict(
-            MUON_DEFAULTS,
-            lr=lr,
-            power_iters=power_iters,
-            min_savings=min_savings,
-            seed=seed,
+            MUON_DEFAULTS, lr=lr, power_iters=power_iters, min_savings=min_savings, seed=seed,
             **chosen.as_dict(),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
@@ -267,7 +255,7 @@ class HybridKroneckerMuon(KroneckerMuon):
     with AdamW alongside (or build the model without biases).
     """
 
-    def __init__(self, model: nn.Module, dense_modules: Sequence[str] = (), **kwargs):
+    def __init__(self, model: nn.Module, *, dense_modules: Sequence[str] = (), **kwargs):
         named = dict(model.named_modules())
         unknown = [n for n in dense_modules if n not in named]
         if unknown:

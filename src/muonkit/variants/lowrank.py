@@ -35,14 +35,20 @@ starts as random orthonormal rows and m_B as zero (a zero m_A would never move).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..functional import matrix_shape, nesterov_updates, orthogonalize_and_apply_
 from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
-from ..options import MuonOptions, check_seed, options_from_call
+from ..options import (
+    MuonOptions,
+    MuonOptionValues,
+    Unpack,
+    check_seed,
+    option_keywords,
+    options_from_keywords,
+)
 
 
 def ridge_solve_right(X: Tensor, A: Tensor, ridge: float) -> Tensor:
@@ -82,20 +88,21 @@ def random_orthonormal_rows(r: int, n: int, like: Tensor, generator: torch.Gener
     return q.mT.contiguous().to(like.dtype)
 
 
+@option_keywords(momentum=0.9)
 class LoRAPreMuon(MuonBase):
     """Muon whose momentum is held as rank-``rank`` factors (LoRA-Pre, see module docstring).
 
     Args:
         params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
-        momentum: mu of Muon's momentum, whose buffer the factors track (0.9).
+        lr: learning rate (0.02, as :class:`muonkit.Muon`).
         rank: r; clamped (with a warning) to min(out, in) per matrix.
         gamma1: factor step; None gives 1 - sqrt(momentum).
         ridge: relative ridge of the r x r solves (1e-6).
         seed: seeds the random initial ``lowrank_A`` (drawn from a generator of the
             optimizer's own, never the global RNG; see :meth:`MuonBase._generator`).
-        lr, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients, ns_dtype,
-            lr_scaling, ns_split (1 only), ns_gram, ns_compile, ns_batch_dims (0 only),
-            maximize, mixing, transposed (False only), nonfinite, options: as :class:`muonkit.Muon`.
+        nonfinite, options, **option_values: as :class:`muonkit.Muon`, with ``momentum`` 0.9
+            (mu of Muon's momentum, whose buffer the factors track); ``ns_split`` 1,
+            ``ns_batch_dims`` 0 and ``transposed`` False only.
 
     State per matrix: ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in), in the parameter's
     dtype (as Muon's momentum buffer); the factor updates and solves run in float32 (float64
@@ -106,37 +113,18 @@ class LoRAPreMuon(MuonBase):
         self,
         params,
         lr: float = 0.02,
-        momentum: float = 0.9,
+        *,
         rank: int = 16,
         gamma1: float | None = None,
         ridge: float = 1e-6,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        ns_steps: int = 5,
-        ns_coefficients: str | Sequence = "jordan",
-        ns_dtype: torch.dtype | str | None = "auto",
-        lr_scaling: str | Callable = "keller",
-        nonfinite: str = "raise",
-        *,
-        momentum_form: str = "standard",
-        ns_split: int = 1,
-        ns_gram: bool | None = None,
-        ns_compile: bool = False,
-        ns_batch_dims: int = 0,
-        maximize: bool = False,
-        mixing: str = "momentum_form",
-        transposed: bool = False,
         seed: int = 0,
+        nonfinite: str = "raise",
         options: MuonOptions | None = None,
+        **option_values: Unpack[MuonOptionValues],
     ):
-        chosen = options_from_call(LoRAPreMuon.__init__, locals(), options)
+        chosen = options_from_keywords(self, options, option_values)
         defaults = dict(
-            MUON_DEFAULTS,
-            lr=lr,
-            rank=rank,
-            gamma1=gamma1,
-            ridge=ridge,
-            seed=seed,
+            MUON_DEFAULTS, lr=lr, rank=rank, gamma1=gamma1, ridge=ridge, seed=seed,
             **chosen.as_dict(),
         )
         super().__init__(params, defaults, nonfinite=nonfinite)

@@ -28,15 +28,19 @@ whole on every rank) is then copied from the owner to every rank in one all-redu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 from torch import Tensor
 
 from ..functional import matrix_shape
 from ..hybrid import MuonWithAuxAdam
 from ..muon import MUON_DEFAULTS, MuonBase, PostStep, validate_muon_options
-from ..options import MuonOptions, options_from_call
+from ..options import (
+    MuonOptions,
+    MuonOptionValues,
+    Unpack,
+    option_keywords,
+    options_from_keywords,
+)
 
 NORMUON_DEFAULTS = {"beta2": 0.95, "eps": 1e-8}
 STATE_KEY = "row_second_moment"
@@ -86,17 +90,17 @@ def normuon_group_step(opt: MuonBase, group: dict, params: list[Tensor], grads: 
     MuonBase._muon_group_step(opt, group, params, grads, PostStep(normalize, moments))
 
 
+@option_keywords()
 class NorMuon(MuonBase):
     """NorMuon for matrix parameters (see the module docstring).
 
     Args:
         params: matrices (conv kernels flattened to (shape[0], -1)) or param groups.
+        lr: learning rate (0.02, as :class:`muonkit.Muon`).
         beta2: EMA rate of the per-row second moment (0.95, the paper's default).
         eps: added to the row RMS and to the norm of the rescale (1e-8).
-        lr, momentum, nesterov, weight_decay, momentum_form, ns_steps, ns_coefficients,
-            ns_dtype, lr_scaling, ns_split, ns_gram, ns_compile, maximize, mixing, nonfinite,
-            options: as
-            :class:`muonkit.Muon` (``ns_batch_dims`` 0 and ``transposed`` False only).
+        nonfinite, options, **option_values: as :class:`muonkit.Muon` (``ns_batch_dims`` 0 and
+            ``transposed`` False only).
 
     State per matrix: ``momentum_buffer`` (as Muon) and ``row_second_moment`` (out floats,
     fp32).
@@ -106,28 +110,14 @@ class NorMuon(MuonBase):
         self,
         params,
         lr: float = 0.02,
-        momentum: float = 0.95,
+        *,
         beta2: float = 0.95,
         eps: float = 1e-8,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        momentum_form: str = "standard",
-        ns_steps: int = 5,
-        ns_coefficients: str | Sequence = "jordan",
-        ns_dtype: torch.dtype | str | None = "auto",
-        lr_scaling: str | Callable = "keller",
-        ns_split: int = 1,
-        ns_gram: bool | None = None,
-        ns_compile: bool = False,
-        ns_batch_dims: int = 0,
         nonfinite: str = "raise",
-        *,
-        maximize: bool = False,
-        mixing: str = "momentum_form",
-        transposed: bool = False,
         options: MuonOptions | None = None,
+        **option_values: Unpack[MuonOptionValues],
     ):
-        chosen = options_from_call(NorMuon.__init__, locals(), options)
+        chosen = options_from_keywords(self, options, option_values)
         defaults = dict(MUON_DEFAULTS, lr=lr, beta2=beta2, eps=eps, **chosen.as_dict())
         super().__init__(params, defaults, nonfinite=nonfinite)
 

@@ -1,11 +1,15 @@
 """What every ``muonkit`` command shares: the parser (one-line errors, defaults in ``--help``,
 ``--debug``), numeric flag types checked by :func:`muonlab.train.checks.check_number` at parse time,
-and the errors that are the user's (one line on stderr, exit code 2, no traceback).
+the ``--ns-*`` flags of every command that trains a Muon (generated from
+:class:`muonkit.MuonOptions`, checked by its own validation), and the errors that are the
+user's (one line on stderr, exit code 2, no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+
+from muonkit.options import MuonOptions
 
 from ..train.checks import check_number, describe_range
 from ..train.trackers import TRACKERS, parse_trackers
@@ -77,6 +81,48 @@ POSITIVE = number(float, gt=0)
 NONNEGATIVE = number(float, ge=0)
 FRACTION = number(float, ge=0, le=1)  # a ratio in [0, 1]
 MOMENTUM = number(float, ge=0, lt=1)  # momentum, beta, dropout: [0, 1)
+
+
+# the MuonOptions every command that trains a Muon-family optimizer takes as flags
+NS_FLAG_OPTIONS = ("ns_steps", "ns_coefficients", "ns_dtype", "ns_gram")
+
+
+def option_flag(name: str) -> str:
+    """The flag of a MuonOptions field: ``ns_steps`` -> ``--ns-steps``."""
+    return "--" + name.replace("_", "-")
+
+
+def muon_option(name: str):
+    """An argparse ``type``: option ``name`` from its word (:meth:`MuonOptions.from_word`),
+    checked by MuonOptions' own validation; the error speaks of the flag's value."""
+
+    def parse(text: str):
+        try:
+            return MuonOptions.from_word(name, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{name} ")) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def add_muon_option_flags(p: argparse.ArgumentParser, names=NS_FLAG_OPTIONS) -> None:
+    """One flag per :class:`muonkit.MuonOptions` field in ``names`` (``--ns-steps``, ...), for
+    every Muon-family optimizer the command trains: choices, default and help come from the
+    field's declaration; :func:`muon_options_from_args` reads them back."""
+    g = p.add_argument_group("Muon options (every Muon-family optimizer; muonkit.MuonOptions)")
+    for name in names:
+        declared = MuonOptions.declaration(name)
+        words = declared.metadata["words"]
+        g.add_argument(option_flag(name), type=muon_option(name),
+                       default=MuonOptions.word_of(name, declared.default),
+                       metavar="{" + ",".join(words) + "}" if words else "N",
+                       help=declared.metadata["summary"].replace("`", ""))
+
+
+def muon_options_from_args(args: argparse.Namespace, names=NS_FLAG_OPTIONS) -> dict:
+    """{option name: value} of the flags :func:`add_muon_option_flags` added."""
+    return {name: getattr(args, name) for name in names}
 
 
 def tracker_list(text: str) -> list[str]:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from ..experiments.demo import print_summary, run
-from .common import NONNEGATIVE_INT, POSITIVE_INT, add_command
+from .common import (
+    NONNEGATIVE_INT,
+    POSITIVE_INT,
+    add_command,
+    add_muon_option_flags,
+    muon_options_from_args,
+)
 
 
 def register(subparsers) -> None:
@@ -17,4 +23,6 @@ def register(subparsers) -> None:
     )
     p.add_argument("--steps", type=POSITIVE_INT, default=300, help="training steps")
     p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="init and batch seed")
-    p.set_defaults(func=lambda a: print_summary(run(steps=a.steps, seed=a.seed)))
+    add_muon_option_flags(p)
+    p.set_defaults(func=lambda a: print_summary(
+        run(steps=a.steps, seed=a.seed, muon_options=muon_options_from_args(a))))

@@ -15,7 +15,9 @@ from .common import (
     NONNEGATIVE_INT,
     POSITIVE_INT,
     add_command,
+    add_muon_option_flags,
     add_tracker_arguments,
+    muon_options_from_args,
     trackers_from_args,
 )
 
@@ -25,7 +27,7 @@ def config_from_args(args: argparse.Namespace) -> horizon.HorizonConfig:
     values = {k: v for k, v in vars(args).items() if k in names}
     if args.tracker is not None:
         values["trackers"] = trackers_from_args(args)
-    return horizon.HorizonConfig(**values)
+    return horizon.HorizonConfig(**values, muon_options=muon_options_from_args(args))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -74,6 +76,7 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=POSITIVE_INT, default=d.jobs, help="runs at once")
     p.add_argument("--threads", type=POSITIVE_INT, default=d.threads,
                    help="torch threads per run")
+    add_muon_option_flags(p)
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the name of --out)")
     p.add_argument("--report-only", action="store_true",
                    help="only redraw the report of --out (other flags are ignored)")

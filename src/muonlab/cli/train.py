@@ -33,7 +33,9 @@ from .common import (
     POSITIVE,
     POSITIVE_INT,
     add_command,
+    add_muon_option_flags,
     add_tracker_arguments,
+    muon_options_from_args,
     trackers_from_args,
 )
 
@@ -98,6 +100,7 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
     p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
                    help="rank of the low-rank momentum (--optimizer "
                    f"{' or '.join(n for n, s in OPTIMIZERS.items() if s.takes_rank)})")
+    add_muon_option_flags(p)
 
 
 def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
@@ -112,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
     if args.no_tensorboard:
         trackers = tuple(t for t in trackers or () if t != "tensorboard")
     values["trackers"] = trackers
+    values["muon_options"] = muon_options_from_args(args)
     return GPTRunConfig(**values)
 
 

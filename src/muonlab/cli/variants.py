@@ -21,7 +21,9 @@ from .common import (
     POSITIVE,
     POSITIVE_INT,
     add_command,
+    add_muon_option_flags,
     add_tracker_arguments,
+    muon_options_from_args,
     trackers_from_args,
 )
 
@@ -36,7 +38,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("study", choices=[*variants.STUDIES, "gpt"],
                    help="which study (gpt: the tiny GPT, each optimizer tuned; it reads "
-                   "--seeds, --device, --threads, --out, the tracker flags and the gpt-study "
+                   "--seeds, --device, --threads, --out, the tracker, --ns-* and gpt-study "
                    "flags)")
     p.add_argument("--dataset", choices=sorted(variants.DATASETS), default=d.dataset,
                    help="dataset")
@@ -79,6 +81,7 @@ def register(subparsers) -> None:
                        help="max points added past each edge of a grid")
     tuned.add_argument("--val-size", type=POSITIVE_INT, default=d.val_size,
                        help="training examples held out to choose the LRs")
+    add_muon_option_flags(p)
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the study's name)")
     variants_gpt.add_arguments(p)
     p.set_defaults(func=run_command)
@@ -89,7 +92,7 @@ def config_from_args(args: argparse.Namespace) -> variants.StudyConfig:
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if args.tracker is not None:
         values["trackers"] = trackers_from_args(args)
-    return variants.StudyConfig(**values)
+    return variants.StudyConfig(**values, muon_options=muon_options_from_args(args))
 
 
 def run_tuned(cfg: variants.StudyConfig, args: argparse.Namespace) -> int:

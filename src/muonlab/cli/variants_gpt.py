@@ -10,12 +10,12 @@ import sys
 from ..experiments import horizon, variants_gpt
 from ..experiments.runs import default_threads
 from ..report.variants_gpt import build_report
-from .common import POSITIVE_INT, trackers_from_args
+from .common import POSITIVE_INT, muon_options_from_args, trackers_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags only the gpt study reads (it also reads --seeds, --device, --threads,
-    --out and the tracker flags)."""
+    --out, the tracker flags and the --ns-* flags)."""
     d = variants_gpt.VariantGPTConfig()
     g = p.add_argument_group("gpt study")
     g.add_argument("--steps", type=POSITIVE_INT, default=d.steps, help="steps per run")
@@ -33,7 +33,7 @@ def config_from_args(args: argparse.Namespace) -> variants_gpt.VariantGPTConfig:
         contenders=list(args.contenders), device=args.device or d.device, jobs=args.jobs,
         threads=args.threads or default_threads(args.jobs),
         trackers=trackers_from_args(args) or (), wandb_project=args.wandb_project,
-        wandb_run_name=args.wandb_run_name,
+        wandb_run_name=args.wandb_run_name, muon_options=muon_options_from_args(args),
     )
 
 

@@ -28,15 +28,18 @@ class CharMLP(nn.Module):
         return self.head(self.body(self.embedding(idx).flatten(1)))
 
 
-def run(steps: int = 300, batch: int = 256, context: int = 8, seed: int = 0) -> list[float]:
-    """Train the demo model; returns the training loss of every step."""
+def run(steps: int = 300, batch: int = 256, context: int = 8, seed: int = 0,
+        muon_options: dict | None = None) -> list[float]:
+    """Train the demo model (``muon_options``: :class:`muonkit.MuonOptions` of its Muon group,
+    the ``--ns-*`` flags); returns the training loss of every step."""
     for name, value in (("steps", steps), ("batch", batch), ("context", context)):
         check_number(name, value, integer=True, ge=1)
     torch.manual_seed(seed)
     tokens = load_text()
     data = torch.from_numpy(tokens.train.astype("int64"))
     model = CharMLP(tokens.vocab_size, context)
-    optimizer = MuonWithAuxAdam(hybrid_param_groups(model, muon_lr=0.02, adamw_lr=3e-3))
+    optimizer = MuonWithAuxAdam(
+        hybrid_param_groups(model, muon_lr=0.02, adamw_lr=3e-3, **(muon_options or {})))
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for step in range(steps):

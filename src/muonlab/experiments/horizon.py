@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from muonkit.options import MuonOptions
+
 from ..data.text import BUNDLED, load_text
 from ..train.checks import check_number
 from ..train.config import resolve_device
@@ -88,8 +90,10 @@ class HorizonConfig:
     """The study's settings (everything but ``RUNTIME``: ``out``, ``jobs``, ``threads``,
     ``contenders`` and the trackers, must match on a rerun into the same ``out``). Every run
     logs to ``trackers`` (default none); W&B runs are grouped under ``wandb_run_name`` (None:
-    the name of ``out``). ``table``: the contenders a study of this kind can run (a subclass
-    runs another table, e.g. the variant study of :mod:`muonlab.experiments.variants_gpt`)."""
+    the name of ``out``). ``muon_options``: :class:`muonkit.MuonOptions` of every Muon-family
+    contender (the ``--ns-*`` flags; a contender's own options win). ``table``: the contenders
+    a study of this kind can run (a subclass runs another table, e.g. the variant study of
+    :mod:`muonlab.experiments.variants_gpt`)."""
 
     table: ClassVar[dict[str, Contender]] = CONTENDERS
 
@@ -116,6 +120,7 @@ class HorizonConfig:
     trackers: tuple[str, ...] = ()
     wandb_project: str = "muonkit"
     wandb_run_name: str | None = None
+    muon_options: dict = field(default_factory=dict)
 
     RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
                "wandb_run_name")
@@ -137,10 +142,15 @@ class HorizonConfig:
             raise ValueError(f"horizons must be increasing, got {self.horizons}")
         if not self.seeds or self.jobs < 1 or self.threads < 1 or self.grid_points < 1:
             raise ValueError("need >= 1 seed, jobs >= 1, threads >= 1, grid_points >= 1")
+        MuonOptions(**self.muon_options)
 
     def study(self) -> dict:
-        """The settings that define the study's results."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUNTIME}
+        """The settings that define the study's results (``muon_options`` only where they
+        change a default, so a study begun before the ``--ns-*`` flags continues)."""
+        kept = {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in (*self.RUNTIME, "muon_options")}
+        changed = MuonOptions.changes(self.muon_options)
+        return {**kept, "muon_options": changed} if changed else kept
 
     def train_config(self, steps: int, seed: int, out_dir: Path, muon: bool) -> TrainConfig:
         every = max(1, steps // self.evals_per_run)
@@ -159,12 +169,14 @@ def run_dir(out: Path, horizon: int, name: str, lr: float, seed: int) -> Path:
     return out / f"h{horizon}" / name / f"lr{lr:g}-s{seed}"
 
 
-def optimizer_options(c: Contender, lr: float, aux_lr: float | None) -> dict:
-    """``GPT.configure_optimizers`` options of contender ``c`` at swept LR ``lr``."""
+def optimizer_options(c: Contender, lr: float, aux_lr: float | None,
+                      muon_options: dict | None = None) -> dict:
+    """``GPT.configure_optimizers`` options of contender ``c`` at swept LR ``lr``;
+    ``muon_options`` go to a Muon-family contender (its own options win)."""
     opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
     if c.optimizer == "adamw":
         return opts
-    opts.update(c.options)
+    opts.update({**(muon_options or {}), **c.options})
     if c.center is not None:
         opts["muon_lr"] = lr
     opts["lr"] = lr if c.aux == "shared" else (c.aux if isinstance(c.aux, float) else aux_lr)
@@ -190,7 +202,7 @@ class Study:
             optimizer=c.optimizer, preset=cfg.preset, data=cfg.data, batch_size=cfg.batch_size,
             block_size=cfg.block_size, eval_batches=cfg.eval_batches,
             model_overrides=dict(cfg.model_overrides),
-            optimizer_options=optimizer_options(c, lr, aux),
+            optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options),
             train_config=cfg.train_config(h, seed, out_dir, c.optimizer != "adamw"),
         )
         spec = RunSpec(kwargs, f"h{h} {name} lr{lr:g} s{seed}", cfg.threads, log_rms=True)

@@ -3,7 +3,9 @@ arms (:class:`Arm`: one optimizer setting each)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from muonkit.options import MuonOptions
 
 from ..train.checks import check_number
 from ..train.config import resolve_device
@@ -50,7 +52,8 @@ class StudyConfig:
     """Settings of one study run (the CLI flags). ``adamw_lr`` and ``seeds`` default by study
     (:data:`STUDY_DEFAULTS`). The tuned study (:mod:`muonlab.experiments.variant_tuned`) takes
     ``lr``/``adamw_lr`` as grid centres and also uses ``jobs``, ``grid_points``,
-    ``sweep_extend`` and ``val_size``; the others ignore them."""
+    ``sweep_extend`` and ``val_size``; the others ignore them. ``muon_options``: further
+    :class:`muonkit.MuonOptions` of every Muon-family arm (the ``--ns-*`` flags)."""
 
     study: str
     dataset: str = "mnist"
@@ -76,6 +79,7 @@ class StudyConfig:
     grid_points: int = 3  # factor-2 LR grid size per arm (tuned)
     sweep_extend: int = 2  # max points added past each edge of a grid (tuned)
     val_size: int = 10_000  # training examples held out to choose the LRs (tuned)
+    muon_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name, valid in (("study", STUDIES), ("dataset", tuple(DATASETS))):
@@ -100,6 +104,10 @@ class StudyConfig:
         self.out = self.out or f"runs/variants/{self.study}"
         resolve_device(self.device)  # an unknown device fails before anything is written
         self.trackers = resolve_trackers(self.trackers)
+        own = sorted({"momentum", "mixing"} & set(self.muon_options))
+        if own:
+            raise ValueError(f"muon_options {own}: set by --momentum and the arms")
+        MuonOptions(**self.muon_options)
 
 
 @dataclass(frozen=True)

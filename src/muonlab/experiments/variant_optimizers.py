@@ -34,7 +34,7 @@ def build_optimizer(
     lr = arm_lr(arm, cfg) if lr is None else lr
     if arm.kind == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    common = dict(lr=lr, momentum=cfg.momentum, mixing=arm.mixing)
+    common = dict(lr=lr, momentum=cfg.momentum, mixing=arm.mixing, **cfg.muon_options)
     if arm.kind == "muon":
         return Muon(params, **common)
     from muonkit import variants

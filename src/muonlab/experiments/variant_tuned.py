@@ -33,6 +33,8 @@ import json
 import threading
 from pathlib import Path
 
+from muonkit.options import MuonOptions
+
 from ..data.vision import load_flat
 from ..report.variant_tuned import write_report
 from ..train import TrainConfig
@@ -142,9 +144,12 @@ class TunedStudy:
 
 
 def settings(cfg: StudyConfig) -> dict:
-    """The settings that define the study's results (JSON types)."""
-    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME}
-    return json.loads(json.dumps(kept))
+    """The settings that define the study's results (JSON types; ``muon_options`` only where
+    they change a default, so a study begun before the ``--ns-*`` flags continues)."""
+    kept = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in (*RUNTIME, "muon_options")}
+    changed = MuonOptions.changes(cfg.muon_options)
+    return json.loads(json.dumps({**kept, "muon_options": changed} if changed else kept))
 
 
 def prepare_out(cfg: StudyConfig, arms: list[Arm], groups: dict, command: str) -> Path:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from muonkit import registry
+from muonkit.options import MuonOptions
 from muonkit.schedules import DECAYS
 
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
@@ -87,7 +88,9 @@ class GPTRunConfig:
     schedule of every group; ``untied``: a separate ``lm_head`` weight; ``threads``: torch
     intra-op threads (None: leave torch's setting); ``trackers``, ``wandb_*``: see
     :class:`TrainConfig` (names checked, and installed, here); ``rank``: LoRA-Pre's momentum
-    rank (optimizer "lorapre" only).
+    rank (optimizer "lorapre" only); ``muon_options``: further :class:`muonkit.MuonOptions` of
+    the Muon groups (``{"ns_steps": 3, "ns_dtype": "float32"}``: the ``--ns-*`` flags; their
+    momentum and weight decay are ``muon_momentum`` and ``muon_weight_decay``).
     """
 
     preset: str = "tiny"
@@ -124,6 +127,7 @@ class GPTRunConfig:
     muon_weight_decay: float = 0.0
     qkv_split: bool = False
     rank: int = 16
+    muon_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, valid in (
@@ -138,6 +142,10 @@ class GPTRunConfig:
         resolve_device(self.device)  # an unknown or unavailable device fails here, not later
         if self.trackers is not None:
             resolve_trackers(self.trackers)
+        own = sorted({"momentum", "weight_decay"} & set(self.muon_options))
+        if own:
+            raise ValueError(f"muon_options {own}: set them as muon_momentum, muon_weight_decay")
+        MuonOptions(**self.muon_options)  # checked here, not when the optimizer is built
 
     def model_overrides(self) -> dict:
         """Keyword arguments of :func:`muonlab.models.gpt.preset_config` beyond the preset."""
@@ -156,6 +164,7 @@ class GPTRunConfig:
                 momentum=self.muon_momentum,
                 muon_weight_decay=self.muon_weight_decay,
                 qkv_split=self.qkv_split,
+                **self.muon_options,
             )
         if spec.takes_rank:
             opts["rank"] = self.rank
