@@ -88,11 +88,11 @@ def test_help_lists_every_option_from_its_declaration():
     assert "momentum (0.9): momentum coefficient" in LoRAPreMuon.__doc__
 
 
-def test_readme_options_table_is_the_declared_one():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+def test_library_page_options_table_is_the_declared_one():
+    readme = (Path(__file__).parents[1] / "docs" / "library.md").read_text()
     missing = [row for row in options_table().splitlines() if row not in readme.splitlines()]
     assert not missing, (
-        "README's options table differs from MuonOptions' declarations; paste the rows of "
+        "docs/library.md's options table differs from MuonOptions' declarations; paste the rows of "
         "`python -c 'from muonkit.options import options_table; print(options_table())'`")
 
 
