@@ -20,6 +20,7 @@ COMMANDS = [
     "muonlab.cli.horizon",
     "muonlab.cli.data",
     "muonlab.cli.train",
+    "muonlab.cli.finetune",
     "muonlab.cli.variants",
 ]
 

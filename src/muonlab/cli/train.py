@@ -147,6 +147,7 @@ def _run(args, run: GPTRunConfig, cfg: TrainConfig) -> int:
             **run.train_gpt_kwargs(args.optimizer, cfg),
             parallel=args.parallel,
             replicate=args.replicate,
+            **getattr(args, "finetune", {}),  # muonkit finetune: the base run and --state
         )
     except RunComplete as done:
         if not is_distributed() or torch.distributed.get_rank() == 0:
@@ -196,8 +197,15 @@ def register(subparsers) -> None:
         description="Train a nanoGPT-style GPT; metrics go to OUT/metrics.jsonl and the "
         "--tracker(s): OUT/tb (TensorBoard), OUT/wandb (W&B).",
     )
+    add_run_arguments(p, out="runs/train")
+    p.set_defaults(func=run_command)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
+    """The flags of one GPT run (``train``, ``finetune``): optimizer, output, seed,
+    checkpoints, threads, parallel mode, and :func:`add_gpt_arguments`."""
     p.add_argument("--optimizer", default="muon", choices=OPTIMIZER_NAMES, help="optimizer")
-    p.add_argument("--out", default="runs/train", help="output directory")
+    p.add_argument("--out", default=out, help="output directory")
     p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="init and batch-order seed")
     p.add_argument("--checkpoint-every", type=NONNEGATIVE_INT, default=0,
                    help="write OUT/ckpt.pt every N steps (0: never)")
@@ -215,7 +223,6 @@ def register(subparsers) -> None:
     p.add_argument("--replicate", type=POSITIVE_INT, default=1,
                    help="--parallel hsdp: replica groups (FSDP2 shards over W / N ranks in each)")
     add_gpt_arguments(p)
-    p.set_defaults(func=run_command)
 
 
 

@@ -21,9 +21,10 @@ from muonkit.options import MuonOptions
 from muonkit.schedules import DECAYS
 
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
-from ..models.gpt import GPT, PRESETS, preset_config
+from ..models.gpt import GPT, PRESETS, GPTConfig, preset_config
 from .checks import check_number
 from .config import DTYPES, TrainConfig, TrainResult, resolve_device
+from .finetune import BaseRun, source_evaluator, start_from_base
 from .loop import train
 from .trackers import resolve_trackers
 
@@ -238,6 +239,8 @@ def train_gpt(
     parallel: str = "none",
     replicate: int = 1,
     monitor=None,
+    base: BaseRun | None = None,
+    state: str = "fresh",
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
@@ -254,13 +257,22 @@ def train_gpt(
 
     ``monitor(model, optimizer)``, if given, is called once both exist and returns the loop's
     ``on_eval(step, val_record, logger)`` (e.g. :class:`muonlab.experiments.rms.RMSMonitor`).
+
+    ``base`` (:class:`muonlab.train.finetune.BaseRun`): fine-tune it: its architecture (the
+    preset and overrides are ignored), its weights, and per ``state`` its optimizer state
+    (:func:`muonlab.train.finetune.start_from_base`); every evaluation also scores the base's
+    validation set (``source_val`` records). The data must have the base's vocabulary.
     """
     registry.check_parallel(optimizer, parallel)  # before any data is read or file written
     tokens = load_text(data, tokenizer)
     overrides = dict(model_overrides or {})
     if block_size is not None:
         overrides["block_size"] = block_size
-    config = preset_config(preset, vocab_size=tokens.vocab_size, **overrides)
+    if base is None:
+        config = preset_config(preset, vocab_size=tokens.vocab_size, **overrides)
+    else:
+        config = GPTConfig(**base.settings["model"])
+        check_same_vocabulary(tokens, base)
     seed = train_config.seed
     rank, world = 0, 1
     if parallel != "none":
@@ -278,6 +290,10 @@ def train_gpt(
         device = resolve_device(train_config.device)  # this rank's (compute_init's) device
         net = parallelize(model.to(device), parallel, device, replicate=replicate)
     opt = model.configure_optimizers(optimizer, **(optimizer_options or {}))
+    if base is not None:
+        if parallel != "none":
+            raise ValueError("fine-tuning (--init-from) runs without --parallel for now")
+        start_from_base(base, model, opt, optimizer, state)
     if parallel != "none":
         opt = distribute_optimizer(opt, parallel)
     run_config = {
@@ -293,6 +309,11 @@ def train_gpt(
         "world_size": world,
         "replicate": replicate,
     }
+    on_eval = None if monitor is None else monitor(model, opt)
+    if base is not None:
+        run_config["init_from"] = {"run": str(base.run_dir), "optimizer": base.optimizer,
+                                   "state": state, "final_val_loss": base.final_val_loss}
+        on_eval = both(on_eval, source_evaluator(base, model, train_config.dtype))
     result = train(
         net,
         opt,
@@ -305,10 +326,36 @@ def train_gpt(
         run_config=run_config,
         flag_names=FLAG_NAMES,
         count_tokens=lambda batch: world * int(batch[-1].numel()),
-        on_eval=None if monitor is None else monitor(model, opt),
+        on_eval=on_eval,
     )
     result.extra.update(model=model, data=tokens)
     return result
+
+
+def check_same_vocabulary(tokens, base: BaseRun) -> None:
+    """Refuse fine-tuning data whose token ids mean other things than the base's."""
+    data = base.settings["data"]
+    same = tokens.vocab_size == data["vocab_size"] and tokens.tokenizer == data["tokenizer"]
+    if same and tokens.itos is not None:
+        base_tokens = load_text(data["source"], data["tokenizer"])
+        same = base_tokens.itos == tokens.itos
+    if not same:
+        raise ValueError(
+            f"--data {tokens.source}: its vocabulary ({tokens.tokenizer}, {tokens.vocab_size} "
+            f"ids) is not the base run's ({data['tokenizer']}, {data['vocab_size']} ids, from "
+            f"{data['source']}); a byte tokenizer (--tokenizer byte) reads any text the same way")
+
+
+def both(first, second):
+    """One ``on_eval`` that calls ``first`` (if any), then ``second``."""
+    if first is None:
+        return second
+
+    def on_eval(step, record, logger):
+        first(step, record, logger)
+        second(step, record, logger)
+
+    return on_eval
 
 
 def sample_text(model: GPT, data, n: int, seed: int = 0, top_k: int = 200) -> str:

@@ -1,0 +1,157 @@
+"""Fine-tuning starts from a pretrained run: :class:`BaseRun` reads a finished ``muonkit train``
+run (its config record and its final checkpoint), and :func:`start_from_base` puts its weights
+into the new model and, as ``state`` asks, its optimizer state into the new optimizer.
+
+``state``: ``"fresh"`` (the fine-tuning optimizer starts empty), ``"carry"`` (the base run's
+optimizer state, when the fine-tuning optimizer is the same kind; its own hyperparameters,
+e.g. a smaller LR, are kept), ``"from-adamw"`` (Muon's momentum from an AdamW base's moments:
+:func:`muonkit.migrate_adamw_state`).
+
+The fine-tuning run also scores the base's own validation set (``source_val_loss``), so
+forgetting is measured: at step 0 it equals the base run's final ``val_loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.text import fixed_batches, load_text
+from .config import resolve_dtype
+from .files import CHECKPOINT, CHECKPOINT_DIR, METRICS, load_checkpoint, read_records
+from .step import autocast_context, evaluate_batches
+
+STATES = ("fresh", "carry", "from-adamw")
+
+# the flags whose values a fine-tuning run takes from its base (its architecture and vocabulary)
+BASE_FLAGS = {"preset": "preset", "tokenizer": "data.tokenizer", "block_size": "model.block_size",
+              "rope": "model.rope", "untied": "model.tie_weights"}
+
+
+@dataclass(frozen=True)
+class BaseRun:
+    """A finished pretraining run: ``record`` (its config line), ``checkpoint`` (its final
+    state: model, optimizers), ``final_val_loss`` (its summary's)."""
+
+    run_dir: Path
+    record: dict
+    checkpoint: dict
+    final_val_loss: float | None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> BaseRun:
+        """Read ``run_dir``; a directory that holds no finished single-process run with a
+        checkpoint of its last step is refused in one line saying what is missing."""
+        run_dir = Path(run_dir)
+        metrics = run_dir / METRICS
+        if not metrics.exists():
+            raise FileNotFoundError(f"--init-from {run_dir}: no {METRICS}; give the --out of a "
+                                    "finished `muonkit train` run")
+        records = read_records(metrics)
+        record = next((r for r in records if r.get("kind") == "config"), None)
+        summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
+        if record is None or "model" not in record.get("config", {}):
+            raise ValueError(f"--init-from {run_dir}: not a `muonkit train` GPT run")
+        if (run_dir / CHECKPOINT_DIR).exists() and not (run_dir / CHECKPOINT).exists():
+            raise ValueError(f"--init-from {run_dir}: a multi-process (DCP) checkpoint; "
+                             "fine-tuning starts from a single-process run's ckpt.pt")
+        if not (run_dir / CHECKPOINT).exists():
+            raise FileNotFoundError(f"--init-from {run_dir}: no checkpoint ({CHECKPOINT}); "
+                                    "pretrain with --checkpoint-every N")
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+        steps = record["config"]["steps"]
+        if summary is None or checkpoint["step"] != steps:
+            raise ValueError(
+                f"--init-from {run_dir}: its checkpoint is at step {checkpoint['step']}, not "
+                f"its last step ({steps}); finish the run (--resume), with --checkpoint-every "
+                "dividing --steps")
+        return cls(run_dir, record, checkpoint, summary.get("final_val_loss"))
+
+    @property
+    def optimizer(self) -> str:
+        return self.record["optimizer"]
+
+    @property
+    def settings(self) -> dict:
+        return self.record["config"]
+
+    def setting(self, path: str):
+        """A recorded setting by dotted path (e.g. ``"model.rope"``)."""
+        value = self.settings
+        for key in path.split("."):
+            value = value[key]
+        return value
+
+    def flag_values(self) -> dict:
+        """The base's value of each of :data:`BASE_FLAGS` as its flag takes it."""
+        out = {flag: self.setting(path) for flag, path in BASE_FLAGS.items()}
+        out["untied"] = not out["untied"]  # recorded as tie_weights
+        return out
+
+
+def check_base_flags(given: dict, base: BaseRun) -> dict:
+    """The base's architecture flags, refusing any given (not None) that differs, in one line
+    naming it: fine-tuning keeps the base's architecture and vocabulary."""
+    values = base.flag_values()
+    for flag, value in given.items():
+        if value is not None and value != values[flag]:
+            raise ValueError(f"--{flag.replace('_', '-')}: the base run {base.run_dir} has "
+                             f"{values[flag]!r}, given {value!r}; fine-tuning keeps the base's "
+                             "architecture and vocabulary (leave the flag out)")
+    return values
+
+
+def start_from_base(base: BaseRun, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    optimizer_name: str, state: str) -> None:
+    """Load the base's weights into ``model`` and, per ``state``, its optimizer state into
+    ``optimizer`` (the fine-tuning one, built over ``model``'s parameters)."""
+    if state not in STATES:
+        raise ValueError(f"--state must be one of {list(STATES)}, got {state!r}")
+    model.load_state_dict(base.checkpoint["model"])
+    saved = base.checkpoint["optimizers"][0]
+    if state == "carry":
+        if base.optimizer != optimizer_name:
+            raise ValueError(f"--state carry: the base run was trained with {base.optimizer}, "
+                             f"the fine-tuning optimizer is {optimizer_name}; carry needs the "
+                             "same kind (use --state fresh, or from-adamw from an AdamW base)")
+        own = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        optimizer.load_state_dict(saved)
+        for group, hyper in zip(optimizer.param_groups, own, strict=True):
+            group.update(hyper)  # the carried state, with this run's LRs and options
+    elif state == "from-adamw":
+        if base.optimizer != "adamw" or optimizer_name == "adamw":
+            raise ValueError(f"--state from-adamw: needs an AdamW base and a Muon-family "
+                             f"fine-tuning optimizer (base {base.optimizer}, fine-tuning "
+                             f"{optimizer_name})")
+        from muonkit import migrate_adamw_state
+
+        migrate_adamw_state(saved, optimizer)
+
+
+def source_evaluator(base: BaseRun, model: nn.Module, dtype: str):
+    """``on_eval`` for the loop: after each evaluation, ``model``'s loss on the base's own
+    validation batches (same data, seed, batch size and count as the base run, autocast as
+    ``dtype`` resolves on the model's device) as a ``source_val`` record."""
+    settings = base.settings
+    data = settings["data"]
+    tokens = load_text(data["source"], data["tokenizer"])
+    batches = fixed_batches(tokens.val, settings["batch_size"], settings["model"]["block_size"],
+                            settings["eval_batches"], seed=settings["val_seed"])
+
+    def on_eval(step: int, record: dict, logger) -> None:
+        device = next(model.parameters()).device
+        precision = resolve_dtype(dtype, device)
+        loss = evaluate_batches(model, loss_fn=_lm_loss, batches=batches, device=device,
+                                autocast=lambda: autocast_context(device, precision))["val_loss"]
+        logger.write({"kind": "source_val", "step": step, "source_val_loss": loss})
+
+    return on_eval
+
+
+def _lm_loss(model, batch):
+    from .gpt import lm_loss
+
+    return lm_loss(model, batch)

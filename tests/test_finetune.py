@@ -1,0 +1,108 @@
+"""`muonkit finetune --init-from`: a fine-tuning run starts from the base run's final weights
+(its source_val_loss at step 0 is the base's final val_loss), keeps the base's architecture and
+vocabulary (a differing flag is refused in one line), and starts its optimizer fresh or with the
+base's state carried over (with its own LRs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from muonlab.cli import main
+from muonlab.models.gpt import GPT, GPTConfig
+from muonlab.train.finetune import BaseRun, start_from_base
+
+SMALL = ["--preset", "tiny", "--batch-size", "2", "--block-size", "16", "--eval-batches", "2",
+         "--warmup", "1", "--no-progress", "--tracker", "none", "--threads", "1"]
+
+
+def records(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def base_run(out, optimizer="adamw", *extra):
+    assert main(["train", "--out", str(out), "--optimizer", optimizer, "--steps", "4",
+                 "--eval-every", "2", "--checkpoint-every", "2", *SMALL, *extra]) == 0
+    return out
+
+
+def finetune(out, base, *flags):
+    return main(["finetune", "--init-from", str(base), "--out", str(out), "--steps", "2",
+                 "--eval-every", "1", "--batch-size", "2", "--eval-batches", "2", "--warmup",
+                 "1", "--no-progress", "--tracker", "none", "--threads", "1", *flags])
+
+
+def one_line_error(capsys, argv_call) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        argv_call()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_finetune_starts_where_the_base_ended(tmp_path):
+    base = base_run(tmp_path / "base")
+    assert finetune(tmp_path / "ft", base, "--optimizer", "muon", "--muon-lr", "0.01") == 0
+    ft = records(tmp_path / "ft")
+    source = [r for r in ft if r["kind"] == "source_val"]
+    assert [r["step"] for r in source] == [0, 1, 2]
+    assert source[0]["source_val_loss"] == pytest.approx(records(base)[-1]["final_val_loss"],
+                                                         abs=1e-5)
+    config = ft[0]["config"]
+    assert config["model"] == records(base)[0]["config"]["model"]
+    assert config["init_from"]["run"] == str(base) and config["init_from"]["state"] == "fresh"
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--preset", "small"], "--preset: the base run"),
+    (["--rope"], "--rope: the base run"),
+    (["--block-size", "32"], "--block-size: the base run"),
+    (["--optimizer", "muon", "--state", "carry"], "--state carry: the base run was trained "
+                                                   "with adamw"),
+])  # fmt: skip
+def test_flags_that_would_change_the_base_are_refused(tmp_path, capsys, flags, says):
+    base = base_run(tmp_path / "base")
+    err = one_line_error(capsys, lambda: finetune(tmp_path / "ft", base, *flags))
+    assert says in err
+    assert not (tmp_path / "ft" / "metrics.jsonl").exists()
+
+
+def test_data_with_another_vocabulary_and_unfinished_bases_are_refused(tmp_path, capsys):
+    base = base_run(tmp_path / "base")
+    other = tmp_path / "other.txt"
+    other.write_text("0123456789 + = " * 300)
+    err = one_line_error(capsys, lambda: finetune(tmp_path / "ft", base, "--data", str(other)))
+    assert "vocabulary" in err and "--tokenizer byte" in err
+    no_ckpt = tmp_path / "no-ckpt"
+    assert main(["train", "--out", str(no_ckpt), "--steps", "2", "--eval-every", "0",
+                 *SMALL]) == 0
+    err = one_line_error(capsys, lambda: finetune(tmp_path / "ft", no_ckpt))
+    assert "no checkpoint" in err and "--checkpoint-every" in err
+    early = tmp_path / "early"  # checkpoint at step 2 of 3
+    assert main(["train", "--out", str(early), "--steps", "3", "--eval-every", "0",
+                 "--checkpoint-every", "2", *SMALL]) == 0
+    err = one_line_error(capsys, lambda: finetune(tmp_path / "ft", early))
+    assert "checkpoint is at step 2, not its last step (3)" in err
+
+
+def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
+    base = BaseRun.load(base_run(tmp_path / "base", "muon"))
+    model = GPT(GPTConfig(**base.settings["model"]))
+    opt = model.configure_optimizers("muon", lr=1e-4, muon_lr=0.001)
+    start_from_base(base, model, opt, "muon", "carry")
+    saved = base.checkpoint["optimizers"][0]
+    assert {g["lr"] for g in opt.param_groups if g["use_muon"]} == {0.001}
+    assert {g["lr"] for g in opt.param_groups if not g["use_muon"]} == {1e-4}
+    mine = opt.state_dict()["state"]
+    assert mine.keys() == saved["state"].keys() and mine
+    for index, state in saved["state"].items():
+        for key, value in state.items():
+            assert torch.equal(mine[index][key], value), (index, key)
+    for name, value in base.checkpoint["model"].items():
+        assert torch.equal(model.state_dict()[name], value), name
+    fresh = GPT(GPTConfig(**base.settings["model"]))
+    opt = fresh.configure_optimizers("muon")
+    start_from_base(base, fresh, opt, "muon", "fresh")
+    assert not opt.state_dict()["state"]
