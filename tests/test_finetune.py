@@ -12,7 +12,8 @@ import torch
 
 from muonlab.cli import main
 from muonlab.models.gpt import GPT, GPTConfig
-from muonlab.train.finetune import BaseRun, start_from_base
+from muonlab.models.lora import LoRALinear, add_lora
+from muonlab.train.finetune import BaseRun, load_base_state, load_base_weights
 
 SMALL = ["--preset", "tiny", "--batch-size", "2", "--block-size", "16", "--eval-batches", "2",
          "--warmup", "1", "--no-progress", "--tracker", "none", "--threads", "1"]
@@ -90,8 +91,9 @@ def test_data_with_another_vocabulary_and_unfinished_bases_are_refused(tmp_path,
 def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
     base = BaseRun.load(base_run(tmp_path / "base", "muon"))
     model = GPT(GPTConfig(**base.settings["model"]))
+    load_base_weights(base, model)
     opt = model.configure_optimizers("muon", lr=1e-4, muon_lr=0.001)
-    start_from_base(base, model, opt, "muon", "carry")
+    load_base_state(base, opt, "muon", "carry")
     saved = base.checkpoint["optimizers"][0]
     assert {g["lr"] for g in opt.param_groups if g["use_muon"]} == {0.001}
     assert {g["lr"] for g in opt.param_groups if not g["use_muon"]} == {1e-4}
@@ -104,5 +106,33 @@ def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
     fresh = GPT(GPTConfig(**base.settings["model"]))
     opt = fresh.configure_optimizers("muon")
-    start_from_base(base, fresh, opt, "muon", "fresh")
+    load_base_state(base, opt, "muon", "fresh")
     assert not opt.state_dict()["state"]
+
+
+def test_lora_starts_at_the_base_function_and_trains_only_the_adapters(tmp_path):
+    base = base_run(tmp_path / "base")
+    model = GPT(GPTConfig(**BaseRun.load(base).settings["model"]))
+    load_base_weights(BaseRun.load(base), model)
+    x = torch.randint(0, model.config.vocab_size, (2, 16))
+    before = model(x)
+    wrapped = add_lora(model, rank=2, alpha=4.0)
+    assert len(wrapped) == 4 * model.config.n_layer  # c_attn, attn c_proj, c_fc, mlp c_proj
+    assert torch.equal(model(x), before)  # B = 0: the pretrained function exactly
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    opt = model.configure_optimizers("muon")
+    muon = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
+    assert muon == {id(p) for p in model.parameters() if p.requires_grad}  # LoRA-Muon
+    layer = model.blocks[0].attn.c_attn
+    assert isinstance(layer, LoRALinear) and not layer.weight.requires_grad
+
+    for optimizer in ("adamw", "muon"):
+        out = tmp_path / f"lora-{optimizer}"
+        assert finetune(out, base, "--optimizer", optimizer, "--lora-rank", "2",
+                        "--checkpoint-every", "2") == 0
+        weights = torch.load(out / "ckpt.pt", weights_only=False)["model"]
+        for name, value in BaseRun.load(base).checkpoint["model"].items():
+            assert torch.equal(weights[name], value), (optimizer, name)  # frozen
+        assert any(weights[n].abs().sum() > 0 for n in weights if n.endswith("lora_B"))
+        assert records(out)[0]["config"]["lora"]["rank"] == 2

@@ -100,6 +100,11 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
     p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
                    help="rank of the low-rank momentum (--optimizer "
                    f"{' or '.join(n for n, s in OPTIMIZERS.items() if s.takes_rank)})")
+    p.add_argument("--lora-rank", type=NONNEGATIVE_INT, default=d.lora_rank,
+                   help="train LoRA adapters of this rank on the attention and MLP projections, "
+                   "the rest frozen (0: off); Muon or AdamW trains them as --optimizer says")
+    p.add_argument("--lora-alpha", type=POSITIVE, default=d.lora_alpha,
+                   help="LoRA scale alpha (the update is alpha / rank * B A x; None: the rank)")
     add_muon_option_flags(p)
 
 

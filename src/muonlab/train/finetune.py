@@ -1,6 +1,7 @@
 """Fine-tuning starts from a pretrained run: :class:`BaseRun` reads a finished ``muonkit train``
-run (its config record and its final checkpoint), and :func:`start_from_base` puts its weights
-into the new model and, as ``state`` asks, its optimizer state into the new optimizer.
+run (its config record and its final checkpoint), and the loaders put its weights
+into the new model (:func:`load_base_weights`) and, as ``state`` asks, its optimizer state
+into the new optimizer (:func:`load_base_state`).
 
 ``state``: ``"fresh"`` (the fine-tuning optimizer starts empty), ``"carry"`` (the base run's
 optimizer state, when the fine-tuning optimizer is the same kind; its own hyperparameters,
@@ -104,13 +105,17 @@ def check_base_flags(given: dict, base: BaseRun) -> dict:
     return values
 
 
-def start_from_base(base: BaseRun, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    optimizer_name: str, state: str) -> None:
-    """Load the base's weights into ``model`` and, per ``state``, its optimizer state into
-    ``optimizer`` (the fine-tuning one, built over ``model``'s parameters)."""
+def load_base_weights(base: BaseRun, model: nn.Module) -> None:
+    """The base's final weights into ``model`` (built with the base's architecture)."""
+    model.load_state_dict(base.checkpoint["model"])
+
+
+def load_base_state(base: BaseRun, optimizer: torch.optim.Optimizer, optimizer_name: str,
+                    state: str) -> None:
+    """Per ``state``, the base's optimizer state into ``optimizer`` (the fine-tuning one,
+    built over the same parameters as the base's)."""
     if state not in STATES:
         raise ValueError(f"--state must be one of {list(STATES)}, got {state!r}")
-    model.load_state_dict(base.checkpoint["model"])
     saved = base.checkpoint["optimizers"][0]
     if state == "carry":
         if base.optimizer != optimizer_name:

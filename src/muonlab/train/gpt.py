@@ -22,9 +22,10 @@ from muonkit.schedules import DECAYS
 
 from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
 from ..models.gpt import GPT, PRESETS, GPTConfig, preset_config
+from ..models.lora import add_lora
 from .checks import check_number
 from .config import DTYPES, TrainConfig, TrainResult, resolve_device
-from .finetune import BaseRun, source_evaluator, start_from_base
+from .finetune import BaseRun, load_base_state, load_base_weights, source_evaluator
 from .loop import train
 from .trackers import resolve_trackers
 
@@ -50,6 +51,8 @@ BOUNDS = {
     "momentum_warmup": dict(integer=True, ge=0),
     "muon_weight_decay": dict(ge=0),
     "rank": dict(integer=True, ge=1),
+    "lora_rank": dict(integer=True, ge=0),
+    "lora_alpha": dict(gt=0),
 }
 
 
@@ -74,6 +77,8 @@ FLAG_NAMES = {
     "model.bias": "--preset",
     "model.rope_base": "--rope",
     "world_size": "--nproc_per_node (torchrun)",
+    "lora.rank": "--lora-rank",
+    "lora.alpha": "--lora-alpha",
 }
 
 
@@ -128,6 +133,8 @@ class GPTRunConfig:
     muon_weight_decay: float = 0.0
     qkv_split: bool = False
     rank: int = 16
+    lora_rank: int = 0
+    lora_alpha: float | None = None
     muon_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -213,6 +220,8 @@ class GPTRunConfig:
             model_overrides=self.model_overrides(),
             optimizer_options=self.optimizer_options(optimizer),
             train_config=train_config,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
         )
 
 
@@ -241,6 +250,8 @@ def train_gpt(
     monitor=None,
     base: BaseRun | None = None,
     state: str = "fresh",
+    lora_rank: int = 0,
+    lora_alpha: float | None = None,
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
@@ -262,6 +273,9 @@ def train_gpt(
     preset and overrides are ignored), its weights, and per ``state`` its optimizer state
     (:func:`muonlab.train.finetune.start_from_base`); every evaluation also scores the base's
     validation set (``source_val`` records). The data must have the base's vocabulary.
+    ``lora_rank`` > 0: freeze the model and train LoRA adapters of that rank on its attention
+    and MLP projections (:mod:`muonlab.models.lora`; ``lora_alpha`` None: the rank, scale 1);
+    they go to Muon in the hybrids, to AdamW with ``optimizer="adamw"``.
     """
     registry.check_parallel(optimizer, parallel)  # before any data is read or file written
     tokens = load_text(data, tokenizer)
@@ -283,6 +297,16 @@ def train_gpt(
     val = fixed_batches(tokens.val, batch_size, config.block_size, eval_batches, seed=val_seed)
     torch.manual_seed(seed)
     model = GPT(config)
+    if base is not None:
+        load_base_weights(base, model)
+    lora = None
+    if lora_rank:
+        if base is not None and state != "fresh":
+            raise ValueError("--lora-rank: the adapters are new parameters; they start with "
+                             "--state fresh")
+        alpha = float(lora_rank if lora_alpha is None else lora_alpha)
+        lora = {"rank": lora_rank, "alpha": alpha,
+                "modules": add_lora(model, lora_rank, alpha)}
     net = model  # train() moves it to the device; a parallel one is wrapped there first
     if parallel != "none":  # before the optimizer: FSDP2 swaps in sharded (DTensor) params
         from muonkit.distributed.parallel import distribute_optimizer, parallelize
@@ -293,7 +317,7 @@ def train_gpt(
     if base is not None:
         if parallel != "none":
             raise ValueError("fine-tuning (--init-from) runs without --parallel for now")
-        start_from_base(base, model, opt, optimizer, state)
+        load_base_state(base, opt, optimizer, state)
     if parallel != "none":
         opt = distribute_optimizer(opt, parallel)
     run_config = {
@@ -309,6 +333,10 @@ def train_gpt(
         "world_size": world,
         "replicate": replicate,
     }
+    if lora is not None:
+        run_config["lora"] = {**lora, "modules": len(lora["modules"]),
+                              "trainable_params": sum(p.numel() for p in model.parameters()
+                                                      if p.requires_grad)}
     on_eval = None if monitor is None else monitor(model, opt)
     if base is not None:
         run_config["init_from"] = {"run": str(base.run_dir), "optimizer": base.optimizer,
