@@ -85,10 +85,11 @@ def evaluate_task(
         end = answer_end(output)
         output = output if end is None else output[:end]
         pred, gold = extract_answer(output), problem.gold
-        correct += exact_match(pred, gold)
+        right = exact_match(pred, gold)
+        correct += right
         lines.append(json.dumps(dict(
             id=problem.id, question=problem.question, output=output, pred=pred, gold=gold,
-            correct=exact_match(pred, gold),
+            correct=right,
         )))
     path = Path(out_path)
     tmp = path.with_name(path.name + ".tmp")
