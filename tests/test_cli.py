@@ -48,6 +48,13 @@ def finished(tmp_path_factory):
     return out
 
 
+def test_train_with_the_byte_tokenizer(tmp_path):
+    assert train(tmp_path, "--steps", "2", "--tokenizer", "byte") == 0
+    config = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["config"]
+    assert config["data"]["tokenizer"] == "byte" and config["data"]["vocab_size"] == 256
+    assert config["model"]["vocab_size"] == 256
+
+
 def test_resume_of_a_finished_run_says_complete_and_changes_nothing(finished, capsys):
     before = snapshot(finished)
     capsys.readouterr()

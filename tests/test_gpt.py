@@ -190,6 +190,26 @@ def test_text_file_and_bin_dir_round_trip(tmp_path):
     assert binned.decode(binned.val) == data.decode(data.val)
 
 
+def test_byte_tokenizer_reads_any_text_and_round_trips(tmp_path):
+    raw = "naïve café, 1,234 €; 日本語\n" * 20  # multi-byte UTF-8 characters
+    src = tmp_path / "u.txt"
+    src.write_text(raw, encoding="utf-8")
+    data = text.load_text(src, tokenizer="byte")
+    assert data.vocab_size == 256 and data.tokenizer == "byte"
+    blob = raw.encode("utf-8")
+    assert list(data.train) + list(data.val) == list(blob)  # the ids are the UTF-8 bytes
+    assert len(data.train) == int(len(blob) * 0.9)
+    assert data.decode(data.encode(raw)) == raw
+    assert data.decode([0xE6, 0x97]) == "\ufffd"  # a cut character: replaced, not an error
+    binned = text.load_text(text.prepare_bin(src, tmp_path / "bins", tokenizer="byte"))
+    assert (binned.vocab_size, binned.tokenizer) == (256, "byte")
+    np.testing.assert_array_equal(binned.val, data.val)
+    assert binned.decode(binned.encode(raw)) == raw
+    bundled = text.load_text(tokenizer="byte")
+    assert bundled.vocab_size == 256
+    assert bundled.decode(bundled.train[:14]) == "First Citizen:"
+
+
 def test_missing_data_files_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt does not exist.*train.bin"):
         text.load_text(tmp_path / "nope.txt")

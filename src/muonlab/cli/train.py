@@ -48,7 +48,8 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
     p.add_argument("--data", default=d.data,
                    help=f"'{BUNDLED}' (bundled), a text file, or a dir with train.bin/val.bin")
     p.add_argument("--tokenizer", default=d.tokenizer, choices=TOKENIZERS,
-                   help="char-level, or GPT-2 BPE via tiktoken (for text files)")
+                   help="char-level, byte-level (UTF-8 bytes, 256 ids: reads any text), or "
+                        "GPT-2 BPE via tiktoken (for text files)")
     p.add_argument("--steps", type=POSITIVE_INT, default=d.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size,
                    help="sequences per micro-batch")

@@ -10,9 +10,11 @@ Sources (``load_text``):
   ``np.memmap`` (nanoGPT's OpenWebText format); a ``meta.json`` beside them may give
   ``vocab_size`` (and ``itos`` for char data), else GPT-2's vocabulary padded to 50304.
 
-Tokenizers: ``"char"`` (one id per distinct character, sorted, as nanoGPT's char runs) or
-``"gpt2"`` (GPT-2 BPE through the ``tiktoken`` package; its encoding files must already be in
-tiktoken's cache: nothing here downloads).
+Tokenizers: ``"char"`` (one id per distinct character, sorted, as nanoGPT's char runs),
+``"byte"`` (the UTF-8 bytes, 256 ids: one vocabulary for any text, so a model pretrained on one
+corpus reads another, e.g. a fine-tuning task) or ``"gpt2"`` (GPT-2 BPE through the
+``tiktoken`` package; its encoding files must already be in tiktoken's cache: nothing here
+downloads).
 
 ``TokenBatches`` draws ``batch_size`` random windows of ``block_size + 1`` tokens per call
 (nanoGPT's ``get_batch``) from its own ``torch.Generator``, whose state is in
@@ -34,7 +36,8 @@ import torch
 from torch import Tensor
 
 BUNDLED = "tinyshakespeare"
-TOKENIZERS = ("char", "gpt2")
+TOKENIZERS = ("char", "byte", "gpt2")
+BYTE_VOCAB = 256
 GPT2_VOCAB = 50257
 GPT2_PADDED_VOCAB = 50304  # 50257 rounded up to a multiple of 64, as nanoGPT
 # The files tiktoken fetches for the "gpt2" encoding; its cache names each by the sha1 of its URL.
@@ -55,11 +58,23 @@ class TokenData:
     source: str
     itos: list[str] | None = field(default=None, repr=False)
 
+    def encode(self, text: str) -> list[int]:
+        """``text``'s token ids in this data's vocabulary (e.g. a task prompt for the model)."""
+        if self.itos is not None:
+            return char_encode(text, self.itos).tolist()
+        if self.tokenizer == "byte":
+            return byte_encode(text).tolist()
+        if self.tokenizer == "gpt2":
+            return gpt2_encode(text).tolist()
+        raise ValueError(f"no encoder for tokenizer {self.tokenizer!r} of {self.source}")
+
     def decode(self, ids) -> str:
-        """Token ids back to text (char vocabularies and GPT-2 BPE)."""
+        """Token ids back to text (char vocabularies, bytes and GPT-2 BPE)."""
         ids = [int(i) for i in ids]
         if self.itos is not None:
             return "".join(self.itos[i] for i in ids)
+        if self.tokenizer == "byte":
+            return byte_decode(ids)
         if self.tokenizer == "gpt2":
             return gpt2_encoding().decode(ids)
         raise ValueError(f"no decoder for tokenizer {self.tokenizer!r} of {self.source}")
@@ -101,6 +116,17 @@ def char_encode(text: str, itos: list[str]) -> np.ndarray:
         return np.array([stoi[c] for c in text], dtype=dtype)
     except KeyError as e:
         raise ValueError(f"character {e.args[0]!r} is not in the vocabulary") from None
+
+
+def byte_encode(text: str) -> np.ndarray:
+    """The UTF-8 bytes of ``text`` as ids 0..255 (uint16, the dtype of the .bin files)."""
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+
+
+def byte_decode(ids) -> str:
+    """Byte ids back to text; a byte sequence that is not UTF-8 (a model's cut or invalid
+    output) becomes U+FFFD rather than an error."""
+    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
 def tiktoken_cache_dir() -> Path:
@@ -165,6 +191,9 @@ def load_text(
         itos = char_vocab(text)
         train, val = split_tokens(char_encode(text, itos), val_fraction)
         return TokenData(train, val, len(itos), "char", name, itos)
+    if tokenizer == "byte":
+        train, val = split_tokens(byte_encode(text), val_fraction)
+        return TokenData(train, val, BYTE_VOCAB, "byte", name)
     train, val = split_tokens(gpt2_encode(text), val_fraction)
     return TokenData(train, val, GPT2_PADDED_VOCAB, "gpt2", name)
 
