@@ -136,3 +136,22 @@ def test_lora_starts_at_the_base_function_and_trains_only_the_adapters(tmp_path)
             assert torch.equal(weights[name], value), (optimizer, name)  # frozen
         assert any(weights[n].abs().sum() > 0 for n in weights if n.endswith("lora_B"))
         assert records(out)[0]["config"]["lora"]["rank"] == 2
+
+
+def test_task_finetuning_scores_exact_match_before_and_after(tmp_path):
+    base = tmp_path / "base"
+    assert main(["train", "--out", str(base), "--tokenizer", "byte", "--steps", "2",
+                 "--eval-every", "0", "--checkpoint-every", "2", "--batch-size", "2",
+                 "--block-size", "64", "--eval-batches", "2", "--no-progress", "--tracker",
+                 "none", "--threads", "1", "--optimizer", "adamw"]) == 0
+    out = tmp_path / "ft"
+    assert finetune(out, base, "--task", "arithmetic", "--task-train", "12", "--task-test", "3",
+                    "--task-max-tokens", "4", "--optimizer", "muon") == 0
+    evals = [r for r in records(out) if r["kind"] == "task_eval"]
+    assert [(r["step"], r["n"], r["task"]) for r in evals] == [(0, 3, "arithmetic"),
+                                                                (2, 3, "arithmetic")]
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and (out / "predictions-step0.jsonl").exists()
+    assert list(lines[0]) == ["id", "question", "output", "pred", "gold", "correct"]
+    assert records(out)[0]["config"]["task"]["n_train"] == 12
+    assert records(out)[0]["config"]["data"]["tokenizer"] == "byte"

@@ -5,9 +5,10 @@ architecture and vocabulary flags default to the base's, and one that differs is
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..train.finetune import BASE_FLAGS, STATES, BaseRun, check_base_flags
-from .common import add_command
+from ..train.finetune import BASE_FLAGS, STATES, TASKS, BaseRun, Task, check_base_flags
+from .common import NONNEGATIVE_INT, POSITIVE_INT, add_command
 from .train import add_run_arguments, run_command
 
 
@@ -17,6 +18,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     for flag, value in check_base_flags(given, base).items():
         setattr(args, flag, value)
     args.finetune = {"base": base, "state": args.state}
+    if args.task is not None:
+        task = Task.make(args.task, args.task_data, args.task_seed, args.task_train,
+                         args.task_test, args.task_max_tokens)
+        name = f"{task.name}-s{args.task_seed}-n{len(task.train)}.txt"
+        args.data = str(task.write_training_text(Path(args.out) / "task_data" / name))
+        args.finetune["task"] = task
     return run_command(args)
 
 
@@ -34,5 +41,17 @@ def register(subparsers) -> None:
     p.add_argument("--state", default="fresh", choices=STATES,
                    help="optimizer state to start from: fresh (empty), carry (the base's, same "
                    "optimizer kind), from-adamw (Muon momentum from an AdamW base's moments)")
+    p.add_argument("--task", default=None, choices=TASKS,
+                   help="train on a question-answering task's training problems (instead of "
+                   "--data) and score greedy exact-match accuracy on its test problems at step "
+                   "0 and at the end (OUT/predictions.jsonl)")
+    p.add_argument("--task-data", default=None, metavar="DIR",
+                   help="--task gsm8k: a directory with GSM8K's train.jsonl and test.jsonl")
+    p.add_argument("--task-seed", type=NONNEGATIVE_INT, default=0,
+                   help="--task arithmetic: the seed of its fixed train/test split")
+    p.add_argument("--task-train", type=POSITIVE_INT, default=5000, help="training problems")
+    p.add_argument("--task-test", type=POSITIVE_INT, default=500, help="test problems scored")
+    p.add_argument("--task-max-tokens", type=POSITIVE_INT, default=128,
+                   help="longest greedy answer, in tokens")
     p.set_defaults(func=run_finetune, preset=None, tokenizer=None, block_size=None, rope=None,
                    untied=None)

@@ -160,3 +160,68 @@ def _lm_loss(model, batch):
     from .gpt import lm_loss
 
     return lm_loss(model, batch)
+
+
+TASKS = ("arithmetic", "gsm8k")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A question-answering task a fine-tuning run trains on and is scored by: ``train`` and
+    ``test`` problems (:mod:`muonlab.data.tasks`), greedy answers of up to
+    ``max_new_tokens`` tokens."""
+
+    name: str
+    train: list
+    test: list
+    max_new_tokens: int = 128
+
+    @classmethod
+    def make(cls, name: str, data: str | None, seed: int, n_train: int, n_test: int,
+             max_new_tokens: int) -> Task:
+        """``arithmetic``: the generated problems' seeded splits; ``gsm8k``: ``data`` is a
+        directory with GSM8K's ``train.jsonl`` and ``test.jsonl`` (the first ``n_test`` test
+        problems are scored)."""
+        from ..data.tasks import read_gsm8k, task_splits
+
+        if name == "arithmetic":
+            if data is not None:
+                raise ValueError("--task-data is for --task gsm8k; arithmetic is generated")
+            train, test = task_splits(seed, n_train, n_test)
+        elif name == "gsm8k":
+            if data is None:
+                raise ValueError("--task gsm8k needs --task-data DIR (train.jsonl, test.jsonl)")
+            train = read_gsm8k(Path(data) / "train.jsonl")[:n_train]
+            test = read_gsm8k(Path(data) / "test.jsonl")[:n_test]
+        else:
+            raise ValueError(f"--task must be one of {list(TASKS)}, got {name!r}")
+        return cls(name, train, test, max_new_tokens)
+
+    def write_training_text(self, path: Path) -> Path:
+        """The training problems as one text file (prompt, answer, blank line each), written
+        only when its content differs (a rerun leaves it as it was)."""
+        from ..data.tasks import example_text
+
+        text = "".join(example_text(p) for p in self.train)
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return path
+
+
+def task_evaluator(task: Task, model: nn.Module, tokens, out_dir: Path | None, steps: int):
+    """``on_eval``: at step 0 and at the last step, greedy exact-match accuracy on the task's
+    test problems (a ``task_eval`` record; predictions in ``OUT/predictions.jsonl``, the step-0
+    ones in ``OUT/predictions-step0.jsonl``)."""
+    from .task_eval import evaluate_task
+
+    def on_eval(step: int, record: dict, logger) -> None:
+        if step not in (0, steps) or out_dir is None:
+            return
+        path = out_dir / ("predictions.jsonl" if step == steps else f"predictions-step{step}.jsonl")
+        result = evaluate_task(model, tokens.encode, tokens.decode, task.test, path,
+                               task.max_new_tokens)
+        logger.write({"kind": "task_eval", "step": step, "task": task.name, **result,
+                      "predictions": path.name})
+
+    return on_eval

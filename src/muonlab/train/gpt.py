@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,14 @@ from ..models.gpt import GPT, PRESETS, GPTConfig, preset_config
 from ..models.lora import add_lora
 from .checks import check_number
 from .config import DTYPES, TrainConfig, TrainResult, resolve_device
-from .finetune import BaseRun, load_base_state, load_base_weights, source_evaluator
+from .finetune import (
+    BaseRun,
+    Task,
+    load_base_state,
+    load_base_weights,
+    source_evaluator,
+    task_evaluator,
+)
 from .loop import train
 from .trackers import resolve_trackers
 
@@ -252,6 +260,7 @@ def train_gpt(
     state: str = "fresh",
     lora_rank: int = 0,
     lora_alpha: float | None = None,
+    task: Task | None = None,
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
@@ -275,7 +284,9 @@ def train_gpt(
     validation set (``source_val`` records). The data must have the base's vocabulary.
     ``lora_rank`` > 0: freeze the model and train LoRA adapters of that rank on its attention
     and MLP projections (:mod:`muonlab.models.lora`; ``lora_alpha`` None: the rank, scale 1);
-    they go to Muon in the hybrids, to AdamW with ``optimizer="adamw"``.
+    they go to Muon in the hybrids, to AdamW with ``optimizer="adamw"``. ``task``
+    (:class:`muonlab.train.finetune.Task`): score its test problems at step 0 and at the end
+    (:func:`muonlab.train.finetune.task_evaluator`).
     """
     registry.check_parallel(optimizer, parallel)  # before any data is read or file written
     tokens = load_text(data, tokenizer)
@@ -342,6 +353,11 @@ def train_gpt(
         run_config["init_from"] = {"run": str(base.run_dir), "optimizer": base.optimizer,
                                    "state": state, "final_val_loss": base.final_val_loss}
         on_eval = both(on_eval, source_evaluator(base, model, train_config.dtype))
+    if task is not None:
+        out_dir = None if train_config.out_dir is None else Path(train_config.out_dir)
+        on_eval = both(on_eval, task_evaluator(task, model, tokens, out_dir, train_config.steps))
+        run_config["task"] = {"name": task.name, "n_train": len(task.train),
+                              "n_test": len(task.test), "max_new_tokens": task.max_new_tokens}
     result = train(
         net,
         opt,
