@@ -35,7 +35,7 @@ def test_unknown_preset_lists_valid_names():
         preset_config("huge")
     for name in PRESETS:
         assert name in str(e.value)
-    with pytest.raises(ValueError, match="n_layers"):
+    with pytest.raises(TypeError, match="'n_layers'; did you mean n_layer"):
         preset_config("tiny", n_layers=3)
     with pytest.raises(ValueError, match="divisible by n_head"):
         GPTConfig(n_embd=30, n_head=4)

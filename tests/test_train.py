@@ -116,7 +116,7 @@ def test_resume_with_dropout_restores_rng(tmp_path):
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="holds no run to continue"):
         small_run(tmp_path, resume=True)
     with pytest.raises(ValueError, match="out_dir"):
         TrainConfig(steps=2, checkpoint_every=1)

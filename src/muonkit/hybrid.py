@@ -120,17 +120,18 @@ def _param_picker(
     return lambda name, p: name in names
 
 
-def check_option_names(muon_options: dict) -> None:
+def check_option_names(muon_options: dict, owner: str = "hybrid_param_groups") -> None:
     """TypeError for a keyword that is neither an argument of :func:`hybrid_param_groups`, a
     :class:`MuonOptions` field nor a variant's group option (a misspelt ``muon_lrr`` would
-    otherwise ride along in the group unused), naming the closest valid names."""
+    otherwise ride along in the group unused), naming ``owner`` (the function called) and the
+    closest valid names."""
     from .variants import GROUP_OPTIONS
 
     valid = {f.name for f in dataclasses.fields(MuonOptions)} | {"options"} | GROUP_OPTIONS
     valid |= set(inspect.signature(hybrid_param_groups).parameters) - {"model", "muon_options"}
     for name in muon_options:
         if name not in valid:
-            raise unexpected_keyword("hybrid_param_groups", name, valid)
+            raise unexpected_keyword(owner, name, valid)
 
 
 def hybrid_param_groups(

@@ -154,6 +154,7 @@ def _run(args, run: GPTRunConfig, cfg: TrainConfig) -> int:
             parallel=args.parallel,
             replicate=args.replicate,
             **getattr(args, "finetune", {}),  # muonkit finetune: the base run and --state
+            decode=args.sample > 0,
         )
     except RunComplete as done:
         if not is_distributed() or torch.distributed.get_rank() == 0:

@@ -8,7 +8,9 @@ Sources (``load_text``):
   for validation (nanoGPT's ``data/shakespeare_char/prepare.py``).
 * a directory with ``train.bin`` and ``val.bin``: pre-tokenized flat uint16 arrays, read as
   ``np.memmap`` (nanoGPT's OpenWebText format); a ``meta.json`` beside them may give
-  ``vocab_size`` (and ``itos`` for char data), else GPT-2's vocabulary padded to 50304.
+  ``vocab_size`` (and ``itos`` for char data; nanoGPT's ``meta.pkl`` is read too, as plain
+  data), else GPT-2's vocabulary padded to 50304. Every token id is checked against the
+  vocabulary when the directory is read, before a run writes anything.
 
 Tokenizers: ``"char"`` (one id per distinct character, sorted, as nanoGPT's char runs),
 ``"byte"`` (the UTF-8 bytes, 256 ids: one vocabulary for any text, so a model pretrained on one
@@ -27,6 +29,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,14 +73,30 @@ class TokenData:
 
     def decode(self, ids) -> str:
         """Token ids back to text (char vocabularies, bytes and GPT-2 BPE)."""
+        self.check_decodable()
         ids = [int(i) for i in ids]
         if self.itos is not None:
             return "".join(self.itos[i] for i in ids)
         if self.tokenizer == "byte":
             return byte_decode(ids)
-        if self.tokenizer == "gpt2":
-            return gpt2_encoding().decode(ids)
-        raise ValueError(f"no decoder for tokenizer {self.tokenizer!r} of {self.source}")
+        return gpt2_encoding().decode(ids)
+
+    def check_decodable(self) -> None:
+        """Refuse now, not after a run has trained, data whose sampled ids :meth:`decode`
+        could not turn into text: no ``itos`` for char data, an ``itos`` shorter than the
+        vocabulary, GPT-2 BPE without tiktoken's cached files."""
+        if self.itos is not None:
+            if len(self.itos) < self.vocab_size:
+                raise ValueError(
+                    f"{self.source}: itos has {len(self.itos)} entries for a vocabulary of "
+                    f"{self.vocab_size}, so sampled ids past it have no text; fix meta.json or "
+                    "leave out --sample"
+                )
+        elif self.tokenizer == "gpt2":
+            gpt2_encoding()
+        elif self.tokenizer != "byte":
+            raise ValueError(f"{self.source}: {self.tokenizer} data without itos in meta.json "
+                             "cannot be decoded; add itos or leave out --sample")
 
     def describe(self) -> dict:
         return dict(
@@ -143,8 +162,9 @@ def gpt2_encoding():
         import tiktoken
     except ImportError:
         raise ImportError(
-            "tokenizer='gpt2' needs the tiktoken package: pip install 'muonkit[bpe]' "
-            "(or pip install tiktoken)"
+            "GPT-2 BPE (--tokenizer gpt2, or token data without a meta.json) needs the "
+            "tiktoken package to encode or decode text: pip install 'muonkit[bpe]' (or pip "
+            "install tiktoken)"
         ) from None
     cache = tiktoken_cache_dir()
     missing = [
@@ -210,48 +230,112 @@ def read_text_file(path: Path) -> str:
         ) from None
     if not text:
         raise ValueError(f"data file {path} is empty")
+    if "\x00" in text:  # e.g. a .bin of uint16 ids below 128: valid UTF-8, yet not text
+        raise ValueError(
+            f"data file {path} holds NUL bytes (offset {text.index(chr(0))}): it is binary, not "
+            "text; for token ids (uint16) pass the directory holding train.bin and val.bin "
+            f"(e.g. --data {path.parent}), else a UTF-8 text file"
+        )
     return text
 
 
 def load_bin_dir(path: str | os.PathLike) -> TokenData:
-    """``train.bin``/``val.bin`` (flat uint16) in ``path`` as memmaps; meta.json if present."""
+    """``train.bin``/``val.bin`` (flat uint16) in ``path`` as memmaps, with the vocabulary of
+    :func:`read_meta`; every token id is checked against it (:func:`check_token_ids`)."""
     path = Path(path)
-    arrays = {}
-    for split in ("train", "val"):
-        f = path / f"{split}.bin"
-        if not f.exists():
-            raise FileNotFoundError(
-                f"{f} does not exist: a token directory needs train.bin and val.bin (flat "
-                "uint16 token ids). Make them with muonlab.data.text.prepare_bin(text_file, "
-                f"{str(path)!r}) or nanoGPT's data/openwebtext/prepare.py"
-            )
-        if f.stat().st_size < 2:
-            raise ValueError(f"token file {f} is empty")
-        arrays[split] = np.memmap(f, dtype=np.uint16, mode="r")
-    meta_file = path / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    tokenizer = meta.get("tokenizer", "gpt2")
-    vocab = int(meta.get("vocab_size", GPT2_PADDED_VOCAB))
+    arrays = {split: read_token_file(path, split) for split in ("train", "val")}
+    meta, vocab_from = read_meta(path)
+    vocab = meta.get("vocab_size", GPT2_PADDED_VOCAB)
     for split, tokens in arrays.items():
-        check_token_ids(tokens, vocab, path / f"{split}.bin")
+        check_token_ids(tokens, vocab, path / f"{split}.bin", vocab_from)
+    tokenizer = meta.get("tokenizer", "gpt2")
     return TokenData(arrays["train"], arrays["val"], vocab, tokenizer, str(path), meta.get("itos"))
 
 
+def read_token_file(path: Path, split: str) -> np.ndarray:
+    """``path/{split}.bin`` as a uint16 memmap; a missing, empty or odd-sized file refused."""
+    f = path / f"{split}.bin"
+    if not f.exists():
+        raise FileNotFoundError(
+            f"{f} does not exist: a token directory needs train.bin and val.bin (flat "
+            "uint16 token ids). Make them with muonlab.data.text.prepare_bin(text_file, "
+            f"{str(path)!r}) or nanoGPT's data/openwebtext/prepare.py"
+        )
+    size = f.stat().st_size
+    if size < 2:
+        raise ValueError(f"token file {f} is empty")
+    if size % 2:
+        raise ValueError(f"token file {f} has {size} bytes, an odd number: uint16 ids take 2 "
+                         "bytes each, so it is cut short or not a uint16 token file")
+    return np.memmap(f, dtype=np.uint16, mode="r")
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Reads pickles of plain data only (dicts, lists, strings, numbers): a pickle that names a
+    class or function, which could run code, is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, not plain data")
+
+
+def read_meta(path: Path) -> tuple[dict, str]:
+    """The checked ``vocab_size``, ``tokenizer`` and ``itos`` of the token directory ``path``
+    (those given) from its ``meta.json``, else nanoGPT's ``meta.pkl`` (itos a dict of id ->
+    character there), else none; and where the vocabulary size comes from, for messages."""
+    json_file, pkl_file = path / "meta.json", path / "meta.pkl"
+    if json_file.exists():
+        meta_file = json_file
+        try:
+            meta = json.loads(json_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{json_file} is not valid JSON ({e})") from None
+    elif pkl_file.exists():
+        meta_file = pkl_file
+        try:
+            with pkl_file.open("rb") as f:
+                meta = PlainUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+            raise ValueError(f"{pkl_file} cannot be read: {e}") from None
+        if isinstance(meta, dict) and isinstance(meta.get("itos"), dict):
+            itos = meta["itos"]
+            meta = {"tokenizer": "char", **meta, "itos": [itos.get(i) for i in range(len(itos))]}
+    else:
+        return {}, f"GPT-2's padded vocabulary: {path} has no meta.json"
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file} must hold a mapping (vocab_size, tokenizer, itos), got "
+                         f"{type(meta).__name__}")
+    meta = {k: meta[k] for k in ("vocab_size", "tokenizer", "itos") if k in meta}
+    vocab = meta.get("vocab_size", GPT2_PADDED_VOCAB)
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ValueError(f"{meta_file}: vocab_size must be an integer >= 1, got {vocab!r}")
+    if meta.get("tokenizer", "char") not in TOKENIZERS:
+        raise ValueError(f"{meta_file}: tokenizer must be one of {list(TOKENIZERS)}, got "
+                         f"{meta['tokenizer']!r}")
+    itos = meta.get("itos")
+    if itos is not None and not (isinstance(itos, list) and all(isinstance(c, str) for c in itos)):
+        raise ValueError(f"{meta_file}: itos must list the text of each id 0, 1, ... in order")
+    source = (f"vocab_size in {meta_file}" if "vocab_size" in meta
+              else f"GPT-2's padded vocabulary: {meta_file} gives no vocab_size")
+    return meta, source
+
+
 def check_token_ids(
-    tokens: np.ndarray, vocab_size: int, source: Path, chunk: int = 1 << 24
+    tokens: np.ndarray, vocab_size: int, source: Path, vocab_from: str = "",
+    chunk: int = 1 << 24,
 ) -> None:
     """Refuse a token file holding an id >= ``vocab_size`` (the model's embedding would fail
-    mid-run), naming the file, the first such id, its position and the vocabulary size. Reads
-    the file once, ``chunk`` ids at a time."""
+    mid-run), naming the file, the first such id, its position and the vocabulary size (and
+    ``vocab_from``, where that size comes from). Reads the file once, ``chunk`` ids at a time:
+    a vectorized max per chunk, the position only in a chunk that holds a bad id."""
     for start in range(0, len(tokens), chunk):
         part = np.asarray(tokens[start:start + chunk])
-        bad = np.flatnonzero(part >= vocab_size)
-        if bad.size:
-            at = start + int(bad[0])
-            raise ValueError(
-                f"{source}: token id {int(tokens[at])} at position {at} is outside the "
-                f"vocabulary of size {vocab_size} (meta.json vocab_size, else GPT-2's 50304)"
-            )
+        if part.size == 0 or int(part.max()) < vocab_size:
+            continue
+        at = start + int(np.argmax(part >= vocab_size))
+        raise ValueError(
+            f"{source}: token id {int(tokens[at])} at position {at} is outside the "
+            f"vocabulary of size {vocab_size}" + (f" ({vocab_from})" if vocab_from else "")
+        )
 
 
 def prepare_bin(

@@ -35,7 +35,6 @@ import torch
 
 from muonkit.hardware import machine_info
 
-from ..data.text import load_text
 from ..report.compare import build_compare_report
 from ..train.checks import check_number
 from ..train.gpt import GPTRunConfig
@@ -242,9 +241,10 @@ def prepare_out(cfg: CompareConfig) -> Path:
 
 
 def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
-    """The whole experiment; returns the report's paths. The data is loaded once first, so a
-    missing, empty or binary file fails before anything is written."""
-    load_text(cfg.gpt.data, cfg.gpt.tokenizer)
+    """The whole experiment; returns the report's paths. The data is loaded and checked
+    once first (:func:`muonlab.train.gpt.load_gpt_data`), so bad data or a batch that does not
+    fit it fails before anything is written or replaced."""
+    cfg.gpt.load_data()
     out = prepare_out(cfg)
     exp = Experiment(cfg, log)
     info_start = machine_info()

@@ -33,12 +33,14 @@ from typing import ClassVar
 
 from muonkit.options import MuonOptions
 
-from ..data.text import BUNDLED, load_text
+from ..data.text import BUNDLED
 from ..train.checks import check_number
 from ..train.config import resolve_device
+from ..train.files import setting_name
+from ..train.gpt import load_gpt_data
 from ..train.loop import TrainConfig
 from ..train.trackers import resolve_trackers
-from .runs import RunSpec, SlotPool, run_concurrently, run_isolated
+from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
 
 
@@ -124,6 +126,8 @@ class HorizonConfig:
 
     RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
                "wandb_run_name")
+    # how messages name a setting whose flag is not "--" + its name (files.setting_name)
+    FLAG_NAMES: ClassVar[dict[str, str]] = {"study": "the kind of study"}
 
     def __post_init__(self) -> None:
         for name, bounds in BOUNDS.items():
@@ -136,10 +140,13 @@ class HorizonConfig:
         unknown = sorted(set(self.contenders) - set(self.table))
         if unknown:
             raise ValueError(f"unknown contender(s) {unknown}; valid: {list(self.table)}")
+        horizons = setting_name("horizons", self.FLAG_NAMES)
         if len(self.horizons) < 1 or min(self.horizons) < self.evals_per_run:
-            raise ValueError(f"horizons must be >= evals_per_run ({self.evals_per_run}) steps")
+            raise ValueError(f"{horizons} must be at least "
+                             f"{setting_name('evals_per_run', self.FLAG_NAMES)} "
+                             f"({self.evals_per_run}) steps, got {self.horizons}")
         if sorted(self.horizons) != list(self.horizons):
-            raise ValueError(f"horizons must be increasing, got {self.horizons}")
+            raise ValueError(f"{horizons} must be increasing, got {self.horizons}")
         if not self.seeds or self.jobs < 1 or self.threads < 1 or self.grid_points < 1:
             raise ValueError("need >= 1 seed, jobs >= 1, threads >= 1, grid_points >= 1")
         MuonOptions(**self.muon_options)
@@ -268,15 +275,12 @@ def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
-    load_text(cfg.data)  # a missing, empty or binary file fails here, before any run
+    # bad data, or a batch that does not fit it, fails here, before anything is written
+    load_gpt_data(cfg.data, preset=cfg.preset, batch_size=cfg.batch_size,
+                  block_size=cfg.block_size, model_overrides=cfg.model_overrides)
     saved = out / "study.json"
     study = json.loads(json.dumps(cfg.study()))
-    if saved.exists():
-        old = json.loads(saved.read_text())
-        diff = sorted(k for k in set(old) | set(study) if old.get(k) != study.get(k))
-        if diff:
-            raise ValueError(f"{out} holds a study with other settings ({', '.join(diff)}); "
-                             "use another --out")
+    check_same_study(saved, study, cfg.FLAG_NAMES)
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(study, indent=1))
     asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)

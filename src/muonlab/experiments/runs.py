@@ -34,13 +34,14 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..report.metrics import load_run
+from ..train.files import setting_name
 from ..train.loop import CHECKPOINT, METRICS
 from ..train.provenance import launched_as
 
@@ -64,6 +65,22 @@ class StudyInterrupted(KeyboardInterrupt):
         return ("interrupted: no further run was started; finished runs are kept and the "
                 "interrupted ones continue from their last checkpoint: run the same command "
                 "again to continue the study")
+
+
+def check_same_study(saved: Path, study: dict, flag_names: Mapping[str, str] = {},  # noqa: B006
+                     may_change: Iterable[str] = ()) -> None:
+    """Refuse to continue the study whose settings file ``saved`` (its ``study.json``, if
+    there) holds other settings than ``study`` (``may_change`` aside), in one line naming each
+    differing setting as its flag (``flag_names``, else ``--`` + its name) with both values."""
+    if not saved.exists():
+        return
+    old = json.loads(saved.read_text())
+    keys = sorted((set(old) | set(study)) - set(may_change))
+    diff = [f"{setting_name(k, flag_names)}: study {old.get(k)!r}, given {study.get(k)!r}"
+            for k in keys if old.get(k) != study.get(k)]
+    if diff:
+        raise ValueError(f"{saved.parent} holds a study with other settings ({'; '.join(diff)})"
+                         "; rerun with the study's settings to continue it, or use another --out")
 
 
 @dataclass

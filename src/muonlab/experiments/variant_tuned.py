@@ -38,7 +38,7 @@ from muonkit.options import MuonOptions
 from ..data.vision import load_flat
 from ..report.variant_tuned import write_report
 from ..train import TrainConfig
-from .runs import RunSpec, SlotPool, run_concurrently, run_isolated
+from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
 from .variant_config import DATASETS, Arm, StudyConfig
 from .variant_optimizers import arm_lr, build_model, equal_memory_rank
@@ -159,13 +159,7 @@ def prepare_out(cfg: StudyConfig, arms: list[Arm], groups: dict, command: str) -
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
     saved, study = out / "study.json", settings(cfg)
-    if saved.exists():
-        old = json.loads(saved.read_text())
-        keys = (set(old) | set(study)) - set(MAY_CHANGE)
-        diff = sorted(k for k in keys if old.get(k) != study.get(k))
-        if diff:
-            raise ValueError(f"{out} holds a tuned study with other settings ({', '.join(diff)})"
-                             "; use another --out")
+    check_same_study(saved, study, {"study": "the kind of study"}, may_change=MAY_CHANGE)
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(study, indent=1))
     table = [dataclasses.asdict(a) | {"slug": a.slug} for a in arms]

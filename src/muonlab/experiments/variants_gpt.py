@@ -56,6 +56,8 @@ class VariantGPTConfig(HorizonConfig):
     never continued as a variant one."""
 
     table: ClassVar[dict[str, Contender]] = CONTENDERS
+    FLAG_NAMES: ClassVar[dict[str, str]] = {**HorizonConfig.FLAG_NAMES, "horizons": "--steps",
+                                            "evals_per_run": "the evaluations per run"}
 
     out: str = "runs/variants/gpt"
     horizons: list[int] = field(default_factory=lambda: [800])

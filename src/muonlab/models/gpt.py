@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from muonkit import registry
-from muonkit.hybrid import classify_params, hybrid_param_groups
+from muonkit.hybrid import check_option_names, classify_params, hybrid_param_groups
+from muonkit.options import unexpected_keyword
 
 
 @dataclass
@@ -79,9 +80,9 @@ def preset_config(name: str, **overrides) -> GPTConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown GPT preset {name!r}; valid presets: {sorted(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown GPTConfig field(s) {unknown}; valid: {sorted(fields)}")
+    for key in overrides:
+        if key not in fields:
+            raise unexpected_keyword("preset_config", key, fields)
     return GPTConfig(**{**PRESETS[name], **overrides})
 
 
@@ -276,6 +277,7 @@ class GPT(nn.Module):
         ``muon_options`` go to the Muon group(s) (momentum, nesterov, ns_steps, ...).
         """
         spec = registry.get(kind)
+        check_option_names(muon_options, "GPT.configure_optimizers")
         if "rank" in muon_options and not spec.takes_rank:
             raise ValueError(f"rank is not an option of optimizer {kind!r}")
         if not spec.is_muon:

@@ -21,7 +21,15 @@ from muonkit import registry
 from muonkit.options import MuonOptions
 from muonkit.schedules import DECAYS
 
-from ..data.text import BUNDLED, TOKENIZERS, TokenBatches, fixed_batches, load_text
+from ..data.text import (
+    BUNDLED,
+    TOKENIZERS,
+    TokenBatches,
+    TokenData,
+    check_fits,
+    fixed_batches,
+    load_text,
+)
 from ..models.gpt import GPT, PRESETS, GPTConfig, preset_config
 from ..models.lora import add_lora
 from .checks import check_number
@@ -215,6 +223,11 @@ class GPTRunConfig:
         )
         return dataclasses.replace(cfg, **changes)
 
+    def load_data(self) -> tuple[TokenData, GPTConfig]:
+        """The checked data and model config of these settings (:func:`load_gpt_data`)."""
+        return load_gpt_data(self.data, self.tokenizer, self.preset, self.batch_size,
+                             self.block_size, self.model_overrides())
+
     def train_gpt_kwargs(self, optimizer: str, train_config: TrainConfig) -> dict:
         """The keyword arguments of :func:`train_gpt` for one run of ``optimizer``."""
         return dict(
@@ -231,6 +244,34 @@ class GPTRunConfig:
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
         )
+
+
+def load_gpt_data(
+    data: str = BUNDLED,
+    tokenizer: str = "char",
+    preset: str = "tiny",
+    batch_size: int = 12,
+    block_size: int | None = None,
+    model_overrides: dict | None = None,
+    base: BaseRun | None = None,
+) -> tuple[TokenData, GPTConfig]:
+    """The tokens of ``data`` and the GPT config they give (``base``: the fine-tuned run's,
+    whose vocabulary the data must have), with every check a GPT run's inputs can fail: the
+    data (readable, token ids inside the vocabulary), the model settings, a batch that fits
+    each split. :func:`train_gpt` calls it first, and the experiments before they write or
+    replace anything."""
+    tokens = load_text(data, tokenizer)
+    if base is None:
+        overrides = dict(model_overrides or {})
+        if block_size is not None:
+            overrides["block_size"] = block_size
+        config = preset_config(preset, vocab_size=tokens.vocab_size, **overrides)
+    else:
+        config = GPTConfig(**base.settings["model"])
+        check_same_vocabulary(tokens, base)
+    check_fits(tokens.train, batch_size, config.block_size, "train")
+    check_fits(tokens.val, batch_size, config.block_size, "val")
+    return tokens, config
 
 
 def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -261,6 +302,7 @@ def train_gpt(
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     task: Task | None = None,
+    decode: bool = False,
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
@@ -287,17 +329,14 @@ def train_gpt(
     they go to Muon in the hybrids, to AdamW with ``optimizer="adamw"``. ``task``
     (:class:`muonlab.train.finetune.Task`): score its test problems at step 0 and at the end
     (:func:`muonlab.train.finetune.task_evaluator`).
+    ``decode``: the caller will decode text from the trained model (:func:`sample_text`), so
+    the data must have a decoder; checked with every other input before a file is written.
     """
     registry.check_parallel(optimizer, parallel)  # before any data is read or file written
-    tokens = load_text(data, tokenizer)
-    overrides = dict(model_overrides or {})
-    if block_size is not None:
-        overrides["block_size"] = block_size
-    if base is None:
-        config = preset_config(preset, vocab_size=tokens.vocab_size, **overrides)
-    else:
-        config = GPTConfig(**base.settings["model"])
-        check_same_vocabulary(tokens, base)
+    tokens, config = load_gpt_data(data, tokenizer, preset, batch_size, block_size,
+                                   model_overrides, base)
+    if decode:
+        tokens.check_decodable()
     seed = train_config.seed
     rank, world = 0, 1
     if parallel != "none":

@@ -71,6 +71,7 @@ from .files import (
     CHECKPOINT,
     CHECKPOINT_DIR,
     METRICS,
+    RUN_MARKERS,
     MetricsLogger,
     check_resume,
     check_same_run,
@@ -167,6 +168,20 @@ def check_inputs(cfg, optimizers, batches, val_batches, evaluate) -> None:
         )
 
 
+def nothing_to_resume(out_dir: Path, checkpoint: str) -> FileNotFoundError:
+    """The error of ``--resume`` where ``out_dir`` holds no ``checkpoint``: what it holds
+    instead, and what to do (start a run; or replace the one without a checkpoint)."""
+    found = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not any(name in found for name in RUN_MARKERS):
+        return FileNotFoundError(f"--resume: {out_dir} holds no run to continue; leave out "
+                                 "--resume to start one there")
+    return FileNotFoundError(
+        f"--resume: {out_dir} holds no checkpoint ({checkpoint}) to continue from, only "
+        f"{', '.join(found)} (a run writes one every --checkpoint-every N steps); pass "
+        "--overwrite instead of --resume to start it again, or another --out"
+    )
+
+
 def restore(session: Session, model: nn.Module, optimizers, batches) -> None:
     """Load ``session.ckpt_path`` into the model, optimizers, batch source and RNG, after
     checking that resuming continues the run (:func:`check_resume`: nothing is changed
@@ -174,11 +189,7 @@ def restore(session: Session, model: nn.Module, optimizers, batches) -> None:
     cfg, path = session.cfg, session.ckpt_path
     check_resume(cfg, session.out_dir, None)
     if not path.exists():
-        raise FileNotFoundError(
-            f"--resume: {session.out_dir} holds no checkpoint ({path.name}) to continue from "
-            "(a run writes one every --checkpoint-every steps); pass --overwrite instead to "
-            "start the run again"
-        )
+        raise nothing_to_resume(session.out_dir, path.name)
     if is_distributed():
         from muonkit.distributed.checkpoint import load_train_state
 
@@ -380,6 +391,8 @@ def train(
     forward_model = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
     evaluator = make_evaluator(evaluate, val_batches, loss_fn, session)
     torch.manual_seed(cfg.seed)
+    if cfg.resume and session.out_dir is not None and not session.out_dir.exists():
+        raise nothing_to_resume(session.out_dir, session.ckpt_path.name)  # nothing created
     parked = session.out_dir is not None and prepare_out_dir(
         session.out_dir, cfg.resume, cfg.overwrite
     )
