@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from muonkit import hybrid_param_groups
+from muonkit.distributed.env import TORCHRUN_VARS
 from muonlab.cli import main
 from muonlab.data.text import load_text
 from muonlab.experiments.horizon import HorizonConfig, prepare_out
@@ -229,6 +230,23 @@ def test_study_messages_name_flags_and_bad_batches_write_nothing(tmp_path):
         HorizonConfig(horizons=[5], evals_per_run=10)
     with pytest.raises(ValueError, match="--steps must be at least the evaluations per run"):
         VariantGPTConfig(horizons=[5], evals_per_run=10)
+
+
+def test_launch_and_device_errors_speak_in_flags(tmp_path, capsys, monkeypatch):
+    """--parallel outside torchrun, --replicate without hsdp (ignored before) and a CUDA device
+    on a machine without one: one line in flags, nothing written."""
+    for var in TORCHRUN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "run"
+    err = one_line_error(capsys, ["train", "--out", str(out), *FAST, "--parallel", "ddp"])
+    assert "--parallel ddp runs one process per rank under torchrun" in err
+    assert "parallel='ddp'" not in err and "compute_init" not in err
+    err = one_line_error(capsys, ["train", "--out", str(out), *FAST, "--replicate", "2"])
+    assert "--replicate 2 applies to --parallel hsdp" in err
+    if not torch.cuda.is_available():
+        err = one_line_error(capsys, ["train", "--out", str(out), *FAST, "--device", "cuda"])
+        assert "--device cuda: CUDA is not available" in err and "device=" not in err
+    assert not out.exists()
 
 
 def test_misspelt_optimizer_and_model_keywords_are_type_errors():

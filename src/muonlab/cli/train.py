@@ -14,7 +14,12 @@ import sys
 
 import torch
 
-from muonkit.distributed.env import compute_cleanup, compute_init, is_distributed
+from muonkit.distributed.env import (
+    TORCHRUN_VARS,
+    compute_cleanup,
+    compute_init,
+    is_distributed,
+)
 from muonkit.registry import OPTIMIZER_NAMES, OPTIMIZERS, PARALLEL_MODES, check_parallel
 from muonkit.schedules import DECAYS
 
@@ -125,8 +130,23 @@ def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
     return GPTRunConfig(**values)
 
 
+def check_launch(args: argparse.Namespace) -> None:
+    """Refuse --parallel outside torchrun and --replicate without --parallel hsdp (the one
+    would fail deep in the model's wrapping, the other be ignored)."""
+    check_parallel(args.optimizer, args.parallel)
+    if args.parallel != "none" and not all(v in os.environ for v in TORCHRUN_VARS):
+        raise ValueError(
+            f"--parallel {args.parallel} runs one process per rank under torchrun: "
+            f"torchrun --nproc_per_node N -m muonkit {args.command} ... (torchrun's "
+            f"{', '.join(TORCHRUN_VARS)} are not set here)"
+        )
+    if args.replicate != 1 and args.parallel != "hsdp":
+        raise ValueError(f"--replicate {args.replicate} applies to --parallel hsdp, not "
+                         f"--parallel {args.parallel}")
+
+
 def run_command(args: argparse.Namespace) -> int:
-    check_parallel(args.optimizer, args.parallel)  # before torchrun's process group
+    check_launch(args)  # before torchrun's process group
     run = config_from_args(args)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if args.parallel != "none" else 1
     torch.set_num_threads(run.threads or default_threads(local_ranks))

@@ -142,7 +142,8 @@ def resolve_device(device: str) -> torch.device:
     if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu'")
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use "
+                         "--device cpu (or auto)")
     return dev
 
 
