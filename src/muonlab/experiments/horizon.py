@@ -144,7 +144,7 @@ class HorizonConfig:
         if len(self.horizons) < 1 or min(self.horizons) < self.evals_per_run:
             raise ValueError(f"{horizons} must be at least "
                              f"{setting_name('evals_per_run', self.FLAG_NAMES)} "
-                             f"({self.evals_per_run}) steps, got {self.horizons}")
+                             f"({self.evals_per_run}), got {self.horizons}")
         if sorted(self.horizons) != list(self.horizons):
             raise ValueError(f"{horizons} must be increasing, got {self.horizons}")
         if not self.seeds or self.jobs < 1 or self.threads < 1 or self.grid_points < 1:
