@@ -12,6 +12,7 @@ import warnings
 
 from . import muon as _muon
 from .hybrid import MuonWithAuxAdam, hybrid_param_groups, split_params
+from .migrate import migrate_adamw_state
 from .muon import Muon, NonFiniteGradientError
 from .options import MuonOptions
 from .orthogonalize import newton_schulz, polar
@@ -70,6 +71,7 @@ __all__ = [
     "NonFiniteGradientError",
     "hybrid_param_groups",
     "lr_scale",
+    "migrate_adamw_state",
     "newton_schulz",
     "polar",
     "split_params",
