@@ -95,7 +95,7 @@ def migrate_adamw_state(
         warnings.warn(
             f"migrate_adamw_state: {missing} parameter(s) had no AdamW state; their optimizer "
             "state starts empty",
-            stacklevel=2,
+            stacklevel=3,  # the caller, past torch.no_grad's wrapper
         )
 
 
