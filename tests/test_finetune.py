@@ -93,7 +93,7 @@ def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
     model = GPT(GPTConfig(**base.settings["model"]))
     load_base_weights(base, model)
     opt = model.configure_optimizers("muon", lr=1e-4, muon_lr=0.001)
-    load_base_state(base, opt, "muon", "carry")
+    load_base_state(base, model, opt, "muon", "carry")
     saved = base.checkpoint["optimizers"][0]
     assert {g["lr"] for g in opt.param_groups if g["use_muon"]} == {0.001}
     assert {g["lr"] for g in opt.param_groups if not g["use_muon"]} == {1e-4}
@@ -106,7 +106,7 @@ def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
     fresh = GPT(GPTConfig(**base.settings["model"]))
     opt = fresh.configure_optimizers("muon")
-    load_base_state(base, opt, "muon", "fresh")
+    load_base_state(base, fresh, opt, "muon", "fresh")
     assert not opt.state_dict()["state"]
 
 
@@ -155,3 +155,26 @@ def test_task_finetuning_scores_exact_match_before_and_after(tmp_path):
     assert list(lines[0]) == ["id", "question", "output", "pred", "gold", "correct"]
     assert records(out)[0]["config"]["task"]["n_train"] == 12
     assert records(out)[0]["config"]["data"]["tokenizer"] == "byte"
+
+
+def test_from_adamw_builds_muon_momentum_from_the_base_moments(tmp_path):
+    """The hybrid's Muon matrices get exp_avg / (1 - beta1) (standard form), its AdamW groups
+    keep the base's moments; the CLI path runs."""
+    base = BaseRun.load(base_run(tmp_path / "base"))
+    model = GPT(GPTConfig(**base.settings["model"]))
+    load_base_weights(base, model)
+    opt = model.configure_optimizers("muon")
+    load_base_state(base, model, opt, "muon", "from-adamw")
+    adamw = model.configure_optimizers("adamw")
+    adamw.load_state_dict(base.checkpoint["optimizers"][0])
+    beta1 = adamw.param_groups[0]["betas"][0]
+    for group in opt.param_groups:
+        for p in group["params"]:
+            moments = adamw.state[p]
+            if group["use_muon"]:
+                expected = moments["exp_avg"] / (1 - beta1)
+                assert torch.equal(opt.state[p]["momentum_buffer"], expected)
+            else:
+                assert torch.equal(opt.state[p]["exp_avg_sq"], moments["exp_avg_sq"])
+    assert finetune(tmp_path / "ft", base.run_dir, "--optimizer", "muon", "--state",
+                    "from-adamw") == 0

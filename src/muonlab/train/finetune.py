@@ -110,10 +110,11 @@ def load_base_weights(base: BaseRun, model: nn.Module) -> None:
     model.load_state_dict(base.checkpoint["model"])
 
 
-def load_base_state(base: BaseRun, optimizer: torch.optim.Optimizer, optimizer_name: str,
-                    state: str) -> None:
-    """Per ``state``, the base's optimizer state into ``optimizer`` (the fine-tuning one,
-    built over the same parameters as the base's)."""
+def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    optimizer_name: str, state: str) -> None:
+    """Per ``state``, the base's optimizer state into ``optimizer`` (the fine-tuning one, built
+    over ``model``'s parameters, the same as the base's). ``from-adamw`` rebuilds the base's
+    AdamW over ``model`` (its groups as the base had them), loads its state and migrates it."""
     if state not in STATES:
         raise ValueError(f"--state must be one of {list(STATES)}, got {state!r}")
     saved = base.checkpoint["optimizers"][0]
@@ -133,7 +134,9 @@ def load_base_state(base: BaseRun, optimizer: torch.optim.Optimizer, optimizer_n
                              f"{optimizer_name})")
         from muonkit import migrate_adamw_state
 
-        migrate_adamw_state(saved, optimizer)
+        adamw = model.configure_optimizers("adamw")
+        adamw.load_state_dict(saved)
+        migrate_adamw_state(adamw, optimizer)
 
 
 def source_evaluator(base: BaseRun, model: nn.Module, dtype: str):

@@ -367,7 +367,7 @@ def train_gpt(
     if base is not None:
         if parallel != "none":
             raise ValueError("fine-tuning (--init-from) runs without --parallel for now")
-        load_base_state(base, opt, optimizer, state)
+        load_base_state(base, model, opt, optimizer, state)
     if parallel != "none":
         opt = distribute_optimizer(opt, parallel)
     run_config = {
