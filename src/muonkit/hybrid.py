@@ -120,14 +120,24 @@ def _param_picker(
     return lambda name, p: name in names
 
 
+_VARIANT_GROUP_OPTIONS: set[str] = set()
+
+
+def register_group_options(names: Iterable[str]) -> None:
+    """Declare group options that Muon variants add to :class:`MuonOptions`' (LoRA-Pre's
+    ``rank``, NorMuon's ``beta2``, ...): :func:`hybrid_param_groups` then takes them as
+    keywords. :mod:`muonkit.variants` registers its own when imported, and ``import muonkit``
+    imports it (the variants build on this module, so it cannot import them)."""
+    _VARIANT_GROUP_OPTIONS.update(names)
+
+
 def check_option_names(muon_options: dict, owner: str = "hybrid_param_groups") -> None:
     """TypeError for a keyword that is neither an argument of :func:`hybrid_param_groups`, a
     :class:`MuonOptions` field nor a variant's group option (a misspelt ``muon_lrr`` would
     otherwise ride along in the group unused), naming ``owner`` (the function called) and the
     closest valid names."""
-    from .variants import GROUP_OPTIONS
-
-    valid = {f.name for f in dataclasses.fields(MuonOptions)} | {"options"} | GROUP_OPTIONS
+    valid = {f.name for f in dataclasses.fields(MuonOptions)} | {"options"}
+    valid |= _VARIANT_GROUP_OPTIONS
     valid |= set(inspect.signature(hybrid_param_groups).parameters) - {"model", "muon_options"}
     for name in muon_options:
         if name not in valid:

@@ -12,6 +12,7 @@ All orthogonalize the full (reconstructed) update with Muon's Newton-Schulz and 
 validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon.MuonBase`).
 """
 
+from ..hybrid import register_group_options
 from .aux_adam import KroneckerMuonWithAuxAdam, LoRAPreMuonWithAuxAdam
 from .kronecker import HybridKroneckerMuon, KroneckerMuon, kronecker_shapes, nearest_kronecker
 from .lowrank import LoRAPreMuon
@@ -22,6 +23,7 @@ GROUP_OPTIONS = frozenset(
     {*LoRAPreMuonWithAuxAdam.variant_defaults, *KroneckerMuonWithAuxAdam.variant_defaults,
      *NORMUON_DEFAULTS, "dense_momentum"}
 )
+register_group_options(GROUP_OPTIONS)
 
 __all__ = [
     "HybridKroneckerMuon",

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from muonkit import registry
 from muonkit.options import MuonOptions
@@ -43,6 +41,7 @@ from .finetune import (
     task_evaluator,
 )
 from .loop import train
+from .step import lm_loss
 from .trackers import resolve_trackers
 
 # name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
@@ -272,13 +271,6 @@ def load_gpt_data(
     check_fits(tokens.train, batch_size, config.block_size, "train")
     check_fits(tokens.val, batch_size, config.block_size, "val")
     return tokens, config
-
-
-def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """Mean next-token cross-entropy of ``model(x)`` against ``y``."""
-    x, y = batch
-    logits = model(x)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
 
 def train_gpt(
