@@ -118,14 +118,6 @@ def check_optimizer_parallel(optimizer: torch.optim.Optimizer, mode: str) -> Non
         _refuse_mode(type(optimizer).__name__, spec, mode)
 
 
-def hybrid_class(name: str) -> type[torch.optim.Optimizer]:
-    """The optimizer class that trains a model for Muon-family ``name``."""
-    spec = get(name)
-    if spec.hybrid is None:
-        raise ValueError(f"{name} is torch.optim.AdamW, not a Muon hybrid")
-    return spec.hybrid
-
-
 def spec_of(optimizer: torch.optim.Optimizer) -> OptimizerSpec | None:
     """The spec whose class ``optimizer`` is exactly (subclasses are other optimizers), or None:
     ``torch.optim.AdamW`` is "adamw"; kronecker and kronecker-hybrid share a class, so specs of
