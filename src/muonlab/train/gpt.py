@@ -314,7 +314,7 @@ def train_gpt(
 
     ``base`` (:class:`muonlab.train.finetune.BaseRun`): fine-tune it: its architecture (the
     preset and overrides are ignored), its weights, and per ``state`` its optimizer state
-    (:func:`muonlab.train.finetune.start_from_base`); every evaluation also scores the base's
+    (:func:`muonlab.train.finetune.load_base_state`); every evaluation also scores the base's
     validation set (``source_val`` records). The data must have the base's vocabulary.
     ``lora_rank`` > 0: freeze the model and train LoRA adapters of that rank on its attention
     and MLP projections (:mod:`muonlab.models.lora`; ``lora_alpha`` None: the rank, scale 1);
