@@ -10,6 +10,9 @@
   never imports ``muonkit.distributed``; the distributed step plugs in (the package
   ``__init__`` imports it lazily, when a DTensor appears).
 - argparse lives in ``muonlab.cli``, which nothing but the entry points imports.
+- The models are plain torch modules: ``muonlab.models`` imports no optimizer of ``muonkit``
+  (its registry, hybrid, Muon, variants, distributed step): optimizers are built by
+  ``muonkit.registry.build_optimizer``, never by a model.
 - No import circles among all these modules.
 """
 
@@ -114,6 +117,18 @@ def test_old_lab_paths_still_import_with_a_deprecation_warning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(SRC), "PATH": ""}, check=True).stdout
     assert "muonkit.train moved to muonlab.train" in out and out.strip().endswith("True")
+
+
+OPTIMIZER_CODE = tuple(f"muonkit.{m}" for m in ("registry", "hybrid", "muon", "variants",
+                                                  "distributed", "functional"))
+
+
+def test_models_import_no_optimizer_code():
+    offenders = {module_name(f): sorted(m for m in imported_modules(f)
+                                        if m == "muonkit" or m.startswith(OPTIMIZER_CODE))
+                 for f in files(LAB / "models")}
+    assert LAB / "models" / "gpt.py" in files(LAB / "models")
+    assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -63,6 +63,11 @@ def classify_params(
     return out
 
 
+def param_roles(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> dict[str, str]:
+    """name -> role of every trainable parameter (:func:`classify_params`)."""
+    return {name: role for name, _, role in classify_params(model, head_names)}
+
+
 def split_named_params(
     model: nn.Module, head_names: Sequence[str] = HEAD_NAMES
 ) -> tuple[list[tuple[str, Tensor]], list[tuple[str, Tensor]]]:
@@ -110,7 +115,7 @@ def transposed_params(model: nn.Module) -> list[Tensor]:
     return [m.weight for m in model.modules() if is_transposed_linear(m)]
 
 
-def _param_picker(
+def param_picker(
     chosen: Sequence[str] | Callable[[str, Tensor], bool],
 ) -> Callable[[str, Tensor], bool]:
     """A predicate ``(name, param) -> bool`` from parameter names or a predicate."""
@@ -186,10 +191,10 @@ def hybrid_param_groups(
         "head": adamw_lr if head_lr is None else head_lr,
         "vector": adamw_lr if vector_lr is None else vector_lr,
     }
-    is_expert = _param_picker(experts)
+    is_expert = param_picker(experts)
     in_out = {id(p) for p in transposed_params(model)} if transposed_weights is None else set()
     is_transposed = (
-        _param_picker(transposed_weights)
+        param_picker(transposed_weights)
         if transposed_weights is not None
         else (lambda name, p: id(p) in in_out)
     )

@@ -13,7 +13,7 @@ validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon
 """
 
 from ..hybrid import register_group_options
-from .aux_adam import KroneckerMuonWithAuxAdam, LoRAPreMuonWithAuxAdam
+from .aux_adam import KroneckerMuonWithAuxAdam, LoRAPreMuonWithAuxAdam, dense_momentum_groups
 from .kronecker import HybridKroneckerMuon, KroneckerMuon, kronecker_shapes, nearest_kronecker
 from .lowrank import LoRAPreMuon
 from .normuon import NORMUON_DEFAULTS, NorMuon, NorMuonWithAuxAdam
@@ -33,6 +33,7 @@ __all__ = [
     "LoRAPreMuonWithAuxAdam",
     "NorMuon",
     "NorMuonWithAuxAdam",
+    "dense_momentum_groups",
     "kronecker_shapes",
     "nearest_kronecker",
 ]
