@@ -34,7 +34,7 @@ from muonlab.data.text import TokenBatches, load_text
 from muonlab.models.gpt import GPT, preset_config
 from muonlab.report.ns_cost import gpt_step_flops
 from muonlab.train.config import resolve_dtype
-from muonlab.train.gpt import lm_loss
+from muonlab.train.gpt import gpt_optimizer, lm_loss
 from muonlab.train.step import autocast_context
 
 NS_DTYPES = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "mixed": "mixed"}
@@ -44,7 +44,7 @@ def build(kind: str, preset: str, vocab: int, seed: int, device: torch.device, n
     torch.manual_seed(seed)
     model = GPT(preset_config(preset, vocab_size=vocab)).to(device)
     options = {} if kind == "adamw" else {"ns_dtype": ns_dtype}
-    return model, model.configure_optimizers(kind, lr=1e-3, **options)
+    return model, gpt_optimizer(model, kind, lr=1e-3, **options)
 
 
 def loss_of(model, batch):

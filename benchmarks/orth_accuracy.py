@@ -37,7 +37,7 @@ from muonkit.orthogonalize import (  # noqa: E402
 )
 from muonlab.data.text import TokenBatches, load_text  # noqa: E402
 from muonlab.models.gpt import GPT, preset_config  # noqa: E402
-from muonlab.train.gpt import lm_loss  # noqa: E402
+from muonlab.train.gpt import gpt_optimizer, lm_loss  # noqa: E402
 
 # (label, coefficients, dtype, gram)
 METHODS = [
@@ -65,7 +65,7 @@ def gpt_gradients(steps: int = 5, seed: int = 0) -> list[torch.Tensor]:
     torch.manual_seed(seed)
     data = load_text()
     model = GPT(preset_config("tiny", vocab_size=data.vocab_size))
-    opt = model.configure_optimizers("adamw", lr=1e-3)
+    opt = gpt_optimizer(model, "adamw", lr=1e-3)
     batches = TokenBatches(data.train, 12, model.config.block_size, seed=seed, split="train")
     for _ in range(steps + 1):
         opt.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ import pytest
 from muonlab.cli import main
 from muonlab.cli.compare import config_from_args
 from muonlab.report.metrics import load_run
+from muonlab.train.gpt import gpt_optimizer
 
 
 def test_tiny_compare_end_to_end(tmp_path, capsys):
@@ -136,7 +137,7 @@ def test_edge_pick_is_extended_and_aux_lr_reaches_the_hybrids_adamw_groups(tmp_p
     model = GPT(preset_config("tiny", vocab_size=65))
 
     def fake_train_gpt(**kwargs):
-        opt = model.configure_optimizers(kwargs["optimizer"], **kwargs["optimizer_options"])
+        opt = gpt_optimizer(model, kwargs["optimizer"], **kwargs["optimizer_options"])
         adamw = {g["lr"] for g in opt.param_groups if not g.get("use_muon", False)}
         muon = {g["lr"] for g in opt.param_groups if g.get("use_muon", False)}
         assert len(adamw) == 1 and len(muon) == 1

@@ -14,6 +14,7 @@ from muonlab.cli import main
 from muonlab.models.gpt import GPT, GPTConfig
 from muonlab.models.lora import LoRALinear, add_lora
 from muonlab.train.finetune import BaseRun, load_base_state, load_base_weights
+from muonlab.train.gpt import gpt_optimizer
 
 SMALL = ["--preset", "tiny", "--batch-size", "2", "--block-size", "16", "--eval-batches", "2",
          "--warmup", "1", "--no-progress", "--tracker", "none", "--threads", "1"]
@@ -92,7 +93,7 @@ def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
     base = BaseRun.load(base_run(tmp_path / "base", "muon"))
     model = GPT(GPTConfig(**base.settings["model"]))
     load_base_weights(base, model)
-    opt = model.configure_optimizers("muon", lr=1e-4, muon_lr=0.001)
+    opt = gpt_optimizer(model, "muon", lr=1e-4, muon_lr=0.001)
     load_base_state(base, model, opt, "muon", "carry")
     saved = base.checkpoint["optimizers"][0]
     assert {g["lr"] for g in opt.param_groups if g["use_muon"]} == {0.001}
@@ -105,7 +106,7 @@ def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
     for name, value in base.checkpoint["model"].items():
         assert torch.equal(model.state_dict()[name], value), name
     fresh = GPT(GPTConfig(**base.settings["model"]))
-    opt = fresh.configure_optimizers("muon")
+    opt = gpt_optimizer(fresh, "muon")
     load_base_state(base, fresh, opt, "muon", "fresh")
     assert not opt.state_dict()["state"]
 
@@ -121,7 +122,7 @@ def test_lora_starts_at_the_base_function_and_trains_only_the_adapters(tmp_path)
     assert torch.equal(model(x), before)  # B = 0: the pretrained function exactly
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
-    opt = model.configure_optimizers("muon")
+    opt = gpt_optimizer(model, "muon")
     muon = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
     assert muon == {id(p) for p in model.parameters() if p.requires_grad}  # LoRA-Muon
     layer = model.blocks[0].attn.c_attn
@@ -163,9 +164,9 @@ def test_from_adamw_builds_muon_momentum_from_the_base_moments(tmp_path):
     base = BaseRun.load(base_run(tmp_path / "base"))
     model = GPT(GPTConfig(**base.settings["model"]))
     load_base_weights(base, model)
-    opt = model.configure_optimizers("muon")
+    opt = gpt_optimizer(model, "muon")
     load_base_state(base, model, opt, "muon", "from-adamw")
-    adamw = model.configure_optimizers("adamw")
+    adamw = gpt_optimizer(model, "adamw")
     adamw.load_state_dict(base.checkpoint["optimizers"][0])
     beta1 = adamw.param_groups[0]["betas"][0]
     for group in opt.param_groups:

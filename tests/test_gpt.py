@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from muonkit.hybrid import MuonWithAuxAdam
+from muonkit.hybrid import MuonWithAuxAdam, param_roles
 from muonlab.data import text
 from muonlab.models.gpt import GPT, PRESETS, GPTConfig, preset_config
+from muonlab.train.gpt import gpt_optimizer
 
 
 def small(**kw):
@@ -110,7 +111,7 @@ def test_num_params_and_flops_match_hand_count():
 @pytest.mark.parametrize("tie", [True, False])
 def test_hybrid_split_puts_each_parameter_where_it_belongs(tie):
     model = GPT(small(bias=True, tie_weights=tie))
-    roles = model.param_roles()
+    roles = param_roles(model)
     expected = {"wte.weight": "embedding", "wpe.weight": "embedding"}
     if not tie:
         expected["lm_head.weight"] = "head"
@@ -124,7 +125,7 @@ def test_hybrid_split_puts_each_parameter_where_it_belongs(tie):
     expected["ln_f.weight"] = expected["ln_f.bias"] = "vector"
     assert roles == expected  # tied: lm_head.weight is wte.weight, listed once
 
-    opt = model.configure_optimizers("muon")
+    opt = gpt_optimizer(model, "muon")
     assert isinstance(opt, MuonWithAuxAdam)
     names = {id(p): n for n, p in model.named_parameters()}
     seen = []
@@ -141,7 +142,7 @@ def test_hybrid_split_puts_each_parameter_where_it_belongs(tie):
 
 def test_adamw_follows_nanogpt():
     model = GPT(small(bias=True))
-    opt = model.configure_optimizers("adamw")
+    opt = gpt_optimizer(model, "adamw")
     assert isinstance(opt, torch.optim.AdamW)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -150,12 +151,12 @@ def test_adamw_follows_nanogpt():
     assert all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="unknown optimizer .sgd."):
-        model.configure_optimizers("sgd")
+        gpt_optimizer(model, "sgd")
 
 
 def test_qkv_split_group():
     model = GPT(small())
-    opt = model.configure_optimizers("muon", qkv_split=True)
+    opt = gpt_optimizer(model, "muon", qkv_split=True)
     qkv = [g for g in opt.param_groups if g.get("ns_split") == 3]
     assert len(qkv) == 1
     assert {id(p) for p in qkv[0]["params"]} == {id(b.attn.c_attn.weight) for b in model.blocks}

@@ -10,6 +10,10 @@
   never imports ``muonkit.distributed``; the distributed step plugs in (the package
   ``__init__`` imports it lazily, when a DTensor appears).
 - argparse lives in ``muonlab.cli``, which nothing but the entry points imports.
+- The models are plain torch modules: ``muonlab.models`` imports no optimizer of ``muonkit``
+  (its registry, hybrid, Muon, variants, distributed step): optimizers are built by
+  ``muonkit.registry.build_optimizer``, never by a model.
+- No import circles among all these modules.
 """
 
 import ast
@@ -113,3 +117,76 @@ def test_old_lab_paths_still_import_with_a_deprecation_warning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(SRC), "PATH": ""}, check=True).stdout
     assert "muonkit.train moved to muonlab.train" in out and out.strip().endswith("True")
+
+
+OPTIMIZER_CODE = tuple(f"muonkit.{m}" for m in ("registry", "hybrid", "muon", "variants",
+                                                  "distributed", "functional"))
+
+
+def test_models_import_no_optimizer_code():
+    offenders = {module_name(f): sorted(m for m in imported_modules(f)
+                                        if m == "muonkit" or m.startswith(OPTIMIZER_CODE))
+                 for f in files(LAB / "models")}
+    assert LAB / "models" / "gpt.py" in files(LAB / "models")
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the modules of src it imports (anywhere in it), each with its parent
+    packages (importing ``a.b.c`` runs ``a.b``'s ``__init__``), less its own parents."""
+    modules = {module_name(f) for f in files(LIBRARY) + files(LAB)}
+
+    def parents(name: str) -> set[str]:
+        parts = name.split(".")
+        return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+    graph = {}
+    for f in files(LIBRARY) + files(LAB):
+        name = module_name(f)
+        targets = {t for m in imported_modules(f) for t in {m} | parents(m)}
+        graph[name] = {t for t in targets & modules if t != name and t not in parents(name)}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_import_cycles_are_found():
+    # the finder itself: a cycle through a package's __init__ counts, a chain does not
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    assert "muonkit.muon" in import_graph()["muonkit.hybrid"]
+
+
+def test_no_import_cycles():
+    """Two modules that import each other (even inside a function) are one module in two
+    files: the lower one must not know the higher (pass it what it needs, or move the shared
+    piece down)."""
+    assert import_cycles(import_graph()) == []

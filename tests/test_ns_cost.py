@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from muonlab.models.gpt import GPT, GPTConfig
 from muonlab.report.ns_cost import gpt_step_flops
+from muonlab.train.gpt import gpt_optimizer
 
 SMALL = dict(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=16)
 
@@ -29,7 +30,7 @@ def run_record(config, optimizer="muon", **options):
 def test_ns_flops_equal_the_products_one_muon_step_runs(options):
     config = GPTConfig(**SMALL)
     model = GPT(config)
-    opt = model.configure_optimizers("muon", **options)
+    opt = gpt_optimizer(model, "muon", **options)
     x = torch.randint(0, 65, (2, 16))
     model(x).square().mean().backward()
     with FlopCounterMode(display=False) as counter:

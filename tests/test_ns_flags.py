@@ -22,6 +22,7 @@ from muonlab.experiments.variant_config import Arm
 from muonlab.experiments.variant_optimizers import build_model, build_optimizer
 from muonlab.models.gpt import GPT, preset_config
 from muonlab.report.metrics import load_run
+from muonlab.train.gpt import gpt_optimizer
 
 NS = ["--ns-steps", "3", "--ns-coefficients", "polar_express", "--ns-dtype", "float32",
       "--ns-gram", "false"]
@@ -40,8 +41,8 @@ def uses_the_flags(optimizer) -> bool:
     return all(o.replace(**GIVEN) == o for o in muon_groups(optimizer))
 
 
-def gpt_optimizer(optimizer: str, options: dict):
-    return GPT(preset_config("tiny", vocab_size=65)).configure_optimizers(optimizer, **options)
+def tiny_gpt_optimizer(optimizer: str, options: dict):
+    return gpt_optimizer(GPT(preset_config("tiny", vocab_size=65)), optimizer, **options)
 
 
 def args(*argv):
@@ -51,9 +52,9 @@ def args(*argv):
 @pytest.mark.parametrize("optimizer", ["muon", "normuon", "lorapre", "kronecker-hybrid"])
 def test_train_and_compare_give_the_flags_to_every_muon_optimizer(optimizer):
     run = config_from_args(args("train"))
-    assert uses_the_flags(gpt_optimizer(optimizer, run.optimizer_options(optimizer)))
+    assert uses_the_flags(tiny_gpt_optimizer(optimizer, run.optimizer_options(optimizer)))
     gpt = compare_cli.config_from_args(args("compare")).gpt
-    assert uses_the_flags(gpt_optimizer(optimizer, gpt.optimizer_options(optimizer)))
+    assert uses_the_flags(tiny_gpt_optimizer(optimizer, gpt.optimizer_options(optimizer)))
     assert "ns_steps" not in run.optimizer_options("adamw")
 
 
@@ -67,7 +68,7 @@ def test_horizon_and_variants_gpt_give_the_flags_to_each_runs_optimizer(monkeypa
     muon = [s.kwargs for s in specs if s.kwargs["optimizer"] != "adamw"]
     assert len(muon) == 2
     for kwargs in muon:
-        assert uses_the_flags(gpt_optimizer(kwargs["optimizer"], kwargs["optimizer_options"]))
+        assert uses_the_flags(tiny_gpt_optimizer(kwargs["optimizer"], kwargs["optimizer_options"]))
 
 
 @pytest.mark.parametrize("kind", ["muon", "lora_pre", "kronecker", "hybrid_kronecker"])

@@ -17,7 +17,7 @@ from muonkit import registry
 from muonkit.distributed import spawn
 from muonkit.distributed.parallel import DDP_CLASSES, distribute_optimizer, parallelize
 from muonlab.models.gpt import GPT, preset_config
-from muonlab.train.gpt import lm_loss
+from muonlab.train.gpt import gpt_optimizer, lm_loss
 
 STEPS = 3
 BATCH, BLOCK, VOCAB = 4, 16, 32
@@ -49,7 +49,7 @@ def train(name: str, mode: str = "none", rank: int = 0, world: int = 1):
         replicate = world if mode == "hsdp" else 1  # HSDP: 2 replicas of 1 shard
         net = parallelize(model, mode, torch.device("cpu"), replicate=replicate)
     muon = {"ns_dtype": torch.float32} if registry.get(name).is_muon else {}
-    opt = model.configure_optimizers(name, lr=1e-2, muon_lr=0.05, **muon, **OPTIONS.get(name, {}))
+    opt = gpt_optimizer(model, name, lr=1e-2, muon_lr=0.05, **muon, **OPTIONS.get(name, {}))
     if mode != "none":
         opt = distribute_optimizer(opt, mode)
     share = BATCH // world
@@ -68,7 +68,7 @@ def parallel_worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     results = {pair: train(*pair, rank, world) for pair in PAIRS}
     for name, mode in REFUSED:  # distribute_optimizer itself refuses, under a process group
-        opt = make_model().configure_optimizers(name, **OPTIONS.get(name, {}))
+        opt = gpt_optimizer(make_model(), name, **OPTIONS.get(name, {}))
         try:
             results[name, mode] = type(distribute_optimizer(opt, mode)).__name__
         except ValueError as e:

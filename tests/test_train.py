@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from muonkit.hybrid import param_roles
 from muonlab.cli import main
 from muonlab.data.text import TokenBatches, fixed_batches
 from muonlab.models.gpt import GPT, GPTConfig
 from muonlab.train import TrainConfig, accumulate_gradients, optimizer_state_bytes, train
-from muonlab.train.gpt import lm_loss, train_gpt
+from muonlab.train.gpt import gpt_optimizer, lm_loss, train_gpt
 from muonlab.train.loop import autocast_context, resolve_dtype
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16)
@@ -180,10 +181,10 @@ def test_optimizer_state_bytes_counts_state_tensors():
     model = GPT(GPTConfig(vocab_size=50, **SMALL))
     x = torch.randint(0, 50, (2, 16))
     for kind in ("adamw", "muon"):
-        opt = model.configure_optimizers(kind)
+        opt = gpt_optimizer(model, kind)
         lm_loss(model, (x, x)).backward()
         opt.step()
-        roles = model.param_roles()
+        roles = param_roles(model)
         params = dict(model.named_parameters())
         expected = 0
         for name, role in roles.items():

@@ -20,6 +20,7 @@ from muonlab.experiments.horizon import HorizonConfig, prepare_out
 from muonlab.experiments.variants_gpt import VariantGPTConfig
 from muonlab.models.gpt import GPT, preset_config
 from muonlab.train.files import PARKED
+from muonlab.train.gpt import gpt_optimizer
 from muonlab.train.loop import TrainConfig, train
 
 FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
@@ -252,8 +253,8 @@ def test_launch_and_device_errors_speak_in_flags(tmp_path, capsys, monkeypatch):
 def test_misspelt_optimizer_and_model_keywords_are_type_errors():
     model = GPT(preset_config("tiny", vocab_size=65, n_layer=1))
     for kind in ("adamw", "muon"):
-        with pytest.raises(TypeError, match=r"configure_optimizers\(\) .*'momentun'.*momentum"):
-            model.configure_optimizers(kind, momentun=0.9)
+        with pytest.raises(TypeError, match=r"build_optimizer\(\) .*'momentun'.*momentum"):
+            gpt_optimizer(model, kind, momentun=0.9)
     with pytest.raises(TypeError, match="'n_layers'; did you mean n_layer"):
         preset_config("tiny", n_layers=2)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from muonkit.hybrid import param_roles
 from muonkit.variants import (
     KroneckerMuon,
     KroneckerMuonWithAuxAdam,
@@ -28,7 +29,7 @@ from muonlab.report.metrics import load_run, read_jsonl
 from muonlab.report.provenance import ns_label
 from muonlab.report.stats import paired_interval, t975
 from muonlab.report.tables import fmt_bytes
-from muonlab.train.gpt import train_gpt
+from muonlab.train.gpt import gpt_optimizer, train_gpt
 from muonlab.train.loop import METRICS, TrainConfig
 from muonlab.train.measure import muon_state_bytes, optimizer_state_bytes
 
@@ -51,7 +52,7 @@ def set_grads(model, step):
 def reference(model, kind, rank=None):
     """The variant alone on the hidden matrices plus torch's AdamW on the rest (weight decay
     on the embedding, none on vectors): what the hybrid must do."""
-    roles = model.param_roles()
+    roles = param_roles(model)
     named = dict(model.named_parameters())
     muon = [named[n] for n, r in roles.items() if r == "muon"]
     common = dict(lr=OPTS["muon_lr"], momentum=0.95)
@@ -72,7 +73,7 @@ def reference(model, kind, rank=None):
 def test_variant_hybrid_is_the_variant_plus_adamw(kind, rank):
     model, ref_model = tiny_gpt(), tiny_gpt()
     extra = {"rank": rank} if rank else {}
-    opt = model.configure_optimizers(kind, **OPTS, **extra)
+    opt = gpt_optimizer(model, kind, **OPTS, **extra)
     variant, adamw = reference(ref_model, kind, rank)
     for step in range(4):
         set_grads(model, step)
@@ -88,11 +89,11 @@ def test_variant_hybrid_is_the_variant_plus_adamw(kind, rank):
 
 def test_kronecker_hybrid_keeps_dense_momentum_on_the_last_block_only():
     model = tiny_gpt()
-    opt = model.configure_optimizers("kronecker-hybrid", **OPTS)
+    opt = gpt_optimizer(model, "kronecker-hybrid", **OPTS)
     set_grads(model, 0)
     opt.step()
     last = set(map(id, model.blocks[-1].parameters()))
-    for name, role in model.param_roles().items():
+    for name, role in param_roles(model).items():
         if role != "muon":
             continue
         p = dict(model.named_parameters())[name]
@@ -103,11 +104,11 @@ def test_kronecker_hybrid_keeps_dense_momentum_on_the_last_block_only():
 def test_kronecker_hybrid_resumes_from_its_state_dict():
     """A loaded state dict (AdamW groups have no ``dense_momentum``) continues exactly."""
     model, copy_model = tiny_gpt(), tiny_gpt()
-    opt = model.configure_optimizers("kronecker-hybrid", **OPTS)
+    opt = gpt_optimizer(model, "kronecker-hybrid", **OPTS)
     set_grads(model, 0)
     opt.step()
     copy_model.load_state_dict(model.state_dict())
-    resumed = copy_model.configure_optimizers("kronecker-hybrid", **OPTS)
+    resumed = gpt_optimizer(copy_model, "kronecker-hybrid", **OPTS)
     resumed.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch would share tensors
     for m, o in ((model, opt), (copy_model, resumed)):
         set_grads(m, 1)
@@ -127,7 +128,7 @@ def test_state_bytes_are_those_of_the_state_tensors():
     """Muon part and total against the formulas: dense out*in, LoRA-Pre (out+in)*r,
     Kronecker m1 n1 + m2 n2 floats per hidden matrix; AdamW 2 moments + a step per tensor."""
     model = tiny_gpt()
-    roles = model.param_roles()
+    roles = param_roles(model)
     named = dict(model.named_parameters())
     shapes = [tuple(named[n].shape) for n, r in roles.items() if r == "muon"]
     aux = [named[n] for n, r in roles.items() if r != "muon"]
@@ -138,19 +139,19 @@ def test_state_bytes_are_those_of_the_state_tensors():
         "kronecker": sum(a * b + c * d for (a, b), (c, d) in map(kronecker_shapes, *zip(*shapes))),
     }
     for kind, floats in expected.items():
-        opt = model.configure_optimizers(kind, **OPTS, **({"rank": 2} if kind == "lorapre" else {}))
+        opt = gpt_optimizer(model, kind, **OPTS, **({"rank": 2} if kind == "lorapre" else {}))
         set_grads(model, 0)
         opt.step()
         assert muon_state_bytes([opt]) == 4 * floats, kind
         assert optimizer_state_bytes([opt]) == 4 * floats + aux_bytes, kind
-    adamw = model.configure_optimizers("adamw", **OPTS)
+    adamw = gpt_optimizer(model, "adamw", **OPTS)
     adamw.step()
     assert muon_state_bytes([adamw]) == 0
 
 
 def test_rank_is_refused_for_other_kinds():
     with pytest.raises(ValueError, match="rank"):
-        tiny_gpt().configure_optimizers("kronecker", rank=4)
+        gpt_optimizer(tiny_gpt(), "kronecker", rank=4)
 
 
 @pytest.mark.parametrize("kind", ["lorapre", "kronecker", "kronecker-hybrid"])

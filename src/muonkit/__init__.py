@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from . import muon as _muon
+from . import variants as _variants  # noqa: F401 (registers their options with the hybrid)
 from .hybrid import MuonWithAuxAdam, hybrid_param_groups, split_params
 from .migrate import migrate_adamw_state
 from .muon import Muon, NonFiniteGradientError

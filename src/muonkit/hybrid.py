@@ -63,6 +63,11 @@ def classify_params(
     return out
 
 
+def param_roles(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> dict[str, str]:
+    """name -> role of every trainable parameter (:func:`classify_params`)."""
+    return {name: role for name, _, role in classify_params(model, head_names)}
+
+
 def split_named_params(
     model: nn.Module, head_names: Sequence[str] = HEAD_NAMES
 ) -> tuple[list[tuple[str, Tensor]], list[tuple[str, Tensor]]]:
@@ -110,7 +115,7 @@ def transposed_params(model: nn.Module) -> list[Tensor]:
     return [m.weight for m in model.modules() if is_transposed_linear(m)]
 
 
-def _param_picker(
+def param_picker(
     chosen: Sequence[str] | Callable[[str, Tensor], bool],
 ) -> Callable[[str, Tensor], bool]:
     """A predicate ``(name, param) -> bool`` from parameter names or a predicate."""
@@ -120,14 +125,24 @@ def _param_picker(
     return lambda name, p: name in names
 
 
+_VARIANT_GROUP_OPTIONS: set[str] = set()
+
+
+def register_group_options(names: Iterable[str]) -> None:
+    """Declare group options that Muon variants add to :class:`MuonOptions`' (LoRA-Pre's
+    ``rank``, NorMuon's ``beta2``, ...): :func:`hybrid_param_groups` then takes them as
+    keywords. :mod:`muonkit.variants` registers its own when imported, and ``import muonkit``
+    imports it (the variants build on this module, so it cannot import them)."""
+    _VARIANT_GROUP_OPTIONS.update(names)
+
+
 def check_option_names(muon_options: dict, owner: str = "hybrid_param_groups") -> None:
     """TypeError for a keyword that is neither an argument of :func:`hybrid_param_groups`, a
     :class:`MuonOptions` field nor a variant's group option (a misspelt ``muon_lrr`` would
     otherwise ride along in the group unused), naming ``owner`` (the function called) and the
     closest valid names."""
-    from .variants import GROUP_OPTIONS
-
-    valid = {f.name for f in dataclasses.fields(MuonOptions)} | {"options"} | GROUP_OPTIONS
+    valid = {f.name for f in dataclasses.fields(MuonOptions)} | {"options"}
+    valid |= _VARIANT_GROUP_OPTIONS
     valid |= set(inspect.signature(hybrid_param_groups).parameters) - {"model", "muon_options"}
     for name in muon_options:
         if name not in valid:
@@ -176,10 +191,10 @@ def hybrid_param_groups(
         "head": adamw_lr if head_lr is None else head_lr,
         "vector": adamw_lr if vector_lr is None else vector_lr,
     }
-    is_expert = _param_picker(experts)
+    is_expert = param_picker(experts)
     in_out = {id(p) for p in transposed_params(model)} if transposed_weights is None else set()
     is_transposed = (
-        _param_picker(transposed_weights)
+        param_picker(transposed_weights)
         if transposed_weights is not None
         else (lambda name, p: id(p) in in_out)
     )

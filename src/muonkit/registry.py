@@ -1,5 +1,5 @@
 """The optimizers muonkit builds for a model, by name: one table that the CLI's ``--optimizer``
-choices, the GPT's ``configure_optimizers`` and
+choices, :func:`build_optimizer` (the optimizer of any ``nn.Module``, by name) and
 :func:`muonkit.distributed.parallel.distribute_optimizer` read.
 
 Each :class:`OptimizerSpec` says which hybrid class trains the model (Muon-family optimizers on
@@ -17,12 +17,14 @@ Modes a spec does not list are refused by :func:`check_parallel` with one line n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
 
 from . import variants
-from .hybrid import MuonWithAuxAdam
+from .hybrid import MuonWithAuxAdam, check_option_names, hybrid_param_groups
 
 PARALLEL_MODES = ("none", "ddp", "fsdp2", "hsdp")  # --parallel of the train loop
 
@@ -34,8 +36,9 @@ class OptimizerSpec:
     """One optimizer of the registry: ``name`` (the ``--optimizer`` value), a one-line
     ``summary``, ``hybrid`` (the class that trains a model; None: ``torch.optim.AdamW``), the
     ``parallel`` modes it runs under, ``ddp_class`` (see the module doc), ``takes_rank`` (it
-    reads ``--rank``), ``dense_last_block`` (the last block's matrices keep dense momentum:
-    ``models.gpt.dense_head_side_group``) and ``why_not`` (said when a mode is refused)."""
+    reads ``--rank``), ``takes_dense`` (it keeps dense momentum on the matrices that
+    :func:`build_optimizer`'s ``dense`` names; the lab names the GPT's last block) and
+    ``why_not`` (said when a mode is refused)."""
 
     name: str
     summary: str
@@ -43,7 +46,7 @@ class OptimizerSpec:
     parallel: tuple[str, ...] = PARALLEL_MODES
     ddp_class: str | None = None
     takes_rank: bool = False
-    dense_last_block: bool = False
+    takes_dense: bool = False
     why_not: str = ""
 
     @property
@@ -78,7 +81,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "kronecker-hybrid", "Kronecker momentum, dense Muon momentum on the last block",
             variants.KroneckerMuonWithAuxAdam,
-            parallel=REPLICATED_MODES, dense_last_block=True, why_not=_VARIANT_LIMIT,
+            parallel=REPLICATED_MODES, takes_dense=True, why_not=_VARIANT_LIMIT,
         ),
     )
 }
@@ -92,6 +95,85 @@ def get(name: str) -> OptimizerSpec:
         return OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}") from None
+
+
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    *,
+    lr: float = 6e-4,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    muon_lr: float = 0.02,
+    muon_weight_decay: float = 0.0,
+    embedding_lr: float | None = None,
+    head_lr: float | None = None,
+    vector_lr: float | None = None,
+    qkv_split: bool = False,
+    dense: Sequence[str] | Callable[[str, Tensor], bool] | None = None,
+    fused: bool | None = None,
+    **muon_options,
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` of :data:`OPTIMIZERS` over ``model``'s trainable parameters.
+
+    ``"adamw"`` is nanoGPT's ``configure_optimizers``: torch.optim.AdamW with lr 6e-4, betas
+    (0.9, 0.95), weight decay 0.1 on every parameter of 2+ dims (matmul weights and
+    embeddings) and none on biases and norm gains; ``fused`` defaults to True when every
+    parameter is on CUDA.
+
+    The others are the spec's hybrid over :func:`muonkit.hybrid.hybrid_param_groups`: the
+    hidden matrices on Muon (or the variant) with ``muon_lr`` (0.02, Keller Jordan's muon.py)
+    and ``muon_weight_decay``; the embeddings, the head (tied: the embedding) and all vectors
+    on AdamW with the settings above (``lr``, ``betas``, ``eps``, ``weight_decay`` on
+    embeddings and head, none on vectors); ``embedding_lr``, ``head_lr``, ``vector_lr``
+    override ``lr`` per role. ``qkv_split`` orthogonalizes each fused QKV weight
+    (:func:`muonkit.hybrid.fused_qkv_params`) as three blocks Q, K, V (``ns_split=3``).
+    ``dense`` (parameter names, or a predicate ``(name, param) -> bool``; required by, and
+    only for, an optimizer whose spec ``takes_dense``, e.g. "kronecker-hybrid") picks the
+    matrices that keep dense Muon momentum
+    (:func:`muonkit.variants.dense_momentum_groups`). ``muon_options`` go to the Muon groups:
+    :class:`muonkit.options.MuonOptions` fields (momentum, nesterov, ns_steps, ...) and the
+    variant's own (``rank`` of "lorapre", default 16); any other keyword is a TypeError naming
+    the closest valid ones.
+    """
+    spec = get(name)
+    check_option_names(muon_options, "build_optimizer")
+    if "rank" in muon_options and not spec.takes_rank:
+        raise ValueError(f"rank is not an option of optimizer {name!r}")
+    if dense is not None and not spec.takes_dense:
+        raise ValueError(f"dense is not an option of optimizer {name!r}")
+    if spec.takes_dense and dense is None:
+        raise ValueError(f"optimizer {name!r} needs dense=: the names of the matrices that "
+                         "keep dense momentum, or a predicate (name, param) -> bool")
+    if not spec.is_muon:
+        if muon_options:
+            raise ValueError(f"Muon options {sorted(muon_options)} given for optimizer {name!r}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        if fused is None:
+            fused = all(p.is_cuda for p in params)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+    groups = hybrid_param_groups(
+        model,
+        muon_lr=muon_lr,
+        adamw_lr=lr,
+        embedding_lr=embedding_lr,
+        head_lr=head_lr,
+        vector_lr=vector_lr,
+        muon_weight_decay=muon_weight_decay,
+        adamw_weight_decay=weight_decay,
+        adamw_betas=betas,
+        adamw_eps=eps,
+        qkv_split=3 if qkv_split else 1,
+        **muon_options,
+    )
+    if dense is not None:
+        groups = variants.dense_momentum_groups(model, groups, dense)
+    return spec.hybrid(groups)
 
 
 def _refuse_mode(who: str, spec: OptimizerSpec, mode: str) -> None:
@@ -116,14 +198,6 @@ def check_optimizer_parallel(optimizer: torch.optim.Optimizer, mode: str) -> Non
     spec = spec_of(optimizer)
     if spec is not None:
         _refuse_mode(type(optimizer).__name__, spec, mode)
-
-
-def hybrid_class(name: str) -> type[torch.optim.Optimizer]:
-    """The optimizer class that trains a model for Muon-family ``name``."""
-    spec = get(name)
-    if spec.hybrid is None:
-        raise ValueError(f"{name} is torch.optim.AdamW, not a Muon hybrid")
-    return spec.hybrid
 
 
 def spec_of(optimizer: torch.optim.Optimizer) -> OptimizerSpec | None:

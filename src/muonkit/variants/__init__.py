@@ -12,7 +12,8 @@ All orthogonalize the full (reconstructed) update with Muon's Newton-Schulz and 
 validation, LR scaling, weight decay and non-finite policy (:class:`muonkit.muon.MuonBase`).
 """
 
-from .aux_adam import KroneckerMuonWithAuxAdam, LoRAPreMuonWithAuxAdam
+from ..hybrid import register_group_options
+from .aux_adam import KroneckerMuonWithAuxAdam, LoRAPreMuonWithAuxAdam, dense_momentum_groups
 from .kronecker import HybridKroneckerMuon, KroneckerMuon, kronecker_shapes, nearest_kronecker
 from .lowrank import LoRAPreMuon
 from .normuon import NORMUON_DEFAULTS, NorMuon, NorMuonWithAuxAdam
@@ -22,6 +23,7 @@ GROUP_OPTIONS = frozenset(
     {*LoRAPreMuonWithAuxAdam.variant_defaults, *KroneckerMuonWithAuxAdam.variant_defaults,
      *NORMUON_DEFAULTS, "dense_momentum"}
 )
+register_group_options(GROUP_OPTIONS)
 
 __all__ = [
     "HybridKroneckerMuon",
@@ -31,6 +33,7 @@ __all__ = [
     "LoRAPreMuonWithAuxAdam",
     "NorMuon",
     "NorMuonWithAuxAdam",
+    "dense_momentum_groups",
     "kronecker_shapes",
     "nearest_kronecker",
 ]

@@ -5,7 +5,7 @@ The momentum matrix M (out x in) is stored as a Kronecker product ``F1 (x) F2`` 
 Each step forms the dense candidate buffer of ``momentum_form`` from the stored one,
 ``T = mu F1 (x) F2 + G`` (standard heavy ball) or ``T = lerp(F1 (x) F2, G, 1 - mu)`` (EMA),
 replaces the factors by the nearest Kronecker product of T, and orthogonalizes Muon's update
-of T (:func:`muonkit.muon.nesterov_updates`: ``G + mu T`` / ``lerp(G, T, mu)`` with Nesterov,
+of T (:func:`muonkit.functional.nesterov_updates`: ``G + mu T`` / ``lerp(G, T, mu)`` with Nesterov,
 T without; ``mixing="gradient_heavy"`` as in Muon) with Muon's Newton-Schulz.
 
 Nearest Kronecker product (Van Loan & Pitsianis, "Approximation with Kronecker Products",

@@ -17,7 +17,7 @@ Square at full rank both steps are exact Newton steps and the product is exactly
 The product stands for Muon's momentum buffer B of ``momentum_form``: the regression target
 is g for the EMA form and ``g / (1 - momentum)`` for the standard one (an EMA of
 ``g / (1 - mu)`` at rate mu is the heavy-ball sum ``B <- mu B + g``, also while mu changes).
-The update to orthogonalize is then exactly Muon's (:func:`muonkit.muon.nesterov_updates`:
+The update to orthogonalize is then exactly Muon's (:func:`muonkit.functional.nesterov_updates`:
 ``g + mu B`` / ``lerp(g, B, mu)`` with Nesterov, B without), so at full rank LoRA-Pre is
 dense Muon up to the compression. The paper's Algorithm 2 prints ``orth(g + mu m)`` with m
 the EMA, which weighs the gradient 1/(1 - mu) times more than Muon; that mixing is

@@ -41,7 +41,6 @@ from torch import Tensor
 BUNDLED = "tinyshakespeare"
 TOKENIZERS = ("char", "byte", "gpt2")
 BYTE_VOCAB = 256
-GPT2_VOCAB = 50257
 GPT2_PADDED_VOCAB = 50304  # 50257 rounded up to a multiple of 64, as nanoGPT
 # The files tiktoken fetches for the "gpt2" encoding; its cache names each by the sha1 of its URL.
 GPT2_ENCODING_URLS = (

@@ -178,7 +178,7 @@ def run_dir(out: Path, horizon: int, name: str, lr: float, seed: int) -> Path:
 
 def optimizer_options(c: Contender, lr: float, aux_lr: float | None,
                       muon_options: dict | None = None) -> dict:
-    """``GPT.configure_optimizers`` options of contender ``c`` at swept LR ``lr``;
+    """:func:`muonlab.train.gpt.gpt_optimizer` options of contender ``c`` at swept LR ``lr``;
     ``muon_options`` go to a Muon-family contender (its own options win)."""
     opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
     if c.optimizer == "adamw":

@@ -20,6 +20,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from muonkit.hybrid import param_roles
+
 
 def rms(tensors: list[Tensor]) -> float:
     """RMS over all entries of ``tensors``."""
@@ -31,7 +33,7 @@ class RMSMonitor:
     """Built with the model and its optimizer; the loop calls it after each evaluation."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        roles = model.param_roles()
+        roles = param_roles(model)
         self.matrices = [p for name, p in model.named_parameters() if roles.get(name) == "muon"]
         self.before: list[Tensor] = []
         self.sum_update_rms = 0.0

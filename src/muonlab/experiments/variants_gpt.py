@@ -3,7 +3,7 @@
 The horizon study's machinery (:mod:`muonlab.experiments.horizon`) at one horizon (``steps``)
 with the variant contenders of :data:`CONTENDERS`: AdamW, dense Muon, LoRA-Pre at ranks 1, 4
 and 16, Kronecker-factored momentum and the hybrid Kronecker (dense momentum on the last block),
-each the Muon part of the same hybrid (:meth:`muonlab.models.gpt.GPT.configure_optimizers`:
+each the Muon part of the same hybrid (:func:`muonlab.train.gpt.gpt_optimizer`:
 AdamW on embeddings, head, norms and biases at the LR AdamW's own sweep chose). Every
 contender's Muon LR comes from the edge-aware factor-2 sweep (seed ``seeds[0]``, full length,
 extended past an edge), then the other seeds run at the chosen LR. Every run records its

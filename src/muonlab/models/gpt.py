@@ -10,10 +10,8 @@ tied to the token embedding by default (Press & Wolf 2017).
 Initialisation follows GPT-2: normal(0, 0.02) for linear and embedding weights, zero biases,
 and the residual projections (``c_proj``) scaled by ``1 / sqrt(2 * n_layer)``.
 
-``configure_optimizers("adamw" | "muon" | ...)`` returns nanoGPT's AdamW (weight decay on
-every tensor of 2+ dims, none on biases and norm gains) or a Muon hybrid
-(:class:`muonkit.hybrid.MuonWithAuxAdam`): Muon (or NorMuon, or a memory-saving variant) on
-the hidden matrices of attention and MLP, AdamW on embeddings, the head and all vectors.
+A plain torch module: its optimizer is built by name outside it
+(:func:`muonkit.registry.build_optimizer`; for the GPT, :func:`muonlab.train.gpt.gpt_optimizer`).
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from muonkit import registry
-from muonkit.hybrid import check_option_names, classify_params, hybrid_param_groups
 from muonkit.options import unexpected_keyword
 
 
@@ -239,118 +235,3 @@ class GPT(nn.Module):
         """
         c = self.config
         return 6.0 * self.num_params() + 12.0 * c.n_layer * c.n_embd * c.block_size
-
-    def configure_optimizers(
-        self,
-        kind: str,
-        *,
-        lr: float = 6e-4,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        muon_lr: float = 0.02,
-        muon_weight_decay: float = 0.0,
-        embedding_lr: float | None = None,
-        head_lr: float | None = None,
-        vector_lr: float | None = None,
-        qkv_split: bool = False,
-        fused: bool | None = None,
-        **muon_options,
-    ) -> torch.optim.Optimizer:
-        """AdamW (``kind="adamw"``), the Muon hybrid (``kind="muon"``) or the same hybrid with
-        a Muon variant on the hidden matrices: ``"normuon"`` (:mod:`muonkit.variants.normuon`),
-        ``"lorapre"`` (low-rank momentum; ``rank=`` in ``muon_options``, default 16),
-        ``"kronecker"`` (Kronecker-factored momentum) or ``"kronecker-hybrid"`` (Kronecker
-        momentum, but dense Muon momentum on the head side: the matrices of the last block,
-        see :func:`dense_head_side_group`); :mod:`muonkit.variants.aux_adam`.
-
-        AdamW follows nanoGPT's ``configure_optimizers``: lr 6e-4, betas (0.9, 0.95), weight
-        decay 0.1 on every parameter with 2+ dims (matmul weights and embeddings), none on
-        biases and norm gains. ``fused`` defaults to True on CUDA.
-
-        The hybrid puts the hidden matrices (attention and MLP weights) on Muon with
-        ``muon_lr`` (0.02, Keller Jordan's muon.py) and ``muon_weight_decay``, and trains the
-        embeddings, the head (tied: the embedding) and all vectors with the same AdamW settings
-        as the baseline (``lr``, ``betas``, ``weight_decay`` on embedding/head, none on vectors);
-        ``embedding_lr``, ``head_lr``, ``vector_lr`` override ``lr`` per role. ``qkv_split``
-        orthogonalizes the fused ``c_attn`` weight as three blocks Q, K, V (``ns_split=3``).
-        ``muon_options`` go to the Muon group(s) (momentum, nesterov, ns_steps, ...).
-        """
-        spec = registry.get(kind)
-        check_option_names(muon_options, "GPT.configure_optimizers")
-        if "rank" in muon_options and not spec.takes_rank:
-            raise ValueError(f"rank is not an option of optimizer {kind!r}")
-        if not spec.is_muon:
-            if muon_options:
-                raise ValueError(f"Muon options {sorted(muon_options)} given for kind='adamw'")
-            params = [p for p in self.parameters() if p.requires_grad]
-            decay = [p for p in params if p.dim() >= 2]
-            no_decay = [p for p in params if p.dim() < 2]
-            if fused is None:
-                fused = all(p.is_cuda for p in params)
-            groups = [
-                {"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ]
-            return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
-        groups = hybrid_param_groups(
-            self,
-            muon_lr=muon_lr,
-            adamw_lr=lr,
-            embedding_lr=embedding_lr,
-            head_lr=head_lr,
-            vector_lr=vector_lr,
-            muon_weight_decay=muon_weight_decay,
-            adamw_weight_decay=weight_decay,
-            adamw_betas=betas,
-            adamw_eps=eps,
-            **muon_options,
-        )
-        if qkv_split:
-            groups = split_qkv_group(self, groups)
-        if spec.dense_last_block:
-            groups = dense_head_side_group(self, groups)
-        return spec.hybrid(groups)
-
-    def param_roles(self) -> dict[str, str]:
-        """name -> role ("muon", "embedding", "head", "vector") as the hybrid assigns them."""
-        return {name: role for name, _, role in classify_params(self)}
-
-
-def dense_head_side_group(model: GPT, groups: list[dict]) -> list[dict]:
-    """Move the last block's matrices out of each Muon group into a group (role "muon_dense")
-    whose ``dense_momentum`` lists them all: Kronecker optimizers keep dense momentum there.
-
-    :class:`muonkit.variants.HybridKroneckerMuon` keeps the output layer dense; in the GPT
-    hybrid the output layer (the head) is AdamW's, so the dense part is the block next to it.
-    """
-    last = {id(p) for p in model.blocks[-1].parameters()}
-    out = []
-    for g in groups:
-        if not g["use_muon"]:
-            out.append(g)
-            continue
-        rest = [p for p in g["params"] if id(p) not in last]
-        dense = [p for p in g["params"] if id(p) in last]
-        if rest:
-            out.append({**g, "params": rest})
-        if dense:
-            out.append({**g, "params": dense, "role": "muon_dense",
-                        "dense_momentum": list(range(len(dense)))})
-    return out
-
-
-def split_qkv_group(model: GPT, groups: list[dict]) -> list[dict]:
-    """Move the fused QKV weights out of the Muon group into one with ``ns_split=3``."""
-    qkv = {id(b.attn.c_attn.weight) for b in model.blocks}
-    out = []
-    for g in groups:
-        if not g["use_muon"]:
-            out.append(g)
-            continue
-        rest = [p for p in g["params"] if id(p) not in qkv]
-        fused = [p for p in g["params"] if id(p) in qkv]
-        if rest:
-            out.append({**g, "params": rest})
-        out.append({**g, "params": fused, "ns_split": 3, "role": "muon_qkv"})
-    return out

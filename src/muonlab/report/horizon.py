@@ -70,6 +70,12 @@ class Study:
         seen = self.contenders | {name for _, name in self.cells}
         return [n for n in ["adamw", *sorted(seen - {"adamw"})] if n in seen]
 
+    def ready(self, h: int, name: str) -> Cell | None:
+        """The cell once its LR is chosen and a seed has finished at it; a cell still missing
+        seeds is reported with what it has, marked by :func:`seeds_note`."""
+        cell = self.cells.get((h, name))
+        return cell if cell is not None and cell.lr is not None and cell.runs else None
+
 
 def _finished(run: Run, horizon: int) -> bool:
     return run.summary is not None and run.summary.get("steps") == horizon and bool(run.val)
@@ -113,13 +119,6 @@ def load_study(out: Path) -> Study:
     return Study(settings, sweeps, cells, out, started, done, commands, contenders)
 
 
-def ready(study: Study, h: int, name: str) -> Cell | None:
-    """The cell once its LR is chosen and a seed has finished at it; a cell still missing
-    seeds is reported with what it has, marked by :func:`seeds_note`."""
-    cell = study.cells.get((h, name))
-    return cell if cell is not None and cell.lr is not None and cell.runs else None
-
-
 def seeds_note(study: Study, cell: Cell) -> str:
     """"" for a finished cell, else " (k of n seeds)"."""
     n = len(study.settings["seeds"])
@@ -131,7 +130,7 @@ def final_table(study: Study) -> str:
     for name in study.names():
         row = [name]
         for h in study.horizons:
-            cell = ready(study, h, name)
+            cell = study.ready(h, name)
             row.append("unfinished" if cell is None else
                        f"{fmt_mean_std(*cell.final, 3, len(cell.runs))} (lr {cell.lr:g})"
                        + seeds_note(study, cell))
@@ -148,7 +147,7 @@ def gap_and_reach(study: Study) -> tuple[str, dict]:
             continue
         row = [name]
         for h in study.horizons:
-            cell, base = ready(study, h, name), ready(study, h, "adamw")
+            cell, base = study.ready(h, name), study.ready(h, "adamw")
             if cell is None or base is None:
                 row.append("unfinished")
                 continue
@@ -173,7 +172,7 @@ def crossing_lines(study: Study, gaps: dict) -> list[str]:
         if name == "adamw":
             continue
         for h in study.horizons:
-            cell, base = ready(study, h, name), ready(study, h, "adamw")
+            cell, base = study.ready(h, name), study.ready(h, "adamw")
             if cell is None or base is None:
                 continue
             s1, m1, _, _ = val_stats(cell.runs)
@@ -198,7 +197,7 @@ def cost_table(study: Study) -> str:
     rows = []
     for name in study.names():
         for h in study.horizons:
-            cell = ready(study, h, name)
+            cell = study.ready(h, name)
             if cell is None:
                 continue
             sums = [r.summary for r in cell.runs]
@@ -217,7 +216,7 @@ def rms_table(study: Study) -> str:
     for name in study.names():
         row = [name]
         for h in study.horizons:
-            cell = ready(study, h, name)
+            cell = study.ready(h, name)
             rec = _rms_records(cell.runs[0]) if cell else []
             row.append(f"{rec[-1]['weight_rms']:.4f} / {rec[-1]['update_rms']:.2e}"
                        if rec else "unfinished")

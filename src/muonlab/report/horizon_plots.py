@@ -27,18 +27,16 @@ def _save(fig, path: Path) -> Path:
 
 def plot_horizon(study, path: Path) -> Path:
     """Final val loss vs horizon (± std over seeds) and the gap to AdamW vs horizon."""
-    from .horizon import ready
-
     fig, (ax_loss, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = _colors(study.names())
     for name in study.names():
-        cells = [c for h in study.horizons if (c := ready(study, h, name))]
+        cells = [c for h in study.horizons if (c := study.ready(h, name))]
         if not cells:
             continue
         hs = [c.horizon for c in cells]
         ax_loss.errorbar(hs, [c.final[0] for c in cells], yerr=[c.final[1] for c in cells],
                          marker="o", capsize=3, color=colors[name], label=name)
-        base = [ready(study, c.horizon, "adamw") for c in cells]
+        base = [study.ready(c.horizon, "adamw") for c in cells]
         pairs = [(c.horizon, c.final[0] - b.final[0]) for c, b in zip(cells, base) if b]
         if name != "adamw" and pairs:
             ax_gap.plot(*zip(*pairs), marker="o", color=colors[name], label=name)
@@ -56,14 +54,12 @@ def plot_horizon(study, path: Path) -> Path:
 
 def plot_curves(study, path: Path) -> Path:
     """Mean val loss vs step at each horizon, one panel per horizon."""
-    from .horizon import ready
-
     fig, axes = plt.subplots(1, len(study.horizons), figsize=(5 * len(study.horizons), 4),
                              squeeze=False)
     colors = _colors(study.names())
     for ax, h in zip(axes[0], study.horizons):
         for name in study.names():
-            cell = ready(study, h, name)
+            cell = study.ready(h, name)
             if cell is None:
                 continue
             steps, mean, std, _ = val_stats(cell.runs)
@@ -79,14 +75,12 @@ def plot_curves(study, path: Path) -> Path:
 
 def plot_rms(study, path: Path, records) -> Path:
     """Weight RMS (top) and update RMS (bottom) of the hidden matrices vs step, seed 0."""
-    from .horizon import ready
-
     n = len(study.horizons)
     fig, axes = plt.subplots(2, n, figsize=(5 * n, 7), squeeze=False)
     colors = _colors(study.names())
     for j, h in enumerate(study.horizons):
         for name in study.names():
-            cell = ready(study, h, name)
+            cell = study.ready(h, name)
             recs = records(cell.runs[0]) if cell else []
             if not recs:
                 continue

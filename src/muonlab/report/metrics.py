@@ -174,13 +174,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
-def interpolate(steps: np.ndarray, values: np.ndarray, at: float) -> float:
-    """Linear interpolation of a curve at step ``at`` (within its range)."""
-    if not steps[0] <= at <= steps[-1]:
-        raise ValueError(f"step {at} is outside the curve's range [{steps[0]}, {steps[-1]}]")
-    return float(np.interp(at, steps, values))
-
-
 def steps_to_reach(steps: np.ndarray, losses: np.ndarray, target: float) -> float | None:
     """First step at which the curve reaches ``target``, interpolated between evaluations;
     None if it never does."""

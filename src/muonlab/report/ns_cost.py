@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from muonkit import registry
 from muonkit.functional import options_block_shape
 from muonkit.options import MuonOptions
 from muonkit.precision import ns_flops_by_dtype
@@ -29,7 +30,7 @@ def gpt_step_flops(run: dict, device: str = "cpu") -> dict | None:
     try:
         with torch.device("meta"):
             model = GPT(GPTConfig(**cfg["model"]))
-            opt = model.configure_optimizers("muon", **cfg.get("optimizer_options", {}))
+            opt = registry.build_optimizer("muon", model, **cfg.get("optimizer_options", {}))
     except (TypeError, ValueError):  # a config this version cannot rebuild: no figure
         return None
     ns = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .horizon import Cell, Study, cost_table, load_study, ready, sweep_lines
+from .horizon import Cell, Study, cost_table, load_study, sweep_lines
 from .stats import paired_interval
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
@@ -27,7 +27,7 @@ OPTION_KEYS = ("rank", "mixing")
 def finished_cells(study: Study) -> list[Cell]:
     """The finished contenders, largest total optimizer state first."""
     h = study.horizons[0]
-    cells = [c for name in study.names() if (c := ready(study, h, name))]
+    cells = [c for name in study.names() if (c := study.ready(h, name))]
     return sorted(cells, key=lambda c: (-state_bytes(c)[1], c.name))
 
 
@@ -64,7 +64,7 @@ def difference(cell: Cell, dense: Cell | None) -> tuple[str, str]:
 
 
 def results_table(study: Study) -> str:
-    dense = ready(study, study.horizons[0], DENSE)
+    dense = study.ready(study.horizons[0], DENSE)
     rows = []
     for cell in finished_cells(study):
         muon, total = state_bytes(cell)
@@ -84,7 +84,7 @@ def results_table(study: Study) -> str:
 
 def unfinished(study: Study) -> list[str]:
     h = study.horizons[0]
-    return [n for n in study.names() if ready(study, h, n) is None]
+    return [n for n in study.names() if study.ready(h, n) is None]
 
 
 def report_markdown(study: Study, figures: dict[str, Path]) -> str:

@@ -27,7 +27,7 @@ from .trackers import TRACKER_FILES, Tracker
 
 CHECKPOINT = "ckpt.pt"
 
-CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs (torchrun): muonkit.distributed.save_train_state
+CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs: muonkit.distributed.checkpoint.save_train_state
 
 METRICS = "metrics.jsonl"
 
@@ -284,7 +284,8 @@ def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, dev
     ``ckpt.pt.tmp``, flushed to disk, then renamed over ``ckpt.pt``.
 
     Under torch.distributed (several ranks) model and optimizers go through DCP, each rank's
-    sampler and RNG states to their own file (:func:`muonkit.distributed.save_train_state`).
+    sampler and RNG states to their own file
+    (:func:`muonkit.distributed.checkpoint.save_train_state`).
     A failed write (e.g. a full disk) removes the temporary file, leaves the previous
     checkpoint (of ``previous_step``) as it was and raises :class:`RunWriteError`.
     """

@@ -23,7 +23,7 @@ from torch import nn
 from ..data.text import fixed_batches, load_text
 from .config import resolve_dtype
 from .files import CHECKPOINT, CHECKPOINT_DIR, METRICS, load_checkpoint, read_records
-from .step import autocast_context, evaluate_batches
+from .step import autocast_context, evaluate_batches, lm_loss
 
 STATES = ("fresh", "carry", "from-adamw")
 
@@ -133,8 +133,9 @@ def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Opti
                              f"fine-tuning optimizer (base {base.optimizer}, fine-tuning "
                              f"{optimizer_name})")
         from muonkit import migrate_adamw_state
+        from muonkit.registry import build_optimizer
 
-        adamw = model.configure_optimizers("adamw")
+        adamw = build_optimizer("adamw", model)
         adamw.load_state_dict(saved)
         migrate_adamw_state(adamw, optimizer)
 
@@ -152,17 +153,11 @@ def source_evaluator(base: BaseRun, model: nn.Module, dtype: str):
     def on_eval(step: int, record: dict, logger) -> None:
         device = next(model.parameters()).device
         precision = resolve_dtype(dtype, device)
-        loss = evaluate_batches(model, loss_fn=_lm_loss, batches=batches, device=device,
+        loss = evaluate_batches(model, loss_fn=lm_loss, batches=batches, device=device,
                                 autocast=lambda: autocast_context(device, precision))["val_loss"]
         logger.write({"kind": "source_val", "step": step, "source_val_loss": loss})
 
     return on_eval
-
-
-def _lm_loss(model, batch):
-    from .gpt import lm_loss
-
-    return lm_loss(model, batch)
 
 
 TASKS = ("arithmetic", "gsm8k")

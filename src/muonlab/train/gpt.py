@@ -1,6 +1,6 @@
 """Train a GPT with AdamW or a Muon hybrid: ``train_gpt`` and its settings ``GPTRunConfig``.
 
-Data -> :class:`muonlab.models.gpt.GPT` -> ``configure_optimizers`` -> :func:`train`. The same
+Data -> :class:`muonlab.models.gpt.GPT` -> :func:`gpt_optimizer` -> :func:`train`. The same
 seed gives both optimizers the same initial weights, the same training batches in the same
 order and the same validation batches (drawn once with seed ``val_seed``). The ``muonkit
 train`` command (:mod:`muonlab.cli.train`) builds a ``GPTRunConfig`` from its flags.
@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from muonkit import registry
 from muonkit.options import MuonOptions
@@ -43,6 +41,7 @@ from .finetune import (
     task_evaluator,
 )
 from .loop import train
+from .step import lm_loss
 from .trackers import resolve_trackers
 
 # name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
@@ -179,7 +178,7 @@ class GPTRunConfig:
         return out
 
     def optimizer_options(self, optimizer: str) -> dict:
-        """Keyword arguments of ``GPT.configure_optimizers`` for ``optimizer``."""
+        """Keyword arguments of :func:`gpt_optimizer` for ``optimizer``."""
         opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
         spec = registry.get(optimizer)
         if spec.is_muon:  # the hybrids: muon, normuon, the memory-saving variants
@@ -274,11 +273,15 @@ def load_gpt_data(
     return tokens, config
 
 
-def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """Mean next-token cross-entropy of ``model(x)`` against ``y``."""
-    x, y = batch
-    logits = model(x)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+def gpt_optimizer(model: GPT, optimizer: str, **options) -> torch.optim.Optimizer:
+    """:func:`muonkit.registry.build_optimizer` for the GPT (``options``: its keywords). An
+    optimizer that keeps dense momentum on some matrices ("kronecker-hybrid") keeps it on the
+    last block's, the block next to the head (which is AdamW's), unless ``dense`` says
+    otherwise."""
+    if registry.get(optimizer).takes_dense:
+        last = f"blocks.{len(model.blocks) - 1}."
+        options = {"dense": lambda name, p: name.startswith(last), **options}
+    return registry.build_optimizer(optimizer, model, **options)
 
 
 def train_gpt(
@@ -307,7 +310,7 @@ def train_gpt(
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
     ``model_overrides`` go to :func:`preset_config` (e.g. ``dropout``, ``rope``,
-    ``tie_weights``); ``optimizer_options`` to ``GPT.configure_optimizers`` (``lr``,
+    ``tie_weights``); ``optimizer_options`` to :func:`gpt_optimizer` (``lr``,
     ``muon_lr``, ``betas``, ``weight_decay``, ...). The vocabulary size comes from the data.
 
     ``parallel="ddp"|"fsdp2"|"hsdp"`` (HSDP: ``replicate`` replica groups; under torchrun,
@@ -322,7 +325,7 @@ def train_gpt(
 
     ``base`` (:class:`muonlab.train.finetune.BaseRun`): fine-tune it: its architecture (the
     preset and overrides are ignored), its weights, and per ``state`` its optimizer state
-    (:func:`muonlab.train.finetune.start_from_base`); every evaluation also scores the base's
+    (:func:`muonlab.train.finetune.load_base_state`); every evaluation also scores the base's
     validation set (``source_val`` records). The data must have the base's vocabulary.
     ``lora_rank`` > 0: freeze the model and train LoRA adapters of that rank on its attention
     and MLP projections (:mod:`muonlab.models.lora`; ``lora_alpha`` None: the rank, scale 1);
@@ -363,7 +366,7 @@ def train_gpt(
 
         device = resolve_device(train_config.device)  # this rank's (compute_init's) device
         net = parallelize(model.to(device), parallel, device, replicate=replicate)
-    opt = model.configure_optimizers(optimizer, **(optimizer_options or {}))
+    opt = gpt_optimizer(model, optimizer, **(optimizer_options or {}))
     if base is not None:
         if parallel != "none":
             raise ValueError("fine-tuning (--init-from) runs without --parallel for now")

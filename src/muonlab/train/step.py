@@ -1,6 +1,6 @@
 """One optimizer step's arithmetic, shared by every client of the loop: autocast, gradient
-accumulation over micro-batches (one all-reduce per step under DDP), and the fixed-batch
-validation loss."""
+accumulation over micro-batches (one all-reduce per step under DDP), the fixed-batch
+validation loss, and the language models' loss (:func:`lm_loss`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -18,6 +19,13 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Mean next-token cross-entropy of ``model(x)`` against ``y``."""
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
 
 def accumulate_gradients(
