@@ -85,3 +85,42 @@ def test_a_different_study_in_the_same_directory_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "another compare experiment" in err, err
     assert "--steps 10 there, 200 given" in err
+
+
+def test_an_interrupted_variant_study_continues_with_the_same_command(tmp_path, monkeypatch):
+    """The MLP variant studies run in this process: Ctrl-C mid-study, then the same study
+    keeps its finished runs (same bytes) and redoes the interrupted one; another study in the
+    directory is refused."""
+    from fake_datasets import write_mnist
+    from test_studies import TINY
+
+    from muonlab.experiments import variants
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_mnist(data_dir, n_train=160, n_test=40)
+    cfg = variants.StudyConfig("hybrid", data_dir=str(data_dir), out=str(tmp_path / "study"),
+                               device="cpu", **TINY)
+    real, calls = variants.run_arm, []
+
+    def interrupted_second(*args):
+        calls.append(args[-1].name)
+        if len(calls) == 2:
+            (args[-1] / "metrics.jsonl").parent.mkdir(parents=True, exist_ok=True)
+            (args[-1] / "metrics.jsonl").write_text('{"kind": "config"}\n')  # a partial run
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(variants, "run_arm", interrupted_second)
+        with pytest.raises(KeyboardInterrupt):
+            variants.run_study(cfg, log=lambda s: None)
+    runs = tmp_path / "study" / "runs"
+    first = (runs / calls[0] / "metrics.jsonl").read_bytes()
+    variants.run_study(cfg, log=lambda s: None)
+    assert (runs / calls[0] / "metrics.jsonl").read_bytes() == first
+    assert finished(runs / calls[1]) and (tmp_path / "study" / "table.md").exists()
+    import dataclasses
+
+    with pytest.raises(ValueError, match="--epochs: study"):
+        variants.run_study(dataclasses.replace(cfg, epochs=cfg.epochs + 1), log=lambda s: None)

@@ -3,6 +3,8 @@ arms (:class:`Arm`: one optimizer setting each)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from muonkit.options import MuonOptions
@@ -123,3 +125,19 @@ class Arm:
     def slug(self) -> str:
         rank = f"-r{self.rank}" if self.rank is not None else ""
         return self.kind + rank + ("-gh" if self.mixing == "gradient_heavy" else "")
+
+
+# Not saved in study.json: where and how the runs execute, and where they are logged.
+RUNTIME = ("out", "data_dir", "jobs", "threads", "overwrite", "trackers", "wandb_project",
+           "wandb_run_name")
+# Saved but may differ on a rerun (a larger cap continues the sweeps, reusing finished runs).
+MAY_CHANGE = ("sweep_extend",)
+
+
+def settings(cfg: StudyConfig) -> dict:
+    """The settings that define the study's results (JSON types; ``muon_options`` only where
+    they change a default, so a study begun before the ``--ns-*`` flags continues)."""
+    kept = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in (*RUNTIME, "muon_options")}
+    changed = MuonOptions.changes(cfg.muon_options)
+    return json.loads(json.dumps({**kept, "muon_options": changed} if changed else kept))

@@ -33,23 +33,16 @@ import json
 import threading
 from pathlib import Path
 
-from muonkit.options import MuonOptions
-
 from ..data.vision import load_flat
 from ..report.variant_tuned import write_report
 from ..train import TrainConfig
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
-from .variant_config import DATASETS, Arm, StudyConfig
+from .variant_config import DATASETS, MAY_CHANGE, Arm, StudyConfig, settings
 from .variant_optimizers import arm_lr, build_model, equal_memory_rank
 from .variants import loop_config, train_arm
 
 ENTRY = "muonlab.experiments.variant_tuned:train_run"
-# Not saved in study.json: where and how the runs execute, and where they are logged.
-RUNTIME = ("out", "data_dir", "jobs", "threads", "overwrite", "trackers", "wandb_project",
-           "wandb_run_name")
-# Saved but may differ on a rerun (a larger cap continues the sweeps, reusing finished runs).
-MAY_CHANGE = ("sweep_extend",)
 
 
 def load_split(cfg: StudyConfig) -> dict:
@@ -141,15 +134,6 @@ class TunedStudy:
 
     def run_all(self) -> None:
         run_concurrently([lambda a=a: self.arm(a) for a in self.arms])
-
-
-def settings(cfg: StudyConfig) -> dict:
-    """The settings that define the study's results (JSON types; ``muon_options`` only where
-    they change a default, so a study begun before the ``--ns-*`` flags continues)."""
-    kept = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in (*RUNTIME, "muon_options")}
-    changed = MuonOptions.changes(cfg.muon_options)
-    return json.loads(json.dumps({**kept, "muon_options": changed} if changed else kept))
 
 
 def prepare_out(cfg: StudyConfig, arms: list[Arm], groups: dict, command: str) -> Path:

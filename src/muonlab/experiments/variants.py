@@ -36,6 +36,7 @@ Defaults are sized for a few minutes per study on 2 CPU cores (MNIST, 784 -> 256
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -47,8 +48,17 @@ from torch import nn
 from ..data.vision import ShuffledBatches, load_flat
 from ..report.variants import write_report
 from ..train import TrainConfig, train
-from ..train.files import RunExistsError
-from .variant_config import ARM_KINDS, DATASETS, STUDIES, Arm, StudyConfig
+from ..train.files import METRICS, RunExistsError, finished_run
+from .runs import check_same_study
+from .variant_config import (
+    ARM_KINDS,
+    DATASETS,
+    MAY_CHANGE,
+    STUDIES,
+    Arm,
+    StudyConfig,
+    settings,
+)
 from .variant_optimizers import (
     arm_lr,
     build_model,
@@ -179,32 +189,42 @@ def train_arm(arm: Arm, cfg: StudyConfig, data: dict, loop: TrainConfig,
 
 
 def run_arm(arm: Arm, seed: int, cfg: StudyConfig, data: dict, out_dir: Path) -> Path:
-    """Train one (arm, seed) of an untuned study at the study's LR; returns its metrics file."""
+    """Train one (arm, seed) of an untuned study at the study's LR; returns its metrics file.
+    What an interrupted run left in ``out_dir`` is replaced."""
     steps_per_epoch = -(-len(data["train"][0]) // cfg.batch_size)
-    return train_arm(arm, cfg, data, loop_config(arm, seed, cfg, steps_per_epoch, out_dir))
+    overwrite = (out_dir / METRICS).exists()
+    return train_arm(arm, cfg, data, loop_config(arm, seed, cfg, steps_per_epoch, out_dir,
+                                                 overwrite=overwrite))
 
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
     """Train every arm of ``cfg.study`` over every seed; write the metrics files, the table
     and the figure under ``cfg.out``. Returns {"table": path, "figure": path, "runs": dir}."""
     out = Path(cfg.out)
-    runs_dir = out / "runs"
+    runs_dir, saved, study = out / "runs", out / "study.json", settings(cfg)
     earlier = sorted(runs_dir.glob("*/metrics.jsonl"))
-    if earlier and not cfg.overwrite:
-        raise RunExistsError(
-            f"{out} already holds a study ({len(earlier)} runs in {runs_dir}); pass --overwrite "
-            "to replace it, or choose another --out"
-        )
+    if earlier and not cfg.overwrite:  # the same study continues; another one is refused
+        if not saved.exists():
+            raise RunExistsError(
+                f"{out} already holds a study ({len(earlier)} runs in {runs_dir}) that recorded "
+                "no settings; pass --overwrite to replace it, or choose another --out")
+        check_same_study(saved, study, {"study": "the kind of study"}, may_change=MAY_CHANGE)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_flat(cfg.dataset, cfg.data_dir)
     if cfg.train_limit:
         data["train"] = tuple(t[: cfg.train_limit] for t in data["train"])
-    shutil.rmtree(runs_dir, ignore_errors=True)  # runs of an earlier study would mix in
-    runs_dir.mkdir(parents=True)
+    if cfg.overwrite:
+        shutil.rmtree(runs_dir, ignore_errors=True)  # runs of an earlier study would mix in
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(study, indent=1))
     arms = study_arms(cfg, build_model(cfg, cfg.seeds[0]))
     for i, arm in enumerate(arms):
         for seed in cfg.seeds:
+            run_dir = runs_dir / f"{i:02d}-{arm.slug}-s{seed}"
+            if finished_run(run_dir / METRICS) is not None:
+                log(f"[{cfg.study}] {arm.label} seed {seed}: finished earlier, kept")
+                continue
             log(f"[{cfg.study}] {arm.label} seed {seed}")
-            run_arm(arm, seed, cfg, data, runs_dir / f"{i:02d}-{arm.slug}-s{seed}")
+            run_arm(arm, seed, cfg, data, run_dir)  # an interrupted one starts again
     return write_report(out, cfg.study, DATASETS[cfg.dataset])
