@@ -24,9 +24,9 @@ def cli(out, *flags):
     return main(["train", "--out", str(out), *FAST, *flags])
 
 
-def one_line_failure(capsys, out) -> str:
+def one_line_failure(capsys, out, *flags) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        cli(out)
+        cli(out, *flags)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -76,6 +76,7 @@ def test_full_disk_at_a_checkpoint(tmp_path, capsys, monkeypatch, uninterrupted)
     (out / "ckpt.pt.tmp").write_bytes(b"\0" * 10)  # as a process killed mid-save leaves it
     resume_ends_like(out, uninterrupted)
     assert not (out / "ckpt.pt.tmp").exists()
+    assert "removed" in capsys.readouterr().err  # the note on the half-written file
 
 
 def test_full_disk_at_a_metrics_line(tmp_path, capsys, monkeypatch, uninterrupted):
@@ -98,3 +99,73 @@ def test_full_disk_at_a_metrics_line(tmp_path, capsys, monkeypatch, uninterrupte
     assert text.endswith("\n") and [json.loads(x) for x in text.splitlines()]
     assert load_checkpoint(out / "ckpt.pt")["step"] == 4
     resume_ends_like(out, uninterrupted)
+
+
+def failing_save(monkeypatch, which: int):
+    """``torch.save`` as the loop calls it, failing with ENOSPC at its ``which``-th call."""
+    calls = []
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == which:
+            raise ENOSPC
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(files.torch, "save", save)
+
+
+def test_full_disk_at_the_summary_resumes_from_the_checkpoint_before(
+        tmp_path, capsys, monkeypatch, uninterrupted):
+    # the last step's checkpoint comes after the summary: without it the run is not complete
+    out = tmp_path / "run"
+    real_write = files.write_all
+
+    def write_all(fd, data):
+        if b'"kind": "summary"' in data:
+            raise ENOSPC
+        real_write(fd, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "write_all", write_all)
+        err = one_line_failure(capsys, out)
+    assert "step 4 is kept" in err and "--resume" in err
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 4
+    assert "summary" not in [r["kind"] for r in records(out)]
+    resume_ends_like(out, uninterrupted)
+
+
+def test_full_disk_at_the_last_checkpoint_after_a_complete_record(
+        tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        failing_save(patch, 3)  # the step-6 checkpoint
+        err = one_line_failure(capsys, out)
+    assert "the run is complete" in err and "step 4 is kept" in err
+    assert records(out)[-1]["kind"] == "summary" and records(out)[-1]["steps"] == 6
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 4
+    assert cli(out, "--resume") == 0
+    assert "the run is complete" in capsys.readouterr().out
+
+
+def test_full_disk_before_any_checkpoint_says_overwrite(tmp_path, capsys, monkeypatch,
+                                                        uninterrupted):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        failing_save(patch, 1)  # the first checkpoint (step 2): there is none to resume from
+        err = one_line_failure(capsys, out)
+    assert "no checkpoint" in err and "--overwrite" in err and "--resume" not in err
+    assert not (out / "ckpt.pt.tmp").exists() and not (out / "ckpt.pt").exists()
+    assert cli(out, "--overwrite") == 0
+    assert records(out)[-1]["final_val_loss"] == records(uninterrupted)[-1]["final_val_loss"]
+
+
+def test_resume_puts_back_a_multi_rank_checkpoint_caught_between_its_renames(tmp_path):
+    # save_train_state renames ckpt_dcp -> ckpt_dcp.old, then ckpt_dcp.tmp -> ckpt_dcp
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "ckpt_dcp.old").mkdir()
+    (tmp_path / "ckpt_dcp.old" / "rank0.pt").write_bytes(b"state")
+    (tmp_path / "ckpt_dcp.tmp").mkdir()  # half written, killed
+    files.prepare_out_dir(tmp_path, resume=True, overwrite=False)
+    assert (tmp_path / "ckpt_dcp" / "rank0.pt").read_bytes() == b"state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_dcp", "metrics.jsonl"]

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class RunExistsError(FileExistsError):
 
 class RunWriteError(OSError):
     """A run's file could not be written (a full disk, a quota, an I/O error); what was there
-    before is intact, and the message says what was kept and how to continue."""
+    before is intact, and the message says what was kept (the loop adds how to continue)."""
 
 
 
@@ -104,9 +105,12 @@ def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
     distributed = is_distributed()
     if distributed:
         torch.distributed.barrier()  # every rank has looked before any rank writes or deletes
-    parked = bool(found) and overwrite and (not distributed or torch.distributed.get_rank() == 0)
+    main_rank = not distributed or torch.distributed.get_rank() == 0
+    parked = bool(found) and overwrite and main_rank
     if parked:
         park_run_files(out_dir)
+    elif resume and main_rank:
+        recover_checkpoint(out_dir)
     if distributed:
         torch.distributed.barrier()
     return parked
@@ -117,6 +121,23 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def recover_checkpoint(out_dir: Path) -> None:
+    """Before a resume, undo what a session stopped mid-save (killed) left: a half-written
+    ``ckpt.pt.tmp`` or ``ckpt_dcp.tmp`` is removed (with a note on stderr); of
+    :func:`~muonkit.distributed.save_train_state`'s two renames, ``ckpt_dcp.old`` is the
+    checkpoint when ``ckpt_dcp`` is missing, and is removed when it is not."""
+    for name in (CHECKPOINT, CHECKPOINT_DIR):
+        tmp = out_dir / (name + ".tmp")
+        if tmp.exists():
+            _remove(tmp)
+            print(f"muonkit: removed {tmp}, a checkpoint left half-written by a session that "
+                  "stopped while saving it", file=sys.stderr)
+    old, current = out_dir / (CHECKPOINT_DIR + ".old"), out_dir / CHECKPOINT_DIR
+    if old.exists() and not current.exists():
+        os.replace(old, current)
+    _remove(old)
 
 
 def park_run_files(out_dir: Path) -> None:
@@ -278,8 +299,7 @@ def load_checkpoint(path: Path) -> dict:
 
 
 
-def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device,
-                    previous_step: int | None = None) -> None:
+def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
     """Everything a resumed run needs to continue exactly; written atomically: to
     ``ckpt.pt.tmp``, flushed to disk, then renamed over ``ckpt.pt``.
 
@@ -287,16 +307,13 @@ def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, dev
     sampler and RNG states to their own file
     (:func:`muonkit.distributed.checkpoint.save_train_state`).
     A failed write (e.g. a full disk) removes the temporary file, leaves the previous
-    checkpoint (of ``previous_step``) as it was and raises :class:`RunWriteError`.
+    checkpoint as it was and raises :class:`RunWriteError` (the caller says what to do next).
     """
     try:
         _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device)
     except OSError as e:
-        kept = (f"the checkpoint of step {previous_step} is kept" if previous_step is not None
-                else "no earlier checkpoint exists")
         raise RunWriteError(
-            f"cannot write the step-{step} checkpoint {path}: {e.strerror or e}; {kept}; "
-            "free space and run the same command with --resume to continue from it"
+            f"cannot write the step-{step} checkpoint {path}: {e.strerror or e}"
         ) from None
 
 
@@ -345,7 +362,7 @@ def set_rng_state(state: dict) -> None:
 def append_line(path: Path, line: str) -> None:
     """Append ``line`` to ``path`` whole or not at all: a failed write (a full disk) cuts the
     file back to its size before, so a reader never meets half a record, and raises
-    :class:`RunWriteError`."""
+    :class:`RunWriteError` (the caller says what to do next)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -353,11 +370,8 @@ def append_line(path: Path, line: str) -> None:
             write_all(fd, (line + "\n").encode())
         except OSError as e:
             os.ftruncate(fd, size)
-            raise RunWriteError(
-                f"cannot write to {path}: {e.strerror or e}; its records up to the last "
-                "whole line are kept; free space and run the same command with --resume "
-                "to continue from the last checkpoint"
-            ) from None
+            raise RunWriteError(f"cannot write to {path}: {e.strerror or e}; its records "
+                                "up to the last whole line are kept") from None
     finally:
         os.close(fd)
 

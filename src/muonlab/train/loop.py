@@ -73,6 +73,7 @@ from .files import (
     METRICS,
     RUN_MARKERS,
     MetricsLogger,
+    RunWriteError,
     check_resume,
     check_same_run,
     drop_parked,
@@ -129,6 +130,7 @@ class Session:
     elapsed: float = 0.0
     tokens: int = 0
     checkpoint_step: int | None = None
+    summary: dict | None = None  # once written: the run's record is complete
     mfu_per_token_rate: float | None = None  # training FLOPs per token / peak FLOP/s
     train_losses: list[float] = field(default_factory=list)
     val_records: list[dict] = field(default_factory=list)
@@ -337,14 +339,50 @@ def run_eval(session: Session, model, evaluator, logger: MetricsLogger, on_eval)
 
 
 def after_step(session: Session, model, optimizers, batches, evaluator, logger, on_eval) -> None:
-    """Evaluation (every ``eval_every`` steps and at the last) and checkpoint, when due."""
+    """Evaluation (every ``eval_every`` steps and at the last) and checkpoint, when due; the
+    last step's checkpoint comes after the summary (:func:`train`), so that a checkpoint of
+    the last step means a complete metrics file, and a run whose summary could not be written
+    resumes from the checkpoint before."""
     cfg, done = session.cfg, session.step
     if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
         run_eval(session, model, evaluator, logger, on_eval)
-    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-        save_checkpoint(session.ckpt_path, model, optimizers, batches, done, session.elapsed,
-                        session.tokens, session.device, previous_step=session.checkpoint_step)
-        session.checkpoint_step = done
+    if checkpoint_due(cfg, done) and done < cfg.steps:
+        checkpoint(session, model, optimizers, batches)
+
+
+def checkpoint_due(cfg: TrainConfig, step: int) -> bool:
+    return bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+
+
+def checkpoint(session: Session, model, optimizers, batches) -> None:
+    save_checkpoint(session.ckpt_path, model, optimizers, batches, session.step,
+                    session.elapsed, session.tokens, session.device)
+    session.checkpoint_step = session.step
+
+
+def how_to_continue(session: Session) -> str:
+    """What a run stopped by a failed write of its files (:class:`RunWriteError`: a full disk)
+    still has, and the command that continues it."""
+    fix = "free space (or fix the disk) and run the same command"
+    kept = f"the run's checkpoint of step {session.checkpoint_step} is kept"
+    if session.summary is not None:  # only the last step's checkpoint is missing
+        done = f"the run is complete (its summary is in {METRICS})"
+        if session.checkpoint_step is None:
+            return done
+        return f"{done} and {kept}: {fix} with --resume and a larger --steps to train on"
+    if session.checkpoint_step is None:
+        return f"the run has no checkpoint to resume from: {fix} with --overwrite to start again"
+    return f"{kept}: {fix} with --resume to continue from it"
+
+
+@contextlib.contextmanager
+def saying_how_to_continue(session: Session):
+    """A failed write of the run's files ends the run with one message that also says what
+    continues it (:func:`how_to_continue`)."""
+    try:
+        yield
+    except RunWriteError as e:
+        raise RunWriteError(f"{e}; {how_to_continue(session)}") from None
 
 
 def make_evaluator(evaluate, val_batches, loss_fn, session: Session):
@@ -393,63 +431,74 @@ def train(
     torch.manual_seed(cfg.seed)
     if cfg.resume and session.out_dir is not None and not session.out_dir.exists():
         raise nothing_to_resume(session.out_dir, session.ckpt_path.name)  # nothing created
-    parked = session.out_dir is not None and prepare_out_dir(
-        session.out_dir, cfg.resume, cfg.overwrite
-    )
-    try:
-        if cfg.resume and session.out_dir is not None:
-            given = {"optimizer": optimizer_name, **dataclasses.asdict(cfg), **(run_config or {})}
-            check_same_run(session.out_dir, given, flag_names or {})
-            restore(session, model, optimizers, batches)
-        world = torch.distributed.get_world_size() if is_distributed() else 1
-        origin = provenance(session.device, session.dtype, optimizers, world)
-        logger = open_logger(session, optimizer_name, run_config, origin)
-    except BaseException:
-        if parked:
-            unpark(session.out_dir)
-        raise
-    machine = machine_info(session.device)  # threads, load, CPU flags at the start
-    if session.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(session.device)
-    progress = _progress_bar(cfg, session.step)
-    model.train()
-    status = "failed"
-    try:
-        if session.step == 0:
-            run_eval(session, model, evaluator, logger, on_eval)
-        while session.step < min(cfg.steps, cfg.stop_at or cfg.steps):
-            record = train_step(session, model, forward_model, optimizers, batches, loss_fn,
-                                count_tokens)
-            logger.write(record)
-            if parked:  # the new run has taken a step: the one it replaces goes
-                drop_parked(session.out_dir)
-                parked = False
-            progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}",
-                                 tok_s=f"{record['tokens_per_s']:,.0f}")
-            after_step(session, model, optimizers, batches, evaluator, logger, on_eval)
-        status = "finished" if session.step == cfg.steps else "stopped"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise TrainingInterrupted(
-            session.step, session.last_checkpoint, session.checkpoint_step
-        ) from None
-    finally:
-        progress.close()
-        if status in ("failed", "interrupted"):  # e.g. a diverged run
-            with contextlib.suppress(OSError):  # its record, if it can be written
-                end_session(session, logger, status, clock)
-            logger.close(quiet=True)  # the trackers still end their runs
+    with saying_how_to_continue(session):
+        parked = session.out_dir is not None and prepare_out_dir(
+            session.out_dir, cfg.resume, cfg.overwrite
+        )
+        try:
+            if cfg.resume and session.out_dir is not None:
+                given = {"optimizer": optimizer_name, **dataclasses.asdict(cfg),
+                         **(run_config or {})}
+                check_same_run(session.out_dir, given, flag_names or {})
+                restore(session, model, optimizers, batches)
+            world = torch.distributed.get_world_size() if is_distributed() else 1
+            origin = provenance(session.device, session.dtype, optimizers, world)
+            logger = open_logger(session, optimizer_name, run_config, origin)
+        except BaseException:
             if parked:
                 unpark(session.out_dir)
-    end_session(session, logger, status, clock)
-    if parked:
-        drop_parked(session.out_dir)
-    summary = finish(session, optimizers, flops_per_token, machine)
-    logger.write(summary)
-    logger.close()
-    return TrainResult(session.step, session.train_losses, session.val_records, summary,
-                       logger.path)
+            raise
+        machine = machine_info(session.device)  # threads, load, CPU flags at the start
+        if session.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(session.device)
+        progress = _progress_bar(cfg, session.step)
+        model.train()
+        status = "failed"  # how this session ends, until its record is written (then None)
+        completed = False
+        try:
+            if session.step == 0:
+                run_eval(session, model, evaluator, logger, on_eval)
+            while session.step < min(cfg.steps, cfg.stop_at or cfg.steps):
+                record = train_step(session, model, forward_model, optimizers, batches, loss_fn,
+                                    count_tokens)
+                logger.write(record)
+                if parked:  # the new run has taken a step: the one it replaces goes
+                    drop_parked(session.out_dir)
+                    parked = False
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.4f}",
+                                     tok_s=f"{record['tokens_per_s']:,.0f}")
+                after_step(session, model, optimizers, batches, evaluator, logger, on_eval)
+            end_session(session, logger, "finished" if session.step == cfg.steps else "stopped",
+                        clock)
+            status = None
+            if parked:
+                drop_parked(session.out_dir)
+                parked = False
+            summary = finish(session, optimizers, flops_per_token, machine)
+            logger.write(summary)
+            session.summary = summary
+            if session.step == cfg.steps and checkpoint_due(cfg, session.step):
+                checkpoint(session, model, optimizers, batches)
+            completed = True
+        except KeyboardInterrupt:
+            if status is not None:
+                status = "interrupted"
+            raise TrainingInterrupted(
+                session.step, session.last_checkpoint, session.checkpoint_step
+            ) from None
+        finally:
+            progress.close()
+            if not completed:  # e.g. a diverged run, a full disk
+                if status is not None:
+                    with contextlib.suppress(OSError):  # its record, if it can be written
+                        end_session(session, logger, status, clock)
+                logger.close(quiet=True)  # the trackers still end their runs
+                if parked:
+                    unpark(session.out_dir)
+        logger.close()
+        return TrainResult(session.step, session.train_losses, session.val_records, summary,
+                           logger.path)
 
 
 def finish(session: Session, optimizers, flops_per_token, machine: dict) -> dict:
