@@ -5,11 +5,14 @@ the same command with ``--resume`` ends where an uninterrupted run ends."""
 from __future__ import annotations
 
 import errno
+import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from muonkit.distributed import spawn
 from muonlab.cli import main
 from muonlab.train import files
 from muonlab.train.files import load_checkpoint
@@ -169,3 +172,62 @@ def test_resume_puts_back_a_multi_rank_checkpoint_caught_between_its_renames(tmp
     files.prepare_out_dir(tmp_path, resume=True, overwrite=False)
     assert (tmp_path / "ckpt_dcp" / "rank0.pt").read_bytes() == b"state"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_dcp", "metrics.jsonl"]
+
+
+class Sampler:
+    """A batch source's resume state, as the loop checkpoints it."""
+
+    def state_dict(self) -> dict:
+        return {"position": 7}
+
+
+def no_space(*args, **kwargs):
+    raise ENOSPC
+
+
+def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None:
+    """Rank 1's write of the step-4 checkpoint fails (``where``: in DCP's shard files, or its
+    own sampler/RNG file); every rank must raise, and the step-2 checkpoint stay whole."""
+    import torch.distributed.checkpoint.filesystem as dcp_files
+
+    from muonkit.distributed.checkpoint import load_train_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step():
+        model(torch.randn(2, 4)).square().sum().backward()
+        opt.step()
+
+    path = Path(out_dir) / "ckpt_dcp"
+    save = functools.partial(files.save_checkpoint, path, model, [opt], Sampler(),
+                             elapsed=1.0, tokens=8, device=torch.device("cpu"))
+    step()
+    save(step=2)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    step()
+    if rank == 1 and where == "dcp":
+        dcp_files._write_item = no_space
+    if rank == 1 and where == "rank state":
+        real_save = torch.save
+
+        def save_but_rank_state(obj, f, *args, **kwargs):
+            if str(f).endswith("rank1.pt"):
+                raise ENOSPC
+            return real_save(obj, f, *args, **kwargs)
+
+        torch.save = save_but_rank_state
+    with pytest.raises(files.RunWriteError, match="No space left on device"):
+        save(step=4)
+    assert sorted(p.name for p in Path(out_dir).iterdir()) == ["ckpt_dcp"]
+    fresh = torch.nn.Linear(4, 4)
+    state = load_train_state(path, fresh, [torch.optim.SGD(fresh.parameters(), lr=0.1)])
+    assert state["step"] == 2 and state["batches"] == {"position": 7}
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, kept[key]), key
+
+
+@pytest.mark.parametrize("where", ["dcp", "rank state"])
+def test_full_disk_on_one_rank_fails_every_rank_and_keeps_the_checkpoint(tmp_path, where):
+    spawn(full_disk_on_rank_1, 2, args=(str(tmp_path), where), timeout_s=60)

@@ -10,6 +10,9 @@ DCP loads only the keys the fresh optimizer already has, so param-group options 
 construction (``initial_lr`` of :func:`muonkit.schedules.apply_schedules`) would be lost: the
 groups' options are saved whole in ``param_groups.pt`` and restored after loading, as
 ``Optimizer.load_state_dict`` does.
+
+A write that fails on one rank (a full disk) raises the same ``OSError`` on every rank, so no
+rank waits for a peer that stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 GROUPS_FILE = "param_groups.pt"
@@ -39,24 +43,56 @@ def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
 
 
+def _write_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error``: itself, or a rank's inside DCP's ``CheckpointException``
+    (which DCP raises on every rank when one rank's write fails); None if there is none."""
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, CheckpointException):
+        found = (_write_error(failure) for failure, _ in error.failures.values())
+        return next((e for e in found if e is not None), None)
+    return None
+
+
+def _all_ranks_wrote(error: OSError | None) -> None:
+    """Meet every rank (a barrier) and learn whether any failed to write; if one did, raise its
+    ``OSError`` (errno and reason, naming the rank) on every rank."""
+    if not _distributed():
+        if error is not None:
+            raise error
+        return
+    reports: list = [None] * dist.get_world_size()
+    mine = None if error is None else (error.errno, error.strerror or str(error))
+    dist.all_gather_object(reports, mine)
+    failed = next(((rank, r) for rank, r in enumerate(reports) if r is not None), None)
+    if failed is not None:
+        rank, (code, reason) = failed
+        raise OSError(code, f"{reason} (rank {rank})")
+
+
 def save_checkpoint(
     path: str | os.PathLike, model: torch.nn.Module, optimizers, extra: dict | None = None
 ) -> None:
     """Save model + optimizer(s) state (and small picklable ``extra`` values) to directory
-    ``path``; call on every rank."""
+    ``path``; call on every rank. A rank's failed write raises ``OSError`` on every rank."""
     model_sd, optim_sd = get_state_dict(model, optimizers)
-    dcp.save(
-        {"model": model_sd, "optimizer": optim_sd, "extra": dict(extra or {})},
-        checkpoint_id=str(path),
-    )
-    if _rank() == 0:
-        groups = [
-            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-            for opt in _optimizer_list(optimizers)
-        ]
-        torch.save(groups, Path(path) / GROUPS_FILE)
-    if _distributed():
-        dist.barrier()
+    error = None
+    try:
+        dcp.save(
+            {"model": model_sd, "optimizer": optim_sd, "extra": dict(extra or {})},
+            checkpoint_id=str(path),
+        )
+        if _rank() == 0:
+            groups = [
+                [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                for opt in _optimizer_list(optimizers)
+            ]
+            torch.save(groups, Path(path) / GROUPS_FILE)
+    except (OSError, CheckpointException) as e:
+        error = _write_error(e)
+        if error is None:
+            raise
+    _all_ranks_wrote(error)
 
 
 def load_checkpoint(
@@ -85,16 +121,27 @@ def save_train_state(
 
     Model and optimizers as :func:`save_checkpoint`; ``rank_state`` (this rank's batch-sampler
     and RNG states, step counters) goes to ``path/rank{r}.pt``. Written to ``path.tmp`` and
-    renamed by rank 0, so a crash mid-save leaves the previous checkpoint whole.
+    renamed by rank 0, so a crash mid-save leaves the previous checkpoint whole; a failed write
+    on any rank (a full disk) removes ``path.tmp`` and raises ``OSError`` on every rank.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if _rank() == 0 and tmp.exists():  # left by a crash mid-save
         shutil.rmtree(tmp)
     dist.barrier()
-    save_checkpoint(tmp, model, optimizers)
-    torch.save(rank_state, tmp / f"rank{_rank()}.pt")
-    dist.barrier()
+    error = None
+    try:
+        save_checkpoint(tmp, model, optimizers)
+        torch.save(rank_state, tmp / f"rank{_rank()}.pt")
+    except OSError as e:
+        error = e
+    try:
+        _all_ranks_wrote(error)
+    except OSError:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()  # no rank goes on before the partial checkpoint is gone
+        raise
     if _rank() == 0:  # the old checkpoint goes only once the new one has its name
         old = path.with_name(path.name + ".old")
         if path.exists():
