@@ -19,12 +19,13 @@ from muonlab.train.files import load_checkpoint
 
 FAST = ["--optimizer", "muon", "--preset", "tiny", "--batch-size", "2", "--block-size", "8",
         "--eval-batches", "1", "--eval-every", "2", "--warmup", "1", "--no-progress",
-        "--tracker", "none", "--steps", "6", "--checkpoint-every", "2", "--threads", "1"]
+        "--steps", "6", "--checkpoint-every", "2", "--threads", "1"]
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
 
 def cli(out, *flags):
-    return main(["train", "--out", str(out), *FAST, *flags])
+    tracker = [] if "--tracker" in flags else ["--tracker", "none"]
+    return main(["train", "--out", str(out), *FAST, *tracker, *flags])
 
 
 def one_line_failure(capsys, out, *flags) -> str:
@@ -231,3 +232,33 @@ def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None
 @pytest.mark.parametrize("where", ["dcp", "rank state"])
 def test_full_disk_on_one_rank_fails_every_rank_and_keeps_the_checkpoint(tmp_path, where):
     spawn(full_disk_on_rank_1, 2, args=(str(tmp_path), where), timeout_s=60)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_full_disk_at_a_tensorboard_write(tmp_path, capsys, monkeypatch, uninterrupted):
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from muonkit.train.trackers import TensorBoardTracker
+
+    out = tmp_path / "run"
+    full = []
+    real_log, real_write = TensorBoardTracker.log_metrics, RecordWriter.write
+
+    def log_metrics(self, record):
+        if record["kind"] == "train" and record["step"] == 3:
+            full.append(1)  # from the step-3 record on, TensorBoard's writer thread fails
+        real_log(self, record)
+
+    def write(self, data):
+        if full:
+            raise ENOSPC
+        real_write(self, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TensorBoardTracker, "log_metrics", log_metrics)
+        patch.setattr(RecordWriter, "write", write)
+        err = one_line_failure(capsys, out, "--tracker", "tensorboard")
+    assert "tensorboard tracker" in err and str(out / "tb") in err and "step 2 is kept" in err
+    assert max(r.get("step", 0) for r in records(out)) == 3
+    resume_ends_like(out, uninterrupted)

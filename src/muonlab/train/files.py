@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -433,19 +434,31 @@ class MetricsLogger:
     def track(self, record: dict) -> None:
         """Send ``record`` to the trackers (a config line, a summary, or a record with a step)."""
         for tracker in self.trackers:
-            if record["kind"] == "config":
-                tracker.log_config({k: v for k, v in record.items() if k != "kind"})
-            elif record["kind"] == "summary":
-                tracker.log_summary(record)
-            elif "step" in record:
-                tracker.log_metrics(record)
+            with tracker_writes(tracker):
+                if record["kind"] == "config":
+                    tracker.log_config({k: v for k, v in record.items() if k != "kind"})
+                elif record["kind"] == "summary":
+                    tracker.log_summary(record)
+                elif "step" in record:
+                    tracker.log_metrics(record)
 
     def close(self, quiet: bool = False) -> None:
         """End the trackers' runs; ``quiet``: on the way out of a failed run, a tracker that
         cannot close (its disk is full too) does not hide the error that ended the run."""
         for tracker in self.trackers:
             try:
-                tracker.close()
+                with tracker_writes(tracker):
+                    tracker.close()
             except Exception:
                 if not quiet:
                     raise
+
+
+@contextlib.contextmanager
+def tracker_writes(tracker: Tracker):
+    """A tracker's failed write (a full disk) as :class:`RunWriteError` naming the tracker."""
+    try:
+        yield
+    except OSError as e:
+        raise RunWriteError(f"the {tracker.name} tracker cannot write to {tracker.files}: "
+                            f"{e.strerror or e}") from None

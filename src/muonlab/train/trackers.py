@@ -13,6 +13,10 @@ strings, lists and None are left to the metrics file.
   no ``WANDB_MODE`` it runs offline (upload later with ``wandb sync``). Its run id is kept in
   ``OUT/wandb-run-id.txt`` so a resumed run continues the same W&B run.
 * ``none``: no tracker.
+
+A tracker that cannot write its files (a full disk) raises ``OSError`` in the loop's thread
+(the loop reports it in one line); TensorBoard's writer thread stays silent about it
+(:func:`quiet_tensorboard_thread`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import netrc
 import os
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +44,11 @@ TRACKER_FILES = ("tb", "wandb", WANDB_ID_FILE)  # what a run's trackers write in
 
 
 class Tracker(Protocol):
-    """What the training loop tells an experiment tracker."""
+    """What the training loop tells an experiment tracker; ``name`` is its ``--tracker`` name,
+    ``files`` where it writes."""
+
+    name: str
+    files: Path
 
     def log_config(self, config: dict) -> None: ...
 
@@ -102,25 +111,53 @@ def scalars(record: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def quiet_tensorboard_thread() -> None:
+    """TensorBoard writes its event file in a thread: an ``OSError`` there (a full disk) is
+    printed by that thread as a traceback, then raised again by the writer's next call in the
+    loop's thread, which reports it in one line. Keep only the second (a ``threading.excepthook``
+    that lets every other thread's exception through)."""
+    from tensorboard.summary.writer import event_file_writer
+
+    worker = getattr(event_file_writer, "_AsyncWriterThread", None)
+    previous = threading.excepthook
+    if worker is None or getattr(previous, "quiets", None) is worker:
+        return
+
+    def hook(args) -> None:
+        if not (isinstance(args.thread, worker) and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.quiets = worker
+    threading.excepthook = hook
+
+
 class TensorBoardTracker:
-    """Scalars per step, the config as text, the summary's numbers at its last step."""
+    """Scalars per step, the config as text, the summary's numbers at its last step; flushed
+    after each record, so a write that fails (a full disk) fails at its record."""
+
+    name = "tensorboard"
 
     def __init__(self, out_dir: Path, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step)
+        quiet_tensorboard_thread()
+        self.files = out_dir / "tb"
+        self.writer = SummaryWriter(str(self.files), purge_step=resume_step)
 
     def log_config(self, config: dict) -> None:
         text = json.dumps(config, indent=1, default=str)
         self.writer.add_text("config", "    " + text.replace("\n", "\n    "))
+        self.writer.flush()
 
     def log_metrics(self, record: dict) -> None:
         for key, value in scalars(record).items():
             self.writer.add_scalar(key, value, record["step"])
+        self.writer.flush()
 
     def log_summary(self, summary: dict) -> None:
         for key, value in scalars(summary).items():
             self.writer.add_scalar(key, value, summary["steps"])
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
@@ -141,9 +178,13 @@ def wandb_login_configured() -> bool:
 class WandbTracker:
     """One W&B run per training run: history keyed by the loop's step, config, summary."""
 
+    name = "wandb"
+
     def __init__(self, out_dir: Path, resume: bool, project: str, name: str,
                  group: str | None = None):
         import wandb
+
+        self.files = out_dir / "wandb"
 
         id_file = out_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if resume and id_file.exists() else None
