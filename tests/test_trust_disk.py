@@ -239,7 +239,7 @@ def test_full_disk_at_a_tensorboard_write(tmp_path, capsys, monkeypatch, uninter
     pytest.importorskip("tensorboard")
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    from muonkit.train.trackers import TensorBoardTracker
+    from muonlab.train.trackers import TensorBoardTracker
 
     out = tmp_path / "run"
     full = []
@@ -262,3 +262,35 @@ def test_full_disk_at_a_tensorboard_write(tmp_path, capsys, monkeypatch, uninter
     assert "tensorboard tracker" in err and str(out / "tb") in err and "step 2 is kept" in err
     assert max(r.get("step", 0) for r in records(out)) == 3
     resume_ends_like(out, uninterrupted)
+
+
+def train_gpt_on_a_full_disk(**kwargs):
+    """A study's run (``RunSpec.entry``, in its own process) whose step-4 checkpoint meets a
+    full disk."""
+    failing_save(pytest.MonkeyPatch(), 2)
+    from muonlab.train.gpt import train_gpt
+
+    return train_gpt(**kwargs)
+
+
+def test_full_disk_in_a_study_run_is_one_line_and_the_study_continues(tmp_path):
+    from muonlab.experiments.runs import RunSpec, run_in_process, run_isolated
+    from muonlab.train.loop import TrainConfig
+
+    def spec(out, entry="muonlab.train.gpt:train_gpt"):
+        cfg = TrainConfig(steps=6, eval_every=2, checkpoint_every=2, out_dir=str(out),
+                          trackers=(), progress=False)
+        kwargs = dict(optimizer="muon", preset="tiny", batch_size=2, block_size=8,
+                      eval_batches=1, train_config=cfg)
+        return RunSpec(kwargs, "r", threads=1, entry=entry)
+
+    with pytest.raises(OSError) as info:
+        run_isolated(spec(tmp_path / "r", f"{__name__}:train_gpt_on_a_full_disk"),
+                     lambda _: None, poll_s=0.2)
+    message = str(info.value)
+    assert "No space left on device" in message and "run the same command again" in message
+    assert "\n" not in message and "--resume" not in message
+    assert load_checkpoint(tmp_path / "r" / "ckpt.pt")["step"] == 2
+    resumed = run_in_process(spec(tmp_path / "r"), lambda _: None)  # as the study's rerun
+    assert resumed == run_in_process(spec(tmp_path / "full"), lambda _: None)
+    assert [r["step"] for r in records(tmp_path / "r") if r["kind"] == "train"] == list(range(1, 7))

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import heapq
 import importlib
@@ -31,6 +32,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -41,7 +43,7 @@ from pathlib import Path
 import torch
 
 from ..report.metrics import load_run
-from ..train.files import setting_name
+from ..train.files import RunWriteError, append_line, setting_name
 from ..train.loop import CHECKPOINT, METRICS
 from ..train.provenance import launched_as
 
@@ -161,13 +163,17 @@ def train_spec(spec: RunSpec) -> None:
         status = "interrupted"
         raise
     except BaseException:
-        (spec.out_dir / ERROR_FILE).write_text(traceback.format_exc())
+        detail = traceback.format_exc()
+        try:
+            (spec.out_dir / ERROR_FILE).write_text(detail)
+        except OSError:  # a full disk: the error is shown here, not lost behind this one
+            print(f"[{spec.out_dir}] {detail.strip().splitlines()[-1]}", file=sys.stderr)
         raise
     finally:
-        with (spec.out_dir / SESSIONS).open("a") as f:
-            f.write(json.dumps({"status": status, "threads": spec.threads,
-                                "cpu_s": time.process_time() - cpu,
-                                "wall_s": time.perf_counter() - wall}) + "\n")
+        with contextlib.suppress(RunWriteError):  # (a full disk: the run's error comes first)
+            append_line(spec.out_dir / SESSIONS, json.dumps({
+                "status": status, "threads": spec.threads, "cpu_s": time.process_time() - cpu,
+                "wall_s": time.perf_counter() - wall}))
 
 
 def _train_in_child(spec: RunSpec) -> None:
@@ -258,9 +264,17 @@ def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: floa
 
 def _child_error(out: Path, detail: str) -> Exception:
     """The error a failed child run raises here: a user error (a ValueError or OSError in the
-    child, e.g. unreadable data) as one line naming the run, anything else with its traceback."""
+    child, e.g. unreadable data) as one line naming the run, anything else with its traceback;
+    a failed write of the run's files (:class:`RunWriteError`, a full disk) as one line saying
+    that the same study command continues."""
     last = detail.strip().splitlines()[-1] if detail.strip() else ""
     name, _, message = last.partition(": ")
+    if name.rpartition(".")[2] == RunWriteError.__name__:  # what failed: up to the first ";"
+        return RunWriteError(
+            f"training run {out} stopped: {message.split('; ')[0]}; free space (or fix the "
+            "disk) and run the same command again: finished runs are kept, and this one "
+            "continues from its last checkpoint"
+        )
     kind = getattr(builtins, name.rpartition(".")[2], None)
     if isinstance(kind, type) and issubclass(kind, (ValueError, OSError)):
         return ValueError(f"training run {out} failed: {message}")
