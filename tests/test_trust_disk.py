@@ -4,9 +4,12 @@ the same command with ``--resume`` ends where an uninterrupted run ends."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -294,3 +297,31 @@ def test_full_disk_in_a_study_run_is_one_line_and_the_study_continues(tmp_path):
     resumed = run_in_process(spec(tmp_path / "r"), lambda _: None)  # as the study's rerun
     assert resumed == run_in_process(spec(tmp_path / "full"), lambda _: None)
     assert [r["step"] for r in records(tmp_path / "r") if r["kind"] == "train"] == list(range(1, 7))
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """The kernel refuses to grow any file of this process past ``size`` bytes (EFBIG), as a
+    full disk refuses (ENOSPC): a real failed write, whatever writes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (else the signal kills)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_full_disk_keeps_a_studys_files_as_they_were(tmp_path):
+    from muonlab.experiments.horizon import HorizonConfig, prepare_out
+
+    cfg = HorizonConfig(out=str(tmp_path), horizons=[4], seeds=[0], contenders=["adamw"],
+                        evals_per_run=2)
+    prepare_out(cfg, "muonkit horizon --contenders adamw")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(before["study.json"]) > 100
+    more = HorizonConfig(**{**cfg.__dict__, "contenders": ["adamw", "muon"]})
+    with file_size_limit(20), pytest.raises(OSError, match="study.json"):
+        prepare_out(more, "muonkit horizon --contenders adamw muon")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

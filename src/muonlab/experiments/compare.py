@@ -37,6 +37,7 @@ from muonkit.hardware import machine_info
 
 from ..report.compare import build_compare_report
 from ..train.checks import check_number
+from ..train.files import write_whole
 from ..train.gpt import GPTRunConfig
 from .runs import (
     RunSpec,
@@ -236,7 +237,7 @@ def prepare_out(cfg: CompareConfig) -> Path:
     for path in old:
         shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
-    (out / STUDY_FILE).write_text(json.dumps(identity, indent=2))
+    write_whole(out / STUDY_FILE, json.dumps(identity, indent=2))
     return out
 
 
@@ -277,5 +278,5 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
         "args": {**dataclasses.asdict(gpt),
                  **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "gpt"}},
     }
-    (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+    write_whole(out / "settings.json", json.dumps(settings, indent=2, default=str))
     return build_compare_report(out)

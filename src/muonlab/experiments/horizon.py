@@ -36,7 +36,7 @@ from muonkit.options import MuonOptions
 from ..data.text import BUNDLED
 from ..train.checks import check_number
 from ..train.config import resolve_device
-from ..train.files import setting_name
+from ..train.files import append_line, setting_name, write_whole
 from ..train.gpt import load_gpt_data
 from ..train.loop import TrainConfig
 from ..train.trackers import resolve_trackers
@@ -259,7 +259,7 @@ class Study:
         with self.lock:
             self.sweeps.setdefault(str(h), {})[name] = entry
             path = self.out / "sweeps.json"
-            path.write_text(json.dumps(self.sweeps, indent=1, default=str))
+            write_whole(path, json.dumps(self.sweeps, indent=1, default=str))
 
     def run_all(self) -> None:
         names = list(self.cfg.contenders)
@@ -282,11 +282,10 @@ def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     study = json.loads(json.dumps(cfg.study()))
     check_same_study(saved, study, cfg.FLAG_NAMES)
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(study, indent=1))
+    write_whole(saved, json.dumps(study, indent=1))
     asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)
     names = set(json.loads(asked.read_text())) if asked.exists() else set()
     names |= set(cfg.contenders) | {"adamw"}
-    asked.write_text(json.dumps(sorted(names)))
-    with (out / "commands.txt").open("a") as f:
-        f.write(command + "\n")
+    write_whole(asked, json.dumps(sorted(names)))
+    append_line(out / "commands.txt", command)
     return out

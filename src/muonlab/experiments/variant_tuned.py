@@ -36,6 +36,7 @@ from pathlib import Path
 from ..data.vision import load_flat
 from ..report.variant_tuned import write_report
 from ..train import TrainConfig
+from ..train.files import append_line, write_whole
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
 from .variant_config import DATASETS, MAY_CHANGE, Arm, StudyConfig, settings
@@ -127,7 +128,7 @@ class TunedStudy:
         )
         with self.lock:
             self.sweeps[arm.slug] = {**dataclasses.asdict(result), "note": result.describe()}
-            (self.out / "sweeps.json").write_text(json.dumps(self.sweeps, indent=1))
+            write_whole(self.out / "sweeps.json", json.dumps(self.sweeps, indent=1))
         run_concurrently(
             [lambda s=s: self.run(arm, result.best, s, 1) for s in cfg.seeds[1:]])
         self.log(f"{arm.label}: done at lr {result.best:g}")
@@ -145,11 +146,10 @@ def prepare_out(cfg: StudyConfig, arms: list[Arm], groups: dict, command: str) -
     saved, study = out / "study.json", settings(cfg)
     check_same_study(saved, study, {"study": "the kind of study"}, may_change=MAY_CHANGE)
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(study, indent=1))
+    write_whole(saved, json.dumps(study, indent=1))
     table = [dataclasses.asdict(a) | {"slug": a.slug} for a in arms]
-    (out / "arms.json").write_text(json.dumps({"arms": table, "groups": groups}, indent=1))
-    with (out / "commands.txt").open("a") as f:
-        f.write(command + "\n")
+    write_whole(out / "arms.json", json.dumps({"arms": table, "groups": groups}, indent=1))
+    append_line(out / "commands.txt", command)
     return out
 
 

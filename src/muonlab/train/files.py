@@ -11,14 +11,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -333,15 +334,31 @@ def _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, de
         return
     state["model"] = model.state_dict()
     state["optimizers"] = [opt.state_dict() for opt in optimizers]
-    tmp = Path(str(path) + ".tmp")
+    replace_file(Path(path), functools.partial(torch.save, state))
+
+
+def replace_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` by what ``write(file)`` writes, whole or not at all: written to
+    ``path.tmp``, flushed to disk, renamed over ``path``; on a failure (``OSError``: a full
+    disk) the temporary file is removed and ``path`` is as it was."""
+    tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as :func:`replace_file` does (a resume's metrics, a study's
+    state files: what a rerun reads); :class:`RunWriteError` when it cannot."""
+    try:
+        replace_file(path, lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise RunWriteError(f"cannot write {path}: {e.strerror or e}; it is as it was") from None
 
 
 
@@ -408,16 +425,7 @@ class MetricsLogger:
             for rec in read_records(self.path)
             if rec["kind"] == "config" or (rec["kind"] != "summary" and rec.get("step", 0) <= step)
         ]
-        text = "".join(json.dumps(rec) + "\n" for rec in kept)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, self.path)
-        except OSError as e:
-            raise RunWriteError(f"cannot rewrite {self.path} for the resume: "
-                                f"{e.strerror or e}; it is unchanged") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_whole(self.path, "".join(json.dumps(rec) + "\n" for rec in kept))
 
     @property
     def config(self) -> dict | None:

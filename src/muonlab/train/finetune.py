@@ -22,7 +22,14 @@ from torch import nn
 
 from ..data.text import fixed_batches, load_text
 from .config import resolve_dtype
-from .files import CHECKPOINT, CHECKPOINT_DIR, METRICS, load_checkpoint, read_records
+from .files import (
+    CHECKPOINT,
+    CHECKPOINT_DIR,
+    METRICS,
+    load_checkpoint,
+    read_records,
+    write_whole,
+)
 from .step import autocast_context, evaluate_batches, lm_loss
 
 STATES = ("fresh", "carry", "from-adamw")
@@ -203,7 +210,7 @@ class Task:
         text = "".join(example_text(p) for p in self.train)
         if not path.exists() or path.read_text() != text:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            write_whole(path, text)
         return path
 
 

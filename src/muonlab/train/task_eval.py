@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..data.tasks import Problem, answer_end, exact_match, extract_answer, prompt
+from .files import write_whole
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -91,8 +92,5 @@ def evaluate_task(
             id=problem.id, question=problem.question, output=output, pred=pred, gold=gold,
             correct=right,
         )))
-    path = Path(out_path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_whole(Path(out_path), "\n".join(lines) + "\n")
     return dict(accuracy=correct / len(problems), correct=correct, n=len(problems))
