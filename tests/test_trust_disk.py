@@ -155,12 +155,11 @@ def test_full_disk_at_the_last_checkpoint_after_a_complete_record(
     assert "the run is complete" in capsys.readouterr().out
 
 
-def test_full_disk_before_any_checkpoint_says_overwrite(tmp_path, capsys, monkeypatch,
-                                                        uninterrupted):
+def test_full_disk_before_any_checkpoint_says_overwrite(tmp_path, capsys, uninterrupted):
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        failing_save(patch, 1)  # the first checkpoint (step 2): there is none to resume from
+    with file_size_limit(2**20):  # the metrics fit, the first checkpoint (6 MB) does not
         err = one_line_failure(capsys, out)
+    assert "File too large" in err and "step-2 checkpoint" in err
     assert "no checkpoint" in err and "--overwrite" in err and "--resume" not in err
     assert not (out / "ckpt.pt.tmp").exists() and not (out / "ckpt.pt").exists()
     assert cli(out, "--overwrite") == 0
@@ -190,8 +189,9 @@ def no_space(*args, **kwargs):
 
 
 def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None:
-    """Rank 1's write of the step-4 checkpoint fails (``where``: in DCP's shard files, or its
-    own sampler/RNG file); every rank must raise, and the step-2 checkpoint stay whole."""
+    """Rank 1's write of the step-4 checkpoint fails (``where``: "dcp", in DCP's shard files;
+    "kernel": every file of rank 1 past 1 KiB, its own sampler/RNG file at least); every rank
+    must raise, and the step-2 checkpoint stay whole."""
     import torch.distributed.checkpoint.filesystem as dcp_files
 
     from muonkit.distributed.checkpoint import load_train_state
@@ -213,16 +213,8 @@ def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None
     step()
     if rank == 1 and where == "dcp":
         dcp_files._write_item = no_space
-    if rank == 1 and where == "rank state":
-        real_save = torch.save
-
-        def save_but_rank_state(obj, f, *args, **kwargs):
-            if str(f).endswith("rank1.pt"):
-                raise ENOSPC
-            return real_save(obj, f, *args, **kwargs)
-
-        torch.save = save_but_rank_state
-    with pytest.raises(files.RunWriteError, match="No space left on device"):
+    limit = file_size_limit(1024 if rank == 1 and where == "kernel" else resource.RLIM_INFINITY)
+    with limit, pytest.raises(files.RunWriteError, match=ERRORS[where]):
         save(step=4)
     assert sorted(p.name for p in Path(out_dir).iterdir()) == ["ckpt_dcp"]
     fresh = torch.nn.Linear(4, 4)
@@ -232,7 +224,10 @@ def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None
         assert torch.equal(value, kept[key]), key
 
 
-@pytest.mark.parametrize("where", ["dcp", "rank state"])
+ERRORS = {"dcp": "No space left on device", "kernel": "File too large"}
+
+
+@pytest.mark.parametrize("where", ["dcp", "kernel"])
 def test_full_disk_on_one_rank_fails_every_rank_and_keeps_the_checkpoint(tmp_path, where):
     spawn(full_disk_on_rank_1, 2, args=(str(tmp_path), where), timeout_s=60)
 

@@ -43,15 +43,18 @@ def _rank() -> int:
     return dist.get_rank() if _distributed() else 0
 
 
-def _write_error(error: BaseException) -> OSError | None:
-    """The ``OSError`` behind ``error``: itself, or a rank's inside DCP's ``CheckpointException``
-    (which DCP raises on every rank when one rank's write fails); None if there is none."""
+def write_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error`` (a full disk), or None: ``error`` itself, what it was
+    raised from or while handling (``torch.save`` turns a failed write into a RuntimeError), or
+    a rank's failure inside DCP's ``CheckpointException`` (raised on every rank when one
+    rank's write fails)."""
     if isinstance(error, OSError):
         return error
+    causes = [error.__cause__, error.__context__]
     if isinstance(error, CheckpointException):
-        found = (_write_error(failure) for failure, _ in error.failures.values())
-        return next((e for e in found if e is not None), None)
-    return None
+        causes += [failure for failure, _ in error.failures.values()]
+    found = (write_error(cause) for cause in causes if cause is not None)
+    return next((e for e in found if e is not None), None)
 
 
 def _all_ranks_wrote(error: OSError | None) -> None:
@@ -88,8 +91,8 @@ def save_checkpoint(
                 for opt in _optimizer_list(optimizers)
             ]
             torch.save(groups, Path(path) / GROUPS_FILE)
-    except (OSError, CheckpointException) as e:
-        error = _write_error(e)
+    except (Exception, CheckpointException) as e:
+        error = write_error(e)
         if error is None:
             raise
     _all_ranks_wrote(error)
@@ -133,8 +136,10 @@ def save_train_state(
     try:
         save_checkpoint(tmp, model, optimizers)
         torch.save(rank_state, tmp / f"rank{_rank()}.pt")
-    except OSError as e:
-        error = e
+    except Exception as e:
+        error = write_error(e)
+        if error is None:
+            raise
     try:
         _all_ranks_wrote(error)
     except OSError:

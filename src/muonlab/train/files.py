@@ -313,9 +313,14 @@ def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, dev
     """
     try:
         _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device)
-    except OSError as e:
+    except Exception as e:
+        from ..distributed.checkpoint import write_error
+
+        error = write_error(e)
+        if error is None:
+            raise
         raise RunWriteError(
-            f"cannot write the step-{step} checkpoint {path}: {e.strerror or e}"
+            f"cannot write the step-{step} checkpoint {path}: {error.strerror or error}"
         ) from None
 
 
