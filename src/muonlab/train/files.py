@@ -314,7 +314,7 @@ def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, dev
     try:
         _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device)
     except Exception as e:
-        from ..distributed.checkpoint import write_error
+        from muonkit.distributed.checkpoint import write_error
 
         error = write_error(e)
         if error is None:
