@@ -128,7 +128,7 @@ def _remove(path: Path) -> None:
 def recover_checkpoint(out_dir: Path) -> None:
     """Before a resume, undo what a session stopped mid-save (killed) left: a half-written
     ``ckpt.pt.tmp`` or ``ckpt_dcp.tmp`` is removed (with a note on stderr); of
-    :func:`~muonkit.distributed.save_train_state`'s two renames, ``ckpt_dcp.old`` is the
+    :func:`~muonkit.distributed.checkpoint.save_train_state`'s two renames, ``ckpt_dcp.old`` is the
     checkpoint when ``ckpt_dcp`` is missing, and is removed when it is not."""
     for name in (CHECKPOINT, CHECKPOINT_DIR):
         tmp = out_dir / (name + ".tmp")
