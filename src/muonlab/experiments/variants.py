@@ -48,7 +48,7 @@ from torch import nn
 from ..data.vision import ShuffledBatches, load_flat
 from ..report.variants import write_report
 from ..train import TrainConfig, train
-from ..train.files import METRICS, RunExistsError, finished_run
+from ..train.files import METRICS, RunExistsError, finished_run, write_whole
 from .runs import check_same_study
 from .variant_config import (
     ARM_KINDS,
@@ -217,7 +217,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str,
     if cfg.overwrite:
         shutil.rmtree(runs_dir, ignore_errors=True)  # runs of an earlier study would mix in
     runs_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(study, indent=1))
+    write_whole(saved, json.dumps(study, indent=1))
     arms = study_arms(cfg, build_model(cfg, cfg.seeds[0]))
     for i, arm in enumerate(arms):
         for seed in cfg.seeds:
