@@ -11,10 +11,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from test_cli import FAST
+from test_cli import train as cli_train
+from test_cli import user_error as one_line_error
 
 from muonkit import hybrid_param_groups
 from muonkit.distributed.env import TORCHRUN_VARS
-from muonlab.cli import main
 from muonlab.data.text import load_text
 from muonlab.experiments.horizon import HorizonConfig, prepare_out
 from muonlab.experiments.variants_gpt import VariantGPTConfig
@@ -22,22 +24,6 @@ from muonlab.models.gpt import GPT, preset_config
 from muonlab.train.files import PARKED
 from muonlab.train.gpt import gpt_optimizer
 from muonlab.train.loop import TrainConfig, train
-
-FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
-        "--eval-every", "0", "--warmup", "1", "--no-progress", "--tracker", "none"]
-
-
-def cli_train(out, *flags):
-    return main(["train", "--optimizer", "adamw", "--out", str(out), *FAST, *flags])
-
-
-def one_line_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def files(out) -> dict:
