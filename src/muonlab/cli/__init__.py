@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = getattr(e, "lines", None)  # one line per item (e.g. each differing flag)
         message = " ".join(str(e).split()) or type(e).__name__
         if lines:
-            message = str(e).split(":")[0] + ":\n" + "\n".join(f"  {x}" for x in lines)
+            message = e.head + ":\n" + "\n".join(f"  {x}" for x in lines)
         print(f"muonkit {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -26,9 +26,9 @@ from muonkit.schedules import DECAYS
 from ..data.text import BUNDLED, TOKENIZERS
 from ..experiments.runs import default_threads
 from ..models.gpt import PRESETS
-from ..train.config import DTYPES, TrainConfig
-from ..train.files import RunComplete
-from ..train.gpt import GPTRunConfig, sample_text, train_gpt
+from ..train.config import DTYPES, TrainConfig, resume_may_differ
+from ..train.files import RunComplete, setting_name
+from ..train.gpt import FLAG_NAMES, GPTRunConfig, sample_text, train_gpt
 from ..train.loop import TrainingInterrupted
 from .common import (
     FRACTION,
@@ -43,6 +43,17 @@ from .common import (
     muon_options_from_args,
     trackers_from_args,
 )
+
+# the flags a resume may change: GPTRunConfig's fields marked may_differ_on_resume, and the
+# run's own flags that cannot change its result
+FLAGS_FREE_ON_RESUME = (
+    *(setting_name(name, FLAG_NAMES) for name in resume_may_differ(GPTRunConfig)),
+    "--checkpoint-every", "--sample", "--no-tensorboard",
+)
+RESUME_HELP = ("continue the run in OUT from OUT/ckpt.pt; every flag that changes its result "
+               "must equal the run's, else it is refused (one line per differing flag). These "
+               f"may differ: {', '.join(FLAGS_FREE_ON_RESUME)} (a larger --steps trains on, the "
+               "LR schedule then spanning it)")
 
 
 def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None:
@@ -237,7 +248,7 @@ def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--checkpoint-every", type=NONNEGATIVE_INT, default=0,
                    help="write OUT/ckpt.pt every N steps (0: never)")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    again.add_argument("--resume", action="store_true", help=RESUME_HELP)
     again.add_argument("--overwrite", action="store_true",
                        help="replace the run already in OUT (its metrics, checkpoint, tb, wandb)")
     p.add_argument("--sample", type=NONNEGATIVE_INT, default=0,

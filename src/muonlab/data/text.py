@@ -98,13 +98,28 @@ class TokenData:
                              "cannot be decoded; add itos or leave out --sample")
 
     def describe(self) -> dict:
+        """What a run records of its data: where from, the vocabulary, the sizes, and
+        ``token_hash`` (:func:`token_hash`), by which a resume knows the data is the run's."""
         return dict(
             source=self.source,
             tokenizer=self.tokenizer,
             vocab_size=self.vocab_size,
             train_tokens=len(self.train),
             val_tokens=len(self.val),
+            token_hash=token_hash(self.train, self.val),
         )
+
+
+def token_hash(*splits: np.ndarray, chunk: int = 1 << 22) -> str:
+    """The first 16 hex digits of the SHA-256 of the token ids of ``splits``, each as its
+    length then its ids in little-endian uint32 (whatever the array's dtype: the same tokens
+    from a text file or a .bin memmap hash alike), read ``chunk`` ids at a time."""
+    digest = hashlib.sha256()
+    for tokens in splits:
+        digest.update(len(tokens).to_bytes(8, "little"))
+        for start in range(0, len(tokens), chunk):
+            digest.update(np.ascontiguousarray(tokens[start:start + chunk], dtype="<u4"))
+    return digest.hexdigest()[:16]
 
 
 def bundled_text() -> str:

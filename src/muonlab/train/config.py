@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,33 @@ from .checks import check_number
 from .trackers import resolve_trackers
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+RESUME_KEY = "may_differ_on_resume"  # dataclass field metadata: why a resume may change it
+
+
+def may_differ_on_resume(why: str, default=dataclasses.MISSING):
+    """A config field that cannot change what a run computes (where files go, what is shown,
+    when a session stops, which machine runs it): ``--resume`` may give it another value.
+    Every field without this mark must equal the run's on resume
+    (:func:`muonlab.train.files.check_same_run`), so a field added later is compared unless
+    it says why not; ``why`` is shown in the documentation of ``--resume``."""
+    return field(default=default, metadata={RESUME_KEY: why})
+
+
+def resume_may_differ(config_class) -> dict[str, str]:
+    """{field name: why} of the fields of the dataclass ``config_class`` that a resume may
+    change (:func:`may_differ_on_resume`)."""
+    return {f.name: f.metadata[RESUME_KEY] for f in dataclasses.fields(config_class)
+            if RESUME_KEY in f.metadata}
+
+
+# the reasons shared by TrainConfig and the configs built on it
+WHERE_SHOWN = "what is shown or copied to the trackers, not what is computed"
+MACHINE = ("the machine, recorded in each session's provenance (a resume on another machine "
+           "class is flagged machine_changed)")
+STEPS = ("a larger value trains on, the LR schedule then spanning the new length (the "
+         "session line records it); one below the steps already done is refused")
+MFU = "the peak FLOP/s that MFU divides by"
 
 
 @dataclass
@@ -50,9 +78,13 @@ class TrainConfig:
             ``run_name``) and group (None: none).
         peak_flops: the device's peak FLOP/s for MFU; None: a known GPU's bf16 peak, else no MFU.
         seed: recorded in the metrics, and seeds torch's global RNG (dropout) at the start.
+
+    On ``resume`` every field must equal the run's recorded one except those marked
+    :func:`may_differ_on_resume` (where files go, what is shown, ``steps`` to train on, the
+    device).
     """
 
-    steps: int
+    steps: int = may_differ_on_resume(STEPS)
     grad_accum: int = 1
     warmup_steps: int = 0
     decay: str = "cosine"
@@ -62,22 +94,22 @@ class TrainConfig:
     momentum_end: float = 0.95
     grad_clip: float = 1.0
     eval_every: int = 0
-    checkpoint_every: int = 0
-    out_dir: str | None = None
-    run_name: str = "run"
-    resume: bool = False
-    overwrite: bool = False
-    stop_at: int | None = None
-    device: str = "auto"
+    checkpoint_every: int = may_differ_on_resume("how often the state is saved", 0)
+    out_dir: str | None = may_differ_on_resume("where the run is", None)
+    run_name: str = may_differ_on_resume(WHERE_SHOWN, "run")
+    resume: bool = may_differ_on_resume("how this session starts", False)
+    overwrite: bool = may_differ_on_resume("how this session starts", False)
+    stop_at: int | None = may_differ_on_resume("when this session ends", None)
+    device: str = may_differ_on_resume(MACHINE, "auto")
     dtype: str = "auto"
     compile: bool = False
     compile_backend: str = "inductor"
-    progress: bool = True
-    trackers: tuple[str, ...] | None = None
-    wandb_project: str = "muonkit"
-    wandb_run_name: str | None = None
-    wandb_group: str | None = None
-    peak_flops: float | None = None
+    progress: bool = may_differ_on_resume(WHERE_SHOWN, True)
+    trackers: tuple[str, ...] | None = may_differ_on_resume(WHERE_SHOWN, None)
+    wandb_project: str = may_differ_on_resume(WHERE_SHOWN, "muonkit")
+    wandb_run_name: str | None = may_differ_on_resume(WHERE_SHOWN, None)
+    wandb_group: str | None = may_differ_on_resume(WHERE_SHOWN, None)
+    peak_flops: float | None = may_differ_on_resume(MFU, None)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -17,15 +17,15 @@ import os
 import pickle
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import torch
 
 from muonkit.distributed.env import is_distributed
 
-from .config import TrainConfig
+from .config import TrainConfig, resume_may_differ
 from .trackers import TRACKER_FILES, Tracker
 
 CHECKPOINT = "ckpt.pt"
@@ -68,9 +68,9 @@ class ResumeMismatch(ValueError):
 
     def __init__(self, out_dir: Path, lines: list[str]):
         self.lines = lines
-        super().__init__(f"cannot resume the run in {out_dir}: {len(lines)} setting(s) differ "
-                         "from the run's (resume with the run's own, or --overwrite to start "
-                         "anew): " + "; ".join(lines))
+        self.head = (f"cannot resume the run in {out_dir}: {len(lines)} setting(s) differ from "
+                     "the run's (resume with the run's own, or --overwrite to start anew)")
+        super().__init__(self.head + ": " + "; ".join(lines))
 
 
 
@@ -219,26 +219,24 @@ def check_resume(cfg: TrainConfig, out_dir: Path, ckpt_step: int | None) -> None
 
 
 
-# run settings a resume may change: they cannot change what the run computes (where files go,
-# progress and trackers, how often it checkpoints, when this session stops, --steps to train
-# on) or are the machine's (device, NS precision "auto" resolved; the provenance records them)
-RESUME_MAY_DIFFER = frozenset({
-    "out_dir", "resume", "overwrite", "progress", "trackers", "wandb_project", "wandb_run_name",
-    "wandb_group", "checkpoint_every", "stop_at", "steps", "device", "peak_flops", "run_name",
-    "params", "ns_precision",
-})
+# TrainConfig's fields that a resume may change: they cannot change what the run computes
+# (where files go, what is shown, when a session stops, --steps to train on) or are the
+# machine's (the device; the provenance records it); see config.may_differ_on_resume
+RESUME_MAY_DIFFER = frozenset(resume_may_differ(TrainConfig))
 
 
-def flatten(record: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
+def differing(recorded: Mapping, given: Mapping, prefix: str = "") -> Iterator[tuple]:
+    """(path, recorded value, given value) of each setting in ``given`` that differs from
+    ``recorded``'s, nested settings by dotted path ("optimizer_options.muon_lr"); a setting
+    ``recorded`` lacks is left out: its run was recorded before the setting existed."""
+    for key, value in given.items():
+        if key not in recorded:
+            continue
+        path, was = prefix + key, recorded[key]
+        if isinstance(was, Mapping) and isinstance(value, Mapping):
+            yield from differing(was, value, path + ".")
+        elif was != value:
+            yield path, was, value
 
 
 def setting_name(path: str, flag_names: Mapping[str, str]) -> str:
@@ -250,33 +248,39 @@ def setting_name(path: str, flag_names: Mapping[str, str]) -> str:
 
 
 def resume_differences(recorded: dict, given: dict,
-                       flag_names: Mapping[str, str] = {}) -> list[str]:  # noqa: B006
+                       flag_names: Mapping[str, str] = {},  # noqa: B006
+                       derived: Collection[str] = ()) -> list[str]:
     """One line per setting (flag) whose value in ``given`` differs from the run's config
-    record ``recorded`` (both ``{"optimizer": ..., "config": {...}}``), skipping
-    :data:`RESUME_MAY_DIFFER` and settings the record lacks (older runs)."""
-    old = flatten({"optimizer": recorded.get("optimizer"), **recorded.get("config", {})})
-    new = flatten(json.loads(json.dumps(given, default=str)))
-    lines, seen = [], set()
-    for path, value in new.items():
-        if path.split(".")[0] in RESUME_MAY_DIFFER or path not in old or old[path] == value:
-            continue
+    record ``recorded`` (``{"optimizer": ..., "config": {...}}``; ``given``: the optimizer's
+    name and the config's settings), skipping :data:`RESUME_MAY_DIFFER` and settings the
+    record lacks (older runs). Facts that follow from the settings (``derived``: paths or
+    their prefixes, e.g. "model" for the model's shape, "data.token_hash") are named only
+    when no setting differs: then they are what changed (the data file's contents, the
+    model's code), and otherwise they would repeat a flag that is already named."""
+    old = {"optimizer": recorded.get("optimizer"), **recorded.get("config", {})}
+    new = json.loads(json.dumps(given, default=str))
+    found = [d for d in differing(old, new) if d[0].split(".")[0] not in RESUME_MAY_DIFFER]
+    settings = [d for d in found if not any(d[0] == p or d[0].startswith(p + ".")
+                                            for p in derived)]
+    lines: dict[str, str] = {}
+    for path, was, value in settings or found:
         name = setting_name(path, flag_names)
-        if name not in seen:
-            seen.add(name)
-            lines.append(f"{name}: checkpoint {old[path]!r}, given {value!r}")
-    return lines
+        lines.setdefault(name, f"{name}: checkpoint {was!r}, given {value!r}")
+    return list(lines.values())
 
 
-def check_same_run(out_dir: Path, given: dict, flag_names: Mapping[str, str] = {}) -> None:  # noqa: B006
+def check_same_run(out_dir: Path, given: dict, flag_names: Mapping[str, str] = {},  # noqa: B006
+                   derived: Collection[str] = ()) -> None:
     """Refuse (:class:`ResumeMismatch`) to resume the run in ``out_dir`` with settings that
-    differ from its config record; nothing is read but the record."""
+    differ from its config record (:func:`resume_differences`); nothing is read but the
+    record."""
     metrics = out_dir / METRICS
     if not metrics.exists():
         return
     recorded = next((r for r in read_records(metrics) if r.get("kind") == "config"), None)
     if recorded is None:
         return
-    lines = resume_differences(recorded, given, flag_names)
+    lines = resume_differences(recorded, given, flag_names, derived)
     if lines:
         raise ResumeMismatch(out_dir, lines)
 

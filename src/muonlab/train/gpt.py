@@ -31,7 +31,17 @@ from ..data.text import (
 from ..models.gpt import GPT, PRESETS, GPTConfig, preset_config
 from ..models.lora import add_lora
 from .checks import check_number
-from .config import DTYPES, TrainConfig, TrainResult, resolve_device
+from .config import (
+    DTYPES,
+    MACHINE,
+    MFU,
+    STEPS,
+    WHERE_SHOWN,
+    TrainConfig,
+    TrainResult,
+    may_differ_on_resume,
+    resolve_device,
+)
 from .finetune import (
     BaseRun,
     Task,
@@ -71,8 +81,9 @@ BOUNDS = {
 }
 
 
-# the flag of `muonkit train` behind each recorded setting whose name is not simply the flag
-# (see muonlab.train.files.setting_name; a resume names differing settings by these)
+# How `muonkit train` names each recorded setting whose name is not simply its flag (see
+# muonlab.train.files.setting_name; a resume names each differing setting by these), and each
+# GPTRunConfig field whose flag is not simply its name (progress, trackers).
 FLAG_NAMES = {
     "warmup_steps": "--warmup",
     "momentum_warmup_steps": "--momentum-warmup",
@@ -83,18 +94,41 @@ FLAG_NAMES = {
     "model.vocab_size": "--data (its vocabulary)",
     "data.vocab_size": "--data (its vocabulary)",
     "data.source": "--data",
-    "data.train_tokens": "--data",
-    "data.val_tokens": "--data",
-    "model.tie_weights": "--untied",
+    "data.train_tokens": "--data (its size)",
+    "data.val_tokens": "--data (its size)",
+    "data.token_hash": "--data (its contents)",
+    "model.tie_weights": "--untied (weights tied)",
+    "model_settings.tie_weights": "--untied (weights tied)",
     "model.n_layer": "--preset",
     "model.n_head": "--preset",
     "model.n_embd": "--preset",
     "model.bias": "--preset",
     "model.rope_base": "--rope",
+    "params": "the model (its parameter count)",
     "world_size": "--nproc_per_node (torchrun)",
     "lora.rank": "--lora-rank",
     "lora.alpha": "--lora-alpha",
+    "lora.modules": "--lora-rank",
+    "lora.trainable_params": "--lora-rank",
+    "init_from.run": "--init-from",
+    "init_from.optimizer": "--init-from (its optimizer)",
+    "init_from.final_val_loss": "--init-from (its final val loss)",
+    "task.name": "--task",
+    "task.n_train": "--task-train",
+    "task.n_test": "--task-test",
+    "task.max_new_tokens": "--task-max-tokens",
+    "progress": "--no-progress",
+    "trackers": "--tracker",
 }
+
+# Recorded facts that follow from the settings (the model's shape from --preset and its
+# overrides, the data's vocabulary, size and contents from --data and --tokenizer, the
+# parameter count, LoRA's alpha from --lora-rank unless --lora-alpha is given): a resume names
+# them only when no setting differs, e.g. when the data file or the code changed, or
+# --lora-alpha alone (muonlab.train.files.resume_differences).
+DERIVED = ("model", "params", "data.vocab_size", "data.train_tokens", "data.val_tokens",
+           "data.token_hash", "lora.alpha", "lora.modules", "lora.trainable_params",
+           "init_from.optimizer", "init_from.final_val_loss")
 
 
 @dataclass(frozen=True)
@@ -112,12 +146,17 @@ class GPTRunConfig:
     rank (optimizer "lorapre" only); ``muon_options``: further :class:`muonkit.MuonOptions` of
     the Muon groups (``{"ns_steps": 3, "ns_dtype": "float32"}``: the ``--ns-*`` flags; their
     momentum and weight decay are ``muon_momentum`` and ``muon_weight_decay``).
+
+    On resume every field must equal the run's except those marked
+    :func:`~muonlab.train.config.may_differ_on_resume` (``steps`` to train on, the machine,
+    what is shown and tracked); ``rank`` and ``lora_alpha`` count where they apply (a LoRA-Pre
+    optimizer, LoRA adapters).
     """
 
     preset: str = "tiny"
     data: str = BUNDLED
     tokenizer: str = "char"
-    steps: int = 2000
+    steps: int = may_differ_on_resume(STEPS, 2000)
     batch_size: int = 12
     grad_accum: int = 1
     block_size: int | None = None
@@ -130,15 +169,15 @@ class GPTRunConfig:
     grad_clip: float = 1.0
     eval_every: int = 100
     eval_batches: int = 20
-    device: str = "auto"
+    device: str = may_differ_on_resume(MACHINE, "auto")
     dtype: str = "auto"
     compile: bool = False
-    peak_flops: float | None = None
-    progress: bool = True
-    trackers: tuple[str, ...] | None = None
-    wandb_project: str = "muonkit"
-    wandb_run_name: str | None = None
-    threads: int | None = None
+    peak_flops: float | None = may_differ_on_resume(MFU, None)
+    progress: bool = may_differ_on_resume(WHERE_SHOWN, True)
+    trackers: tuple[str, ...] | None = may_differ_on_resume(WHERE_SHOWN, None)
+    wandb_project: str = may_differ_on_resume(WHERE_SHOWN, "muonkit")
+    wandb_run_name: str | None = may_differ_on_resume(WHERE_SHOWN, None)
+    threads: int | None = may_differ_on_resume(MACHINE, None)
     lr: float = 6e-4
     beta2: float = 0.95
     weight_decay: float = 0.1
@@ -381,10 +420,16 @@ def train_gpt(
         "eval_batches": eval_batches,
         "val_seed": val_seed,
         "optimizer_options": {k: _jsonable(v) for k, v in (optimizer_options or {}).items()},
+        # the settings behind "model" beyond the preset (None: the preset's)
+        "model_settings": {"block_size": block_size, "dropout": None, **(model_overrides or {})},
         "params": model.num_params(),
         "parallel": parallel,
         "world_size": world,
         "replicate": replicate,
+        # recorded when off too, so that a resume turning them on or off is refused
+        "lora": {"rank": 0, "alpha": None},
+        "init_from": {"run": None},
+        "task": {"name": None},
     }
     if lora is not None:
         run_config["lora"] = {**lora, "modules": len(lora["modules"]),
@@ -411,6 +456,7 @@ def train_gpt(
         optimizer_name=optimizer,
         run_config=run_config,
         flag_names=FLAG_NAMES,
+        derived=DERIVED,
         count_tokens=lambda batch: world * int(batch[-1].numel()),
         on_eval=on_eval,
     )

@@ -24,9 +24,9 @@ does the rest (nanoGPT's ``train.py`` structure, minus the GPT specifics):
 * provenance: the config line's ``provenance`` (:func:`muonlab.train.provenance.provenance`:
   versions, git commit, device and its name, ISA flags, threads, dtype, Newton-Schulz dtype,
   command line, machine class) is the first session's; each resume writes a ``session``
-  record at its start (its provenance; ``machine_changed`` when its machine class differs from
-  the first session's, with a warning line); every session ends with a ``session_end`` record
-  (status, this process's CPU and wall seconds);
+  record at its start (its planned ``steps``, its provenance; ``machine_changed`` when its
+  machine class differs from the first session's, with a warning line); every session ends
+  with a ``session_end`` record (status, this process's CPU and wall seconds);
   :func:`muonlab.report.metrics.run_sessions` reads them back.
 
 Structure: :func:`train` = :class:`Session` (device and dtype resolved once) -> ``restore``
@@ -54,7 +54,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,12 +247,14 @@ def open_logger(session: Session, optimizer_name: str, run_config: dict | None,
 
 
 def resume_session(session: Session, logger: MetricsLogger, config: dict, origin: dict) -> None:
-    """A resumed session's ``session`` record: where it starts, its provenance ``origin``, and
+    """A resumed session's ``session`` record: where it starts, the ``steps`` it plans (a
+    larger ``--steps`` than the config line's trains on), its provenance ``origin``, and
     whether its machine class differs from the one the run's ``config`` line records for its
     first session (then one warning line)."""
     first = (config.get("provenance") or {}).get("machine_class")
     change = machine_change(first, origin["machine_class"])
-    logger.write({"kind": "session", "start_step": session.step, "provenance": origin, **change})
+    logger.write({"kind": "session", "start_step": session.step, "steps": session.cfg.steps,
+                  "provenance": origin, **change})
     if change["machine_changed"]:
         print(f"muonkit: warning: {session.cfg.run_name} started on {describe_class(first)} "
               f"and resumes on {describe_class(origin['machine_class'])}: its numbers can "
@@ -408,6 +410,7 @@ def train(
     optimizer_name: str = "",
     run_config: dict | None = None,
     flag_names: Mapping[str, str] | None = None,
+    derived: Collection[str] = (),
 ) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimizer steps; see the module docstring.
 
@@ -416,9 +419,11 @@ def train(
     with a peak FLOP/s gives MFU. ``on_eval(step, val_record, logger)`` runs after each
     evaluation (e.g. to write extra records with ``logger.write``). A resume whose settings
     (``config``, ``optimizer_name``, ``run_config``) differ from the run's recorded ones, other
-    than :data:`~muonlab.train.files.RESUME_MAY_DIFFER`, is refused before anything is loaded
-    (:class:`~muonlab.train.files.ResumeMismatch`), each setting named as ``flag_names`` maps
-    its config path (e.g. ``{"warmup_steps": "--warmup"}``; else ``--`` + its last part).
+    than the config's fields marked :func:`~muonlab.train.config.may_differ_on_resume`, is
+    refused before anything is loaded (:class:`~muonlab.train.files.ResumeMismatch`), each
+    setting named as ``flag_names`` maps its config path (e.g. ``{"warmup_steps":
+    "--warmup"}``; else ``--`` + its last part); ``derived``: the paths of ``run_config`` that
+    follow from other settings (:func:`~muonlab.train.files.resume_differences`).
     """
     clock = (time.perf_counter(), time.process_time())
     cfg = config
@@ -439,7 +444,7 @@ def train(
             if cfg.resume and session.out_dir is not None:
                 given = {"optimizer": optimizer_name, **dataclasses.asdict(cfg),
                          **(run_config or {})}
-                check_same_run(session.out_dir, given, flag_names or {})
+                check_same_run(session.out_dir, given, flag_names or {}, derived)
                 restore(session, model, optimizers, batches)
             world = torch.distributed.get_world_size() if is_distributed() else 1
             origin = provenance(session.device, session.dtype, optimizers, world)
