@@ -111,7 +111,17 @@ def test_every_field_is_compared_or_may_differ():
     assert set(resume_may_differ(GPTRunConfig)) == {  # what cannot change the result
         "steps", "device", "peak_flops", "progress", "trackers", "wandb_project",
         "wandb_run_name", "threads"}
+
+
+
+def test_every_loop_setting_is_compared_unless_marked():
+    """The loop's own settings: each TrainConfig field refuses a resume with another value,
+    except those marked may_differ_on_resume."""
+    for f in dataclasses.fields(TrainConfig):
+        lines = resume_differences({"config": {f.name: 1}}, {f.name: 2})
+        assert (lines == []) == (f.name in RESUME_MAY_DIFFER), f.name
     assert RESUME_MAY_DIFFER == set(resume_may_differ(TrainConfig))
+    assert {"progress", "trackers", "out_dir", "steps"} <= RESUME_MAY_DIFFER
 
 
 @pytest.mark.parametrize("field, flags, line", REFUSED, ids=[" ".join(r[1]) for r in REFUSED])
