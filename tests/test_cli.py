@@ -5,19 +5,17 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_process import start_muonkit
 
 from muonkit import MuonOptions
 from muonlab.cli import main
 from muonlab.cli.train import config_from_args
 from muonlab.train.gpt import GPTRunConfig
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
         "--eval-every", "0", "--warmup", "1", "--no-progress", "--tracker", "none"]
 
@@ -173,22 +171,10 @@ def test_unwritable_out_is_a_user_error(tmp_path, capsys):
     assert "not writable" in user_error(capsys, ["train", "--out", str(locked), *FAST])
 
 
-def as_in_a_terminal() -> None:
-    """SIGINT delivered and handled by default, as for a command typed in a terminal: a child
-    inherits its parent's ignored signals and signal mask, and something earlier in the
-    test process (a library's signal handling) may leave SIGINT ignored or blocked, which
-    Python then keeps (a background job started by a shell ignores SIGINT the same way)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
     out = tmp_path / "run"
     argv = ["train", "--out", str(out), *FAST, "--steps", "100000", "--checkpoint-every", "1"]
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "muonkit", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=as_in_a_terminal)
+    proc = start_muonkit(argv)
     try:  # a loaded machine is slow to start and to stop; never leave the child running
         deadline = time.monotonic() + 200
         while not (out / "ckpt.pt").exists() and time.monotonic() < deadline:

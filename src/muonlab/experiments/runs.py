@@ -3,9 +3,10 @@
 * :class:`RunSpec`: everything one run needs: the function that trains it (``entry``, by
   default :func:`muonlab.train.gpt.train_gpt`), its keyword arguments (``train_config`` among
   them), its thread count, whether to log weight/update RMS (GPT runs).
-* :func:`run_isolated`: run a spec in a fresh (spawned) process at ``threads`` torch threads,
-  printing one progress line per evaluation (read from the run's ``metrics.jsonl``). A run
-  whose loss became non-finite is a diverged run (loss ``inf``), not an error.
+* :func:`run_isolated`: run a spec in a fresh Python process (:data:`CHILD`) at ``threads``
+  torch threads, printing one progress line per evaluation (read from the run's
+  ``metrics.jsonl``). A run whose loss became non-finite is a diverged run (loss ``inf``),
+  not an error.
 * :func:`run_status` / resume: a finished run (summary line with the planned steps) is skipped;
   a run with a checkpoint resumes from it; anything else starts afresh.
 * :class:`SlotPool`: at most ``jobs`` runs at once, granted in priority order.
@@ -14,9 +15,11 @@
 * Ctrl-C (SIGINT, to the whole process group as a terminal sends it, or to this process
   alone) and SIGTERM stop a study within seconds: no queued run starts, each running child is
   sent SIGINT and ends its run (its checkpoints stay; no ``error.txt``: an interrupted run is
-  not a failed one), and :class:`StudyInterrupted` reaches the caller. Running the same
-  command again continues: finished runs are skipped, interrupted ones resume from their last
-  checkpoint or start again.
+  not a failed one; a child still starting ends as soon as it is ready), and
+  :class:`StudyInterrupted` reaches the caller. Running the same command again continues:
+  finished runs are skipped, interrupted ones resume from their last checkpoint or start
+  again. Runs trained in this process (:func:`run_in_process`) run one after another in the
+  main thread (``run_concurrently(..., in_threads=False)``), where Ctrl-C reaches them.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import importlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -64,8 +68,8 @@ class StudyInterrupted(KeyboardInterrupt):
     files are as a rerun of the same command needs them to continue."""
 
     def __str__(self) -> str:
-        return ("interrupted: no further run was started; finished runs are kept and the "
-                "interrupted ones continue from their last checkpoint: run the same command "
+        return ("interrupted: no further run was started; finished runs are kept, interrupted "
+                "ones resume from their last checkpoint or start again: run the same command "
                 "again to continue the study")
 
 
@@ -176,24 +180,64 @@ def train_spec(spec: RunSpec) -> None:
                 "wall_s": time.perf_counter() - wall}))
 
 
-def _train_in_child(spec: RunSpec) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even under a shell that ignores it
+# A run's process: a fresh interpreter in this process group (a terminal's Ctrl-C reaches it
+# too) that reads this process's sys.path and sys.argv, then the spec, from its stdin. It
+# starts with SIGINT blocked (:func:`_start_child`): its imports take seconds, and a Ctrl-C
+# meanwhile waits until it is ready (:func:`child_main`) rather than printing a
+# KeyboardInterrupt traceback from inside an import.
+CHILD = """
+import pickle, sys
+sys.path[:], sys.argv[:] = pickle.load(sys.stdin.buffer)
+from muonlab.experiments.runs import child_main
+raise SystemExit(child_main(pickle.load(sys.stdin.buffer)))
+"""
+
+
+def child_main(spec: RunSpec) -> int:
+    """Train ``spec`` in :data:`CHILD`; its exit code: 0, :data:`INTERRUPTED_EXIT` (also for
+    a Ctrl-C that came while it started) or 1 (the error is in error.txt)."""
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the shell ignores it
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one held back comes now
         train_spec(spec)
     except KeyboardInterrupt:
-        raise SystemExit(INTERRUPTED_EXIT) from None
+        return INTERRUPTED_EXIT
     except BaseException:
-        raise SystemExit(1) from None
+        return 1
+    return 0
 
 
-def _stop_child(child) -> None:
+def _start_child(spec: RunSpec) -> subprocess.Popen:
+    """:data:`CHILD` for ``spec``, started with SIGINT blocked (a new process inherits the
+    signal mask of the thread that starts it; only this thread's mask changes, briefly)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with child.stdin:
+        child.stdin.write(pickle.dumps((sys.path, sys.argv)) + pickle.dumps(spec))
+    return child
+
+
+def _stop_child(child: subprocess.Popen) -> None:
     """Ask ``child`` to end its run (SIGINT), wait up to :data:`STOP_GRACE_S`, then kill it."""
-    if child.is_alive():
-        os.kill(child.pid, signal.SIGINT)
-        child.join(STOP_GRACE_S)
-    if child.is_alive():
-        child.kill()
-        child.join()
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _stopped(spec: RunSpec, log: Callable[[str], None]) -> StudyInterrupted:
+    """Log how an interrupted run will continue; the error that stops the study."""
+    _stop.set()
+    how = ("resumes from its checkpoint" if run_status(spec.out_dir, spec.steps) == "resumable"
+           else "starts again")
+    log(f"[{spec.label}] interrupted: the same command {how}")
+    return StudyInterrupted()
 
 
 def _progress_lines(path: Path, seen: int, spec: RunSpec, log: Callable[[str], None]) -> int:
@@ -230,7 +274,7 @@ def _outcome(out: Path, status: str) -> float:
 
 
 def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: float = 2.0) -> float:
-    """Run ``spec`` in a spawned process (resuming or skipping as :func:`run_status` says);
+    """Run ``spec`` in a process of its own (resuming or skipping as :func:`run_status` says);
     returns its final val loss (``inf`` if it diverged)."""
     out = spec.out_dir
     spec, status = _prepare(spec, log)
@@ -238,23 +282,21 @@ def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: floa
         return _outcome(out, status)
     if _stop.is_set():
         raise StudyInterrupted
-    child = multiprocessing.get_context("spawn").Process(target=_train_in_child, args=(spec,))
-    child.start()
+    child = _start_child(spec)
     seen = 0 if status == "new" else len(load_run(out / METRICS).val)
     try:
-        while child.is_alive() and not _stop.is_set():
-            child.join(min(poll_s, 0.5))
+        while child.poll() is None and not _stop.is_set():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(min(poll_s, 0.5))
             seen = _progress_lines(out / METRICS, seen, spec, log)
     except KeyboardInterrupt:  # this thread is the main one
         _stop.set()
-    if _stop.is_set() or child.exitcode == INTERRUPTED_EXIT:
-        _stop.set()
+    if _stop.is_set() or child.returncode == INTERRUPTED_EXIT:
         _stop_child(child)
-        log(f"[{spec.label}] interrupted")
-        raise StudyInterrupted
+        raise _stopped(spec, log)
     error = out / ERROR_FILE
-    if child.exitcode != 0:
-        detail = error.read_text() if error.exists() else f"exit code {child.exitcode}"
+    if child.returncode != 0:
+        detail = error.read_text() if error.exists() else f"exit code {child.returncode}"
         if DIVERGED in detail:
             log(f"[{spec.label}] diverged (non-finite loss)")
             return math.inf
@@ -292,6 +334,8 @@ def run_in_process(spec: RunSpec, log: Callable[[str], None] = print) -> float:
         train_spec(spec)
     except FloatingPointError:
         return math.inf
+    except KeyboardInterrupt:  # in the main thread (``run_concurrently(..., in_threads=False)``)
+        raise _stopped(spec, log) from None
     _progress_lines(out / METRICS, 0, spec, log)
     return final_val_loss(out)
 
@@ -330,15 +374,18 @@ class SlotPool:
                 self.cond.notify_all()
 
 
-def run_concurrently(fns: list[Callable[[], float]]) -> list[float]:
+def run_concurrently(fns: list[Callable[[], float]], in_threads: bool = True) -> list[float]:
     """Call each function in its own thread (each typically waits for a pool slot and then
     for its child process); re-raises the first error (:class:`StudyInterrupted` first);
-    results in order. From the main thread, Ctrl-C or SIGTERM stops them all (module doc)."""
+    results in order. ``in_threads=False``: one after another in this thread (runs trained
+    in this process, which only the main thread can interrupt). From the main thread, Ctrl-C
+    or SIGTERM stops them all (module doc)."""
+    run = _run_threads if in_threads else _run_here
     if threading.current_thread() is threading.main_thread():
         _stop.clear()  # a new study (or the next stage of one that was not interrupted)
         with _sigterm_interrupts():
-            return _run_threads(fns)
-    return _run_threads(fns)
+            return run(fns)
+    return run(fns)
 
 
 class _sigterm_interrupts:
@@ -354,24 +401,30 @@ class _sigterm_interrupts:
 def _run_threads(fns: list[Callable[[], float]]) -> list[float]:
     results: list = [None] * len(fns)
     errors: list[BaseException] = []
+    done = [threading.Event() for _ in fns]
 
     def call(i: int) -> None:
         try:
             results[i] = fns[i]()
         except BaseException as e:  # noqa: BLE001 - re-raised below in the caller's thread
             errors.append(e)
+        finally:
+            done[i].set()
+
+    def wait(threads: list[threading.Thread]) -> None:
+        # Not Thread.join: a KeyboardInterrupt inside join can mark a running thread as ended
+        # (CPython 3.11), and the process would then exit before it has stopped its child.
+        while not all(done[i].is_set() for i, t in enumerate(threads) if t.ident is not None):
+            time.sleep(0.1)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(fns))]
-    for t in threads:
-        t.start()
     try:
         for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+            t.start()
+        wait(threads)
     except KeyboardInterrupt:
         _stop.set()  # every thread stops its child or leaves the queue, within seconds
-        for t in threads:
-            t.join()
+        wait(threads)
         raise StudyInterrupted from None
     interrupted = [e for e in errors if isinstance(e, StudyInterrupted)]
     if interrupted or errors:
@@ -379,3 +432,11 @@ def _run_threads(fns: list[Callable[[], float]]) -> list[float]:
     return results
 
 
+def _run_here(fns: list[Callable[[], float]]) -> list[float]:
+    try:
+        return [fn() for fn in fns]
+    except StudyInterrupted:
+        raise
+    except KeyboardInterrupt:  # in a run trained here, or between two
+        _stop.set()
+        raise StudyInterrupted from None
