@@ -128,6 +128,11 @@ class Experiment:
         runner = run_isolated if self.cfg.isolate else run_in_process
         return self.pool.run(priority, runner, spec, self.log)
 
+    def run_all(self, calls: list) -> list[float]:
+        """Results of ``calls`` (each calls :meth:`run`): at once, ``jobs`` at a time, or,
+        under ``--no-isolate``, one after another in this thread (where Ctrl-C stops them)."""
+        return run_concurrently(calls, in_threads=self.cfg.isolate)
+
 
 def _sweep_one(exp: Experiment, optimizer: str, base: dict, param: str, grid, steps: int):
     def evaluate(values):
@@ -138,7 +143,7 @@ def _sweep_one(exp: Experiment, optimizer: str, base: dict, param: str, grid, st
             calls.append(lambda lrs=lrs, name=name: exp.run(
                 optimizer, exp.out / "sweep" / name, exp.cfg.seeds[0], **lrs, steps=steps,
                 eval_every=steps))
-        losses = run_concurrently(calls)
+        losses = exp.run_all(calls)
         for v, loss in zip(values, losses, strict=True):
             exp.log(f"sweep {optimizer} {param}={v:g}: val loss {loss:.4f} after {steps} steps")
         return losses
@@ -187,7 +192,7 @@ def full_length_pick(exp: Experiment, optimizer: str, trials: dict, record: dict
     return the best of those; its run becomes that seed's compared run."""
     best = top_k(trials, exp.cfg.sweep_full_topk)
     names = [_trial_name(optimizer, dict(zip(("lr", "muon_lr", "aux_lr"), k))) for k in best]
-    losses = run_concurrently([
+    losses = exp.run_all([
         lambda k=k, n=n: exp.run(optimizer, exp.out / "sweep-full" / n, exp.cfg.seeds[0],
                                  *k) for k, n in zip(best, names)
     ])
@@ -198,7 +203,11 @@ def full_length_pick(exp: Experiment, optimizer: str, trials: dict, record: dict
                                    for n, loss in zip(names, losses)]
     compared = exp.out / "runs" / f"{optimizer}-s{exp.cfg.seeds[0]}"
     if not compared.exists():  # (a continued study copied it before it was interrupted)
-        shutil.copytree(exp.out / "sweep-full" / names[best.index(pick)], compared)
+        copying = exp.out / f".{compared.name}.copying"  # never a half copy in runs/
+        shutil.rmtree(copying, ignore_errors=True)
+        shutil.copytree(exp.out / "sweep-full" / names[best.index(pick)], copying)
+        compared.parent.mkdir(exist_ok=True)
+        copying.rename(compared)
     return dict(zip(("lr", "muon_lr", "aux_lr"), pick))
 
 
@@ -264,7 +273,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
             calls.append(lambda o=optimizer, d=run_dir, s=seed, p=(i,): exp.run(
                 o, d, s, **chosen[o], priority=p))
             names.append(run_dir.name)
-    for name, loss in zip(names, run_concurrently(calls), strict=True):
+    for name, loss in zip(names, exp.run_all(calls), strict=True):
         log(f"{name}: final val loss {loss:.4f}")
     settings = {
         "command": cfg.command or "muonkit " + shlex.join(sys.argv[1:]),

@@ -36,6 +36,7 @@ Defaults are sized for a few minutes per study on 2 CPU cores (MNIST, 784 -> 256
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from ..data.vision import ShuffledBatches, load_flat
 from ..report.variants import write_report
 from ..train import TrainConfig, train
 from ..train.files import METRICS, RunExistsError, finished_run, write_whole
-from .runs import check_same_study
+from .runs import check_same_study, run_concurrently
 from .variant_config import (
     ARM_KINDS,
     DATASETS,
@@ -219,12 +220,16 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str,
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_whole(saved, json.dumps(study, indent=1))
     arms = study_arms(cfg, build_model(cfg, cfg.seeds[0]))
-    for i, arm in enumerate(arms):
-        for seed in cfg.seeds:
-            run_dir = runs_dir / f"{i:02d}-{arm.slug}-s{seed}"
-            if finished_run(run_dir / METRICS) is not None:
-                log(f"[{cfg.study}] {arm.label} seed {seed}: finished earlier, kept")
-                continue
-            log(f"[{cfg.study}] {arm.label} seed {seed}")
-            run_arm(arm, seed, cfg, data, run_dir)  # an interrupted one starts again
+
+    def run(i: int, arm: Arm, seed: int) -> None:
+        run_dir = runs_dir / f"{i:02d}-{arm.slug}-s{seed}"
+        if finished_run(run_dir / METRICS) is not None:
+            log(f"[{cfg.study}] {arm.label} seed {seed}: finished earlier, kept")
+            return
+        log(f"[{cfg.study}] {arm.label} seed {seed}")
+        run_arm(arm, seed, cfg, data, run_dir)  # an interrupted one starts again
+
+    # in this thread: Ctrl-C or SIGTERM stops the study (StudyInterrupted: how to continue)
+    run_concurrently([functools.partial(run, i, arm, seed) for i, arm in enumerate(arms)
+                      for seed in cfg.seeds], in_threads=False)
     return write_report(out, cfg.study, DATASETS[cfg.dataset])
