@@ -70,10 +70,10 @@ def register(subparsers) -> None:
                    help="torch intra-op threads (per run; None: this machine's cores shared by "
                    "the --jobs; never the load, so a rerun computes the same bits)")
     p.add_argument("--out", default=None, help="output dir (None: runs/variants/<study>; "
-                   "tuned: a rerun continues the study there)")
+                   "the same command continues the study there)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the study already in --out (its runs, table and figure; "
-                   "not tuned, which resumes)")
+                   help="start afresh, replacing the study in --out (its runs, table and figure; "
+                   "not tuned, which only continues)")
     tuned = p.add_argument_group("tuned study (each LR swept, runs in their own processes)")
     tuned.add_argument("--grid-points", type=POSITIVE_INT, default=d.grid_points,
                        help="factor-2 LR grid size per optimizer")
