@@ -22,6 +22,7 @@ COMMANDS = [
     "muonlab.cli.train",
     "muonlab.cli.finetune",
     "muonlab.cli.variants",
+    "muonlab.cli.results",
 ]
 
 

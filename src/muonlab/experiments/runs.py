@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from ..report.metrics import load_run
+from ..report.records import is_packed, records_exist
 from ..train.files import RunWriteError, append_line, setting_name
 from ..train.loop import CHECKPOINT, METRICS
 from ..train.provenance import launched_as
@@ -123,19 +124,24 @@ def default_threads(jobs: int = 1) -> int:
 
 
 def run_status(out_dir: Path, steps: int) -> str:
-    """"finished" (a summary line at ``steps``), "diverged" (its loss became non-finite),
-    "resumable" (a checkpoint) or "new"."""
+    """"finished" (a summary line at ``steps``, its records plain or packed), "diverged" (its
+    loss became non-finite), "resumable" (a checkpoint) or "new". A packed run
+    (:mod:`muonlab.report.records`) is finished or refused: it is never resumed or replaced."""
     error = out_dir / ERROR_FILE
     if error.exists() and DIVERGED in error.read_text():
         return "diverged"
     metrics = out_dir / METRICS
-    if metrics.exists():
+    if records_exist(metrics):
         try:
             summary = load_run(metrics).summary
         except ValueError:
             summary = None
         if summary is not None and summary.get("steps") == steps:
             return "finished"
+        if is_packed(metrics):
+            done = "no summary" if summary is None else f"{summary.get('steps')} steps"
+            raise ValueError(f"{out_dir} holds a packed run ({done}, not the {steps} asked "
+                             f"for); unpack it (unxz {out_dir}/*.jsonl.xz) to continue it")
     return "resumable" if (out_dir / CHECKPOINT).exists() else "new"
 
 
@@ -242,7 +248,7 @@ def _stopped(spec: RunSpec, log: Callable[[str], None]) -> StudyInterrupted:
 
 def _progress_lines(path: Path, seen: int, spec: RunSpec, log: Callable[[str], None]) -> int:
     """Log the val records of ``path`` after the first ``seen``; returns the new count."""
-    if not path.exists():
+    if not records_exist(path):
         return seen
     try:
         vals = load_run(path).val

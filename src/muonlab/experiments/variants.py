@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from ..data.vision import ShuffledBatches, load_flat
+from ..report.records import find_records
 from ..report.variants import write_report
 from ..train import TrainConfig, train
 from ..train.files import METRICS, RunExistsError, finished_run, write_whole
@@ -203,7 +204,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str,
     and the figure under ``cfg.out``. Returns {"table": path, "figure": path, "runs": dir}."""
     out = Path(cfg.out)
     runs_dir, saved, study = out / "runs", out / "study.json", settings(cfg)
-    earlier = sorted(runs_dir.glob("*/metrics.jsonl"))
+    earlier = find_records(runs_dir, "*/metrics.jsonl")
     if earlier and not cfg.overwrite:  # the same study continues; another one is refused
         if not saved.exists():
             raise RunExistsError(

@@ -20,6 +20,7 @@ import numpy as np
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import val_stats
 from .provenance import provenance_section, study_provenance
+from .records import find_records
 from .tables import fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -92,7 +93,7 @@ def load_study(out: Path) -> Study:
     sweeps = json.loads(sweeps_path.read_text()) if sweeps_path.exists() else {}
     by_cell: dict[tuple[int, str], dict[float, dict[int, Run]]] = {}
     done, started = 0, []
-    for path in sorted(out.glob("h*/*/*/metrics.jsonl")):
+    for path in find_records(out, "h*/*/*/metrics.jsonl"):
         m = RUN_DIR.search(path.parent.relative_to(out).as_posix())
         if not m:
             continue

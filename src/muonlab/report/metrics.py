@@ -4,7 +4,8 @@ Schema (one JSON object a line): a ``config`` line first (with the first session
 ``provenance``), then ``train`` lines (step, loss, lr, tokens, elapsed_s, tokens_per_s), ``val``
 lines (step, val_loss, elapsed_s), optional ``epoch`` lines, a ``session`` line where each
 resume starts (its own ``provenance``), a ``session_end`` line where each session ends
-(:func:`run_sessions`), and a final ``summary`` line.
+(:func:`run_sessions`), and a final ``summary`` line. A finished run's files may be packed
+(``metrics.jsonl.xz``, :mod:`muonlab.report.records`): every function here reads either.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
+from .records import METRICS_NAME, find_records, read_text
+
+METRICS_FILE = METRICS_NAME
 
 
 @dataclass
@@ -54,18 +57,15 @@ class Run:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Every record of a JSONL file; a clear error names the file and line that is not JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics file {path} does not exist")
+    """Every record of a JSONL file (or of its packed ``.xz`` when the file is absent); a
+    clear error names the file and line that is not JSON."""
     records = []
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i} is not valid JSON: {e}") from None
+    for i, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i} is not valid JSON: {e}") from None
     return records
 
 
@@ -145,11 +145,12 @@ def run_machine_classes(run_dir: str | Path) -> list[dict]:
 
 
 def find_runs(directory: str | Path) -> list[Run]:
-    """Every run under ``directory`` (each ``metrics.jsonl``, recursively), sorted by path."""
+    """Every run under ``directory`` (each ``metrics.jsonl``, recursively, plain or packed),
+    sorted by path."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
-    paths = sorted(directory.rglob(METRICS_FILE))
+    paths = find_records(directory, "**/" + METRICS_FILE)
     if not paths:
         raise ValueError(
             f"no {METRICS_FILE} under {directory}; point at the output directory of "

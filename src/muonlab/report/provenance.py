@@ -33,6 +33,7 @@ from pathlib import Path
 from muonkit.hardware import NATIVE_BF16_ENV, NATIVE_BF16_FLAGS
 
 from .metrics import Run, read_jsonl
+from .records import records_exist
 
 SESSIONS_FILE = "sessions.jsonl"
 SESSION_END = "session_end"  # a metrics record: the loop's CPU and wall seconds of a session
@@ -208,8 +209,8 @@ def run_provenance(run: Run, name: str, group: str = "") -> RunProvenance:
     sources = run.provenance or run.summaries
     segments = [segment(run.config, s) for s in sources] or [segment(run.config, {})]
     path = run.path.parent / SESSIONS_FILE
-    source = SESSIONS_FILE if path.exists() else SESSION_END
-    sessions = read_jsonl(path) if path.exists() else [
+    source = SESSIONS_FILE if records_exist(path) else SESSION_END
+    sessions = read_jsonl(path) if records_exist(path) else [
         r for r in read_jsonl(run.path) if r.get("kind") == SESSION_END] or None
     threads = [s["threads"] for s in sessions or [] if s.get("threads")]
     if threads and not any(s.threads for s in segments):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .metrics import Run, load_run, mean_std
 from .provenance import provenance_section, study_provenance
+from .records import find_records, records_exist
 from .stats import paired_interval
 from .tables import fmt_bytes, markdown_table
 from .variants import plot_curves, plot_memory_tradeoff
@@ -44,7 +45,7 @@ def load_study(out: Path) -> dict:
             best = sweeps[arm["slug"]]["best"]
             paths = [out / "runs" / arm["slug"] / f"lr{best:g}-s{s}" / "metrics.jsonl"
                      for s in study["seeds"]]
-            found = [load_run(p) for p in paths if p.exists()]
+            found = [load_run(p) for p in paths if records_exist(p)]
             runs[arm["slug"]] = [r for r in found if r.summary is not None]
     return dict(study=study, arms=arms["arms"], groups=arms["groups"], sweeps=sweeps, runs=runs)
 
@@ -165,7 +166,7 @@ def sweep_section(s: dict) -> str:
             lr = float(lr_text)
             path = (Path(s["out"]) / "runs" / arm["slug"] / f"lr{lr:g}-s{s['study']['seeds'][0]}"
                     / "metrics.jsonl")
-            run = load_run(path) if path.exists() else None
+            run = load_run(path) if records_exist(path) else None
             accs = ("n/a", "n/a") if run is None or not run.val or loss == float("inf") else (
                 f"{100 * final(run, 'val_acc'):.2f}", f"{100 * final(run, 'test_acc'):.2f}")
             mark = " (chosen)" if lr == sweep["best"] else (
@@ -180,7 +181,7 @@ def sweep_section(s: dict) -> str:
 def hardware(out: Path) -> str:
     """The hardware, precision and CPU time of every run under ``out/runs`` (sweeps and
     seeds, finished or not), from their records."""
-    runs = [load_run(p) for p in sorted((out / "runs").glob("*/*/metrics.jsonl"))]
+    runs = [load_run(p) for p in find_records(out, "runs/*/*/metrics.jsonl")]
     return provenance_section(study_provenance(runs, out))
 
 

@@ -16,6 +16,7 @@ import torch
 from .metrics import Run, group_runs, load_run, mean_std
 from .plots import plt
 from .provenance import provenance_section, study_provenance
+from .records import find_records
 from .tables import fmt_bytes, markdown_table
 
 
@@ -108,8 +109,8 @@ def load_note(runs: list[Run]) -> str:
 
 
 def study_runs(out: Path) -> list[Run]:
-    """The runs of a variant study directory (``out/runs/*/metrics.jsonl``)."""
-    return [load_run(p) for p in sorted((out / "runs").glob("*/metrics.jsonl"))]
+    """The runs of a variant study directory (``out/runs/*/metrics.jsonl``, plain or packed)."""
+    return [load_run(p) for p in find_records(out, "runs/*/metrics.jsonl")]
 
 
 def write_report(out: Path, study: str, input_dim: int) -> dict[str, Path]:

@@ -2,6 +2,8 @@
 
 * ``OUT/metrics.jsonl`` (:class:`MetricsLogger`), ``OUT/ckpt.pt`` (:func:`save_checkpoint`, or
   ``OUT/ckpt_dcp/`` under torch.distributed), the trackers' ``OUT/tb/`` and ``OUT/wandb/``;
+  a finished run's metrics may be packed (``OUT/metrics.jsonl.xz``,
+  :mod:`muonlab.report.records`): it is read like the plain file and never trained on;
 * :func:`prepare_out_dir`: a directory that holds a run is refused unless resumed or
   overwritten; :func:`check_resume`: a resume that would not continue the run is refused, a
   finished run is reported complete (:class:`RunComplete`) and left alone;
@@ -25,6 +27,14 @@ import torch
 
 from muonkit.distributed.env import is_distributed
 
+from ..report.records import (
+    METRICS_NAME,
+    finished_summary,
+    is_packed,
+    packed_path,
+    read_text,
+    records_exist,
+)
 from .config import TrainConfig, resume_may_differ
 from .trackers import TRACKER_FILES, Tracker
 
@@ -32,9 +42,10 @@ CHECKPOINT = "ckpt.pt"
 
 CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs: muonkit.distributed.checkpoint.save_train_state
 
-METRICS = "metrics.jsonl"
+METRICS = METRICS_NAME
 
-RUN_MARKERS = (METRICS, CHECKPOINT, CHECKPOINT_DIR)  # files that say a directory holds a run
+# files that say a directory holds a run
+RUN_MARKERS = (METRICS, packed_path(METRICS).name, CHECKPOINT, CHECKPOINT_DIR)
 
 # what overwrite=True deletes: the run's files and its trackers' (tb/, wandb/, the W&B run id)
 RUN_FILES = (*RUN_MARKERS, CHECKPOINT + ".tmp", CHECKPOINT_DIR + ".tmp", CHECKPOINT_DIR + ".old",
@@ -170,8 +181,9 @@ def unpark(out_dir: Path) -> None:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The JSON records of a metrics file; a last line cut short by a kill is left out."""
-    lines = path.read_text().splitlines()
+    """The JSON records of a metrics file (or of its packed ``.xz`` when the file is absent);
+    a last line cut short by a kill is left out."""
+    lines = read_text(path).splitlines()
     records = []
     for i, line in enumerate(lines):
         try:
@@ -184,16 +196,11 @@ def read_records(path: Path) -> list[dict]:
 
 
 def finished_run(metrics: Path) -> dict | None:
-    """The summary record of the run in ``metrics`` if it ended after all its planned steps
-    (the config line's ``steps``), else None."""
-    if not metrics.exists():
+    """The summary record of the run in ``metrics`` (plain or packed) if it ended after all
+    its planned steps (the config line's ``steps``), else None."""
+    if not records_exist(metrics):
         return None
-    records = read_records(metrics)
-    config = next((r for r in records if r.get("kind") == "config"), None)
-    if config is None or not records or records[-1].get("kind") != "summary":
-        return None
-    summary = records[-1]
-    return summary if summary["steps"] >= config["config"]["steps"] else None
+    return finished_summary(read_records(metrics))
 
 
 
@@ -203,6 +210,9 @@ def check_resume(cfg: TrainConfig, out_dir: Path, ckpt_step: int | None) -> None
     ``ckpt_step`` None: the checkpoint has not been read yet (only the metrics are checked)."""
     summary = finished_run(out_dir / METRICS)
     done = summary["steps"] if summary is not None else ckpt_step
+    if is_packed(out_dir / METRICS) and (done is None or done < cfg.steps):
+        raise ValueError(f"the run in {out_dir} is packed ({METRICS}.xz): unpack it "
+                         f"(unxz {out_dir}/*.jsonl.xz) to train on")
     if done is None or done < cfg.steps:
         return
     if done > cfg.steps:
@@ -275,7 +285,7 @@ def check_same_run(out_dir: Path, given: dict, flag_names: Mapping[str, str] = {
     differ from its config record (:func:`resume_differences`); nothing is read but the
     record."""
     metrics = out_dir / METRICS
-    if not metrics.exists():
+    if not records_exist(metrics):
         return
     recorded = next((r for r in read_records(metrics) if r.get("kind") == "config"), None)
     if recorded is None:

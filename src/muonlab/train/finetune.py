@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data.text import fixed_batches, load_text
+from ..report.records import records_exist
 from .config import resolve_dtype
 from .files import (
     CHECKPOINT,
@@ -55,7 +56,7 @@ class BaseRun:
         checkpoint of its last step is refused in one line saying what is missing."""
         run_dir = Path(run_dir)
         metrics = run_dir / METRICS
-        if not metrics.exists():
+        if not records_exist(metrics):
             raise FileNotFoundError(f"--init-from {run_dir}: no {METRICS}; give the --out of a "
                                     "finished `muonkit train` run")
         records = read_records(metrics)
