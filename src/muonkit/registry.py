@@ -184,11 +184,16 @@ def _refuse_mode(who: str, spec: OptimizerSpec, mode: str) -> None:
         )
 
 
+def check_known_mode(mode: str) -> None:
+    """Refuse a ``--parallel`` value that is not one of :data:`PARALLEL_MODES`."""
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"unknown --parallel mode {mode!r}; valid: {list(PARALLEL_MODES)}")
+
+
 def check_parallel(name: str, mode: str) -> None:
     """Refuse ``--parallel mode`` for an optimizer that cannot run under it (one line)."""
     spec = get(name)
-    if mode not in PARALLEL_MODES:
-        raise ValueError(f"unknown --parallel mode {mode!r}; valid: {list(PARALLEL_MODES)}")
+    check_known_mode(mode)
     _refuse_mode(f"--optimizer {name}", spec, mode)
 
 

@@ -22,7 +22,6 @@ from torch import nn
 
 from .. import registry
 from ..muon import Muon, MuonBase
-from ..registry import PARALLEL_MODES
 from ..variants import NorMuon
 from . import muon as distributed_muon
 from .muon import DistributedMuon, DistributedNorMuon, require_process_group
@@ -41,8 +40,7 @@ DDP_CLASSES: dict[type, type] = {
 
 
 def check_mode(mode: str) -> None:
-    if mode not in PARALLEL_MODES:
-        raise ValueError(f"unknown parallel mode {mode!r}; valid: {list(PARALLEL_MODES)}")
+    registry.check_known_mode(mode)
     if mode != "none":
         require_process_group(f"parallel={mode!r}")
 

@@ -14,6 +14,7 @@ forgetting is measured: at step 0 it equals the base run's final ``val_loss``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,12 @@ class BaseRun:
                 f"its last step ({steps}); finish the run (--resume), with --checkpoint-every "
                 "dividing --steps")
         return cls(run_dir, record, checkpoint, summary.get("final_val_loss"))
+
+    @functools.cached_property
+    def source_tokens(self):
+        """The base run's own data (its validation split scores forgetting), read once."""
+        data = self.settings["data"]
+        return load_text(data["source"], data["tokenizer"])
 
     @property
     def optimizer(self) -> str:
@@ -153,10 +160,9 @@ def source_evaluator(base: BaseRun, model: nn.Module, dtype: str):
     validation batches (same data, seed, batch size and count as the base run, autocast as
     ``dtype`` resolves on the model's device) as a ``source_val`` record."""
     settings = base.settings
-    data = settings["data"]
-    tokens = load_text(data["source"], data["tokenizer"])
-    batches = fixed_batches(tokens.val, settings["batch_size"], settings["model"]["block_size"],
-                            settings["eval_batches"], seed=settings["val_seed"])
+    batches = fixed_batches(base.source_tokens.val, settings["batch_size"],
+                            settings["model"]["block_size"], settings["eval_batches"],
+                            seed=settings["val_seed"])
 
     def on_eval(step: int, record: dict, logger) -> None:
         device = next(model.parameters()).device

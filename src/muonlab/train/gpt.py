@@ -469,8 +469,7 @@ def check_same_vocabulary(tokens, base: BaseRun) -> None:
     data = base.settings["data"]
     same = tokens.vocab_size == data["vocab_size"] and tokens.tokenizer == data["tokenizer"]
     if same and tokens.itos is not None:
-        base_tokens = load_text(data["source"], data["tokenizer"])
-        same = base_tokens.itos == tokens.itos
+        same = base.source_tokens.itos == tokens.itos
     if not same:
         raise ValueError(
             f"--data {tokens.source}: its vocabulary ({tokens.tokenizer}, {tokens.vocab_size} "
