@@ -18,7 +18,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -315,6 +317,23 @@ def load_checkpoint(path: Path) -> dict:
 
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold SIGINT/SIGTERM while a checkpoint is written (main thread, POSIX): a Ctrl-C then
+    interrupts the run after the write, as a KeyboardInterrupt, instead of inside
+    ``torch.save``, which turns it into a RuntimeError (a failed run, not an interrupted one)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not \
+            threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
     """Everything a resumed run needs to continue exactly; written atomically: to
     ``ckpt.pt.tmp``, flushed to disk, then renamed over ``ckpt.pt``.
@@ -326,7 +345,8 @@ def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, dev
     checkpoint as it was and raises :class:`RunWriteError` (the caller says what to do next).
     """
     try:
-        _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device)
+        with interrupts_deferred():
+            _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device)
     except Exception as e:
         from muonkit.distributed.checkpoint import write_error
 
