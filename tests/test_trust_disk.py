@@ -191,7 +191,7 @@ def no_space(*args, **kwargs):
 def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None:
     """Rank 1's write of the step-4 checkpoint fails (``where``: "dcp", in DCP's shard files;
     "kernel": every file of rank 1 past 1 KiB, its own sampler/RNG file at least); every rank
-    must raise, and the step-2 checkpoint stay whole."""
+    must raise, naming rank 1, and the step-2 checkpoint stay whole."""
     import torch.distributed.checkpoint.filesystem as dcp_files
 
     from muonkit.distributed.checkpoint import load_train_state
@@ -214,8 +214,8 @@ def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None
     if rank == 1 and where == "dcp":
         dcp_files._write_item = no_space
     limit = file_size_limit(1024 if rank == 1 and where == "kernel" else resource.RLIM_INFINITY)
-    with limit, pytest.raises(files.RunWriteError, match=ERRORS[where]):
-        save(step=4)
+    with limit, pytest.raises(files.RunWriteError, match=rf"{ERRORS[where]} \(rank 1\)$"):
+        save(step=4)  # named by the rank whose write failed, once
     assert sorted(p.name for p in Path(out_dir).iterdir()) == ["ckpt_dcp"]
     fresh = torch.nn.Linear(4, 4)
     state = load_train_state(path, fresh, [torch.optim.SGD(fresh.parameters(), lr=0.1)])

@@ -1,6 +1,8 @@
 """Muon under torch.distributed: torchrun setup, DDP and FSDP2 (DTensor), DCP checkpoints.
 
 - :func:`compute_init` / :func:`compute_cleanup`: process group from torchrun's environment.
+  :func:`init_process_group` for a group set up by hand (it first imports what would
+  otherwise hold the group past ``destroy_process_group``).
 - :class:`DistributedMuon`, :class:`DistributedMuonWithAuxAdam` (and the NorMuon forms
   :class:`DistributedNorMuon`, :class:`DistributedNorMuonWithAuxAdam`): for DDP (replicated
   parameters): each matrix is orthogonalized on one owner rank, results sent to every rank.
@@ -29,6 +31,7 @@ _EXPORTS = {
     "compute_cleanup": "env",
     "compute_init": "env",
     "free_port": "env",
+    "init_process_group": "env",
     "spawn": "env",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",

@@ -48,29 +48,48 @@ def write_error(error: BaseException) -> OSError | None:
     raised from or while handling (``torch.save`` turns a failed write into a RuntimeError), or
     a rank's failure inside DCP's ``CheckpointException`` (raised on every rank when one
     rank's write fails)."""
+    return _write_failure(error, _rank())[1]
+
+
+def _write_failure(error: BaseException, rank: int) -> tuple[int, OSError | None]:
+    """(the rank whose write failed, its ``OSError``) behind ``error`` raised on ``rank``: a
+    ``CheckpointException`` names the ranks that failed, an error raised by
+    :func:`_all_ranks_wrote` carries its ``rank``; (rank, None) when no ``OSError`` is behind
+    it."""
     if isinstance(error, OSError):
-        return error
-    causes = [error.__cause__, error.__context__]
+        return getattr(error, "rank", rank), error
     if isinstance(error, CheckpointException):
-        causes += [failure for failure, _ in error.failures.values()]
-    found = (write_error(cause) for cause in causes if cause is not None)
-    return next((e for e in found if e is not None), None)
+        for failed_rank, (failure, _) in error.failures.items():
+            found = _write_failure(failure, failed_rank)
+            if found[1] is not None:
+                return found
+    for cause in (error.__cause__, error.__context__):
+        if cause is not None:
+            found = _write_failure(cause, rank)
+            if found[1] is not None:
+                return found
+    return rank, None
 
 
-def _all_ranks_wrote(error: OSError | None) -> None:
+def _all_ranks_wrote(error: BaseException | None) -> None:
     """Meet every rank (a barrier) and learn whether any failed to write; if one did, raise its
-    ``OSError`` (errno and reason, naming the rank) on every rank."""
+    ``OSError`` (errno and reason, naming the rank whose write failed) on every rank.
+    ``error``: what this rank's write raised (its ``OSError`` is found by :func:`write_error`)."""
+    rank, failure = _write_failure(error, _rank()) if error is not None else (_rank(), None)
+    mine = None if failure is None else (
+        rank, failure.errno, getattr(failure, "reason", failure.strerror or str(failure)))
     if not _distributed():
-        if error is not None:
-            raise error
+        if failure is not None:
+            raise failure
         return
     reports: list = [None] * dist.get_world_size()
-    mine = None if error is None else (error.errno, error.strerror or str(error))
     dist.all_gather_object(reports, mine)
-    failed = next(((rank, r) for rank, r in enumerate(reports) if r is not None), None)
+    failed = next((r for r in reports if r is not None), None)
     if failed is not None:
-        rank, (code, reason) = failed
-        raise OSError(code, f"{reason} (rank {rank})")
+        rank, code, reason = failed
+        raised = OSError(code, f"{reason} (rank {rank})")
+        raised.rank, raised.reason = rank, reason  # for a caller that gathers it again
+        raise raised
 
 
 def save_checkpoint(
@@ -92,9 +111,9 @@ def save_checkpoint(
             ]
             torch.save(groups, Path(path) / GROUPS_FILE)
     except (Exception, CheckpointException) as e:
-        error = write_error(e)
-        if error is None:
+        if write_error(e) is None:
             raise
+        error = e
     _all_ranks_wrote(error)
 
 
@@ -137,9 +156,9 @@ def save_train_state(
         save_checkpoint(tmp, model, optimizers)
         torch.save(rank_state, tmp / f"rank{_rank()}.pt")
     except Exception as e:
-        error = write_error(e)
-        if error is None:
+        if write_error(e) is None:
             raise
+        error = e
     try:
         _all_ranks_wrote(error)
     except OSError:

@@ -56,12 +56,27 @@ def compute_init(
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(
+        init_process_group(
             backend="nccl" if dev.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
         )
     torch.manual_seed(seed)
     return True, rank, local_rank, world_size, dev
+
+
+def init_process_group(**kwargs) -> None:
+    """``dist.init_process_group(**kwargs)``, after importing ``torch.distributed.nn.functional``.
+
+    That module's functions take ``group=group.WORLD`` as a default argument, evaluated when
+    it is first imported (DCP imports it): imported after the group exists, it holds the group
+    for the life of the process, ``destroy_process_group`` no longer frees it, and a gloo
+    worker thread still finishing a collective at interpreter exit aborts the process
+    ("terminate called without an active exception", SIGABRT) after a clean end. Imported
+    first, its defaults hold None.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+    dist.init_process_group(**kwargs)
 
 
 def compute_cleanup(wait_for_peers: bool = True) -> None:
@@ -93,8 +108,8 @@ def free_port() -> int:
 def _spawned(
     rank: int, fn: Callable, world_size: int, port: int, timeout_s: float, args: tuple
 ) -> None:
-    dist.init_process_group(
-        "gloo",
+    init_process_group(
+        backend="gloo",
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
