@@ -27,7 +27,6 @@ from muonlab.experiments.variants_gpt import VariantGPTConfig
 from muonlab.models.gpt import GPT, preset_config
 from muonlab.report.metrics import load_run, read_jsonl
 from muonlab.report.provenance import ns_label
-from muonlab.report.stats import paired_interval, t975
 from muonlab.report.tables import fmt_bytes
 from muonlab.train.gpt import gpt_optimizer, train_gpt
 from muonlab.train.loop import METRICS, TrainConfig
@@ -261,18 +260,6 @@ def test_report_has_the_table_and_figures_from_the_runs(study_dir, capsys):
     assert f"Newton-Schulz {ns_label(precision.config['config']['ns_precision']['0'])} in" in text
     assert (out / "memory.png").stat().st_size > 0 and (out / "curves.png").exists()
     assert "memory.png" in capsys.readouterr().out
-
-
-def test_t_quantiles_give_95_percent_of_students_t():
-    """The table / expansion against numerical integration of torch's Student t density."""
-    for df in (1, 2, 4, 30, 31, 80):
-        t = t975(df)
-        x = torch.linspace(-t, t, 200_001, dtype=torch.float64)
-        density = torch.distributions.StudentT(torch.tensor(float(df), dtype=torch.float64))
-        mass = torch.trapezoid(density.log_prob(x).exp(), x).item()
-        assert mass == pytest.approx(0.95, abs=2e-5), df
-    mean, low, high = paired_interval([1.0, 2.0, 4.0], [0.5, 1.0, 2.5])  # d: .5, 1, 1.5
-    assert (mean, high - mean) == pytest.approx((1.0, 4.3027 * 0.5 / 3**0.5))
 
 
 def test_gpt_study_checks_the_device_before_anything_is_written(tmp_path, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 from .metrics import Run, load_run, mean_std
 from .provenance import provenance_section, study_provenance
 from .records import find_records, records_exist
-from .stats import paired_interval
+from .stats import compare
 from .tables import fmt_bytes, markdown_table
 from .variants import plot_curves, plot_memory_tradeoff
 
@@ -76,7 +76,7 @@ def arm_rows(s: dict) -> dict[str, dict]:
 
 @dataclass(frozen=True)
 class Interval:
-    """A paired 95% interval (:func:`muonlab.report.stats.paired_interval`) over ``n`` seeds."""
+    """A paired 95% interval (:func:`muonlab.report.stats.compare`) over ``n`` seeds."""
 
     mean: float
     low: float
@@ -94,9 +94,9 @@ def difference(a: dict, b: dict, key: str) -> Interval | None:
     seeds = sorted(set(a["by_seed"]) & set(b["by_seed"]))
     if not seeds:
         return None
-    mean, low, high = paired_interval([a["by_seed"][s][key] for s in seeds],
-                                      [b["by_seed"][s][key] for s in seeds])
-    return Interval(mean, low, high, len(seeds))
+    c = compare([a["by_seed"][s][key] for s in seeds], [b["by_seed"][s][key] for s in seeds],
+                paired=True, higher_is_better=key != "test_loss")
+    return Interval(c.diff, c.lo, c.hi, len(seeds))
 
 
 def fmt_interval(iv, scale: float, digits: int) -> tuple[str, str]:

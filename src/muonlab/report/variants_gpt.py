@@ -5,7 +5,7 @@ Reads a `muonkit variants gpt` directory (the horizon study's layout at one hori
 an LR and every seed's run at that LR has finished. Final val loss is the mean ± std over
 seeds; state bytes are the runs' own measurements (``optimizer_state_bytes``, the tensors in
 the optimizer's state at the end, and ``muon_state_bytes``, its Muon part); the difference to
-dense Muon is paired by seed (:func:`muonlab.report.stats.paired_interval`).
+dense Muon is paired by seed (:func:`muonlab.report.stats.compare`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .horizon import Cell, Study, cost_table, load_study, sweep_lines
-from .stats import paired_interval
+from .stats import compare
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -56,7 +56,8 @@ def difference(cell: Cell, dense: Cell | None) -> tuple[str, str]:
         return "dense Muon unfinished", ""
     if cell.name == dense.name:
         return "reference", ""
-    mean, low, high = paired_interval(finals(cell), finals(dense))
+    c = compare(finals(cell), finals(dense), paired=True, higher_is_better=False)
+    mean, low, high = c.diff, c.lo, c.hi
     if math.isnan(low):
         return f"{mean:+.3f} (one seed: no interval)", "?"
     inside = "yes" if low <= 0 <= high else ("no: worse" if low > 0 else "no: better")
