@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .heads import HEAD_NAMES, head_modules
-from .muon import MUON_DEFAULTS, MuonBase, validate_muon_options
+from .muon import MUON_DEFAULTS, MuonBase
 from .options import MuonOptions, check_choice, check_lr, expand_options, unexpected_keyword
 
 ROLES = ("muon", "embedding", "head", "vector")
@@ -308,6 +308,12 @@ class MuonWithAuxAdam(MuonBase):
     are numbers loads too, as with torch.optim.AdamW), ``exp_avg``, ``exp_avg_sq``; per Muon
     parameter: ``momentum_buffer``.
 
+    This is the one hybrid of every Muon variant: a subclass that sets ``store`` (a
+    :class:`muonkit.muon.MomentumStore`) and/or ``post_step`` (a
+    :class:`muonkit.muon.PostStep`) steps its Muon groups with them (e.g.
+    :class:`muonkit.variants.LoRAPreMuonWithAuxAdam`); their group options (``variant_defaults``,
+    e.g. LoRA-Pre's ``rank``) go in as Muon options of :func:`hybrid_param_groups`.
+
     ``defaults`` holds Muon's ``momentum`` so that schedulers which cycle momentum
     (``OneCycleLR(cycle_momentum=True)``) find it; they then cycle the Muon groups' momentum
     (AdamW groups keep their betas and ignore a ``momentum`` key).
@@ -322,14 +328,12 @@ class MuonWithAuxAdam(MuonBase):
                     "True or False; build them with muonkit.hybrid.hybrid_param_groups(model)"
                 )
         defaults = dict(momentum=MUON_DEFAULTS["momentum"])
-        # MuonBase by name, not super(): in a VariantWithAuxAdam the next class is the variant,
-        # whose constructor takes the variant's keywords
-        MuonBase.__init__(self, groups, defaults=defaults, nonfinite=nonfinite)
+        super().__init__(groups, defaults=defaults, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict) -> None:
         check_choice("use_muon", param_group.get("use_muon"), (True, False))
         if param_group["use_muon"]:
-            param_group = {**MUON_DEFAULTS, **expand_options(param_group)}
+            param_group = {**MUON_DEFAULTS, **self.variant_defaults, **expand_options(param_group)}
         else:
             param_group = {**ADAMW_DEFAULTS, **param_group}
         momentum_given = "momentum" in param_group
@@ -338,8 +342,10 @@ class MuonWithAuxAdam(MuonBase):
             self.param_groups[-1].pop("momentum")  # torch copied defaults' Muon momentum in
 
     def _group_defaults(self, group: dict) -> dict:
-        role = MUON_DEFAULTS if group.get("use_muon", True) else ADAMW_DEFAULTS
-        return {"nonfinite": self.defaults["nonfinite"], **role}
+        if group.get("use_muon", True):
+            return {**self.variant_defaults, "nonfinite": self.defaults["nonfinite"],
+                    **MUON_DEFAULTS}
+        return {"nonfinite": self.defaults["nonfinite"], **ADAMW_DEFAULTS}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -350,7 +356,7 @@ class MuonWithAuxAdam(MuonBase):
 
     def _validate_group(self, group: dict) -> None:
         if group["use_muon"]:
-            validate_muon_options(group)
+            self._validate_muon_group(group)
         else:
             validate_adamw_options(group)
 
@@ -378,37 +384,3 @@ class MuonWithAuxAdam(MuonBase):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
         )
-
-
-class VariantWithAuxAdam(MuonWithAuxAdam):
-    """The hybrid with a Muon variant on its ``use_muon`` groups and AdamW on the others.
-
-    Subclass as ``class XWithAuxAdam(VariantWithAuxAdam, X)`` with X a :class:`MuonBase`
-    subclass (e.g. :class:`muonkit.variants.LoRAPreMuon`) and ``variant_defaults`` the group
-    options X adds to Muon's (e.g. ``rank``): the Muon groups are then validated and stepped
-    by X's ``_validate_group`` / ``_group_step`` (the next class after
-    :class:`MuonWithAuxAdam` in the MRO), their state (X's, e.g. low-rank factors) lives in
-    this optimizer's ``state``, and the AdamW groups, the non-finite policy, momentum
-    schedules and ``state_dict`` are the hybrid's. Build the groups with
-    :func:`hybrid_param_groups`; variant options (``rank=4``) go in as Muon options.
-    """
-
-    variant_defaults: dict[str, Any] = {}
-
-    def add_param_group(self, param_group: dict) -> None:
-        if param_group.get("use_muon"):
-            param_group = {**self.variant_defaults, **param_group}
-        super().add_param_group(param_group)
-
-    def _group_defaults(self, group: dict) -> dict:
-        defaults = super()._group_defaults(group)
-        return {**self.variant_defaults, **defaults} if group.get("use_muon", True) else defaults
-
-    def _validate_group(self, group: dict) -> None:
-        if group["use_muon"]:
-            super(MuonWithAuxAdam, self)._validate_group(group)  # the variant's
-        else:
-            validate_adamw_options(group)
-
-    def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        super(MuonWithAuxAdam, self)._group_step(group, params, grads)  # the variant's

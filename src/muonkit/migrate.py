@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from .muon import MuonBase
+from .muon import DenseMomentum, MuonBase
 from .options import MuonOptions
 
 ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
@@ -58,9 +58,7 @@ def migrate_adamw_state(
     whose momentum is stored compressed, not as a dense buffer; TypeError when a state dict
     comes without ``params``.
     """
-    from .variants import KroneckerMuon, LoRAPreMuon  # here: `import muonkit` loads no variant
-
-    if isinstance(muon_optimizer, (LoRAPreMuon, KroneckerMuon)):
+    if isinstance(muon_optimizer, MuonBase) and not isinstance(muon_optimizer.store, DenseMomentum):
         raise ValueError(
             f"migrate_adamw_state: {type(muon_optimizer).__name__} stores its momentum "
             "compressed (low-rank / Kronecker factors), not as a dense buffer AdamW's exp_avg "

@@ -4,8 +4,17 @@ Keller Jordan et al., "Muon: An optimizer for hidden layers in neural networks" 
 https://kellerjordan.github.io/posts/muon/. The update's math (momentum forms, Nesterov,
 orthogonalization, LR rules, weight decay) is in :mod:`muonkit.functional`; this module holds
 the classes: :class:`MuonBase` (gradients, the whole-step NaN/inf policy, options where
-torch.optim keeps them), the step strategies (:class:`LocalStep`; the distributed one
-registers itself through :func:`register_step_strategy`) and :class:`Muon`.
+torch.optim keeps them), the two plug points of a Muon step (:class:`MomentumStore`: how the
+momentum is kept and read, :class:`DenseMomentum` by default; :class:`PostStep`: a transform of
+each orthogonalized update, none by default), the step strategies (:class:`LocalStep`; the
+distributed one registers itself through :func:`register_step_strategy`) and :class:`Muon`.
+
+A Muon variant is a store or a post step, not a class tree: :class:`MuonBase` steps every Muon
+group as momentum store -> Newton-Schulz -> post step -> weight decay and the scaled step, and
+a class says which store and post step it uses (``store = ...``, ``post_step = ...``; LoRA-Pre
+and Kronecker momentum are stores, NorMuon's row normalization is a post step, in
+:mod:`muonkit.variants`). The same two attributes on a subclass of
+:class:`muonkit.hybrid.MuonWithAuxAdam` give the variant's Muon + AdamW hybrid.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -88,14 +98,108 @@ MUON_DEFAULTS: dict[str, Any] = dict(lr=0.02, **MuonOptions.defaults(), use_muon
 # ---------------------------------------------------------------------------------------------
 
 
-class PostStep:
-    """A per-matrix step after Newton-Schulz, on the whole orthogonalized update of each
-    parameter (NorMuon's per-row normalization), that may update per-parameter state.
+def identity(t: Tensor) -> Tensor:
+    return t
 
-    ``transform(k, orth)`` returns the new update of ``params[k]``; ``state[k]`` is the state
-    tensor of ``params[k]`` it updates (or None). A distributed step runs ``transform`` only on
-    the rank that orthogonalizes the matrix (its owner) and then copies ``state[k]`` from the
-    owner to every rank, so every rank holds the same state (as a replicated tensor must).
+
+class MomentumStore:
+    """The plug point before Newton-Schulz: how a Muon group keeps its momentum and reads from
+    it the tensors to orthogonalize (dense buffers, low-rank factors, Kronecker factors...).
+
+    A store holds no state of its own: it keeps each parameter's in ``optimizer.state[p]``
+    (under its own keys, which are the optimizer's ``state_dict`` layout) and its options in the
+    param group (``group_defaults``: the group options it adds to :class:`MuonOptions`', with
+    their defaults). The momentum forms (standard / EMA, Nesterov, ``mixing``) are written once,
+    in :func:`muonkit.functional.momentum_update_`: a store applies them to the buffer it keeps
+    or reconstructs. ``elementwise`` says that the update of a part of a matrix is that part of
+    the update (so a sharded step may run the store on each rank's shards); a store that needs
+    whole matrices (compressed momentum) steps its DTensor groups on one device's terms.
+    """
+
+    group_defaults: ClassVar[dict[str, Any]] = {}
+    elementwise: ClassVar[bool] = False
+
+    def validate(self, optimizer: MuonBase, group: dict, options: MuonOptions) -> None:
+        """Raise ValueError for a group this store cannot step (its options are checked)."""
+
+    def restore(self, optimizer: MuonBase, group: dict) -> None:
+        """Complete ``group`` loaded from an older state dict (after the defaults are filled)."""
+
+    def updates(
+        self,
+        optimizer: MuonBase,
+        group: dict,
+        params: list[Tensor],
+        grads: list[Tensor],
+        options: MuonOptions,
+        view: Callable[[Tensor], Tensor] = identity,
+    ) -> list[Tensor]:
+        """Update the momentum of ``params`` from ``grads`` and return the tensors to
+        orthogonalize (``view`` maps a tensor to the part this rank computes on: the local
+        shard of a DTensor; only an ``elementwise`` store is given another than the identity)."""
+        raise NotImplementedError
+
+
+class DenseMomentum(MomentumStore):
+    """Muon's own store: one ``momentum_buffer`` per parameter, of its shape, updated by
+    :func:`muonkit.functional.momentum_update_` (every momentum form and Nesterov)."""
+
+    elementwise = True
+
+    def updates(self, optimizer, group, params, grads, options, view=identity):
+        bufs = optimizer._momentum_buffers(params)
+        return momentum_update_([view(b) for b in bufs], [view(g) for g in grads], options)
+
+
+DENSE_MOMENTUM = DenseMomentum()
+
+
+@dataclass(frozen=True)
+class GroupMomentum:
+    """A store bound to one step of one group: what a step strategy calls for the updates."""
+
+    store: MomentumStore
+    optimizer: MuonBase
+    group: dict
+    params: list[Tensor]
+    options: MuonOptions
+
+    @property
+    def elementwise(self) -> bool:
+        return self.store.elementwise
+
+    def updates(
+        self, grads: list[Tensor], view: Callable[[Tensor], Tensor] = identity
+    ) -> list[Tensor]:
+        return self.store.updates(self.optimizer, self.group, self.params, grads, self.options,
+                                  view)
+
+
+class PostStep:
+    """The plug point after Newton-Schulz: a per-matrix transform of the whole orthogonalized
+    update (NorMuon's row normalization), with the per-parameter state it updates.
+
+    Stateless, like a store: ``group_defaults`` are the group options it adds, ``validate``
+    checks a group, and ``bind`` gives the transform of one group's step (a
+    :class:`BoundPostStep`, which also creates the state it needs)."""
+
+    group_defaults: ClassVar[dict[str, Any]] = {}
+
+    def validate(self, group: dict, options: MuonOptions) -> None:
+        """Raise ValueError for a group this post step cannot transform."""
+
+    def bind(
+        self, optimizer: MuonBase, group: dict, params: list[Tensor], options: MuonOptions
+    ) -> BoundPostStep:
+        raise NotImplementedError
+
+
+class BoundPostStep:
+    """One step's post step: ``transform(k, orth)`` returns the new update of ``params[k]``;
+    ``state[k]`` is the state tensor of ``params[k]`` it updates (or None). A distributed step
+    runs ``transform`` only on the rank that orthogonalizes the matrix (its owner) and then
+    copies ``state[k]`` from the owner to every rank, so every rank holds the same state (as a
+    replicated tensor must).
     """
 
     def __init__(self, transform: Callable[[int, Tensor], Tensor], state: Sequence[Tensor | None]):
@@ -111,7 +215,8 @@ class PostStep:
 
 
 class LocalStep:
-    """The Muon group step on one device: momentum, then :func:`orthogonalize_and_apply_`.
+    """The Muon group step on one device: the store's momentum, then
+    :func:`orthogonalize_and_apply_` (with the post step after Newton-Schulz).
 
     A step strategy holds the step's counters: ``ns_counts`` (Counter of (group index, param
     index) -> matrices orthogonalized here) and ``comm_stats`` (bytes sent to / received from
@@ -130,11 +235,19 @@ class LocalStep:
         return all_finite(tensors)
 
     def __call__(
-        self, gi, group, params, grads, bufs, options: MuonOptions, post: PostStep | None = None
+        self,
+        gi: int,
+        group: dict,
+        params: list[Tensor],
+        grads: list[Tensor],
+        options: MuonOptions,
+        momentum: GroupMomentum,
+        post: BoundPostStep | None = None,
     ) -> None:
-        """One step of group ``gi`` (``params``: those with gradients ``grads``); ``post``
-        changes each whole orthogonalized update before the step (NorMuon)."""
-        updates = momentum_update_(bufs, grads, options)
+        """One step of group ``gi`` (``params``: those with gradients ``grads``): ``momentum``
+        (the group's store) gives the updates, ``post`` changes each whole orthogonalized
+        update before the step (NorMuon)."""
+        updates = momentum.updates(grads)
         orthogonalize = orthogonalize_updates if post is None else post.after(orthogonalize_updates)
         orthogonalize_and_apply_(
             params, updates, lr=float(group["lr"]), options=options, orthogonalize=orthogonalize
@@ -184,7 +297,11 @@ def check_param_dtypes(params: Iterable[Tensor], optimizer: str) -> None:
 class MuonBase(torch.optim.Optimizer):
     """Shared machinery of Muon-style optimizers: non-finite gradient policy, group steps.
 
-    Subclasses implement ``_validate_group(group)`` and ``_group_step(group, params, grads)``.
+    Every group is a Muon group, stepped by the class's ``store`` (:class:`MomentumStore`,
+    dense by default) and ``post_step`` (:class:`PostStep`, none by default); their group
+    options with defaults are the class's ``variant_defaults``. A subclass sets them (and its
+    constructor's keywords); the hybrid (:class:`muonkit.hybrid.MuonWithAuxAdam`) overrides
+    ``_validate_group`` / ``_group_step`` for its AdamW groups.
     ``step`` first gathers every group's gradients (negated in groups with ``maximize``;
     parameters with no elements are skipped) and checks them all; with a NaN/inf it raises
     ``NonFiniteGradientError`` (``nonfinite="raise"``) or skips the whole step and counts it in
@@ -197,6 +314,14 @@ class MuonBase(torch.optim.Optimizer):
     """
 
     group_step: LocalStep | None = None  # a subclass may set its strategy before __init__
+    store: ClassVar[MomentumStore] = DENSE_MOMENTUM
+    post_step: ClassVar[PostStep | None] = None
+    variant_defaults: ClassVar[dict[str, Any]] = {}  # from store and post step (set below)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        post = cls.post_step.group_defaults if cls.post_step is not None else {}
+        cls.variant_defaults = {**cls.store.group_defaults, **post}
 
     def __init__(self, params, defaults: dict, nonfinite: str = "raise"):
         if self.group_step is None:
@@ -251,16 +376,25 @@ class MuonBase(torch.optim.Optimizer):
             for name, value in self._group_defaults(group).items():
                 if name != "differentiable":  # torch's __setstate__ adds it; we never use it
                     group.setdefault(name, value)
+            if group.get("use_muon", True):  # not the hybrid's AdamW groups
+                self.store.restore(self, group)
 
     def _group_defaults(self, group: dict) -> dict:
         """The options a group of this optimizer has when it does not set them."""
         return self.defaults
 
     def _validate_group(self, group: dict) -> None:
-        raise NotImplementedError
+        self._validate_muon_group(group)
+
+    def _validate_muon_group(self, group: dict) -> None:
+        """Muon's checks of the group, then the store's and the post step's."""
+        options = validate_muon_options(group)
+        self.store.validate(self, group, options)
+        if self.post_step is not None:
+            self.post_step.validate(group, options)
 
     def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        raise NotImplementedError
+        self._muon_group_step(group, params, grads)
 
     def _gather(self) -> list[tuple[dict, list[Tensor], list[Tensor]]]:
         work = []
@@ -358,12 +492,14 @@ class MuonBase(torch.optim.Optimizer):
             bufs.append(state["momentum_buffer"])
         return bufs
 
-    def _muon_group_step(
-        self, group: dict, params: list[Tensor], grads: list[Tensor], post: PostStep | None = None
-    ) -> None:
+    def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        """The group's step by its strategy: the store's momentum, Newton-Schulz, the post
+        step, weight decay and the scaled step."""
         gi = next(k for k, g in enumerate(self.param_groups) if g is group)
-        bufs = self._momentum_buffers(params)
-        self.group_step(gi, group, params, grads, bufs, MuonOptions.from_group(group), post)
+        options = MuonOptions.from_group(group)
+        post = None if self.post_step is None else self.post_step.bind(self, group, params, options)
+        momentum = GroupMomentum(self.store, self, group, params, options)
+        self.group_step(gi, group, params, grads, options, momentum, post)
 
 
 @option_keywords()
@@ -396,9 +532,3 @@ class Muon(MuonBase):
         chosen = options_from_keywords(self, options, option_values)
         defaults = dict(MUON_DEFAULTS, lr=lr, **chosen.as_dict())
         super().__init__(params, defaults, nonfinite=nonfinite)
-
-    def _validate_group(self, group: dict) -> None:
-        validate_muon_options(group)
-
-    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        self._muon_group_step(group, params, grads)

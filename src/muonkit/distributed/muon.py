@@ -8,8 +8,10 @@ DTensors (``muonkit`` registers it, so users need not import this module), and t
 :class:`DistributedMuon` takes for replicated (DDP) parameters. One step of a Muon group, on
 every rank:
 
-1. momentum (``muonkit.muon.momentum_update_``) on the local tensors: elementwise, so the
-   local part of the update is the local part of the full one;
+1. momentum (the group's store, :class:`muonkit.muon.DenseMomentum`: Muon's
+   ``momentum_update_``) on the local tensors: elementwise, so the local part of the update is
+   the local part of the full one (a store that needs whole matrices, as the compressed
+   variants', is not elementwise: its groups take the single-device step);
 2. **plan** (built once, cached): every matrix (or expert, with ``ns_batch_dims``) gets one
    owner rank, and every rank knows who sends which of its elements where
    (:mod:`muonkit.distributed.plan`, from the placements via :mod:`.layout`);
@@ -43,7 +45,6 @@ from torch.distributed.tensor import DTensor
 from ..functional import (
     all_finite,
     any_dtensor,
-    momentum_update_,
     orthogonalize_and_apply_,
     orthogonalize_updates,
 )
@@ -138,9 +139,9 @@ class ShardedStep(LocalStep):
             ok = bool(flag.item())
         return ok
 
-    def __call__(self, gi, group, params, grads, bufs, options: MuonOptions, post=None) -> None:
-        if not self.across_ranks(params):
-            super().__call__(gi, group, params, grads, bufs, options, post)
+    def __call__(self, gi, group, params, grads, options: MuonOptions, momentum, post=None) -> None:
+        if not (self.across_ranks(params) and momentum.elementwise):
+            super().__call__(gi, group, params, grads, options, momentum, post)
             return
         grads = [
             g.redistribute(p.device_mesh, p.placements)
@@ -148,7 +149,7 @@ class ShardedStep(LocalStep):
             else g
             for p, g in zip(params, grads)
         ]
-        updates = momentum_update_([local(b) for b in bufs], [local(g) for g in grads], options)
+        updates = momentum.updates(grads, view=local)
         plan = self.plan(gi, params, options)
         orthogonalize_and_apply_(
             [local(p) for p in params],

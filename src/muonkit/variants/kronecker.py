@@ -25,20 +25,27 @@ cheaper, but the Nesterov update is not one in general.)
 Factor shapes: the divisors of out and in closest to their square roots. Where that saves
 less than ``min_savings`` x (e.g. out and in both prime), the matrix keeps dense momentum; such
 parameters are listed in ``optimizer.dense_fallback`` and a warning names them.
+
+The factors are a momentum store (:class:`KroneckerMomentum`, a
+:class:`muonkit.muon.MomentumStore`) that keeps Muon's dense buffer (the
+:class:`muonkit.muon.DenseMomentum` store) for the matrices its group's ``dense_momentum``
+lists: :class:`KroneckerMuon` and :class:`HybridKroneckerMuon` are Muon with it,
+:class:`KroneckerMuonWithAuxAdam` the Muon + AdamW hybrid with it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..functional import matrix_shape, momentum_update_, nesterov_updates, orthogonalize_and_apply_
+from ..functional import matrix_shape, momentum_update_
 from ..heads import HEAD_NAMES, head_modules
-from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
+from ..hybrid import MuonWithAuxAdam, param_picker
+from ..muon import DENSE_MOMENTUM, MUON_DEFAULTS, MomentumStore, MuonBase, identity
 from ..options import (
     MuonOptions,
     MuonOptionValues,
@@ -47,6 +54,7 @@ from ..options import (
     option_keywords,
     options_from_keywords,
 )
+from .lowrank import check_whole_matrices
 
 
 def closest_divisor_to_sqrt(n: int) -> int:
@@ -107,6 +115,89 @@ def nearest_kronecker(
     return (u * scale).reshape(F1.shape), (v / sigma * scale).reshape(F2.shape)
 
 
+def dense_momentum_list(group: dict, requested: set[int], state: dict | None = None) -> list[int]:
+    """Positions of the group's matrices that keep dense momentum: those ``requested`` (by
+    id), those without a useful factorization, and (a state dict from before groups listed
+    them: ``state``) those whose state holds a dense buffer."""
+    return [
+        i
+        for i, p in enumerate(group["params"])
+        if id(p) in requested
+        or not useful_factorization(p.shape, group["min_savings"])
+        or (state is not None and "momentum_buffer" in state.get(p, {}))
+    ]
+
+
+class KroneckerMomentum(MomentumStore):
+    """The Kronecker store (module docstring): ``kron_f1``, ``kron_f2`` per matrix, or Muon's
+    ``momentum_buffer`` for the positions the group lists under ``dense_momentum`` (asked for,
+    or without a useful factorization); group options ``power_iters``, ``min_savings``,
+    ``seed``. Each step forms the candidate buffer of the group's momentum form from the
+    factors with :func:`muonkit.functional.momentum_update_` (Muon's forms, written once),
+    reads the update from it the same way and refits the factors to it."""
+
+    group_defaults = dict(power_iters=2, min_savings=4.0, seed=0)
+
+    def validate(self, optimizer, group, options):
+        check_whole_matrices("KroneckerMuon", options)
+        if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
+            raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
+        check_seed(group["seed"])
+        requested = getattr(optimizer, "_requested_dense", set())  # a copy has no such request
+        for p in group["params"]:
+            if id(p) not in requested and not useful_factorization(p.shape, group["min_savings"]):
+                (m1, n1), (m2, n2) = kronecker_shapes(*matrix_shape(p.shape))
+                warnings.warn(
+                    f"KroneckerMuon: no useful Kronecker factorization of a "
+                    f"{' x '.join(map(str, matrix_shape(p.shape)))} matrix (best {m1}x{n1} (x) "
+                    f"{m2}x{n2}); it keeps dense momentum",
+                    stacklevel=5,  # where the group is added
+                )
+        dense = set(group.get("dense_momentum", ())) | set(dense_momentum_list(group, requested))
+        group["dense_momentum"] = sorted(dense)
+
+    def restore(self, optimizer, group):
+        if "dense_momentum" not in group:  # a state dict from before groups listed them
+            group["dense_momentum"] = dense_momentum_list(group, set(), optimizer.state)
+
+    def buffer_update(
+        self, optimizer: MuonBase, group: dict, p: Tensor, g: Tensor, options: MuonOptions
+    ) -> Tensor:
+        """Update p's factors from the dense buffer T of the group's momentum form (module
+        docstring); returns the update to orthogonalize, read from T."""
+        state = optimizer.state[p]
+        if "kron_f1" not in state:
+            shape1, shape2 = kronecker_shapes(*matrix_shape(p.shape))
+            state["kron_f1"] = torch.zeros(shape1, dtype=p.dtype, device=p.device)
+            state["kron_f2"] = torch.zeros(shape2, dtype=p.dtype, device=p.device)
+        F1, F2 = state["kron_f1"], state["kron_f2"]
+        T = torch.kron(F1, F2)
+        (update,) = momentum_update_([T], [g.reshape(T.shape)], options)  # T: the new buffer
+        generator = None if bool(F2.any()) else optimizer._generator(group, p)
+        new1, new2 = nearest_kronecker(T, F1, F2, group["power_iters"], generator)
+        F1.copy_(new1)
+        F2.copy_(new2)
+        return update.reshape(p.shape)
+
+    def updates(self, optimizer, group, params, grads, options, view=identity):
+        dense_ids = {id(group["params"][i]) for i in group["dense_momentum"]}
+        dense = [i for i, p in enumerate(params) if id(p) in dense_ids]
+        updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+        if dense:
+            dense_updates = DENSE_MOMENTUM.updates(
+                optimizer, group, [params[i] for i in dense], [grads[i] for i in dense], options
+            )
+            for i, u in zip(dense, dense_updates):
+                updates[i] = u
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if updates[i] is None:
+                updates[i] = self.buffer_update(optimizer, group, p, g, options)
+        return updates
+
+
+KRONECKER_MOMENTUM = KroneckerMomentum()
+
+
 @option_keywords(momentum=0.9)
 class KroneckerMuon(MuonBase):
     """Muon whose momentum is a Kronecker product of two small factors (module docstring).
@@ -127,6 +218,8 @@ class KroneckerMuon(MuonBase):
     Each param group lists the positions of its dense-momentum parameters under
     ``dense_momentum`` (so copies and state dicts keep the choice).
     """
+
+    store = KRONECKER_MOMENTUM
 
     def __init__(
         self,
@@ -158,81 +251,6 @@ class KroneckerMuon(MuonBase):
             for p in group["params"]
             if not useful_factorization(p.shape, group["min_savings"])
         ]
-
-    def _validate_group(self, group: dict) -> None:
-        options = validate_muon_options(group)
-        if options.ns_split != 1 or options.ns_batch_dims or options.transposed:
-            raise ValueError(
-                "KroneckerMuon supports ns_split=1, ns_batch_dims=0 and transposed=False only"
-            )
-        if not isinstance(group["power_iters"], int) or group["power_iters"] < 1:
-            raise ValueError(f"power_iters must be an int >= 1, got {group['power_iters']!r}")
-        check_seed(group["seed"])
-        requested = getattr(self, "_requested_dense", set())  # a copy has no such request
-        dense = set(group.get("dense_momentum", ()))
-        for i, p in enumerate(group["params"]):
-            if id(p) in requested:
-                dense.add(i)
-            elif not useful_factorization(p.shape, group["min_savings"]):
-                dense.add(i)
-                (m1, n1), (m2, n2) = kronecker_shapes(*matrix_shape(p.shape))
-                warnings.warn(
-                    f"KroneckerMuon: no useful Kronecker factorization of a "
-                    f"{' x '.join(map(str, matrix_shape(p.shape)))} matrix (best {m1}x{n1} (x) "
-                    f"{m2}x{n2}); it keeps dense momentum",
-                    stacklevel=3,
-                )
-        group["dense_momentum"] = sorted(dense)
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:  # a state dict from before groups listed them
-            if group.get("use_muon", True) and "dense_momentum" not in group:  # not AdamW's
-                group["dense_momentum"] = [
-                    i
-                    for i, p in enumerate(group["params"])
-                    if "momentum_buffer" in self.state.get(p, {})
-                    or not useful_factorization(p.shape, group["min_savings"])
-                ]
-
-    def _kronecker_momentum(self, group: dict, p: Tensor, g: Tensor) -> Tensor:
-        """Update p's factors from the dense buffer T of the group's momentum form (module
-        docstring); returns T."""
-        state = self.state[p]
-        if "kron_f1" not in state:
-            shape1, shape2 = kronecker_shapes(*matrix_shape(p.shape))
-            state["kron_f1"] = torch.zeros(shape1, dtype=p.dtype, device=p.device)
-            state["kron_f2"] = torch.zeros(shape2, dtype=p.dtype, device=p.device)
-        F1, F2 = state["kron_f1"], state["kron_f2"]
-        mu, g2 = group["momentum"], g.reshape(matrix_shape(p.shape))
-        if group["momentum_form"] == "ema":
-            T = torch.kron(F1, F2).lerp_(g2, 1.0 - mu)
-        else:
-            T = g2 + mu * torch.kron(F1, F2)
-        generator = None if bool(F2.any()) else self._generator(group, p)
-        new1, new2 = nearest_kronecker(T, F1, F2, group["power_iters"], generator)
-        F1.copy_(new1)
-        F2.copy_(new2)
-        return T.reshape(p.shape)
-
-    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        options = MuonOptions.from_group(group)
-        dense_ids = {id(group["params"][i]) for i in group["dense_momentum"]}
-        dense = [i for i, p in enumerate(params) if id(p) in dense_ids]
-        updates: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
-        if dense:
-            dense_updates = momentum_update_(
-                self._momentum_buffers([params[i] for i in dense]),
-                [grads[i] for i in dense],
-                options,
-            )
-            for i, u in zip(dense, dense_updates):
-                updates[i] = u
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if updates[i] is None:
-                T = self._kronecker_momentum(group, p, g)
-                (updates[i],) = nesterov_updates([g], [T], options)
-        orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
 
 
 def output_layer_params(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> list[Tensor]:
@@ -273,3 +291,39 @@ class HybridKroneckerMuon(KroneckerMuon):
             out += [offset + i for i in group["dense_momentum"]]
             offset += len(group["params"])
         return out
+
+
+class KroneckerMuonWithAuxAdam(MuonWithAuxAdam):
+    """Kronecker-factored momentum (:class:`KroneckerMuon`) on the Muon groups, AdamW on the
+    others (the hybrid with :class:`KroneckerMomentum`). A Muon group with ``dense_momentum``
+    listing all its parameters keeps dense Muon momentum for them (the "hybrid Kronecker" of
+    the GPT study: :func:`dense_momentum_groups` makes such groups)."""
+
+    store = KRONECKER_MOMENTUM
+
+
+def dense_momentum_groups(
+    model: nn.Module,
+    groups: list[dict],
+    dense: Sequence[str] | Callable[[str, Tensor], bool],
+) -> list[dict]:
+    """``groups`` (of :func:`muonkit.hybrid.hybrid_param_groups`) with the matrices that
+    ``dense`` picks (parameter names of ``model``, or a predicate ``(name, param) -> bool``)
+    moved out of each Muon group into a group of their own (role "muon_dense", right after
+    the rest of its group) whose ``dense_momentum`` lists them all: there
+    :class:`KroneckerMuonWithAuxAdam` keeps dense Muon momentum."""
+    picked = param_picker(dense)
+    ids = {id(p) for name, p in model.named_parameters() if picked(name, p)}
+    out = []
+    for g in groups:
+        if not g["use_muon"]:
+            out.append(g)
+            continue
+        rest = [p for p in g["params"] if id(p) not in ids]
+        kept = [p for p in g["params"] if id(p) in ids]
+        if rest:
+            out.append({**g, "params": rest})
+        if kept:
+            out.append({**g, "params": kept, "role": "muon_dense",
+                        "dense_momentum": list(range(len(kept)))})
+    return out

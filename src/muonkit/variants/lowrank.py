@@ -30,6 +30,10 @@ defined on zero or rank-deficient gradients; after each step the factors are reb
 that m_A has orthonormal rows and m_B carries the scale (:func:`rebalance_`; the product is
 unchanged), so a long run of zero gradients decays m_B to zero without m_A losing rank; m_A
 starts as random orthonormal rows and m_B as zero (a zero m_A would never move).
+
+The factors are a momentum store (:class:`LowRankMomentum`, a
+:class:`muonkit.muon.MomentumStore`): :class:`LoRAPreMuon` is Muon with it,
+:class:`LoRAPreMuonWithAuxAdam` the Muon + AdamW hybrid with it.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..functional import matrix_shape, nesterov_updates, orthogonalize_and_apply_
-from ..muon import MUON_DEFAULTS, MuonBase, validate_muon_options
+from ..functional import matrix_shape, nesterov_updates
+from ..hybrid import MuonWithAuxAdam
+from ..muon import MUON_DEFAULTS, MomentumStore, MuonBase, identity
 from ..options import (
     MuonOptions,
     MuonOptionValues,
@@ -88,6 +93,74 @@ def random_orthonormal_rows(r: int, n: int, like: Tensor, generator: torch.Gener
     return q.mT.contiguous().to(like.dtype)
 
 
+def check_whole_matrices(name: str, options: MuonOptions) -> None:
+    """The compressed stores factor each parameter as one (out, in) matrix."""
+    if options.ns_split != 1 or options.ns_batch_dims or options.transposed:
+        raise ValueError(f"{name} supports ns_split=1, ns_batch_dims=0 and transposed=False only")
+
+
+class LowRankMomentum(MomentumStore):
+    """LoRA-Pre's store (module docstring): ``lowrank_B`` (out x r) and ``lowrank_A`` (r x in)
+    per matrix, in the parameter's dtype; group options ``rank``, ``gamma1``, ``ridge``,
+    ``seed``. The factors track Muon's buffer of the group's ``momentum_form``, and the update
+    read from them is Muon's (:func:`muonkit.functional.nesterov_updates`)."""
+
+    group_defaults = dict(rank=16, gamma1=None, ridge=1e-6, seed=0)
+
+    def validate(self, optimizer, group, options):
+        check_whole_matrices("LoRAPreMuon", options)
+        if not isinstance(group["rank"], int) or group["rank"] < 1:
+            raise ValueError(f"rank must be an int >= 1, got {group['rank']!r}")
+        gamma = group["gamma1"]
+        if gamma is not None and not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma1 must be in (0, 1], got {gamma}")
+        if not group["ridge"] > 0:
+            raise ValueError(f"ridge must be > 0, got {group['ridge']}")
+        check_seed(group["seed"])
+        for p in group["params"]:
+            limit = min(matrix_shape(p.shape))
+            if group["rank"] > limit:
+                warnings.warn(
+                    f"LoRAPreMuon: rank {group['rank']} > min(out, in) = {limit} for a "
+                    f"parameter of shape {tuple(p.shape)}; using rank {limit}",
+                    stacklevel=5,  # where the group is added
+                )
+
+    @staticmethod
+    def factors(optimizer: MuonBase, group: dict, p: Tensor) -> tuple[Tensor, Tensor]:
+        """p's factors (B zero, A random orthonormal rows at the first step)."""
+        state = optimizer.state[p]
+        if "lowrank_B" not in state:
+            out_dim, in_dim = matrix_shape(p.shape)
+            r = min(group["rank"], out_dim, in_dim)
+            state["lowrank_B"] = torch.zeros(out_dim, r, dtype=p.dtype, device=p.device)
+            state["lowrank_A"] = random_orthonormal_rows(
+                r, in_dim, p, optimizer._generator(group, p)
+            )
+        return state["lowrank_B"], state["lowrank_A"]
+
+    def updates(self, optimizer, group, params, grads, options, view=identity):
+        mu = options.momentum
+        gamma = group["gamma1"] if group["gamma1"] is not None else 1.0 - mu**0.5
+        target_scale = 1.0 if options.momentum_form == "ema" else 1.0 / (1.0 - mu)
+        updates = []
+        for p, g in zip(params, grads):
+            B, A = self.factors(optimizer, group, p)
+            dtype = torch.promote_types(p.dtype, torch.float32)  # solves in fp32 or better
+            B32, A32 = B.to(dtype), A.to(dtype)
+            g2 = g.reshape(B.shape[0], A.shape[1]).to(dtype)
+            lora_pre_update_(B32, A32, g2 * target_scale, gamma, group["ridge"])
+            if B32 is not B:
+                B.copy_(B32)
+                A.copy_(A32)
+            (u,) = nesterov_updates([g2], [B32 @ A32], options)
+            updates.append(u.reshape(p.shape))
+        return updates
+
+
+LOW_RANK_MOMENTUM = LowRankMomentum()
+
+
 @option_keywords(momentum=0.9)
 class LoRAPreMuon(MuonBase):
     """Muon whose momentum is held as rank-``rank`` factors (LoRA-Pre, see module docstring).
@@ -109,6 +182,8 @@ class LoRAPreMuon(MuonBase):
     for float64 parameters), so fp16/bf16 parameters work.
     """
 
+    store = LOW_RANK_MOMENTUM
+
     def __init__(
         self,
         params,
@@ -129,53 +204,9 @@ class LoRAPreMuon(MuonBase):
         )
         super().__init__(params, defaults, nonfinite=nonfinite)
 
-    def _validate_group(self, group: dict) -> None:
-        options = validate_muon_options(group)
-        if options.ns_split != 1 or options.ns_batch_dims or options.transposed:
-            raise ValueError(
-                "LoRAPreMuon supports ns_split=1, ns_batch_dims=0 and transposed=False only"
-            )
-        if not isinstance(group["rank"], int) or group["rank"] < 1:
-            raise ValueError(f"rank must be an int >= 1, got {group['rank']!r}")
-        gamma = group["gamma1"]
-        if gamma is not None and not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma1 must be in (0, 1], got {gamma}")
-        if not group["ridge"] > 0:
-            raise ValueError(f"ridge must be > 0, got {group['ridge']}")
-        check_seed(group["seed"])
-        for p in group["params"]:
-            limit = min(matrix_shape(p.shape))
-            if group["rank"] > limit:
-                warnings.warn(
-                    f"LoRAPreMuon: rank {group['rank']} > min(out, in) = {limit} for a "
-                    f"parameter of shape {tuple(p.shape)}; using rank {limit}",
-                    stacklevel=3,
-                )
 
-    def _factors(self, group: dict, p: Tensor) -> tuple[Tensor, Tensor]:
-        state = self.state[p]
-        if "lowrank_B" not in state:
-            out_dim, in_dim = matrix_shape(p.shape)
-            r = min(group["rank"], out_dim, in_dim)
-            state["lowrank_B"] = torch.zeros(out_dim, r, dtype=p.dtype, device=p.device)
-            state["lowrank_A"] = random_orthonormal_rows(r, in_dim, p, self._generator(group, p))
-        return state["lowrank_B"], state["lowrank_A"]
+class LoRAPreMuonWithAuxAdam(MuonWithAuxAdam):
+    """LoRA-Pre (:class:`LoRAPreMuon`, rank-``rank`` momentum factors) on the Muon groups,
+    AdamW on the others (the hybrid with :class:`LowRankMomentum`)."""
 
-    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        options = MuonOptions.from_group(group)
-        mu = options.momentum
-        gamma = group["gamma1"] if group["gamma1"] is not None else 1.0 - mu**0.5
-        target_scale = 1.0 if options.momentum_form == "ema" else 1.0 / (1.0 - mu)
-        updates = []
-        for p, g in zip(params, grads):
-            B, A = self._factors(group, p)
-            dtype = torch.promote_types(p.dtype, torch.float32)  # solves in fp32 or better
-            B32, A32 = B.to(dtype), A.to(dtype)
-            g2 = g.reshape(B.shape[0], A.shape[1]).to(dtype)
-            lora_pre_update_(B32, A32, g2 * target_scale, gamma, group["ridge"])
-            if B32 is not B:
-                B.copy_(B32)
-                A.copy_(A32)
-            (u,) = nesterov_updates([g2], [B32 @ A32], options)
-            updates.append(u.reshape(p.shape))
-        orthogonalize_and_apply_(params, updates, lr=float(group["lr"]), options=options)
+    store = LOW_RANK_MOMENTUM

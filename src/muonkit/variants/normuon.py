@@ -23,7 +23,11 @@ distributed path (DTensor / FSDP2 / TP, and DDP through ``DistributedNorMuon``):
 orthogonalizes a whole matrix (its owner) also normalizes its rows, with the whole row-moment
 vector, before the result is scattered back to the shards; the vector (``out`` floats, kept
 whole on every rank) is then copied from the owner to every rank in one all-reduce per group
-(:class:`muonkit.muon.PostStep`), so checkpoints hold the same state on every rank.
+(:class:`muonkit.muon.BoundPostStep`), so checkpoints hold the same state on every rank.
+
+The row normalization is a post step (:class:`RowNormalization`, a
+:class:`muonkit.muon.PostStep`): :class:`NorMuon` is Muon with it, :class:`NorMuonWithAuxAdam`
+the hybrid with it, and any momentum store composes with it (a subclass setting both).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from torch import Tensor
 
 from ..functional import matrix_shape
 from ..hybrid import MuonWithAuxAdam
-from ..muon import MUON_DEFAULTS, MuonBase, PostStep, validate_muon_options
+from ..muon import MUON_DEFAULTS, BoundPostStep, MuonBase, PostStep
 from ..options import (
     MuonOptions,
     MuonOptionValues,
@@ -60,34 +64,41 @@ def neuron_normalize(orth: Tensor, v: Tensor, beta2: float, eps: float, split: i
     return (n_blocks * (norm_o / (norm_n + eps))).reshape(orth.shape).to(orth.dtype)
 
 
-def check_normuon_group(group: dict) -> None:
-    options = MuonOptions.from_group(group)
-    if options.ns_batch_dims:
-        raise ValueError("NorMuon supports ns_batch_dims=0 only (no stacked experts yet)")
-    if options.transposed:  # its per-row (output neuron) rescale would take the input dim
-        raise ValueError("NorMuon supports transposed=False only (weights stored (out, in))")
-    if not 0.0 <= group["beta2"] < 1.0:
-        raise ValueError(f"beta2 must be in [0, 1), got {group['beta2']}")
-    if not group["eps"] > 0:
-        raise ValueError(f"eps must be > 0, got {group['eps']}")
+class RowNormalization(PostStep):
+    """NorMuon's post step: :func:`neuron_normalize` of each orthogonalized update, with the
+    row moment ``row_second_moment`` (``out`` floats, fp32) of each parameter in its state;
+    group options ``beta2`` and ``eps``."""
+
+    group_defaults = NORMUON_DEFAULTS
+
+    def validate(self, group: dict, options: MuonOptions) -> None:
+        if options.ns_batch_dims:
+            raise ValueError("NorMuon supports ns_batch_dims=0 only (no stacked experts yet)")
+        if options.transposed:  # its per-row (output neuron) rescale would take the input dim
+            raise ValueError("NorMuon supports transposed=False only (weights stored (out, in))")
+        if not 0.0 <= group["beta2"] < 1.0:
+            raise ValueError(f"beta2 must be in [0, 1), got {group['beta2']}")
+        if not group["eps"] > 0:
+            raise ValueError(f"eps must be > 0, got {group['eps']}")
+
+    def bind(
+        self, optimizer: MuonBase, group: dict, params: list[Tensor], options: MuonOptions
+    ) -> BoundPostStep:
+        moments = []
+        for p in params:
+            state = optimizer.state[p]
+            if STATE_KEY not in state:
+                state[STATE_KEY] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+            moments.append(state[STATE_KEY])
+        beta2, eps, split = group["beta2"], group["eps"], options.ns_split
+
+        def normalize(k: int, orth: Tensor) -> Tensor:
+            return neuron_normalize(orth, moments[k], beta2, eps, split)
+
+        return BoundPostStep(normalize, moments)
 
 
-def normuon_group_step(opt: MuonBase, group: dict, params: list[Tensor], grads: list[Tensor]):
-    """Muon's group step (momentum, Newton-Schulz, weight decay and the scaled step, on one
-    device or across ranks) with the per-row normalization after Newton-Schulz; the state of
-    each parameter gets ``momentum_buffer`` and the row moment (``out`` floats, fp32)."""
-    moments = []
-    for p in params:
-        state = opt.state[p]
-        if STATE_KEY not in state:
-            state[STATE_KEY] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-        moments.append(state[STATE_KEY])
-    beta2, eps, split = group["beta2"], group["eps"], MuonOptions.from_group(group).ns_split
-
-    def normalize(k: int, orth: Tensor) -> Tensor:
-        return neuron_normalize(orth, moments[k], beta2, eps, split)
-
-    MuonBase._muon_group_step(opt, group, params, grads, PostStep(normalize, moments))
+ROW_NORMALIZATION = RowNormalization()
 
 
 @option_keywords()
@@ -106,6 +117,8 @@ class NorMuon(MuonBase):
     fp32).
     """
 
+    post_step = ROW_NORMALIZATION
+
     def __init__(
         self,
         params,
@@ -121,28 +134,10 @@ class NorMuon(MuonBase):
         defaults = dict(MUON_DEFAULTS, lr=lr, beta2=beta2, eps=eps, **chosen.as_dict())
         super().__init__(params, defaults, nonfinite=nonfinite)
 
-    def _validate_group(self, group: dict) -> None:
-        validate_muon_options(group)
-        check_normuon_group(group)
-
-    def _group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        normuon_group_step(self, group, params, grads)
-
 
 class NorMuonWithAuxAdam(MuonWithAuxAdam):
     """The hybrid with NorMuon on its ``use_muon`` groups (which also take ``beta2`` and
     ``eps``, defaults 0.95 and 1e-8) and AdamW on the others; build the groups with
     :func:`muonkit.hybrid_param_groups`."""
 
-    def add_param_group(self, param_group: dict) -> None:
-        if param_group.get("use_muon"):
-            param_group = {**NORMUON_DEFAULTS, **param_group}
-        super().add_param_group(param_group)
-
-    def _validate_group(self, group: dict) -> None:
-        super()._validate_group(group)
-        if group["use_muon"]:
-            check_normuon_group(group)
-
-    def _muon_group_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        normuon_group_step(self, group, params, grads)
+    post_step = ROW_NORMALIZATION
