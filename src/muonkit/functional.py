@@ -80,7 +80,8 @@ def nesterov_updates(
     ``options.momentum_form``: the buffers themselves without Nesterov; with it
     ``G + mu B`` (standard) / ``lerp(G, B, mu)`` (ema), or under
     ``mixing="gradient_heavy"`` ``G + mu M`` with M the gradients' EMA (module docstring).
-    The variants call this with their reconstructed buffers. May alias ``bufs``."""
+    A store that rebuilds its buffer each step (LoRA-Pre) reads its update with this. May
+    alias ``bufs``."""
     mu = options.momentum
     if not options.nesterov:
         return list(bufs)
@@ -213,7 +214,8 @@ def orthogonalize_and_apply_(
     orthogonalize: Callable[..., list[Tensor]] = orthogonalize_updates,
 ) -> None:
     """The second half of every Muon-style step: orthogonalize the momentum updates, then
-    weight decay and the LR-scaled step (the variants build ``updates`` their own way).
+    weight decay and the LR-scaled step (``updates`` come from the group's momentum store,
+    :class:`muonkit.muon.MomentumStore`).
 
     The distributed step passes its parameters' local parts, their full ``shapes`` (for the LR
     rule) and an ``orthogonalize`` that gathers whole matrices, calls

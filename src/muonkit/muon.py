@@ -99,6 +99,7 @@ MUON_DEFAULTS: dict[str, Any] = dict(lr=0.02, **MuonOptions.defaults(), use_muon
 
 
 def identity(t: Tensor) -> Tensor:
+    """``t`` itself: the part of a tensor a single-device step computes on."""
     return t
 
 
@@ -118,6 +119,9 @@ class MomentumStore:
 
     group_defaults: ClassVar[dict[str, Any]] = {}
     elementwise: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
     def validate(self, optimizer: MuonBase, group: dict, options: MuonOptions) -> None:
         """Raise ValueError for a group this store cannot step (its options are checked)."""
@@ -184,6 +188,9 @@ class PostStep:
     :class:`BoundPostStep`, which also creates the state it needs)."""
 
     group_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
     def validate(self, group: dict, options: MuonOptions) -> None:
         """Raise ValueError for a group this post step cannot transform."""

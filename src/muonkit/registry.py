@@ -3,8 +3,10 @@ choices, :func:`build_optimizer` (the optimizer of any ``nn.Module``, by name) a
 :func:`muonkit.distributed.parallel.distribute_optimizer` read.
 
 Each :class:`OptimizerSpec` says which hybrid class trains the model (Muon-family optimizers on
-the hidden matrices, AdamW on embeddings, head and vectors), which ``--parallel`` modes it can
-run under, and what it becomes under DDP:
+the hidden matrices, AdamW on embeddings, head and vectors; every one is
+:class:`muonkit.hybrid.MuonWithAuxAdam` with a momentum store and a post step, which
+``spec.store`` and ``spec.post_step`` name), which ``--parallel`` modes it can run under, and
+what it becomes under DDP:
 
 * ``ddp_class`` names a class of :mod:`muonkit.distributed` (e.g. ``DistributedMuonWithAuxAdam``):
   the same math with each matrix orthogonalized once, on one owner rank;
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from . import variants
 from .hybrid import MuonWithAuxAdam, check_option_names, hybrid_param_groups
+from .muon import MomentumStore, PostStep
 
 PARALLEL_MODES = ("none", "ddp", "fsdp2", "hsdp")  # --parallel of the train loop
 
@@ -53,6 +56,16 @@ class OptimizerSpec:
     def is_muon(self) -> bool:
         """A Muon-family hybrid (Muon options and the momentum warmup apply)."""
         return self.hybrid is not None
+
+    @property
+    def store(self) -> MomentumStore | None:
+        """How its Muon groups keep their momentum (None for AdamW): the hybrid's store."""
+        return None if self.hybrid is None else self.hybrid.store
+
+    @property
+    def post_step(self) -> PostStep | None:
+        """What follows Newton-Schulz in its Muon groups (None: nothing): the hybrid's."""
+        return None if self.hybrid is None else self.hybrid.post_step
 
 
 _VARIANT_LIMIT = "its compressed momentum needs whole matrices on every rank"
