@@ -39,6 +39,8 @@ import torch
 from torch import Tensor
 
 BUNDLED = "tinyshakespeare"
+MANIFEST = "manifest.json"  # a corpus of muonlab.data.corpus: its files, sizes and sha256
+TOKEN_SPLITS = ("train", "val")
 TOKENIZERS = ("char", "byte", "gpt2")
 BYTE_VOCAB = 256
 GPT2_PADDED_VOCAB = 50304  # 50257 rounded up to a multiple of 64, as nanoGPT
@@ -59,6 +61,7 @@ class TokenData:
     tokenizer: str
     source: str
     itos: list[str] | None = field(default=None, repr=False)
+    corpus_sha256: str | None = None  # a built corpus's (its manifest's, checked on reading)
 
     def encode(self, text: str) -> list[int]:
         """``text``'s token ids in this data's vocabulary (e.g. a task prompt for the model)."""
@@ -99,8 +102,10 @@ class TokenData:
 
     def describe(self) -> dict:
         """What a run records of its data: where from, the vocabulary, the sizes, and
-        ``token_hash`` (:func:`token_hash`), by which a resume knows the data is the run's."""
-        return dict(
+        ``token_hash`` (:func:`token_hash`), by which a resume knows the data is the run's, and
+        for a built corpus its ``corpus_sha256`` (that of its manifest, which the files
+        matched when read)."""
+        described = dict(
             source=self.source,
             tokenizer=self.tokenizer,
             vocab_size=self.vocab_size,
@@ -108,6 +113,9 @@ class TokenData:
             val_tokens=len(self.val),
             token_hash=token_hash(self.train, self.val),
         )
+        if self.corpus_sha256 is not None:
+            described["corpus_sha256"] = self.corpus_sha256
+        return described
 
 
 def token_hash(*splits: np.ndarray, chunk: int = 1 << 22) -> str:
@@ -255,15 +263,49 @@ def read_text_file(path: Path) -> str:
 
 def load_bin_dir(path: str | os.PathLike) -> TokenData:
     """``train.bin``/``val.bin`` (flat uint16) in ``path`` as memmaps, with the vocabulary of
-    :func:`read_meta`; every token id is checked against it (:func:`check_token_ids`)."""
+    :func:`read_meta`; every token id is checked against it (:func:`check_token_ids`); a built
+    corpus's files are checked against its manifest (:func:`read_manifest`)."""
     path = Path(path)
-    arrays = {split: read_token_file(path, split) for split in ("train", "val")}
+    arrays = {split: read_token_file(path, split) for split in TOKEN_SPLITS}
     meta, vocab_from = read_meta(path)
     vocab = meta.get("vocab_size", GPT2_PADDED_VOCAB)
     for split, tokens in arrays.items():
         check_token_ids(tokens, vocab, path / f"{split}.bin", vocab_from)
     tokenizer = meta.get("tokenizer", "gpt2")
-    return TokenData(arrays["train"], arrays["val"], vocab, tokenizer, str(path), meta.get("itos"))
+    manifest = read_manifest(path)
+    return TokenData(arrays["train"], arrays["val"], vocab, tokenizer, str(path), meta.get("itos"),
+                     corpus_sha256=None if manifest is None else manifest["sha256"])
+
+
+def sha256_of_files(paths) -> str:
+    """The SHA-256 (hex) of the files ``paths`` read one after the other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The manifest of the corpus built in ``directory`` (:mod:`muonlab.data.corpus`; None: no
+    manifest, e.g. nanoGPT's files), after checking that its ``sha256`` is that of
+    ``train.bin`` followed by ``val.bin``: a corpus whose files changed since it was built is
+    refused, so a run records the hash of the tokens it read."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        recorded = manifest["sha256"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a corpus manifest ({e})") from None
+    actual = sha256_of_files(directory / f"{split}.bin" for split in TOKEN_SPLITS)
+    if actual != recorded:
+        raise ValueError(f"{directory}: train.bin/val.bin (sha256 {actual[:16]}...) are not "
+                         f"the files its {MANIFEST} describes ({str(recorded)[:16]}...); rebuild "
+                         "it with muonkit data build-corpus --overwrite")
+    return manifest
 
 
 def read_token_file(path: Path, split: str) -> np.ndarray:

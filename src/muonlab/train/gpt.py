@@ -97,6 +97,7 @@ FLAG_NAMES = {
     "data.train_tokens": "--data (its size)",
     "data.val_tokens": "--data (its size)",
     "data.token_hash": "--data (its contents)",
+    "data.corpus_sha256": "--data (its contents)",
     "model.tie_weights": "--untied (weights tied)",
     "model_settings.tie_weights": "--untied (weights tied)",
     "model.n_layer": "--preset",
@@ -127,8 +128,8 @@ FLAG_NAMES = {
 # them only when no setting differs, e.g. when the data file or the code changed, or
 # --lora-alpha alone (muonlab.train.files.resume_differences).
 DERIVED = ("model", "params", "data.vocab_size", "data.train_tokens", "data.val_tokens",
-           "data.token_hash", "lora.alpha", "lora.modules", "lora.trainable_params",
-           "init_from.optimizer", "init_from.final_val_loss")
+           "data.token_hash", "data.corpus_sha256", "lora.alpha", "lora.modules",
+           "lora.trainable_params", "init_from.optimizer", "init_from.final_val_loss")
 
 
 @dataclass(frozen=True)
