@@ -22,7 +22,7 @@ def sessions(out):
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("horizon")
-    cfg = HorizonConfig(out=str(out), horizons=[4, 8], seeds=[0, 1],
+    cfg = HorizonConfig(out=str(out), horizons=[4, 8], tune_seed=0, seeds=[1, 2],
                         contenders=["adamw", "normuon", "muon-seed"], batch_size=2, block_size=8,
                         eval_batches=1, evals_per_run=2, model_overrides={"n_layer": 1},
                         grid_points=2, sweep_extend=0)
@@ -50,8 +50,8 @@ def test_each_horizon_is_tuned_around_the_last_and_has_its_own_schedule(study_di
         adamw = load_run(out / f"h{h}" / "adamw" / f"lr{best:g}-s0" / "metrics.jsonl")
         assert adamw.train[-1]["lr"] == pytest.approx(best * (0.1 + 0.9 * 0.5 * (
             1 + np.cos(np.pi * (h - 1 - 0) / (h - 0)))), rel=0.05)  # cosine ends near 0.1x
-    # seed 0 at the chosen LR is the sweep's run: each tuned cell has grid + 1 seed dirs
-    assert len(list((out / "h8" / "adamw").iterdir())) == 2 + 1
+    # the tuning seed 0 runs the grid, the report seeds 1 and 2 the chosen LR
+    assert len(list((out / "h8" / "adamw").iterdir())) == 2 + 2
     assert [p.name for p in (out / "h8" / "muon-seed").iterdir()] != []
     rms = [r for r in read_jsonl(out / "h8" / "muon-seed" / "lr0.02-s1" / "metrics.jsonl")
            if r["kind"] == "rms"]
@@ -76,9 +76,10 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     sweeps = json.loads((out / "sweeps.json").read_text())
     lr = sweeps["8"]["adamw"]["best"]
     finals = [load_run(out / "h8" / "adamw" / f"lr{lr:g}-s{s}" / "metrics.jsonl").val[-1][
-        "val_loss"] for s in (0, 1)]
+        "val_loss"] for s in (1, 2)]  # the report seeds, not the tuning seed 0
     assert f"{np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f} (lr {lr:g})" in text
     assert "Status: complete" in text and "muonkit horizon (test)" in text
+    assert "report seeds [1, 2] (seed 0 tuned the LRs and is not reported)" in text
     partial = tmp_path / "partial"
     shutil.copytree(out, partial)
     shutil.rmtree(partial / "h8" / "muon-seed" / "lr0.02-s1")
@@ -96,3 +97,12 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     build_horizon_report(partial)
     text = (partial / "report.md").read_text()
     assert "**unfinished**: 4 of 6" in text and "| muon-seed | unfinished | unfinished |" in text
+
+
+def test_tuning_and_report_runs_record_their_role(study_dir):
+    out, _ = study_dir
+    roles = {}
+    for path in out.rglob("metrics.jsonl"):
+        config = load_run(path).config["config"]
+        roles.setdefault(config["role"], set()).add(config["seed"])
+    assert roles == {"tune": {0}, "report": {1, 2}}

@@ -111,7 +111,7 @@ def test_a_train_run_records_and_uses_the_flags(tmp_path, capsys):
 
 def test_a_horizon_run_records_the_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(horizon, "run_isolated", run_in_process)
-    cfg = HorizonConfig(out=str(tmp_path / "h"), horizons=[2], seeds=[0],
+    cfg = HorizonConfig(out=str(tmp_path / "h"), horizons=[2], seeds=[1],
                         contenders=["muon-seed"], batch_size=2, block_size=8, eval_batches=1,
                         evals_per_run=1, model_overrides={"n_layer": 1},
                         muon_options=dict(ns_steps=3, ns_dtype="float32"))

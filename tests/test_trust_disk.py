@@ -311,7 +311,7 @@ def file_size_limit(size: int):
 def test_a_full_disk_keeps_a_studys_files_as_they_were(tmp_path):
     from muonlab.experiments.horizon import HorizonConfig, prepare_out
 
-    cfg = HorizonConfig(out=str(tmp_path), horizons=[4], seeds=[0], contenders=["adamw"],
+    cfg = HorizonConfig(out=str(tmp_path), horizons=[4], seeds=[1], contenders=["adamw"],
                         evals_per_run=2)
     prepare_out(cfg, "muonkit horizon --contenders adamw")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

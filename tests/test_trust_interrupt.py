@@ -117,7 +117,7 @@ def test_sigterm_to_a_horizon_study_alone_stops_its_run_which_the_rerun_resumes(
     stops its running child, which keeps its checkpoint; the same command resumes that run
     from it (each evaluation once in the metrics: nothing repeated, nothing lost)."""
     out = tmp_path / "horizon"
-    argv = ["horizon", *TINY, "--horizons", "100", "--evals-per-run", "20", "--seeds", "0",
+    argv = ["horizon", *TINY, "--horizons", "100", "--evals-per-run", "20", "--seeds", "1",
             "--contenders", "adamw", "--grid-points", "1", "--sweep-extend", "0",
             "--out", str(out)]
     proc = start_muonkit(argv, own_group=True)
@@ -163,7 +163,7 @@ def test_a_study_interrupted_between_its_phases_continues_in_the_right_one(tmp_p
 
     def study(out):
         cfg = horizon.HorizonConfig(
-            out=str(out), horizons=[4, 8], seeds=[0, 1], contenders=["adamw"], batch_size=2,
+            out=str(out), horizons=[4, 8], seeds=[1], contenders=["adamw"], batch_size=2,
             block_size=8, eval_batches=1, evals_per_run=2, model_overrides={"n_layer": 1},
             grid_points=2, sweep_extend=0)
         horizon.prepare_out(cfg, "muonkit horizon (test)")

@@ -13,6 +13,7 @@ from ..models.gpt import PRESETS
 from ..report.horizon import build_horizon_report
 from .common import (
     NONNEGATIVE_INT,
+    POSITIVE,
     POSITIVE_INT,
     add_command,
     add_muon_option_flags,
@@ -22,9 +23,16 @@ from .common import (
 )
 
 
+def tokens_per_param_list(text: str) -> list[float]:
+    """``--tokens-per-param 2,5,20``: positive numbers, comma-separated."""
+    return [POSITIVE(part) for part in text.split(",") if part.strip()]
+
+
 def config_from_args(args: argparse.Namespace) -> horizon.HorizonConfig:
     names = {f.name for f in dataclasses.fields(horizon.HorizonConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
+    if args.tokens_per_param is not None:
+        values["tokens_per_param"] = [t for part in args.tokens_per_param for t in part]
     if args.tracker is not None:
         values["trackers"] = trackers_from_args(args)
     return horizon.HorizonConfig(**values, muon_options=muon_options_from_args(args))
@@ -36,7 +44,13 @@ def run_command(args: argparse.Namespace) -> int:
         print("\n".join(f"{k}: {v}" for k, v in paths.items()))
         return 0
     cfg = config_from_args(args)
+    if args.plan:  # nothing is written
+        print(horizon.plan(cfg))
+        return 0
     out = horizon.prepare_out(cfg, "muonkit " + shlex.join(getattr(args, "argv", sys.argv[1:])))
+    cells = horizon.planned_cells(cfg)
+    print(f"{out}: {sum(c.tune + c.report for c in cells)} runs (more where a sweep extends) at "
+          f"{cfg.horizons} steps; muonkit horizon --plan estimates their time")
     horizon.Study(cfg).run_all()
     paths = build_horizon_report(out)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
@@ -51,10 +65,17 @@ def register(subparsers) -> None:
         description=horizon.__doc__.split("\n\n")[0],
     )
     p.add_argument("--out", default=d.out, help="study directory (a rerun continues it)")
-    p.add_argument("--horizons", type=POSITIVE_INT, nargs="+", default=d.horizons,
-                   help="steps per run")
+    lengths = p.add_mutually_exclusive_group()
+    lengths.add_argument("--horizons", type=POSITIVE_INT, nargs="+", default=d.horizons,
+                         help="steps per run")
+    lengths.add_argument("--tokens-per-param", type=tokens_per_param_list, nargs="+",
+                         default=None, metavar="T[,T...]",
+                         help="horizons as training tokens per model parameter, e.g. "
+                         "2,5,20,50,200 (steps = T x parameters / (batch x block size))")
+    p.add_argument("--tune-seed", type=NONNEGATIVE_INT, default=d.tune_seed,
+                   help="the seed of the LR sweeps (not reported)")
     p.add_argument("--seeds", type=NONNEGATIVE_INT, nargs="+", default=d.seeds,
-                   help="seeds (the first one tunes the LRs)")
+                   help="report seeds, run at each chosen LR")
     p.add_argument("--contenders", nargs="+", default=d.contenders,
                    choices=list(horizon.CONTENDERS), help="optimizer settings to compare")
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="GPT size")
@@ -78,6 +99,9 @@ def register(subparsers) -> None:
                    help="torch threads per run")
     add_muon_option_flags(p)
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the name of --out)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the runs and their estimated CPU time (a few steps of each "
+                   "optimizer timed here), then stop; nothing is written")
     p.add_argument("--report-only", action="store_true",
                    help="only redraw the report of --out (other flags are ignored)")
     p.set_defaults(func=run_command)

@@ -1,13 +1,22 @@
 """`muonkit horizon`: does Muon's lead over AdamW survive longer training?
 
-The same GPT, data and seeds are trained at several horizons (numbers of steps), each run
-with its own full schedule (linear warmup over ``warmup_frac`` of the run, cosine decay to
+The same GPT, data and seeds are trained at several horizons (numbers of steps, or token
+budgets in tokens per parameter, ``tokens_per_param``, from which the steps follow: tokens per
+parameter x parameters / (batch size x block size), rounded; ``study.json`` records both),
+each run with its own full schedule (linear warmup over ``warmup_frac`` of the run, cosine decay to
 ``min_lr_ratio``; Muon momentum warmup over ``momentum_warmup_frac``): a short run is not a
 prefix of a long one. Every contender (:data:`CONTENDERS`) is tuned at every horizon with the
 edge-aware sweep of :mod:`muonlab.experiments.sweep` (a factor-2 grid centred on the previous
-horizon's best, seed ``seeds[0]``, full length), then trained at the chosen LR with the other
-seeds; the seed-0 sweep run at the chosen LR is the seed-0 run. The hybrids' AdamW groups take
-the LR AdamW chose at the same horizon (or share the swept LR, or a fixed one).
+horizon's best, seed ``tune_seed``, full length), then trained at the chosen LR with the
+report ``seeds``, held out: no report seed chose an LR, and each run records its ``role``
+(``"tune"`` or ``"report"``) in its config line. (``tune_seed=None``, the variant study's
+form: ``seeds[0]`` tunes, and its sweep run at the chosen LR is also its reported run.) The
+hybrids' AdamW groups take the LR AdamW chose at the same horizon (or share the swept LR, or a
+fixed one). ``study.json`` pins the machine class (:func:`muonkit.hardware.machine_class`:
+device, CPU model and ISA or GPU, threads): a study is continued only on its own class.
+
+:func:`plan_text` (``muonkit horizon --plan``) lists the runs a study will start and estimates
+its CPU time from a few steps of each optimizer timed on this machine, before anything runs.
 
 Every run is its own process at ``threads`` torch threads, ``jobs`` at a time, horizons in
 order; each logs weight and update RMS of the hidden matrices
@@ -27,18 +36,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+
+from muonkit import hardware
 from muonkit.options import MuonOptions
 
-from ..data.text import BUNDLED
+from ..data.text import BUNDLED, TokenBatches
+from ..models.gpt import GPT, GPTConfig
 from ..train.checks import check_number
 from ..train.config import resolve_device
 from ..train.files import append_line, setting_name, write_whole
-from ..train.gpt import load_gpt_data
+from ..train.gpt import gpt_optimizer, load_gpt_data
 from ..train.loop import TrainConfig
+from ..train.step import lm_loss
 from ..train.trackers import resolve_trackers
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
@@ -82,6 +97,7 @@ BOUNDS = {
         "horizons", "batch_size", "block_size", "eval_batches", "evals_per_run", "grid_points",
         "jobs", "threads")},
     "seeds": {"ge": 0, "integer": True}, "sweep_extend": {"ge": 0, "integer": True},
+    "tune_seed": {"ge": 0, "integer": True}, "tokens_per_param": {"gt": 0},
     "warmup_frac": {"ge": 0, "le": 1}, "momentum_warmup_frac": {"ge": 0, "le": 1},
     "min_lr_ratio": {"ge": 0, "le": 1}, "grad_clip": {"ge": 0},
 }
@@ -90,7 +106,10 @@ BOUNDS = {
 @dataclass
 class HorizonConfig:
     """The study's settings (everything but ``RUNTIME``: ``out``, ``jobs``, ``threads``,
-    ``contenders`` and the trackers, must match on a rerun into the same ``out``). Every run
+    ``contenders`` and the trackers, must match on a rerun into the same ``out``, and so must
+    the machine class, threads included). ``tokens_per_param`` (None: ``horizons`` are the
+    steps): the horizons as token budgets; :func:`token_budget` sets ``horizons`` from them.
+    ``tune_seed`` chooses the LRs, ``seeds`` are reported (None: ``seeds[0]`` does both). Every run
     logs to ``trackers`` (default none); W&B runs are grouped under ``wandb_run_name`` (None:
     the name of ``out``). ``muon_options``: :class:`muonkit.MuonOptions` of every Muon-family
     contender (the ``--ns-*`` flags; a contender's own options win). ``table``: the contenders
@@ -101,7 +120,9 @@ class HorizonConfig:
 
     out: str = "runs/horizon"
     horizons: list[int] = field(default_factory=lambda: [250, 800, 2500])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    tokens_per_param: list[float] | None = None
+    tune_seed: int | None = 0
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     contenders: list[str] = field(default_factory=lambda: list(CONTENDERS))
     preset: str = "tiny"
     data: str = BUNDLED
@@ -127,7 +148,9 @@ class HorizonConfig:
     RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
                "wandb_run_name")
     # how messages name a setting whose flag is not "--" + its name (files.setting_name)
-    FLAG_NAMES: ClassVar[dict[str, str]] = {"study": "the kind of study"}
+    FLAG_NAMES: ClassVar[dict[str, str]] = {
+        "study": "the kind of study",
+        "machine_class": "the machine class (device, CPU or GPU, --threads)"}
 
     def __post_init__(self) -> None:
         for name, bounds in BOUNDS.items():
@@ -140,23 +163,60 @@ class HorizonConfig:
         unknown = sorted(set(self.contenders) - set(self.table))
         if unknown:
             raise ValueError(f"unknown contender(s) {unknown}; valid: {list(self.table)}")
+        self.check_horizons()
+        if self.tokens_per_param is not None and (
+                not self.tokens_per_param
+                or sorted(set(self.tokens_per_param)) != list(self.tokens_per_param)):
+            raise ValueError(f"--tokens-per-param must be increasing, got {self.tokens_per_param}")
+        if not self.seeds or self.jobs < 1 or self.threads < 1 or self.grid_points < 1:
+            raise ValueError("need >= 1 seed, jobs >= 1, threads >= 1, grid_points >= 1")
+        if self.tune_seed is not None and self.tune_seed in self.seeds:
+            raise ValueError(f"--tune-seed {self.tune_seed} is also in --seeds {self.seeds}: the "
+                             "seed that chooses the LRs is not reported; give report seeds "
+                             "without it")
+        MuonOptions(**self.muon_options)
+
+    def check_horizons(self) -> None:
         horizons = setting_name("horizons", self.FLAG_NAMES)
+        if self.tokens_per_param is not None:
+            horizons = "--tokens-per-param (in steps)"
         if len(self.horizons) < 1 or min(self.horizons) < self.evals_per_run:
             raise ValueError(f"{horizons} must be at least "
                              f"{setting_name('evals_per_run', self.FLAG_NAMES)} "
                              f"({self.evals_per_run}), got {self.horizons}")
-        if sorted(self.horizons) != list(self.horizons):
+        if sorted(set(self.horizons)) != list(self.horizons):
             raise ValueError(f"{horizons} must be increasing, got {self.horizons}")
-        if not self.seeds or self.jobs < 1 or self.threads < 1 or self.grid_points < 1:
-            raise ValueError("need >= 1 seed, jobs >= 1, threads >= 1, grid_points >= 1")
-        MuonOptions(**self.muon_options)
+
+    @property
+    def tuning_seed(self) -> int:
+        """The seed of the LR sweeps."""
+        return self.seeds[0] if self.tune_seed is None else self.tune_seed
+
+    def role(self, seed: int) -> str | None:
+        """What a run of ``seed`` is for: "tune" or "report" (None: ``tune_seed`` is None, and
+        ``seeds[0]``'s runs do both)."""
+        if self.tune_seed is None:
+            return None
+        return "tune" if seed == self.tune_seed else "report"
+
+    def report_seeds_after_sweep(self, tuned: bool) -> list[int]:
+        """The seeds still to run at the chosen LR once the sweep is done."""
+        return self.seeds[1:] if tuned and self.tune_seed is None else list(self.seeds)
+
+    def machine_class(self) -> dict:
+        """The machine class the study's runs compute on (pinned in ``study.json``)."""
+        return hardware.machine_class(resolve_device(self.device), self.threads)
 
     def study(self) -> dict:
-        """The settings that define the study's results (``muon_options`` only where they
-        change a default, so a study begun before the ``--ns-*`` flags continues)."""
+        """The settings that define the study's results and the machine class they are
+        computed on (``muon_options`` only where they change a default, so a study begun
+        before the ``--ns-*`` flags continues; ``tokens_per_param`` and ``tune_seed`` only when
+        given)."""
         kept = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in (*self.RUNTIME, "muon_options")}
+                if k not in (*self.RUNTIME, "muon_options")
+                and not (k in ("tokens_per_param", "tune_seed") and v is None)}
         changed = MuonOptions.changes(self.muon_options)
+        kept["machine_class"] = self.machine_class()
         return {**kept, "muon_options": changed} if changed else kept
 
     def train_config(self, steps: int, seed: int, out_dir: Path, muon: bool) -> TrainConfig:
@@ -170,6 +230,25 @@ class HorizonConfig:
             progress=False, seed=seed, trackers=self.trackers, wandb_project=self.wandb_project,
             wandb_group=self.wandb_run_name or Path(self.out).name,
         )
+
+
+def steps_for_tokens(tokens_per_param: float, params: int, tokens_per_step: int) -> int:
+    """Optimizer steps that train ``params`` parameters on ``tokens_per_param`` tokens each
+    at ``tokens_per_step`` tokens a step (rounded, at least 1)."""
+    return max(1, round(tokens_per_param * params / tokens_per_step))
+
+
+def token_budget(cfg: HorizonConfig, model: GPTConfig) -> dict:
+    """The parameters of the study's GPT (:meth:`GPT.num_params`, as its runs record them),
+    its tokens per step and the tokens per parameter of each horizon; with
+    ``cfg.tokens_per_param`` sets ``cfg.horizons`` to their steps first."""
+    params = GPT(model).num_params()
+    per_step = cfg.batch_size * model.block_size
+    if cfg.tokens_per_param is not None:
+        cfg.horizons = [steps_for_tokens(t, params, per_step) for t in cfg.tokens_per_param]
+        cfg.check_horizons()
+    return {"params": params, "tokens_per_step": per_step,
+            "horizon_tokens_per_param": [round(h * per_step / params, 4) for h in cfg.horizons]}
 
 
 def run_dir(out: Path, horizon: int, name: str, lr: float, seed: int) -> Path:
@@ -212,6 +291,8 @@ class Study:
             optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options),
             train_config=cfg.train_config(h, seed, out_dir, c.optimizer != "adamw"),
         )
+        if cfg.role(seed) is not None:
+            kwargs["role"] = cfg.role(seed)
         spec = RunSpec(kwargs, f"h{h} {name} lr{lr:g} s{seed}", cfg.threads, log_rms=True)
         priority = (cfg.horizons.index(h), phase, cfg.contenders.index(name))
         return self.pool.run(priority, run_isolated, spec, self.log)
@@ -241,7 +322,7 @@ class Study:
                 result = run_sweep(
                     factor_grid(center, cfg.grid_points),
                     lambda lrs, h=h, aux=aux: run_concurrently(
-                        [lambda x=x: self.run(name, h, x, cfg.seeds[0], aux, 0) for x in lrs]),
+                        [lambda x=x: self.run(name, h, x, cfg.tuning_seed, aux, 0) for x in lrs]),
                     max_extend=cfg.sweep_extend,
                 )
                 lr = center = result.best
@@ -250,7 +331,7 @@ class Study:
             if name == "adamw":
                 self.adamw_lr[h] = lr
                 self.adamw_ready[h].set()
-            seeds = cfg.seeds[1:] if center is not None else cfg.seeds
+            seeds = cfg.report_seeds_after_sweep(center is not None)
             run_concurrently(
                 [lambda s=s, h=h, lr=lr, aux=aux: self.run(name, h, lr, s, aux, 1) for s in seeds])
             self.log(f"h{h} {name}: done at lr {lr:g}")
@@ -262,25 +343,37 @@ class Study:
             write_whole(path, json.dumps(self.sweeps, indent=1, default=str))
 
     def run_all(self) -> None:
-        names = list(self.cfg.contenders)
-        if any(self.cfg.table[n].aux == "adamw" for n in names) and "adamw" not in names:
-            names.insert(0, "adamw")  # the hybrids' aux LR comes from AdamW's sweep
-        self.cfg.contenders = names
+        names = self.cfg.contenders = contenders_to_run(self.cfg)
         run_concurrently([lambda n=n: self.contender(n) for n in names])
 
 
+def contenders_to_run(cfg: HorizonConfig) -> list[str]:
+    """The contenders asked for, AdamW first when a hybrid takes its LR."""
+    names = list(cfg.contenders)
+    if any(cfg.table[n].aux == "adamw" for n in names) and "adamw" not in names:
+        names.insert(0, "adamw")  # the hybrids' aux LR comes from AdamW's sweep
+    return names
+
+
+def check_data(cfg: HorizonConfig) -> dict:
+    """Read and check the data (bad data, or a batch that does not fit it, fails here, before
+    anything is written); :func:`token_budget` of the study's GPT (setting the horizons of a
+    study in tokens per parameter)."""
+    _, model = load_gpt_data(cfg.data, preset=cfg.preset, batch_size=cfg.batch_size,
+                             block_size=cfg.block_size, model_overrides=cfg.model_overrides)
+    return token_budget(cfg, model)
+
+
 def prepare_out(cfg: HorizonConfig, command: str) -> Path:
-    """Check the data; create ``out`` or check that it holds this study (same settings); log
-    the command."""
+    """Check the data; create ``out`` or check that it holds this study (same settings, same
+    machine class); log the command."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
-    # bad data, or a batch that does not fit it, fails here, before anything is written
-    load_gpt_data(cfg.data, preset=cfg.preset, batch_size=cfg.batch_size,
-                  block_size=cfg.block_size, model_overrides=cfg.model_overrides)
+    budget = check_data(cfg)
     saved = out / "study.json"
-    study = json.loads(json.dumps(cfg.study()))
-    check_same_study(saved, study, cfg.FLAG_NAMES)
+    study = json.loads(json.dumps({**cfg.study(), **budget}))
+    check_same_study(saved, study, cfg.FLAG_NAMES, may_change=budget)  # derived from the rest
     out.mkdir(parents=True, exist_ok=True)
     write_whole(saved, json.dumps(study, indent=1))
     asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)
@@ -289,3 +382,105 @@ def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     write_whole(asked, json.dumps(sorted(names)))
     append_line(out / "commands.txt", command)
     return out
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """The runs one contender will start at one horizon: ``tune`` sweep runs (its grid),
+    up to ``extension`` more where a sweep's best sits at an edge, and ``report`` runs."""
+
+    horizon: int
+    name: str
+    tune: int
+    extension: int
+    report: int
+
+
+def planned_cells(cfg: HorizonConfig) -> list[PlannedCell]:
+    """Every (horizon, contender) cell of the study and its runs. A sweep extends past one
+    edge only (once extended downwards, its best is the new lowest LR or inside the grid), so
+    at most ``sweep_extend`` runs more."""
+    cells = []
+    for h in cfg.horizons:
+        for name in contenders_to_run(cfg):
+            tuned = cfg.table[name].center is not None
+            cells.append(PlannedCell(h, name, cfg.grid_points if tuned else 0,
+                                     cfg.sweep_extend if tuned else 0,
+                                     len(cfg.report_seeds_after_sweep(tuned))))
+    return cells
+
+
+def measure_step_seconds(cfg: HorizonConfig, name: str, steps: int = 3) -> float:
+    """Seconds of one training step (forward, backward, optimizer step) of contender
+    ``name``'s optimizer on the study's GPT and batch, at ``cfg.threads`` torch threads on
+    ``cfg.device``: the mean of ``steps`` steps after one untimed step."""
+    tokens, model_config = load_gpt_data(
+        cfg.data, preset=cfg.preset, batch_size=cfg.batch_size, block_size=cfg.block_size,
+        model_overrides=cfg.model_overrides)
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        torch.manual_seed(0)
+        model = GPT(model_config).to(device)
+        c = cfg.table[name]
+        opt = gpt_optimizer(model, c.optimizer, **optimizer_options(
+            c, c.center or c.options.get("muon_lr", 1e-3), 1e-3, cfg.muon_options))
+        batches = TokenBatches(tokens.train, cfg.batch_size, model_config.block_size)
+        clock = 0.0
+        for i in range(steps + 1):
+            x, y = (t.to(device) for t in batches.next_batch())
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            lm_loss(model, (x, y)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            clock += (time.perf_counter() - start) if i else 0.0
+    finally:
+        torch.set_num_threads(threads)
+    return clock / steps
+
+
+def plan_text(cfg: HorizonConfig, budget: dict, step_seconds: dict[str, float]) -> str:
+    """The study's runs, per horizon and contender, and their estimated time: each run's
+    steps x the measured seconds per step of its optimizer (``step_seconds``, by optimizer
+    name), plus its evaluations (``evals_per_run + 1`` of ``eval_batches`` forward passes, a
+    forward taken as a third of a step); CPU time = wall time x ``threads``."""
+    cells = planned_cells(cfg)
+    lines = [f"plan: preset {cfg.preset}, {budget['params']:,} parameters, "
+             f"{budget['tokens_per_step']:,} tokens per step, tune seed {cfg.tuning_seed}, "
+             f"report seeds {cfg.seeds}, {cfg.threads} thread(s) per run, {cfg.jobs} at a time",
+             "  steps  tokens/param  contender        tune runs  report runs  hours per run"]
+    per_param = dict(zip(cfg.horizons, budget["horizon_tokens_per_param"], strict=True))
+    evals = (cfg.evals_per_run + 1) * cfg.eval_batches / 3
+    wall = {"runs": 0, "more": 0, "s": 0.0, "more_s": 0.0}
+    for cell in cells:
+        run_s = (cell.horizon + evals) * step_seconds[cfg.table[cell.name].optimizer]
+        wall["runs"] += cell.tune + cell.report
+        wall["more"] += cell.extension
+        wall["s"] += (cell.tune + cell.report) * run_s
+        wall["more_s"] += cell.extension * run_s
+        tune = f"{cell.tune} (+{cell.extension})" if cell.extension else str(cell.tune)
+        lines.append(f"  {cell.horizon:>5}  {per_param[cell.horizon]:>12.4g}  {cell.name:<15}  "
+                     f"{tune:>9}  {cell.report:>11}  {run_s / 3600:>13.2f}")
+    cpu, more = (wall[k] * cfg.threads / 3600 for k in ("s", "more_s"))
+    timed = ", ".join(f"{k} {v:.3f}" for k, v in sorted(step_seconds.items()))
+    lines += [
+        f"seconds per step measured here now ({timed}) at {cfg.threads} thread(s) on "
+        f"{cfg.device}: a busy machine measures slower",
+        f"runs: {wall['runs']} (up to {wall['runs'] + wall['more']} with every sweep "
+        f"extension); estimated CPU time {cpu:.1f} h (up to {cpu + more:.1f} h), wall time "
+        f"{wall['s'] / 3600 / cfg.jobs:.1f} h at --jobs {cfg.jobs}",
+    ]
+    return "\n".join(lines)
+
+
+def plan(cfg: HorizonConfig, steps: int = 3) -> str:
+    """:func:`plan_text` of ``cfg`` with each of its optimizers timed for ``steps`` steps."""
+    budget = check_data(cfg)
+    names = {cfg.table[n].optimizer: n for n in contenders_to_run(cfg)}
+    step_seconds = {opt: measure_step_seconds(cfg, name, steps) for opt, name in names.items()}
+    return plan_text(cfg, budget, step_seconds)

@@ -61,6 +61,7 @@ class VariantGPTConfig(HorizonConfig):
 
     out: str = "runs/variants/gpt"
     horizons: list[int] = field(default_factory=lambda: [800])
+    tune_seed: int | None = None  # seeds[0] tunes and is reported (the study's form so far)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     contenders: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENDERS))
 

@@ -58,6 +58,19 @@ class Study:
         return list(self.settings["horizons"])
 
     @property
+    def tuning_seed(self) -> int:
+        """The seed of the sweeps (a study before held-out seeds: its first seed)."""
+        return self.settings.get("tune_seed", self.settings["seeds"][0])
+
+    def columns(self) -> list[str]:
+        """A column per horizon: its steps, and its tokens per parameter where recorded."""
+        per_param = self.settings.get("horizon_tokens_per_param")
+        if per_param is None:
+            return [f"{h} steps" for h in self.horizons]
+        return [f"{h} steps ({t:.3g} tokens/param)"
+                for h, t in zip(self.horizons, per_param, strict=True)]
+
+    @property
     def runs_started(self) -> int:
         return len(self.started)
 
@@ -136,7 +149,7 @@ def final_table(study: Study) -> str:
                        f"{fmt_mean_std(*cell.final, 3, len(cell.runs))} (lr {cell.lr:g})"
                        + seeds_note(study, cell))
         rows.append(row)
-    return markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
+    return markdown_table(["contender"] + study.columns(), rows)
 
 
 def gap_and_reach(study: Study) -> tuple[str, dict]:
@@ -161,7 +174,7 @@ def gap_and_reach(study: Study) -> tuple[str, dict]:
                      else f"reaches AdamW's final at {reach / h:.0%} of the run")
             row.append(f"{gap:+.3f}; {where}{seeds_note(study, cell)}")
         rows.append(row)
-    table = markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
+    table = markdown_table(["contender"] + study.columns(), rows)
     return table, gaps
 
 
@@ -213,16 +226,25 @@ def cost_table(study: Study) -> str:
 
 
 def rms_table(study: Study) -> str:
+    """Weight RMS at the first and the last evaluation (its growth) and the last update RMS
+    of each cell's first report seed."""
     rows = []
     for name in study.names():
         row = [name]
         for h in study.horizons:
             cell = study.ready(h, name)
+            first = _weight_rms_at_start(cell.runs[0]) if cell else None
             rec = _rms_records(cell.runs[0]) if cell else []
-            row.append(f"{rec[-1]['weight_rms']:.4f} / {rec[-1]['update_rms']:.2e}"
-                       if rec else "unfinished")
+            row.append(f"{first:.4f} -> {rec[-1]['weight_rms']:.4f} / "
+                       f"{rec[-1]['update_rms']:.2e}" if rec and first is not None
+                       else "unfinished")
         rows.append(row)
-    return markdown_table(["contender"] + [f"{h} steps" for h in study.horizons], rows)
+    return markdown_table(["contender"] + study.columns(), rows)
+
+
+def _weight_rms_at_start(run: Run) -> float | None:
+    first = next((r for r in read_jsonl(run.path) if r.get("kind") == "rms"), None)
+    return None if first is None else first["weight_rms"]
 
 
 def _rms_records(run: Run) -> list[dict]:
@@ -247,20 +269,29 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
     gap_table, gaps = gap_and_reach(study)
     status = ("complete" if done == expected and expected else
               f"**unfinished**: {done} of {expected} (horizon, contender) cells finished")
+    budget = ("" if "params" not in s else
+              f" ({s['params']:,} parameters, {s['tokens_per_step']:,} tokens per step; "
+              f"{', '.join(f'{t:.3g}' for t in s['horizon_tokens_per_param'])} tokens per "
+              "parameter at the horizons)")
     parts = [
         "# Horizon study: does Muon's lead over AdamW survive longer training?\n",
         f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished.\n",
-        f"Model preset `{s['preset']}`, data `{s['data']}`, {s['batch_size']} sequences per step, "
-        f"seeds {s['seeds']}, horizons {s['horizons']} steps, each with its own schedule "
+        f"Model preset `{s['preset']}`{budget}, data `{s['data']}`, {s['batch_size']} sequences "
+        f"per step, report seeds {s['seeds']}"
+        + (f" (seed {s['tune_seed']} tuned the LRs and is not reported)"
+           if "tune_seed" in s else "") +
+        f", horizons {s['horizons']} steps, each with its own schedule "
         f"(warmup {s['warmup_frac']:.0%}, cosine to {s['min_lr_ratio']} x peak, Muon momentum "
         f"warmup {s['momentum_warmup_frac']:.0%}); every contender tuned per horizon on a "
         f"{s['grid_points']}-point factor-2 grid around the previous horizon's best (seed "
-        f"{s['seeds'][0]}, full length, extended past an edge up to {s['sweep_extend']} points).\n",
+        f"{study.tuning_seed}, full length, extended past an edge up to {s['sweep_extend']} "
+        "points).\n",
         study.hardware(),
         "## Final validation loss (mean ± std over seeds, chosen LR)\n", final_table(study),
         "## Gap to AdamW and steps to reach AdamW's final loss\n", gap_table,
         "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
-        "## Weight RMS / update RMS of the hidden matrices at the end (seed 0)\n",
+        "## Weight RMS (first -> last evaluation) / update RMS of the hidden matrices at the "
+        "end (first report seed)\n",
         rms_table(study),
         "Update RMS: mean RMS of one optimizer step's change of the hidden matrices over the "
         "last evaluation interval (LR schedule and weight decay included).\n",

@@ -98,6 +98,7 @@ FLAG_NAMES = {
     "data.val_tokens": "--data (its size)",
     "data.token_hash": "--data (its contents)",
     "data.corpus_sha256": "--data (its contents)",
+    "role": "the run's role in its study (tune or report)",
     "model.tie_weights": "--untied (weights tied)",
     "model_settings.tie_weights": "--untied (weights tied)",
     "model.n_layer": "--preset",
@@ -346,6 +347,7 @@ def train_gpt(
     lora_alpha: float | None = None,
     task: Task | None = None,
     decode: bool = False,
+    role: str | None = None,
 ) -> TrainResult:
     """One GPT run; ``train_config.seed`` seeds the weights and the training-batch order.
 
@@ -374,6 +376,8 @@ def train_gpt(
     (:func:`muonlab.train.finetune.task_evaluator`).
     ``decode``: the caller will decode text from the trained model (:func:`sample_text`), so
     the data must have a decoder; checked with every other input before a file is written.
+    ``role``: a study's run records it (``"tune"``: its seed chooses the LR; ``"report"``: a
+    held-out seed the study reports), so that no report counts a tuning run.
     """
     registry.check_parallel(optimizer, parallel)  # before any data is read or file written
     tokens, config = load_gpt_data(data, tokenizer, preset, batch_size, block_size,
@@ -432,6 +436,8 @@ def train_gpt(
         "init_from": {"run": None},
         "task": {"name": None},
     }
+    if role is not None:  # a study's run: "tune" (chooses an LR) or "report" (is reported)
+        run_config["role"] = role
     if lora is not None:
         run_config["lora"] = {**lora, "modules": len(lora["modules"]),
                               "trainable_params": sum(p.numel() for p in model.parameters()
