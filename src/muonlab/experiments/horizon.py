@@ -411,9 +411,11 @@ def planned_cells(cfg: HorizonConfig) -> list[PlannedCell]:
 
 
 def measure_step_seconds(cfg: HorizonConfig, name: str, steps: int = 3) -> float:
-    """Seconds of one training step (forward, backward, optimizer step) of contender
+    """Seconds of one training step (forward, backward, clipping, optimizer step) of contender
     ``name``'s optimizer on the study's GPT and batch, at ``cfg.threads`` torch threads on
-    ``cfg.device``: the mean of ``steps`` steps after one untimed step."""
+    ``cfg.device``: the mean of ``steps`` steps after one untimed step. On a CPU, the
+    process's CPU time / threads (what the step takes on a machine that runs nothing else: a
+    busy machine's wall clock would count its waiting); on a GPU, the wall clock."""
     tokens, model_config = load_gpt_data(
         cfg.data, preset=cfg.preset, batch_size=cfg.batch_size, block_size=cfg.block_size,
         model_overrides=cfg.model_overrides)
@@ -427,21 +429,25 @@ def measure_step_seconds(cfg: HorizonConfig, name: str, steps: int = 3) -> float
         opt = gpt_optimizer(model, c.optimizer, **optimizer_options(
             c, c.center or c.options.get("muon_lr", 1e-3), 1e-3, cfg.muon_options))
         batches = TokenBatches(tokens.train, cfg.batch_size, model_config.block_size)
+        cuda = device.type == "cuda"
+        now = time.perf_counter if cuda else time.process_time
         clock = 0.0
         for i in range(steps + 1):
             x, y = (t.to(device) for t in batches.next_batch())
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize(device)
-            start = time.perf_counter()
+            start = now()
             lm_loss(model, (x, y)).backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize(device)
-            clock += (time.perf_counter() - start) if i else 0.0
+            clock += (now() - start) if i else 0.0
     finally:
         torch.set_num_threads(threads)
-    return clock / steps
+    return clock / steps / (1 if cuda else cfg.threads)
 
 
 def plan_text(cfg: HorizonConfig, budget: dict, step_seconds: dict[str, float]) -> str:
@@ -469,8 +475,8 @@ def plan_text(cfg: HorizonConfig, budget: dict, step_seconds: dict[str, float]) 
     cpu, more = (wall[k] * cfg.threads / 3600 for k in ("s", "more_s"))
     timed = ", ".join(f"{k} {v:.3f}" for k, v in sorted(step_seconds.items()))
     lines += [
-        f"seconds per step measured here now ({timed}) at {cfg.threads} thread(s) on "
-        f"{cfg.device}: a busy machine measures slower",
+        f"seconds per step measured here ({timed}; on a CPU its CPU time / threads) at "
+        f"{cfg.threads} thread(s) on {cfg.device}",
         f"runs: {wall['runs']} (up to {wall['runs'] + wall['more']} with every sweep "
         f"extension); estimated CPU time {cpu:.1f} h (up to {cpu + more:.1f} h), wall time "
         f"{wall['s'] / 3600 / cfg.jobs:.1f} h at --jobs {cfg.jobs}",
