@@ -13,6 +13,7 @@ from muonlab.experiments.runs import run_in_process
 from muonlab.experiments.sweep import factor_grid
 from muonlab.report.horizon import build_horizon_report
 from muonlab.report.metrics import load_run, read_jsonl
+from muonlab.report.stats import report_runs
 
 
 def sessions(out):
@@ -106,3 +107,6 @@ def test_tuning_and_report_runs_record_their_role(study_dir):
         config = load_run(path).config["config"]
         roles.setdefault(config["role"], set()).add(config["seed"])
     assert roles == {"tune": {0}, "report": {1, 2}}
+    runs = [load_run(p) for p in (out / "h8" / "adamw").rglob("metrics.jsonl")]
+    split = report_runs(runs)  # the statistics layer reads the roles the runs recorded
+    assert split.seeds == [1, 2] and {r.seed for r in split.tuning} == {0}

@@ -17,6 +17,7 @@ from muonlab.experiments.horizon import (
     prepare_out,
 )
 from muonlab.experiments.runs import run_in_process
+from muonlab.report.horizon import build_horizon_report
 from muonlab.report.metrics import load_run
 
 # a GPT of about 4,300 parameters: a token per parameter is a few steps of 2 x 8 tokens
@@ -24,10 +25,18 @@ SMALL = dict(batch_size=2, block_size=8, eval_batches=1, evals_per_run=1,
              model_overrides={"n_layer": 1, "n_embd": 16, "n_head": 2})
 
 
-def test_tokens_per_param_set_the_steps_of_each_run(tmp_path, monkeypatch):
+def test_tokens_per_param_set_the_steps_of_each_run_on_a_built_corpus(tmp_path, monkeypatch):
     monkeypatch.setattr(horizon, "run_isolated", run_in_process)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(4):
+        (texts / f"{i}.txt").write_text(f"text number {i}, " * 20)
+    corpus = tmp_path / "corpus"
+    assert main(["data", "build-corpus", "--from", str(texts), "--out", str(corpus),
+                 "--val-every", "2"]) == 0
+    sha = json.loads((corpus / "manifest.json").read_text())["sha256"]
     cfg = HorizonConfig(out=str(tmp_path / "h"), tokens_per_param=[0.01, 0.03], seeds=[1],
-                        contenders=["muon-seed"], **SMALL)
+                        contenders=["muon-seed"], data=str(corpus), **SMALL)
     out = prepare_out(cfg, "muonkit horizon (test)")
     Study(cfg, log=lambda _: None).run_all()
     study = json.loads((out / "study.json").read_text())
@@ -41,6 +50,11 @@ def test_tokens_per_param_set_the_steps_of_each_run(tmp_path, monkeypatch):
         assert run["role"] == "report"
     assert study["horizon_tokens_per_param"] == [
         round(h * 16 / study["params"], 4) for h in cfg.horizons]
+    build_horizon_report(out)
+    text = (out / "report.md").read_text()
+    assert f"(corpus sha256 {sha}, as the runs recorded)" in text
+    assert f"{cfg.horizons[1]} steps ({study['horizon_tokens_per_param'][1]:.3g} tokens/param)" \
+        in text
 
 
 def test_the_machine_class_is_pinned(tmp_path):

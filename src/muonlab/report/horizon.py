@@ -133,6 +133,14 @@ def load_study(out: Path) -> Study:
     return Study(settings, sweeps, cells, out, started, done, commands, contenders)
 
 
+def corpus_note(study: Study) -> str:
+    """The sha256 of the built corpus (:mod:`muonlab.data.corpus`) the runs recorded reading,
+    each one the runs name; "" for other data."""
+    hashes = sorted({r.config.get("config", {}).get("data", {}).get("corpus_sha256")
+                     for r in study.started} - {None})
+    return f" (corpus sha256 {', '.join(hashes)}, as the runs recorded)" if hashes else ""
+
+
 def seeds_note(study: Study, cell: Cell) -> str:
     """"" for a finished cell, else " (k of n seeds)"."""
     n = len(study.settings["seeds"])
@@ -276,7 +284,8 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
     parts = [
         "# Horizon study: does Muon's lead over AdamW survive longer training?\n",
         f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished.\n",
-        f"Model preset `{s['preset']}`{budget}, data `{s['data']}`, {s['batch_size']} sequences "
+        f"Model preset `{s['preset']}`{budget}, data `{s['data']}`{corpus_note(study)}, "
+        f"{s['batch_size']} sequences "
         f"per step, report seeds {s['seeds']}"
         + (f" (seed {s['tune_seed']} tuned the LRs and is not reported)"
            if "tune_seed" in s else "") +

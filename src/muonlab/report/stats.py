@@ -186,13 +186,19 @@ def compare(a: Sequence[float], b: Sequence[float], paired: bool, higher_is_bett
 
 
 def _field(record: object, key: str):
-    """``record.key``, ``record[key]``, or the key of its ``config`` mapping (None if none)."""
+    """``record.key``, ``record[key]``, or the key of its ``config`` mapping, or of the run
+    settings in it (a run's config line: a study's ``role`` is there) (None if none)."""
     if isinstance(record, Mapping):
         return record.get(key)
     if key != "role" and hasattr(record, key):
         return getattr(record, key)
     config = getattr(record, "config", None)
-    return config.get(key) if isinstance(config, Mapping) else None
+    if not isinstance(config, Mapping):
+        return None
+    settings = config.get("config")
+    if key not in config and isinstance(settings, Mapping):
+        return settings.get(key)
+    return config.get(key)
 
 
 @dataclass(frozen=True)
