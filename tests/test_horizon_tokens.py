@@ -50,6 +50,8 @@ def test_tokens_per_param_set_the_steps_of_each_run_on_a_built_corpus(tmp_path, 
         assert run["role"] == "report"
     assert study["horizon_tokens_per_param"] == [
         round(h * 16 / study["params"], 4) for h in cfg.horizons]
+    train_tokens = config["config"]["data"]["train_tokens"]  # as the runs recorded it
+    assert study["horizon_epochs"] == [round(h * 16 / train_tokens, 4) for h in cfg.horizons]
     build_horizon_report(out)
     text = (out / "report.md").read_text()
     assert f"(corpus sha256 {sha}, as the runs recorded)" in text
@@ -95,7 +97,8 @@ def test_the_plan_estimates_hours_from_the_measured_step_times():
     cfg = HorizonConfig(horizons=[100, 1000], contenders=["adamw"], seeds=[1, 2],
                         grid_points=3, sweep_extend=1, evals_per_run=10, eval_batches=3,
                         threads=2, jobs=2)
-    budget = {"params": 1000, "tokens_per_step": 50, "horizon_tokens_per_param": [5, 50]}
+    budget = {"params": 1000, "tokens_per_step": 50, "horizon_tokens_per_param": [5, 50],
+              "horizon_epochs": [0.5, 5]}
     text = plan_text(cfg, budget, {"adamw": 0.36})
     # a run: (steps + 11 evaluations x 3 batches / 3) x 0.36 s; 5 runs per horizon (+1)
     wall = 5 * (100 + 11) * 0.36 + 5 * (1000 + 11) * 0.36

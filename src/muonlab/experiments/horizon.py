@@ -238,17 +238,19 @@ def steps_for_tokens(tokens_per_param: float, params: int, tokens_per_step: int)
     return max(1, round(tokens_per_param * params / tokens_per_step))
 
 
-def token_budget(cfg: HorizonConfig, model: GPTConfig) -> dict:
+def token_budget(cfg: HorizonConfig, model: GPTConfig, train_tokens: int) -> dict:
     """The parameters of the study's GPT (:meth:`GPT.num_params`, as its runs record them),
-    its tokens per step and the tokens per parameter of each horizon; with
-    ``cfg.tokens_per_param`` sets ``cfg.horizons`` to their steps first."""
+    its tokens per step, the tokens per parameter of each horizon and the passes over the
+    ``train_tokens`` of the training split it makes; with ``cfg.tokens_per_param`` sets
+    ``cfg.horizons`` to their steps first."""
     params = GPT(model).num_params()
     per_step = cfg.batch_size * model.block_size
     if cfg.tokens_per_param is not None:
         cfg.horizons = [steps_for_tokens(t, params, per_step) for t in cfg.tokens_per_param]
         cfg.check_horizons()
     return {"params": params, "tokens_per_step": per_step,
-            "horizon_tokens_per_param": [round(h * per_step / params, 4) for h in cfg.horizons]}
+            "horizon_tokens_per_param": [round(h * per_step / params, 4) for h in cfg.horizons],
+            "horizon_epochs": [round(h * per_step / train_tokens, 4) for h in cfg.horizons]}
 
 
 def run_dir(out: Path, horizon: int, name: str, lr: float, seed: int) -> Path:
@@ -359,9 +361,9 @@ def check_data(cfg: HorizonConfig) -> dict:
     """Read and check the data (bad data, or a batch that does not fit it, fails here, before
     anything is written); :func:`token_budget` of the study's GPT (setting the horizons of a
     study in tokens per parameter)."""
-    _, model = load_gpt_data(cfg.data, preset=cfg.preset, batch_size=cfg.batch_size,
-                             block_size=cfg.block_size, model_overrides=cfg.model_overrides)
-    return token_budget(cfg, model)
+    tokens, model = load_gpt_data(cfg.data, preset=cfg.preset, batch_size=cfg.batch_size,
+                                  block_size=cfg.block_size, model_overrides=cfg.model_overrides)
+    return token_budget(cfg, model, len(tokens.train))
 
 
 def prepare_out(cfg: HorizonConfig, command: str) -> Path:
@@ -459,8 +461,9 @@ def plan_text(cfg: HorizonConfig, budget: dict, step_seconds: dict[str, float]) 
     lines = [f"plan: preset {cfg.preset}, {budget['params']:,} parameters, "
              f"{budget['tokens_per_step']:,} tokens per step, tune seed {cfg.tuning_seed}, "
              f"report seeds {cfg.seeds}, {cfg.threads} thread(s) per run, {cfg.jobs} at a time",
-             "  steps  tokens/param  contender        tune runs  report runs  hours per run"]
+             "  steps  tokens/param  epochs  contender        tune runs  report runs  h per run"]
     per_param = dict(zip(cfg.horizons, budget["horizon_tokens_per_param"], strict=True))
+    epochs = dict(zip(cfg.horizons, budget["horizon_epochs"], strict=True))
     evals = (cfg.evals_per_run + 1) * cfg.eval_batches / 3
     wall = {"runs": 0, "more": 0, "s": 0.0, "more_s": 0.0}
     for cell in cells:
@@ -470,8 +473,9 @@ def plan_text(cfg: HorizonConfig, budget: dict, step_seconds: dict[str, float]) 
         wall["s"] += (cell.tune + cell.report) * run_s
         wall["more_s"] += cell.extension * run_s
         tune = f"{cell.tune} (+{cell.extension})" if cell.extension else str(cell.tune)
-        lines.append(f"  {cell.horizon:>5}  {per_param[cell.horizon]:>12.4g}  {cell.name:<15}  "
-                     f"{tune:>9}  {cell.report:>11}  {run_s / 3600:>13.2f}")
+        lines.append(f"  {cell.horizon:>5}  {per_param[cell.horizon]:>12.4g}  "
+                     f"{epochs[cell.horizon]:>6.3g}  {cell.name:<15}  "
+                     f"{tune:>9}  {cell.report:>11}  {run_s / 3600:>9.2f}")
     cpu, more = (wall[k] * cfg.threads / 3600 for k in ("s", "more_s"))
     timed = ", ".join(f"{k} {v:.3f}" for k, v in sorted(step_seconds.items()))
     lines += [
