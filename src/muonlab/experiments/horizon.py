@@ -480,7 +480,8 @@ def plan_text(cfg: HorizonConfig, budget: dict, step_seconds: dict[str, float]) 
     timed = ", ".join(f"{k} {v:.3f}" for k, v in sorted(step_seconds.items()))
     lines += [
         f"seconds per step measured here ({timed}; on a CPU its CPU time / threads) at "
-        f"{cfg.threads} thread(s) on {cfg.device}",
+        f"{cfg.threads} thread(s) on {cfg.device}; the loop's own work per step (records, "
+        "schedules) is not in it: a lower bound",
         f"runs: {wall['runs']} (up to {wall['runs'] + wall['more']} with every sweep "
         f"extension); estimated CPU time {cpu:.1f} h (up to {cpu + more:.1f} h), wall time "
         f"{wall['s'] / 3600 / cfg.jobs:.1f} h at --jobs {cfg.jobs}",
