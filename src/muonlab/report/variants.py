@@ -1,7 +1,9 @@
 """Tables and figures of the variant studies (``muonkit variants``), from their metrics files.
 
 One row per optimizer (arm): state bytes, savings vs dense Muon, final train loss and test
-accuracy over seeds, time per epoch; the caption says what the numbers are, the section below
+accuracy over seeds, time per epoch, the test accuracy's difference to dense Muon by the
+statistics layer (:mod:`muonlab.report.stats`: interval, test, n, verdict; these studies
+tune no LR, so every seed reports); the caption says what the numbers are, the section below
 it where and in which precision the runs ran (:mod:`muonlab.report.provenance`). Figures:
 training curves and memory (``plot_curves``), or accuracy against state bytes for the rank
 sweep (``plot_memory_tradeoff``).
@@ -17,6 +19,7 @@ from .metrics import Run, group_runs, load_run, mean_std
 from .plots import plt
 from .provenance import provenance_section, study_provenance
 from .records import find_records
+from .stats import MIN_REPORT_SEEDS, compare_runs
 from .tables import fmt_bytes, markdown_table
 
 
@@ -46,7 +49,17 @@ def summarize(runs: list[Run]) -> list[dict]:
     dense = next((r["state_bytes"] for r in rows if r["kind"] == "muon"), None)
     for row in rows:
         row["savings"] = None if not dense else 1 - row["state_bytes"] / dense
+    groups = group_runs(runs)
+    muon = next((groups[r["optimizer"]] for r in rows if r["kind"] == "muon"), None)
+    for row in rows:
+        group = groups[row["optimizer"]]
+        row["vs_muon"] = None if muon is None or group is muon else compare_runs(
+            group, muon, final_test_acc, higher_is_better=True)
     return rows
+
+
+def final_test_acc(run: Run) -> float:
+    return float(run.epochs[-1]["test_acc"])
 
 
 def markdown_rows(rows: list[dict]) -> str:
@@ -68,6 +81,7 @@ def markdown_rows(rows: list[dict]) -> str:
                 f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}",
                 r["seeds"],
                 f"{r['epoch_time_s']:.2f}",
+                "n/a" if r["vs_muon"] is None else r["vs_muon"].text(2, 100),
             ]
         )
     headers = [
@@ -78,6 +92,7 @@ def markdown_rows(rows: list[dict]) -> str:
         "final test acc % (mean ± std)",
         "seeds",
         "time / epoch (s)",
+        "Δ test acc vs Muon, pp [95% CI], test, n: verdict",
     ]
     return markdown_table(headers, cells)
 
@@ -93,7 +108,9 @@ def table_caption(runs: list[Run], input_dim: int) -> str:
         f"AdamW lr {study['adamw_lr']}; cosine decay to 10%. Final = after epoch {epochs}; "
         f"test accuracy: mean ± sample std over seeds. State bytes: every tensor in the "
         f"optimizer's state after training. Time per epoch: training steps only (evaluation "
-        f"excluded), mean over epochs and seeds. {load_note(runs)}"
+        f"excluded), mean over epochs and seeds. Δ test acc vs Muon: paired by seed (same "
+        f"initialization and batch order), mean and 95% t interval, ahead or behind only when "
+        f"the interval excludes 0 with >= {MIN_REPORT_SEEDS} seeds. {load_note(runs)}"
     )
 
 
