@@ -206,8 +206,8 @@ def findings(rows: dict, tuning_seeds: list[int]) -> str:
             if c is not None and c.verdict != NOT_RESOLVED:
                 resolved.append(f"{r['label']} ({c.verdict})")
         lines.append(f"**Arms resolved against dense Muon ({name})**: "
-                     + (", ".join(resolved) if resolved else "none") + "; every other arm is "
-                     "not resolved.")
+                     + (", ".join(resolved) + "; every other arm is not resolved" if resolved
+                        else "none: every arm is not resolved") + ".")
     return "\n\n".join(lines)
 
 
