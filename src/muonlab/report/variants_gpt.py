@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .horizon import Cell, Study, cost_table, final_loss, load_study, sweep_lines
-from .stats import MIN_REPORT_SEEDS, compare_runs
+from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -46,15 +46,20 @@ def describe(cell: Cell) -> str:
     return run.optimizer + (f" ({extra})" if extra else "")
 
 
+def versus_dense(study: Study, cell: Cell, dense: Cell) -> Comparison:
+    """The final val loss of ``cell`` minus dense Muon's over the report seeds (the sweep's
+    seed left out)."""
+    return compare_runs(cell.runs, dense.runs, final_loss, higher_is_better=False,
+                        tuning_seeds=study.settings["seeds"][:1])
+
+
 def difference(study: Study, cell: Cell, dense: Cell | None) -> str:
-    """The final val loss of ``cell`` minus dense Muon's over the report seeds: interval,
-    test, n and verdict."""
+    """:func:`versus_dense` printed: interval, test, n and verdict."""
     if dense is None:
         return "dense Muon unfinished"
     if cell.name == dense.name:
         return "reference"
-    return compare_runs(cell.runs, dense.runs, final_loss, higher_is_better=False,
-                        tuning_seeds=study.settings["seeds"][:1]).text()
+    return versus_dense(study, cell, dense).text()
 
 
 def results_table(study: Study) -> str:
