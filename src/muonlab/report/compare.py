@@ -380,6 +380,8 @@ def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
     report = out / REPORT
     report.write_text(compare_markdown(groups, sweep, settings, out))
     first = next(iter(groups.values()))[0].config["config"]
-    title = f"{' vs '.join(groups)}: preset {first.get('preset')}, {first['steps']} steps"
+    lrs = "LRs from a sweep" if sweep else "LRs as given (no sweep)"
+    title = (f"{' vs '.join(groups)}: preset {first.get('preset')}, {first['steps']} steps, "
+             f"{lrs}")
     curves = plot_loss_curves(groups, out / CURVES, title)
     return {"report": report, "curves": curves}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
-from .plots import val_stats
+from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
 from .provenance import provenance_section, study_provenance
 from .records import find_records
 from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
@@ -291,15 +291,13 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
 
 def build_horizon_report(out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.md`` and the figures of a horizon study directory."""
-    from .horizon_plots import plot_curves, plot_horizon, plot_rms
-
     out = Path(out_dir)
     if not (out / "study.json").exists():
         raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit horizon` directory?")
     study = load_study(out)
     figures = {
         "horizon": plot_horizon(study, out / "horizon.png"),
-        "curves": plot_curves(study, out / "curves.png"),
+        "curves": plot_val_curves(study, out / "curves.png"),
         "rms": plot_rms(study, out / "rms.png", _rms_records),
     }
     report = out / REPORT

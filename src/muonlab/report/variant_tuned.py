@@ -15,11 +15,11 @@ import json
 from pathlib import Path
 
 from .metrics import Run, load_run, mean_std
+from .plots import plot_epoch_curves, plot_memory_tradeoff
 from .provenance import provenance_section, study_provenance
 from .records import find_records, records_exist
 from .stats import MIN_REPORT_SEEDS, NOT_RESOLVED, Comparison, compare_runs
 from .tables import fmt_bytes, markdown_table
-from .variants import plot_curves, plot_memory_tradeoff
 
 REFERENCE = "muon"  # the slug every difference is taken against
 # (label, a, b): the mixing ablation's paired differences a - b
@@ -66,8 +66,9 @@ def arm_rows(s: dict) -> dict[str, dict]:
                    lr=s["sweeps"][arm["slug"]]["best"], edge=s["sweeps"][arm["slug"]]["edge"])
         for key in ("test_acc", "test_loss"):
             row[key], row[key + "_std"] = mean_std([final(r, key) for r in group])
-        row["train_loss"], row["train_loss_std"] = mean_std(
-            [r.epochs[-1]["train_loss"] for r in group])
+        row["test_accs"] = [final(r, "test_acc") for r in group]
+        row["train_losses"] = [r.epochs[-1]["train_loss"] for r in group]
+        row["train_loss"], row["train_loss_std"] = mean_std(row["train_losses"])
         row["by_seed"] = {r.seed: {k: final(r, k) for k in ("test_acc", "test_loss")}
                           for r in group}
         rows[arm["slug"]] = row
@@ -220,14 +221,16 @@ def write_report(out: str | Path, input_dim: int) -> dict[str, Path]:
     groups = s["groups"]
     tuned = s["study"]["seeds"][:1]  # the sweep's seed: it chose the LRs
     figures = {"tradeoff": out / "tradeoff.png", "curves": out / "curves.png"}
-    sweep_rows = [rows[g] for g in groups["rank-sweep"] if g in rows]
-    if sweep_rows:
+    sweep = [g for g in groups["rank-sweep"] if g in rows]
+    adamw = ["adamw"] if "adamw" in rows and "adamw" not in sweep else []
+    sweep_rows = [rows[g] for g in adamw + sweep]
+    if sweep:  # the rank sweep with AdamW's line
         plot_memory_tradeoff(sweep_rows, figures["tradeoff"],
-                             title="final test accuracy against optimizer state (tuned LRs)")
+                             title="MNIST, every LR tuned: the LoRA-Pre rank sweep")
     large = [rows[g] for g in groups["large"] if g in rows]
     if large:
-        runs = [r for g in groups["large"] for r in s["runs"].get(g, [])]
-        plot_curves(runs, large, figures["curves"], title="large (tuned LRs)")
+        plot_epoch_curves({r["label"]: s["runs"][r["slug"]] for r in large}, large,
+                          figures["curves"], title="MNIST, every LR tuned: the large arms")
     text = [f"# Memory-saving Muon variants, every LR tuned ({s['study']['dataset']})\n",
             "Written by `muonkit variants tuned` from the files in this folder.\n",
             settings_text(s, input_dim), hardware(out), "## Summary\n", findings(rows, tuned),

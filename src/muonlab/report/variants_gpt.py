@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .horizon import Cell, Study, cost_table, final_loss, load_study, sweep_lines
+from .plots import plot_state_memory, plot_val_curves
 from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
@@ -125,40 +124,16 @@ def report_markdown(study: Study, figures: dict[str, Path]) -> str:
 
 def build_report(out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.md``, ``memory.png`` and ``curves.png`` of a GPT variant study."""
-    from .horizon_plots import plot_curves
-    from .plots import plt
-
     out = Path(out_dir)
     if not (out / "study.json").exists():
         raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit variants gpt` "
                                 "directory?")
     study = load_study(out)
-    figures = {"memory": plot_memory(study, out / "memory.png", plt),
-               "curves": plot_curves(study, out / "curves.png")}
+    title = (f"Memory-saving variants on the tiny GPT, {study.horizons[0]} steps, every LR "
+             "tuned")
+    figures = {"memory": plot_state_memory(finished_cells(study), state_bytes,
+                                           out / "memory.png", title),
+               "curves": plot_val_curves(study, out / "curves.png")}
     report = out / REPORT
     report.write_text(report_markdown(study, figures))
     return {"report": report, **figures}
-
-
-def plot_memory(study: Study, path: Path, plt) -> Path:
-    """Final val loss (± std over seeds) against the optimizer-state bytes, total (left) and
-    Muon part (right; AdamW has none), log x."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    cells = finished_cells(study)
-    for cell in cells:
-        muon, total = state_bytes(cell)
-        mean, std = cell.final
-        for ax, x in zip(axes, (total, muon)):
-            if x:
-                ax.errorbar([x], [mean], yerr=[0 if np.isnan(std) else std], marker="o",
-                            capsize=3, label=cell.name)
-    for ax, which in zip(axes, ("total", "Muon part")):
-        ax.set(xscale="log", xlabel=f"optimizer state bytes ({which})",
-               ylabel="final val loss", title=f"final val loss vs state bytes ({which})")
-        ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
