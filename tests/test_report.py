@@ -107,9 +107,15 @@ def test_numbers_come_from_the_files(compare_dir):
 def test_report_files_contents(compare_dir):
     paths = build_compare_report(compare_dir)
     text = paths["report"].read_text()
-    finals = [val_curve(1.8, s)[100] for s in (0, 1, 2)]
-    assert f"muon {np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f}" in text
-    assert "Lower is better: **muon**" in text
+    finals = [val_curve(1.8, s)[100] for s in (0, 1, 2)]  # no sweep: every seed reports
+    half = 4.3027 * np.std(finals, ddof=1) / np.sqrt(3)
+    mean = np.mean(finals)
+    assert f"muon {mean:.3f} [{mean - half:.3f}, {mean + half:.3f}] (n=3)" in text
+    d = np.array(finals) - [val_curve(2.0, s)[100] for s in (0, 1, 2)]
+    half = 4.3027 * np.std(d, ddof=1) / np.sqrt(3)
+    assert (f"muon - adamw, final val loss (lower is better): {d.mean():+.3f} "
+            f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}], paired t, n=3: not resolved "
+            "(n=3 < 5 report seeds)") in text
     at50 = [val_curve(2.0, s)[50] for s in (0, 1, 2)]
     assert f"| 50 | 50% | {np.mean(at50):.3f} ± {np.std(at50, ddof=1):.3f} |" in text
     assert "adamw never reaches muon's final val loss" in text

@@ -73,7 +73,25 @@ def check_table_matches_jsonl(out):
         times = [e["epoch_time_s"] for recs in group for e in recs if e["kind"] == "epoch"]
         assert row["time / epoch (s)"] == f"{statistics.mean(times):.2f}"
         assert int(row["seeds"]) == len(group)
+        assert row["Δ test acc vs Muon, pp [95% CI], test, n: verdict"] == (
+            "n/a" if row["optimizer"] == "Muon" else acc_difference(group, by_opt["Muon"]))
     return by_opt, rows
+
+
+def acc_difference(group, muon):
+    """Final test accuracy minus dense Muon's in pp, paired by seed, with its 95% interval
+    (t quantiles of a printed table) and the verdict (fewer than 5 seeds: not resolved)."""
+    def accs(runs):
+        return {recs[0]["seed"]: 100 * [r for r in recs if r["kind"] == "epoch"][-1]["test_acc"]
+                for recs in runs}
+    a, b = accs(group), accs(muon)
+    d = [a[s] - b[s] for s in sorted(a)]
+    mean = statistics.mean(d)
+    if len(d) == 1:
+        return f"{mean:+.2f}, paired t, n=1: not resolved (one seed: no interval)"
+    half = {2: 12.7062, 3: 4.3027}[len(d)] * statistics.stdev(d) / len(d) ** 0.5
+    return (f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}], paired t, n={len(d)}: "
+            f"not resolved (n={len(d)} < 5 report seeds)")
 
 
 def check_epochs(by_opt, epochs, n_train, batch):

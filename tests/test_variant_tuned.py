@@ -6,7 +6,6 @@ recomputed here from the metrics files with the standard library and a printed t
 """
 
 import json
-import math
 import statistics
 
 import pytest
@@ -23,7 +22,6 @@ from muonlab.experiments.variants import StudyConfig
 TINY = dict(study="tuned", hidden=(8,), epochs=1, batch_size=50, lr=1e-4, adamw_lr=1e-2,
             rank=4, ranks=(2,), seeds=(0, 1), val_size=100, grid_points=2, sweep_extend=1,
             threads=1, jobs=1)
-T_975_DF1 = 12.706  # two-sided 95% t quantile with 1 degree of freedom (printed tables)
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +96,11 @@ def test_seeds_run_at_the_chosen_lr_and_the_interval_is_the_paired_t_interval(st
         assert [p.name for p in (out / "runs" / slug).glob("*-s1")] == [f"lr{lr:g}-s1"]
     acc = {slug: [final(out, slug, best[slug], s, "test_acc") for s in (0, 1)]
            for slug in ("muon", "muon-gh")}
-    d = [100 * (a - b) for a, b in zip(acc["muon-gh"], acc["muon"])]
-    half = T_975_DF1 * statistics.stdev(d) / math.sqrt(2)
+    d = 100 * (acc["muon-gh"][1] - acc["muon"][1])  # seed 0 tuned: seed 1 alone reports
     text = (out / "report.md").read_text()
     row = next(ln for ln in text.splitlines() if ln.startswith("| Muon (gradient-heavy) |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    mean = statistics.mean(d)
-    assert cells[7] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
-    assert cells[8] == ("yes" if mean - half <= 0 <= mean + half else "**no**")
+    assert cells[7] == f"{d:+.2f}, paired t, n=1: not resolved (one seed: no interval)"
     accs = [100 * a for a in acc["muon-gh"]]
     assert cells[5] == f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}"
 

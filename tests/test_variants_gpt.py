@@ -248,13 +248,9 @@ def test_report_has_the_table_and_figures_from_the_runs(study_dir, capsys):
             assert row[name][3] == "-"
         else:
             assert row[name][3] == fmt_bytes(summary["muon_state_bytes"])
-        if name not in ("muon",):
-            d = np.array(finals) - np.array(dense)
-            half = 12.7062 * d.std(ddof=1) / np.sqrt(2)  # t_{0.975} with 1 degree of freedom
-            low, high = d.mean() - half, d.mean() + half
-            assert row[name][5] == f"{d.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
-            assert row[name][6] == ("yes" if low <= 0 <= high else "no: " + (
-                "worse" if low > 0 else "better"))
+        if name != "muon":  # seed 0 tuned the LRs: seed 1 alone is compared
+            d = finals[1] - dense[1]
+            assert row[name][5] == f"{d:+.3f}, paired t, n=1: not resolved (one seed: no interval)"
     assert "Status: complete" in text and "muonkit variants gpt (test)" in text
     precision = load_run(out / "h8" / "muon" / f"lr{sweeps['muon']['best']:g}-s0" / METRICS)
     assert f"Newton-Schulz {ns_label(precision.config['config']['ns_precision']['0'])} in" in text

@@ -8,7 +8,9 @@ Layout read (written by :mod:`muonlab.experiments.compare`)::
     OUT/settings.json                            how the experiment was launched
 
 Every number in the report is computed here from those files; the hardware, precision and CPU
-time of the runs by :mod:`muonlab.report.provenance`.
+time of the runs by :mod:`muonlab.report.provenance`; every comparison of the optimizers by the
+statistics layer (:mod:`muonlab.report.stats`) over the report seeds: the seed the sweep tuned
+on is left out.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .metrics import (
 from .ns_cost import gpt_step_flops
 from .plots import plot_loss_curves, val_stats
 from .provenance import provenance_section, study_provenance
+from .stats import Summary, compare_runs, report_runs, summarize
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -39,12 +42,15 @@ def final_val_losses(runs: list[Run]) -> list[float]:
     return [float(r.val[-1]["val_loss"]) for r in runs]
 
 
-def compare_numbers(groups: dict[str, list[Run]]) -> dict:
-    """The report's figures: milestones, finals, steps-to-reach and costs per optimizer."""
+def compare_numbers(groups: dict[str, list[Run]], tuning_seeds: tuple[int, ...] = ()) -> dict:
+    """The report's figures: milestones, finals, steps-to-reach and costs per optimizer (over
+    every seed), and, over the report seeds (``tuning_seeds`` left out), each optimizer's
+    final :class:`Summary` and each other optimizer's comparisons with the first."""
     all_runs = [r for runs in groups.values() for r in runs]
     total = max(int(r.config["config"]["steps"]) for r in all_runs)
     steps = milestones(common_val_steps(all_runs), total)
-    numbers: dict = {"total_steps": total, "milestones": steps, "optimizers": {}}
+    numbers: dict = {"total_steps": total, "milestones": steps, "optimizers": {},
+                     "tuning_seeds": tuning_seeds}
     for name, runs in groups.items():
         summaries = [r.summary or {} for r in runs]
         numbers["optimizers"][name] = {
@@ -66,14 +72,37 @@ def compare_numbers(groups: dict[str, list[Run]]) -> dict:
                 target = numbers["optimizers"][b]["final"][0]
                 reach[(a, b)] = steps_to_reach(vsteps, vmean, target)
     numbers["reach"] = reach
+    numbers["report_finals"] = {name: report_summary(runs, tuning_seeds)
+                                for name, runs in groups.items()}
+    first, *others = groups
+    numbers["versus"] = {name: versus(groups[name], groups[first], steps, tuning_seeds)
+                         for name in others}
     return numbers
+
+
+def report_summary(runs: list[Run], tuning_seeds: tuple[int, ...]) -> Summary | None:
+    """The final val loss over the report seeds (None when every run tuned)."""
+    report = list(report_runs(runs, tuning_seeds).report)
+    return summarize(final_val_losses(report)) if report else None
+
+
+def versus(a: list[Run], b: list[Run], steps: list[int],
+           tuning_seeds: tuple[int, ...]) -> dict:
+    """{step: val loss of ``a`` - ``b`` at that step, "final": at each run's end}, each a
+    :class:`muonlab.report.stats.Comparison` over the report seeds (lower is better)."""
+    def at(step):
+        return lambda r: val_loss_at(r, step)
+
+    out: dict = {s: compare_runs(a, b, at(s), False, tuning_seeds) for s in steps}
+    out["final"] = compare_runs(a, b, lambda r: float(r.val[-1]["val_loss"]), False,
+                                tuning_seeds)
+    return out
 
 
 def milestone_table(numbers: dict) -> str:
     names = list(numbers["optimizers"])
-    headers = ["step", "% of run"] + [f"{n} val loss" for n in names]
-    if len(names) == 2:
-        headers.append(f"{names[1]} - {names[0]}")
+    headers = ["step", "% of run"] + [f"{n} val loss (every seed)" for n in names]
+    headers += [f"{n} - {names[0]} [95% CI], report seeds" for n in names[1:]]
     rows = []
     for s in numbers["milestones"]:
         row = [s, f"{100 * s / numbers['total_steps']:.0f}%"]
@@ -82,8 +111,7 @@ def milestone_table(numbers: dict) -> str:
             fmt_mean_std(m, sd, 3, len(numbers["optimizers"][n]["seeds"]))
             for n, (m, sd) in zip(names, vals)
         ]
-        if len(names) == 2:
-            row.append(f"{vals[1][0] - vals[0][0]:+.3f}")
+        row += [numbers["versus"][n][s].text() for n in names[1:]]
         rows.append(row)
     return markdown_table(headers, rows)
 
@@ -239,19 +267,34 @@ def settings_lines(groups: dict[str, list[Run]], settings: dict) -> list[str]:
     return lines + machine_lines(settings)
 
 
+def tuning_seeds(sweep: list[Run]) -> tuple[int, ...]:
+    """The seeds the LR sweep trained on: they chose the LRs, so they are not reported on."""
+    return tuple(sorted({r.seed for r in sweep}))
+
+
+def final_lines(numbers: dict) -> str:
+    """Each optimizer's final val loss over the report seeds and each comparison with the
+    first optimizer (:mod:`muonlab.report.stats`)."""
+    tuned = numbers["tuning_seeds"]
+    left_out = (f"; seed {', '.join(map(str, tuned))} tuned the LRs and is left out"
+                if tuned else "")
+    finals = "; ".join(
+        f"{n} {s.text()}" if s else f"{n}: no report seeds"
+        for n, s in numbers["report_finals"].items())
+    first = next(iter(numbers["optimizers"]))
+    lines = [f"Final validation loss over the report seeds (mean [95% t interval]{left_out}): "
+             f"{finals}.\n"]
+    lines += [f"- {n} - {first}, final val loss (lower is better): {v['final'].text()}"
+              for n, v in numbers["versus"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: dict,
                      out: Path) -> str:
     """The report of the compared runs ``groups`` and the ``sweep`` runs under ``out``."""
-    numbers = compare_numbers(groups)
+    numbers = compare_numbers(groups, tuning_seeds(sweep))
     names = list(groups)
-    parts = [f"# {' vs '.join(names)}\n"]
-    finals = {n: numbers["optimizers"][n]["final"] for n in names}
-    best = min(names, key=lambda n: finals[n][0])
-    parts.append(
-        "Final validation loss (mean ± std over seeds): "
-        + "; ".join(f"{n} {fmt_mean_std(*finals[n], 3, len(groups[n]))}" for n in names)
-        + f". Lower is better: **{best}**.\n"
-    )
+    parts = [f"# {' vs '.join(names)}\n", final_lines(numbers)]
     parts.append("## Validation loss at milestones\n")
     parts.append(milestone_table(numbers))
     parts.append("## Steps to reach the other's final loss\n")
@@ -337,6 +380,8 @@ def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
     report = out / REPORT
     report.write_text(compare_markdown(groups, sweep, settings, out))
     first = next(iter(groups.values()))[0].config["config"]
-    title = f"{' vs '.join(groups)}: preset {first.get('preset')}, {first['steps']} steps"
+    lrs = "LRs from a sweep" if sweep else "LRs as given (no sweep)"
+    title = (f"{' vs '.join(groups)}: preset {first.get('preset')}, {first['steps']} steps, "
+             f"{lrs}")
     curves = plot_loss_curves(groups, out / CURVES, title)
     return {"report": report, "curves": curves}

@@ -5,7 +5,9 @@ Reads a `muonkit horizon` directory (layout: :mod:`muonlab.experiments.horizon`)
 that LR has finished; everything else is listed as unfinished, never guessed. Every number is
 computed here from ``metrics.jsonl``, ``sessions.jsonl``, ``sweeps.json`` and ``study.json``;
 the hardware, precision and CPU time from every started run's records
-(:mod:`muonlab.report.provenance`).
+(:mod:`muonlab.report.provenance`); every gap to AdamW by the statistics layer
+(:mod:`muonlab.report.stats`) over the report seeds: ``seeds[0]``, which tuned the LRs, left
+out.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
-from .plots import val_stats
+from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
 from .provenance import provenance_section, study_provenance
 from .records import find_records
+from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -160,9 +163,20 @@ def final_table(study: Study) -> str:
     return markdown_table(["contender"] + study.columns(), rows)
 
 
+def final_loss(run: Run) -> float:
+    return float(run.val[-1]["val_loss"])
+
+
+def gap(study: Study, cell: Cell, base: Cell) -> Comparison:
+    """``cell`` - AdamW's final val loss over the report seeds (the sweep's seed left out)."""
+    return compare_runs(cell.runs, base.runs, final_loss, higher_is_better=False,
+                        tuning_seeds=study.settings["seeds"][:1])
+
+
 def gap_and_reach(study: Study) -> tuple[str, dict]:
-    """Table of each contender's gap to AdamW's final loss and the fraction of the run it
-    needs to reach that loss (mean val curve over seeds, interpolated), per horizon."""
+    """Table of each contender's gap to AdamW's final loss (:func:`gap`) and the fraction of
+    the run it needs to reach that loss (mean val curve over every seed, interpolated), per
+    horizon."""
     rows, gaps = [], {}
     for name in study.names():
         if name == "adamw":
@@ -173,22 +187,20 @@ def gap_and_reach(study: Study) -> tuple[str, dict]:
             if cell is None or base is None:
                 row.append("unfinished")
                 continue
-            target = base.final[0]
-            gap = cell.final[0] - target
             steps, mean, _, _ = val_stats(cell.runs)
-            reach = steps_to_reach(steps, mean, target)
-            gaps[(h, name)] = gap
+            reach = steps_to_reach(steps, mean, base.final[0])
+            gaps[(h, name)] = gap(study, cell, base)
             where = ("never reaches AdamW's final" if reach is None
                      else f"reaches AdamW's final at {reach / h:.0%} of the run")
-            row.append(f"{gap:+.3f}; {where}{seeds_note(study, cell)}")
+            row.append(f"{gaps[(h, name)].text()}; {where}{seeds_note(study, cell)}")
         rows.append(row)
     table = markdown_table(["contender"] + study.columns(), rows)
     return table, gaps
 
 
-def crossing_lines(study: Study, gaps: dict) -> list[str]:
+def crossing_lines(study: Study, gaps: dict[tuple[int, str], Comparison]) -> list[str]:
     """Where a contender's mean val curve crosses AdamW's within a run, and where the sign
-    of its final gap changes between horizons."""
+    of its mean final gap changes between horizons (with the gap's verdict there)."""
     lines = []
     for name in study.names():
         if name == "adamw":
@@ -204,14 +216,13 @@ def crossing_lines(study: Study, gaps: dict) -> list[str]:
             flips = [common[i] for i in range(1, len(diff)) if np.sign(diff[i]) != np.sign(
                 diff[i - 1])]
             if flips:
-                lines.append(f"- {name} at {h} steps: its val curve crosses AdamW's near step(s) "
-                             f"{', '.join(str(int(s)) for s in flips)}.")
-        signs = [(h, np.sign(gaps[(h, name)])) for h in study.horizons if (h, name) in gaps]
+                lines.append(f"- {name} at {h} steps: its mean val curve crosses AdamW's near "
+                             f"step(s) {', '.join(str(int(s)) for s in flips)}.")
+        signs = [(h, np.sign(gaps[(h, name)].diff)) for h in study.horizons if (h, name) in gaps]
         for (ha, a), (hb, b) in zip(signs, signs[1:]):
             if a != b:
-                lead = "AdamW" if b > 0 else name
-                lines.append(f"- {name}: the lead changes between {ha} and {hb} steps "
-                             f"({lead} ahead at {hb}).")
+                lines.append(f"- {name}: its mean gap to AdamW changes sign between {ha} and "
+                             f"{hb} steps ({name} - adamw at {hb}: {gaps[(hb, name)].text()}).")
     return lines or ["- No crossings among the finished cells."]
 
 
@@ -296,8 +307,11 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
         f"{study.tuning_seed}, full length, extended past an edge up to {s['sweep_extend']} "
         "points).\n",
         study.hardware(),
-        "## Final validation loss (mean ± std over seeds, chosen LR)\n", final_table(study),
-        "## Gap to AdamW and steps to reach AdamW's final loss\n", gap_table,
+        "## Final validation loss (mean ± std over every seed, chosen LR)\n", final_table(study),
+        "## Gap to AdamW and steps to reach AdamW's final loss\n",
+        f"Gap: final val loss minus AdamW's over the report seeds (seed {s['seeds'][0]}, which "
+        "tuned the LRs, left out), its 95% interval, test, n and verdict (lower is better; a "
+        f"verdict needs >= {MIN_REPORT_SEEDS} report seeds).\n", gap_table,
         "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
         "## Weight RMS (first -> last evaluation) / update RMS of the hidden matrices at the "
         "end (first report seed)\n",
@@ -317,15 +331,13 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
 
 def build_horizon_report(out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.md`` and the figures of a horizon study directory."""
-    from .horizon_plots import plot_curves, plot_horizon, plot_rms
-
     out = Path(out_dir)
     if not (out / "study.json").exists():
         raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit horizon` directory?")
     study = load_study(out)
     figures = {
         "horizon": plot_horizon(study, out / "horizon.png"),
-        "curves": plot_curves(study, out / "curves.png"),
+        "curves": plot_val_curves(study, out / "curves.png"),
         "rms": plot_rms(study, out / "rms.png", _rms_records),
     }
     report = out / REPORT

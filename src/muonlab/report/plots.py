@@ -1,8 +1,18 @@
-"""Matplotlib figures of training curves (Agg backend: files only, no display)."""
+"""Every figure of the lab's reports, from the result records (Agg backend: files only).
+
+One palette keyed by optimizer (arm) name gives each optimizer the same colour in every figure
+(:func:`color`); every error bar and band is a 95% t interval over seeds from the statistics
+layer (:func:`muonlab.report.stats.summarize`), labelled with what it is and its n
+(:func:`interval_label`); log axes carry their ticks at the plotted values (:func:`ticks_at`);
+every panel has a title and axis labels with units, and a legend.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -10,8 +20,101 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from .metrics import Run, common_val_steps, mean_curve, val_loss_at  # noqa: E402
+from .stats import summarize  # noqa: E402
+from .tables import fmt_bytes  # noqa: E402
+
+# one colour per optimizer, keyed by the name with case, punctuation and a trailing
+# parenthesis removed ("LoRA-Pre r=16" and "lorapre-r16" are one optimizer)
+PALETTE = {
+    "adamw": "#1f77b4", "muon": "#d62728", "muonwd": "#ff7f0e", "muonmoonlight": "#9467bd",
+    "muonseed": "#8c564b", "normuon": "#e377c2", "kronecker": "#2ca02c",
+    "kroneckerhybrid": "#17becf", "hybridkronecker": "#17becf", "lorapre": "#bcbd22",
+    "loraprer1": "#bcbd22", "loraprer4": "#7f7f7f", "loraprer8": "#aec7e8",
+    "loraprer16": "#393b79", "loraprer32": "#637939", "loraprer64": "#8c6d31",
+    "loraprer128": "#843c39", "loraprer256": "#7b4173", "muongradientheavy": "#ff9896",
+    "loraprer16gradientheavy": "#9edae5", "loraprer256gradientheavy": "#c5b0d5",
+}
+FALLBACK = plt.get_cmap("tab20").colors
+BAND = 0.2  # alpha of the interval bands
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def color(name: str) -> str | tuple:
+    """The optimizer's colour in every figure (an unknown name: a fixed colour from its name)."""
+    for key in (_key(name), _key(re.sub(r"\s*\((equal memory|full)\)", "", name))):
+        if key in PALETTE:
+            return PALETTE[key]
+    return FALLBACK[zlib.crc32(_key(name).encode()) % len(FALLBACK)]
+
+
+def interval_label(ns: Sequence[int]) -> str:
+    """What the bars or bands are: ``95% t interval over seeds, n=3`` (``n=2-3`` when the
+    cells differ; a single seed has none)."""
+    lo, hi = min(ns), max(ns)
+    n = f"n={lo}" if lo == hi else f"n={lo}-{hi}"
+    return ("no interval (1 seed)" if hi < 2
+            else f"bars/bands: 95% t interval over seeds, {n}")
+
+
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, lower, upper error-bar length) of the 95% t interval (0 without one)."""
+    s = summarize(values)
+    if math.isnan(s.lo):
+        return s.mean, 0.0, 0.0
+    return s.mean, s.mean - s.lo, s.hi - s.mean
+
+
+def bands(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) per column of ``values`` (runs x points): the 95% t interval."""
+    sums = [summarize(values[:, j]) for j in range(values.shape[1])]
+    mean = np.array([s.mean for s in sums])
+    lo = np.array([s.mean if math.isnan(s.lo) else s.lo for s in sums])
+    hi = np.array([s.mean if math.isnan(s.hi) else s.hi for s in sums])
+    return mean, lo, hi
+
+
+def ticks_at(ax, values: Sequence[float], axis: str = "x",
+             fmt: Callable[[float], str] = lambda v: f"{v:g}", close: float = 1.1) -> None:
+    """Major ticks of a (log) axis at the plotted values, no minor ticks; values within a
+    factor ``close`` of each other share one tick, labelled with each."""
+    groups: list[list[float]] = []
+    for v in sorted(set(values)):
+        if groups and v <= groups[-1][0] * close:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(FixedLocator([g[0] for g in groups]))
+    target.set_minor_locator(NullLocator())
+    labels = ["\n".join(fmt(v) for v in g) for g in groups]
+    (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)(labels)
+
+
+def legend(ax, ns: Sequence[int] | None = None, **kwargs) -> None:
+    """The panel's legend, with an entry saying what its bars or bands are."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ns:
+        handles.append(Patch(color="grey", alpha=0.35))
+        labels.append(interval_label(ns))
+    if handles:
+        ax.legend(handles, labels, fontsize=kwargs.pop("fontsize", 7), **kwargs)
+
+
+def save(fig, path: str | Path, title: str = "") -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -24,49 +127,233 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (csum[idx] - csum[lo]) / (idx - lo)
 
 
+def val_matrix(runs: Sequence[Run]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps all runs evaluated, their val losses: runs x steps)."""
+    steps = common_val_steps(runs)
+    return (np.array(steps, dtype=float),
+            np.array([[val_loss_at(r, s) for s in steps] for r in runs]))
+
+
 def val_stats(runs: Sequence[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(steps, mean val loss, std, mean elapsed seconds) on the steps all runs evaluated."""
-    steps = common_val_steps(runs)
-    losses = np.array([[val_loss_at(r, s) for s in steps] for r in runs])
-    elapsed = np.array(
-        [[next(v["elapsed_s"] for v in r.val if int(v["step"]) == s) for s in steps] for r in runs]
-    )
+    steps, losses = val_matrix(runs)
+    elapsed = np.array([[next(v["elapsed_s"] for v in r.val if int(v["step"]) == s)
+                         for s in steps] for r in runs])
     std = losses.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
-    return np.array(steps, dtype=float), losses.mean(axis=0), std, elapsed.mean(axis=0)
+    return steps, losses.mean(axis=0), std, elapsed.mean(axis=0)
 
 
 def plot_loss_curves(groups: dict[str, Sequence[Run]], path: str | Path, title: str = "") -> Path:
-    """Two panels: train (smoothed) and val loss vs step, and val loss vs wall-clock seconds.
-
-    Lines are means over the runs of each group (seeds); bands are +- one standard deviation.
-    The train curve is a trailing moving average over 1% of the run's steps.
-    """
+    """The compare figure: train (smoothed, mean over seeds) and val loss vs step from step 0,
+    and val loss vs wall-clock seconds; bands are the 95% t interval of the val loss."""
     fig, (ax_step, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, runs) in enumerate(groups.items()):
-        color = colors[i % len(colors)]
-        n = len(runs)
-        steps, mean, std = mean_curve(runs, "loss")
-        window = max(1, len(steps) // 100)
-        m, s = smooth(mean, window), smooth(std, window)
-        ax_step.plot(steps, m, color=color, alpha=0.45, lw=1, label=f"{label} train (n={n})")
-        ax_step.fill_between(steps, m - s, m + s, color=color, alpha=0.1, lw=0)
-        vsteps, vmean, vstd, velapsed = val_stats(runs)
-        ax_step.plot(vsteps, vmean, "o-", color=color, lw=2, ms=3, label=f"{label} val")
-        ax_step.fill_between(vsteps, vmean - vstd, vmean + vstd, color=color, alpha=0.2, lw=0)
-        ax_time.plot(velapsed, vmean, "o-", color=color, lw=2, ms=3, label=f"{label} val")
-        ax_time.fill_between(velapsed, vmean - vstd, vmean + vstd, color=color, alpha=0.2, lw=0)
-    ax_step.set(xlabel="step", ylabel="loss", title="loss vs step")
-    ax_time.set(xlabel="training wall-clock (s)", ylabel="val loss", title="val loss vs time")
+    ns = []
+    for label, runs in groups.items():
+        c, n = color(label), len(runs)
+        ns.append(n)
+        steps, mean, _ = mean_curve(runs, "loss")
+        ax_step.plot(steps, smooth(mean, max(1, len(steps) // 100)), color=c, alpha=0.45, lw=1,
+                     label=f"{label} train (moving average)")
+        vsteps, losses = val_matrix(runs)
+        vmean, lo, hi = bands(losses)
+        velapsed = val_stats(runs)[3]
+        for ax, x in ((ax_step, vsteps), (ax_time, velapsed)):
+            ax.plot(x, vmean, "o-", color=c, lw=2, ms=3, label=f"{label} val (n={n})")
+            ax.fill_between(x, lo, hi, color=c, alpha=BAND, lw=0)
+    ax_step.set(xlabel="step", ylabel="loss (nats/token)",
+                title="train and val loss vs step (from step 0)")
+    ax_time.set(xlabel="training wall-clock (s)", ylabel="val loss (nats/token)",
+                title="val loss vs training time")
     for ax in (ax_step, ax_time):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(lo, min(hi, lo + 2.5))  # keep the interesting part (start is ~ln(vocab))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        legend(ax, ns)
+    return save(fig, path, title)
+
+
+def study_name(study) -> str:
+    """``tiny GPT on tinyshakespeare``: the model preset and data of a horizon-layout study."""
+    return f"{study.settings['preset']} GPT on {study.settings['data']}"
+
+
+def plot_horizon(study, path: Path) -> Path:
+    """Final val loss vs horizon and the gap to AdamW vs horizon (95% t intervals over
+    seeds), ticks at the horizons."""
+    fig, (ax_loss, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ns = []
+    for name in study.names():
+        cells = [c for h in study.horizons if (c := study.ready(h, name))]
+        if not cells:
+            continue
+        ns += [len(c.runs) for c in cells]
+        stats = [interval([r.val[-1]["val_loss"] for r in c.runs]) for c in cells]
+        ax_loss.errorbar([c.horizon for c in cells], [s[0] for s in stats],
+                         yerr=[[s[1] for s in stats], [s[2] for s in stats]], marker="o",
+                         capsize=3, color=color(name), label=name)
+        pairs = [(c.horizon, c.final[0] - b.final[0]) for c in cells
+                 if (b := study.ready(c.horizon, "adamw"))]
+        if name != "adamw" and pairs:
+            ax_gap.plot(*zip(*pairs), marker="o", color=color(name), label=name)
+    ax_gap.axhline(0, color="k", lw=0.8)
+    ax_loss.set(xscale="log", xlabel="horizon (steps, log)", ylabel="final val loss (nats/token)",
+                title="final val loss vs horizon")
+    ax_gap.set(xscale="log", xlabel="horizon (steps, log)",
+               ylabel="mean val loss - AdamW's (nats/token)",
+               title="mean gap to AdamW vs horizon (below 0: lower loss)")
+    for ax in (ax_loss, ax_gap):
+        ticks_at(ax, study.horizons)
+        ax.grid(alpha=0.3)
+    legend(ax_loss, ns)
+    legend(ax_gap)
+    return save(fig, path, f"{study_name(study)}: each contender tuned at each horizon")
+
+
+def plot_val_curves(study, path: Path) -> Path:
+    """Mean val loss vs step from step 0 at each horizon (one panel each), bands the 95% t
+    interval over seeds."""
+    fig, axes = plt.subplots(1, len(study.horizons), figsize=(5 * len(study.horizons), 4),
+                             squeeze=False)
+    for ax, h in zip(axes[0], study.horizons):
+        ns = []
+        for name in study.names():
+            cell = study.ready(h, name)
+            if cell is None:
+                continue
+            steps, losses = val_matrix(cell.runs)
+            mean, lo, hi = bands(losses)
+            ns.append(len(cell.runs))
+            ax.plot(steps, mean, marker=".", color=color(name), label=name)
+            ax.fill_between(steps, lo, hi, color=color(name), alpha=BAND, lw=0)
+        ax.set(xlabel="step", ylabel="val loss (nats/token)", title=f"val loss, {h}-step runs")
+        ax.grid(alpha=0.3)
+        legend(ax, ns)
+    return save(fig, path, f"{study_name(study)}: val loss during training, mean over seeds")
+
+
+def plot_rms(study, path: Path, records) -> Path:
+    """Weight RMS (top) and update RMS per step (bottom) of the hidden matrices vs step, the
+    first seed's run."""
+    n = len(study.horizons)
+    fig, axes = plt.subplots(2, n, figsize=(5 * n, 7), squeeze=False)
+    for j, h in enumerate(study.horizons):
+        for name in study.names():
+            cell = study.ready(h, name)
+            recs = records(cell.runs[0]) if cell else []
+            if not recs:
+                continue
+            steps = [r["step"] for r in recs]
+            axes[0][j].plot(steps, [r["weight_rms"] for r in recs], color=color(name),
+                            label=name)
+            axes[1][j].plot(steps, [r["update_rms"] for r in recs], color=color(name),
+                            label=name)
+        axes[0][j].set(title=f"weight RMS, {h}-step runs (seed {study.settings['seeds'][0]})",
+                       xlabel="step", ylabel="weight RMS (weight units)")
+        axes[1][j].set(title=f"update RMS, {h}-step runs (seed {study.settings['seeds'][0]})",
+                       xlabel="step", ylabel="RMS of one step's change (weight units, log)",
+                       yscale="log")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+            legend(ax)
+    return save(fig, path, f"{study_name(study)}: weight and update RMS of the hidden matrices")
+
+
+def plot_state_memory(cells: list, state_bytes: Callable, path: Path, title: str) -> Path:
+    """GPT variants: final val loss (95% t interval over seeds) against the optimizer-state
+    bytes, total (left) and Muon part (right; AdamW has none), log x with ticks at the
+    plotted sizes."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    xs: list[list[int]] = [[], []]
+    ns = []
+    for cell in cells:
+        muon, total = state_bytes(cell)
+        mean, lo, hi = interval([r.val[-1]["val_loss"] for r in cell.runs])
+        ns.append(len(cell.runs))
+        for i, (ax, x) in enumerate(zip(axes, (total, muon))):
+            if x:
+                xs[i].append(x)
+                ax.errorbar([x], [mean], yerr=[[lo], [hi]], marker="o", capsize=3,
+                            color=color(cell.name), label=cell.name)
+    for ax, which, x in zip(axes, ("total", "Muon part"), xs):
+        ax.set(xscale="log", xlabel=f"optimizer state, {which} (bytes, log)",
+               ylabel="final val loss (nats/token)",
+               title=f"final val loss vs optimizer state ({which})")
+        if x:
+            ticks_at(ax, x, fmt=fmt_bytes)
+            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.grid(alpha=0.3)
+        legend(ax, ns)
+    return save(fig, path, title)
+
+
+def plot_epoch_curves(groups: dict[str, list[Run]], rows: list[dict], path: Path,
+                      title: str) -> Path:
+    """MNIST variants: training loss per step (smoothed, mean over seeds), train and test
+    accuracy per epoch (95% t interval bands over seeds), optimizer state per optimizer."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    ns = []
+    for row in rows:
+        group, c = groups[row["optimizer"]], color(row["optimizer"])
+        ns.append(len(group))
+        losses = np.array([[t["loss"] for t in r.train] for r in group]).mean(0)
+        steps_per_epoch = len(group[0].train) / len(group[0].epochs)
+        window = max(1, int(steps_per_epoch // 10))
+        x = (np.arange(len(losses)) + 1) / steps_per_epoch
+        axes[0, 0].plot(x, smooth(losses, window), color=c, label=row["optimizer"])
+        for ax, key in ((axes[0, 1], "train_acc"), (axes[1, 0], "test_acc")):
+            vals = np.array([[100 * e[key] for e in r.epochs] for r in group])
+            epochs = [e["epoch"] for e in group[0].epochs]
+            mean, lo, hi = bands(vals)
+            ax.plot(epochs, mean, "o-", color=c, label=row["optimizer"])
+            ax.fill_between(epochs, lo, hi, color=c, alpha=BAND)
+    axes[0, 0].set(title="training loss (moving average, mean over seeds)", xlabel="epoch",
+                   ylabel="cross-entropy (nats, log)", yscale="log")
+    axes[0, 1].set(title="train accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    axes[1, 0].set(title="test accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    names = [r["optimizer"] for r in rows]
+    sizes = [r["state_bytes"] / 1024 for r in rows]
+    bars = axes[1, 1].barh(names, sizes, color=[color(n) for n in names])
+    axes[1, 1].bar_label(bars, labels=[fmt_bytes(r["state_bytes"]) for r in rows], padding=3)
+    axes[1, 1].set(title="optimizer state", xlabel="state (KiB, log)", xscale="log")
+    axes[1, 1].invert_yaxis()
+    axes[1, 1].set_xlim(right=max(sizes) * 8)
+    for ax in axes.flat[:3]:
+        ax.grid(alpha=0.3)
+    legend(axes[0, 0])
+    legend(axes[0, 1], ns)
+    legend(axes[1, 0], ns)
+    return save(fig, path, title)
+
+
+def plot_memory_tradeoff(rows: list[dict], path: Path, title: str) -> Path:
+    """MNIST variants: final test accuracy (left) and final-epoch train loss (right) against
+    optimizer-state bytes, 95% t intervals over seeds: the LoRA-Pre ranks as a curve, every
+    other optimizer (AdamW, dense Muon, Kronecker) as a point with a dashed line at its mean."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    lora = [r for r in rows if r["kind"] == "lora_pre"]
+    others = [r for r in rows if r["kind"] != "lora_pre"]
+    ns = [len(r["test_accs"]) for r in rows]
+    for ax, key, scale, ylabel, panel in (
+        (axes[0], "test_accs", 100, "test accuracy (%)", "final test accuracy"),
+        (axes[1], "train_losses", 1, "train loss (cross-entropy, nats)",
+         "final-epoch train loss"),
+    ):
+        if lora:
+            stats = [interval([scale * v for v in r[key]]) for r in lora]
+            xs = [r["state_bytes"] for r in lora]
+            ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[1] for s in stats],
+                        [s[2] for s in stats]], fmt="o-", color=color("lorapre"), capsize=3,
+                        label="LoRA-Pre (r = rank)")
+            for r, x, s in zip(lora, xs, stats):
+                ax.annotate(f"r={r['rank']}", (x, s[0]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        for r in others:
+            mean, lo, hi = interval([scale * v for v in r[key]])
+            ax.axhline(mean, color=color(r["optimizer"]), ls="--", lw=1)
+            ax.errorbar([r["state_bytes"]], [mean], yerr=[[lo], [hi]], fmt="s",
+                        color=color(r["optimizer"]), capsize=3, label=r["optimizer"])
+        ax.set(xscale="log", xlabel="optimizer state (bytes, log)", ylabel=ylabel,
+               title=f"{panel} vs optimizer state")
+        ticks_at(ax, [r["state_bytes"] for r in rows], fmt=fmt_bytes)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.grid(alpha=0.3)
+        legend(ax, ns)
+    return save(fig, path, title)

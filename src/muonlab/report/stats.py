@@ -20,7 +20,8 @@ API (small and stable; every report prints its numbers through it)::
         enough seeds") below ``min_seeds``.
     compare_runs(a, b, value, higher_is_better, tuning_seeds=(), min_n=MIN_REPORT_SEEDS)
         -> Comparison of ``value(run)`` over the report seeds of two arms: paired t when both
-        arms have the same report seeds, Welch t otherwise.
+        arms have the same report seeds, Welch t otherwise (n = 0, not resolved, when an arm
+        has none).
 
 ``Summary.text()`` and ``Comparison.text()`` are the one printed form (``+0.060 [+0.046,
 +0.073], paired t, n=3: not resolved (n=3 < 5 report seeds)``), used by every report and by
@@ -128,6 +129,8 @@ class Comparison:
     def text(self, digits: int = 3, scale: float = 1.0) -> str:
         """The one printed form: difference, interval, test, n, verdict (and why)."""
         why = f" ({self.reason})" if self.reason else ""
+        if not self.n:
+            return f"n=0: {self.verdict}{why}"
         return (f"{self.interval_text(digits, scale)}, {self.test}, n={self.n}: "
                 f"{self.verdict}{why}")
 
@@ -253,7 +256,8 @@ def compare_runs(a: Iterable, b: Iterable, value: Callable[[object], float],
     tuning_seeds = tuple(tuning_seeds)
     ra, rb = report_runs(a, tuning_seeds, min_n), report_runs(b, tuning_seeds, min_n)
     if not ra.report or not rb.report:
-        raise ValueError("no report seeds to compare: every run is a tuning run")
+        return Comparison(math.nan, math.nan, math.nan, 0, PAIRED_T, NOT_RESOLVED,
+                          "no report seeds: every run tuned", higher_is_better)
     by_a = {int(_field(r, "seed")): value(r) for r in ra.report}
     by_b = {int(_field(r, "seed")): value(r) for r in rb.report}
     if set(by_a) == set(by_b):

@@ -2,8 +2,9 @@
 
 ``report.md``: the settings, one table per arm set (all arms, then each untuned study's arms
 and the mixing ablation) with state bytes, the chosen LR, final test accuracy and loss (mean
-+- std over seeds) and the paired 95% t-interval of the difference to dense Muon with whether
-it contains 0 (inside the seed noise); the mixing-vs-compression differences; every sweep
++- std over every seed) and the difference to dense Muon over the report seeds (``seeds[0]``,
+which tuned the LRs, left out) by the statistics layer (:mod:`muonlab.report.stats`: interval,
+test, n, verdict); the mixing-vs-compression differences; every sweep
 (each LR's held-out loss and accuracy, the choice, the extensions). Figures: accuracy
 against state bytes (the rank sweep) and the curves of the ``large`` arms.
 """
@@ -11,15 +12,14 @@ against state bytes (the rank sweep) and the curves of the ``large`` arms.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import Run, load_run, mean_std
+from .plots import plot_epoch_curves, plot_memory_tradeoff
 from .provenance import provenance_section, study_provenance
 from .records import find_records, records_exist
-from .stats import compare
+from .stats import MIN_REPORT_SEEDS, NOT_RESOLVED, Comparison, compare_runs
 from .tables import fmt_bytes, markdown_table
-from .variants import plot_curves, plot_memory_tradeoff
 
 REFERENCE = "muon"  # the slug every difference is taken against
 # (label, a, b): the mixing ablation's paired differences a - b
@@ -66,51 +66,34 @@ def arm_rows(s: dict) -> dict[str, dict]:
                    lr=s["sweeps"][arm["slug"]]["best"], edge=s["sweeps"][arm["slug"]]["edge"])
         for key in ("test_acc", "test_loss"):
             row[key], row[key + "_std"] = mean_std([final(r, key) for r in group])
-        row["train_loss"], row["train_loss_std"] = mean_std(
-            [r.epochs[-1]["train_loss"] for r in group])
+        row["test_accs"] = [final(r, "test_acc") for r in group]
+        row["train_losses"] = [r.epochs[-1]["train_loss"] for r in group]
+        row["train_loss"], row["train_loss_std"] = mean_std(row["train_losses"])
         row["by_seed"] = {r.seed: {k: final(r, k) for k in ("test_acc", "test_loss")}
                           for r in group}
         rows[arm["slug"]] = row
     return rows
 
 
-@dataclass(frozen=True)
-class Interval:
-    """A paired 95% interval (:func:`muonlab.report.stats.compare`) over ``n`` seeds."""
+def difference(a: dict, b: dict, key: str, tuning_seeds: list[int]) -> Comparison:
+    """Row ``a`` minus row ``b`` for ``key`` (test accuracy: higher is better; test loss:
+    lower) over their report seeds (:func:`muonlab.report.stats.compare_runs`)."""
+    def records(row):
+        return [{"seed": seed, **values} for seed, values in row["by_seed"].items()]
 
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    @property
-    def contains_zero(self) -> bool:
-        """Inside the seed noise: the interval contains 0."""
-        return self.low <= 0 <= self.high
+    return compare_runs(records(a), records(b), lambda r: r[key],
+                        higher_is_better=key == "test_acc", tuning_seeds=tuning_seeds)
 
 
-def difference(a: dict, b: dict, key: str) -> Interval | None:
-    """Paired interval of ``a - b`` for ``key`` over the seeds both rows have (None if none)."""
-    seeds = sorted(set(a["by_seed"]) & set(b["by_seed"]))
-    if not seeds:
-        return None
-    c = compare([a["by_seed"][s][key] for s in seeds], [b["by_seed"][s][key] for s in seeds],
-                paired=True, higher_is_better=key != "test_loss")
-    return Interval(c.diff, c.lo, c.hi, len(seeds))
+def fmt_difference(a: dict, b: dict | None, key: str, tuning_seeds: list[int]) -> str:
+    """The printed comparison (accuracy in percentage points), "n/a" without a reference."""
+    if b is None or a is b:
+        return "n/a"
+    scale, digits = (100, 2) if key == "test_acc" else (1, 4)
+    return difference(a, b, key, tuning_seeds).text(digits, scale)
 
 
-def fmt_interval(iv, scale: float, digits: int) -> tuple[str, str]:
-    """(``mean [low, high]``, inside-the-noise cell) of a paired interval."""
-    if iv is None:
-        return "n/a", "n/a"
-    if iv.n < 2:
-        return f"{scale * iv.mean:+.{digits}f} (1 seed)", "n/a (1 seed)"
-    text = (f"{scale * iv.mean:+.{digits}f} [{scale * iv.low:+.{digits}f}, "
-            f"{scale * iv.high:+.{digits}f}]")
-    return text, "yes" if iv.contains_zero else "**no**"
-
-
-def results_table(rows: dict, slugs: list[str]) -> str:
+def results_table(rows: dict, slugs: list[str], tuning_seeds: list[int]) -> str:
     ref = rows.get(REFERENCE)
     cells = []
     for slug in slugs:
@@ -119,24 +102,21 @@ def results_table(rows: dict, slugs: list[str]) -> str:
         r = rows[slug]
         savings = ("n/a" if ref is None
                    else f"{100 * (1 - r['state_bytes'] / ref['state_bytes']):.1f}%")
-        acc = fmt_interval(difference(r, ref, "test_acc") if ref and slug != REFERENCE
-                           else None, 100, 2)
-        loss = fmt_interval(difference(r, ref, "test_loss") if ref and slug != REFERENCE
-                            else None, 1, 4)
         lr = f"{r['lr']:g}" + (f" (at the {r['edge']} edge)" if r["edge"] else "")
         cells.append([r["label"], f"{r['state_bytes']} ({fmt_bytes(r['state_bytes'])})",
                       savings, lr, len(r["seeds"]),
                       f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}",
                       f"{r['test_loss']:.4f} ± {r['test_loss_std']:.4f}",
-                      acc[0], acc[1], loss[0], loss[1]])
+                      fmt_difference(r, ref, "test_acc", tuning_seeds),
+                      fmt_difference(r, ref, "test_loss", tuning_seeds)])
     headers = ["optimizer", "state bytes", "savings vs Muon", "chosen LR", "seeds",
                "test acc % (mean ± std)", "test loss (mean ± std)",
-               "Δ acc vs Muon, pp [95% CI]", "inside noise (acc)",
-               "Δ loss vs Muon [95% CI]", "inside noise (loss)"]
+               "Δ acc vs Muon, pp [95% CI], test, n: verdict",
+               "Δ loss vs Muon [95% CI], test, n: verdict"]
     return markdown_table(headers, cells)
 
 
-def ablation_table(rows: dict, groups: dict) -> str:
+def ablation_table(rows: dict, groups: dict, tuning_seeds: list[int]) -> str:
     """The paired differences that separate mixing from compression."""
     lora = [g for g in groups["mixing ablation"] if g.startswith("lora_pre") and "-gh" not in g]
     names = {"full": lora[0], "low": lora[-1]}
@@ -144,11 +124,11 @@ def ablation_table(rows: dict, groups: dict) -> str:
     for label, a, b in ABLATION_PAIRS:
         a, b = a.format(**names), b.format(**names)
         if a in rows and b in rows:
-            acc = fmt_interval(difference(rows[a], rows[b], "test_acc"), 100, 2)
-            loss = fmt_interval(difference(rows[a], rows[b], "test_loss"), 1, 4)
-            cells.append([label, f"{rows[a]['label']} − {rows[b]['label']}", *acc, *loss])
-    headers = ["effect", "difference", "Δ test acc, pp [95% CI]", "inside noise (acc)",
-               "Δ test loss [95% CI]", "inside noise (loss)"]
+            cells.append([label, f"{rows[a]['label']} − {rows[b]['label']}",
+                          fmt_difference(rows[a], rows[b], "test_acc", tuning_seeds),
+                          fmt_difference(rows[a], rows[b], "test_loss", tuning_seeds)])
+    headers = ["effect", "difference", "Δ test acc, pp [95% CI], test, n: verdict",
+               "Δ test loss [95% CI], test, n: verdict"]
     return markdown_table(headers, cells)
 
 
@@ -204,30 +184,31 @@ def settings_text(s: dict, input_dim: int) -> str:
         f"coarse than accuracy on {st['val_size']} examples, and never the test set. The "
         f"other seeds train at the chosen LR; the sweep's run is seed {st['seeds'][0]}'s run.\n\n"
         f"**Statistics.** Test accuracy and loss after the last epoch, mean ± sample std over "
-        f"seeds; Δ: the paired difference to dense Muon (same seed: same initialization and "
-        f"batch order), mean and two-sided 95% t-interval (n - 1 degrees of freedom); "
-        f"'inside noise' = the interval contains 0.\n"
+        f"every seed; Δ: the difference to dense Muon over the report seeds (seed "
+        f"{st['seeds'][0]}, which tuned the LRs, left out), paired by seed (same initialization "
+        f"and batch order), mean and two-sided 95% t-interval, n, and the verdict of the "
+        f"statistics layer: ahead or behind only when the interval excludes 0 with >= "
+        f"{MIN_REPORT_SEEDS} report seeds, else not resolved.\n"
     )
 
 
-def findings(rows: dict) -> str:
-    """Which arms' chosen LR still sits at a grid edge, and which differences to dense Muon
-    are outside the seed noise (test accuracy, test loss)."""
+def findings(rows: dict, tuning_seeds: list[int]) -> str:
+    """Which arms' chosen LR still sits at a grid edge, and the verdicts of the differences to
+    dense Muon (test accuracy, test loss)."""
     lines = []
     edges = [f"{r['label']} ({r['lr']:g}, {r['edge']})" for r in rows.values() if r["edge"]]
     lines.append("**Chosen LR still at an edge of its grid** (the optimum may lie beyond): "
                  + (", ".join(edges) if edges else "none") + ".")
     ref = rows.get(REFERENCE)
     for key, name in (("test_acc", "test accuracy"), ("test_loss", "test loss")):
-        outside = []
+        resolved = []
         for slug, r in rows.items():
-            iv = difference(r, ref, key) if ref and slug != REFERENCE else None
-            if iv is not None and iv.n >= 2 and not iv.contains_zero:
-                better = (iv.mean > 0) == (key == "test_acc")
-                outside.append(f"{r['label']} ({'better' if better else 'worse'})")
-        lines.append(f"**Differences to dense Muon outside the seed noise ({name}, 95%)**: "
-                     + (", ".join(outside) if outside else "none") + "; every other arm's "
-                     "difference is inside the noise.")
+            c = difference(r, ref, key, tuning_seeds) if ref and slug != REFERENCE else None
+            if c is not None and c.verdict != NOT_RESOLVED:
+                resolved.append(f"{r['label']} ({c.verdict})")
+        lines.append(f"**Arms resolved against dense Muon ({name})**: "
+                     + (", ".join(resolved) + "; every other arm is not resolved" if resolved
+                        else "none: every arm is not resolved") + ".")
     return "\n\n".join(lines)
 
 
@@ -238,25 +219,28 @@ def write_report(out: str | Path, input_dim: int) -> dict[str, Path]:
     s = load_study(out) | {"out": str(out)}
     rows = arm_rows(s)
     groups = s["groups"]
+    tuned = s["study"]["seeds"][:1]  # the sweep's seed: it chose the LRs
     figures = {"tradeoff": out / "tradeoff.png", "curves": out / "curves.png"}
-    sweep_rows = [rows[g] for g in groups["rank-sweep"] if g in rows]
-    if sweep_rows:
+    sweep = [g for g in groups["rank-sweep"] if g in rows]
+    adamw = ["adamw"] if "adamw" in rows and "adamw" not in sweep else []
+    sweep_rows = [rows[g] for g in adamw + sweep]
+    if sweep:  # the rank sweep with AdamW's line
         plot_memory_tradeoff(sweep_rows, figures["tradeoff"],
-                             title="final test accuracy against optimizer state (tuned LRs)")
+                             title="MNIST, every LR tuned: the LoRA-Pre rank sweep")
     large = [rows[g] for g in groups["large"] if g in rows]
     if large:
-        runs = [r for g in groups["large"] for r in s["runs"].get(g, [])]
-        plot_curves(runs, large, figures["curves"], title="large (tuned LRs)")
+        plot_epoch_curves({r["label"]: s["runs"][r["slug"]] for r in large}, large,
+                          figures["curves"], title="MNIST, every LR tuned: the large arms")
     text = [f"# Memory-saving Muon variants, every LR tuned ({s['study']['dataset']})\n",
             "Written by `muonkit variants tuned` from the files in this folder.\n",
-            settings_text(s, input_dim), hardware(out), "## Summary\n", findings(rows),
-            "\n## All arms\n", results_table(rows, list(rows))]
+            settings_text(s, input_dim), hardware(out), "## Summary\n", findings(rows, tuned),
+            "\n## All arms\n", results_table(rows, list(rows), tuned)]
     for name, slugs in groups.items():
-        text += [f"\n## {name}\n", results_table(rows, slugs)]
+        text += [f"\n## {name}\n", results_table(rows, slugs, tuned)]
     text += ["\n## Mixing vs compression\n",
              "Each row is a paired difference (same seeds); 'gradient-heavy' is LoRA-Pre's "
              "printed mixing `g + mu * EMA(g)`, the default `momentum_form` is Muon's.\n",
-             ablation_table(rows, groups), "\n## LR sweeps (first seed)\n", sweep_section(s),
+             ablation_table(rows, groups, tuned), "\n## LR sweeps (first seed)\n", sweep_section(s),
              "\n## Figures\n", "![accuracy against state](tradeoff.png)\n",
              "![curves of the large arms](curves.png)\n"]
     (out / "report.md").write_text("\n".join(text))

@@ -5,18 +5,17 @@ Reads a `muonkit variants gpt` directory (the horizon study's layout at one hori
 an LR and every seed's run at that LR has finished. Final val loss is the mean ± std over
 seeds; state bytes are the runs' own measurements (``optimizer_state_bytes``, the tensors in
 the optimizer's state at the end, and ``muon_state_bytes``, its Muon part); the difference to
-dense Muon is paired by seed (:func:`muonlab.report.stats.compare`).
+dense Muon comes from the statistics layer over the report seeds (the sweep's seed, which tuned
+the LRs, left out; :func:`muonlab.report.stats.compare_runs`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
-
-from .horizon import Cell, Study, cost_table, load_study, sweep_lines
-from .stats import compare
+from .horizon import Cell, Study, cost_table, final_loss, load_study, sweep_lines
+from .plots import plot_state_memory, plot_val_curves
+from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -38,10 +37,6 @@ def state_bytes(cell: Cell) -> tuple[int, int]:
     return int(summary.get("muon_state_bytes", 0)), int(summary["optimizer_state_bytes"])
 
 
-def finals(cell: Cell) -> list[float]:
-    return [r.val[-1]["val_loss"] for r in cell.runs]
-
-
 def describe(cell: Cell) -> str:
     """The run's optimizer kind and the options that tell the variants apart."""
     run = cell.runs[0]
@@ -50,18 +45,20 @@ def describe(cell: Cell) -> str:
     return run.optimizer + (f" ({extra})" if extra else "")
 
 
-def difference(cell: Cell, dense: Cell | None) -> tuple[str, str]:
-    """(difference to dense Muon with its 95% interval, whether it is inside the noise)."""
+def versus_dense(study: Study, cell: Cell, dense: Cell) -> Comparison:
+    """The final val loss of ``cell`` minus dense Muon's over the report seeds (the sweep's
+    seed left out)."""
+    return compare_runs(cell.runs, dense.runs, final_loss, higher_is_better=False,
+                        tuning_seeds=study.settings["seeds"][:1])
+
+
+def difference(study: Study, cell: Cell, dense: Cell | None) -> str:
+    """:func:`versus_dense` printed: interval, test, n and verdict."""
     if dense is None:
-        return "dense Muon unfinished", ""
+        return "dense Muon unfinished"
     if cell.name == dense.name:
-        return "reference", ""
-    c = compare(finals(cell), finals(dense), paired=True, higher_is_better=False)
-    mean, low, high = c.diff, c.lo, c.hi
-    if math.isnan(low):
-        return f"{mean:+.3f} (one seed: no interval)", "?"
-    inside = "yes" if low <= 0 <= high else ("no: worse" if low > 0 else "no: better")
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]", inside
+        return "reference"
+    return versus_dense(study, cell, dense).text()
 
 
 def results_table(study: Study) -> str:
@@ -73,13 +70,13 @@ def results_table(study: Study) -> str:
         lr = f"{cell.lr:g}" + (f" (AdamW part {sweep['aux_lr']:g})" if sweep.get("aux_lr") else "")
         if sweep.get("edge"):
             lr += f", at the {sweep['edge']} edge of its sweep"
-        diff, inside = difference(cell, dense)
         rows.append([
             cell.name, describe(cell), lr, fmt_mean_std(*cell.final, 3, len(cell.runs)),
-            fmt_bytes(muon) if muon else "-", fmt_bytes(total), diff, inside,
+            fmt_bytes(muon) if muon else "-", fmt_bytes(total), difference(study, cell, dense),
         ])
-    headers = ["contender", "optimizer", "chosen LR", "final val loss", "state: Muon part",
-               "state: total", "minus dense Muon [95% CI]", "inside the noise?"]
+    headers = ["contender", "optimizer", "chosen LR", "final val loss (every seed)",
+               "state: Muon part", "state: total",
+               "minus dense Muon, report seeds [95% CI], test, n: verdict"]
     return markdown_table(headers, rows)
 
 
@@ -107,12 +104,14 @@ def report_markdown(study: Study, figures: dict[str, Path]) -> str:
         "at the chosen LR.\n",
         study.hardware(),
         "## Final validation loss and optimizer state\n", results_table(study),
-        "Final val loss: mean ± std over seeds at the chosen LR. State: bytes of the tensors in "
-        "the optimizer's state at the end of a run (Muon part: those of the hidden matrices; "
-        "total: with the AdamW part and AdamW's step counters). Difference to dense Muon: "
-        "paired by seed (same initial weights and batches), 95% t-interval; *inside the noise* "
-        "when the interval contains 0. A chosen LR at an edge of its sweep (after the extension "
-        "cap) may not be the best one.\n",
+        "Final val loss: mean ± std over every seed at the chosen LR. State: bytes of the "
+        "tensors in the optimizer's state at the end of a run (Muon part: those of the hidden "
+        "matrices; total: with the AdamW part and AdamW's step counters). Difference to dense "
+        f"Muon: over the report seeds (seed {s['seeds'][0]}, which tuned the LRs, left out), "
+        "paired t by seed (same initial weights and batches) with its 95% interval, and the "
+        f"verdict (lower is better; ahead or behind only when the interval excludes 0 with >= "
+        f"{MIN_REPORT_SEEDS} report seeds). A chosen LR at an edge of its sweep (after the "
+        "extension cap) may not be the best one.\n",
         "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
         "## Wall-clock and throughput\n", cost_table(study),
         "Mean over the seeds at the chosen LR, one process per run at its `--threads`; per-step "
@@ -125,40 +124,16 @@ def report_markdown(study: Study, figures: dict[str, Path]) -> str:
 
 def build_report(out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.md``, ``memory.png`` and ``curves.png`` of a GPT variant study."""
-    from .horizon_plots import plot_curves
-    from .plots import plt
-
     out = Path(out_dir)
     if not (out / "study.json").exists():
         raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit variants gpt` "
                                 "directory?")
     study = load_study(out)
-    figures = {"memory": plot_memory(study, out / "memory.png", plt),
-               "curves": plot_curves(study, out / "curves.png")}
+    title = (f"Memory-saving variants on the tiny GPT, {study.horizons[0]} steps, every LR "
+             "tuned")
+    figures = {"memory": plot_state_memory(finished_cells(study), state_bytes,
+                                           out / "memory.png", title),
+               "curves": plot_val_curves(study, out / "curves.png")}
     report = out / REPORT
     report.write_text(report_markdown(study, figures))
     return {"report": report, **figures}
-
-
-def plot_memory(study: Study, path: Path, plt) -> Path:
-    """Final val loss (± std over seeds) against the optimizer-state bytes, total (left) and
-    Muon part (right; AdamW has none), log x."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    cells = finished_cells(study)
-    for cell in cells:
-        muon, total = state_bytes(cell)
-        mean, std = cell.final
-        for ax, x in zip(axes, (total, muon)):
-            if x:
-                ax.errorbar([x], [mean], yerr=[0 if np.isnan(std) else std], marker="o",
-                            capsize=3, label=cell.name)
-    for ax, which in zip(axes, ("total", "Muon part")):
-        ax.set(xscale="log", xlabel=f"optimizer state bytes ({which})",
-               ylabel="final val loss", title=f"final val loss vs state bytes ({which})")
-        ax.grid(alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

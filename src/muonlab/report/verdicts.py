@@ -1,0 +1,195 @@
+"""The verdicts the README and the study pages state, generated from the committed records.
+
+A page states a result only inside a marked block whose text this module writes from the run
+records under ``docs/results`` through the statistics layer (:mod:`muonlab.report.stats`)::
+
+    <!-- verdict:compare-tiny -->
+    ...generated text (a paragraph, wrapped at the marker's indent, or a table)...
+    <!-- /verdict -->
+
+``muonkit results verdicts`` rewrites every block's text (``--check``: lists the stale ones);
+``tests/test_verdicts.py`` fails when a block's text differs from what the layer prints (a
+verdict word, an interval or a number changed by hand) and when the prose outside the blocks
+states a verdict word, an interval or a mean ± std of its own (:func:`unsupported_claims`).
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from . import compare, horizon, variant_tuned, variants_gpt
+from .stats import Comparison
+from .tables import fmt_bytes, markdown_table
+
+WIDTH = 96  # the pages' line length
+BLOCK = re.compile(r"^(?P<indent>[ \t]*)<!-- verdict:(?P<name>[\w.-]+) -->\n(?P<body>.*?)"
+                   r"^(?P=indent)<!-- /verdict -->", re.M | re.S)
+# what only a block may state: verdict words, intervals [a, b], mean ± std
+CLAIM = re.compile(r"\b(ahead|behind|beats?|beaten|outperforms?|better than|worse than|"
+                   r"matches|not resolved)\b|\[[-+]?\d[\d.]*, [-+]?\d[\d.]*\]|\d ± \d", re.I)
+MNIST_ARMS = ("adamw", "lora_pre-r128", "lora_pre-r32", "lora_pre-r16", "lora_pre-r1",
+              "kronecker", "hybrid_kronecker")
+
+
+def grouped(items: list[tuple[str, Comparison]], digits: int = 3, scale: float = 1.0) -> str:
+    """``a +0.1 [..]; b -0.2 [..] (each paired t, n=2: not resolved (...))`` when the
+    comparisons share test, n and verdict, else each one's full text."""
+    shared = {(c.test, c.n, c.verdict, c.reason) for _, c in items}
+    if len(shared) == 1 and items[0][1].n:
+        c = items[0][1]
+        why = f" ({c.reason})" if c.reason else ""
+        listed = "; ".join(f"{label} {c.interval_text(digits, scale)}" for label, c in items)
+        each = "each " if len(items) > 1 else ""
+        return f"{listed} ({each}{c.test}, n={c.n}: {c.verdict}{why})"
+    return "; ".join(f"{label} {c.text(digits, scale)}" for label, c in items)
+
+
+def compare_tiny(results: Path) -> str:
+    out = results / "compare-tiny"
+    groups, sweep = compare.load_compare(out)
+    numbers = compare.compare_numbers(groups, compare.tuning_seeds(sweep))
+    finals = numbers["report_finals"]
+    versus = numbers["versus"]["muon"]["final"]
+    return (f"final val loss over the report seeds (seed 0 tuned the LRs): Muon hybrid "
+            f"{finals['muon'].text()}, AdamW {finals['adamw'].text()}; Muon hybrid - AdamW "
+            f"{versus.text()}.")
+
+
+def horizon_gaps(results: Path) -> dict[str, dict[int, Comparison]]:
+    """{contender: {horizon: its final val loss - AdamW's}} of the horizon study."""
+    study = horizon.load_study(results / "horizon")
+    gaps: dict = {}
+    for name in study.names():
+        for h in study.horizons:
+            cell, base = study.ready(h, name), study.ready(h, "adamw")
+            if name != "adamw" and cell and base:
+                gaps.setdefault(name, {})[h] = horizon.gap(study, cell, base)
+    return gaps
+
+
+def horizon_muon(results: Path) -> str:
+    gaps = horizon_gaps(results)["muon"]
+    return ("tuned Muon hybrid - AdamW, final val loss over the report seeds (seed 0 tuned): "
+            + grouped([(f"{h} steps", c) for h, c in gaps.items()]) + ".")
+
+
+def horizon_table(results: Path) -> str:
+    gaps = horizon_gaps(results)
+    horizons = sorted({h for g in gaps.values() for h in g})
+    rows = [[name] + [g[h].text() if h in g else "unfinished" for h in horizons]
+            for name, g in gaps.items()]
+    return markdown_table(["contender - AdamW"] + [f"{h} steps" for h in horizons], rows)
+
+
+def gpt_variants(results: Path) -> tuple[variants_gpt.Study, list]:
+    """The GPT variant study and its finished contenders with their difference to dense Muon."""
+    study = horizon.load_study(results / "variants" / "gpt")
+    dense = study.ready(study.horizons[0], variants_gpt.DENSE)
+    cells = [c for c in variants_gpt.finished_cells(study) if c.name != variants_gpt.DENSE]
+    return study, [(c, variants_gpt.versus_dense(study, c, dense)) for c in cells]
+
+
+def variants_gpt_text(results: Path) -> str:
+    _, cells = gpt_variants(results)
+    items = [(f"{c.name} ({fmt_bytes(variants_gpt.state_bytes(c)[1])})", v)
+             for c, v in cells if c.name != "adamw"]
+    return ("tiny GPT, 800 steps, final val loss minus dense Muon's (3.13 MiB of state) over "
+            "the report seeds (seed 0 tuned): " + grouped(items) + ".")
+
+
+def variants_gpt_table(results: Path) -> str:
+    _, cells = gpt_variants(results)
+    rows = [[c.name, fmt_bytes(variants_gpt.state_bytes(c)[1]), v.text()] for c, v in cells]
+    return markdown_table(["contender", "state (total)", "minus dense Muon, report seeds"],
+                          rows)
+
+
+def mnist_rows(results: Path) -> tuple[dict, list[int]]:
+    out = results / "variants" / "mnist"
+    study = variant_tuned.load_study(out) | {"out": str(out)}
+    return variant_tuned.arm_rows(study), study["study"]["seeds"][:1]
+
+
+def variants_mnist_text(results: Path) -> str:
+    rows, tuned = mnist_rows(results)
+    ref = rows[variant_tuned.REFERENCE]
+    items = [(f"{rows[s]['label']} ({fmt_bytes(rows[s]['state_bytes'])})",
+              variant_tuned.difference(rows[s], ref, "test_acc", tuned))
+             for s in MNIST_ARMS if s in rows]
+    return ("MNIST MLP, test accuracy minus dense Muon's, pp, over the report seeds (seed 0 "
+            "tuned): " + grouped(items, 2, 100) + ".")
+
+
+def variants_mnist_table(results: Path) -> str:
+    rows, tuned = mnist_rows(results)
+    ref = rows[variant_tuned.REFERENCE]
+    cells = [[r["label"], fmt_bytes(r["state_bytes"]),
+              f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}",
+              variant_tuned.fmt_difference(r, ref, "test_acc", tuned)] for r in rows.values()]
+    return markdown_table(["optimizer", "state", "test acc % (every seed)",
+                           "minus dense Muon, pp, report seeds"], cells)
+
+
+GENERATORS: dict[str, Callable[[Path], str]] = {
+    "compare-tiny": compare_tiny,
+    "horizon": horizon_muon,
+    "horizon-table": horizon_table,
+    "variants-gpt": variants_gpt_text,
+    "variants-gpt-table": variants_gpt_table,
+    "variants-mnist": variants_mnist_text,
+    "variants-mnist-table": variants_mnist_table,
+}
+
+
+def block_names(text: str) -> list[str]:
+    return [m["name"] for m in BLOCK.finditer(text)]
+
+
+def generate(names: list[str], results: Path) -> dict[str, str]:
+    """{name: the block's text} for each name, from the records under ``results``."""
+    unknown = sorted(set(names) - set(GENERATORS))
+    if unknown:
+        raise ValueError(f"unknown verdict block(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(GENERATORS)}")
+    return {name: GENERATORS[name](results) for name in dict.fromkeys(names)}
+
+
+def body(text: str, indent: str) -> str:
+    """A block's lines: a table as it is, a paragraph wrapped at the marker's indent."""
+    if text.startswith("|"):
+        return textwrap.indent(text.rstrip("\n"), indent) + "\n"
+    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False) + "\n"
+
+
+def render(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with every verdict block's body replaced by ``blocks[name]``."""
+    def fill(m: re.Match) -> str:
+        indent = m["indent"]
+        return (f"{indent}<!-- verdict:{m['name']} -->\n{body(blocks[m['name']], indent)}"
+                f"{indent}<!-- /verdict -->")
+
+    return BLOCK.sub(fill, text)
+
+
+def stale_blocks(text: str, blocks: dict[str, str]) -> list[str]:
+    """The names of the blocks whose text differs from the generated one."""
+    return [m["name"] for m in BLOCK.finditer(text)
+            if m["body"] != body(blocks[m["name"]], m["indent"])]
+
+
+def unsupported_claims(text: str) -> list[str]:
+    """The lines outside the verdict blocks that state a verdict word, an interval or a
+    mean ± std: only the statistics layer's generated text may."""
+    outside = BLOCK.sub("", text)
+    return [line.strip() for line in outside.splitlines() if CLAIM.search(line)]
+
+
+def results_section(readme: str) -> str:
+    """The README's results section: its heading up to the next one."""
+    start = readme.index("## Results")
+    end = readme.find("\n## ", start + 1)
+    return readme[start:] if end < 0 else readme[start:end]

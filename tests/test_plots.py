@@ -1,0 +1,125 @@
+"""The one plotting module: one colour per optimizer in every figure, bars and bands that say
+what they are (95% t interval, n), log ticks at the plotted values, every panel titled,
+labelled and with a legend."""
+
+import math
+from pathlib import Path
+
+import matplotlib.colors
+import pytest
+
+from muonlab.report import plots
+from muonlab.report.horizon import Cell
+from muonlab.report.metrics import Run
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plotting functions draw, kept open instead of saved."""
+    drawn = []
+
+    def keep(fig, path, title=""):
+        if title:
+            fig.suptitle(title)
+        drawn.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    yield drawn
+    for fig in drawn:
+        plots.plt.close(fig)
+
+
+def test_one_colour_per_optimizer_whatever_its_spelling():
+    same = [("LoRA-Pre r=16", "lorapre-r16"), ("Kronecker", "kronecker"),
+            ("Hybrid Kronecker", "kronecker-hybrid"), ("LoRA-Pre r=1 (equal memory)", "lorapre-r1"),
+            ("AdamW", "adamw"), ("Muon", "muon"), ("Muon (gradient-heavy)", "muon-gradient-heavy")]
+    for a, b in same:
+        assert plots.color(a) == plots.color(b), (a, b)
+    names = ["adamw", "muon", "muon-wd", "muon-moonlight", "muon-seed", "normuon", "kronecker",
+             "kronecker-hybrid", "lorapre-r1", "lorapre-r4", "lorapre-r16"]
+    assert len({plots.color(n) for n in names}) == len(names)
+    assert plots.color("some-new-arm") == plots.color("some-new-arm")
+
+
+def run(losses: list[float], seed: int) -> Run:
+    return Run(path=Path(f"s{seed}"), config={"seed": seed},
+               val=[{"step": 10 * i, "val_loss": v, "elapsed_s": float(i)}
+                    for i, v in enumerate(losses)])
+
+
+class FakeStudy:
+    """The horizon layout: two contenders at three horizons, two seeds each."""
+
+    horizons = [250, 800, 2500]
+    settings = {"preset": "tiny", "data": "tinyshakespeare", "seeds": [0, 1]}
+
+    def names(self):
+        return ["adamw", "muon"]
+
+    def ready(self, h, name):
+        end = (2.0 if name == "adamw" else 1.8) - h / 10_000
+        return Cell(h, name, 0.01, [run([4.0, 3.0, end], 0), run([4.0, 3.1, end + 0.02], 1)],
+                    True)
+
+
+def check_panel(ax):
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert ax.get_legend() is not None
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_horizon_figure_ticks_at_the_horizons_and_labels_its_bars(figures):
+    plots.plot_horizon(FakeStudy(), Path("h.png"))
+    (fig,) = figures
+    ax_loss, ax_gap = fig.axes
+    for ax in (ax_loss, ax_gap):
+        check_panel(ax)
+        assert list(ax.get_xticks()) == [250, 800, 2500]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["250", "800", "2500"]
+        assert len(ax.xaxis.get_minorticklocs()) == 0
+    assert "bars/bands: 95% t interval over seeds, n=2" in check_panel(ax_loss)
+    # the bars are the 95% t interval: final losses d and d + 0.02, t(1) = 12.7062
+    bars = ax_loss.containers[0].lines[2][0].get_segments()
+    low, high = bars[0][:, 1]
+    assert high - low == pytest.approx(2 * 12.7062 * 0.02 / math.sqrt(2) / math.sqrt(2))
+    colours = {line.get_label(): matplotlib.colors.to_hex(line.get_color())
+               for line in ax_gap.get_lines() if not line.get_label().startswith("_")}
+    assert colours == {"muon": plots.color("muon")}
+    assert fig._suptitle.get_text().startswith("tiny GPT on tinyshakespeare")
+
+
+def test_curves_start_at_step_0_and_every_panel_is_labelled(figures):
+    plots.plot_val_curves(FakeStudy(), Path("c.png"))
+    groups = {"adamw": FakeStudy().ready(250, "adamw").runs,
+              "muon": FakeStudy().ready(250, "muon").runs}
+    for r in (*groups["adamw"], *groups["muon"]):
+        r.train = [{"step": s, "loss": 4.0 - s / 100} for s in range(21)]
+    plots.plot_loss_curves(groups, Path("l.png"), "adamw vs muon")
+    curves, loss = figures
+    for ax in curves.axes:
+        check_panel(ax)
+        assert min(line.get_xdata()[0] for line in ax.get_lines()) == 0
+    titles = [ax.get_title() for ax in loss.axes]
+    assert len(set(titles)) == 2 and all(check_panel(ax) for ax in loss.axes)
+    assert all(min(line.get_xdata()[0] for line in ax.get_lines()) == 0 for ax in loss.axes)
+
+
+def test_the_rank_sweep_plots_accuracy_and_loss_under_their_own_titles_with_adamw(figures):
+    def row(name, kind, rank, state, accs, losses):
+        return dict(optimizer=name, kind=kind, rank=rank, state_bytes=state, test_accs=accs,
+                    train_losses=losses)
+
+    rows = [row("AdamW", "adamw", 0, 4000, [0.97, 0.971], [0.05, 0.051]),
+            row("Muon", "muon", 0, 2000, [0.98, 0.981], [0.02, 0.021]),
+            row("LoRA-Pre r=1", "lora_pre", 1, 100, [0.96, 0.962], [0.08, 0.082]),
+            row("LoRA-Pre r=4", "lora_pre", 4, 400, [0.97, 0.972], [0.06, 0.061])]
+    plots.plot_memory_tradeoff(rows, Path("t.png"), "rank sweep")
+    (fig,) = figures
+    acc, loss = fig.axes
+    assert "accuracy" in acc.get_title() and "accuracy" in acc.get_ylabel()
+    assert "train loss" in loss.get_title() and "loss" in loss.get_ylabel()
+    for ax in (acc, loss):
+        labels = check_panel(ax)
+        assert "AdamW" in labels and "bars/bands: 95% t interval over seeds, n=2" in labels
+        assert list(ax.get_xticks()) == [100, 400, 2000, 4000]

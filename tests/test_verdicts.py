@@ -1,0 +1,92 @@
+"""The README and the study pages state only the verdicts the statistics layer prints from the
+committed records (docs/results): every verdict block equals its generated text, and the prose
+outside the blocks states no verdict word, interval or mean ± std of its own."""
+
+from pathlib import Path
+
+import pytest
+
+from muonlab.cli import main
+from muonlab.report import verdicts
+from muonlab.report.stats import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "studies").glob("*.md"))]
+
+
+@pytest.fixture(scope="module")
+def generated():
+    """Every block the pages hold, generated once from the committed records."""
+    names = [n for page in PAGES for n in verdicts.block_names(page.read_text())]
+    return verdicts.generate(names, RESULTS)
+
+
+def test_the_readme_states_its_results_in_verdict_blocks():
+    results = verdicts.results_section((ROOT / "README.md").read_text())
+    assert {"compare-tiny", "horizon", "variants-gpt", "variants-mnist"} <= set(
+        verdicts.block_names(results))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_verdict_block_is_what_the_layer_prints(page, generated):
+    text = page.read_text()
+    assert verdicts.stale_blocks(text, generated) == [], (
+        f"{page.name}: regenerate with `muonkit results verdicts`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_verdict_is_stated_outside_the_blocks(page):
+    text = page.read_text()
+    if page.name == "README.md":
+        text = verdicts.results_section(text)
+    assert verdicts.unsupported_claims(text) == []
+
+
+def test_a_verdict_or_number_the_numbers_do_not_support_fails(generated):
+    """A README bullet edited to say "ahead" where the layer says "not resolved", or with
+    another number, is caught; so is a verdict stated in the prose outside a block."""
+    readme = (ROOT / "README.md").read_text()
+    assert "not resolved" in generated["compare-tiny"]
+    rendered = verdicts.render(readme, generated)
+    assert verdicts.stale_blocks(rendered, generated) == []
+    ahead = rendered.replace("t, n=2: not resolved (n=2 < 5 report seeds).", "t, n=2: ahead.", 1)
+    assert ahead != rendered and verdicts.stale_blocks(ahead, generated) == ["compare-tiny"]
+    first = generated["compare-tiny"].split("[")[0].split()[-1]  # Muon's mean, e.g. 1.642
+    number = rendered.replace(first, f"{float(first) - 0.001:.3f}", 1)
+    assert number != rendered and verdicts.stale_blocks(number, generated) == ["compare-tiny"]
+    claim = rendered.replace("[docs/studies/compare.md]",
+                             "Muon is ahead of AdamW. [docs/studies/compare.md]", 1)
+    assert verdicts.unsupported_claims(verdicts.results_section(claim)) == [
+        "Muon is ahead of AdamW. [docs/studies/compare.md](docs/studies/compare.md)"]
+    for prose in ("the gap is -0.31 [-0.40, -0.20]", "1.640 ± 0.004 vs 1.812", "Kronecker beats"):
+        assert verdicts.unsupported_claims(prose) == [prose]
+
+
+def test_blocks_are_wrapped_at_their_indent_and_grouped_when_they_share_a_verdict():
+    a = compare([1.0, 2.0], [1.5, 2.1], paired=True, higher_is_better=False)
+    b = compare([1.0, 2.0], [1.2, 2.4], paired=True, higher_is_better=False)
+    text = verdicts.grouped([("x", a), ("y", b)])
+    assert text == (f"x {a.interval_text()}; y {b.interval_text()} (each paired t, n=2: "
+                    "not resolved (n=2 < 5 report seeds))")
+    page = "- bullet:\n  <!-- verdict:v -->\n  old\n  <!-- /verdict -->\n"
+    out = verdicts.render(page, {"v": "word " * 40})
+    lines = out.splitlines()[2:-1]
+    assert len(lines) == 3 and all(ln.startswith("  word") and len(ln) <= 96 for ln in lines)
+    with pytest.raises(ValueError, match="unknown verdict block"):
+        verdicts.generate(["no-such-block"], RESULTS)
+
+
+def test_the_command_rewrites_stale_blocks_and_check_exits_1(tmp_path, capsys, generated):
+    page = tmp_path / "page.md"
+    page.write_text("x\n<!-- verdict:compare-tiny -->\nstale\n<!-- /verdict -->\n")
+    argv = ["results", "verdicts", str(page), "--results", str(RESULTS)]
+    assert main([*argv, "--check"]) == 1 and "stale" in page.read_text()
+    assert main(argv) == 0
+    assert page.read_text() == ("x\n<!-- verdict:compare-tiny -->\n"
+                                + verdicts.body(generated["compare-tiny"], "")
+                                + "<!-- /verdict -->\n")
+    assert "not resolved" in page.read_text() and main([*argv, "--check"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["results", "verdicts", str(tmp_path / "missing.md")])
+    assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err
