@@ -79,9 +79,13 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     finals = [load_run(out / "h8" / "adamw" / f"lr{lr:g}-s{s}" / "metrics.jsonl").val[-1][
         "val_loss"] for s in (1, 2)]  # the report seeds, not the tuning seed 0
     assert f"{np.mean(finals):.3f} ± {np.std(finals, ddof=1):.3f} (lr {lr:g})" in text
-    muon = load_run(out / "h8" / "muon-seed" / "lr0.02-s1" / "metrics.jsonl")
-    gap = muon.val[-1]["val_loss"] - finals[1]  # seed 0 tuned: seed 1 alone is compared
-    assert f" | {gap:+.3f}, paired t, n=1: not resolved (one seed: no interval); " in text
+    muon = [load_run(out / "h8" / "muon-seed" / f"lr0.02-s{s}" / "metrics.jsonl").val[-1][
+        "val_loss"] for s in (1, 2)]
+    gaps = np.subtract(muon, finals)  # paired by seed; seed 0 tuned and is not compared
+    half = 12.7062 * np.std(gaps, ddof=1) / np.sqrt(2)  # t_{0.975, 1}
+    assert (f" | {gaps.mean():+.3f} [{gaps.mean() - half:+.3f}, {gaps.mean() + half:+.3f}], "
+            "paired t, n=2: not resolved (n=2 < 5 report seeds); ") in text
+    assert "(seed 0, which tuned the LRs, left out)" in text
     assert "Status: complete" in text and "muonkit horizon (test)" in text
     assert "report seeds [1, 2] (seed 0 tuned the LRs and is not reported)" in text
     partial = tmp_path / "partial"

@@ -6,8 +6,8 @@ that LR has finished; everything else is listed as unfinished, never guessed. Ev
 computed here from ``metrics.jsonl``, ``sessions.jsonl``, ``sweeps.json`` and ``study.json``;
 the hardware, precision and CPU time from every started run's records
 (:mod:`muonlab.report.provenance`); every gap to AdamW by the statistics layer
-(:mod:`muonlab.report.stats`) over the report seeds: ``seeds[0]``, which tuned the LRs, left
-out.
+(:mod:`muonlab.report.stats`) over the report seeds, the seed that tuned the LRs left out
+(``tune_seed``; in a study before held-out seeds, its first seed).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def final_loss(run: Run) -> float:
 def gap(study: Study, cell: Cell, base: Cell) -> Comparison:
     """``cell`` - AdamW's final val loss over the report seeds (the sweep's seed left out)."""
     return compare_runs(cell.runs, base.runs, final_loss, higher_is_better=False,
-                        tuning_seeds=study.settings["seeds"][:1])
+                        tuning_seeds=(study.tuning_seed,))
 
 
 def gap_and_reach(study: Study) -> tuple[str, dict]:
@@ -309,8 +309,8 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
         study.hardware(),
         "## Final validation loss (mean ± std over every seed, chosen LR)\n", final_table(study),
         "## Gap to AdamW and steps to reach AdamW's final loss\n",
-        f"Gap: final val loss minus AdamW's over the report seeds (seed {s['seeds'][0]}, which "
-        "tuned the LRs, left out), its 95% interval, test, n and verdict (lower is better; a "
+        f"Gap: final val loss minus AdamW's over the report seeds (seed {study.tuning_seed}, "
+        "which tuned the LRs, left out), its 95% interval, test, n and verdict (lower is better; a "
         f"verdict needs >= {MIN_REPORT_SEEDS} report seeds).\n", gap_table,
         "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
         "## Weight RMS (first -> last evaluation) / update RMS of the hidden matrices at the "
