@@ -9,7 +9,7 @@ never gets a gradient, or an embedding or the output layer went to Muon. Three t
   which same-shape matrices), its effective LR (the group's lr times the LR rule's factor for
   its shape), its weight decay, and the totals per group kind; it warns (:class:`MuonWarning`,
   once per optimizer and message) about an empty Muon group, a 1-D parameter, an embedding or
-  an output layer in a Muon group.
+  an output layer in a Muon group, and bf16 Newton-Schulz on a CPU without native bf16.
 * :class:`HealthMonitor`: step hooks on an optimizer that count the steps in which each Muon
   group stepped, warn once about Muon parameters that received no gradient in the first
   steps, and, at a step asked for (:meth:`HealthMonitor.arm`, the lab's evaluations), measure
@@ -38,6 +38,7 @@ from .heads import head_modules
 from .muon import SKIPPED_STEPS_KEY
 from .options import MuonOptions
 from .orthogonalize import orthogonalize, polar
+from .precision import slow_bf16
 from .scaling import lr_scale
 
 
@@ -145,8 +146,9 @@ class Description:
             rows = fold_layers(self.rows)
         header = ("parameter", "group", "shape", "orthogonalized as", "batch", "lr", "wd")
         lines = [header] + [
-            (name, f"{r.group} {r.optimizer} {r.role}".rstrip(), "x".join(map(str, r.shape)),
-             r.orthogonalized or "-", r.batch or "-", f"{r.lr:.3g}", f"{r.weight_decay:g}")
+            (name, f"{r.group} {r.optimizer} {r.role if r.role != 'muon' else ''}".rstrip(),
+             "x".join(map(str, r.shape)), r.orthogonalized or "-", r.batch or "-",
+             f"{r.lr:.3g}", f"{r.weight_decay:g}")
             for name, r in rows
         ]
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -203,6 +205,10 @@ def describe(
         if not group["params"]:
             found.append(f"Muon param group {gi} ({group_label(group, gi)}) is empty")
         options = muon_options(group)
+        if group["params"]:
+            slow = slow_bf16(f"Muon param group {gi}'s ns_dtype", options.ns_dtype,
+                             group["params"][0].device)
+            found += [slow] if slow else []
         shapes = {id(p): options_block_shape(p.shape, options) for p in group["params"]
                   if p.ndim >= 2 + options.ns_batch_dims}
         same: dict[tuple, list[Tensor]] = defaultdict(list)
@@ -210,10 +216,9 @@ def describe(
             if id(p) in shapes:
                 same[(shapes[id(p)], p.dtype, p.device)].append(p)
         label = {}
-        for ps in same.values():
-            blocks = sum(math.prod(p.shape[: options.ns_batch_dims]) * options.ns_split for p in ps)
-            if blocks > 1:
-                name = f"{gi}.{len([b for b in batches if b.startswith(f'{gi}.')]) + 1}"
+        for ps in same.values():  # (a parameter's own blocks or experts: its "orthogonalized")
+            if len(ps) > 1:
+                name = f"b{len(batches) + 1}"
                 batches[name] = [names[id(p)] for p in ps]
                 label.update({id(p): name for p in ps})
         for p in group["params"]:
@@ -299,11 +304,11 @@ def ns_error(update: Tensor, options: MuonOptions) -> float:
 class HealthMonitor:
     """Step hooks on ``optimizer`` that watch Muon run (module docstring).
 
-    Counts, per Muon group, the steps in which it stepped (a parameter had a gradient and the
-    step was not skipped for a non-finite gradient); after ``first_steps`` steps warns once,
-    naming them, about Muon parameters that never had a gradient. :meth:`arm` makes the next
-    step measure the update RMS of each group (a copy of the parameters before the step) and
-    the Newton-Schulz error of one Muon matrix, a different one each time. ``names``: id ->
+    Counts, per Muon group, the steps in which it stepped since the last :meth:`record` (a
+    parameter had a gradient and the step was not skipped for a non-finite gradient); after
+    ``first_steps`` steps warns once, naming them, about Muon parameters that never had a
+    gradient. :meth:`arm` makes the next step measure the update RMS of each group (a copy of
+    the parameters before the step) and the Newton-Schulz error of one Muon matrix. ``names``: id ->
     name (:func:`param_names`). :meth:`close` removes the hooks.
     """
 
@@ -312,9 +317,11 @@ class HealthMonitor:
         self.optimizer, self.first_steps = optimizer, first_steps
         self.names = names if names is not None else param_names(optimizer, None)
         self.steps = 0
-        self.stepped: dict[int, int] = defaultdict(int)  # group index -> steps it stepped
+        self.since = 0  # steps since the last record
+        self.stepped: dict[int, int] = defaultdict(int)  # group index -> steps it stepped since
         self.had_grad: set[int] = set()  # ids of Muon params that had a gradient
         self.armed = False
+        self.sample: int | None = None
         self.samples = 0
         self.measured: dict = {}
         self._before: dict[int, Tensor] = {}
@@ -323,9 +330,11 @@ class HealthMonitor:
         self._hooks = [optimizer.register_step_pre_hook(self._pre),
                        optimizer.register_step_post_hook(self._post)]
 
-    def arm(self) -> None:
-        """Measure the next step."""
-        self.armed = True
+    def arm(self, sample: int | None = None) -> None:
+        """Measure the next step; ``sample`` picks the Muon matrix whose Newton-Schulz error is
+        measured (the ``sample % n``-th of the n with a gradient; default: the next one), so a
+        caller passing its step number gets the same choice after a resume."""
+        self.armed, self.sample = True, sample
 
     def close(self) -> None:
         for hook in self._hooks:
@@ -347,7 +356,8 @@ class HealthMonitor:
         with_grad = [(g, p) for _, g, p in self._muon_params() if p.grad is not None]
         self.measured = {}
         if with_grad:
-            group, p = with_grad[self.samples % len(with_grad)]
+            pick = self.samples if self.sample is None else self.sample
+            group, p = with_grad[pick % len(with_grad)]
             self.samples += 1
             error = ns_error(whole(p.grad), muon_options(group))
             self.measured["ns_error"] = {"param": self.names.get(id(p), ""), "value": error}
@@ -355,6 +365,7 @@ class HealthMonitor:
     @torch.no_grad()
     def _post(self, optimizer, args, kwargs) -> None:
         self.steps += 1
+        self.since += 1
         if optimizer.state.get(SKIPPED_STEPS_KEY, 0) == self._skipped:
             for gi in self._had:
                 self.stepped[gi] += 1
@@ -383,11 +394,12 @@ class HealthMonitor:
         return missing
 
     def record(self) -> dict:
-        """The health of the steps so far: ``muon_stepped`` (per Muon group, the fraction of
-        steps in which it stepped) and, from the last armed step, ``update_rms`` (per group)
-        and ``ns_error`` (the sampled matrix and its error)."""
+        """The health of the steps since the previous record: ``muon_stepped`` (per Muon
+        group, the fraction of those steps in which it stepped) and, from the last armed step,
+        ``update_rms`` (per group) and ``ns_error`` (the sampled matrix and its error)."""
         groups = {gi: group_label(g, gi) for gi, g in enumerate(self.optimizer.param_groups)
                   if is_muon_group(g)}
-        stepped = {label: self.stepped[gi] / self.steps if self.steps else 0.0
+        stepped = {label: self.stepped[gi] / self.since if self.since else 0.0
                    for gi, label in groups.items()}
+        self.since, self.stepped = 0, defaultdict(int)
         return {"muon_stepped": stepped, **self.measured}
