@@ -4,6 +4,7 @@ without a head name, the health of the steps, and what the loop records and prin
 import json
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -284,3 +285,15 @@ def test_train_command_prints_the_param_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("parameter") and "totals: Muon" in out
     assert "blocks.*.mlp.c_fc.weight x4" in out and "wte.weight" in out  # folded: 4 layers
+
+
+def test_the_readme_shows_what_describe_prints():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split("```text\nparameter", 1)[1].split("```", 1)[0]
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                          nn.Linear(256, 10))
+    assert "parameter" + shown == str(describe(MuonWithAuxAdam(hybrid_param_groups(model)),
+                                               model)) + "\n"
+    with pytest.warns(MuonWarning) as said:
+        describe(Muon([p for p in model.parameters() if p.ndim == 2]), model)
+    assert " ".join(f"`{said[0].message}`".split()) in " ".join(readme.split())
