@@ -71,16 +71,25 @@ def group_label(group: dict, index: int) -> str:
     return str(group.get("role") or f"group{index}")
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The user's model inside a DDP wrapper or ``torch.compile``'s (their parameter names
+    carry ``module.`` / ``_orig_mod.`` prefixes)."""
+    while isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "_orig_mod"):
+        model = model.module if hasattr(model, "module") else model._orig_mod
+    return model
+
+
 def param_names(optimizer: torch.optim.Optimizer, model: nn.Module | None) -> dict[int, str]:
-    """id(param) -> name: from ``model``, else the groups' ``param_names`` (torch.optim keeps
-    them when given named parameters), else ``g<group>.p<index>``."""
+    """id(param) -> name: from ``model`` (:func:`unwrapped`), else the groups'
+    ``param_names`` (torch.optim keeps them when given named parameters), else
+    ``g<group>.p<index>``."""
     names = {}
     for gi, group in enumerate(optimizer.param_groups):
         given = group.get("param_names") or []
         for k, p in enumerate(group["params"]):
             names[id(p)] = given[k] if k < len(given) else f"g{gi}.p{k}"
     if model is not None:
-        names.update({id(p): n for n, p in model.named_parameters()})
+        names.update({id(p): n for n, p in unwrapped(model).named_parameters()})
     return names
 
 
@@ -189,6 +198,7 @@ def describe(
     """The table of every parameter of ``optimizer`` (names from ``model`` when given) and the
     warnings about its set-up (see the module docstring); ``warn``: also issue them as
     :class:`MuonWarning`, once per optimizer and message. ``print(describe(opt, model))``."""
+    model = None if model is None else unwrapped(model)
     names = param_names(optimizer, model)
     rows: list[ParamRow] = []
     batches: dict[str, list[str]] = {}
