@@ -297,3 +297,27 @@ def test_the_readme_shows_what_describe_prints():
     with pytest.warns(MuonWarning) as said:
         describe(Muon([p for p in model.parameters() if p.ndim == 2]), model)
     assert " ".join(f"`{said[0].message}`".split()) in " ".join(readme.split())
+
+
+def test_the_loop_says_once_which_muon_params_get_no_gradient_and_what_is_misplaced(capsys):
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.spare = nn.Linear(6, 6), nn.Linear(6, 6, bias=False)
+            self.out = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.out(self.hidden(x))  # spare never gets a gradient
+
+    model = Unused()
+    opt = Muon([model.hidden.weight, model.spare.weight, model.out.weight])
+    aux = torch.optim.AdamW([model.hidden.bias, model.out.bias])
+    train(model, [opt, aux], Source(), classify,
+          TrainConfig(steps=4, eval_every=2, progress=False, trackers=()))
+    said = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert said == [
+        "muonkit: warning: the output layer is in a Muon group: train it with AdamW "
+        "(muonkit.hybrid_param_groups does): out.weight",
+        "muonkit: warning: Muon parameters received no gradient in the first 4 steps (Muon "
+        "never updates them): spare.weight",
+    ]

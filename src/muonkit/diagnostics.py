@@ -27,7 +27,7 @@ import re
 import warnings
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -147,9 +147,10 @@ class Description:
         return {"rows": [asdict(r) for r in self.rows], "batches": self.batches,
                 "totals": self.totals, "warnings": self.warnings}
 
-    def table(self, max_rows: int | None = None) -> str:
-        """The table; with more than ``max_rows`` rows, rows that differ only in a layer
-        index (``blocks.3.mlp.weight``) are folded into one (``blocks.*.mlp.weight x12``)."""
+    def table(self, max_rows: int | None = None, warnings: bool = True) -> str:
+        """The table (then the warnings, unless ``warnings`` is False); with more than
+        ``max_rows`` rows, rows that differ only in a layer index (``blocks.3.mlp.weight``) are
+        folded into one (``blocks.*.mlp.weight x12``)."""
         rows = [(r.name, r) for r in self.rows]
         if max_rows is not None and len(rows) > max_rows:
             rows = fold_layers(self.rows)
@@ -168,7 +169,7 @@ class Description:
         text.append("totals: " + "; ".join(
             f"{kind} {t['tensors']} tensors, {t['numbers']:,} numbers"
             for kind, t in self.totals.items()))
-        text += [f"warning: {w}" for w in self.warnings]
+        text += [f"warning: {w}" for w in self.warnings] if warnings else []
         return "\n".join(text)
 
     def __str__(self) -> str:
@@ -318,13 +319,15 @@ class HealthMonitor:
     parameter had a gradient and the step was not skipped for a non-finite gradient); after
     ``first_steps`` steps warns once, naming them, about Muon parameters that never had a
     gradient. :meth:`arm` makes the next step measure the update RMS of each group (a copy of
-    the parameters before the step) and the Newton-Schulz error of one Muon matrix. ``names``: id ->
-    name (:func:`param_names`). :meth:`close` removes the hooks.
+    the parameters before the step) and the Newton-Schulz error of one Muon matrix.
+    ``names``: id -> name (:func:`param_names`); ``say``: how a warning is said (default: a
+    :class:`MuonWarning`, once). :meth:`close` removes the hooks.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, names: dict[int, str] | None = None,
-                 first_steps: int = 10):
+                 first_steps: int = 10, say: Callable[[str], object] | None = None):
         self.optimizer, self.first_steps = optimizer, first_steps
+        self.say = say if say is not None else (lambda message: warn_once(optimizer, message, 4))
         self.names = names if names is not None else param_names(optimizer, None)
         self.steps = 0
         self.since = 0  # steps since the last record
@@ -399,7 +402,7 @@ class HealthMonitor:
         missing = [self.names.get(id(p), "") for _, _, p in self._muon_params()
                    if id(p) not in self.had_grad]
         if missing and self.steps:
-            warn_once(self.optimizer, f"Muon parameters received no gradient in the first "
+            self.say(f"Muon parameters received no gradient in the first "
                       f"{self.steps} steps (Muon never updates them): {', '.join(missing)}")
         return missing
 

@@ -362,21 +362,29 @@ def eval_due(cfg: TrainConfig, step: int) -> bool:
 
 def start_diagnostics(session: Session, model, optimizers) -> tuple[list, list[dict]]:
     """The :class:`~muonkit.diagnostics.HealthMonitor` of each optimizer and its parameter
-    table (:func:`muonkit.describe`, which warns about a Muon set-up that does less than
-    asked), printed with ``progress`` on (folded for big models; whole in the config
-    record); and one warning line for bf16 autocast on a CPU without native bf16."""
+    table (:func:`muonkit.describe`), printed with ``progress`` on (folded for big models;
+    whole in the config record); one warning line each (rank 0) for a Muon set-up that does
+    less than asked, Muon parameters without gradients in the first steps, and bf16 autocast
+    on a CPU without native bf16."""
     monitors, tables = [], []
     main_process = not is_distributed() or torch.distributed.get_rank() == 0
+
+    def say(message: str) -> None:
+        if main_process:
+            print(f"muonkit: warning: {message}", file=sys.stderr, flush=True)
+
     for opt in optimizers:
         names = param_names(opt, model)
-        monitors.append(HealthMonitor(opt, names, first_steps=min(10, session.cfg.steps)))
-        description = describe(opt, model)
+        monitors.append(HealthMonitor(opt, names, min(10, session.cfg.steps), say))
+        description = describe(opt, model, warn=False)
         tables.append(description.as_record())
         if session.cfg.progress and main_process:
-            print(description.table(max_rows=20), flush=True)
+            print(description.table(max_rows=20, warnings=False), flush=True)
+        for message in description.warnings:
+            say(message)
     slow = slow_bf16("--dtype bfloat16", session.dtype, session.device)
-    if slow and main_process:
-        print(f"muonkit: warning: {slow}; --dtype float32 is faster here", file=sys.stderr)
+    if slow:
+        say(f"{slow}; --dtype float32 is faster here")
     return monitors, tables
 
 
