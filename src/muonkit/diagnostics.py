@@ -188,11 +188,6 @@ def fold_layers(rows: Iterable[ParamRow]) -> list[tuple[str, ParamRow]]:
             for key, rs in folded.items()]
 
 
-def muon_options(group: dict) -> MuonOptions:
-    """The group's :class:`MuonOptions` (the keys torch.optim keeps in it)."""
-    return MuonOptions.from_group(group)
-
-
 def describe(
     optimizer: torch.optim.Optimizer, model: nn.Module | None = None, *, warn: bool = True
 ) -> Description:
@@ -215,7 +210,7 @@ def describe(
             continue
         if not group["params"]:
             found.append(f"Muon param group {gi} ({group_label(group, gi)}) is empty")
-        options = muon_options(group)
+        options = MuonOptions.from_group(group)
         if group["params"]:
             slow = slow_bf16(f"Muon param group {gi}'s ns_dtype", options.ns_dtype,
                              group["params"][0].device)
@@ -372,7 +367,7 @@ class HealthMonitor:
             pick = self.samples if self.sample is None else self.sample
             group, p = with_grad[pick % len(with_grad)]
             self.samples += 1
-            error = ns_error(whole(p.grad), muon_options(group))
+            error = ns_error(whole(p.grad), MuonOptions.from_group(group))
             self.measured["ns_error"] = {"param": self.names.get(id(p), ""), "value": error}
 
     @torch.no_grad()
