@@ -290,12 +290,12 @@ def test_train_command_prints_the_param_table(tmp_path, capsys):
 def test_the_readme_shows_what_describe_prints():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     shown = readme.split("```text\nparameter", 1)[1].split("```", 1)[0]
-    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                          nn.Linear(256, 10))
+    model = nn.Sequential(nn.Linear(784, 256, bias=False), nn.ReLU(),
+                          nn.Linear(256, 10, bias=False))
     assert "parameter" + shown == str(describe(MuonWithAuxAdam(hybrid_param_groups(model)),
                                                model)) + "\n"
     with pytest.warns(MuonWarning) as said:
-        describe(Muon([p for p in model.parameters() if p.ndim == 2]), model)
+        describe(Muon(model.parameters()), model)
     assert " ".join(f"`{said[0].message}`".split()) in " ".join(readme.split())
 
 
