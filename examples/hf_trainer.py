@@ -4,7 +4,8 @@ The recipe is four lines (``build_optimizer``): param groups from
 ``muonkit.hybrid_param_groups`` (hidden matrices on Muon; embeddings, the tied head, biases and
 norm gains on AdamW; GPT-2's ``Conv1D`` weights, stored ``(in, out)``, get ``transposed=True``
 so Muon's LR rule sees ``(out, in)``), ``muonkit.MuonWithAuxAdam``, the LR schedule from
-``transformers.get_cosine_schedule_with_warmup``, and ``Trainer(..., optimizers=(opt, sched))``.
+``transformers.get_cosine_schedule_with_warmup``, and ``Trainer(..., optimizers=(opt, sched))``;
+it prints ``muonkit.describe``'s table of which parameter trains how.
 Checkpoints hold the optimizer's state (``optimizer.pt``); ``--resume`` continues from one.
 
 The model is built from a config (no download): ``GPT2LMHeadModel(GPT2Config(n_layer=2,
@@ -28,7 +29,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from muonkit import MuonWithAuxAdam, hybrid_param_groups
+from muonkit import MuonWithAuxAdam, describe, hybrid_param_groups
 from muonlab.data.text import load_text
 
 
@@ -59,6 +60,7 @@ def build_optimizer(model, args) -> tuple[MuonWithAuxAdam, torch.optim.lr_schedu
     """MuonWithAuxAdam over ``hybrid_param_groups`` and the cosine schedule with warmup."""
     groups = hybrid_param_groups(model, muon_lr=args.muon_lr, adamw_lr=args.adamw_lr)
     optimizer = MuonWithAuxAdam(groups)
+    print(describe(optimizer, model).table(max_rows=20))  # which parameter trains how
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup, args.steps)
     return optimizer, scheduler
 

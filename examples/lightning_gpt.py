@@ -3,9 +3,11 @@
 ``configure_optimizers`` returns ``MuonWithAuxAdam`` over ``hybrid_param_groups`` and a
 ``LambdaLR`` of ``muonkit.schedules.lr_multiplier`` (linear warmup, cosine decay), stepped
 every optimizer step. Muon's momentum warmup (``muonkit.schedules.muon_momentum``, 0.85 ->
-0.95) is a pure function of the step, set before each step in ``on_train_batch_start``, so a
-resumed run needs nothing saved for it. Lightning checkpoints hold the optimizer and scheduler
-state; ``--resume`` continues from one (``Trainer.fit(..., ckpt_path=...)``).
+0.95) is a pure function of the step, set before each step in ``on_train_batch_start`` by
+``apply_schedules(..., lr_mult=None)`` (which leaves the LR to the LambdaLR), so a resumed run
+needs nothing saved for it. The training loss goes to ``OUT/logs/version_N/metrics.csv``
+(Lightning's CSVLogger, every ``--log-every`` steps). Lightning checkpoints hold the optimizer
+and scheduler state; ``--resume`` continues from one (``Trainer.fit(..., ckpt_path=...)``).
 
 More than one process (``--devices N``, CPU processes talking gloo), muonkit's distributed path:
 
@@ -36,12 +38,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
 from muonkit import MuonWithAuxAdam, hybrid_param_groups
 from muonkit.distributed import DistributedMuonWithAuxAdam
-from muonkit.schedules import lr_multiplier, muon_momentum
+from muonkit.schedules import apply_schedules, lr_multiplier, muon_momentum
 from muonlab.data.text import load_text
 from muonlab.models.gpt import GPT, preset_config
 
@@ -121,9 +124,9 @@ class GPTModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx):
         momentum = muon_momentum(self.global_step, warmup_steps=self.hparams.momentum_warmup)
-        for group in self.trainer.optimizers[0].param_groups:
-            if group["use_muon"]:
-                group["momentum"] = momentum
+        # lr_mult=None: the LambdaLR sets the LR; this sets only the Muon groups' momentum
+        apply_schedules(self.trainer.optimizers[0], self.global_step, lr_mult=None,
+                        muon_momentum=momentum)
 
     def on_train_end(self):
         """Record which optimizer ran and how many matrices this rank orthogonalized."""
@@ -147,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adamw-lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--momentum-warmup", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=10,
+                   help="steps between train_loss lines of OUT/logs/version_N/metrics.csv")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="a checkpoint (.ckpt) to continue from")
     return p.parse_args(argv)
@@ -174,8 +179,8 @@ def main(argv=None, callbacks=()) -> L.Trainer:
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps,
         default_root_dir=args.out, use_distributed_sampler=False,
-        callbacks=[checkpoints, *callbacks], logger=False, enable_progress_bar=False,
-        enable_model_summary=False,
+        callbacks=[checkpoints, *callbacks], enable_progress_bar=False, enable_model_summary=False,
+        logger=CSVLogger(args.out, name="logs"), log_every_n_steps=args.log_every,
     )  # fmt: skip
     trainer.fit(module, datamodule=windows, ckpt_path=args.resume)
     trainer.save_checkpoint(Path(args.out) / "final.ckpt")

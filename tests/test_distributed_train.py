@@ -65,6 +65,13 @@ def test_torchrun_gpt_ddp_and_fsdp2_agree_and_resume(tmp_path):
         finals[parallel] = records[-1]["final_val_loss"]
         assert records[-1]["final_val_loss"] < first_val_loss(records), "it learns"
     assert abs(finals["ddp"] - finals["fsdp2"]) < 1e-4, finals
+    # the health of the last step: the same under both layouts (FSDP2's from DTensor shards)
+    (ddp, fsdp2) = ([r for r in runs[p] if r["kind"] == "health"] for p in ("ddp", "fsdp2"))
+    assert [r["step"] for r in ddp] == [r["step"] for r in fsdp2] == [STEPS]
+    assert ddp[0]["muon_stepped"] == fsdp2[0]["muon_stepped"] == {"muon": 1.0}
+    assert ddp[0]["ns_error"]["param"] == fsdp2[0]["ns_error"]["param"]
+    assert fsdp2[0]["ns_error"]["value"] == pytest.approx(ddp[0]["ns_error"]["value"], rel=1e-3)
+    assert fsdp2[0]["update_rms"] == pytest.approx(ddp[0]["update_rms"], rel=1e-3)
     metrics = tmp_path / "fsdp2" / "metrics.jsonl"  # as if killed before the summary line:
     metrics.write_text("".join(metrics.read_text().splitlines(True)[:-1]))  # not finished
     resumed = torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2", "--resume")

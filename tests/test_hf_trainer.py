@@ -63,3 +63,13 @@ def test_trainer_resume_restores_optimizer_state_and_equals_an_uninterrupted_run
     final = [torch.load(tmp_path / run / "checkpoint-6" / "optimizer.pt", weights_only=True)
              for run in ("a", "b")]  # fmt: skip
     assert_same_state(final[1], final[0], exact=False)
+
+
+def test_the_example_prints_which_parameter_trains_how(capsys):
+    hf = load_example("hf_trainer")
+    args = hf.parse_args(["--out", "unused", "--block-size", "32"])
+    hf.build_optimizer(hf.build_model(65, args.block_size), args)
+    table = capsys.readouterr().out
+    assert table.startswith("parameter")
+    assert "transformer.h.*.attn.c_attn.weight x2" in table and "stored (in, out)" in table
+    assert "transformer.wte.weight" in table and "totals: Muon 8 tensors" in table

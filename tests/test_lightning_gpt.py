@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from muonkit.schedules import lr_multiplier, muon_momentum  # noqa: E402
 
-ARGS = ["--steps", "6", "--batches-per-epoch", "3", "--warmup", "2", "--momentum-warmup", "10"]
+ARGS = ["--steps", "6", "--batches-per-epoch", "3", "--warmup", "2", "--momentum-warmup", "10",
+        "--log-every", "2"]
 N_MATRICES = 8  # 2 blocks x (c_attn, attn c_proj, c_fc, mlp c_proj)
 
 
@@ -66,6 +67,12 @@ def test_resume_restores_optimizer_and_schedules_and_equals_an_uninterrupted_run
     assert any("momentum_buffer" in s for s in saved["optimizer_states"][0]["state"].values())
     assert_same_optimizer_state(probe.optimizer, saved["optimizer_states"][0], exact=True)
     assert probe.scheduler == saved["lr_schedulers"][0]
+
+    logged = (tmp_path / "a" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = logged[0].split(",")
+    steps = [int(line.split(",")[header.index("step")]) for line in logged[1:]]
+    losses = [float(line.split(",")[header.index("train_loss")]) for line in logged[1:]]
+    assert steps == [1, 3, 5] and all(0 < loss < 10 for loss in losses)  # --log-every 2
 
     straight, resumed = load(tmp_path / "a" / "final.ckpt"), load(tmp_path / "b" / "final.ckpt")
     assert resumed["global_step"] == straight["global_step"] == 6

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from muonkit import Muon, MuonWithAuxAdam
+from muonkit import Muon, MuonWarning, MuonWithAuxAdam
 from muonkit.schedules import apply_schedules, lr_multiplier, muon_momentum
 
 
@@ -50,3 +50,26 @@ def test_lr_scheduler_compatibility():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * lr_multiplier(5, total_steps=10))
+
+
+def test_apply_schedules_over_a_torch_scheduler_warns_once_or_leaves_its_lr_with_none():
+    """apply_schedules sets the lr: over a torch LR scheduler it says so once; lr_mult=None
+    keeps the scheduler's LR (LambdaLR's own arithmetic) and sets only Muon's momentum."""
+    w, b = torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(4))
+    opt = MuonWithAuxAdam(
+        [dict(params=[w], use_muon=True, lr=0.1), dict(params=[b], use_muon=False, lr=1e-3)]
+    )
+    factor = lambda s: lr_multiplier(s, total_steps=10)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    w.grad, b.grad = torch.randn(6, 4), torch.randn(4)
+    for step in range(5):
+        apply_schedules(opt, step, lr_mult=None, muon_momentum=muon_momentum(step))
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1 * factor(5), 1e-3 * factor(5)])
+    assert opt.param_groups[0]["momentum"] == pytest.approx(muon_momentum(4))
+    with pytest.warns(MuonWarning, match="overrides the torch LR scheduler") as said:
+        apply_schedules(opt, 5, lr_mult=1.0)
+        apply_schedules(opt, 6, lr_mult=1.0)
+    assert len([w for w in said if w.category is MuonWarning]) == 1
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 1e-3])

@@ -107,7 +107,7 @@ def test_hf_conv1d_weights_step_as_the_equivalent_linear(rule, qkv_split):
 
 
 def test_transposed_weights_can_be_named():
-    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 4))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 4), nn.Linear(4, 2))  # 2: the output
     groups = hybrid_param_groups(model, transposed_weights=["1.weight"])
     assert [(g["role"], g.get("transposed")) for g in groups if g["use_muon"]] == [
         ("muon", None), ("muon_transposed", True)]  # fmt: skip

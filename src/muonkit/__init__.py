@@ -12,6 +12,7 @@ import warnings
 
 from . import muon as _muon
 from . import variants as _variants  # noqa: F401 (registers their options with the hybrid)
+from .diagnostics import MuonWarning, describe
 from .hybrid import MuonWithAuxAdam, hybrid_param_groups, split_params
 from .migrate import migrate_adamw_state
 from .muon import Muon, NonFiniteGradientError
@@ -68,8 +69,10 @@ sys.meta_path.insert(0, _MovedToLab())
 __all__ = [
     "Muon",
     "MuonOptions",
+    "MuonWarning",
     "MuonWithAuxAdam",
     "NonFiniteGradientError",
+    "describe",
     "hybrid_param_groups",
     "lr_scale",
     "migrate_adamw_state",

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .heads import HEAD_NAMES, head_modules
+from .diagnostics import warn_once
+from .heads import HEAD_NAMES, head_modules, is_transposed_linear, output_layer
 from .muon import MUON_DEFAULTS, MuonBase
 from .options import MuonOptions, check_choice, check_lr, expand_options, unexpected_keyword
 
@@ -39,8 +40,9 @@ def classify_params(
 
     Roles: "embedding" (weights of nn.Embedding / nn.EmbeddingBag), "vector" (any other
     parameter with fewer than 2 dims: biases (the head's too), norm gains, scalars), "head"
-    (the matrices of a module whose attribute name is in ``head_names``; a head tied to an
-    embedding is the embedding's weight and is listed once as "embedding"), "muon" (every
+    (the matrices of a module whose attribute name is in ``head_names``, or else of the output
+    layer :func:`muonkit.heads.head_modules` finds; a head tied to an embedding is the
+    embedding's weight and is listed once as "embedding"), "muon" (every
     other matrix or conv kernel).
     """
     embedding_ids = {
@@ -97,16 +99,6 @@ def fused_qkv_params(model: nn.Module) -> list[Tensor]:
         elif name.rsplit(".", 1)[-1] == "c_attn" and isinstance(getattr(m, "weight", None), Tensor):
             out.append(m.weight)
     return out
-
-
-def is_transposed_linear(module: nn.Module) -> bool:
-    """True for a Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2's attention and MLP
-    layers: ``y = x @ W + b`` with W stored ``(in, out)``), or a subclass; found by class name
-    and module, so muonkit never imports transformers."""
-    return any(
-        c.__name__ == "Conv1D" and c.__module__.startswith("transformers.")
-        for c in type(module).__mro__
-    )
 
 
 def transposed_params(model: nn.Module) -> list[Tensor]:
@@ -169,6 +161,10 @@ def hybrid_param_groups(
 ) -> list[dict]:
     """Param groups for :class:`MuonWithAuxAdam`: one Muon group and one AdamW group per role.
 
+    The head is the modules named in ``head_names`` or, with none so named, the output layer
+    :func:`muonkit.heads.output_layer` finds (the last Linear of an ``nn.Sequential``
+    classifier; a head tied to the embedding trains as the embedding); when it cannot tell,
+    a :class:`muonkit.diagnostics.MuonWarning` says why.
     Embedding, head and vector LRs default to ``adamw_lr``. AdamW weight decay applies to
     embeddings and the head's matrices, never to vectors (biases, the head's included, and
     gains), as in nanoGPT. ``qkv_split`` > 1 puts the fused QKV weights
@@ -186,6 +182,11 @@ def hybrid_param_groups(
     Each group carries its ``role`` so schedules and reports can tell them apart.
     """
     check_option_names(muon_options)
+    if not head_modules(model, head_names):
+        found = output_layer(model)
+        if found.doubt:
+            warn_once(model, f"hybrid_param_groups could not tell the output layer of "
+                      f"{type(model).__name__} ({found.reason}): every matrix trains with Muon")
     role_lr = {
         "embedding": adamw_lr if embedding_lr is None else embedding_lr,
         "head": adamw_lr if head_lr is None else head_lr,

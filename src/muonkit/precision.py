@@ -59,6 +59,18 @@ def cpu_native_bf16() -> bool:
     return hardware.cpu_native_bf16()
 
 
+def slow_bf16(what: str, dtype: torch.dtype | str | None, device: torch.device | str) -> str | None:
+    """A warning when ``dtype`` (``what``: the setting that asks for it) puts bf16 matrix
+    products on a CPU without native bf16 (:func:`cpu_native_bf16`), where they are emulated,
+    many times slower than fp32 ("mixed" Newton-Schulz included); None otherwise."""
+    slow = dtype in (torch.bfloat16, "bfloat16", "bf16", "mixed")
+    if torch.device(device).type != "cpu" or not slow or cpu_native_bf16():
+        return None
+    return (f"{what} asks for bf16 on a CPU without native bf16 ({hardware.cpu_model()}: no "
+            f"{' or '.join(hardware.NATIVE_BF16_FLAGS)} flag): its bf16 matrix products are "
+            "emulated, many times slower than fp32")
+
+
 def cpu_bf16_speedup() -> float:
     """bf16 / fp32 matmul throughput the cost rule assumes on a native-bf16 CPU
     (:func:`muonkit.hardware.bf16_speedup`: AMX-BF16 3.5, AVX512-BF16 2.0); a seam like

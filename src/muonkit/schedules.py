@@ -9,7 +9,8 @@ Both are pure functions of the step, so a resumed run only needs the step number
   ``warmup_steps`` steps (modded-nanogpt and nanochat, 300 steps).
 * ``apply_schedules``: writes them into an optimizer's param groups, as multipliers of each
   group's own base lr (recorded once as ``group["initial_lr"]``, the key
-  torch.optim.lr_scheduler uses too).
+  torch.optim.lr_scheduler uses too). It sets the lr, overriding a torch LR scheduler
+  (warned); ``lr_mult=None`` sets only the momentum, alongside such a scheduler.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .diagnostics import warn_once
 
 DECAYS = ("cosine", "linear", "constant")
 
@@ -58,16 +61,33 @@ def muon_momentum(
     return start + (end - start) * frac
 
 
+def lr_scheduler_attached(optimizer: torch.optim.Optimizer) -> bool:
+    """True when a ``torch.optim.lr_scheduler`` scheduler drives ``optimizer`` (it wraps
+    ``optimizer.step`` and marks the wrapper)."""
+    return hasattr(optimizer.step, "_wrapped_by_lr_sched")
+
+
 def apply_schedules(
     optimizer: torch.optim.Optimizer,
     step: int,
     *,
-    lr_mult: float,
+    lr_mult: float | None = None,
     muon_momentum: float | None = None,
 ) -> None:
-    """Set every group's lr to ``initial_lr * lr_mult``; Muon groups' momentum if given."""
+    """Set every group's lr to ``initial_lr * lr_mult``; Muon groups' momentum if given.
+
+    The lr is set, not multiplied: it replaces whatever set it before, a
+    ``torch.optim.lr_scheduler`` included (a :class:`muonkit.diagnostics.MuonWarning` says so,
+    once, when one drives ``optimizer``). To keep a torch scheduler's LR and add Muon's
+    momentum warmup, pass ``lr_mult=None``: the lr is left alone.
+    """
+    if lr_mult is not None and lr_scheduler_attached(optimizer):
+        warn_once(optimizer, "apply_schedules(lr_mult=...) sets every group's lr and overrides "
+                  "the torch LR scheduler of this optimizer; pass lr_mult=None to keep the "
+                  "scheduler's LR and set only Muon's momentum")
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-        group["lr"] = group["initial_lr"] * lr_mult
+        if lr_mult is not None:
+            group["lr"] = group["initial_lr"] * lr_mult
         if muon_momentum is not None and group.get("use_muon", False):
             group["momentum"] = muon_momentum

@@ -12,6 +12,10 @@ import importlib
 import os
 import sys
 
+import torch
+
+import muonkit
+
 from .common import DEBUG_ENV, USER_ERRORS, Parser, add_debug_flag
 
 COMMANDS = [
@@ -28,6 +32,8 @@ COMMANDS = [
 
 def build_parser() -> Parser:
     parser = Parser(prog="muonkit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version",
+                        version=f"muonkit {muonkit.__version__} (torch {torch.__version__})")
     add_debug_flag(parser)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:

@@ -62,8 +62,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from muonkit.diagnostics import HealthMonitor, describe, param_names
 from muonkit.distributed.env import is_distributed
 from muonkit.hardware import load_average, machine_info
+from muonkit.precision import slow_bf16
 from muonkit.schedules import apply_schedules, lr_multiplier, muon_momentum
 
 from .config import TrainConfig, TrainResult, resolve_device, resolve_dtype
@@ -210,10 +212,11 @@ def restore(session: Session, model: nn.Module, optimizers, batches) -> None:
 
 
 def open_logger(session: Session, optimizer_name: str, run_config: dict | None,
-                origin: dict) -> MetricsLogger:
+                origin: dict, params: list[dict] | None = None) -> MetricsLogger:
     """The metrics of this run and its trackers (rank 0 only under torch.distributed), with its
-    config line and its ``provenance`` ``origin``; a resumed run's config line is in its file
-    already (it goes to the trackers), and this session's ``origin`` goes to a ``session`` line
+    config line, its ``provenance`` ``origin`` and its optimizers' ``params`` tables
+    (:func:`muonkit.describe`); a resumed run's config line is in its file already (it goes to
+    the trackers), and this session's ``origin`` goes to a ``session`` line
     (:func:`resume_session`)."""
     cfg = session.cfg
     main_process = not is_distributed() or torch.distributed.get_rank() == 0
@@ -241,6 +244,7 @@ def open_logger(session: Session, optimizer_name: str, run_config: dict | None,
                 "seed": cfg.seed,
                 "config": {**dataclasses.asdict(cfg), **(run_config or {}), **ns_precision},
                 "provenance": origin,
+                **({"params": params} if params else {}),
             }
         )
     return logger
@@ -346,10 +350,54 @@ def after_step(session: Session, model, optimizers, batches, evaluator, logger, 
     the last step means a complete metrics file, and a run whose summary could not be written
     resumes from the checkpoint before."""
     cfg, done = session.cfg, session.step
-    if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+    if eval_due(cfg, done):
         run_eval(session, model, evaluator, logger, on_eval)
     if checkpoint_due(cfg, done) and done < cfg.steps:
         checkpoint(session, model, optimizers, batches)
+
+
+def eval_due(cfg: TrainConfig, step: int) -> bool:
+    return bool(cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+
+
+def start_diagnostics(session: Session, model, optimizers) -> tuple[list, list[dict]]:
+    """The :class:`~muonkit.diagnostics.HealthMonitor` of each optimizer and its parameter
+    table (:func:`muonkit.describe`), printed with ``progress`` on (folded for big models;
+    whole in the config record); one warning line each (rank 0) for a Muon set-up that does
+    less than asked, Muon parameters without gradients in the first steps, and bf16 autocast
+    on a CPU without native bf16."""
+    monitors, tables = [], []
+    main_process = not is_distributed() or torch.distributed.get_rank() == 0
+
+    def say(message: str) -> None:
+        if main_process:
+            print(f"muonkit: warning: {message}", file=sys.stderr, flush=True)
+
+    for opt in optimizers:
+        names = param_names(opt, model)
+        monitors.append(HealthMonitor(opt, names, min(10, session.cfg.steps), say))
+        description = describe(opt, model, warn=False)
+        tables.append(description.as_record())
+        if session.cfg.progress and main_process:
+            print(description.table(max_rows=20, warnings=False), flush=True)
+        for message in description.warnings:
+            say(message)
+    slow = slow_bf16("--dtype bfloat16", session.dtype, session.device)
+    if slow:
+        say(f"{slow}; --dtype float32 is faster here")
+    return monitors, tables
+
+
+def write_health(session: Session, monitors, logger: MetricsLogger) -> None:
+    """At an evaluation after a step: the ``health`` record of the optimizers' steps
+    (:meth:`~muonkit.diagnostics.HealthMonitor.record`: the fraction of steps each Muon
+    group stepped, the update RMS per group and the Newton-Schulz error of one matrix at this
+    step); with several optimizers, one entry each under ``optimizers``."""
+    if session.step == 0 or not eval_due(session.cfg, session.step):
+        return
+    records = [m.record() for m in monitors]
+    body = records[0] if len(records) == 1 else {"optimizers": records}
+    logger.write({"kind": "health", "step": session.step, **body})
 
 
 def checkpoint_due(cfg: TrainConfig, step: int) -> bool:
@@ -448,7 +496,8 @@ def train(
                 restore(session, model, optimizers, batches)
             world = torch.distributed.get_world_size() if is_distributed() else 1
             origin = provenance(session.device, session.dtype, optimizers, world)
-            logger = open_logger(session, optimizer_name, run_config, origin)
+            monitors, tables = start_diagnostics(session, model, optimizers)
+            logger = open_logger(session, optimizer_name, run_config, origin, tables)
         except BaseException:
             if parked:
                 unpark(session.out_dir)
@@ -464,6 +513,8 @@ def train(
             if session.step == 0:
                 run_eval(session, model, evaluator, logger, on_eval)
             while session.step < min(cfg.steps, cfg.stop_at or cfg.steps):
+                for monitor in monitors if eval_due(cfg, session.step + 1) else ():
+                    monitor.arm(sample=session.step // max(cfg.eval_every, 1))
                 record = train_step(session, model, forward_model, optimizers, batches, loss_fn,
                                     count_tokens)
                 logger.write(record)
@@ -473,6 +524,7 @@ def train(
                 progress.update(1)
                 progress.set_postfix(loss=f"{record['loss']:.4f}",
                                      tok_s=f"{record['tokens_per_s']:,.0f}")
+                write_health(session, monitors, logger)
                 after_step(session, model, optimizers, batches, evaluator, logger, on_eval)
             end_session(session, logger, "finished" if session.step == cfg.steps else "stopped",
                         clock)
@@ -494,6 +546,8 @@ def train(
             ) from None
         finally:
             progress.close()
+            for monitor in monitors:
+                monitor.close()
             if not completed:  # e.g. a diverged run, a full disk
                 if status is not None:
                     with contextlib.suppress(OSError):  # its record, if it can be written
