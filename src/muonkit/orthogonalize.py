@@ -186,8 +186,9 @@ def aol_rescale(X: Tensor, safety: float = 1.0, eps: float = 1e-7) -> tuple[Tens
 _compiled_iterations: dict = {}
 
 
-def _compiled(fn):
-    """``torch.compile`` of an iteration, made once per function (CUDA only)."""
+def compiled(fn):
+    """``torch.compile`` of ``fn`` (static shapes), made once per function: the Newton-Schulz
+    iterations under ``compile=True`` (CUDA) and the compiled Muon step (``compile_step``)."""
     if fn not in _compiled_iterations:
         _compiled_iterations[fn] = torch.compile(fn, dynamic=False)
     return _compiled_iterations[fn]
@@ -264,7 +265,7 @@ def newton_schulz(
         X = X.to(phase_dtype)
         form = _gram_iteration if use_gram(X.shape, X.dtype, phase_gram) else _standard_iteration
         if compile and X.is_cuda:
-            form = _compiled(form)
+            form = compiled(form)
         X, coeffs = form(X, coeffs[:n], first_gram), coeffs[n:]
         first_gram = None
     if transposed:
