@@ -42,8 +42,8 @@ def newton_schulz_flops(shape: Sequence[int], steps: int = 5, gram: bool = False
     four in each later one). Elementwise work is not counted. The cost model behind
     ``GRAM_MIN_ASPECT`` and the benchmarks' achieved-FLOP/s figures.
     """
-    m, n = sorted(int(d) for d in shape[-2:])
-    batch = math.prod(int(d) for d in shape[:-2])
+    m, n = sorted([int(d) for d in shape[-2:]])
+    batch = math.prod([int(d) for d in shape[:-2]])  # lists: torch.compile traces them
     if not gram:
         return batch * steps * (4 * m * m * n + 2 * m**3)
     segments = [min(GRAM_RESTART, steps - s) for s in range(0, steps, GRAM_RESTART)]
@@ -53,12 +53,16 @@ def newton_schulz_flops(shape: Sequence[int], steps: int = 5, gram: bool = False
 NS_PRECISIONS = ("auto", "mixed")
 
 
+@torch.compiler.assume_constant_result
 def cpu_native_bf16() -> bool:
     """The detection ``auto`` relies on (:func:`muonkit.hardware.cpu_native_bf16`); the seam
-    tests replace to force either case (tests/conftest.py forces False by default)."""
+    tests replace to force either case (tests/conftest.py forces False by default). A
+    constant to ``torch.compile`` (``compile_step``), which would otherwise trace the
+    reading of /proc/cpuinfo and break the graph there."""
     return hardware.cpu_native_bf16()
 
 
+@torch.compiler.assume_constant_result
 def cpu_bf16_speedup() -> float:
     """bf16 / fp32 matmul throughput the cost rule assumes on a native-bf16 CPU
     (:func:`muonkit.hardware.bf16_speedup`: AMX-BF16 3.5, AVX512-BF16 2.0); a seam like
