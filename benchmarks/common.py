@@ -72,7 +72,9 @@ def machine_label(info: dict) -> str:
     machine kind keeps its figures."""
     if info["device"].startswith("cuda"):
         return "cuda"
-    if not info["cpu_native_bf16"]:
+    native = info.get("cpu_native_bf16",  # records from before it was recorded: the flags
+                      any(f in info["cpu_flags"] for f in ("avx512_bf16", "amx_bf16")))
+    if not native:
         return "no-native-bf16"
     return "native-bf16-amx" if "amx_bf16" in info["cpu_flags"] else "native-bf16"
 

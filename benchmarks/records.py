@@ -47,9 +47,10 @@ def write_records(path: Path, provenance: dict, records: list[dict], **extra) ->
     return path
 
 
-def read_records(folder: Path) -> list[dict]:
-    """Every records file of a benchmark's folder, sorted by name (one per machine kind)."""
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+def read_records(folder: Path, pattern: str = "*.json") -> list[dict]:
+    """Every records file of a benchmark (``pattern`` in ``folder``), sorted by name (one per
+    machine kind)."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(pattern))]
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -74,9 +75,10 @@ def generated(text: str, name: str) -> str:
 
 
 def update_doc(name: str, render: Callable[[list[dict]], str], folder: Path,
-               doc: Path = BENCHMARKS_DOC) -> Path:
-    """Regenerate ``name``'s table in ``doc`` from the records in ``folder``."""
-    doc.write_text(replace_generated(doc.read_text(), name, render(read_records(folder))))
+               pattern: str = "*.json", doc: Path = BENCHMARKS_DOC) -> Path:
+    """Regenerate ``name``'s table in ``doc`` from the records ``pattern`` in ``folder``."""
+    table = render(read_records(folder, pattern))
+    doc.write_text(replace_generated(doc.read_text(), name, table))
     return doc
 
 

@@ -10,21 +10,30 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import records  # noqa: E402
 
-# every generated table: (the name in its markers, its records folder, its renderer's module)
-GENERATED = [("benchmarks/aol.py", records.RESULTS / "aol", "aol")]
+# every generated table: (the name in its markers, its records, its renderer)
+GENERATED = {
+    "benchmarks/aol.py": (records.RESULTS / "aol", "*.json", "aol", "render"),
+    "benchmarks/compiled_step.py": (records.RESULTS / "compiled_step", "*.json",
+                                    "compiled_step", "render"),
+    "benchmarks/step_time.py": (records.RESULTS / "bench", "step_time-*.json", "step_time",
+                                "render_summary"),
+}
+PER_FIGURE = ["benchmarks/aol.py", "benchmarks/compiled_step.py"]  # the records.py format
 
 
-@pytest.mark.parametrize("name, folder, module", GENERATED)
-def test_docs_table_is_the_one_generated_from_the_records(name, folder, module):
-    render = __import__(module).render
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_docs_table_is_the_one_generated_from_the_records(name):
+    folder, pattern, module, function = GENERATED[name]
+    render = getattr(__import__(module), function)
     doc = records.BENCHMARKS_DOC.read_text()
-    assert records.generated(doc, name) == render(records.read_records(folder)), (
+    assert records.generated(doc, name) == render(records.read_records(folder, pattern)), (
         f"docs/benchmarks.md's table of {name} differs from its records; rerun {name}")
 
 
-@pytest.mark.parametrize("name, folder, module", GENERATED)
-def test_every_figure_names_machine_threads_dtype_and_load(name, folder, module):
-    runs = records.read_records(folder)
+@pytest.mark.parametrize("name", PER_FIGURE)
+def test_every_figure_names_machine_threads_dtype_and_load(name):
+    folder, pattern, _, _ = GENERATED[name]
+    runs = records.read_records(folder, pattern)
     assert runs, f"no records in {folder}"
     for run in runs:
         p = run["provenance"]
