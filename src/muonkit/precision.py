@@ -53,16 +53,12 @@ def newton_schulz_flops(shape: Sequence[int], steps: int = 5, gram: bool = False
 NS_PRECISIONS = ("auto", "mixed")
 
 
-@torch.compiler.assume_constant_result
 def cpu_native_bf16() -> bool:
     """The detection ``auto`` relies on (:func:`muonkit.hardware.cpu_native_bf16`); the seam
-    tests replace to force either case (tests/conftest.py forces False by default). A
-    constant to ``torch.compile`` (``compile_step``), which would otherwise trace the
-    reading of /proc/cpuinfo and break the graph there."""
+    tests replace to force either case (tests/conftest.py forces False by default)."""
     return hardware.cpu_native_bf16()
 
 
-@torch.compiler.assume_constant_result
 def cpu_bf16_speedup() -> float:
     """bf16 / fp32 matmul throughput the cost rule assumes on a native-bf16 CPU
     (:func:`muonkit.hardware.bf16_speedup`: AMX-BF16 3.5, AVX512-BF16 2.0); a seam like
