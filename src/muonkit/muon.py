@@ -526,7 +526,9 @@ class Muon(MuonBase):
         compile_step: run the step's orthogonalize stage (batching, scaling, Newton-Schulz)
             through ``torch.compile`` (one compilation per set of shapes and options, 10-60 s on a
             CPU); equal to the eager step to fp32 rounding. On one device only: DTensor groups
-            and ``DistributedMuon`` step eagerly. ``benchmarks/compiled_step.py`` measures it.
+            and ``DistributedMuon`` step eagerly. With ``ns_dtype="auto"`` on a CPU with
+            native bf16, dynamo traces the hardware detection and breaks the graph there
+            (a warning; the result is the same). ``benchmarks/compiled_step.py`` measures it.
         options: the options below as one :class:`muonkit.MuonOptions` (then pass none of
             them as a keyword).
         **option_values: the fields of :class:`muonkit.MuonOptions` (listed below; their
