@@ -130,3 +130,16 @@ def test_muon_step_uses_aol():
     w.grad = grad.clone()
     opt.step()
     torch.testing.assert_close(w.detach(), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("gram", [False, True])
+def test_aol_runs_no_extra_matrix_product(gram):
+    # its Gram matrix is the first step's: the FLOP model (reports, auto precision) holds
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from muonkit.precision import newton_schulz_flops
+
+    G = torch.randn(3, 24, 72)
+    with FlopCounterMode(display=False) as counter:
+        newton_schulz(G, 5, dtype=torch.float32, gram=gram, precondition="aol")
+    assert counter.get_total_flops() == newton_schulz_flops(G.shape, 5, gram)
