@@ -40,7 +40,7 @@ def test_compiled_step_matches_the_eager_step_to_fp32_rounding():
         compiled.step()
         for opt in (eager, compiled):  # an LR schedule: the compiled part must not depend on it
             opt.param_groups[0]["lr"] *= 0.5
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # it did compile
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
     for p, q in zip(eager_p, compiled_p):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(compiled.state[q]["momentum_buffer"],
