@@ -40,12 +40,15 @@ demo-distributed: install
 	  --no-progress --out runs/demo-distributed-hsdp
 
 # Timed comparisons against the peers (never part of `make test`); results go to
-# docs/results/benchmarks.md. The peers are installed with --no-deps so none can replace torch.
+# docs/results/benchmarks.md, and aol.py / compiled_step.py write records to docs/results/
+# (aol, compiled_step) and regenerate their tables in docs/benchmarks.md. The peers are installed with --no-deps so none can replace torch.
 bench: install  # peers = the `bench` extra of pyproject.toml
 	$(PY) -m pip install -q --no-deps muon-optimizer muon-fsdp2 heavyball opt-einsum
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/gpt_step.py
 	$(PY) benchmarks/orth_accuracy.py
+	$(PY) benchmarks/aol.py
+	$(PY) benchmarks/compiled_step.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from records import markdown_table  # noqa: F401  (one table writer for every benchmark)
 
-from muonkit.hardware import machine_info
+from muonkit.hardware import machine_class, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -42,6 +43,21 @@ def hardware(device: torch.device) -> dict:
     return info
 
 
+def provenance(device: torch.device) -> dict:
+    """What every figure of a records file (``records.write_records``) was measured on: the
+    machine class, its kind (:func:`machine_label`), the CPU's timing flags, the torch threads,
+    torch's version and the date; each record adds its dtype and load."""
+    info = hardware(device)
+    return {
+        "machine_class": machine_class(device),
+        "machine_label": machine_label(info),
+        "cpu_flags": info["cpu_flags"],
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date_utc": info["date_utc"],
+    }
+
+
 MACHINE_NAMES = {  # machine_label -> words for section titles
     "no-native-bf16": "a CPU without native bf16",
     "native-bf16": "a CPU with native bf16 (AVX512-BF16)",
@@ -56,7 +72,9 @@ def machine_label(info: dict) -> str:
     machine kind keeps its figures."""
     if info["device"].startswith("cuda"):
         return "cuda"
-    if not info["cpu_native_bf16"]:
+    native = info.get("cpu_native_bf16",  # records from before it was recorded: the flags
+                      any(f in info["cpu_flags"] for f in ("avx512_bf16", "amx_bf16")))
+    if not native:
         return "no-native-bf16"
     return "native-bf16-amx" if "amx_bf16" in info["cpu_flags"] else "native-bf16"
 
@@ -93,9 +111,3 @@ def rebuild_index() -> Path:
     out = RESULTS / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"

@@ -26,7 +26,15 @@ import statistics
 import time
 
 import torch
-from common import MACHINE_NAMES, hardware, machine_label, markdown_table, sync, write_fragment
+from common import (
+    MACHINE_NAMES,
+    hardware,
+    machine_label,
+    markdown_table,
+    provenance,
+    sync,
+    write_fragment,
+)
 
 from muonkit.functional import orthogonalize_updates
 from muonkit.options import MuonOptions
@@ -137,6 +145,7 @@ def main(argv=None) -> int:
     }
     data_out = {
         "hardware": hardware(device),
+        "provenance": provenance(device),
         "args": vars(args),
         "loadavg_1min": [load0, load1],
         "ns_precision": "; ".join(muon[1].ns_precision().values()),

@@ -31,15 +31,18 @@ import time
 
 import torch
 from common import (
+    FRAGMENTS,
     MACHINE_NAMES,
     gpt_matrix_shapes,
     hardware,
     machine_label,
     markdown_table,
+    provenance,
     sync,
     write_fragment,
 )
 from methods import Method, Unavailable, methods
+from records import update_doc
 
 from muonkit.precision import describe, newton_schulz_flops
 
@@ -214,12 +217,14 @@ def main(argv=None) -> int:
         results.append(entry)
         print(render_set(entry))
 
-    data = {"hardware": hw, "matmul_peak_gflops": peaks, "args": vars(args), "sets": results}
+    data = {"hardware": hw, "provenance": provenance(device), "matmul_peak_gflops": peaks,
+            "args": vars(args), "sets": results}
     data["targets"] = check_targets(results, chosen[0].name, machine_label(hw))
     md = render(data)
     print(render_targets(data["targets"]))
     if not args.no_write:
-        print(f"wrote {write_fragment('step_time-' + machine_label(hw), md, data)}")
+        print(f"wrote {write_fragment('step_time-' + machine_label(hw), md, data)} and "
+              f"{update_doc(SUMMARY, render_summary, FRAGMENTS, 'step_time-*.json')}")
     return 0
 
 
@@ -368,6 +373,42 @@ def render(data: dict) -> str:
         f"--threads {data['args']['threads']}`\n"
     )
     return "\n".join(lines)
+
+
+SUMMARY = "benchmarks/step_time.py"
+
+
+def render_summary(runs: list[dict]) -> str:
+    """docs/benchmarks.md's step-time table of every machine kind, from the step-time records
+    (``docs/results/bench/step_time-<machine>.json``): per machine, the CPU/GPU, its flags, the
+    torch threads and the date; per set, each method's median ms/step with the precision it ran
+    and the load around the set."""
+    out = []
+    for data in runs:
+        if "sets" not in data:  # a derived file (project_native.py's projection)
+            continue
+        hw = data["hardware"]
+        sets = data["sets"]
+        where = f"{hw['gpu']}, host " if hw.get("gpu") else ""
+        out.append(
+            f"**{MACHINE_NAMES[machine_label(hw)]}**: {where}{hw['cpu']}; flags "
+            f"{' '.join(hw['cpu_flags']) or '-'}; {hw['torch_threads']} torch thread(s); "
+            f"torch {hw['torch']}; {hw['date_utc']}; load (1 min) per set: "
+            + ", ".join(f"{e['width']}x{e['layers']} {e['loadavg_1min'][0]:.1f}-"
+                        f"{e['loadavg_1min'][1]:.1f}" for e in sets) + ".\n")
+        names = list(dict.fromkeys(n for e in sets for n in e["methods"]))
+        rows = []
+        for name in names:
+            cells = []
+            for e in sets:
+                rec = e["methods"].get(name, {})
+                ok = rec.get("status") == "ok"
+                cells.append(f"{rec['median_ms']:.2f} ({rec['dtype'] or '-'})" if ok else "-")
+            rows.append([name, *cells])
+        out.append(markdown_table(
+            ["ms/step, median (NS dtype)", *(f"{e['width']} x {e['layers']}" for e in sets)],
+            rows))
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -334,6 +334,7 @@ OPTION_VARIANTS = {
     "lr_scaling": dict(lr_scaling="mup"),
     "ns_split": dict(ns_split=2),
     "ns_gram": dict(ns_gram=True),
+    "ns_precondition": dict(ns_precondition="aol"),
     "ns_compile": dict(ns_compile=True),
     "ns_batch_dims": dict(ns_batch_dims=1),
 }

@@ -5,9 +5,9 @@ import torch
 
 from muonkit.orthogonalize import (
     COEFFICIENT_SCHEDULES,
-    _compiled,
     _gram_iteration,
     _standard_iteration,
+    compiled,
     newton_schulz,
 )
 from muonkit.precision import newton_schulz_flops, use_gram
@@ -86,12 +86,12 @@ def test_gram_form_is_cheaper_from_the_auto_aspect_ratio_on():
 
 
 @pytest.mark.parametrize("iteration", [_standard_iteration, _gram_iteration])
-def test_compiled_iteration_matches_eager(iteration):
+def testcompiled_iteration_matches_eager(iteration):
     # ns_compile runs only on CUDA; this checks on CPU that what torch.compile makes of each
     # iteration (the same function object the CUDA path compiles) computes the same thing
     X = well_conditioned(2, 24, 64)
     X = X / X.norm(dim=(-2, -1), keepdim=True)
     coeffs = COEFFICIENT_SCHEDULES["polar_express"].for_steps(5)
     torch.testing.assert_close(
-        _compiled(iteration)(X, coeffs), iteration(X, coeffs), atol=1e-5, rtol=0
+        compiled(iteration)(X, coeffs), iteration(X, coeffs), atol=1e-5, rtol=0
     )

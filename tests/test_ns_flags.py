@@ -25,8 +25,9 @@ from muonlab.report.metrics import load_run
 from muonlab.train.gpt import gpt_optimizer
 
 NS = ["--ns-steps", "3", "--ns-coefficients", "polar_express", "--ns-dtype", "float32",
-      "--ns-gram", "false"]
-GIVEN = dict(ns_steps=3, ns_coefficients="polar_express", ns_dtype=torch.float32, ns_gram=False)
+      "--ns-gram", "false", "--ns-precondition", "aol"]
+GIVEN = dict(ns_steps=3, ns_coefficients="polar_express", ns_dtype=torch.float32, ns_gram=False,
+             ns_precondition="aol")
 FAST = ["--preset", "tiny", "--batch-size", "2", "--block-size", "8", "--eval-batches", "1",
         "--eval-every", "0", "--warmup", "1", "--no-progress", "--tracker", "none"]
 

@@ -335,7 +335,8 @@ def test_can_load_from_to_named_state_dict(name):
     assert names == ["name0", "name1"]
 
 
-OPTIONS_ADDED_LATER = ("ns_gram", "ns_compile", "maximize", "nonfinite", "seed", "dense_momentum")
+OPTIONS_ADDED_LATER = ("ns_gram", "ns_precondition", "ns_compile", "maximize", "nonfinite",
+                       "seed", "dense_momentum")
 
 
 @ALL

@@ -25,6 +25,7 @@ OTHER_VALUES = dict(
     lr_scaling="mup",
     ns_split=2,
     ns_gram=False,
+    ns_precondition="aol",
     ns_compile=True,
     ns_batch_dims=1,
     maximize=True,
@@ -104,6 +105,7 @@ def test_ns_dtype_by_name_is_the_dtype():
 @pytest.mark.parametrize("name, word, value", [
     ("ns_steps", "3", 3), ("ns_coefficients", "polar_express", "polar_express"),
     ("ns_dtype", "float64", "float64"), ("ns_gram", "auto", None), ("ns_gram", "false", False),
+    ("ns_precondition", "aol", "aol"),
 ])
 def test_options_read_from_words(name, word, value):
     assert MuonOptions.from_word(name, word) == value
@@ -113,6 +115,7 @@ def test_options_read_from_words(name, word, value):
 @pytest.mark.parametrize("name, word, match", [
     ("ns_steps", "-1", "ns_steps must be an int >= 0"), ("ns_steps", "2.5", "an integer"),
     ("ns_dtype", "fp32", "invalid choice 'fp32'"), ("ns_gram", "yes", "invalid choice"),
+    ("ns_precondition", "AOL", "invalid choice 'AOL'"),
 ])
 def test_bad_words_are_refused(name, word, match):
     with pytest.raises(ValueError, match=match):

@@ -9,8 +9,8 @@ import torch
 
 from muonkit.orthogonalize import (
     COEFFICIENT_SCHEDULES,
-    _compiled,
     _standard_iteration,
+    compiled,
     newton_schulz,
     polar,
 )
@@ -151,12 +151,12 @@ def test_mixed_flop_model_matches_the_products_actually_run(shape):
     assert sum(mixed_flops(shape, 5)) <= newton_schulz_flops(shape, 5)
 
 
-def test_compiled_bf16_iteration_matches_eager():
+def testcompiled_bf16_iteration_matches_eager():
     # what ns_compile runs on CUDA under auto (bf16, standard form), checked on CPU
     X = spread(24, 64, 0.05).to(torch.bfloat16)
     X = X / X.float().norm().to(torch.bfloat16)
     coeffs = COEFFICIENT_SCHEDULES["jordan"].for_steps(5)
-    out = _compiled(_standard_iteration)(X, coeffs).float()
+    out = compiled(_standard_iteration)(X, coeffs).float()
     torch.testing.assert_close(out, _standard_iteration(X, coeffs).float(), atol=3e-2, rtol=0)
 
 

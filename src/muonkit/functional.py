@@ -141,6 +141,7 @@ def orthogonalize_updates(
         options.ns_dtype,
         options.ns_gram,
         options.ns_compile,
+        options.ns_precondition,
     )
     done: list[Tensor] = [None] * len(blocks)  # type: ignore[list-item]
     for idx in by_shape.values():

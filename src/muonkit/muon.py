@@ -45,6 +45,7 @@ from .options import (
     option_keywords,
     options_from_keywords,
 )
+from .orthogonalize import compiled
 from .precision import describe
 
 NONFINITE_POLICIES = ("raise", "skip")
@@ -231,9 +232,10 @@ class LocalStep:
     this class; :func:`register_step_strategy` lets it claim DTensor parameters.
     """
 
-    def __init__(self):
+    def __init__(self, compile: bool = False):
         self.ns_counts: Counter = Counter()
         self.comm_stats: Counter = Counter()
+        self.compile = compile
 
     def check_group(self, group: dict) -> None:
         """Raise ValueError when this strategy cannot step ``group`` (nothing to check here)."""
@@ -253,9 +255,13 @@ class LocalStep:
     ) -> None:
         """One step of group ``gi`` (``params``: those with gradients ``grads``): ``momentum``
         (the group's store) gives the updates, ``post`` changes each whole orthogonalized
-        update before the step (NorMuon)."""
+        update before the step (NorMuon). With ``compile`` the orthogonalize stage (batching
+        by shape, scaling, Newton-Schulz, unbatching) runs through ``torch.compile``; the
+        store's momentum and the LR-scaled apply (whose LR would recompile at every change)
+        stay eager."""
         updates = momentum.updates(grads)
-        orthogonalize = orthogonalize_updates if post is None else post.after(orthogonalize_updates)
+        orthogonalize = compiled(orthogonalize_updates) if self.compile else orthogonalize_updates
+        orthogonalize = orthogonalize if post is None else post.after(orthogonalize)
         orthogonalize_and_apply_(
             params, updates, lr=float(group["lr"]), options=options, orthogonalize=orthogonalize
         )
@@ -375,7 +381,7 @@ class MuonBase(torch.optim.Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         if self.__dict__.get("group_step") is None:  # a copy: torch keeps only the groups
-            self.group_step = LocalStep()
+            self.group_step = LocalStep(compile=self.defaults.get("compile_step", False))
             for group in self.param_groups:
                 if type(self.group_step) is LocalStep:
                     self.group_step = self._chosen_step(group, self.group_step)
@@ -517,6 +523,12 @@ class Muon(MuonBase):
         params: matrices (2-D; conv kernels are flattened to (shape[0], -1)) or param groups.
         lr: learning rate (0.02, Keller Jordan's muon.py default for hidden matrices).
         nonfinite: "raise" (default) or "skip" for steps whose gradients hold NaN/inf.
+        compile_step: run the step's orthogonalize stage (batching, scaling, Newton-Schulz)
+            through ``torch.compile`` (one compilation per set of shapes and options, 10-60 s on a
+            CPU); equal to the eager step to fp32 rounding. On one device only: DTensor groups
+            and ``DistributedMuon`` step eagerly. With ``ns_dtype="auto"`` on a CPU with
+            native bf16, dynamo traces the hardware detection and breaks the graph there
+            (a warning; the result is the same). ``benchmarks/compiled_step.py`` measures it.
         options: the options below as one :class:`muonkit.MuonOptions` (then pass none of
             them as a keyword).
         **option_values: the fields of :class:`muonkit.MuonOptions` (listed below; their
@@ -533,9 +545,13 @@ class Muon(MuonBase):
         lr: float = 0.02,
         *,
         nonfinite: str = "raise",
+        compile_step: bool = False,
         options: MuonOptions | None = None,
         **option_values: Unpack[MuonOptionValues],
     ):
         chosen = options_from_keywords(self, options, option_values)
-        defaults = dict(MUON_DEFAULTS, lr=lr, **chosen.as_dict())
+        check_choice("compile_step", compile_step, (True, False))
+        if self.group_step is None:  # not a subclass's own strategy (DistributedMuon)
+            self.group_step = LocalStep(compile=compile_step)
+        defaults = dict(MUON_DEFAULTS, lr=lr, **chosen.as_dict(), compile_step=compile_step)
         super().__init__(params, defaults, nonfinite=nonfinite)

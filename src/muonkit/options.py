@@ -31,7 +31,12 @@ from typing import Any, TypedDict
 
 import torch
 
-from .orthogonalize import ORTHOGONALIZE_METHODS, resolve_schedule
+from .orthogonalize import (
+    ORTHOGONALIZE_METHODS,
+    PRECONDITIONERS,
+    check_preconditioner,
+    resolve_schedule,
+)
 from .precision import NS_PRECISIONS
 from .scaling import validate_rule
 
@@ -120,6 +125,16 @@ class MuonOptions:
         "in bf16 "
         "(nor in the bf16 steps of `\"mixed\"`); see `muonkit.orthogonalize`",
         words={"auto": None, "true": True, "false": False})
+    ns_precondition: str = option(
+        "frobenius", "how Newton-Schulz scales its input: `\"frobenius\"` (divide by the "
+        "Frobenius norm, muon.py) or `\"aol\"` (Turbo-Muon's almost-orthogonal-layer "
+        "rescaling, Boissin et al. 2025)",
+        ": AOL scales each row of the wide side by `sum_j abs(X X^T)_ij ^ -1/2` (spectral norm "
+        "<= 1 guaranteed, closer to orthogonal; its Gram matrix is reused by the first step, "
+        "so it costs no product) and converges to the polar factor of the rescaled matrix, "
+        "not exactly G's; composes with `ns_gram`, every schedule and precision; measured "
+        "against Frobenius in docs/benchmarks.md",
+        words=_identity_words(PRECONDITIONERS))
     ns_compile: bool = option(False, "`torch.compile` the Newton-Schulz loop (CUDA only)")
     ns_batch_dims: int = option(
         0, "leading dims that index independent matrices",
@@ -232,6 +247,7 @@ def _validate(o: MuonOptions) -> None:
     if not isinstance(o.ns_split, int) or isinstance(o.ns_split, bool) or o.ns_split < 1:
         raise ValueError(f"ns_split must be an int >= 1, got {o.ns_split!r}")
     check_choice("ns_gram", o.ns_gram, (None, True, False))
+    check_preconditioner(o.ns_precondition)
     check_choice("ns_compile", o.ns_compile, (True, False))
     b = o.ns_batch_dims
     if not isinstance(b, int) or isinstance(b, bool) or b < 0:
@@ -255,6 +271,7 @@ class MuonOptionValues(TypedDict, total=False):
     lr_scaling: str | Callable
     ns_split: int
     ns_gram: bool | None
+    ns_precondition: str
     ns_compile: bool
     ns_batch_dims: int
     maximize: bool

@@ -20,6 +20,21 @@ Coefficient schedules (``COEFFICIENT_SCHEDULES``):
   for l = 1e-3 with a 2% safety factor, so the input is normalized by 1.02 * ||G||_F).
   Steps beyond the 5 published ones repeat the last polynomial.
 * an explicit sequence of (a, b, c) tuples, cycled by repeating the last one.
+
+Preconditioning (``PRECONDITIONERS``), how G is scaled before the first step:
+
+* ``"frobenius"``: ``X / ||X||_F``, the reference scaling of muon.py.
+* ``"aol"``: Turbo-Muon's almost-orthogonal-layer rescaling (Boissin, Massena, Mamalet &
+  Serrurier, "Turbo-Muon: Accelerating Orthogonality-Based Optimization with
+  Pre-Conditioning", 2025, arXiv:2512.04632; the AOL bound is Prach & Lampert, ECCV 2022,
+  arXiv:2208.03160): on the wide side X (m <= n), with ``A = X X^T``, each row i of X is
+  scaled by ``d_i = (sum_j |A_ij|)^(-1/2)``. Then ``||diag(d) X||_2 <= 1`` always (the
+  property that makes the iteration safe), and the scaled matrix is closer to orthogonal
+  than ``X / ||X||_F`` (exactly orthogonal when X's rows are), so one step fewer reaches the
+  same orthogonality. ``A`` is the first step's Gram matrix anyway: the rescaled one,
+  ``diag(d) A diag(d)``, is reused, so AOL costs no matrix product. Its limit: the iteration
+  converges to the polar factor of ``diag(d) G``, which equals G's only when G's rows are
+  orthogonal; ``benchmarks/orth_accuracy.py`` measures the distance to G's own polar factor.
 """
 
 from __future__ import annotations
@@ -62,6 +77,15 @@ COEFFICIENT_SCHEDULES: dict[str, CoefficientSchedule] = {
 }
 
 ORTHOGONALIZE_METHODS = (*COEFFICIENT_SCHEDULES, "svd")
+PRECONDITIONERS = ("frobenius", "aol")
+
+
+def check_preconditioner(precondition: str) -> None:
+    """Raise ValueError unless ``precondition`` names one of ``PRECONDITIONERS``."""
+    if precondition not in PRECONDITIONERS:
+        raise ValueError(
+            f"unknown Newton-Schulz preconditioner {precondition!r}; valid: {list(PRECONDITIONERS)}"
+        )
 
 
 def resolve_schedule(coefficients: str | Sequence[Coefficients]) -> CoefficientSchedule:
@@ -87,24 +111,32 @@ def _as_batch(X: Tensor) -> Tensor:
     return X.reshape(-1, X.shape[-2], X.shape[-1])
 
 
-def _standard_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
-    """``A = X X^T; B = b A + c A A; X = a X + B X`` per step (X wide, (..., m, n))."""
+def _standard_iteration(
+    X: Tensor, coeffs: list[Coefficients], gram: Tensor | None = None
+) -> Tensor:
+    """``A = X X^T; B = b A + c A A; X = a X + B X`` per step (X wide, (..., m, n)); ``gram``,
+    when given, is ``X X^T`` already computed (by the AOL rescaling), used as the first A."""
     if X.ndim == 2:
         for a, b, c in coeffs:
-            A = X @ X.mT
+            A = X @ X.mT if gram is None else gram.to(X.dtype)
+            gram = None
             B = torch.addmm(A, A, A, beta=b, alpha=c)
             X = torch.addmm(X, B, X, beta=a)
         return X
     shape = X.shape
     X = _as_batch(X)
+    gram = None if gram is None else _as_batch(gram)
     for a, b, c in coeffs:
-        A = torch.bmm(X, X.mT)
+        A = torch.bmm(X, X.mT) if gram is None else gram.to(X.dtype)
+        gram = None
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         X = torch.baddbmm(X, B, X, beta=a)
     return X.reshape(shape)
 
 
-def _gram_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
+def _gram_iteration(
+    X: Tensor, coeffs: list[Coefficients], gram: Tensor | None = None
+) -> Tensor:
     """The same iteration evaluated on the m x m side, restarted every ``GRAM_RESTART`` steps.
 
     Every iterate is ``X_k = Q_k X_0`` with ``Q_k`` a polynomial in ``R = X_0 X_0^T``, so
@@ -118,10 +150,12 @@ def _gram_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
     relative (Frobenius) for "jordan", ~1e-2 for "polar_express", against ~5e-5 with a restart
     every 3 steps; pass ``gram=False`` where that matters. (Dao AI Lab's gram-newton-schulz
     restarts the same way.) Cost per segment ``2 m^2 n + ~4 m^3`` per step: cheaper than
-    ``2 m^2 n + m^3`` per step once n >= ~2 m.
+    ``2 m^2 n + m^3`` per step once n >= ~2 m. ``gram``, when given, is ``X X^T`` already
+    computed (by the AOL rescaling), used as the first segment's R.
     """
     for start in range(0, len(coeffs), GRAM_RESTART):
-        R = X @ X.mT
+        R = X @ X.mT if gram is None else gram.to(X.dtype)
+        gram = None
         Q = None
         for a, b, c in coeffs[start : start + GRAM_RESTART]:
             A = R if Q is None else Q @ (R @ Q)
@@ -132,11 +166,29 @@ def _gram_iteration(X: Tensor, coeffs: list[Coefficients]) -> Tensor:
     return X
 
 
+def aol_rescale(X: Tensor, safety: float = 1.0, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
+    """Turbo-Muon's AOL rescaling of a wide X (..., m, n): ``(diag(d) X / safety, its Gram
+    matrix)`` with ``d_i = (sum_j |A_ij|)^(-1/2)``, ``A = X X^T``.
+
+    ``||diag(d) X||_2 <= 1`` (Prach & Lampert 2022, Theorem 1, applied to ``X^T``): for any
+    unit u, ``||X^T D u||^2 = sum_ij u_i d_i A_ij d_j u_j <= sum_ij |A_ij| d_i^2 u_i^2`` (by
+    ``2|u_i u_j| d_i d_j <= d_i^2 u_i^2 + d_j^2 u_j^2``) ``= sum_i u_i^2 = 1``. Clamping a row
+    sum at ``eps`` (a zero row) only shrinks its d_i, which keeps the bound. The returned Gram
+    matrix ``diag(d) A diag(d) / safety^2`` saves the first step's product. X should be
+    normalized first (any scale makes the same d X, but a sum near ``eps`` or outside bf16's
+    range would not).
+    """
+    A = X @ X.mT
+    d = A.abs().sum(dim=-1, keepdim=True).clamp_min(eps).rsqrt() / safety
+    return X * d, A * d * d.mT
+
+
 _compiled_iterations: dict = {}
 
 
-def _compiled(fn):
-    """``torch.compile`` of an iteration, made once per function (CUDA only)."""
+def compiled(fn):
+    """``torch.compile`` of ``fn`` (static shapes), made once per function: the Newton-Schulz
+    iterations under ``compile=True`` (CUDA) and the compiled Muon step (``compile_step``)."""
     if fn not in _compiled_iterations:
         _compiled_iterations[fn] = torch.compile(fn, dynamic=False)
     return _compiled_iterations[fn]
@@ -150,6 +202,7 @@ def newton_schulz(
     eps: float = 1e-7,
     gram: bool | None = None,
     compile: bool = False,
+    precondition: str = "frobenius",
 ) -> Tensor:
     """Approximate the polar factor of each matrix in ``G`` by quintic Newton-Schulz.
 
@@ -176,6 +229,13 @@ def newton_schulz(
             for the bf16 steps of "mixed").
         compile: run the iteration through ``torch.compile`` (CUDA tensors only; ignored on
             CPU, where compilation costs more than it saves for these small loops).
+        precondition: ``"frobenius"`` (the normalization above) or ``"aol"``: then Turbo-Muon's
+            AOL rescaling (:func:`aol_rescale`) follows it, in the first phase's dtype, its Gram
+            matrix reused by the first step (either form). The schedule is the same: each
+            polynomial is designed for singular values in (0, 1] (Polar Express: its minimax
+            bound holds for any spectrum in [1e-3, 1]), which AOL guarantees; dropping the
+            first polynomial, as the Turbo-Muon reference code does for its own schedule,
+            measured worse with both of muonkit's (docs/benchmarks.md, AOL).
 
     Returns:
         A tensor of G's shape and dtype.
@@ -184,6 +244,7 @@ def newton_schulz(
         raise ValueError(f"newton_schulz needs a matrix (..., m, n), got shape {tuple(G.shape)}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    check_preconditioner(precondition)
     schedule = resolve_schedule(coefficients)
     dtype = resolve_dtype(dtype, G.device, G.shape, steps, gram)
     phases = [(dtype, steps, gram)]  # (compute dtype, steps, gram choice) in order
@@ -196,13 +257,17 @@ def newton_schulz(
     if transposed:
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * schedule.norm_safety + eps)
+    first_gram = None
+    if precondition == "aol":
+        X, first_gram = aol_rescale(X, schedule.norm_safety, eps)
     coeffs = schedule.for_steps(steps)
     for phase_dtype, n, phase_gram in phases:
         X = X.to(phase_dtype)
         form = _gram_iteration if use_gram(X.shape, X.dtype, phase_gram) else _standard_iteration
         if compile and X.is_cuda:
-            form = _compiled(form)
-        X, coeffs = form(X, coeffs[:n]), coeffs[n:]
+            form = compiled(form)
+        X, coeffs = form(X, coeffs[:n], first_gram), coeffs[n:]
+        first_gram = None
     if transposed:
         X = X.mT
     return X.to(G.dtype)
@@ -229,10 +294,10 @@ def orthogonalize(
     dtype: torch.dtype | str | None = "auto",
     gram: bool | None = None,
     compile: bool = False,
+    precondition: str = "frobenius",
 ) -> Tensor:
     """Orthogonalize ``G`` with a Newton-Schulz schedule, or exactly with ``method="svd"``."""
     if isinstance(method, str) and method == "svd":
         return polar(G)
-    return newton_schulz(
-        G, steps=steps, coefficients=method, dtype=dtype, gram=gram, compile=compile
-    )
+    return newton_schulz(G, steps=steps, coefficients=method, dtype=dtype, gram=gram,
+                         compile=compile, precondition=precondition)

@@ -42,8 +42,8 @@ def newton_schulz_flops(shape: Sequence[int], steps: int = 5, gram: bool = False
     four in each later one). Elementwise work is not counted. The cost model behind
     ``GRAM_MIN_ASPECT`` and the benchmarks' achieved-FLOP/s figures.
     """
-    m, n = sorted(int(d) for d in shape[-2:])
-    batch = math.prod(int(d) for d in shape[:-2])
+    m, n = sorted([int(d) for d in shape[-2:]])
+    batch = math.prod([int(d) for d in shape[:-2]])  # lists: torch.compile traces them
     if not gram:
         return batch * steps * (4 * m * m * n + 2 * m**3)
     segments = [min(GRAM_RESTART, steps - s) for s in range(0, steps, GRAM_RESTART)]

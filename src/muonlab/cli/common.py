@@ -84,7 +84,7 @@ MOMENTUM = number(float, ge=0, lt=1)  # momentum, beta, dropout: [0, 1)
 
 
 # the MuonOptions every command that trains a Muon-family optimizer takes as flags
-NS_FLAG_OPTIONS = ("ns_steps", "ns_coefficients", "ns_dtype", "ns_gram")
+NS_FLAG_OPTIONS = ("ns_steps", "ns_coefficients", "ns_dtype", "ns_gram", "ns_precondition")
 
 
 def option_flag(name: str) -> str:
