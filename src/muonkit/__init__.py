@@ -18,6 +18,7 @@ from .migrate import migrate_adamw_state
 from .muon import Muon, NonFiniteGradientError
 from .options import MuonOptions
 from .orthogonalize import newton_schulz, polar
+from .qk_clip import QKClip, QKRows, qk_clip_
 from .scaling import lr_scale
 
 
@@ -72,12 +73,15 @@ __all__ = [
     "MuonWarning",
     "MuonWithAuxAdam",
     "NonFiniteGradientError",
+    "QKClip",
+    "QKRows",
     "describe",
     "hybrid_param_groups",
     "lr_scale",
     "migrate_adamw_state",
     "newton_schulz",
     "polar",
+    "qk_clip_",
     "split_params",
 ]
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from muonkit.options import unexpected_keyword
+from muonkit.qk_clip import QKRows
 
 
 @dataclass
@@ -96,7 +97,32 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.type_as(x)
 
 
+def max_causal_logits(q: Tensor, k: Tensor) -> Tensor:
+    """The largest pre-softmax logit ``q_i . k_j / sqrt(d)`` (j <= i) of each head over the
+    batch, for q and k of shape (B, H, T, D): shape (H,), fp32. One sequence at a time, so it
+    holds H * T * T scores at once."""
+    T = q.shape[-2]
+    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    per_sequence = [
+        (qb.float() @ kb.float().transpose(-2, -1)).div_(math.sqrt(q.shape[-1]))
+        .masked_fill_(~allowed, float("-inf")).amax(dim=(1, 2))
+        for qb, kb in zip(q, k, strict=True)
+    ]
+    return torch.stack(per_sequence).amax(dim=0)
+
+
 class CausalSelfAttention(nn.Module):
+    """Causal self-attention with a fused QKV projection ``c_attn`` (an ``nn.Linear``, weight
+    (3C, C): rows [0, C) the queries, [C, 2C) the keys, [2C, 3C) the values; head h owns rows
+    h*D to (h+1)*D of each, D = C / n_head, the order of the ``view`` in :meth:`forward`).
+
+    A QK-clip layer (:mod:`muonkit.qk_clip`): while ``record_max_logits`` is True, each forward
+    adds its largest pre-softmax logit per head (after the rotary embedding, as the softmax
+    sees it) to the running max ``max_logits`` (:func:`max_causal_logits`: one more QK^T
+    product per layer, in fp32, outside the fused attention kernel, which hides its scores);
+    ``reset_max_logits()`` clears it, ``qk_rows()`` says where the query and key rows are.
+    """
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
@@ -104,6 +130,18 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.record_max_logits = False
+        self.max_logits: Tensor | None = None
+
+    def qk_rows(self) -> QKRows:
+        """The query rows [0, C) and key rows [C, 2C) of ``c_attn`` (weight and bias)."""
+        n_embd = self.c_attn.in_features
+        tensors = tuple(t for t in (self.c_attn.weight, self.c_attn.bias) if t is not None)
+        return QKRows(q=tensors, k=tensors, head_dim=n_embd // self.n_head,
+                      q_offset=0, k_offset=n_embd)
+
+    def reset_max_logits(self) -> None:
+        self.max_logits = None
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, T, C = x.shape
@@ -111,6 +149,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if self.record_max_logits:
+            with torch.no_grad():
+                seen = max_causal_logits(q, k)
+            self.max_logits = seen if self.max_logits is None else self.max_logits.maximum(seen)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )

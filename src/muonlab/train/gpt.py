@@ -17,6 +17,7 @@ import torch
 
 from muonkit import registry
 from muonkit.options import MuonOptions
+from muonkit.qk_clip import QKClip, clip_layers
 from muonkit.schedules import DECAYS
 
 from ..data.text import (
@@ -41,6 +42,7 @@ from .config import (
     TrainResult,
     may_differ_on_resume,
     resolve_device,
+    resolve_dtype,
 )
 from .finetune import (
     BaseRun,
@@ -51,7 +53,7 @@ from .finetune import (
     task_evaluator,
 )
 from .loop import train
-from .step import lm_loss
+from .step import autocast_context, lm_loss
 from .trackers import resolve_trackers
 
 # name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
@@ -78,6 +80,7 @@ BOUNDS = {
     "rank": dict(integer=True, ge=1),
     "lora_rank": dict(integer=True, ge=0),
     "lora_alpha": dict(gt=0),
+    "qk_clip": dict(gt=0),
 }
 
 
@@ -147,7 +150,8 @@ class GPTRunConfig:
     :class:`TrainConfig` (names checked, and installed, here); ``rank``: LoRA-Pre's momentum
     rank (optimizer "lorapre" only); ``muon_options``: further :class:`muonkit.MuonOptions` of
     the Muon groups (``{"ns_steps": 3, "ns_dtype": "float32"}``: the ``--ns-*`` flags; their
-    momentum and weight decay are ``muon_momentum`` and ``muon_weight_decay``).
+    momentum and weight decay are ``muon_momentum`` and ``muon_weight_decay``); ``qk_clip``:
+    QK-clip's threshold tau (None: off; :func:`train_gpt`).
 
     On resume every field must equal the run's except those marked
     :func:`~muonlab.train.config.may_differ_on_resume` (``steps`` to train on, the machine,
@@ -191,6 +195,7 @@ class GPTRunConfig:
     rank: int = 16
     lora_rank: int = 0
     lora_alpha: float | None = None
+    qk_clip: float | None = None
     muon_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -283,6 +288,7 @@ class GPTRunConfig:
             train_config=train_config,
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
+            qk_clip=self.qk_clip,
         )
 
 
@@ -345,6 +351,7 @@ def train_gpt(
     state: str = "fresh",
     lora_rank: int = 0,
     lora_alpha: float | None = None,
+    qk_clip: float | None = None,
     task: Task | None = None,
     decode: bool = False,
     role: str | None = None,
@@ -374,12 +381,18 @@ def train_gpt(
     they go to Muon in the hybrids, to AdamW with ``optimizer="adamw"``. ``task``
     (:class:`muonlab.train.finetune.Task`): score its test problems at step 0 and at the end
     (:func:`muonlab.train.finetune.task_evaluator`).
+    ``qk_clip``: QK-clip's threshold tau (:class:`muonkit.qk_clip.QKClip`, after each optimizer
+    step; None: off). Every run logs its max attention logits at each evaluation
+    (:func:`max_logit_evaluator`).
     ``decode``: the caller will decode text from the trained model (:func:`sample_text`), so
     the data must have a decoder; checked with every other input before a file is written.
     ``role``: a study's run records it (``"tune"``: its seed chooses the LR; ``"report"``: a
     held-out seed the study reports), so that no report counts a tuning run.
     """
     registry.check_parallel(optimizer, parallel)  # before any data is read or file written
+    if qk_clip is not None and lora_rank:
+        raise ValueError("--qk-clip: the LoRA adapters (--lora-rank) keep the query and key "
+                         "projections frozen; QK-clip trains without --lora-rank for now")
     tokens, config = load_gpt_data(data, tokenizer, preset, batch_size, block_size,
                                    model_overrides, base)
     if decode:
@@ -417,6 +430,10 @@ def train_gpt(
         load_base_state(base, model, opt, optimizer, state)
     if parallel != "none":
         opt = distribute_optimizer(opt, parallel)
+    clip = None
+    if qk_clip is not None:  # the maxima reduced over the default group: every rank
+        clip = QKClip(model, qk_clip)
+        clip.attach(opt)
     run_config = {
         "preset": preset,
         "model": dataclasses.asdict(config),
@@ -435,6 +452,7 @@ def train_gpt(
         "lora": {"rank": 0, "alpha": None},
         "init_from": {"run": None},
         "task": {"name": None},
+        "qk_clip": qk_clip,
     }
     if role is not None:  # a study's run: "tune" (chooses an LR) or "report" (is reported)
         run_config["role"] = role
@@ -442,7 +460,9 @@ def train_gpt(
         run_config["lora"] = {**lora, "modules": len(lora["modules"]),
                               "trainable_params": sum(p.numel() for p in model.parameters()
                                                       if p.requires_grad)}
-    on_eval = None if monitor is None else monitor(model, opt)
+    on_eval = max_logit_evaluator(model, val[0], train_config.dtype, clip)
+    if monitor is not None:
+        on_eval = both(monitor(model, opt), on_eval)
     if base is not None:
         run_config["init_from"] = {"run": str(base.run_dir), "optimizer": base.optimizer,
                                    "state": state, "final_val_loss": base.final_val_loss}
@@ -482,6 +502,39 @@ def check_same_vocabulary(tokens, base: BaseRun) -> None:
             f"--data {tokens.source}: its vocabulary ({tokens.tokenizer}, {tokens.vocab_size} "
             f"ids) is not the base run's ({data['tokenizer']}, {data['vocab_size']} ids, from "
             f"{data['source']}); a byte tokenizer (--tokenizer byte) reads any text the same way")
+
+
+def max_logit_evaluator(model: GPT, batch, dtype: str, clip: QKClip | None = None):
+    """``on_eval`` for the loop: after each evaluation, a ``max_logits`` record: per layer
+    (``layers``) and overall (``max_logit``), the largest pre-softmax attention logit of
+    ``model`` on ``batch`` (the first validation batch: the same tokens each time; one forward
+    more per evaluation, autocast as ``dtype`` resolves); with QK-clip (``clip``) also its
+    ``tau`` and ``step_layers``, the last step's per-layer maxima before its clip."""
+    layers = clip_layers(model)
+
+    def on_eval(step: int, record: dict, logger) -> None:
+        device = next(model.parameters()).device
+        recording = [layer.record_max_logits for layer in layers]
+        for layer in layers:
+            layer.reset_max_logits()
+            layer.record_max_logits = True
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), autocast_context(device, resolve_dtype(dtype, device)):
+            model(batch[0].to(device))
+        model.train(was_training)
+        seen = [float(layer.max_logits.max()) for layer in layers]
+        for layer, on in zip(layers, recording, strict=True):
+            layer.reset_max_logits()
+            layer.record_max_logits = on
+        out = {"kind": "max_logits", "step": step, "max_logit": max(seen), "layers": seen}
+        if clip is not None:
+            out["tau"] = clip.tau
+            if clip.last_max_logits is not None:
+                out["step_layers"] = clip.last_max_logits.amax(dim=1).tolist()
+        logger.write(out)
+
+    return on_eval
 
 
 def both(first, second):
