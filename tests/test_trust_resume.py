@@ -98,6 +98,7 @@ REFUSED = [
     ("lora_rank", ["--lora-rank", "3"], "--lora-rank: checkpoint 2, given 3"),
     ("lora_rank", ["--lora-rank", "0"], "--lora-rank: checkpoint 2, given 0"),
     ("lora_alpha", ["--lora-alpha", "4"], "--lora-alpha: checkpoint 2.0, given 4.0"),
+    ("qk_clip", ["--qk-clip", "3"], "--qk-clip: checkpoint None, given 3.0"),
     ("muon_options", ["--ns-steps", "3"], "--ns-steps: checkpoint 5, given 3"),
     # the run's own flags beside GPTRunConfig
     ("optimizer", ["--optimizer", "muon"], "--optimizer: checkpoint 'lorapre', given 'muon'"),

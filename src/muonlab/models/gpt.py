@@ -134,9 +134,12 @@ class CausalSelfAttention(nn.Module):
         self.max_logits: Tensor | None = None
 
     def qk_rows(self) -> QKRows:
-        """The query rows [0, C) and key rows [C, 2C) of ``c_attn`` (weight and bias)."""
-        n_embd = self.c_attn.in_features
-        tensors = tuple(t for t in (self.c_attn.weight, self.c_attn.bias) if t is not None)
+        """The query rows [0, C) and key rows [C, 2C) of ``c_attn``: its weight, bias, and
+        LoRA up-projection ``lora_B`` (:mod:`muonlab.models.lora`), so the sum is scaled."""
+        c = self.c_attn
+        n_embd = c.in_features
+        tensors = tuple(t for t in (c.weight, c.bias, getattr(c, "lora_B", None))
+                        if t is not None)
         return QKRows(q=tensors, k=tensors, head_dim=n_embd // self.n_head,
                       q_offset=0, k_offset=n_embd)
 

@@ -390,9 +390,6 @@ def train_gpt(
     held-out seed the study reports), so that no report counts a tuning run.
     """
     registry.check_parallel(optimizer, parallel)  # before any data is read or file written
-    if qk_clip is not None and lora_rank:
-        raise ValueError("--qk-clip: the LoRA adapters (--lora-rank) keep the query and key "
-                         "projections frozen; QK-clip trains without --lora-rank for now")
     tokens, config = load_gpt_data(data, tokenizer, preset, batch_size, block_size,
                                    model_overrides, base)
     if decode:
