@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from example_scripts import load_example
 
 from muonkit import QKClip, qk_clip_
 from muonkit.distributed import spawn
@@ -164,19 +165,24 @@ def max_logit_records(out):
 
 
 def test_qk_clip_keeps_the_logged_max_logit_near_tau_where_a_high_lr_exceeds_it(tmp_path):
-    from muonlab.cli import main
+    """examples/qk_clip.py (docs/results/qk_clip) on fewer steps: its two runs' records, and
+    its figure drawn from them."""
+    from muonlab.report.qk_clip import max_logit_curve
 
-    assert main(["train", *HIGH_LR, "--out", str(tmp_path / "off")]) == 0
-    assert main(["train", *HIGH_LR, "--qk-clip", str(TAU), "--out", str(tmp_path / "on")]) == 0
-    off, on = max_logit_records(tmp_path / "off"), max_logit_records(tmp_path / "on")
+    figure = load_example("qk_clip").run(tmp_path, flags=HIGH_LR, tau=TAU)
+    off, on = (max_logit_records(tmp_path / "runs" / name) for name in ("no-clip", "qk-clip"))
     assert [r["step"] for r in on] == [r["step"] for r in off] == [0, 4, 8, 12]
     assert all(len(r["layers"]) == 4 and r["max_logit"] == max(r["layers"]) for r in on + off)
     assert off[-1]["max_logit"] > 3 * TAU  # without the clip the max logit runs away
     # with it: tau plus one step's growth (the logged batch is not the one the step clipped by)
     assert all(r["max_logit"] <= 2 * TAU and r["tau"] == TAU for r in on)
     assert max(max(r["step_layers"]) for r in on[1:]) > TAU  # the clip had work to do
-    config = json.loads((tmp_path / "on" / "metrics.jsonl").read_text().splitlines()[0])
+    config = json.loads((tmp_path / "runs" / "qk-clip" / "metrics.jsonl").read_text()
+                        .splitlines()[0])
     assert config["config"]["qk_clip"] == TAU
+    assert figure.stat().st_size > 0
+    assert max_logit_curve(tmp_path / "runs" / "qk-clip" / "metrics.jsonl") == (
+        [0, 4, 8, 12], [r["max_logit"] for r in on], TAU)
 
 
 def test_qk_clip_flag_errors_are_one_line(capsys, tmp_path):

@@ -125,7 +125,7 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
     p.add_argument("--qk-clip", type=POSITIVE, default=d.qk_clip, metavar="TAU",
                    help="QK-clip (MuonClip, Kimi K2): after each step, scale the query and key "
                    "rows of every attention head whose max pre-softmax logit exceeded TAU so "
-                   "that it is TAU (None: off)")
+                   "that it is TAU")
     add_muon_option_flags(p)
 
 
