@@ -246,3 +246,36 @@ def test_ddp_and_fsdp2_clip_as_one_process_on_all_the_ranks_batches(tmp_path):
         got = torch.load(tmp_path / f"{mode}.pt")
         for name, value in single.state_dict().items():
             torch.testing.assert_close(got[name], value, atol=1e-5, rtol=1e-5, msg=mode + name)
+
+
+# --- the studies: horizon and variants gpt carry --qk-clip to every run ---
+
+
+class RecordingPool:
+    """Stands in for a study's slot pool: keeps each run's train_gpt keywords, trains nothing."""
+
+    def __init__(self):
+        self.kwargs = []
+
+    def run(self, priority, fn, spec, log):
+        self.kwargs.append(spec.kwargs)
+        return 1.0
+
+
+@pytest.mark.parametrize("command", [["horizon"], ["variants", "gpt"]])
+def test_studies_give_qk_clip_to_every_run_and_record_it_only_when_on(command, tmp_path):
+    from muonlab.cli import build_parser
+    from muonlab.cli.horizon import config_from_args as horizon_config
+    from muonlab.cli.variants_gpt import config_from_args as variants_config
+    from muonlab.experiments.horizon import Study
+
+    to_config = horizon_config if command == ["horizon"] else variants_config
+    out = ["--out", str(tmp_path)]
+    cfg = to_config(build_parser().parse_args([*command, *out, "--qk-clip", "3"]))
+    assert cfg.qk_clip == 3.0 and cfg.study()["qk_clip"] == 3.0
+    # a study begun before the flag (no qk_clip in its study.json) continues without it
+    assert "qk_clip" not in to_config(build_parser().parse_args([*command, *out])).study()
+    study = Study(cfg)
+    study.pool = RecordingPool()
+    study.run(cfg.contenders[0], cfg.horizons[0], 0.01, 0, None, 0)
+    assert study.pool.kwargs[0]["qk_clip"] == 3.0

@@ -125,6 +125,14 @@ def muon_options_from_args(args: argparse.Namespace, names=NS_FLAG_OPTIONS) -> d
     return {name: getattr(args, name) for name in names}
 
 
+def add_qk_clip_flag(p: argparse.ArgumentParser, default: float | None = None) -> None:
+    """``--qk-clip TAU`` (:class:`muonkit.QKClip`; every command that trains a GPT)."""
+    p.add_argument("--qk-clip", type=POSITIVE, default=default, metavar="TAU",
+                   help="QK-clip (MuonClip, Kimi K2): after each step, scale the query and key "
+                   "rows of every attention head whose max pre-softmax logit exceeded TAU so "
+                   "that it is TAU")
+
+
 def tracker_list(text: str) -> list[str]:
     """An argparse ``type``: comma-separated tracker names, each one of ``TRACKERS``."""
     names = [name.strip() for name in text.split(",")]

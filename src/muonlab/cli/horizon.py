@@ -17,6 +17,7 @@ from .common import (
     POSITIVE_INT,
     add_command,
     add_muon_option_flags,
+    add_qk_clip_flag,
     add_tracker_arguments,
     muon_options_from_args,
     trackers_from_args,
@@ -97,6 +98,7 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=POSITIVE_INT, default=d.jobs, help="runs at once")
     p.add_argument("--threads", type=POSITIVE_INT, default=d.threads,
                    help="torch threads per run")
+    add_qk_clip_flag(p, d.qk_clip)
     add_muon_option_flags(p)
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the name of --out)")
     p.add_argument("--plan", action="store_true",

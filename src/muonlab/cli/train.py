@@ -39,6 +39,7 @@ from .common import (
     POSITIVE_INT,
     add_command,
     add_muon_option_flags,
+    add_qk_clip_flag,
     add_tracker_arguments,
     muon_options_from_args,
     trackers_from_args,
@@ -122,10 +123,7 @@ def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None
                    "the rest frozen (0: off); Muon or AdamW trains them as --optimizer says")
     p.add_argument("--lora-alpha", type=POSITIVE, default=d.lora_alpha,
                    help="LoRA scale alpha (the update is alpha / rank * B A x; None: the rank)")
-    p.add_argument("--qk-clip", type=POSITIVE, default=d.qk_clip, metavar="TAU",
-                   help="QK-clip (MuonClip, Kimi K2): after each step, scale the query and key "
-                   "rows of every attention head whose max pre-softmax logit exceeded TAU so "
-                   "that it is TAU")
+    add_qk_clip_flag(p, d.qk_clip)
     add_muon_option_flags(p)
 
 

@@ -10,7 +10,12 @@ import sys
 from ..experiments import horizon, variants_gpt
 from ..experiments.runs import default_threads
 from ..report.variants_gpt import build_report
-from .common import POSITIVE_INT, muon_options_from_args, trackers_from_args
+from .common import (
+    POSITIVE_INT,
+    add_qk_clip_flag,
+    muon_options_from_args,
+    trackers_from_args,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--contenders", nargs="+", default=d.contenders,
                    choices=list(variants_gpt.CONTENDERS), help="optimizers to compare")
     g.add_argument("--jobs", type=POSITIVE_INT, default=1, help="runs at once")
+    add_qk_clip_flag(g)
     g.add_argument("--report-only", action="store_true",
                    help="only redraw the report of --out (other flags are ignored)")
 
@@ -34,6 +40,7 @@ def config_from_args(args: argparse.Namespace) -> variants_gpt.VariantGPTConfig:
         threads=args.threads or default_threads(args.jobs),
         trackers=trackers_from_args(args) or (), wandb_project=args.wandb_project,
         wandb_run_name=args.wandb_run_name, muon_options=muon_options_from_args(args),
+        qk_clip=args.qk_clip,
     )
 
 

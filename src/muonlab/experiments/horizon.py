@@ -99,7 +99,7 @@ BOUNDS = {
     "seeds": {"ge": 0, "integer": True}, "sweep_extend": {"ge": 0, "integer": True},
     "tune_seed": {"ge": 0, "integer": True}, "tokens_per_param": {"gt": 0},
     "warmup_frac": {"ge": 0, "le": 1}, "momentum_warmup_frac": {"ge": 0, "le": 1},
-    "min_lr_ratio": {"ge": 0, "le": 1}, "grad_clip": {"ge": 0},
+    "min_lr_ratio": {"ge": 0, "le": 1}, "grad_clip": {"ge": 0}, "qk_clip": {"gt": 0},
 }
 
 
@@ -112,8 +112,9 @@ class HorizonConfig:
     ``tune_seed`` chooses the LRs, ``seeds`` are reported (None: ``seeds[0]`` does both). Every run
     logs to ``trackers`` (default none); W&B runs are grouped under ``wandb_run_name`` (None:
     the name of ``out``). ``muon_options``: :class:`muonkit.MuonOptions` of every Muon-family
-    contender (the ``--ns-*`` flags; a contender's own options win). ``table``: the contenders
-    a study of this kind can run (a subclass runs another table, e.g. the variant study of
+    contender (the ``--ns-*`` flags; a contender's own options win). ``qk_clip``: QK-clip's
+    tau in every run (None: off). ``table``: the contenders a study of this kind can run (a
+    subclass runs another table, e.g. the variant study of
     :mod:`muonlab.experiments.variants_gpt`)."""
 
     table: ClassVar[dict[str, Contender]] = CONTENDERS
@@ -144,6 +145,7 @@ class HorizonConfig:
     wandb_project: str = "muonkit"
     wandb_run_name: str | None = None
     muon_options: dict = field(default_factory=dict)
+    qk_clip: float | None = None
 
     RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
                "wandb_run_name")
@@ -210,11 +212,11 @@ class HorizonConfig:
     def study(self) -> dict:
         """The settings that define the study's results and the machine class they are
         computed on (``muon_options`` only where they change a default, so a study begun
-        before the ``--ns-*`` flags continues; ``tokens_per_param`` and ``tune_seed`` only when
-        given)."""
+        before the ``--ns-*`` flags continues; ``tokens_per_param``, ``tune_seed`` and
+        ``qk_clip`` only when given)."""
         kept = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in (*self.RUNTIME, "muon_options")
-                and not (k in ("tokens_per_param", "tune_seed") and v is None)}
+                and not (k in ("tokens_per_param", "tune_seed", "qk_clip") and v is None)}
         changed = MuonOptions.changes(self.muon_options)
         kept["machine_class"] = self.machine_class()
         return {**kept, "muon_options": changed} if changed else kept
@@ -292,6 +294,7 @@ class Study:
             model_overrides=dict(cfg.model_overrides),
             optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options),
             train_config=cfg.train_config(h, seed, out_dir, c.optimizer != "adamw"),
+            qk_clip=cfg.qk_clip,
         )
         if cfg.role(seed) is not None:
             kwargs["role"] = cfg.role(seed)
