@@ -20,6 +20,7 @@ from muonlab.train.gpt import train_gpt
 from muonlab.train.loop import TrainConfig
 
 STEPS = 3
+QK_CLIP = ("--qk-clip", "0.2")
 
 
 def train_command(parallel: str, out, *extra: str, launch=("--standalone",), nproc=2):
@@ -50,9 +51,10 @@ def torchrun_train(parallel: str, out, *extra: str, nproc: int = 2) -> list[dict
 
 @pytest.mark.timeout(300)
 def test_torchrun_gpt_ddp_and_fsdp2_agree_and_resume(tmp_path):
+    """With QK-clip on too (tau below the first logits: every step clips; issue 26)."""
     runs = {
-        "ddp": torchrun_train("ddp", tmp_path / "ddp"),
-        "fsdp2": torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2"),
+        "ddp": torchrun_train("ddp", tmp_path / "ddp", *QK_CLIP),
+        "fsdp2": torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2", *QK_CLIP),
     }
     assert (tmp_path / "fsdp2" / "ckpt_dcp" / "rank1.pt").exists()
     finals = {}
@@ -72,9 +74,13 @@ def test_torchrun_gpt_ddp_and_fsdp2_agree_and_resume(tmp_path):
     assert ddp[0]["ns_error"]["param"] == fsdp2[0]["ns_error"]["param"]
     assert fsdp2[0]["ns_error"]["value"] == pytest.approx(ddp[0]["ns_error"]["value"], rel=1e-3)
     assert fsdp2[0]["update_rms"] == pytest.approx(ddp[0]["update_rms"], rel=1e-3)
+    clipped = [[r for r in runs[p] if r["kind"] == "max_logits"][-1] for p in runs]
+    assert all(max(r["step_layers"]) > r["tau"] == 0.2 for r in clipped), clipped
+    assert clipped[0]["layers"] == pytest.approx(clipped[1]["layers"], abs=1e-4)
     metrics = tmp_path / "fsdp2" / "metrics.jsonl"  # as if killed before the summary line:
     metrics.write_text("".join(metrics.read_text().splitlines(True)[:-1]))  # not finished
-    resumed = torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2", "--resume")
+    resumed = torchrun_train("fsdp2", tmp_path / "fsdp2", "--checkpoint-every", "2", "--resume",
+                             *QK_CLIP)
     assert [r["step"] for r in resumed if r["kind"] == "train"] == list(range(1, STEPS + 1))
     assert resumed[-1]["final_val_loss"] == finals["fsdp2"]
 

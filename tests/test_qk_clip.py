@@ -151,6 +151,26 @@ def test_the_hook_clips_after_each_step_by_the_max_the_step_saw():
         QKClip(torch.nn.Linear(2, 2), tau=1.0)
 
 
+class SteppingThroughItsParent(torch.optim.SGD):
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_a_step_that_runs_the_hooks_twice_clips_once():
+    """torch runs the post-hooks of a subclass's step and of the parent's patched step it
+    calls (DistributedMuonWithAuxAdam under DDP): the second call finds no new forward and
+    does nothing, the step is not refused."""
+    model, tokens = tiny_gpt(), torch.randint(0, 11, (4, 9), generator=torch.Generator())
+    torch.optim.SGD(model.parameters(), lr=0.5)  # patches SGD.step, as a first build does
+    opt = SteppingThroughItsParent(model.parameters(), lr=0.5)
+    calls = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    clip = QKClip(model, tau=1.0)
+    clip.attach(opt)
+    lm_step(model, model, opt, tokens)
+    assert len(calls) == 2 and clip.last_max_logits is not None
+
+
 # --- the runs: logged max logits with and without --qk-clip at a high LR ---
 
 TAU = 4.0

@@ -151,8 +151,12 @@ class QKClip:
         """Clip after each ``optimizer.step()``; returns the hook's handle (``.remove()``)."""
         return optimizer.register_step_post_hook(lambda *_: self.step())
 
-    def step(self) -> Tensor:
-        """Clip every layer by the max logits seen since the last call; returns them."""
+    def step(self) -> Tensor | None:
+        """Clip every layer by the max logits seen since the last call; returns them. None,
+        doing nothing, when no layer ran a forward since then: torch runs the post-hooks of a
+        step that calls a parent optimizer's patched step (``super().step()``) twice."""
+        if all(layer.max_logits is None for layer in self.layers):
+            return None
         maxima = torch.stack([max_logits(layer) for layer in self.layers])
         maxima = reduce_max_(maxima, self.group)
         for layer, m in zip(self.layers, maxima, strict=True):
