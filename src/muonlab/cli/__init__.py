@@ -25,6 +25,7 @@ COMMANDS = [
     "muonlab.cli.data",
     "muonlab.cli.train",
     "muonlab.cli.finetune",
+    "muonlab.cli.finetune_study",
     "muonlab.cli.variants",
     "muonlab.cli.results",
 ]

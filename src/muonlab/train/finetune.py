@@ -181,25 +181,28 @@ TASKS = ("arithmetic", "gsm8k")
 class Task:
     """A question-answering task a fine-tuning run trains on and is scored by: ``train`` and
     ``test`` problems (:mod:`muonlab.data.tasks`), greedy answers of up to
-    ``max_new_tokens`` tokens."""
+    ``max_new_tokens`` tokens; ``score_start``: also score the test problems at step 0 (a
+    study that fine-tunes one base many times scores its start once, not in every run)."""
 
     name: str
     train: list
     test: list
     max_new_tokens: int = 128
+    score_start: bool = True
 
     @classmethod
     def make(cls, name: str, data: str | None, seed: int, n_train: int, n_test: int,
-             max_new_tokens: int) -> Task:
-        """``arithmetic``: the generated problems' seeded splits; ``gsm8k``: ``data`` is a
+             max_new_tokens: int, difficulty=None, score_start: bool = True) -> Task:
+        """``arithmetic``: the generated problems' seeded splits (``difficulty``: a
+        :class:`muonlab.data.tasks.Difficulty`, None: its default); ``gsm8k``: ``data`` is a
         directory with GSM8K's ``train.jsonl`` and ``test.jsonl`` (the first ``n_test`` test
         problems are scored)."""
-        from ..data.tasks import read_gsm8k, task_splits
+        from ..data.tasks import Difficulty, read_gsm8k, task_splits
 
         if name == "arithmetic":
             if data is not None:
                 raise ValueError("--task-data is for --task gsm8k; arithmetic is generated")
-            train, test = task_splits(seed, n_train, n_test)
+            train, test = task_splits(seed, n_train, n_test, difficulty or Difficulty())
         elif name == "gsm8k":
             if data is None:
                 raise ValueError("--task gsm8k needs --task-data DIR (train.jsonl, test.jsonl)")
@@ -207,7 +210,7 @@ class Task:
             test = read_gsm8k(Path(data) / "test.jsonl")[:n_test]
         else:
             raise ValueError(f"--task must be one of {list(TASKS)}, got {name!r}")
-        return cls(name, train, test, max_new_tokens)
+        return cls(name, train, test, max_new_tokens, score_start)
 
     def write_training_text(self, path: Path) -> Path:
         """The training problems as one text file (prompt, answer, blank line each), written
@@ -222,13 +225,15 @@ class Task:
 
 
 def task_evaluator(task: Task, model: nn.Module, tokens, out_dir: Path | None, steps: int):
-    """``on_eval``: at step 0 and at the last step, greedy exact-match accuracy on the task's
-    test problems (a ``task_eval`` record; predictions in ``OUT/predictions.jsonl``, the step-0
-    ones in ``OUT/predictions-step0.jsonl``)."""
+    """``on_eval``: at step 0 (if ``task.score_start``) and at the last step, greedy
+    exact-match accuracy on the task's test problems (a ``task_eval`` record; predictions in
+    ``OUT/predictions.jsonl``, the step-0 ones in ``OUT/predictions-step0.jsonl``)."""
     from .task_eval import evaluate_task
 
+    scored = (0, steps) if task.score_start else (steps,)
+
     def on_eval(step: int, record: dict, logger) -> None:
-        if step not in (0, steps) or out_dir is None:
+        if step not in scored or out_dir is None:
             return
         path = out_dir / ("predictions.jsonl" if step == steps else f"predictions-step{step}.jsonl")
         result = evaluate_task(model, tokens.encode, tokens.decode, task.test, path,

@@ -1,0 +1,356 @@
+"""`muonkit finetune-study`: can Muon fine-tune a pretrained model, and which setup fails?
+
+Two bases of one size are pretrained on the same tokens of a corpus that is not the task (the
+bundled tinyshakespeare or a text file, byte tokenizer; its sha256 in ``study.json``): one
+with AdamW, one with the Muon hybrid, each LR chosen by the edge-aware sweep of
+:mod:`muonlab.experiments.sweep` (final validation loss, seed ``tune_seed``; the Muon base's
+AdamW groups take the AdamW base's LR). The chosen run of each sweep is the base.
+
+Each base is then fine-tuned on the generated word problems of :mod:`muonlab.data.tasks`
+(``--task arithmetic``) by every arm of :data:`ARMS` that applies to it: the arm's LR is swept
+(>= 5 factor-2 points around its centre, extended at an edge; seed ``tune_seed``; chosen by
+the fine-tuning validation loss, held-out training problems, never the test problems), then
+``report_seeds`` are trained at the chosen LR. The hybrids' AdamW groups (embedding, head)
+take the LR the ``adamw`` arm chose on the same base (``muon-moonlight`` shares its swept
+LR, as Moonlight's scaling is made for). Every fine-tuning run scores greedy exact match on
+the test problems at its end (``predictions.jsonl``), the base's own validation loss at each
+evaluation (``source_val``: forgetting) and the weight and update RMS of the hidden matrices.
+
+Every run is its own process (:func:`muonlab.experiments.runs.run_isolated`) at ``threads``
+torch threads, ``jobs`` at a time; a rerun of the same command skips finished runs and resumes
+interrupted ones; its phases are replayed from the finished runs. Layout::
+
+    OUT/study.json                          the settings (a rerun must match them)
+    OUT/commands.txt                        every command that ran the study
+    OUT/sweeps.json                         each sweep's grid, extensions and choice
+    OUT/task/train.txt                      the fine-tuning text (the task's training problems)
+    OUT/bases/<base>/lr<lr>-s<seed>/        a pretraining run (ckpt.pt of its last step)
+    OUT/ft/<base>/<arm>/lr<lr>-s<seed>/     a fine-tuning run (metrics, predictions.jsonl)
+    OUT/runs.jsonl                          one line per finished fine-tuning run
+
+:func:`muonlab.report.finetune.build_finetune_report` writes ``runs.jsonl``, ``report.md``
+and the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ..data.tasks import Difficulty
+from ..data.text import BUNDLED, bundled_text
+from ..train.checks import check_number
+from ..train.config import resolve_device
+from ..train.files import append_line, write_whole
+from ..train.finetune import BaseRun, Task
+from ..train.gpt import load_gpt_data
+from ..train.loop import TrainConfig
+from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
+from .sweep import factor_grid, run_sweep
+
+BASES = ("adamw", "muon")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One fine-tuning setup. ``optimizer``: "adamw" or "muon" (the hybrid); ``knob``: the
+    option the swept LR sets ("lr", "muon_lr", or "shared" for lr = muon_lr); ``center``: the
+    sweep's first grid centre; ``state``: the optimizer state it starts from
+    (:data:`muonlab.train.finetune.STATES`); ``scaling``/``momentum_form``: the Muon groups'
+    ``lr_scaling``/``momentum_form``; ``lora_rank``: > 0 trains LoRA adapters only;
+    ``bases``: the bases it fine-tunes."""
+
+    optimizer: str
+    knob: str
+    center: float
+    state: str = "fresh"
+    scaling: str | None = None
+    momentum_form: str | None = None
+    lora_rank: int = 0
+    bases: tuple[str, ...] = BASES
+    about: str = ""
+
+    def options(self) -> dict:
+        """The Muon groups' options of this arm (none for AdamW)."""
+        if self.optimizer == "adamw":
+            return {}
+        return {"lr_scaling": self.scaling, "momentum_form": self.momentum_form}
+
+
+def _muon(center: float, scaling: str = "keller", form: str = "standard", **kw) -> Arm:
+    return Arm("muon", kw.pop("knob", "muon_lr"), center, scaling=scaling, momentum_form=form,
+               **kw)
+
+
+ARMS = {
+    "adamw": Arm("adamw", "lr", 1e-3, about="AdamW (wd 0.1), fresh state"),
+    "muon-kj": _muon(4e-3, about="Muon hybrid, KJ scaling max(1, out/in)^0.5, fresh state"),
+    "muon-moonlight": _muon(1e-3, "moonlight", knob="shared", about="Muon hybrid, Moonlight "
+                            "scaling 0.2 max(out, in)^0.5 sharing AdamW's LR, fresh state"),
+    "muon-from-adamw": _muon(4e-3, state="from-adamw", bases=("adamw",),
+                             about="Muon (KJ), momentum migrated from the AdamW base's moments"),
+    "muon-carry": _muon(4e-3, state="carry", bases=("muon",),
+                        about="Muon (KJ), the Muon base's optimizer state carried over"),
+    "notes-failed": _muon(5e-4, "max_dim", "ema", about="the notes' failed setup: EMA momentum "
+                          "and max-dim scaling max(out, in)^0.5"),
+    "ema-only": _muon(4e-3, "keller", "ema", about="the notes' first bug alone: EMA momentum"),
+    "max-dim-only": _muon(5e-4, "max_dim", about="the notes' second bug alone: max-dim scaling"),
+    "lora-adamw": Arm("adamw", "lr", 4e-3, lora_rank=8, about="LoRA rank 8 (alpha 8), AdamW"),
+    "lora-muon": _muon(8e-3, lora_rank=8, about="LoRA rank 8 (alpha 8), Muon (KJ) on A and B"),
+}
+
+# Bounds of the numeric settings (:func:`muonlab.train.checks.check_number`).
+# `--quick`: a smoke study of a few minutes on a laptop (sizes of the flags left at default)
+QUICK = dict(model_overrides={"n_layer": 1, "n_embd": 32, "n_head": 2}, block_size=160,
+             batch_size=4, base_steps=30, steps=10, evals_per_run=1, eval_batches=2,
+             task_train=200, task_test=20, task_max_steps=1, task_max_tokens=48, grid_points=2,
+             sweep_extend=0, report_seeds=[1, 2])
+
+BOUNDS = {
+    **{k: {"ge": 1, "integer": True} for k in (
+        "base_steps", "steps", "batch_size", "block_size", "eval_batches", "evals_per_run",
+        "grid_points", "task_train", "task_test", "task_max_tokens", "task_max_steps", "jobs",
+        "threads")},
+    "tune_seed": {"ge": 0, "integer": True}, "report_seeds": {"ge": 0, "integer": True},
+    "task_seed": {"ge": 0, "integer": True}, "sweep_extend": {"ge": 0, "integer": True},
+    "base_adamw_lr": {"gt": 0}, "base_muon_lr": {"gt": 0}, "warmup_frac": {"ge": 0, "le": 1},
+}
+
+
+@dataclass
+class FinetuneStudyConfig:
+    """The study's settings (everything but ``RUNTIME`` must match on a rerun into ``out``).
+
+    Bases: ``preset`` with ``block_size`` and ``model_overrides``, ``base_steps`` steps of
+    ``batch_size`` sequences of ``data`` (byte tokenizer), LR sweeps centred on
+    ``base_adamw_lr`` / ``base_muon_lr``. Fine-tuning: ``steps`` steps on ``task_train``
+    problems of at most ``task_max_steps`` reasoning steps (split seed ``task_seed``), scored
+    on ``task_test`` problems (answers of up to ``task_max_tokens`` tokens). Both phases:
+    linear warmup over ``warmup_frac``, cosine decay to 0.1, ``evals_per_run`` evaluations of
+    ``eval_batches`` batches; sweeps of ``grid_points`` factor-2 points, ``sweep_extend`` more
+    at each edge."""
+
+    out: str = "runs/finetune-study"
+    data: str = BUNDLED
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    preset: str = "tiny"
+    block_size: int = 192
+    model_overrides: dict = field(default_factory=dict)
+    batch_size: int = 16
+    base_steps: int = 800
+    base_adamw_lr: float = 4e-3
+    base_muon_lr: float = 0.02
+    steps: int = 150
+    warmup_frac: float = 0.05
+    evals_per_run: int = 3
+    eval_batches: int = 8
+    task_seed: int = 0
+    task_train: int = 2000
+    task_test: int = 500
+    task_max_steps: int = 2
+    task_max_tokens: int = 96
+    tune_seed: int = 0
+    report_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    grid_points: int = 5
+    sweep_extend: int = 2
+    device: str = "cpu"
+    jobs: int = 1
+    threads: int = 1
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ("out", "arms", "jobs", "threads")
+    FLAG_NAMES: ClassVar[dict[str, str]] = {"corpus_sha256": "--data (its contents)"}
+
+    def __post_init__(self) -> None:
+        for name, bounds in BOUNDS.items():
+            values = getattr(self, name)
+            for value in values if isinstance(values, list) else [values]:
+                check_number(f"--{name.replace('_', '-')}", value, **bounds)
+        resolve_device(self.device)
+        unknown = sorted(set(self.arms) - set(ARMS))
+        if unknown:
+            raise ValueError(f"--arms: unknown arm(s) {unknown}; valid: {list(ARMS)}")
+        if not self.report_seeds or self.tune_seed in self.report_seeds:
+            raise ValueError(f"--report-seeds must be given and differ from --tune-seed "
+                             f"({self.tune_seed}), got {self.report_seeds}")
+        for name, steps in (("--base-steps", self.base_steps), ("--steps", self.steps)):
+            if steps < self.evals_per_run:
+                raise ValueError(f"{name} ({steps}) must be at least --evals-per-run "
+                                 f"({self.evals_per_run})")
+
+    def difficulty(self) -> Difficulty:
+        return Difficulty(max_steps=self.task_max_steps)
+
+    def study(self) -> dict:
+        """The settings that define the study's results, and the corpus's sha256."""
+        kept = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUNTIME}
+        return {**kept, "tokenizer": "byte", "corpus_sha256": corpus_sha256(self.data)}
+
+    def train_config(self, steps: int, seed: int, out_dir: Path, muon: bool,
+                     checkpoint: bool) -> TrainConfig:
+        """A run's loop settings; ``checkpoint``: save its last step (a base, which the
+        fine-tuning runs start from); a fine-tuning run keeps no checkpoint (interrupted, it
+        starts again)."""
+        every = max(1, steps // self.evals_per_run)
+        return TrainConfig(
+            steps=steps, warmup_steps=round(self.warmup_frac * steps), decay="cosine",
+            min_lr_ratio=0.1, grad_clip=1.0,
+            momentum_warmup_steps=round(0.15 * steps) if muon else 0,
+            eval_every=every, checkpoint_every=steps if checkpoint else 0,
+            out_dir=str(out_dir), run_name=f"{out_dir.parent.name}-{out_dir.name}",
+            device=self.device, progress=False, seed=seed, trackers=(),
+        )
+
+
+def corpus_sha256(data: str) -> str:
+    """sha256 of the pretraining corpus's bytes (the bundled text's UTF-8 bytes)."""
+    raw = bundled_text().encode() if data == BUNDLED else Path(data).read_bytes()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def base_dir(out: Path, base: str, lr: float, seed: int) -> Path:
+    return out / "bases" / base / f"lr{lr:g}-s{seed}"
+
+
+def ft_dir(out: Path, base: str, arm: str, lr: float, seed: int) -> Path:
+    return out / "ft" / base / arm / f"lr{lr:g}-s{seed}"
+
+
+def task_text(out: Path) -> Path:
+    return out / "task" / "train.txt"
+
+
+def applicable(arms: list[str], base: str) -> list[str]:
+    """The arms of ``arms`` that fine-tune ``base``, ``adamw`` first (the hybrids take its
+    LR for their AdamW groups)."""
+    names = ["adamw", *[a for a in arms if a != "adamw"]]
+    return [a for a in names if base in ARMS[a].bases]
+
+
+def optimizer_options(arm: Arm, lr: float, aux_lr: float) -> dict:
+    """:func:`muonlab.train.gpt.gpt_optimizer` options of ``arm`` at swept LR ``lr``."""
+    opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
+    if arm.optimizer == "adamw":
+        return opts
+    return {**opts, **arm.options(), "muon_lr": lr, "momentum": 0.95,
+            "muon_weight_decay": 0.0, "lr": lr if arm.knob == "shared" else aux_lr}
+
+
+def train_finetune(base_run: str, task: Task, state: str, **kwargs):
+    """A fine-tuning run in a study's child process: ``train_gpt`` from the base run in
+    ``base_run`` (read here, not sent through the pipe), on ``task``."""
+    from ..train.gpt import train_gpt
+
+    return train_gpt(base=BaseRun.load(base_run), task=task, state=state, **kwargs)
+
+
+FINETUNE_ENTRY = "muonlab.experiments.finetune_study:train_finetune"
+
+
+class FinetuneStudy:
+    """The runs of one study directory: the bases' sweeps, then each base's arms in threads
+    sharing one slot pool."""
+
+    def __init__(self, cfg: FinetuneStudyConfig, log=print):
+        self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
+        self.pool = SlotPool(cfg.jobs)
+        self.lock = threading.Lock()
+        path = self.out / "sweeps.json"
+        self.sweeps: dict = json.loads(path.read_text()) if path.exists() else {}
+        self.task = Task.make("arithmetic", None, cfg.task_seed, cfg.task_train, cfg.task_test,
+                              cfg.task_max_tokens, cfg.difficulty(), score_start=False)
+
+    def _run(self, spec: RunSpec, priority: tuple) -> float:
+        return self.pool.run(priority, run_isolated, spec, self.log)
+
+    def run_base(self, base: str, lr: float, aux: float | None) -> float:
+        cfg, out_dir = self.cfg, base_dir(self.out, base, lr, self.cfg.tune_seed)
+        opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
+        if base == "muon":
+            opts.update(lr=aux, muon_lr=lr, momentum=0.95, muon_weight_decay=0.0)
+        kwargs = dict(
+            optimizer=base, preset=cfg.preset, data=cfg.data, tokenizer="byte",
+            batch_size=cfg.batch_size, block_size=cfg.block_size,
+            eval_batches=cfg.eval_batches, model_overrides=dict(cfg.model_overrides),
+            optimizer_options=opts,
+            train_config=cfg.train_config(cfg.base_steps, cfg.tune_seed, out_dir, base == "muon",
+                                          checkpoint=True),
+        )
+        spec = RunSpec(kwargs, f"base {base} lr{lr:g}", cfg.threads, log_rms=True)
+        return self._run(spec, (0,))
+
+    def run_ft(self, base: str, name: str, lr: float, seed: int, aux: float) -> float:
+        cfg, arm = self.cfg, ARMS[name]
+        out_dir = ft_dir(self.out, base, name, lr, seed)
+        kwargs = dict(
+            base_run=str(self.bases[base]), task=self.task, state=arm.state,
+            optimizer=arm.optimizer, data=str(task_text(self.out)), tokenizer="byte",
+            batch_size=cfg.batch_size, eval_batches=cfg.eval_batches,
+            optimizer_options=optimizer_options(arm, lr, aux), lora_rank=arm.lora_rank,
+            train_config=cfg.train_config(cfg.steps, seed, out_dir, arm.optimizer != "adamw",
+                                          checkpoint=False),
+        )
+        spec = RunSpec(kwargs, f"{base} {name} lr{lr:g} s{seed}", cfg.threads, log_rms=True,
+                       entry=FINETUNE_ENTRY)
+        role = 0 if seed == cfg.tune_seed else 1
+        return self._run(spec, (1, role, BASES.index(base), list(ARMS).index(name)))
+
+    def _sweep(self, key: str, center: float, evaluate) -> float:
+        result = run_sweep(factor_grid(center, self.cfg.grid_points), evaluate,
+                           max_extend=self.cfg.sweep_extend)
+        with self.lock:
+            self.sweeps[key] = {**dataclasses.asdict(result), "note": result.describe()}
+            write_whole(self.out / "sweeps.json", json.dumps(self.sweeps, indent=1, default=str))
+        return result.best
+
+    def tune_bases(self) -> None:
+        """The AdamW base's sweep, then the Muon base's (its AdamW groups at AdamW's LR)."""
+        cfg, self.bases = self.cfg, {}
+        adamw = self._sweep("base/adamw", cfg.base_adamw_lr, lambda lrs: run_concurrently(
+            [lambda x=x: self.run_base("adamw", x, None) for x in lrs]))
+        muon = self._sweep("base/muon", cfg.base_muon_lr, lambda lrs: run_concurrently(
+            [lambda x=x: self.run_base("muon", x, adamw) for x in lrs]))
+        for base, lr in (("adamw", adamw), ("muon", muon)):
+            self.bases[base] = base_dir(self.out, base, lr, cfg.tune_seed)
+
+    def arm(self, base: str, name: str, aux: float | None) -> float:
+        """One arm on one base: its LR sweep on the tuning seed, then the report seeds."""
+        lr = self._sweep(f"{base}/{name}", ARMS[name].center, lambda lrs: run_concurrently(
+            [lambda x=x: self.run_ft(base, name, x, self.cfg.tune_seed, aux) for x in lrs]))
+        aux = lr if aux is None else aux  # the adamw arm: its own LR
+        run_concurrently([lambda s=s: self.run_ft(base, name, lr, s, aux)
+                          for s in self.cfg.report_seeds])
+        self.log(f"{base} base, {name}: done at lr {lr:g}")
+        return lr
+
+    def fine_tune(self, base: str) -> None:
+        first, *rest = applicable(self.cfg.arms, base)
+        aux = self.arm(base, first, None)
+        run_concurrently([lambda n=n: self.arm(base, n, aux) for n in rest])
+
+    def run_all(self) -> None:
+        self.tune_bases()
+        run_concurrently([lambda b=b: self.fine_tune(b) for b in BASES])
+
+
+def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
+    """Check the corpus; create ``out`` or check that it holds this study (same settings);
+    write the task's training text; log the command."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file")
+    load_gpt_data(cfg.data, "byte", cfg.preset, cfg.batch_size, cfg.block_size,
+                  cfg.model_overrides)  # a bad corpus or batch fails before anything is written
+    study = json.loads(json.dumps(cfg.study()))
+    check_same_study(out / "study.json", study, cfg.FLAG_NAMES)
+    out.mkdir(parents=True, exist_ok=True)
+    write_whole(out / "study.json", json.dumps(study, indent=1))
+    task = Task.make("arithmetic", None, cfg.task_seed, cfg.task_train, cfg.task_test,
+                     cfg.task_max_tokens, cfg.difficulty())
+    task.write_training_text(task_text(out))
+    append_line(out / "commands.txt", command)
+    return out

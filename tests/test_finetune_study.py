@@ -1,0 +1,113 @@
+"""A miniature `muonkit finetune-study` end to end, in process (the study itself is never a
+test): two bases, two arms, two-point sweeps; interrupted, then continued by the same call."""
+
+import json
+
+import pytest
+
+from muonlab.cli import main
+from muonlab.experiments import finetune_study as fs
+from muonlab.experiments.runs import StudyInterrupted, run_in_process
+from muonlab.report.finetune import build_finetune_report
+from muonlab.report.metrics import load_run, read_jsonl
+from muonlab.train import gpt
+
+FIELDS = {"base", "arm", "optimizer", "state", "scaling", "momentum_form", "lora_rank", "lr",
+          "seed", "role", "accuracy", "n_test", "source_val_loss_before",
+          "source_val_loss_after", "predictions", "provenance"}
+
+
+def config(out, **changes):
+    return fs.FinetuneStudyConfig(**{
+        **fs.QUICK, "base_steps": 8, "steps": 4, "task_train": 60, "task_test": 6,
+        "task_max_tokens": 12, "report_seeds": [1, 2], "out": str(out),
+        "arms": ["adamw", "max-dim-only"], **changes})
+
+
+def run_study(cfg):
+    fs.prepare_out(cfg, "muonkit finetune-study (test)")
+    fs.FinetuneStudy(cfg, log=lambda _: None).run_all()
+    return build_finetune_report(cfg.out)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The study, interrupted (Ctrl-C) as its first report-seed run starts, then rerun."""
+    out = tmp_path_factory.mktemp("ft") / "study"
+    cfg = config(out)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fs, "run_isolated", run_in_process)
+    train_gpt = gpt.train_gpt
+
+    def ctrl_c_at_a_report_seed(**kwargs):
+        if kwargs.get("base") is not None and kwargs["train_config"].seed != cfg.tune_seed:
+            raise KeyboardInterrupt
+        return train_gpt(**kwargs)
+
+    mp.setattr(gpt, "train_gpt", ctrl_c_at_a_report_seed)
+    with pytest.raises(KeyboardInterrupt) as stop:  # (caught: pytest would end the session)
+        run_study(cfg)
+    assert isinstance(stop.value, StudyInterrupted)
+    mp.setattr(gpt, "train_gpt", train_gpt)
+    before = {p: p.read_bytes() for p in out.glob("**/metrics.jsonl")}
+    paths = run_study(cfg)
+    yield out, cfg, before, paths
+    mp.undo()
+
+
+def test_a_rerun_continues_the_interrupted_study_keeping_its_finished_runs(study):
+    out, cfg, before, _ = study
+    assert before and all(p.read_bytes() == b for p, b in before.items())
+    assert all(p.parent.name.endswith("-s0") for p in before)  # stopped at the first report
+    sweeps = json.loads((out / "sweeps.json").read_text())
+    centers = {"base/adamw": cfg.base_adamw_lr, "base/muon": cfg.base_muon_lr,
+               **{f"{b}/{a}": fs.ARMS[a].center for b in fs.BASES for a in cfg.arms}}
+    assert set(sweeps) == set(centers)
+    for key, sweep in sweeps.items():
+        assert sweep["initial"] == fs.factor_grid(centers[key], cfg.grid_points), key
+
+
+def test_runs_jsonl_has_one_line_per_run_with_what_it_measured(study):
+    out, cfg, _, paths = study
+    lines = read_jsonl(paths["runs"])
+    runs = sorted(out.glob("ft/*/*/*/metrics.jsonl"))
+    assert len(lines) == len(runs) == 2 * 2 * (cfg.grid_points + len(cfg.report_seeds))
+    sweeps = json.loads((out / "sweeps.json").read_text())
+    for line in lines:
+        assert FIELDS <= set(line)
+        arm = fs.ARMS[line["arm"]]
+        assert (line["optimizer"], line["state"], line["lora_rank"]) == (
+            arm.optimizer, arm.state, arm.lora_rank)
+        assert (line["scaling"], line["momentum_form"]) == (arm.scaling, arm.momentum_form)
+        assert line["role"] == ("tune" if line["seed"] == cfg.tune_seed else "report")
+        if line["role"] == "report":
+            assert line["lr"] == sweeps[f"{line['base']}/{line['arm']}"]["best"]
+        # forgetting starts from the base's own final val loss
+        base_lr = sweeps[f"base/{line['base']}"]["best"]
+        base = load_run(fs.base_dir(out, line["base"], base_lr, cfg.tune_seed) / "metrics.jsonl")
+        assert line["source_val_loss_before"] == pytest.approx(base.val[-1]["val_loss"], abs=1e-5)
+        predictions = read_jsonl(out / line["predictions"])
+        assert line["n_test"] == len(predictions) == cfg.task_test
+        assert line["accuracy"] == sum(p["correct"] for p in predictions) / cfg.task_test
+        assert line["update_rms"] > 0 and line["provenance"]["machine_class"]
+    # the Muon arm really ran max-dim scaling with the standard momentum
+    run = next(r for r in lines if r["arm"] == "max-dim-only")
+    options = load_run(out / run["metrics"]).config["config"]["optimizer_options"]
+    assert options["lr_scaling"] == "max_dim" and options["momentum_form"] == "standard"
+
+
+def test_the_report_and_its_figures_are_written(study, capsys):
+    out, _, _, paths = study
+    assert paths["accuracy_vs_lr"].stat().st_size > 0 and paths["forgetting"].stat().st_size > 0
+    text = paths["report"].read_text()
+    assert "| adamw | max-dim-only |" in text and "Unfinished: none." in text
+    assert main(["finetune-study", "--out", str(out), "--report-only"]) == 0
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_another_study_in_the_same_directory_is_refused(study, capsys):
+    out, _, _, _ = study
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune-study", "--quick", "--out", str(out), "--steps", "5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--steps: study" in err, err
