@@ -114,7 +114,7 @@ def max_causal_logits(q: Tensor, k: Tensor) -> Tensor:
 class CausalSelfAttention(nn.Module):
     """Causal self-attention with a fused QKV projection ``c_attn`` (an ``nn.Linear``, weight
     (3C, C): rows [0, C) the queries, [C, 2C) the keys, [2C, 3C) the values; head h owns rows
-    h*D to (h+1)*D of each, D = C / n_head, the order of the ``view`` in :meth:`forward`).
+    h*D to (h+1)*D of each, D = C / n_head, the order of the ``view`` in :meth:`_heads`).
 
     A QK-clip layer (:mod:`muonkit.qk_clip`): while ``record_max_logits`` is True, each forward
     adds its largest pre-softmax logit per head (after the rotary embedding, as the softmax
@@ -147,11 +147,7 @@ class CausalSelfAttention(nn.Module):
         self.max_logits = None
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        q, k, v = self._heads(x, rotary)
         if self.record_max_logits:
             with torch.no_grad():
                 seen = max_causal_logits(q, k)
@@ -159,8 +155,33 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self._merge(y)
+
+    def forward_cached(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None, pos: Tensor,
+                       layer: tuple[Tensor, Tensor]) -> Tensor:
+        """:meth:`forward` (eval mode) of tokens at positions ``pos`` (B, T), attending to
+        the keys and values of every earlier position in ``layer`` (B, H, block_size, D),
+        where theirs are written (decoding: nothing is recorded for QK-clip)."""
+        q, k, v = self._heads(x, rotary)
+        keys, values = layer
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
+        keys[rows, :, pos], values[rows, :, pos] = k.transpose(1, 2), v.transpose(1, 2)
+        seen = torch.arange(keys.shape[2], device=x.device) <= pos[..., None]  # (B, T, S)
+        return self._merge(F.scaled_dot_product_attention(q, keys, values,
+                                                          attn_mask=seen[:, None]))
+
+    def _heads(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None):
+        """Queries, keys, values (B, H, T, D) of ``x`` (B, T, C), rotated if ``rotary``."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        return q, k, v
+
+    def _merge(self, y: Tensor) -> Tensor:
+        B, H, T, D = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, H * D)))
 
 
 class MLP(nn.Module):
@@ -185,6 +206,10 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), rotary)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: Tensor, rotary, pos: Tensor, layer) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), rotary, pos, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -236,6 +261,37 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rotary)
+        return self.lm_head(self.ln_f(x))
+
+    def new_cache(self, batch: int) -> list[tuple[Tensor, Tensor]]:
+        """An empty key/value cache for :meth:`forward_cached`: per layer, keys and values
+        (batch, n_head, block_size, head_dim) on the model's device, in its dtype."""
+        c, p = self.config, self.wte.weight
+        shape = (batch, c.n_head, c.block_size, c.n_embd // c.n_head)
+        return [(p.new_zeros(shape), p.new_zeros(shape)) for _ in self.blocks]
+
+    def forward_cached(self, idx: Tensor, start: Tensor, cache: list[tuple[Tensor, Tensor]]
+                       ) -> Tensor:
+        """Logits (B, T, V) of ``idx`` (B, T) placed at positions ``start[b]`` ..
+        ``start[b] + T - 1`` of each row's sequence, whose earlier positions' keys and values
+        ``cache`` (:meth:`new_cache`) holds; theirs are written to it. In eval mode this is
+        :meth:`forward` of the whole sequences, computed incrementally (greedy decoding:
+        :mod:`muonlab.train.task_eval`); positions must stay below ``block_size``.
+        A row's keys past its own positions are never read, so rows of different lengths
+        share a batch right-padded."""
+        pos = start[:, None] + torch.arange(idx.shape[1], device=idx.device)
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} is past block_size "
+                             f"{self.config.block_size}; the cache holds one context")
+        x = self.wte(idx)
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(pos)
+        else:
+            rotary = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+        x = self.drop(x)
+        for block, layer in zip(self.blocks, cache, strict=True):
+            x = block.forward_cached(x, rotary, pos, layer)
         return self.lm_head(self.ln_f(x))
 
     @torch.no_grad()
