@@ -139,16 +139,16 @@ class FinetuneStudyConfig:
     data: str = BUNDLED
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     preset: str = "tiny"
-    block_size: int = 192
+    block_size: int = 384
     model_overrides: dict = field(default_factory=dict)
-    batch_size: int = 16
-    base_steps: int = 800
+    batch_size: int = 8
+    base_steps: int = 600
     base_adamw_lr: float = 4e-3
     base_muon_lr: float = 0.02
     steps: int = 150
     warmup_frac: float = 0.05
-    evals_per_run: int = 3
-    eval_batches: int = 8
+    evals_per_run: int = 2
+    eval_batches: int = 6
     task_seed: int = 0
     task_train: int = 2000
     task_test: int = 500
