@@ -11,13 +11,12 @@ the path of its ``predictions.jsonl`` and the provenance of its first session. A
 in the tables once its sweep chose an LR and every report seed at that LR finished; the
 rest is listed as unfinished, never guessed. Means come with 95% t intervals over the report
 seeds, and each arm is compared with the ``adamw`` arm on the same base seed by seed (same
-seeds: same batches; paired).
+seeds: same batches; paired), with a verdict, through :mod:`muonlab.report.stats`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,44 +26,12 @@ import numpy as np
 from .metrics import load_run, read_jsonl
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary
-from .stats import paired_interval, t975
+from .stats import compare_runs, summarize
 from .tables import markdown_table
 
 REPORT = "report.md"
 RUNS = "runs.jsonl"
 RUN_DIR = re.compile(r"ft/([\w-]+)/([\w.-]+)/lr([\d.e+-]+)-s(\d+)$")
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean (or a difference) with its 95% interval over ``n`` values."""
-
-    mean: float
-    lo: float
-    hi: float
-    n: int
-
-    def __str__(self) -> str:
-        if self.n < 2:
-            return f"{self.mean:.3f} (n={self.n})"
-        return f"{self.mean:.3f} [{self.lo:.3f}, {self.hi:.3f}] (n={self.n})"
-
-
-# The statistics of this report. TODO(stats-layer): switch both to report.stats.summarize /
-# compare once that branch is on main; they return the same fields.
-def summarize(values) -> Interval:
-    """Mean and 95% t interval of ``values``."""
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return Interval(float(x.mean()) if len(x) else math.nan, math.nan, math.nan, len(x))
-    half = t975(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return Interval(float(x.mean()), float(x.mean()) - half, float(x.mean()) + half, len(x))
-
-
-def compare_paired(a, b) -> Interval:
-    """Mean difference ``a - b`` (same seeds, same order) and its paired 95% t interval."""
-    mean, lo, hi = paired_interval(a, b)
-    return Interval(mean, lo, hi, len(a))
 
 
 def run_line(out: Path, metrics: Path, tune_seed: int) -> dict | None:
@@ -146,30 +113,26 @@ def arms_of(lines: list[dict], sweeps: dict, seeds: list[int]) -> list[Arm]:
     return arms
 
 
-def _by_seed(arm: Arm, key) -> dict[int, float]:
-    return {r["seed"]: key(r) for r in arm.report}
-
-
 def arm_table(arms: list[Arm]) -> str:
     """One row per finished arm: chosen LR, accuracy, forgetting, update RMS, and the accuracy
-    difference from the ``adamw`` arm on the same base (paired over the report seeds)."""
+    difference from the ``adamw`` arm on the same base (:func:`muonlab.report.stats.
+    compare_runs`: paired by report seed)."""
     adamw = {a.base: a for a in arms if a.name == "adamw" and a.finished}
     rows = []
     for a in arms:
         if not a.finished:
             continue
-        acc = _by_seed(a, lambda r: r["accuracy"])
         ref = adamw.get(a.base)
         diff = "-"
         if ref is not None and a is not ref:
-            other = _by_seed(ref, lambda r: r["accuracy"])
-            shared = sorted(set(acc) & set(other))
-            diff = str(compare_paired([acc[s] for s in shared], [other[s] for s in shared]))
+            diff = compare_runs(a.report, ref.report, lambda r: r["accuracy"],
+                                higher_is_better=True).text()
         rms = [r["update_rms"] for r in a.report if r["update_rms"] is not None]
-        rows.append([a.base, a.name, f"{a.lr:g}", str(summarize(list(acc.values()))), diff,
-                     str(summarize([forgetting(r) for r in a.report])),
+        rows.append([a.base, a.name, f"{a.lr:g}",
+                     summarize([r["accuracy"] for r in a.report]).text(),
+                     diff, summarize([forgetting(r) for r in a.report]).text(),
                      f"{np.mean(rms):.2e}" if rms else "-"])
-    return markdown_table(["base", "arm", "LR", "test accuracy", "minus AdamW's (paired)",
+    return markdown_table(["base", "arm", "LR", "test accuracy", "minus AdamW's",
                            "forgetting (source val loss change)", "update RMS"], rows)
 
 
@@ -188,7 +151,7 @@ def plot_accuracy_vs_lr(arms: list[Arm], path: Path) -> Path:
             (line,) = ax.plot(*zip(*points), marker="o", label=a.name)
             if a.finished:
                 s = summarize([r["accuracy"] for r in a.report])
-                err = 0 if s.n < 2 else [[s.mean - s.lo], [s.hi - s.mean]]
+                err = 0 if s.n < 2 else [[s.mean - s.lo], [s.hi - s.mean]]  # (nan: no bar)
                 ax.errorbar([a.lr], [s.mean], yerr=err, marker="*", markersize=12,
                             color=line.get_color(), capsize=3)
         ax.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)",
