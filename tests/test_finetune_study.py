@@ -90,6 +90,9 @@ def test_runs_jsonl_has_one_line_per_run_with_what_it_measured(study):
         assert line["n_test"] == len(predictions) == cfg.task_test
         assert line["accuracy"] == sum(p["correct"] for p in predictions) / cfg.task_test
         assert line["update_rms"] > 0 and line["provenance"]["machine_class"]
+        last = load_run(out / line["metrics"]).train[-1]
+        assert line["train_loss_curve"][-1] == [last["step"], last["loss"]]
+        assert [s for s, _ in line["loss_curve"]] == [0, cfg.steps]  # val: start and end
         # the base's start is not rescored in every run (Task.score_start=False)
         assert not (out / line["metrics"]).with_name("predictions-step0.jsonl").exists()
     # the Muon arm really ran max-dim scaling with the standard momentum

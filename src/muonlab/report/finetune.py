@@ -6,7 +6,8 @@ Every fine-tuning run that finished is one line of ``runs.jsonl``: its base and 
 folder), what it ran (optimizer, state, LR scaling, momentum form, LoRA rank: from its config
 record), its LR and seed, ``role`` (``tune``: the sweep's seed; ``report``: the other seeds,
 trained at the arm's chosen LR), test accuracy, the base's validation loss before and after
-(forgetting), the fine-tuning validation loss, the mean update RMS of the trained matrices,
+(forgetting), the fine-tuning loss curves (validation; training every 10th step), the mean
+update RMS of the trained matrices,
 the path of its ``predictions.jsonl`` and the provenance of its first session. An arm counts
 in the tables once its sweep chose an LR and every report seed at that LR finished; the
 rest is listed as unfinished, never guessed. Means come with 95% t intervals over the report
@@ -31,6 +32,7 @@ from .tables import markdown_table
 
 REPORT = "report.md"
 RUNS = "runs.jsonl"
+CURVE_EVERY = 10  # the training-loss curve of runs.jsonl: every 10th step and the last
 RUN_DIR = re.compile(r"ft/([\w-]+)/([\w.-]+)/lr([\d.e+-]+)-s(\d+)$")
 
 
@@ -64,6 +66,8 @@ def run_line(out: Path, metrics: Path, tune_seed: int) -> dict | None:
         "val_loss": run.val[-1]["val_loss"],
         "update_rms": float(np.mean(updates)) if updates else None,
         "loss_curve": [[r["step"], r["val_loss"]] for r in run.val],
+        "train_loss_curve": [[r["step"], r["loss"]] for r in run.train
+                             if r["step"] % CURVE_EVERY == 0 or r is run.train[-1]],
         "predictions": predictions.relative_to(out).as_posix(),
         "metrics": metrics.relative_to(out).as_posix(),
         "provenance": run.provenance[0] if run.provenance else None,
