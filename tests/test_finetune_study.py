@@ -19,7 +19,7 @@ FIELDS = {"base", "arm", "optimizer", "state", "scaling", "momentum_form", "lora
 
 def config(out, **changes):
     return fs.FinetuneStudyConfig(**{
-        **fs.QUICK, "base_steps": 8, "steps": 4, "task_train": 60, "task_test": 6,
+        **fs.QUICK, "base_steps": 8, "steps": 4, "task_train": 100, "task_test": 6,
         "task_max_tokens": 12, "report_seeds": [1, 2], "out": str(out),
         "arms": ["adamw", "max-dim-only"], **changes})
 
@@ -108,6 +108,12 @@ def test_the_report_and_its_figures_are_written(study, capsys):
     assert "| adamw | max-dim-only |" in text and "Unfinished: none." in text
     assert main(["finetune-study", "--out", str(out), "--report-only"]) == 0
     assert "report.md" in capsys.readouterr().out
+
+
+def test_a_task_too_small_for_a_batch_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="--batch-size x --block-size"):
+        fs.prepare_out(config(tmp_path / "study", task_train=20), "test")
+    assert not (tmp_path / "study").exists()
 
 
 def test_another_study_in_the_same_directory_is_refused(study, capsys):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ ARMS = {
 
 # Bounds of the numeric settings (:func:`muonlab.train.checks.check_number`).
 # `--quick`: a smoke study of a few minutes on a laptop (sizes of the flags left at default)
-QUICK = dict(model_overrides={"n_layer": 1, "n_embd": 32, "n_head": 2}, block_size=160,
+QUICK = dict(model_overrides={"n_layer": 1, "n_embd": 32, "n_head": 2}, block_size=256,
              batch_size=4, base_steps=30, steps=10, evals_per_run=1, eval_batches=2,
              task_train=200, task_test=20, task_max_steps=1, task_max_tokens=48, grid_points=2,
              sweep_extend=0, report_seeds=[1, 2])
@@ -139,21 +140,21 @@ class FinetuneStudyConfig:
     data: str = BUNDLED
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     preset: str = "tiny"
-    block_size: int = 384
+    block_size: int = 256
     model_overrides: dict = field(default_factory=dict)
     batch_size: int = 8
     base_steps: int = 600
     base_adamw_lr: float = 4e-3
     base_muon_lr: float = 0.02
-    steps: int = 150
+    steps: int = 250
     warmup_frac: float = 0.05
     evals_per_run: int = 2
     eval_batches: int = 6
     task_seed: int = 0
     task_train: int = 2000
     task_test: int = 500
-    task_max_steps: int = 2
-    task_max_tokens: int = 96
+    task_max_steps: int = 1
+    task_max_tokens: int = 64
     tune_seed: int = 0
     report_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     grid_points: int = 5
@@ -343,14 +344,19 @@ def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
+    # a bad corpus, or a batch that does not fit it or the task's text, fails before anything
+    # is written
     load_gpt_data(cfg.data, "byte", cfg.preset, cfg.batch_size, cfg.block_size,
-                  cfg.model_overrides)  # a bad corpus or batch fails before anything is written
+                  cfg.model_overrides)
+    task = Task.make("arithmetic", None, cfg.task_seed, cfg.task_train, cfg.task_test,
+                     cfg.task_max_tokens, cfg.difficulty())
+    with tempfile.TemporaryDirectory() as scratch:
+        load_gpt_data(str(task.write_training_text(Path(scratch) / "train.txt")), "byte",
+                      cfg.preset, cfg.batch_size, cfg.block_size, cfg.model_overrides)
     study = json.loads(json.dumps(cfg.study()))
     check_same_study(out / "study.json", study, cfg.FLAG_NAMES)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "study.json", json.dumps(study, indent=1))
-    task = Task.make("arithmetic", None, cfg.task_seed, cfg.task_train, cfg.task_test,
-                     cfg.task_max_tokens, cfg.difficulty())
     task.write_training_text(task_text(out))
     append_line(out / "commands.txt", command)
     return out
