@@ -106,6 +106,7 @@ def test_the_report_and_its_figures_are_written(study, capsys):
     assert paths["accuracy_vs_lr"].stat().st_size > 0 and paths["forgetting"].stat().st_size > 0
     text = paths["report"].read_text()
     assert "| adamw | max-dim-only |" in text and "Unfinished: none." in text
+    assert f"- `max-dim-only`: {fs.ARMS['max-dim-only'].about}" in text
     assert main(["finetune-study", "--out", str(out), "--report-only"]) == 0
     assert "report.md" in capsys.readouterr().out
 

@@ -23,6 +23,7 @@ interrupted ones; its phases are replayed from the finished runs. Layout::
     OUT/study.json                          the settings (a rerun must match them)
     OUT/commands.txt                        every command that ran the study
     OUT/sweeps.json                         each sweep's grid, extensions and choice
+    OUT/arms.json                           what each arm is (the report's words)
     OUT/task/train.txt                      the fine-tuning text (the task's training problems)
     OUT/bases/<base>/lr<lr>-s<seed>/        a pretraining run (ckpt.pt of its last step)
     OUT/ft/<base>/<arm>/lr<lr>-s<seed>/     a fine-tuning run (metrics, predictions.jsonl)
@@ -105,13 +106,13 @@ ARMS = {
     "lora-muon": _muon(8e-3, lora_rank=8, about="LoRA rank 8 (alpha 8), Muon (KJ) on A and B"),
 }
 
-# Bounds of the numeric settings (:func:`muonlab.train.checks.check_number`).
 # `--quick`: a smoke study of a few minutes on a laptop (sizes of the flags left at default)
 QUICK = dict(model_overrides={"n_layer": 1, "n_embd": 32, "n_head": 2}, block_size=256,
              batch_size=4, base_steps=30, steps=10, evals_per_run=1, eval_batches=2,
              task_train=200, task_test=20, task_max_steps=1, task_max_tokens=48, grid_points=2,
              sweep_extend=0, report_seeds=[1, 2])
 
+# Bounds of the numeric settings (:func:`muonlab.train.checks.check_number`).
 BOUNDS = {
     **{k: {"ge": 1, "integer": True} for k in (
         "base_steps", "steps", "batch_size", "block_size", "eval_batches", "evals_per_run",
@@ -358,5 +359,6 @@ def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "study.json", json.dumps(study, indent=1))
     task.write_training_text(task_text(out))
+    write_whole(out / "arms.json", json.dumps({k: a.about for k, a in ARMS.items()}, indent=1))
     append_line(out / "commands.txt", command)
     return out

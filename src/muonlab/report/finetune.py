@@ -210,6 +210,13 @@ def base_lines(out: Path, sweeps: dict) -> list[str]:
     return lines
 
 
+def arm_lines(out: Path, arms: list[Arm]) -> list[str]:
+    """What each arm of the study is, from its ``arms.json``."""
+    path = out / "arms.json"
+    about = json.loads(path.read_text()) if path.exists() else {}
+    return [f"- `{name}`: {about.get(name, '')}" for name in dict.fromkeys(a.name for a in arms)]
+
+
 def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
     """Write ``runs.jsonl``, the figures and ``report.md`` of the study in ``out_dir``; returns
     their paths by name."""
@@ -234,7 +241,8 @@ def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
         f"report seeds {settings['report_seeds']} at each arm's LR, chosen on seed "
         f"{settings['tune_seed']} by the fine-tuning validation loss.", "",
         "## Bases", "", *base_lines(out, sweeps), "",
-        "## Arms (mean and 95% t interval over the report seeds)", "", arm_table(arms),
+        "## Arms (mean and 95% t interval over the report seeds)", "", *arm_lines(out, arms),
+        "", arm_table(arms),
         "Unfinished: " + (", ".join(unfinished) if unfinished else "none") + ".", "",
         "## Sweeps", "",
         *[f"- {a.base}/{a.name}: {a.note}" for a in arms], "",
