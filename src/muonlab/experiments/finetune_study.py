@@ -147,7 +147,7 @@ class FinetuneStudyConfig:
     base_steps: int = 600
     base_adamw_lr: float = 4e-3
     base_muon_lr: float = 0.02
-    steps: int = 250
+    steps: int = 500
     warmup_frac: float = 0.05
     evals_per_run: int = 2
     eval_batches: int = 6
