@@ -18,7 +18,7 @@ import torch
 from muonkit.distributed import spawn
 from muonlab.cli import main
 from muonlab.train import files
-from muonlab.train.files import load_checkpoint
+from muonlab.train.files import load_checkpoint, load_train_state
 
 FAST = ["--optimizer", "muon", "--preset", "tiny", "--batch-size", "2", "--block-size", "8",
         "--eval-batches", "1", "--eval-every", "2", "--warmup", "1", "--no-progress",
@@ -193,8 +193,6 @@ def full_disk_on_rank_1(rank: int, world: int, out_dir: str, where: str) -> None
     "kernel": every file of rank 1 past 1 KiB, its own sampler/RNG file at least); every rank
     must raise, naming rank 1, and the step-2 checkpoint stay whole."""
     import torch.distributed.checkpoint.filesystem as dcp_files
-
-    from muonkit.distributed.checkpoint import load_train_state
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)

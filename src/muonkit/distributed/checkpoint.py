@@ -18,7 +18,6 @@ rank waits for a peer that stopped.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ def write_error(error: BaseException) -> OSError | None:
 def _write_failure(error: BaseException, rank: int) -> tuple[int, OSError | None]:
     """(the rank whose write failed, its ``OSError``) behind ``error`` raised on ``rank``: a
     ``CheckpointException`` names the ranks that failed, an error raised by
-    :func:`_all_ranks_wrote` carries its ``rank``; (rank, None) when no ``OSError`` is behind
+    :func:`all_ranks_wrote` carries its ``rank``; (rank, None) when no ``OSError`` is behind
     it."""
     if isinstance(error, OSError):
         return getattr(error, "rank", rank), error
@@ -71,10 +70,12 @@ def _write_failure(error: BaseException, rank: int) -> tuple[int, OSError | None
     return rank, None
 
 
-def _all_ranks_wrote(error: BaseException | None) -> None:
+def all_ranks_wrote(error: BaseException | None) -> None:
     """Meet every rank (a barrier) and learn whether any failed to write; if one did, raise its
-    ``OSError`` (errno and reason, naming the rank whose write failed) on every rank.
-    ``error``: what this rank's write raised (its ``OSError`` is found by :func:`write_error`)."""
+    ``OSError`` (errno and reason, naming the rank whose write failed) on every rank, so no rank
+    waits on a peer that stopped. ``error``: what this rank's write raised, or None (its
+    ``OSError`` is found by :func:`write_error`). Call it on every rank after writing files of
+    your own beside a checkpoint (per-rank sampler or RNG states)."""
     rank, failure = _write_failure(error, _rank()) if error is not None else (_rank(), None)
     mine = None if failure is None else (
         rank, failure.errno, getattr(failure, "reason", failure.strerror or str(failure)))
@@ -114,7 +115,7 @@ def save_checkpoint(
         if write_error(e) is None:
             raise
         error = e
-    _all_ranks_wrote(error)
+    all_ranks_wrote(error)
 
 
 def load_checkpoint(
@@ -134,59 +135,3 @@ def load_checkpoint(
         for group, options in zip(opt.param_groups, groups, strict=True):
             group.update(options)
     return state["extra"]
-
-
-def save_train_state(
-    path: str | os.PathLike, model: torch.nn.Module, optimizers, rank_state: dict
-) -> None:
-    """A training checkpoint of a multi-rank run, directory ``path``; call on every rank.
-
-    Model and optimizers as :func:`save_checkpoint`; ``rank_state`` (this rank's batch-sampler
-    and RNG states, step counters) goes to ``path/rank{r}.pt``. Written to ``path.tmp`` and
-    renamed by rank 0, so a crash mid-save leaves the previous checkpoint whole; a failed write
-    on any rank (a full disk) removes ``path.tmp`` and raises ``OSError`` on every rank.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if _rank() == 0 and tmp.exists():  # left by a crash mid-save
-        shutil.rmtree(tmp)
-    dist.barrier()
-    error = None
-    try:
-        save_checkpoint(tmp, model, optimizers)
-        torch.save(rank_state, tmp / f"rank{_rank()}.pt")
-    except Exception as e:
-        if write_error(e) is None:
-            raise
-        error = e
-    try:
-        _all_ranks_wrote(error)
-    except OSError:
-        if _rank() == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        dist.barrier()  # no rank goes on before the partial checkpoint is gone
-        raise
-    if _rank() == 0:  # the old checkpoint goes only once the new one has its name
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-
-
-def load_train_state(path: str | os.PathLike, model: torch.nn.Module, optimizers) -> dict:
-    """Load :func:`save_train_state`'s directory into ``model``/``optimizers``; returns this
-    rank's ``rank_state``. The sampler/RNG states are per rank, so the world size must be the
-    one that saved (:func:`load_checkpoint` reads the model/optimizer part on any world size).
-    """
-    path = Path(path)
-    saved = len(list(path.glob("rank*.pt")))
-    if saved != dist.get_world_size():
-        raise ValueError(
-            f"checkpoint {path} was saved by {saved} ranks, this job has "
-            f"{dist.get_world_size()}: resume a training run with the same --nproc_per_node "
-            "(muonkit.distributed.load_checkpoint loads its model/optimizer on any world size)"
-        )
-    load_checkpoint(path, model, optimizers)
-    return torch.load(path / f"rank{_rank()}.pt", map_location="cpu", weights_only=False)

@@ -42,7 +42,7 @@ from .trackers import TRACKER_FILES, Tracker
 
 CHECKPOINT = "ckpt.pt"
 
-CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs: muonkit.distributed.checkpoint.save_train_state
+CHECKPOINT_DIR = "ckpt_dcp"  # multi-rank runs: save_train_state
 
 METRICS = METRICS_NAME
 
@@ -141,7 +141,7 @@ def _remove(path: Path) -> None:
 def recover_checkpoint(out_dir: Path) -> None:
     """Before a resume, undo what a session stopped mid-save (killed) left: a half-written
     ``ckpt.pt.tmp`` or ``ckpt_dcp.tmp`` is removed (with a note on stderr); of
-    :func:`~muonkit.distributed.checkpoint.save_train_state`'s two renames, ``ckpt_dcp.old`` is the
+    :func:`save_train_state`'s two renames, ``ckpt_dcp.old`` is the
     checkpoint when ``ckpt_dcp`` is missing, and is removed when it is not."""
     for name in (CHECKPOINT, CHECKPOINT_DIR):
         tmp = out_dir / (name + ".tmp")
@@ -340,7 +340,7 @@ def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, dev
 
     Under torch.distributed (several ranks) model and optimizers go through DCP, each rank's
     sampler and RNG states to their own file
-    (:func:`muonkit.distributed.checkpoint.save_train_state`).
+    (:func:`save_train_state`).
     A failed write (e.g. a full disk) removes the temporary file, leaves the previous
     checkpoint as it was and raises :class:`RunWriteError` (the caller says what to do next).
     """
@@ -367,13 +367,75 @@ def _save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, de
         "tokens": tokens,
     }
     if is_distributed():
-        from muonkit.distributed.checkpoint import save_train_state
-
         save_train_state(path, model, optimizers, state)
         return
     state["model"] = model.state_dict()
     state["optimizers"] = [opt.state_dict() for opt in optimizers]
     replace_file(Path(path), functools.partial(torch.save, state))
+
+
+def save_train_state(path, model, optimizers, rank_state: dict) -> None:
+    """A multi-rank run's checkpoint, directory ``path``; call on every rank.
+
+    Model and optimizers by DCP (:func:`muonkit.distributed.save_checkpoint`: any world size
+    loads them); ``rank_state`` (this rank's batch-sampler and RNG states, step counters) goes
+    to ``path/rank{r}.pt``. Written to ``path.tmp`` and renamed by rank 0 (the previous
+    checkpoint to ``path.old`` first, removed last), so a crash mid-save leaves a whole
+    checkpoint (:func:`recover_checkpoint` puts ``.old`` back); a failed write on any rank (a
+    full disk) removes ``path.tmp`` and raises ``OSError`` on every rank.
+    """
+    import torch.distributed as dist
+
+    from muonkit.distributed.checkpoint import all_ranks_wrote, save_checkpoint, write_error
+
+    path, rank = Path(path), dist.get_rank()
+    tmp = path.with_name(path.name + ".tmp")
+    if rank == 0 and tmp.exists():  # left by a crash mid-save
+        shutil.rmtree(tmp)
+    dist.barrier()
+    error = None
+    try:
+        save_checkpoint(tmp, model, optimizers)
+        torch.save(rank_state, tmp / f"rank{rank}.pt")
+    except Exception as e:
+        if write_error(e) is None:
+            raise
+        error = e
+    try:
+        all_ranks_wrote(error)
+    except OSError:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()  # no rank goes on before the partial checkpoint is gone
+        raise
+    if rank == 0:  # the old checkpoint goes only once the new one has its name
+        old = path.with_name(path.name + ".old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_train_state(path, model, optimizers) -> dict:
+    """Load :func:`save_train_state`'s directory into ``model``/``optimizers``; returns this
+    rank's ``rank_state``. The sampler/RNG states are per rank, so the world size must be the
+    one that saved (:func:`muonkit.distributed.load_checkpoint` reads the model/optimizer part
+    on any world size)."""
+    import torch.distributed as dist
+
+    from muonkit.distributed.checkpoint import load_checkpoint as load_dcp
+
+    path = Path(path)
+    saved = len(list(path.glob("rank*.pt")))
+    if saved != dist.get_world_size():
+        raise ValueError(
+            f"checkpoint {path} was saved by {saved} ranks, this job has "
+            f"{dist.get_world_size()}: resume a training run with the same --nproc_per_node "
+            "(muonkit.distributed.load_checkpoint loads its model/optimizer on any world size)"
+        )
+    load_dcp(path, model, optimizers)
+    return torch.load(path / f"rank{dist.get_rank()}.pt", map_location="cpu", weights_only=False)
 
 
 def replace_file(path: Path, write: Callable[[BinaryIO], object]) -> None:

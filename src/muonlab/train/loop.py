@@ -80,6 +80,7 @@ from .files import (
     check_same_run,
     drop_parked,
     load_checkpoint,
+    load_train_state,
     prepare_out_dir,
     save_checkpoint,
     set_rng_state,
@@ -195,8 +196,6 @@ def restore(session: Session, model: nn.Module, optimizers, batches) -> None:
     if not path.exists():
         raise nothing_to_resume(session.out_dir, path.name)
     if is_distributed():
-        from muonkit.distributed.checkpoint import load_train_state
-
         ckpt = load_train_state(path, model, optimizers)
         check_resume(cfg, session.out_dir, ckpt["step"])
     else:
