@@ -124,7 +124,7 @@ def test_config_mirrors_the_flags():
     config = config_from_args(args)  # the --ns-* flags: MuonOptions' defaults, recorded
     assert config == dataclasses.replace(GPTRunConfig(), muon_options=config.muon_options)
     assert MuonOptions(**config.muon_options) == MuonOptions()
-    with pytest.raises(ValueError, match="min_lr_ratio"):
+    with pytest.raises(ValueError, match="--min-lr-ratio"):  # the flag, never the field
         GPTRunConfig(min_lr_ratio=-1.0)
     with pytest.raises(ValueError, match="unknown device"):
         GPTRunConfig(device="tpu:0")

@@ -17,9 +17,10 @@ writes ``report.md`` and the figures.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
+from ..train.settings import setting
 from .horizon import CONTENDERS as HORIZON_CONTENDERS
 from .horizon import Contender, HorizonConfig
 
@@ -59,11 +60,12 @@ class VariantGPTConfig(HorizonConfig):
     FLAG_NAMES: ClassVar[dict[str, str]] = {**HorizonConfig.FLAG_NAMES, "horizons": "--steps",
                                             "evals_per_run": "the evaluations per run"}
 
-    out: str = "runs/variants/gpt"
-    horizons: list[int] = field(default_factory=lambda: [800])
-    tune_seed: int | None = None  # seeds[0] tunes and is reported (the study's form so far)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    contenders: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENDERS))
+    out: str = setting("out", default="runs/variants/gpt")
+    horizons: list[int] = setting("horizons", default=(800,))
+    tune_seed: int | None = setting("tune_seed", default=None)  # seeds[0] tunes and reports
+    seeds: list[int] = setting("seeds")
+    contenders: list[str] = setting("contenders", default=tuple(DEFAULT_CONTENDERS),
+                                    choices=tuple(CONTENDERS))
 
     def __post_init__(self) -> None:
         super().__post_init__()
