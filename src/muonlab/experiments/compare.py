@@ -37,11 +37,12 @@ from muonkit.hardware import machine_info
 
 from ..report.compare import build_compare_report
 from ..train.files import write_whole
-from ..train.gpt import GPTRunConfig
+from ..train.gpt import FLAG_NAMES, GPTRunConfig
 from ..train.settings import check_settings, setting
 from .runs import (
     RunSpec,
     SlotPool,
+    check_same_study,
     default_threads,
     run_concurrently,
     run_in_process,
@@ -219,15 +220,12 @@ def prepare_out(cfg: CompareConfig) -> Path:
     old = [out / sub for sub in ("runs", "sweep", "sweep-full") if (out / sub).exists()]
     identity = study_identity(cfg)
     if old and not cfg.overwrite:
-        recorded = (json.loads((out / STUDY_FILE).read_text())
-                    if (out / STUDY_FILE).exists() else None)
-        if recorded == identity:
-            return out
-        differ = ("" if recorded is None else ": " + ", ".join(
-            f"--{k.replace('_', '-')} {recorded.get(k)!r} there, {v!r} given"
-            for k, v in identity.items() if recorded.get(k) != v))
-        raise FileExistsError(f"{out} already holds another compare experiment{differ}; "
-                              "pass --overwrite to replace it, or choose another --out")
+        other = "another compare experiment"
+        remedy = "pass --overwrite to replace it, or choose another --out"
+        if not (out / STUDY_FILE).exists():  # one begun before study.json was written
+            raise ValueError(f"{out} already holds {other}; {remedy}")
+        check_same_study(out / STUDY_FILE, identity, FLAG_NAMES, what=other, remedy=remedy)
+        return out
     for path in old:
         shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from muonkit.options import MuonOptions
+from muonkit.registry import OPTIMIZER_NAMES, canonical_name
 
 from ..train.config import resolve_device
 from ..train.settings import check_settings, setting
@@ -16,7 +17,7 @@ from ..train.trackers import resolve_trackers
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid", "tuned")
 MIXINGS = ("momentum_form", "gradient_heavy")  # the Muon family's ``mixing`` option
 DATASETS = {"mnist": 784, "cifar10": 3072}
-ARM_KINDS = ("adamw", "muon", "lora_pre", "kronecker", "hybrid_kronecker")
+ARM_KINDS = OPTIMIZER_NAMES  # an arm's kind is a registry name (muonkit.registry)
 
 # Defaults that depend on the study: the tuned study's LRs are the centres of its grids
 # (AdamW's nearer the 3e-3..1e-2 that issue 17 measured), and it runs 3 seeds.
@@ -87,9 +88,15 @@ class Arm:
     """One optimizer setting of a study (``mixing``: the Muon family's momentum mixing)."""
 
     label: str
-    kind: str  # one of ARM_KINDS
+    kind: str  # a registry name (ARM_KINDS); a former spelling (records) is read as it
     rank: int | None = None
     mixing: str = "momentum_form"  # one of MIXINGS; ignored by AdamW
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", canonical_name(self.kind))
+        if self.kind not in ARM_KINDS:
+            raise ValueError(f"optimizer kind must be one of {list(ARM_KINDS)}, "
+                             f"got {self.kind!r}")
 
     @property
     def slug(self) -> str:

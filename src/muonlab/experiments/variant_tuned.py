@@ -74,10 +74,10 @@ def tuned_arms(cfg: StudyConfig) -> tuple[list[Arm], dict[str, list[str]]]:
         notes = [n for n, v in (("full", full), ("equal memory", equal)) if r == v]
         notes += ["gradient-heavy"] if mixing == "gradient_heavy" else []
         label = f"LoRA-Pre r={r}" + (f" ({', '.join(notes)})" if notes else "")
-        return Arm(label, "lora_pre", r, mixing)
+        return Arm(label, "lorapre", r, mixing)
 
     adamw, muon = Arm("AdamW", "adamw"), Arm("Muon", "muon")
-    kron, hybrid = Arm("Kronecker", "kronecker"), Arm("Hybrid Kronecker", "hybrid_kronecker")
+    kron, hybrid = Arm("Kronecker", "kronecker"), Arm("Hybrid Kronecker", "kronecker-hybrid")
     muon_gh = Arm("Muon (gradient-heavy)", "muon", None, "gradient_heavy")
     ablation = [muon, muon_gh, lora(full), lora(full, "gradient_heavy"), lora(cfg.rank),
                 lora(cfg.rank, "gradient_heavy")]
