@@ -100,6 +100,7 @@ def check_launch(args: argparse.Namespace) -> None:
 def run_command(args: argparse.Namespace) -> int:
     check_launch(args)  # before torchrun's process group
     run = config_from_args(args)
+    run.refuse_ignored([args.optimizer])
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if args.parallel != "none" else 1
     torch.set_num_threads(run.threads or default_threads(local_ranks))
     changes = {}

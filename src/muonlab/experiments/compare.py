@@ -77,6 +77,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        self.gpt.refuse_ignored(self.optimizers, "--optimizers")
         for name in ("adamw_lrs", "muon_lrs", "aux_lrs"):
             if getattr(self, name):
                 try:

@@ -49,7 +49,7 @@ from .finetune import (
     task_evaluator,
 )
 from .loop import train
-from .settings import check_settings, flag_names, setting, settings_of
+from .settings import check_settings, flag_names, setting, settings_of, show
 from .step import autocast_context, lm_loss
 from .trackers import resolve_trackers
 
@@ -171,8 +171,41 @@ class GPTRunConfig:
             resolve_trackers(self.trackers)
         own = sorted({"momentum", "weight_decay"} & set(self.muon_options))
         if own:
-            raise ValueError(f"muon_options {own}: set them as muon_momentum, muon_weight_decay")
+            raise ValueError(f"muon_options {own}: set them with --muon-momentum, "
+                             "--muon-weight-decay")
         MuonOptions(**self.muon_options)  # checked here, not when the optimizer is built
+        if self.warmup >= self.steps and "warmup" in self.changed():  # the default: short runs
+            raise ValueError(f"--warmup {self.warmup} must be below --steps {self.steps}: the "
+                             "run would end inside its LR warmup")
+        if self.decay == "constant" and "min_lr_ratio" in self.changed():
+            raise ValueError(f"--min-lr-ratio {self.min_lr_ratio:g} does nothing with --decay "
+                             "constant (the LR does not decay)")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise ValueError(f"--lora-alpha {self.lora_alpha:g} does nothing without "
+                             "--lora-rank (no LoRA adapters)")
+
+    def changed(self) -> dict[str, str]:
+        """{field: its flag and value} of the settings (the ``--ns-*`` flags included) that
+        differ from their defaults, as a message writes them."""
+        out = {name: f"{s.flag_of(name)}" + ("" if s.kind is bool else f" {show(value)}")
+               for name, s in settings_of(GPTRunConfig).items()
+               if (value := getattr(self, name)) != s.default}
+        for name, value in MuonOptions.changes(self.muon_options).items():
+            out[name] = f"--{name.replace('_', '-')} {MuonOptions.word_of(name, value)}"
+        return out
+
+    def refuse_ignored(self, optimizers: list[str], flag: str = "--optimizer") -> None:
+        """Refuse a setting given (not its default) that none of ``optimizers`` reads (the Muon
+        settings with AdamW alone, ``--rank`` without a low-rank optimizer), naming both
+        flags: it would change nothing."""
+        specs = [registry.get(o) for o in optimizers]
+        for name, given in self.changed().items():
+            reads = READ_BY.get(name, READ_BY["muon_options"] if name in MuonOptions.names()
+                                else None)
+            if reads is not None and not any(reads(spec) for spec in specs):
+                readers = [n for n, spec in registry.OPTIMIZERS.items() if reads(spec)]
+                raise ValueError(f"{given} does nothing with {flag} {' '.join(optimizers)}; "
+                                 f"it is read by --optimizer {' or '.join(readers)}")
 
     def model_overrides(self) -> dict:
         """Keyword arguments of :func:`muonlab.models.gpt.preset_config` beyond the preset."""
@@ -241,6 +274,14 @@ class GPTRunConfig:
 
 
 FLAG_NAMES = {**flag_names(GPTRunConfig), **RECORDED_FLAGS}
+
+# the settings that only some optimizers read: field -> which specs read it (muon_options: the
+# --ns-* flags)
+READ_BY = {
+    **dict.fromkeys(("muon_lr", "muon_momentum", "momentum_warmup", "muon_weight_decay",
+                     "qkv_split", "muon_options"), lambda spec: spec.is_muon),
+    "rank": lambda spec: spec.takes_rank,
+}
 
 
 def load_gpt_data(
