@@ -2,6 +2,7 @@
 arms, the GPT variant study's contenders and the reports read its names; records written
 with the former kind names ("lora_pre", "hybrid_kronecker") load as the registry's."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,23 @@ def test_every_registry_optimizer_trains_a_model_of_matrices(name):
     model(torch.randn(5, 12)).square().mean().backward()
     opt.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_a_tuned_study_with_former_slugs_continues_in_its_directories(tmp_path):
+    """Continuing a tuned study whose arms.json was written with the former kind names: each
+    arm keeps the slug (the run directory) the study gave it, so no finished run is redone."""
+    from muonlab.experiments.variant_tuned import keep_former_slugs
+
+    (tmp_path / "arms.json").write_text(json.dumps({"arms": [
+        {"label": "LoRA-Pre r=4", "kind": "lora_pre", "rank": 4, "mixing": "momentum_form",
+         "slug": "lora_pre-r4"},
+        {"label": "Hybrid Kronecker", "kind": "hybrid_kronecker", "rank": None,
+         "mixing": "momentum_form", "slug": "hybrid_kronecker"}]}))
+    arms = [Arm("LoRA-Pre r=4", "lorapre", 4), Arm("Muon", "muon"),
+            Arm("Hybrid Kronecker", "kronecker-hybrid")]
+    groups = {"hybrid": ["muon", "kronecker-hybrid", "lorapre-r4"]}
+    kept, kept_groups = keep_former_slugs(arms, groups, tmp_path)
+    assert [a.slug for a in kept] == ["lora_pre-r4", "muon", "hybrid_kronecker"]
+    assert kept_groups == {"hybrid": ["muon", "hybrid_kronecker", "lora_pre-r4"]}
+    assert [a.kind for a in kept] == ["lorapre", "muon", "kronecker-hybrid"]
+    assert keep_former_slugs(arms, groups, tmp_path / "new") == (arms, groups)

@@ -91,6 +91,7 @@ class Arm:
     kind: str  # a registry name (ARM_KINDS); a former spelling (records) is read as it
     rank: int | None = None
     mixing: str = "momentum_form"  # one of MIXINGS; ignored by AdamW
+    folder: str | None = None  # the name an older study's directories gave it (its slug then)
 
     def __post_init__(self):
         object.__setattr__(self, "kind", canonical_name(self.kind))
@@ -100,6 +101,8 @@ class Arm:
 
     @property
     def slug(self) -> str:
+        if self.folder is not None:
+            return self.folder
         rank = f"-r{self.rank}" if self.rank is not None else ""
         return self.kind + rank + ("-gh" if self.mixing == "gradient_heavy" else "")
 
