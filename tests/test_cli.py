@@ -124,7 +124,7 @@ def test_config_mirrors_the_flags():
     config = config_from_args(args)  # the --ns-* flags: MuonOptions' defaults, recorded
     assert config == dataclasses.replace(GPTRunConfig(), muon_options=config.muon_options)
     assert MuonOptions(**config.muon_options) == MuonOptions()
-    with pytest.raises(ValueError, match="min_lr_ratio"):
+    with pytest.raises(ValueError, match="--min-lr-ratio"):  # the flag, never the field
         GPTRunConfig(min_lr_ratio=-1.0)
     with pytest.raises(ValueError, match="unknown device"):
         GPTRunConfig(device="tpu:0")
@@ -145,7 +145,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
         (["--device", "tpu"], "unknown device"),
     ]
     for flags, expected in cases:
-        argv = ["train", "--out", str(tmp_path / "o"), *FAST, "--steps", "1", *flags]
+        argv = ["train", "--out", str(tmp_path / "o"), *FAST, "--steps", "1", "--warmup", "0",
+                *flags]
         assert expected in user_error(capsys, argv)
     with pytest.raises(ValueError, match="empty"):  # --debug: the exception itself
         main(["train", "--debug", *FAST, "--data", str(empty), "--out", str(tmp_path / "d")])
@@ -198,14 +199,14 @@ def test_threads_flag_and_its_default_are_applied_and_recorded(tmp_path, monkeyp
     def records(out):
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
-    assert train(tmp_path / "two", "--steps", "1", "--threads", "2") == 0
+    assert train(tmp_path / "two", "--steps", "1", "--warmup", "0", "--threads", "2") == 0
     summary = records(tmp_path / "two")[-1]
     assert summary["threads"] == 2 == torch.get_num_threads()
     assert summary["cpu_flags"] == sorted(f for f in TIMING_FLAGS if f in cpu_flags())
     assert summary["load_1min_start"] == pytest.approx(os.getloadavg()[0], abs=10)
     assert isinstance(summary["load_1min_end"], float)
     monkeypatch.setattr(cli.train, "default_threads", lambda jobs=1: 1)
-    assert train(tmp_path / "default", "--steps", "1") == 0
+    assert train(tmp_path / "default", "--steps", "1", "--warmup", "0") == 0
     assert records(tmp_path / "default")[-1]["threads"] == 1
 
 

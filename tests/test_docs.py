@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import muonkit
-from muonlab.cli.reference import reference
+from muonlab.cli.reference import options_page, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
@@ -30,6 +30,14 @@ def test_cli_page_is_generated_from_the_parsers():
     stale = "docs/cli.md is stale: python -m muonlab.cli.reference > docs/cli.md"
     assert page == reference(), stale
     assert "## `muonkit train`" in page and "--ns-steps" in page
+
+
+def test_options_page_is_generated_from_the_config_tree():
+    page = (ROOT / "docs" / "options.md").read_text()
+    assert page == options_page(), "docs/options.md is stale: python -m muonlab.cli.reference"
+    for section in ("model", "data", "optimizer", "train", "parallel", "study"):
+        assert f"## {section}\n" in page
+    assert "| `--steps` | int >= 1 | `demo`: 300; `compare`, `train`, `finetune`: 2000" in page
 
 
 def test_every_relative_link_of_the_pages_resolves():

@@ -95,7 +95,7 @@ def test_demo_gives_the_flags_to_its_optimizer(monkeypatch, capsys):
 def test_a_train_run_records_and_uses_the_flags(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--optimizer", "muon", "--out", str(out), *FAST, "--steps", "1",
-            "--checkpoint-every", "1"]
+            "--warmup", "0", "--checkpoint-every", "1"]
     assert main([*argv, *NS]) == 0
     options = load_run(out / "metrics.jsonl").config["config"]["optimizer_options"]
     assert {k: options[k] for k in GIVEN} == {**GIVEN, "ns_dtype": "float32"}
@@ -174,7 +174,7 @@ def test_configs_check_their_muon_options():
     for make in (GPTRunConfig, HorizonConfig, lambda **kw: StudyConfig("large", **kw)):
         with pytest.raises(ValueError, match="ns_steps must be an int >= 0"):
             make(muon_options={"ns_steps": -1})
-    with pytest.raises(ValueError, match="muon_momentum"):
+    with pytest.raises(ValueError, match="--muon-momentum"):
         GPTRunConfig(muon_options={"momentum": 0.9})
 
 

@@ -210,8 +210,8 @@ def test_study_messages_name_flags_and_bad_batches_write_nothing(tmp_path):
         prepare_out(HorizonConfig(out=str(out), batch_size=100_000), "x")
     assert not out.exists()
     prepare_out(HorizonConfig(out=str(out), batch_size=2, horizons=[20]), "x")
-    with pytest.raises(ValueError, match=r"--batch-size: study 2, given 3; --horizons: study "
-                                         r"\[20\], given \[30\]\)"):
+    with pytest.raises(ValueError, match=r"--batch-size 2 there, 3 given; --horizons "
+                                         r"\[20\] there, \[30\] given\)"):
         prepare_out(HorizonConfig(out=str(out), batch_size=3, horizons=[30]), "x")
     with pytest.raises(ValueError, match="--horizons must be at least --evals-per-run"):
         HorizonConfig(horizons=[5], evals_per_run=10)

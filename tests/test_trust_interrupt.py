@@ -249,5 +249,5 @@ def test_an_interrupted_variant_study_continues_with_the_same_command(tmp_path, 
     assert finished(runs / calls[1]) and (tmp_path / "study" / "table.md").exists()
     import dataclasses
 
-    with pytest.raises(ValueError, match="--epochs: study"):
+    with pytest.raises(ValueError, match="--epochs 2 there, 3 given"):
         variants.run_study(dataclasses.replace(cfg, epochs=cfg.epochs + 1), log=lambda s: None)

@@ -101,7 +101,8 @@ REFUSED = [
     ("qk_clip", ["--qk-clip", "3"], "--qk-clip: checkpoint None, given 3.0"),
     ("muon_options", ["--ns-steps", "3"], "--ns-steps: checkpoint 5, given 3"),
     # the run's own flags beside GPTRunConfig
-    ("optimizer", ["--optimizer", "muon"], "--optimizer: checkpoint 'lorapre', given 'muon'"),
+    ("optimizer", ["--optimizer", "muon", "--rank", "16"],  # --rank 2: not muon's
+     "--optimizer: checkpoint 'lorapre', given 'muon'"),
     ("seed", ["--seed", "1"], "--seed: checkpoint 0, given 1"),
 ]  # fmt: skip
 

@@ -58,12 +58,12 @@ def test_arms_cover_every_study_and_the_mixing_ablation(study):
     slugs = [a["slug"] for a in arms["arms"]]
     # hidden (8,): matrices 8x784 and 10x8, so full rank is 8; ranks 2, 4 (--rank) and the
     # equal-memory rank; gradient-heavy dense Muon and LoRA-Pre at full rank and --rank
-    for slug in ("adamw", "muon", "muon-gh", "kronecker", "hybrid_kronecker", "lora_pre-r2",
-                 "lora_pre-r4", "lora_pre-r8", "lora_pre-r8-gh", "lora_pre-r4-gh"):
+    for slug in ("adamw", "muon", "muon-gh", "kronecker", "kronecker-hybrid", "lorapre-r2",
+                 "lorapre-r4", "lorapre-r8", "lorapre-r8-gh", "lorapre-r4-gh"):
         assert slug in slugs
     assert len(slugs) == len(set(slugs))
     assert arms["groups"]["mixing ablation"] == [
-        "muon", "muon-gh", "lora_pre-r8", "lora_pre-r8-gh", "lora_pre-r4", "lora_pre-r4-gh"]
+        "muon", "muon-gh", "lorapre-r8", "lorapre-r8-gh", "lorapre-r4", "lorapre-r4-gh"]
     assert set(arms["groups"]) == {"large", "equal-memory", "rank-sweep", "hybrid",
                                    "mixing ablation"}
 

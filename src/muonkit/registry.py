@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from . import variants
 from .hybrid import MuonWithAuxAdam, check_option_names, hybrid_param_groups
-from .muon import MomentumStore, PostStep
+from .muon import MomentumStore, Muon, PostStep
 
 PARALLEL_MODES = ("none", "ddp", "fsdp2", "hsdp")  # --parallel of the train loop
 
@@ -41,7 +41,10 @@ class OptimizerSpec:
     ``parallel`` modes it runs under, ``ddp_class`` (see the module doc), ``takes_rank`` (it
     reads ``--rank``), ``takes_dense`` (it keeps dense momentum on the matrices that
     :func:`build_optimizer`'s ``dense`` names; the lab names the GPT's last block) and
-    ``why_not`` (said when a mode is refused)."""
+    ``why_not`` (said when a mode is refused); ``matrices``: the same optimizer over matrices
+    alone, with no AdamW groups (None: torch.optim.AdamW; :func:`build_matrix_optimizer`);
+    ``saves_memory``: a variant whose momentum is compressed (the variant studies compare
+    every one against dense Muon)."""
 
     name: str
     summary: str
@@ -51,6 +54,8 @@ class OptimizerSpec:
     takes_rank: bool = False
     takes_dense: bool = False
     why_not: str = ""
+    matrices: type[torch.optim.Optimizer] | None = None
+    saves_memory: bool = False
 
     @property
     def is_muon(self) -> bool:
@@ -77,29 +82,41 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "muon", "the Muon hybrid: Muon on hidden matrices, AdamW on the rest",
             MuonWithAuxAdam,
-            ddp_class="DistributedMuonWithAuxAdam",
+            ddp_class="DistributedMuonWithAuxAdam", matrices=Muon,
         ),
         OptimizerSpec(
             "normuon", "NorMuon (row-normalized Muon) hybrid", variants.NorMuonWithAuxAdam,
-            ddp_class="DistributedNorMuonWithAuxAdam",
+            ddp_class="DistributedNorMuonWithAuxAdam", matrices=variants.NorMuon,
         ),
         OptimizerSpec(
             "lorapre", "LoRA-Pre (low-rank momentum) hybrid", variants.LoRAPreMuonWithAuxAdam,
             parallel=REPLICATED_MODES, takes_rank=True, why_not=_VARIANT_LIMIT,
+            matrices=variants.LoRAPreMuon, saves_memory=True,
         ),
         OptimizerSpec(
             "kronecker", "Kronecker-factored momentum hybrid", variants.KroneckerMuonWithAuxAdam,
-            parallel=REPLICATED_MODES, why_not=_VARIANT_LIMIT,
+            parallel=REPLICATED_MODES, why_not=_VARIANT_LIMIT, matrices=variants.KroneckerMuon,
+            saves_memory=True,
         ),
         OptimizerSpec(
             "kronecker-hybrid", "Kronecker momentum, dense Muon momentum on the last block",
             variants.KroneckerMuonWithAuxAdam,
             parallel=REPLICATED_MODES, takes_dense=True, why_not=_VARIANT_LIMIT,
+            matrices=variants.HybridKroneckerMuon, saves_memory=True,
         ),
     )
 }
 
 OPTIMIZER_NAMES = tuple(OPTIMIZERS)
+
+# Names that records written before the registry named every optimizer carry (the MLP variant
+# studies' kinds): read back as the registry's (:func:`canonical_name`), never written.
+FORMER_NAMES = {"lora_pre": "lorapre", "hybrid_kronecker": "kronecker-hybrid"}
+
+
+def canonical_name(name: str) -> str:
+    """The registry's name of ``name``, which may be a :data:`FORMER_NAMES` spelling."""
+    return FORMER_NAMES.get(name, name)
 
 
 def get(name: str) -> OptimizerSpec:
@@ -108,6 +125,20 @@ def get(name: str) -> OptimizerSpec:
         return OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}") from None
+
+
+def build_matrix_optimizer(name: str, model: nn.Module, **options) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over every parameter of ``model``, all of them matrices (a
+    bias-free MLP): no AdamW groups. "adamw" is ``torch.optim.AdamW(params, **options)``; a
+    Muon-family name its spec's ``matrices`` class with ``options`` (an optimizer that keeps
+    dense momentum on some matrices, "kronecker-hybrid", is built from ``model`` and keeps it
+    on the output layer)."""
+    spec = get(name)
+    if spec.matrices is None:
+        return torch.optim.AdamW(list(model.parameters()), **options)
+    if spec.takes_dense:
+        return spec.matrices(model, **options)
+    return spec.matrices(list(model.parameters()), **options)
 
 
 def build_optimizer(

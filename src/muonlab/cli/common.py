@@ -8,10 +8,12 @@ user's (one line on stderr, exit code 2, no traceback).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from muonkit.options import MuonOptions
 
 from ..train.checks import check_number, describe_range
+from ..train.settings import SECTIONS, SETTINGS, Setting, settings_of, shown_default
 from ..train.trackers import TRACKERS, parse_trackers
 
 # Exceptions that report a bad input or environment (a missing or unreadable file, a value out
@@ -28,10 +30,14 @@ class Parser(argparse.ArgumentParser):
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except for on/off flags (their default says nothing)."""
+    """Shows each option's default once: not for on/off flags and required ones (their
+    default says nothing), nor where the help already states it (the config tree's flags,
+    :func:`add_setting`)."""
 
     def _get_help_string(self, action):
-        return action.help if action.nargs == 0 else super()._get_help_string(action)
+        if action.nargs == 0 or action.required or "(default: " in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_command(subparsers, name: str, *, help: str, description: str | None = None):
@@ -83,6 +89,77 @@ FRACTION = number(float, ge=0, le=1)  # a ratio in [0, 1]
 MOMENTUM = number(float, ge=0, lt=1)  # momentum, beta, dropout: [0, 1)
 
 
+def add_setting(p, name: str, s: Setting, default=dataclasses.MISSING, *, positional=False,
+                required=False, metavar=None):
+    """The flag of setting ``s`` (:mod:`muonlab.train.settings`) for the config field (and
+    argparse dest) ``name``: its type and bounds, choices, default (``default``, else the
+    setting's) and help, which states the default once; ``positional``: an argument without
+    dashes; ``required``: a flag without a default. The action keeps its setting and the
+    default shown (``action.setting``, ``action.shown_default``) for the options page."""
+    if default is dataclasses.MISSING:
+        default = s.default
+    shown = None if positional or required else shown_default(s, default)
+    help_text = s.help + ("" if shown is None else f" (default: {shown})")
+    kwargs: dict = {"help": help_text}
+    if s.kind is bool:
+        kwargs["action"] = "store_false" if default else "store_true"
+    else:
+        kwargs["default"] = list(default) if isinstance(default, tuple) else default
+        if s.kind in (int, float):
+            kwargs["type"] = number(s.kind, **s.bounds)
+        if s.choices is not None:
+            kwargs["choices"] = list(s.choices)
+        if s.many:
+            kwargs["nargs"] = "+"
+    if metavar or s.metavar:
+        kwargs["metavar"] = metavar or s.metavar
+    if positional:
+        kwargs.pop("default", None)
+        action = p.add_argument(name, **kwargs)
+    else:
+        action = p.add_argument(s.flag_of(name), dest=name, required=required, **kwargs)
+    action.setting, action.shown_default = s, "required" if required else shown
+    return action
+
+
+def group_of(p: argparse.ArgumentParser, section: str):
+    """``p``'s argument group of ``section`` of the config tree; the groups are made on first
+    use, all at once, in the tree's order (an empty one is not shown)."""
+    if not hasattr(p, "section_groups"):
+        p.section_groups = {name: p.add_argument_group(f"{name} settings")
+                            for name in SECTIONS}
+    return p.section_groups[section]
+
+
+def add_settings(p: argparse.ArgumentParser, config_class, *, exclude=(), defaults=None,
+                 none_means=None) -> None:
+    """The flags of every field of ``config_class`` declared in the config tree
+    (:func:`muonlab.train.settings.settings_of`), but ``exclude``, in field order, each in its
+    section's group; ``defaults`` ({name: value}) replace the config's own defaults, and
+    ``none_means`` ({name: text}) says what a None default stands for in this command."""
+    config_defaults = {f.name: f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory() for f in dataclasses.fields(config_class)}
+    for name, s in settings_of(config_class).items():
+        if name in exclude:
+            continue
+        default = (defaults or {}).get(name, config_defaults[name])
+        if name in (none_means or {}):
+            s = dataclasses.replace(s, none_means=none_means[name])
+        add_setting(group_of(p, s.section), name, s, default)
+
+
+def add_tree_settings(p: argparse.ArgumentParser, names, defaults=None) -> None:
+    """The flags of the settings ``names`` of the tree (keys of :data:`SETTINGS`; "key=name"
+    adds ``SETTINGS[key]`` as the field ``name``), with the tree's defaults unless
+    ``defaults`` ({name: value}) says otherwise: the flags of a command that no config
+    carries (where the run goes, how it starts)."""
+    for entry in names:
+        key, _, name = entry.partition("=")
+        s = SETTINGS[key]
+        add_setting(group_of(p, s.section), name or key, s,
+                    (defaults or {}).get(name or key, dataclasses.MISSING))
+
+
 # the MuonOptions every command that trains a Muon-family optimizer takes as flags
 NS_FLAG_OPTIONS = ("ns_steps", "ns_coefficients", "ns_dtype", "ns_gram", "ns_precondition")
 
@@ -125,14 +202,6 @@ def muon_options_from_args(args: argparse.Namespace, names=NS_FLAG_OPTIONS) -> d
     return {name: getattr(args, name) for name in names}
 
 
-def add_qk_clip_flag(p: argparse.ArgumentParser, default: float | None = None) -> None:
-    """``--qk-clip TAU`` (:class:`muonkit.QKClip`; every command that trains a GPT)."""
-    p.add_argument("--qk-clip", type=POSITIVE, default=default, metavar="TAU",
-                   help="QK-clip (MuonClip, Kimi K2): after each step, scale the query and key "
-                   "rows of every attention head whose max pre-softmax logit exceeded TAU so "
-                   "that it is TAU")
-
-
 def tracker_list(text: str) -> list[str]:
     """An argparse ``type``: comma-separated tracker names, each one of ``TRACKERS``."""
     names = [name.strip() for name in text.split(",")]
@@ -146,11 +215,13 @@ def tracker_list(text: str) -> list[str]:
 def add_tracker_arguments(p: argparse.ArgumentParser, default: str, run_name: str) -> None:
     """``--tracker`` (repeatable, comma-separated; ``default`` says what none given means),
     ``--wandb-project``, ``--wandb-run-name`` (``run_name`` says what it names)."""
-    p.add_argument("--tracker", type=tracker_list, action="extend", default=None,
+    g = group_of(p, "train")
+    g.add_argument("--tracker", type=tracker_list, action="extend", default=None,
                    metavar="NAME", help=f"experiment tracker(s) besides metrics.jsonl: "
                    f"{', '.join(TRACKERS)}; repeatable or comma-separated (default: {default})")
-    p.add_argument("--wandb-project", default="muonkit", help="W&B project (--tracker wandb)")
-    p.add_argument("--wandb-run-name", default=None, help=run_name)
+    g.add_argument("--wandb-project", default="muonkit", help="W&B project (--tracker wandb)")
+    g.add_argument("--wandb-run-name", default=None,
+                   help=run_name.replace("(None: ", "(default: "))
 
 
 def trackers_from_args(args: argparse.Namespace) -> tuple[str, ...] | None:

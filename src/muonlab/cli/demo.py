@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from ..experiments.demo import print_summary, run
 from .common import (
-    NONNEGATIVE_INT,
-    POSITIVE_INT,
     add_command,
     add_muon_option_flags,
+    add_tree_settings,
     muon_options_from_args,
 )
 
@@ -21,8 +20,7 @@ def register(subparsers) -> None:
         "tinyshakespeare, Muon on its hidden matrices and AdamW on the rest; prints the loss "
         "every 50 steps and the mean loss of the first and last 20 steps.",
     )
-    p.add_argument("--steps", type=POSITIVE_INT, default=300, help="training steps")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="init and batch seed")
+    add_tree_settings(p, ("steps", "seed"), {"steps": 300})
     add_muon_option_flags(p)
     p.set_defaults(func=lambda a: print_summary(
         run(steps=a.steps, seed=a.seed, muon_options=muon_options_from_args(a))))

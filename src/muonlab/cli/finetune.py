@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..train.finetune import BASE_FLAGS, STATES, TASKS, BaseRun, Task, check_base_flags
-from .common import NONNEGATIVE_INT, POSITIVE_INT, add_command
+from ..train.finetune import BASE_FLAGS, BaseRun, Task, check_base_flags
+from ..train.settings import SETTINGS
+from .common import add_command, add_setting, add_tree_settings, group_of
 from .train import add_run_arguments, run_command
 
 
@@ -35,23 +36,13 @@ def register(subparsers) -> None:
         "--out). Its architecture and vocabulary are kept; every evaluation also scores the "
         "base's validation set (source_val_loss: forgetting).",
     )
-    add_run_arguments(p, out="runs/finetune")
-    p.add_argument("--init-from", required=True, metavar="RUN_DIR",
-                   help="the base run's output directory (a finished run with a checkpoint)")
-    p.add_argument("--state", default="fresh", choices=STATES,
-                   help="optimizer state to start from: fresh (empty), carry (the base's, same "
-                   "optimizer kind), from-adamw (Muon momentum from an AdamW base's moments)")
-    p.add_argument("--task", default=None, choices=TASKS,
-                   help="train on a question-answering task's training problems (instead of "
-                   "--data) and score greedy exact-match accuracy on its test problems at step "
-                   "0 and at the end (OUT/predictions.jsonl)")
-    p.add_argument("--task-data", default=None, metavar="DIR",
-                   help="--task gsm8k: a directory with GSM8K's train.jsonl and test.jsonl")
-    p.add_argument("--task-seed", type=NONNEGATIVE_INT, default=0,
-                   help="--task arithmetic: the seed of its fixed train/test split")
-    p.add_argument("--task-train", type=POSITIVE_INT, default=5000, help="training problems")
-    p.add_argument("--task-test", type=POSITIVE_INT, default=500, help="test problems scored")
-    p.add_argument("--task-max-tokens", type=POSITIVE_INT, default=128,
-                   help="longest greedy answer, in tokens")
+    kept = ("preset", "tokenizer", "block_size")  # and --rope, --untied: the base's
+    add_run_arguments(p, out="runs/finetune", defaults=dict.fromkeys(kept),
+                      none_means=dict.fromkeys(kept, "the base run's"))
+    add_setting(group_of(p, "train"), "init_from", SETTINGS["init_from"], required=True,
+                metavar="RUN_DIR")
+    add_tree_settings(p, ("state", "task"))
+    add_setting(group_of(p, "data"), "task_data", SETTINGS["task_data"], metavar="DIR")
+    add_tree_settings(p, ("task_seed", "task_train", "task_test", "task_max_tokens"))
     p.set_defaults(func=run_finetune, preset=None, tokenizer=None, block_size=None, rope=None,
                    untied=None)

@@ -9,16 +9,17 @@ import shlex
 import sys
 
 from ..experiments import horizon
-from ..models.gpt import PRESETS
 from ..report.horizon import build_horizon_report
+from ..train.settings import settings_of
 from .common import (
-    NONNEGATIVE_INT,
     POSITIVE,
-    POSITIVE_INT,
     add_command,
     add_muon_option_flags,
-    add_qk_clip_flag,
+    add_setting,
+    add_settings,
     add_tracker_arguments,
+    add_tree_settings,
+    group_of,
     muon_options_from_args,
     trackers_from_args,
 )
@@ -59,51 +60,21 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    d = horizon.HorizonConfig()
     p = add_command(
         subparsers, "horizon",
         help="AdamW vs Muon variants at several training lengths, each tuned",
         description=horizon.__doc__.split("\n\n")[0],
     )
-    p.add_argument("--out", default=d.out, help="study directory (a rerun continues it)")
-    lengths = p.add_mutually_exclusive_group()
-    lengths.add_argument("--horizons", type=POSITIVE_INT, nargs="+", default=d.horizons,
-                         help="steps per run")
-    lengths.add_argument("--tokens-per-param", type=tokens_per_param_list, nargs="+",
-                         default=None, metavar="T[,T...]",
-                         help="horizons as training tokens per model parameter, e.g. "
-                         "2,5,20,50,200 (steps = T x parameters / (batch x block size))")
-    p.add_argument("--tune-seed", type=NONNEGATIVE_INT, default=d.tune_seed,
-                   help="the seed of the LR sweeps (not reported)")
-    p.add_argument("--seeds", type=NONNEGATIVE_INT, nargs="+", default=d.seeds,
-                   help="report seeds, run at each chosen LR")
-    p.add_argument("--contenders", nargs="+", default=d.contenders,
-                   choices=list(horizon.CONTENDERS), help="optimizer settings to compare")
-    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="GPT size")
-    p.add_argument("--data", default=d.data, help="'tinyshakespeare', a text file, or a dir "
-                   "with train.bin/val.bin")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size,
-                   help="sequences per step")
-    p.add_argument("--block-size", type=POSITIVE_INT, default=d.block_size,
-                   help="context length (None: the preset's)")
-    p.add_argument("--eval-batches", type=POSITIVE_INT, default=d.eval_batches,
-                   help="fixed val batches")
-    p.add_argument("--evals-per-run", type=POSITIVE_INT, default=d.evals_per_run,
-                   help="val loss evaluations per run")
-    p.add_argument("--grid-points", type=POSITIVE_INT, default=d.grid_points,
-                   help="factor-2 LR grid size around the previous horizon's best")
-    p.add_argument("--sweep-extend", type=NONNEGATIVE_INT, default=d.sweep_extend,
-                   help="max points added past each edge of a grid")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N")
-    p.add_argument("--jobs", type=POSITIVE_INT, default=d.jobs, help="runs at once")
-    p.add_argument("--threads", type=POSITIVE_INT, default=d.threads,
-                   help="torch threads per run")
-    add_qk_clip_flag(p, d.qk_clip)
+    d = horizon.HorizonConfig()
+    declared = settings_of(horizon.HorizonConfig)
+    lengths = group_of(p, "study").add_mutually_exclusive_group()
+    add_setting(lengths, "horizons", declared["horizons"], d.horizons)
+    tokens = add_setting(lengths, "tokens_per_param", declared["tokens_per_param"], None,
+                         metavar="T[,T...]")
+    tokens.type = tokens_per_param_list  # also comma-separated
+    add_settings(p, horizon.HorizonConfig,
+                 exclude=(*horizon.HorizonConfig.NOT_FLAGS, "horizons", "tokens_per_param"))
     add_muon_option_flags(p)
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the name of --out)")
-    p.add_argument("--plan", action="store_true",
-                   help="print the runs and their estimated CPU time (a few steps of each "
-                   "optimizer timed here), then stop; nothing is written")
-    p.add_argument("--report-only", action="store_true",
-                   help="only redraw the report of --out (other flags are ignored)")
+    add_tree_settings(p, ("plan", "report_only"))
     p.set_defaults(func=run_command)

@@ -20,27 +20,22 @@ from muonkit.distributed.env import (
     compute_init,
     is_distributed,
 )
-from muonkit.registry import OPTIMIZER_NAMES, OPTIMIZERS, PARALLEL_MODES, check_parallel
-from muonkit.schedules import DECAYS
+from muonkit.registry import check_parallel
 
-from ..data.text import BUNDLED, TOKENIZERS
 from ..experiments.runs import default_threads
-from ..models.gpt import PRESETS
-from ..train.config import DTYPES, TrainConfig, resume_may_differ
+from ..train.config import TrainConfig, resume_may_differ
 from ..train.files import RunComplete, setting_name
 from ..train.gpt import FLAG_NAMES, GPTRunConfig, sample_text, train_gpt
 from ..train.loop import TrainingInterrupted
+from ..train.settings import SETTINGS
 from .common import (
-    FRACTION,
-    MOMENTUM,
-    NONNEGATIVE,
-    NONNEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
     add_command,
     add_muon_option_flags,
-    add_qk_clip_flag,
+    add_setting,
+    add_settings,
     add_tracker_arguments,
+    add_tree_settings,
+    group_of,
     muon_options_from_args,
     trackers_from_args,
 )
@@ -57,73 +52,17 @@ RESUME_HELP = ("continue the run in OUT from OUT/ckpt.pt; every flag that change
                "LR schedule then spanning it)")
 
 
-def add_gpt_arguments(p: argparse.ArgumentParser, progress: bool = True) -> None:
+def add_gpt_arguments(p: argparse.ArgumentParser, exclude=(), **defaults) -> None:
     """Model, data, loop and optimizer flags of :class:`GPTRunConfig` (``config_from_args``
-    reads them back); ``progress=False``: no ``--no-progress`` (a command that shows its own)."""
-    d = GPTRunConfig()
-    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="GPT size")
-    p.add_argument("--data", default=d.data,
-                   help=f"'{BUNDLED}' (bundled), a text file, or a dir with train.bin/val.bin")
-    p.add_argument("--tokenizer", default=d.tokenizer, choices=TOKENIZERS,
-                   help="char-level, byte-level (UTF-8 bytes, 256 ids: reads any text), or "
-                        "GPT-2 BPE via tiktoken (for text files)")
-    p.add_argument("--steps", type=POSITIVE_INT, default=d.steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size,
-                   help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=POSITIVE_INT, default=d.grad_accum,
-                   help="micro-batches per step")
-    p.add_argument("--block-size", type=POSITIVE_INT, default=d.block_size,
-                   help="context length (None: the preset's)")
-    p.add_argument("--dropout", type=MOMENTUM, default=d.dropout, help="None: the preset's (0)")
-    p.add_argument("--rope", action="store_true", help="rotary instead of learned positions")
-    p.add_argument("--untied", action="store_true", help="separate lm_head and wte weights")
-    p.add_argument("--warmup", type=NONNEGATIVE_INT, default=d.warmup, help="LR warmup steps")
-    p.add_argument("--decay", default=d.decay, choices=DECAYS, help="LR decay after warmup")
-    p.add_argument("--min-lr-ratio", type=FRACTION, default=d.min_lr_ratio,
-                   help="final LR / peak LR")
-    p.add_argument("--grad-clip", type=NONNEGATIVE, default=d.grad_clip,
-                   help="max grad norm (0: off)")
-    p.add_argument("--eval-every", type=NONNEGATIVE_INT, default=d.eval_every,
-                   help="val loss every N steps (0: at the start and the end only)")
-    p.add_argument("--eval-batches", type=POSITIVE_INT, default=d.eval_batches,
-                   help="fixed val batches")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=d.dtype, choices=sorted(DTYPES),
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--peak-flops", type=POSITIVE, default=d.peak_flops,
-                   help="device peak FLOP/s for MFU (None: known GPUs' bf16 peak, else no MFU)")
-    if progress:
-        p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    reads them back), generated from the config tree, but ``exclude`` (fields a command sets
+    otherwise), the tracker flags, ``--no-tensorboard`` and the ``--ns-*`` flags; ``defaults``:
+    the ``defaults`` and ``none_means`` of :func:`muonlab.cli.common.add_settings`."""
+    add_settings(p, GPTRunConfig, exclude=exclude, **defaults)
     add_tracker_arguments(p, "tensorboard when installed",
                           "W&B run name (None: the run's name; compare: the runs' group)")
-    p.add_argument("--no-tensorboard", action="store_true",
+    group_of(p, "train").add_argument("--no-tensorboard", action="store_true",
                    help="leave TensorBoard out of the trackers (the older spelling of "
                    "--tracker none, kept so recorded commands still run)")
-    # optimizer settings (nanoGPT AdamW defaults; Muon on hidden matrices)
-    p.add_argument("--lr", type=POSITIVE, default=d.lr,
-                   help="AdamW lr (the baseline, and the hybrid's AdamW groups)")
-    p.add_argument("--beta2", type=MOMENTUM, default=d.beta2, help="AdamW beta2")
-    p.add_argument("--weight-decay", type=NONNEGATIVE, default=d.weight_decay,
-                   help="AdamW weight decay")
-    p.add_argument("--muon-lr", type=POSITIVE, default=d.muon_lr, help="Muon lr (hidden matrices)")
-    p.add_argument("--muon-momentum", type=MOMENTUM, default=d.muon_momentum,
-                   help="Muon momentum")
-    p.add_argument("--momentum-warmup", type=NONNEGATIVE_INT, default=d.momentum_warmup,
-                   help="Muon momentum 0.85 -> --muon-momentum over N steps (0: off)")
-    p.add_argument("--muon-weight-decay", type=NONNEGATIVE, default=d.muon_weight_decay,
-                   help="Muon decoupled weight decay")
-    p.add_argument("--qkv-split", action="store_true",
-                   help="orthogonalize the fused QKV weight as 3 blocks")
-    p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
-                   help="rank of the low-rank momentum (--optimizer "
-                   f"{' or '.join(n for n, s in OPTIMIZERS.items() if s.takes_rank)})")
-    p.add_argument("--lora-rank", type=NONNEGATIVE_INT, default=d.lora_rank,
-                   help="train LoRA adapters of this rank on the attention and MLP projections, "
-                   "the rest frozen (0: off); Muon or AdamW trains them as --optimizer says")
-    p.add_argument("--lora-alpha", type=POSITIVE, default=d.lora_alpha,
-                   help="LoRA scale alpha (the update is alpha / rank * B A x; None: the rank)")
-    add_qk_clip_flag(p, d.qk_clip)
     add_muon_option_flags(p)
 
 
@@ -134,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> GPTRunConfig:
         for f in dataclasses.fields(GPTRunConfig)
         if hasattr(args, f.name)
     }
-    values["progress"] = not getattr(args, "no_progress", True)
+    values.setdefault("progress", False)  # a command without --no-progress shows its own
     trackers = trackers_from_args(args)
     if args.no_tensorboard:
         trackers = tuple(t for t in trackers or () if t != "tensorboard")
@@ -161,6 +100,7 @@ def check_launch(args: argparse.Namespace) -> None:
 def run_command(args: argparse.Namespace) -> int:
     check_launch(args)  # before torchrun's process group
     run = config_from_args(args)
+    run.refuse_ignored([args.optimizer])
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if args.parallel != "none" else 1
     torch.set_num_threads(run.threads or default_threads(local_ranks))
     changes = {}
@@ -241,28 +181,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_command)
 
 
-def add_run_arguments(p: argparse.ArgumentParser, out: str) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, out: str, **defaults) -> None:
     """The flags of one GPT run (``train``, ``finetune``): optimizer, output, seed,
-    checkpoints, threads, parallel mode, and :func:`add_gpt_arguments`."""
-    p.add_argument("--optimizer", default="muon", choices=OPTIMIZER_NAMES, help="optimizer")
-    p.add_argument("--out", default=out, help="output directory")
-    p.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="init and batch-order seed")
-    p.add_argument("--checkpoint-every", type=NONNEGATIVE_INT, default=0,
-                   help="write OUT/ckpt.pt every N steps (0: never)")
-    again = p.add_mutually_exclusive_group()
+    checkpoints, parallel mode, and :func:`add_gpt_arguments` (with ``defaults``)."""
+    add_tree_settings(p, ("optimizer", "out", "seed", "checkpoint_every"), {"out": out})
+    again = group_of(p, "train").add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help=RESUME_HELP)
-    again.add_argument("--overwrite", action="store_true",
-                       help="replace the run already in OUT (its metrics, checkpoint, tb, wandb)")
-    p.add_argument("--sample", type=NONNEGATIVE_INT, default=0,
-                   help="print N sampled tokens at the end")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch intra-op threads (None: this machine's cores shared among its "
-                   "ranks; never the load, so a rerun computes the same bits)")
-    p.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
-                   help="under torchrun: DDP, FSDP2 or HSDP data parallelism (gloo on CPU)")
-    p.add_argument("--replicate", type=POSITIVE_INT, default=1,
-                   help="--parallel hsdp: replica groups (FSDP2 shards over W / N ranks in each)")
-    add_gpt_arguments(p)
-
-
-
+    add_setting(again, "overwrite", SETTINGS["overwrite"])
+    add_tree_settings(p, ("sample", "parallel", "replicate"))
+    add_gpt_arguments(p, **defaults)

@@ -14,14 +14,13 @@ from pathlib import Path
 from ..experiments import variant_tuned, variants
 from ..experiments.runs import default_threads
 from ..report.variant_tuned import write_report as write_tuned_report
+from ..train.settings import SETTINGS
 from . import variants_gpt
 from .common import (
-    MOMENTUM,
-    NONNEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
     add_command,
     add_muon_option_flags,
+    add_setting,
+    add_settings,
     add_tracker_arguments,
     muon_options_from_args,
     trackers_from_args,
@@ -36,51 +35,15 @@ def register(subparsers) -> None:
         help="memory-saving Muon variants on an MLP (MNIST / CIFAR-10) or the tiny GPT",
         description=variants.__doc__.split("\n\n")[0],
     )
-    p.add_argument("study", choices=[*variants.STUDIES, "gpt"],
-                   help="which study (gpt: the tiny GPT, each optimizer tuned; it reads "
-                   "--seeds, --device, --threads, --out, the tracker, --ns-* and gpt-study "
-                   "flags)")
-    p.add_argument("--dataset", choices=sorted(variants.DATASETS), default=d.dataset,
-                   help="dataset")
-    p.add_argument("--data-dir", default=None,
-                   help="folder holding mnist/ or cifar-10-batches-py/ "
-                   "(None: $MUONKIT_DATA, else ./data)")
-    p.add_argument("--hidden", type=POSITIVE_INT, nargs="+", default=list(d.hidden),
-                   help="hidden widths of the MLP")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=d.epochs, help="training epochs")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size, help="batch size")
-    p.add_argument("--lr", type=POSITIVE, default=d.lr,
-                   help="LR of every Muon-family optimizer (tuned: the centre of their grids)")
-    p.add_argument("--adamw-lr", type=POSITIVE, default=None,
-                   help="AdamW's LR (tuned: the centre of its grid; None: 1e-3, tuned 8e-3)")
-    p.add_argument("--momentum", type=MOMENTUM, default=d.momentum,
-                   help="momentum of every Muon-family optimizer")
-    p.add_argument("--rank", type=POSITIVE_INT, default=d.rank,
-                   help="LoRA-Pre rank (large, hybrid)")
-    p.add_argument("--ranks", type=POSITIVE_INT, nargs="+", default=list(d.ranks),
-                   help="rank-sweep ranks")
-    p.add_argument("--seeds", type=NONNEGATIVE_INT, nargs="+", default=None,
-                   help=f"seeds (each arm runs once per seed; None: {' '.join(map(str, d.seeds))}"
-                   ", gpt and tuned: 0 1 2; tuned: the first one chooses the LRs)")
-    p.add_argument("--train-limit", type=POSITIVE_INT, default=None,
-                   help="use only the first N training examples (None: all)")
-    p.add_argument("--device", default=None,
-                   help=f"auto (cuda if available), cpu, cuda (None: {d.device}, gpt: cpu)")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None,
-                   help="torch intra-op threads (per run; None: this machine's cores shared by "
-                   "the --jobs; never the load, so a rerun computes the same bits)")
-    p.add_argument("--out", default=None, help="output dir (None: runs/variants/<study>; "
-                   "the same command continues the study there)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh, replacing the study in --out (its runs, table and figure; "
-                   "not tuned, which only continues)")
-    tuned = p.add_argument_group("tuned study (each LR swept, runs in their own processes)")
-    tuned.add_argument("--grid-points", type=POSITIVE_INT, default=d.grid_points,
-                       help="factor-2 LR grid size per optimizer")
-    tuned.add_argument("--sweep-extend", type=NONNEGATIVE_INT, default=d.sweep_extend,
-                       help="max points added past each edge of a grid")
-    tuned.add_argument("--val-size", type=POSITIVE_INT, default=d.val_size,
-                       help="training examples held out to choose the LRs")
+    add_setting(p, "study", dataclasses.replace(
+        SETTINGS["study"], choices=(*variants.STUDIES, "gpt"),
+        help="which study (gpt: the tiny GPT, each optimizer tuned; it reads --seeds, --device, "
+        "--threads, --jobs, --out, the tracker, --ns-* and gpt-study flags)"), positional=True)
+    # None: the study's own default (the gpt study's are VariantGPTConfig's)
+    add_settings(p, variants.StudyConfig, exclude=("study",), none_means={
+        "seeds": f"{' '.join(map(str, d.seeds))}; gpt and tuned: 0 1 2",
+        "device": f"{d.device}; gpt: cpu", "out": "runs/variants/<study>"},
+        defaults={"device": None})
     add_muon_option_flags(p)
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the study's name)")
     variants_gpt.add_arguments(p)

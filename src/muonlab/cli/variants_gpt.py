@@ -4,15 +4,18 @@ its flags join those of `muonkit variants` (:mod:`muonlab.cli.variants`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
 from ..experiments import horizon, variants_gpt
 from ..experiments.runs import default_threads
 from ..report.variants_gpt import build_report
+from ..train.settings import SETTINGS, settings_of
 from .common import (
-    POSITIVE_INT,
-    add_qk_clip_flag,
+    add_setting,
+    add_tree_settings,
+    group_of,
     muon_options_from_args,
     trackers_from_args,
 )
@@ -20,16 +23,14 @@ from .common import (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags only the gpt study reads (it also reads --seeds, --device, --threads,
-    --out, the tracker flags and the --ns-* flags)."""
+    --jobs, --out, the tracker flags and the --ns-* flags)."""
     d = variants_gpt.VariantGPTConfig()
-    g = p.add_argument_group("gpt study")
-    g.add_argument("--steps", type=POSITIVE_INT, default=d.steps, help="steps per run")
-    g.add_argument("--contenders", nargs="+", default=d.contenders,
-                   choices=list(variants_gpt.CONTENDERS), help="optimizers to compare")
-    g.add_argument("--jobs", type=POSITIVE_INT, default=1, help="runs at once")
-    add_qk_clip_flag(g)
-    g.add_argument("--report-only", action="store_true",
-                   help="only redraw the report of --out (other flags are ignored)")
+    steps = dataclasses.replace(SETTINGS["steps"], help="steps per run (gpt)")
+    add_setting(group_of(p, "study"), "steps", steps, d.steps)
+    contenders = settings_of(variants_gpt.VariantGPTConfig)["contenders"]
+    add_setting(group_of(p, "study"), "contenders", contenders, d.contenders)
+    add_setting(group_of(p, "optimizer"), "qk_clip", SETTINGS["qk_clip"])
+    add_tree_settings(p, ("report_only",))
 
 
 def config_from_args(args: argparse.Namespace) -> variants_gpt.VariantGPTConfig:

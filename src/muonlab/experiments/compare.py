@@ -36,12 +36,13 @@ import torch
 from muonkit.hardware import machine_info
 
 from ..report.compare import build_compare_report
-from ..train.checks import check_number
 from ..train.files import write_whole
-from ..train.gpt import GPTRunConfig
+from ..train.gpt import FLAG_NAMES, GPTRunConfig
+from ..train.settings import check_settings, setting
 from .runs import (
     RunSpec,
     SlotPool,
+    check_same_study,
     default_threads,
     run_concurrently,
     run_in_process,
@@ -58,30 +59,25 @@ class CompareConfig:
 
     gpt: GPTRunConfig = field(default_factory=GPTRunConfig)
     command: str | None = None
-    out: str = "runs/compare"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    optimizers: list[str] = field(default_factory=lambda: ["adamw", "muon"])
-    lr_sweep: bool = False
-    sweep_steps: int | None = None
-    adamw_lrs: list[float] = field(default_factory=lambda: [2.5e-3, 5e-3, 1e-2])
-    muon_lrs: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.04])
-    aux_lr: float | None = None
-    aux_lrs: list[float] | None = None
-    sweep_extend: int = 2
-    sweep_full_topk: int = 0
-    threads: int | None = None
-    jobs: int = 1
-    isolate: bool = True
-    overwrite: bool = False
+    out: str = setting("out", default="runs/compare")
+    overwrite: bool = setting("overwrite")
+    seeds: list[int] = setting("seeds")
+    optimizers: list[str] = setting("optimizers")
+    lr_sweep: bool = setting("lr_sweep")
+    sweep_steps: int | None = setting("sweep_steps")
+    adamw_lrs: list[float] = setting("adamw_lrs")
+    muon_lrs: list[float] = setting("muon_lrs")
+    aux_lr: float | None = setting("aux_lr")
+    aux_lrs: list[float] | None = setting("aux_lrs")
+    sweep_extend: int = setting("sweep_extend")
+    sweep_full_topk: int = setting("sweep_full_topk")
+    threads: int | None = setting("threads")
+    jobs: int = setting("jobs")
+    isolate: bool = setting("isolate")
 
     def __post_init__(self) -> None:
-        for name, bounds in BOUNDS.items():
-            values = getattr(self, name)
-            for value in values if isinstance(values, list) else [values]:
-                if value is not None:
-                    check_number(f"--{name.replace('_', '-')}", value, **bounds)
-        if not self.seeds or not self.optimizers:
-            raise ValueError("--seeds and --optimizers need at least one value")
+        check_settings(self)
+        self.gpt.refuse_ignored(self.optimizers, "--optimizers")
         for name in ("adamw_lrs", "muon_lrs", "aux_lrs"):
             if getattr(self, name):
                 try:
@@ -92,15 +88,6 @@ class CompareConfig:
         if self.lr_sweep and steps <= self.gpt.warmup:
             raise ValueError(f"sweep runs must be longer than --warmup ({self.gpt.warmup} "
                              f"steps); they take {steps} (--sweep-steps, else --steps / 4)")
-
-
-# Bounds of the numeric settings (:func:`muonlab.train.checks.check_number`).
-BOUNDS = {
-    "seeds": {"ge": 0, "integer": True}, "sweep_steps": {"ge": 1, "integer": True},
-    "adamw_lrs": {"gt": 0}, "muon_lrs": {"gt": 0}, "aux_lr": {"gt": 0}, "aux_lrs": {"gt": 0},
-    "sweep_extend": {"ge": 0, "integer": True}, "sweep_full_topk": {"ge": 0, "integer": True},
-    "threads": {"ge": 1, "integer": True}, "jobs": {"ge": 1, "integer": True},
-}
 
 
 class Experiment:
@@ -234,15 +221,12 @@ def prepare_out(cfg: CompareConfig) -> Path:
     old = [out / sub for sub in ("runs", "sweep", "sweep-full") if (out / sub).exists()]
     identity = study_identity(cfg)
     if old and not cfg.overwrite:
-        recorded = (json.loads((out / STUDY_FILE).read_text())
-                    if (out / STUDY_FILE).exists() else None)
-        if recorded == identity:
-            return out
-        differ = ("" if recorded is None else ": " + ", ".join(
-            f"--{k.replace('_', '-')} {recorded.get(k)!r} there, {v!r} given"
-            for k, v in identity.items() if recorded.get(k) != v))
-        raise FileExistsError(f"{out} already holds another compare experiment{differ}; "
-                              "pass --overwrite to replace it, or choose another --out")
+        other = "another compare experiment"
+        remedy = "pass --overwrite to replace it, or choose another --out"
+        if not (out / STUDY_FILE).exists():  # one begun before study.json was written
+            raise ValueError(f"{out} already holds {other}; {remedy}")
+        check_same_study(out / STUDY_FILE, identity, FLAG_NAMES, what=other, remedy=remedy)
+        return out
     for path in old:
         shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,13 +46,13 @@ import torch
 from muonkit import hardware
 from muonkit.options import MuonOptions
 
-from ..data.text import BUNDLED, TokenBatches
+from ..data.text import TokenBatches
 from ..models.gpt import GPT, GPTConfig
-from ..train.checks import check_number
 from ..train.config import resolve_device
 from ..train.files import append_line, setting_name, write_whole
 from ..train.gpt import gpt_optimizer, load_gpt_data
 from ..train.loop import TrainConfig
+from ..train.settings import check_settings, setting
 from ..train.step import lm_loss
 from ..train.trackers import resolve_trackers
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
@@ -91,18 +91,6 @@ CONTENDERS = {
 }
 
 
-# Bounds of the numeric settings (:func:`muonlab.train.checks.check_number`).
-BOUNDS = {
-    **{k: {"ge": 1, "integer": True} for k in (
-        "horizons", "batch_size", "block_size", "eval_batches", "evals_per_run", "grid_points",
-        "jobs", "threads")},
-    "seeds": {"ge": 0, "integer": True}, "sweep_extend": {"ge": 0, "integer": True},
-    "tune_seed": {"ge": 0, "integer": True}, "tokens_per_param": {"gt": 0},
-    "warmup_frac": {"ge": 0, "le": 1}, "momentum_warmup_frac": {"ge": 0, "le": 1},
-    "min_lr_ratio": {"ge": 0, "le": 1}, "grad_clip": {"ge": 0}, "qk_clip": {"gt": 0},
-}
-
-
 @dataclass
 class HorizonConfig:
     """The study's settings (everything but ``RUNTIME``: ``out``, ``jobs``, ``threads``,
@@ -119,47 +107,46 @@ class HorizonConfig:
 
     table: ClassVar[dict[str, Contender]] = CONTENDERS
 
-    out: str = "runs/horizon"
-    horizons: list[int] = field(default_factory=lambda: [250, 800, 2500])
-    tokens_per_param: list[float] | None = None
-    tune_seed: int | None = 0
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    contenders: list[str] = field(default_factory=lambda: list(CONTENDERS))
-    preset: str = "tiny"
-    data: str = BUNDLED
-    batch_size: int = 12
-    block_size: int | None = None
+    out: str = setting("out", default="runs/horizon")
+    horizons: list[int] = setting("horizons")
+    tokens_per_param: list[float] | None = setting("tokens_per_param")
+    tune_seed: int | None = setting("tune_seed")
+    seeds: list[int] = setting("seeds", default=(1, 2, 3, 4, 5))
+    contenders: list[str] = setting("contenders", default=tuple(CONTENDERS),
+                                    choices=tuple(CONTENDERS))
+    preset: str = setting("preset")
+    data: str = setting("data")
+    batch_size: int = setting("batch_size")
+    block_size: int | None = setting("block_size")
     model_overrides: dict = field(default_factory=dict)
-    eval_batches: int = 20
-    evals_per_run: int = 10
-    warmup_frac: float = 0.05
-    momentum_warmup_frac: float = 0.15
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    grid_points: int = 3
-    sweep_extend: int = 2
-    device: str = "cpu"
-    jobs: int = 1
-    threads: int = 1
+    eval_batches: int = setting("eval_batches")
+    evals_per_run: int = setting("evals_per_run")
+    warmup_frac: float = setting("warmup_frac")
+    momentum_warmup_frac: float = setting("momentum_warmup_frac")
+    min_lr_ratio: float = setting("min_lr_ratio")
+    grad_clip: float = setting("grad_clip")
+    grid_points: int = setting("grid_points")
+    sweep_extend: int = setting("sweep_extend")
+    device: str = setting("device", default="cpu")
+    jobs: int = setting("jobs")
+    threads: int = setting("threads", default=1)
     trackers: tuple[str, ...] = ()
     wandb_project: str = "muonkit"
     wandb_run_name: str | None = None
     muon_options: dict = field(default_factory=dict)
-    qk_clip: float | None = None
+    qk_clip: float | None = setting("qk_clip")
 
     RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
                "wandb_run_name")
+    # settings of the study that `muonkit horizon` does not take as flags (their defaults hold)
+    NOT_FLAGS = ("warmup_frac", "momentum_warmup_frac", "min_lr_ratio", "grad_clip")
     # how messages name a setting whose flag is not "--" + its name (files.setting_name)
     FLAG_NAMES: ClassVar[dict[str, str]] = {
         "study": "the kind of study",
         "machine_class": "the machine class (device, CPU or GPU, --threads)"}
 
     def __post_init__(self) -> None:
-        for name, bounds in BOUNDS.items():
-            values = getattr(self, name)
-            for value in values if isinstance(values, list) else [values]:
-                if value is not None:
-                    check_number(f"--{name.replace('_', '-')}", value, **bounds)
+        check_settings(self)
         resolve_device(self.device)  # an unknown device fails before anything is written
         self.trackers = resolve_trackers(self.trackers)
         unknown = sorted(set(self.contenders) - set(self.table))

@@ -75,19 +75,21 @@ class StudyInterrupted(KeyboardInterrupt):
 
 
 def check_same_study(saved: Path, study: dict, flag_names: Mapping[str, str] = {},  # noqa: B006
-                     may_change: Iterable[str] = ()) -> None:
+                     may_change: Iterable[str] = (), *, what: str = "a study with other "
+                     "settings", remedy: str = "rerun with the study's settings to continue "
+                     "it, or use another --out") -> None:
     """Refuse to continue the study whose settings file ``saved`` (its ``study.json``, if
-    there) holds other settings than ``study`` (``may_change`` aside), in one line naming each
-    differing setting as its flag (``flag_names``, else ``--`` + its name) with both values."""
+    there) holds other settings than ``study`` (``may_change`` aside), in one line: the
+    directory holds ``what``, each differing setting as its flag (``flag_names``, else ``--``
+    + its name) with both values, and ``remedy``."""
     if not saved.exists():
         return
     old = json.loads(saved.read_text())
     keys = sorted((set(old) | set(study)) - set(may_change))
-    diff = [f"{setting_name(k, flag_names)}: study {old.get(k)!r}, given {study.get(k)!r}"
+    diff = [f"{setting_name(k, flag_names)} {old.get(k)!r} there, {study.get(k)!r} given"
             for k in keys if old.get(k) != study.get(k)]
     if diff:
-        raise ValueError(f"{saved.parent} holds a study with other settings ({'; '.join(diff)})"
-                         "; rerun with the study's settings to continue it, or use another --out")
+        raise ValueError(f"{saved.parent} holds {what} ({'; '.join(diff)}); {remedy}")
 
 
 @dataclass

@@ -8,45 +8,23 @@ import json
 from dataclasses import dataclass, field
 
 from muonkit.options import MuonOptions
+from muonkit.registry import OPTIMIZER_NAMES, canonical_name
 
-from ..train.checks import check_number
 from ..train.config import resolve_device
+from ..train.settings import check_settings, setting
 from ..train.trackers import resolve_trackers
 
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid", "tuned")
 MIXINGS = ("momentum_form", "gradient_heavy")  # the Muon family's ``mixing`` option
 DATASETS = {"mnist": 784, "cifar10": 3072}
-ARM_KINDS = ("adamw", "muon", "lora_pre", "kronecker", "hybrid_kronecker")
+ARM_KINDS = OPTIMIZER_NAMES  # an arm's kind is a registry name (muonkit.registry)
 
-STUDY_BOUNDS = {  # numeric StudyConfig fields (lists: each value), None-valued ones skipped
-    "hidden": dict(integer=True, ge=1),
-    "epochs": dict(integer=True, ge=1),
-    "batch_size": dict(integer=True, ge=1),
-    "lr": dict(gt=0),
-    "adamw_lr": dict(gt=0),
-    "momentum": dict(ge=0, lt=1),
-    "rank": dict(integer=True, ge=1),
-    "ranks": dict(integer=True, ge=1),
-    "seeds": dict(integer=True, ge=0),
-    "train_limit": dict(integer=True, ge=1),
-    "threads": dict(integer=True, ge=1),
-    "jobs": dict(integer=True, ge=1),
-    "grid_points": dict(integer=True, ge=1),
-    "sweep_extend": dict(integer=True, ge=0),
-    "val_size": dict(integer=True, ge=1),
-}
 # Defaults that depend on the study: the tuned study's LRs are the centres of its grids
 # (AdamW's nearer the 3e-3..1e-2 that issue 17 measured), and it runs 3 seeds.
 STUDY_DEFAULTS = {
     "tuned": dict(adamw_lr=8e-3, seeds=(0, 1, 2)),
     None: dict(adamw_lr=1e-3, seeds=(0, 1)),
 }
-
-
-def _values(value) -> tuple:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 @dataclass
@@ -57,47 +35,40 @@ class StudyConfig:
     ``sweep_extend`` and ``val_size``; the others ignore them. ``muon_options``: further
     :class:`muonkit.MuonOptions` of every Muon-family arm (the ``--ns-*`` flags)."""
 
-    study: str
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    hidden: tuple[int, ...] = (256, 128)
-    epochs: int = 3
-    batch_size: int = 256
-    lr: float = 0.02
-    adamw_lr: float | None = None
-    momentum: float = 0.95
-    rank: int = 16
-    ranks: tuple[int, ...] = (4, 8, 16, 32, 64, 128)
-    seeds: tuple[int, ...] | None = None
-    train_limit: int | None = None
-    device: str = "auto"
-    threads: int | None = None
-    out: str | None = None  # None: runs/variants/<study>
-    overwrite: bool = False  # replace the runs of an earlier study in ``out`` (else refused)
+    study: str = setting("study", choices=STUDIES)
+    dataset: str = setting("dataset", choices=tuple(sorted(DATASETS)))
+    data_dir: str | None = setting("data_dir")
+    hidden: tuple[int, ...] = setting("hidden")
+    epochs: int = setting("epochs")
+    batch_size: int = setting("batch_size", default=256)
+    lr: float = setting("mlp_lr")
+    adamw_lr: float | None = setting("adamw_lr")
+    momentum: float = setting("momentum")
+    rank: int = setting("rank")
+    ranks: tuple[int, ...] = setting("ranks")
+    seeds: tuple[int, ...] | None = setting("seeds", default=None)
+    train_limit: int | None = setting("train_limit")
+    device: str = setting("device")
+    threads: int | None = setting("threads")
+    out: str | None = setting("out")  # None: runs/variants/<study>
+    overwrite: bool = setting("overwrite")  # replace the runs of an earlier study in ``out``
     trackers: tuple[str, ...] = ()  # experiment trackers of every run (default none)
     wandb_project: str = "muonkit"
     wandb_run_name: str | None = None  # the W&B group of the runs (None: the study's name)
-    jobs: int = 1  # runs at once (tuned)
-    grid_points: int = 3  # factor-2 LR grid size per arm (tuned)
-    sweep_extend: int = 2  # max points added past each edge of a grid (tuned)
-    val_size: int = 10_000  # training examples held out to choose the LRs (tuned)
+    jobs: int = setting("jobs")  # runs at once (tuned)
+    grid_points: int = setting("grid_points")  # factor-2 LR grid size per arm (tuned)
+    sweep_extend: int = setting("sweep_extend")  # max points added past each edge (tuned)
+    val_size: int = setting("val_size")  # examples held out to choose the LRs (tuned)
     muon_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name, valid in (("study", STUDIES), ("dataset", tuple(DATASETS))):
-            if getattr(self, name) not in valid:
-                raise ValueError(
-                    f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}"
-                )
+        if self.study is None:
+            raise ValueError(f"which study? one of {', '.join(STUDIES)}")
+        check_settings(self)
         defaults = STUDY_DEFAULTS.get(self.study, STUDY_DEFAULTS[None])
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if not self.seeds or not self.ranks or not self.hidden:
-            raise ValueError("--seeds, --ranks and --hidden need at least one value")
-        for name, bounds in STUDY_BOUNDS.items():
-            for value in _values(getattr(self, name)):
-                check_number(f"--{name.replace('_', '-')}", value, **bounds)
         self.hidden, self.ranks, self.seeds = (
             tuple(self.hidden),
             tuple(self.ranks),
@@ -117,12 +88,21 @@ class Arm:
     """One optimizer setting of a study (``mixing``: the Muon family's momentum mixing)."""
 
     label: str
-    kind: str  # one of ARM_KINDS
+    kind: str  # a registry name (ARM_KINDS); a former spelling (records) is read as it
     rank: int | None = None
     mixing: str = "momentum_form"  # one of MIXINGS; ignored by AdamW
+    folder: str | None = None  # the name an older study's directories gave it (its slug then)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", canonical_name(self.kind))
+        if self.kind not in ARM_KINDS:
+            raise ValueError(f"optimizer kind must be one of {list(ARM_KINDS)}, "
+                             f"got {self.kind!r}")
 
     @property
     def slug(self) -> str:
+        if self.folder is not None:
+            return self.folder
         rank = f"-r{self.rank}" if self.rank is not None else ""
         return self.kind + rank + ("-gh" if self.mixing == "gradient_heavy" else "")
 

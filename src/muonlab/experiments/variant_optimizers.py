@@ -8,11 +8,11 @@ import warnings
 import torch
 from torch import nn
 
-from muonkit.muon import Muon
+from muonkit import registry
 
 from ..models.mlp import MLP
 from ..train import optimizer_state_bytes as train_optimizer_state_bytes
-from .variant_config import ARM_KINDS, DATASETS, Arm, StudyConfig
+from .variant_config import DATASETS, Arm, StudyConfig
 
 
 def build_model(cfg: StudyConfig, seed: int) -> MLP:
@@ -22,30 +22,23 @@ def build_model(cfg: StudyConfig, seed: int) -> MLP:
 
 def arm_lr(arm: Arm, cfg: StudyConfig) -> float:
     """The study's LR of ``arm`` (AdamW: ``adamw_lr``, the Muon family: ``lr``)."""
-    return cfg.adamw_lr if arm.kind == "adamw" else cfg.lr
+    return cfg.lr if registry.get(arm.kind).is_muon else cfg.adamw_lr
 
 
 def build_optimizer(
     arm: Arm, model: nn.Module, cfg: StudyConfig, lr: float | None = None
 ) -> torch.optim.Optimizer:
-    """The optimizer of ``arm`` over all of ``model``'s parameters, at ``lr`` (None: the
+    """The optimizer of ``arm`` over all of ``model``'s parameters
+    (:func:`muonkit.registry.build_matrix_optimizer`: no AdamW groups), at ``lr`` (None: the
     study's, :func:`arm_lr`)."""
-    params = list(model.parameters())
     lr = arm_lr(arm, cfg) if lr is None else lr
-    if arm.kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    common = dict(lr=lr, momentum=cfg.momentum, mixing=arm.mixing, **cfg.muon_options)
-    if arm.kind == "muon":
-        return Muon(params, **common)
-    from muonkit import variants
-
-    if arm.kind == "lora_pre":
-        return variants.LoRAPreMuon(params, rank=arm.rank, **common)
-    if arm.kind == "kronecker":
-        return variants.KroneckerMuon(params, **common)
-    if arm.kind == "hybrid_kronecker":
-        return variants.HybridKroneckerMuon(model, **common)
-    raise ValueError(f"optimizer kind must be one of {list(ARM_KINDS)}, got {arm.kind!r}")
+    spec = registry.get(arm.kind)
+    if not spec.is_muon:
+        return registry.build_matrix_optimizer(arm.kind, model, lr=lr, weight_decay=0.0)
+    options = dict(lr=lr, momentum=cfg.momentum, mixing=arm.mixing, **cfg.muon_options)
+    if spec.takes_rank:
+        options["rank"] = arm.rank
+    return registry.build_matrix_optimizer(arm.kind, model, **options)
 
 
 def per_param_state_bytes(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:
@@ -90,7 +83,7 @@ def equal_memory_rank(model: nn.Module, cfg: StudyConfig) -> tuple[int, int, int
     max_rank = max(min(p.shape) for p in model.parameters())
     best = None
     for rank in range(1, max_rank + 1):  # state grows with the rank: stop once past the target
-        size = measure_state_bytes(Arm("LoRA-Pre", "lora_pre", rank), model, cfg)
+        size = measure_state_bytes(Arm("LoRA-Pre", "lorapre", rank), model, cfg)
         if best is None or abs(size - target) < abs(best[1] - target):
             best = (rank, size)
         if size >= target:
@@ -101,12 +94,12 @@ def equal_memory_rank(model: nn.Module, cfg: StudyConfig) -> tuple[int, int, int
 def study_arms(cfg: StudyConfig, model: nn.Module) -> list[Arm]:
     """The arms of ``cfg.study``. Every study has dense Muon (the reference for savings)."""
     muon, kron = Arm("Muon", "muon"), Arm("Kronecker", "kronecker")
-    lora = Arm(f"LoRA-Pre r={cfg.rank}", "lora_pre", cfg.rank)
+    lora = Arm(f"LoRA-Pre r={cfg.rank}", "lorapre", cfg.rank)
     if cfg.study == "large":
         return [Arm("AdamW", "adamw"), muon, lora, kron]
     if cfg.study == "equal-memory":
         rank, _, _ = equal_memory_rank(model, cfg)
-        return [muon, kron, Arm(f"LoRA-Pre r={rank} (equal memory)", "lora_pre", rank)]
+        return [muon, kron, Arm(f"LoRA-Pre r={rank} (equal memory)", "lorapre", rank)]
     if cfg.study == "rank-sweep":
-        return [muon, kron] + [Arm(f"LoRA-Pre r={r}", "lora_pre", r) for r in cfg.ranks]
-    return [muon, Arm("Hybrid Kronecker", "hybrid_kronecker"), lora]
+        return [muon, kron] + [Arm(f"LoRA-Pre r={r}", "lorapre", r) for r in cfg.ranks]
+    return [muon, Arm("Hybrid Kronecker", "kronecker-hybrid"), lora]

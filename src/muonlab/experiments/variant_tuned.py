@@ -33,6 +33,8 @@ import json
 import threading
 from pathlib import Path
 
+from muonkit.registry import canonical_name
+
 from ..data.vision import load_flat
 from ..report.variant_tuned import write_report
 from ..train import TrainConfig
@@ -74,10 +76,10 @@ def tuned_arms(cfg: StudyConfig) -> tuple[list[Arm], dict[str, list[str]]]:
         notes = [n for n, v in (("full", full), ("equal memory", equal)) if r == v]
         notes += ["gradient-heavy"] if mixing == "gradient_heavy" else []
         label = f"LoRA-Pre r={r}" + (f" ({', '.join(notes)})" if notes else "")
-        return Arm(label, "lora_pre", r, mixing)
+        return Arm(label, "lorapre", r, mixing)
 
     adamw, muon = Arm("AdamW", "adamw"), Arm("Muon", "muon")
-    kron, hybrid = Arm("Kronecker", "kronecker"), Arm("Hybrid Kronecker", "hybrid_kronecker")
+    kron, hybrid = Arm("Kronecker", "kronecker"), Arm("Hybrid Kronecker", "kronecker-hybrid")
     muon_gh = Arm("Muon (gradient-heavy)", "muon", None, "gradient_heavy")
     ablation = [muon, muon_gh, lora(full), lora(full, "gradient_heavy"), lora(cfg.rank),
                 lora(cfg.rank, "gradient_heavy")]
@@ -92,6 +94,22 @@ def tuned_arms(cfg: StudyConfig) -> tuple[list[Arm], dict[str, list[str]]]:
     }
     return arms, {name: list(dict.fromkeys(a.slug for a in group))
                   for name, group in groups.items()}
+
+
+def keep_former_slugs(arms: list[Arm], groups: dict[str, list[str]], out: Path
+                      ) -> tuple[list[Arm], dict[str, list[str]]]:
+    """``arms`` and ``groups`` with each arm that a study already in ``out`` ran under another
+    slug (its ``arms.json``, written with the former kind names, "lora_pre-r16") keeping that
+    slug, its directory: the same command continues the study."""
+    path = out / "arms.json"
+    if not path.exists():
+        return arms, groups
+    saved = {(canonical_name(a["kind"]), a["rank"], a["mixing"]): a["slug"]
+             for a in json.loads(path.read_text())["arms"]}
+    kept = [dataclasses.replace(a, folder=saved[(a.kind, a.rank, a.mixing)])
+            if saved.get((a.kind, a.rank, a.mixing), a.slug) != a.slug else a for a in arms]
+    renamed = {a.slug: b.slug for a, b in zip(arms, kept, strict=True)}
+    return kept, {name: [renamed.get(s, s) for s in slugs] for name, slugs in groups.items()}
 
 
 class TunedStudy:
@@ -147,7 +165,8 @@ def prepare_out(cfg: StudyConfig, arms: list[Arm], groups: dict, command: str) -
     check_same_study(saved, study, {"study": "the kind of study"}, may_change=MAY_CHANGE)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(saved, json.dumps(study, indent=1))
-    table = [dataclasses.asdict(a) | {"slug": a.slug} for a in arms]
+    table = [{k: v for k, v in dataclasses.asdict(a).items() if k != "folder"} | {"slug": a.slug}
+             for a in arms]
     write_whole(out / "arms.json", json.dumps({"arms": table, "groups": groups}, indent=1))
     append_line(out / "commands.txt", command)
     return out
@@ -161,7 +180,7 @@ def run_tuned(cfg: StudyConfig, command: str = "", log=print, runner=None) -> di
         raise ValueError("the tuned study continues an earlier run in --out (finished runs "
                          "are kept); choose another --out to start afresh, not --overwrite")
     train_size = len(load_split(cfg)["train"][0])
-    arms, groups = tuned_arms(cfg)
+    arms, groups = keep_former_slugs(*tuned_arms(cfg), Path(cfg.out))
     out = prepare_out(cfg, arms, groups, command)
     steps_per_epoch = -(-train_size // cfg.batch_size)
     TunedStudy(cfg, arms, steps_per_epoch, log, runner).run_all()

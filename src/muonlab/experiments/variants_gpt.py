@@ -17,9 +17,12 @@ writes ``report.md`` and the figures.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
+from muonkit import registry
+
+from ..train.settings import setting
 from .horizon import CONTENDERS as HORIZON_CONTENDERS
 from .horizon import Contender, HorizonConfig
 
@@ -31,14 +34,27 @@ def _variant(optimizer: str, about: str, **options) -> Contender:
     return Contender(optimizer, "muon_lr", 0.02, {**NO_WD, **options}, about=about)
 
 
+RANKS = (1, 4, 16)  # the ranks of an optimizer that takes one (LoRA-Pre)
+
+
+def memory_savers() -> dict[str, Contender]:
+    """A contender per memory-saving optimizer of the registry (``saves_memory``), one per rank
+    of :data:`RANKS` for one that takes a rank: a variant added to the registry joins the
+    study."""
+    out = {}
+    for name, spec in registry.OPTIMIZERS.items():
+        if spec.saves_memory and spec.takes_rank:
+            out |= {f"{name}-r{r}": _variant(name, f"{spec.summary}, rank {r}", rank=r)
+                    for r in RANKS}
+        elif spec.saves_memory:
+            out[name] = _variant(name, spec.summary)
+    return out
+
+
 CONTENDERS = {
     "adamw": HORIZON_CONTENDERS["adamw"],
     "muon": _variant("muon", "dense Muon hybrid (no weight decay on the Muon matrices)"),
-    **{f"lorapre-r{r}": _variant("lorapre", f"LoRA-Pre, rank-{r} momentum factors", rank=r)
-       for r in (1, 4, 16)},
-    "kronecker": _variant("kronecker", "Kronecker-factored momentum"),
-    "kronecker-hybrid": _variant(
-        "kronecker-hybrid", "Kronecker momentum, dense Muon momentum on the last block"),
+    **memory_savers(),
     # ablations (not run by default): LoRA-Pre's printed mixing g + mu * EMA(g)
     "muon-gradient-heavy": _variant("muon", "dense Muon, mixing='gradient_heavy' (ablation)",
                                     mixing="gradient_heavy"),
@@ -59,11 +75,12 @@ class VariantGPTConfig(HorizonConfig):
     FLAG_NAMES: ClassVar[dict[str, str]] = {**HorizonConfig.FLAG_NAMES, "horizons": "--steps",
                                             "evals_per_run": "the evaluations per run"}
 
-    out: str = "runs/variants/gpt"
-    horizons: list[int] = field(default_factory=lambda: [800])
-    tune_seed: int | None = None  # seeds[0] tunes and is reported (the study's form so far)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    contenders: list[str] = field(default_factory=lambda: list(DEFAULT_CONTENDERS))
+    out: str = setting("out", default="runs/variants/gpt")
+    horizons: list[int] = setting("horizons", default=(800,))
+    tune_seed: int | None = setting("tune_seed", default=None)  # seeds[0] tunes and reports
+    seeds: list[int] = setting("seeds")
+    contenders: list[str] = setting("contenders", default=tuple(DEFAULT_CONTENDERS),
+                                    choices=tuple(CONTENDERS))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
+from muonkit import registry  # noqa: E402
+
 from .metrics import Run, common_val_steps, mean_curve, val_loss_at  # noqa: E402
 from .stats import summarize  # noqa: E402
 from .tables import fmt_bytes  # noqa: E402
@@ -328,8 +330,8 @@ def plot_memory_tradeoff(rows: list[dict], path: Path, title: str) -> Path:
     optimizer-state bytes, 95% t intervals over seeds: the LoRA-Pre ranks as a curve, every
     other optimizer (AdamW, dense Muon, Kronecker) as a point with a dashed line at its mean."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    lora = [r for r in rows if r["kind"] == "lora_pre"]
-    others = [r for r in rows if r["kind"] != "lora_pre"]
+    lora = [r for r in rows if registry.get(r["kind"]).takes_rank]
+    others = [r for r in rows if not registry.get(r["kind"]).takes_rank]
     ns = [len(r["test_accs"]) for r in rows]
     for ax, key, scale, ylabel, panel in (
         (axes[0], "test_accs", 100, "test accuracy (%)", "final test accuracy"),

@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from muonkit import registry
+from muonkit.registry import canonical_name
+
 from .metrics import Run, load_run, mean_std
 from .plots import plot_epoch_curves, plot_memory_tradeoff
 from .provenance import provenance_section, study_provenance
@@ -47,7 +50,9 @@ def load_study(out: Path) -> dict:
                      for s in study["seeds"]]
             found = [load_run(p) for p in paths if records_exist(p)]
             runs[arm["slug"]] = [r for r in found if r.summary is not None]
-    return dict(study=study, arms=arms["arms"], groups=arms["groups"], sweeps=sweeps, runs=runs)
+    # an older study's kinds read as the registry's names; its slugs stay (its directories)
+    kinds = [dict(arm, kind=canonical_name(arm["kind"])) for arm in arms["arms"]]
+    return dict(study=study, arms=kinds, groups=arms["groups"], sweeps=sweeps, runs=runs)
 
 
 def final(run: Run, key: str) -> float:
@@ -116,9 +121,11 @@ def results_table(rows: dict, slugs: list[str], tuning_seeds: list[int]) -> str:
     return markdown_table(headers, cells)
 
 
-def ablation_table(rows: dict, groups: dict, tuning_seeds: list[int]) -> str:
+def ablation_table(rows: dict, groups: dict, tuning_seeds: list[int],
+                   arms: list[dict]) -> str:
     """The paired differences that separate mixing from compression."""
-    lora = [g for g in groups["mixing ablation"] if g.startswith("lora_pre") and "-gh" not in g]
+    low_rank = {a["slug"] for a in arms if registry.get(a["kind"]).takes_rank}
+    lora = [g for g in groups["mixing ablation"] if g in low_rank and "-gh" not in g]
     names = {"full": lora[0], "low": lora[-1]}
     cells = []
     for label, a, b in ABLATION_PAIRS:
@@ -240,7 +247,8 @@ def write_report(out: str | Path, input_dim: int) -> dict[str, Path]:
     text += ["\n## Mixing vs compression\n",
              "Each row is a paired difference (same seeds); 'gradient-heavy' is LoRA-Pre's "
              "printed mixing `g + mu * EMA(g)`, the default `momentum_form` is Muon's.\n",
-             ablation_table(rows, groups, tuned), "\n## LR sweeps (first seed)\n", sweep_section(s),
+             ablation_table(rows, groups, tuned, s["arms"]), "\n## LR sweeps (first seed)\n",
+             sweep_section(s),
              "\n## Figures\n", "![accuracy against state](tradeoff.png)\n",
              "![curves of the large arms](curves.png)\n"]
     (out / "report.md").write_text("\n".join(text))

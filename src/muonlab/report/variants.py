@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from muonkit.registry import canonical_name
+
 from .metrics import Run, group_runs, load_run, mean_std
 from .plots import plot_epoch_curves, plot_memory_tradeoff
 from .provenance import provenance_section, study_provenance
@@ -32,7 +34,7 @@ def summarize(runs: list[Run]) -> list[dict]:
         rows.append(
             dict(
                 optimizer=label,
-                kind=group[0].config["config"]["kind"],
+                kind=canonical_name(group[0].config["config"]["kind"]),  # of older records too
                 rank=group[0].config["config"]["rank"],
                 seeds=len(group),
                 state_bytes=group[0].summary["optimizer_state_bytes"],

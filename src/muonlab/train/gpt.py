@@ -18,22 +18,18 @@ import torch
 from muonkit import registry
 from muonkit.options import MuonOptions
 from muonkit.qk_clip import QKClip, clip_layers
-from muonkit.schedules import DECAYS
 
 from ..data.text import (
     BUNDLED,
-    TOKENIZERS,
     TokenBatches,
     TokenData,
     check_fits,
     fixed_batches,
     load_text,
 )
-from ..models.gpt import GPT, PRESETS, GPTConfig, preset_config
+from ..models.gpt import GPT, GPTConfig, preset_config
 from ..models.lora import add_lora
-from .checks import check_number
 from .config import (
-    DTYPES,
     MACHINE,
     MFU,
     STEPS,
@@ -53,44 +49,15 @@ from .finetune import (
     task_evaluator,
 )
 from .loop import train
+from .settings import check_settings, flag_names, setting, settings_of, show
 from .step import autocast_context, lm_loss
 from .trackers import resolve_trackers
 
-# name -> bounds of every numeric GPTRunConfig field (None-valued optional fields are skipped)
-BOUNDS = {
-    "steps": dict(integer=True, ge=1),
-    "batch_size": dict(integer=True, ge=1),
-    "grad_accum": dict(integer=True, ge=1),
-    "block_size": dict(integer=True, ge=1),
-    "dropout": dict(ge=0, lt=1),
-    "warmup": dict(integer=True, ge=0),
-    "min_lr_ratio": dict(ge=0, le=1),
-    "grad_clip": dict(ge=0),
-    "eval_every": dict(integer=True, ge=0),
-    "eval_batches": dict(integer=True, ge=1),
-    "peak_flops": dict(gt=0),
-    "threads": dict(integer=True, ge=1),
-    "lr": dict(gt=0),
-    "beta2": dict(ge=0, lt=1),
-    "weight_decay": dict(ge=0),
-    "muon_lr": dict(gt=0),
-    "muon_momentum": dict(ge=0, lt=1),
-    "momentum_warmup": dict(integer=True, ge=0),
-    "muon_weight_decay": dict(ge=0),
-    "rank": dict(integer=True, ge=1),
-    "lora_rank": dict(integer=True, ge=0),
-    "lora_alpha": dict(gt=0),
-    "qk_clip": dict(gt=0),
-}
-
-
 # How `muonkit train` names each recorded setting whose name is not simply its flag (see
-# muonlab.train.files.setting_name; a resume names each differing setting by these), and each
-# GPTRunConfig field whose flag is not simply its name (progress, trackers).
-FLAG_NAMES = {
-    "warmup_steps": "--warmup",
+# muonlab.train.files.setting_name; a resume names each differing setting by these), beyond
+# the GPTRunConfig fields and loop settings the config tree names (FLAG_NAMES, below).
+RECORDED_FLAGS = {
     "momentum_warmup_steps": "--momentum-warmup",
-    "momentum_end": "--muon-momentum",
     "optimizer_options.momentum": "--muon-momentum",
     "optimizer_options.betas": "--beta2",
     "optimizer_options.rank": "--rank",
@@ -122,7 +89,6 @@ FLAG_NAMES = {
     "task.n_train": "--task-train",
     "task.n_test": "--task-test",
     "task.max_new_tokens": "--task-max-tokens",
-    "progress": "--no-progress",
     "trackers": "--tracker",
 }
 
@@ -159,62 +125,87 @@ class GPTRunConfig:
     optimizer, LoRA adapters).
     """
 
-    preset: str = "tiny"
-    data: str = BUNDLED
-    tokenizer: str = "char"
-    steps: int = may_differ_on_resume(STEPS, 2000)
-    batch_size: int = 12
-    grad_accum: int = 1
-    block_size: int | None = None
-    dropout: float | None = None
-    rope: bool = False
-    untied: bool = False
-    warmup: int = 100
-    decay: str = "cosine"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 20
-    device: str = may_differ_on_resume(MACHINE, "auto")
-    dtype: str = "auto"
-    compile: bool = False
-    peak_flops: float | None = may_differ_on_resume(MFU, None)
-    progress: bool = may_differ_on_resume(WHERE_SHOWN, True)
+    preset: str = setting("preset")
+    data: str = setting("data")
+    tokenizer: str = setting("tokenizer")
+    steps: int = setting("steps", resume=STEPS)
+    batch_size: int = setting("batch_size")
+    grad_accum: int = setting("grad_accum")
+    block_size: int | None = setting("block_size")
+    dropout: float | None = setting("dropout")
+    rope: bool = setting("rope")
+    untied: bool = setting("untied")
+    warmup: int = setting("warmup")
+    decay: str = setting("decay")
+    min_lr_ratio: float = setting("min_lr_ratio")
+    grad_clip: float = setting("grad_clip")
+    eval_every: int = setting("eval_every")
+    eval_batches: int = setting("eval_batches")
+    device: str = setting("device", resume=MACHINE)
+    dtype: str = setting("dtype")
+    compile: bool = setting("compile")
+    peak_flops: float | None = setting("peak_flops", resume=MFU)
+    progress: bool = setting("progress", resume=WHERE_SHOWN)
     trackers: tuple[str, ...] | None = may_differ_on_resume(WHERE_SHOWN, None)
     wandb_project: str = may_differ_on_resume(WHERE_SHOWN, "muonkit")
     wandb_run_name: str | None = may_differ_on_resume(WHERE_SHOWN, None)
-    threads: int | None = may_differ_on_resume(MACHINE, None)
-    lr: float = 6e-4
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
-    momentum_warmup: int = 300
-    muon_weight_decay: float = 0.0
-    qkv_split: bool = False
-    rank: int = 16
-    lora_rank: int = 0
-    lora_alpha: float | None = None
-    qk_clip: float | None = None
+    threads: int | None = setting("threads", resume=MACHINE)
+    lr: float = setting("lr")
+    beta2: float = setting("beta2")
+    weight_decay: float = setting("weight_decay")
+    muon_lr: float = setting("muon_lr")
+    muon_momentum: float = setting("muon_momentum")
+    momentum_warmup: int = setting("momentum_warmup")
+    muon_weight_decay: float = setting("muon_weight_decay")
+    qkv_split: bool = setting("qkv_split")
+    rank: int = setting("rank")
+    lora_rank: int = setting("lora_rank")
+    lora_alpha: float | None = setting("lora_alpha")
+    qk_clip: float | None = setting("qk_clip")
     muon_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, valid in (
-            ("preset", PRESETS), ("tokenizer", TOKENIZERS), ("decay", DECAYS), ("dtype", DTYPES)
-        ):
-            if getattr(self, name) not in valid:
-                value = getattr(self, name)
-                raise ValueError(f"{name} must be one of {sorted(valid)}, got {value!r}")
-        for name, bounds in BOUNDS.items():
-            if getattr(self, name) is not None:
-                check_number(name, getattr(self, name), **bounds)
+        check_settings(self)
         resolve_device(self.device)  # an unknown or unavailable device fails here, not later
         if self.trackers is not None:
             resolve_trackers(self.trackers)
         own = sorted({"momentum", "weight_decay"} & set(self.muon_options))
         if own:
-            raise ValueError(f"muon_options {own}: set them as muon_momentum, muon_weight_decay")
+            raise ValueError(f"muon_options {own}: set them with --muon-momentum, "
+                             "--muon-weight-decay")
         MuonOptions(**self.muon_options)  # checked here, not when the optimizer is built
+        if self.warmup >= self.steps and "warmup" in self.changed():  # the default: short runs
+            raise ValueError(f"--warmup {self.warmup} must be below --steps {self.steps}: the "
+                             "run would end inside its LR warmup")
+        if self.decay == "constant" and "min_lr_ratio" in self.changed():
+            raise ValueError(f"--min-lr-ratio {self.min_lr_ratio:g} does nothing with --decay "
+                             "constant (the LR does not decay)")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise ValueError(f"--lora-alpha {self.lora_alpha:g} does nothing without "
+                             "--lora-rank (no LoRA adapters)")
+
+    def changed(self) -> dict[str, str]:
+        """{field: its flag and value} of the settings (the ``--ns-*`` flags included) that
+        differ from their defaults, as a message writes them."""
+        out = {name: f"{s.flag_of(name)}" + ("" if s.kind is bool else f" {show(value)}")
+               for name, s in settings_of(GPTRunConfig).items()
+               if (value := getattr(self, name)) != s.default}
+        for name, value in MuonOptions.changes(self.muon_options).items():
+            out[name] = f"--{name.replace('_', '-')} {MuonOptions.word_of(name, value)}"
+        return out
+
+    def refuse_ignored(self, optimizers: list[str], flag: str = "--optimizer") -> None:
+        """Refuse a setting given (not its default) that none of ``optimizers`` reads (the Muon
+        settings with AdamW alone, ``--rank`` without a low-rank optimizer), naming both
+        flags: it would change nothing."""
+        specs = [registry.get(o) for o in optimizers]
+        for name, given in self.changed().items():
+            reads = READ_BY.get(name, READ_BY["muon_options"] if name in MuonOptions.names()
+                                else None)
+            if reads is not None and not any(reads(spec) for spec in specs):
+                readers = [n for n, spec in registry.OPTIMIZERS.items() if reads(spec)]
+                raise ValueError(f"{given} does nothing with {flag} {' '.join(optimizers)}; "
+                                 f"it is read by --optimizer {' or '.join(readers)}")
 
     def model_overrides(self) -> dict:
         """Keyword arguments of :func:`muonlab.models.gpt.preset_config` beyond the preset."""
@@ -244,26 +235,16 @@ class GPTRunConfig:
     ) -> TrainConfig:
         """The loop's settings of one run of ``optimizer``; ``changes`` override fields of the
         :class:`TrainConfig` (e.g. ``steps``, ``resume``, ``checkpoint_every``)."""
+        loop = {s.loop: getattr(self, name) for name, s in settings_of(GPTRunConfig).items()
+                if s.loop}
         cfg = TrainConfig(
-            steps=self.steps,
-            grad_accum=self.grad_accum,
-            warmup_steps=self.warmup,
-            decay=self.decay,
-            min_lr_ratio=self.min_lr_ratio,
+            **loop,
             momentum_warmup_steps=self.momentum_warmup if registry.get(optimizer).is_muon else 0,
-            momentum_end=self.muon_momentum,
-            grad_clip=self.grad_clip,
-            eval_every=self.eval_every,
             out_dir=out_dir,
             run_name=f"{self.preset}-{optimizer}-s{seed}",
-            device=self.device,
-            dtype=self.dtype,
-            compile=self.compile,
-            progress=self.progress,
             trackers=self.trackers,
             wandb_project=self.wandb_project,
             wandb_run_name=self.wandb_run_name,
-            peak_flops=self.peak_flops,
             seed=seed,
         )
         return dataclasses.replace(cfg, **changes)
@@ -290,6 +271,17 @@ class GPTRunConfig:
             lora_alpha=self.lora_alpha,
             qk_clip=self.qk_clip,
         )
+
+
+FLAG_NAMES = {**flag_names(GPTRunConfig), **RECORDED_FLAGS}
+
+# the settings that only some optimizers read: field -> which specs read it (muon_options: the
+# --ns-* flags)
+READ_BY = {
+    **dict.fromkeys(("muon_lr", "muon_momentum", "momentum_warmup", "muon_weight_decay",
+                     "qkv_split", "muon_options"), lambda spec: spec.is_muon),
+    "rank": lambda spec: spec.takes_rank,
+}
 
 
 def load_gpt_data(

@@ -1,0 +1,63 @@
+"""The command line as users expect it (issue 26.3): a flag that the chosen optimizer or mode
+would ignore is refused in one line naming both flags, before anything is written; the
+commands that train say which flags of `muonkit train` they do not take."""
+
+import re
+from pathlib import Path
+
+import pytest
+from test_cli import FAST, user_error
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--optimizer", "adamw", "--rank", "8"], ["--rank 8", "--optimizer adamw", "lorapre"]),
+    (["--optimizer", "muon", "--rank", "8"], ["--rank 8", "--optimizer muon"]),
+    (["--optimizer", "adamw", "--muon-lr", "0.05"], ["--muon-lr 0.05", "--optimizer adamw"]),
+    (["--optimizer", "adamw", "--qkv-split"], ["--qkv-split", "--optimizer adamw"]),
+    (["--optimizer", "adamw", "--ns-steps", "3"], ["--ns-steps 3", "--optimizer adamw"]),
+    (["--optimizer", "adamw", "--momentum-warmup", "10"],
+     ["--momentum-warmup 10", "--optimizer adamw"]),
+    (["--warmup", "20", "--steps", "20"], ["--warmup 20", "--steps 20"]),
+    (["--warmup", "30", "--steps", "20"], ["--warmup 30", "--steps 20"]),
+    (["--decay", "constant", "--min-lr-ratio", "0.5"], ["--min-lr-ratio 0.5", "--decay constant"]),
+    (["--lora-alpha", "4"], ["--lora-alpha 4", "--lora-rank"]),
+])
+def test_train_refuses_a_flag_that_would_do_nothing_naming_both(flags, named, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = user_error(capsys, ["train", "--out", str(out), *FAST, "--steps", "3", *flags])
+    assert all(n in err for n in named), err
+    assert not out.exists()
+
+
+def test_what_the_optimizer_reads_is_accepted(tmp_path):
+    from muonlab.cli import main
+
+    assert main(["train", "--optimizer", "lorapre", "--rank", "2", "--out", str(tmp_path / "r"),
+                 *FAST, "--steps", "2", "--warmup", "1"]) == 0
+
+
+def test_compare_refuses_a_flag_none_of_its_optimizers_reads(tmp_path, capsys):
+    out = tmp_path / "study"
+    err = user_error(capsys, ["compare", "--optimizers", "adamw", "--muon-lr", "0.05",
+                              "--preset", "tiny", "--batch-size", "2", "--block-size", "8",
+                              "--steps", "3", "--seeds", "0", "--out", str(out)])
+    assert "--muon-lr 0.05" in err and "--optimizers adamw" in err and not out.exists()
+
+
+def test_compare_docs_name_every_train_flag_it_does_not_take():
+    """docs/studies/compare.md says every flag of `muonkit train` applies except those it
+    names: exactly the ones compare's parser lacks."""
+    from muonlab.cli.reference import all_sections
+
+    parsers = dict(all_sections())
+
+    def flags(command):
+        return {s for a in parsers[f"muonkit {command}"]._actions for s in a.option_strings}
+
+    text = " ".join((ROOT / "docs" / "studies" / "compare.md").read_text().split())
+    sentence = text[text.index("Every flag of `muonkit train` applies"):]
+    sentence = sentence[:sentence.index(").", sentence.index("except")) + 2]
+    named = set(re.findall(r"`(--[a-z-]+)`", sentence.split("except", 1)[1]))
+    assert named - {"--optimizers", "--seeds"} == flags("train") - flags("compare")
