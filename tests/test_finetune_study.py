@@ -122,4 +122,4 @@ def test_another_study_in_the_same_directory_is_refused(study, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["finetune-study", "--quick", "--out", str(out), "--steps", "5"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "--steps: study" in err, err
+    assert exit_info.value.code == 2 and "--steps 4 there, 5 given" in err, err

@@ -155,6 +155,7 @@ def test_jsonl_matches_the_schema(tmp_path):
                   "tokens_per_s": float},
         "val": {"step": int, "val_loss": float, "elapsed_s": float},
         "health": {"step": int, "muon_stepped": dict, "update_rms": dict, "ns_error": dict},
+        "max_logits": {"step": int, "max_logit": float, "layers": list},
         "summary": {"steps": int, "final_val_loss": float, "tokens_per_s": float,
                     "step_time_s": float, "peak_mem_bytes": int, "optimizer_state_bytes": int,
                     "mfu": float, "device": str},
@@ -163,6 +164,7 @@ def test_jsonl_matches_the_schema(tmp_path):
     assert [r["kind"] for r in recs].count("train") == 4
     assert [r["step"] for r in recs if r["kind"] == "val"] == [0, 2, 4]
     assert [r["step"] for r in recs if r["kind"] == "health"] == [2, 4]  # after a step
+    assert [r["step"] for r in recs if r["kind"] == "max_logits"] == [0, 2, 4]  # every eval
     for r in recs:
         for key, typ in types[r["kind"]].items():
             assert isinstance(r[key], typ), (r["kind"], key, r[key])
