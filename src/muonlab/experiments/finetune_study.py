@@ -192,6 +192,10 @@ class FinetuneStudyConfig:
         kept = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUNTIME}
         return {**kept, "tokenizer": "byte", "corpus_sha256": corpus_sha256(self.data)}
 
+    def study_json(self) -> str:
+        """``OUT/study.json``'s text: :meth:`study` as JSON (a rerun must match it)."""
+        return json.dumps(self.study(), indent=1)
+
     def train_config(self, steps: int, seed: int, out_dir: Path, muon: bool,
                      checkpoint: bool) -> TrainConfig:
         """A run's loop settings; ``checkpoint``: save its last step (a base, which the
@@ -354,10 +358,10 @@ def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
     with tempfile.TemporaryDirectory() as scratch:
         load_gpt_data(str(task.write_training_text(Path(scratch) / "train.txt")), "byte",
                       cfg.preset, cfg.batch_size, cfg.block_size, cfg.model_overrides)
-    study = json.loads(json.dumps(cfg.study()))
-    check_same_study(out / "study.json", study, cfg.FLAG_NAMES)
+    study = cfg.study_json()
+    check_same_study(out / "study.json", json.loads(study), cfg.FLAG_NAMES)
     out.mkdir(parents=True, exist_ok=True)
-    write_whole(out / "study.json", json.dumps(study, indent=1))
+    write_whole(out / "study.json", study)
     task.write_training_text(task_text(out))
     write_whole(out / "arms.json", json.dumps({k: a.about for k, a in ARMS.items()}, indent=1))
     append_line(out / "commands.txt", command)
