@@ -9,6 +9,7 @@ import pytest
 from muonlab.cli import build_parser
 from muonlab.cli.reference import all_sections
 from muonlab.experiments.compare import CompareConfig
+from muonlab.experiments.finetune_study import FinetuneStudyConfig
 from muonlab.experiments.horizon import HorizonConfig
 from muonlab.experiments.variant_config import StudyConfig
 from muonlab.train.gpt import GPTRunConfig
@@ -20,7 +21,7 @@ NOT_SETTINGS = {"-h", "--help", "--debug", "--resume", "--no-tensorboard", "--tr
                 "--wandb-project", "--wandb-run-name"}
 
 
-TRAINING = ("train", "finetune", "compare", "horizon", "variants", "demo")
+TRAINING = ("train", "finetune", "compare", "horizon", "variants", "demo", "finetune-study")
 
 
 def test_every_flag_of_every_command_is_a_setting_of_the_tree():
@@ -43,7 +44,8 @@ def outside(bounds: dict, kind: type):
 
 
 CONFIGS = {"train": (GPTRunConfig, {}), "compare": (CompareConfig, {}),
-           "horizon": (HorizonConfig, {}), "variants": (StudyConfig, {"study": "large"})}
+           "horizon": (HorizonConfig, {}), "variants": (StudyConfig, {"study": "large"}),
+           "finetune-study": (FinetuneStudyConfig, {})}
 
 
 @pytest.mark.parametrize("command", CONFIGS)

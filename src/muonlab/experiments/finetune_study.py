@@ -46,12 +46,12 @@ from typing import ClassVar
 
 from ..data.tasks import Difficulty
 from ..data.text import BUNDLED, bundled_text
-from ..train.checks import check_number
 from ..train.config import resolve_device
 from ..train.files import append_line, write_whole
 from ..train.finetune import BaseRun, Task
 from ..train.gpt import load_gpt_data
 from ..train.loop import TrainConfig
+from ..train.settings import check_settings, setting
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
 
@@ -112,18 +112,6 @@ QUICK = dict(model_overrides={"n_layer": 1, "n_embd": 32, "n_head": 2}, block_si
              task_train=200, task_test=20, task_max_steps=1, task_max_tokens=48, grid_points=2,
              sweep_extend=0, report_seeds=[1, 2])
 
-# Bounds of the numeric settings (:func:`muonlab.train.checks.check_number`).
-BOUNDS = {
-    **{k: {"ge": 1, "integer": True} for k in (
-        "base_steps", "steps", "batch_size", "block_size", "eval_batches", "evals_per_run",
-        "grid_points", "task_train", "task_test", "task_max_tokens", "task_max_steps", "jobs",
-        "threads")},
-    "tune_seed": {"ge": 0, "integer": True}, "report_seeds": {"ge": 0, "integer": True},
-    "task_seed": {"ge": 0, "integer": True}, "sweep_extend": {"ge": 0, "integer": True},
-    "base_adamw_lr": {"gt": 0}, "base_muon_lr": {"gt": 0}, "warmup_frac": {"ge": 0, "le": 1},
-}
-
-
 @dataclass
 class FinetuneStudyConfig:
     """The study's settings (everything but ``RUNTIME`` must match on a rerun into ``out``).
@@ -137,47 +125,43 @@ class FinetuneStudyConfig:
     ``eval_batches`` batches; sweeps of ``grid_points`` factor-2 points, ``sweep_extend`` more
     at each edge."""
 
-    out: str = "runs/finetune-study"
-    data: str = BUNDLED
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
-    preset: str = "tiny"
-    block_size: int = 256
+    out: str = setting("out", default="runs/finetune-study")
+    data: str = setting("data", help="pretraining corpus: 'tinyshakespeare' or a text file "
+                        "(byte tokenizer; its sha256 is recorded)")
+    arms: list[str] = setting("arms", default=tuple(ARMS), choices=tuple(ARMS))
+    preset: str = setting("preset")
+    block_size: int = setting("block_size", default=256)
     model_overrides: dict = field(default_factory=dict)
-    batch_size: int = 8
-    base_steps: int = 600
-    base_adamw_lr: float = 4e-3
-    base_muon_lr: float = 0.02
-    steps: int = 500
-    warmup_frac: float = 0.05
-    evals_per_run: int = 2
-    eval_batches: int = 6
-    task_seed: int = 0
-    task_train: int = 2000
-    task_test: int = 500
-    task_max_steps: int = 1
-    task_max_tokens: int = 64
-    tune_seed: int = 0
-    report_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    grid_points: int = 5
-    sweep_extend: int = 2
-    device: str = "cpu"
-    jobs: int = 1
-    threads: int = 1
+    batch_size: int = setting("batch_size", default=8)
+    base_steps: int = setting("base_steps")
+    base_adamw_lr: float = setting("base_adamw_lr")
+    base_muon_lr: float = setting("base_muon_lr")
+    steps: int = setting("steps", default=500, help="fine-tuning steps")
+    warmup_frac: float = setting("warmup_frac")
+    evals_per_run: int = setting("evals_per_run", default=2)
+    eval_batches: int = setting("eval_batches", default=6)
+    task_seed: int = setting("task_seed")
+    task_train: int = setting("task_train", default=2000)
+    task_test: int = setting("task_test")
+    task_max_steps: int = setting("task_max_steps")
+    task_max_tokens: int = setting("task_max_tokens", default=64)
+    tune_seed: int = setting("tune_seed", default=0)
+    report_seeds: list[int] = setting("report_seeds")
+    grid_points: int = setting("grid_points", default=5,
+                               help="factor-2 LR grid size of every sweep")
+    sweep_extend: int = setting("sweep_extend")
+    device: str = setting("device", default="cpu")
+    jobs: int = setting("jobs")
+    threads: int = setting("threads", default=1)
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("out", "arms", "jobs", "threads")
     FLAG_NAMES: ClassVar[dict[str, str]] = {"corpus_sha256": "--data (its contents)"}
 
     def __post_init__(self) -> None:
-        for name, bounds in BOUNDS.items():
-            values = getattr(self, name)
-            for value in values if isinstance(values, list) else [values]:
-                check_number(f"--{name.replace('_', '-')}", value, **bounds)
+        check_settings(self)
         resolve_device(self.device)
-        unknown = sorted(set(self.arms) - set(ARMS))
-        if unknown:
-            raise ValueError(f"--arms: unknown arm(s) {unknown}; valid: {list(ARMS)}")
-        if not self.report_seeds or self.tune_seed in self.report_seeds:
-            raise ValueError(f"--report-seeds must be given and differ from --tune-seed "
+        if self.tune_seed in self.report_seeds:
+            raise ValueError(f"--report-seeds must differ from --tune-seed "
                              f"({self.tune_seed}), got {self.report_seeds}")
         for name, steps in (("--base-steps", self.base_steps), ("--steps", self.steps)):
             if steps < self.evals_per_run:

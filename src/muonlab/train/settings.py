@@ -163,6 +163,7 @@ SETTINGS: dict[str, Setting] = {
     "task_train": _int("data", "training problems", 5000, ge=1),
     "task_test": _int("data", "test problems scored", 500, ge=1),
     "task_max_tokens": _int("data", "longest greedy answer, in tokens", 128, ge=1),
+    "task_max_steps": _int("data", "most reasoning steps of a word problem", 1, ge=1),
     # optimizer
     "optimizer": Setting("optimizer", "optimizer", "muon", choices=OPTIMIZER_NAMES),
     "lr": _float("optimizer", "AdamW lr (the baseline, and the hybrid's AdamW groups)", 6e-4,
@@ -212,6 +213,7 @@ SETTINGS: dict[str, Setting] = {
     "threads": _int("train", "torch intra-op threads per run (never the load, so a rerun "
                     "computes the same bits)", ge=1,
                     none_means="this machine's cores shared among the runs or ranks at once"),
+    "base_steps": _int("train", "pretraining steps of each base", 600, ge=1),
     "seed": _int("train", "init and batch-order seed", 0, ge=0),
     "out": Setting("train", "output directory (a rerun of a study continues it)"),
     "overwrite": _flag("train", "replace what OUT already holds (a run: its metrics, "
@@ -261,6 +263,16 @@ SETTINGS: dict[str, Setting] = {
                         3, ge=1),
     "evals_per_run": _int("study", "val loss evaluations per run", 10, ge=1),
     "ranks": _int("study", "rank-sweep ranks", (4, 8, 16, 32, 64, 128), ge=1, many=True),
+    "arms": Setting("study", "fine-tuning setups (adamw always runs: the hybrids take its LR)",
+                    many=True),
+    "report_seeds": _int("study", "seeds trained at each arm's chosen LR (the reported "
+                         "results)", (1, 2, 3, 4, 5), ge=0, many=True),
+    "base_adamw_lr": _float("study", "centre of the AdamW base's LR sweep", 4e-3, gt=0),
+    "base_muon_lr": _float("study", "centre of the Muon base's LR sweep (its --muon-lr)", 0.02,
+                           gt=0),
+    "quick": _flag("study", "a minutes-long smoke study: a 1-layer model, few steps and "
+                   "problems (its sizes replace those of the size flags left at their "
+                   "defaults)"),
     "study": Setting("study", "which study"),
     "report_only": _flag("study", "only redraw the report of --out (other flags are ignored)"),
     "warmup_frac": _float("study", "LR warmup, a fraction of each run", 0.05, ge=0, le=1),
