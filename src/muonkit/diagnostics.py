@@ -42,6 +42,9 @@ from .precision import slow_bf16
 from .scaling import lr_scale
 
 
+_MUON_ROLE = "muon"  # hybrid.MUON_ROLE (hybrid imports this module), not an optimizer name
+
+
 class MuonWarning(UserWarning):
     """A parameter set-up under which Muon does less than asked (muonkit.diagnostics)."""
 
@@ -156,7 +159,7 @@ class Description:
             rows = fold_layers(self.rows)
         header = ("parameter", "group", "shape", "orthogonalized as", "batch", "lr", "wd")
         lines = [header] + [
-            (name, f"{r.group} {r.optimizer} {r.role if r.role != 'muon' else ''}".rstrip(),
+            (name, f"{r.group} {r.optimizer} {r.role if r.role != _MUON_ROLE else ''}".rstrip(),
              "x".join(map(str, r.shape)), r.orthogonalized or "-", r.batch or "-",
              f"{r.lr:.3g}", f"{r.weight_decay:g}")
             for name, r in rows

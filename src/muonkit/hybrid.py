@@ -27,7 +27,8 @@ from .heads import HEAD_NAMES, head_modules, is_transposed_linear, output_layer
 from .muon import MUON_DEFAULTS, MuonBase
 from .options import MuonOptions, check_choice, check_lr, expand_options, unexpected_keyword
 
-ROLES = ("muon", "embedding", "head", "vector")
+MUON_ROLE = "muon"  # the hidden matrices' role (and group name), not an optimizer name
+ROLES = (MUON_ROLE, "embedding", "head", "vector")
 ADAMW_DEFAULTS: dict[str, Any] = dict(
     lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, maximize=False, use_muon=False
 )
@@ -60,7 +61,7 @@ def classify_params(
         elif id(p) in head_ids:
             role = "head"
         else:
-            role = "muon"
+            role = MUON_ROLE
         out.append((name, p, role))
     return out
 
@@ -75,8 +76,8 @@ def split_named_params(
 ) -> tuple[list[tuple[str, Tensor]], list[tuple[str, Tensor]]]:
     """((name, p) for Muon, (name, p) for AdamW); see :func:`classify_params`."""
     roles = classify_params(model, head_names)
-    muon = [(n, p) for n, p, r in roles if r == "muon"]
-    adamw = [(n, p) for n, p, r in roles if r != "muon"]
+    muon = [(n, p) for n, p, r in roles if r == MUON_ROLE]
+    adamw = [(n, p) for n, p, r in roles if r != MUON_ROLE]
     return muon, adamw
 
 
@@ -202,8 +203,8 @@ def hybrid_param_groups(
     by_role: dict[str, list[Tensor]] = {r: [] for r in (*ROLES, "muon_experts")}
     transposed_ids = set()
     for name, p, role in classify_params(model, head_names):
-        by_role["muon_experts" if role == "muon" and is_expert(name, p) else role].append(p)
-        if role == "muon" and is_transposed(name, p):
+        by_role["muon_experts" if role == MUON_ROLE and is_expert(name, p) else role].append(p)
+        if role == MUON_ROLE and is_transposed(name, p):
             transposed_ids.add(id(p))
     if "options" in muon_options:  # a MuonOptions carries its own weight_decay
         if muon_weight_decay != 0.0:
@@ -216,8 +217,8 @@ def hybrid_param_groups(
         raise ValueError("pass qkv_split (fused QKV weights only) or ns_split (all), not both")
     qkv_ids = {id(p) for p in fused_qkv_params(model)} if qkv_split != 1 else set()
     muon_groups = {
-        "muon": ([p for p in by_role["muon"] if id(p) not in qkv_ids], {}),
-        "muon_qkv": ([p for p in by_role["muon"] if id(p) in qkv_ids], {"ns_split": qkv_split}),
+        MUON_ROLE: ([p for p in by_role[MUON_ROLE] if id(p) not in qkv_ids], {}),
+        "muon_qkv": ([p for p in by_role[MUON_ROLE] if id(p) in qkv_ids], {"ns_split": qkv_split}),
         "muon_experts": (by_role["muon_experts"], {"ns_batch_dims": 1}),
     }
     for role, (params, extra) in list(muon_groups.items()):

@@ -73,33 +73,41 @@ class OptimizerSpec:
         return None if self.hybrid is None else self.hybrid.post_step
 
 
+# The optimizers' names, spelled here alone: the CLI, the studies and the reports use these.
+ADAMW = "adamw"
+MUON = "muon"
+NORMUON = "normuon"
+LORAPRE = "lorapre"
+KRONECKER = "kronecker"
+KRONECKER_HYBRID = "kronecker-hybrid"
+
 _VARIANT_LIMIT = "its compressed momentum needs whole matrices on every rank"
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in (
-        OptimizerSpec("adamw", "torch.optim.AdamW on every parameter (nanoGPT's groups)", None),
+        OptimizerSpec(ADAMW, "torch.optim.AdamW on every parameter (nanoGPT's groups)", None),
         OptimizerSpec(
-            "muon", "the Muon hybrid: Muon on hidden matrices, AdamW on the rest",
+            MUON, "the Muon hybrid: Muon on hidden matrices, AdamW on the rest",
             MuonWithAuxAdam,
             ddp_class="DistributedMuonWithAuxAdam", matrices=Muon,
         ),
         OptimizerSpec(
-            "normuon", "NorMuon (row-normalized Muon) hybrid", variants.NorMuonWithAuxAdam,
+            NORMUON, "NorMuon (row-normalized Muon) hybrid", variants.NorMuonWithAuxAdam,
             ddp_class="DistributedNorMuonWithAuxAdam", matrices=variants.NorMuon,
         ),
         OptimizerSpec(
-            "lorapre", "LoRA-Pre (low-rank momentum) hybrid", variants.LoRAPreMuonWithAuxAdam,
+            LORAPRE, "LoRA-Pre (low-rank momentum) hybrid", variants.LoRAPreMuonWithAuxAdam,
             parallel=REPLICATED_MODES, takes_rank=True, why_not=_VARIANT_LIMIT,
             matrices=variants.LoRAPreMuon, saves_memory=True,
         ),
         OptimizerSpec(
-            "kronecker", "Kronecker-factored momentum hybrid", variants.KroneckerMuonWithAuxAdam,
+            KRONECKER, "Kronecker-factored momentum hybrid", variants.KroneckerMuonWithAuxAdam,
             parallel=REPLICATED_MODES, why_not=_VARIANT_LIMIT, matrices=variants.KroneckerMuon,
             saves_memory=True,
         ),
         OptimizerSpec(
-            "kronecker-hybrid", "Kronecker momentum, dense Muon momentum on the last block",
+            KRONECKER_HYBRID, "Kronecker momentum, dense Muon momentum on the last block",
             variants.KroneckerMuonWithAuxAdam,
             parallel=REPLICATED_MODES, takes_dense=True, why_not=_VARIANT_LIMIT,
             matrices=variants.HybridKroneckerMuon, saves_memory=True,
@@ -111,7 +119,7 @@ OPTIMIZER_NAMES = tuple(OPTIMIZERS)
 
 # Names that records written before the registry named every optimizer carry (the MLP variant
 # studies' kinds): read back as the registry's (:func:`canonical_name`), never written.
-FORMER_NAMES = {"lora_pre": "lorapre", "hybrid_kronecker": "kronecker-hybrid"}
+FORMER_NAMES = {"lora_pre": LORAPRE, "hybrid_kronecker": KRONECKER_HYBRID}
 
 
 def canonical_name(name: str) -> str:
@@ -255,7 +263,7 @@ def spec_of(optimizer: torch.optim.Optimizer) -> OptimizerSpec | None:
     one class must agree on ``parallel`` and ``ddp_class`` (tested)."""
     cls = type(optimizer)
     if cls is torch.optim.AdamW:
-        return OPTIMIZERS["adamw"]
+        return OPTIMIZERS[ADAMW]
     for spec in OPTIMIZERS.values():
         if spec.hybrid is cls:
             return spec

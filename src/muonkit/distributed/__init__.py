@@ -20,12 +20,13 @@ the train loop imports :mod:`muonkit.distributed.env` on every run).
 
 import importlib
 
+_MUON = "muon"  # the module muon.py, not an optimizer name
 _EXPORTS = {
-    "DistributedMuon": "muon",
-    "DistributedMuonWithAuxAdam": "muon",
-    "DistributedNorMuon": "muon",
-    "DistributedNorMuonWithAuxAdam": "muon",
-    "ShardedStep": "muon",
+    "DistributedMuon": _MUON,
+    "DistributedMuonWithAuxAdam": _MUON,
+    "DistributedNorMuon": _MUON,
+    "DistributedNorMuonWithAuxAdam": _MUON,
+    "ShardedStep": _MUON,
     "assign_owners": "layout",
     "shard_rows": "layout",
     "compute_cleanup": "env",

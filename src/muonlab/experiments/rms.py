@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from muonkit.hybrid import param_roles
+from muonkit.hybrid import MUON_ROLE, param_roles
 
 
 def rms(tensors: list[Tensor]) -> float:
@@ -34,7 +34,7 @@ class RMSMonitor:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
         roles = param_roles(model)
-        self.matrices = [p for name, p in model.named_parameters() if roles.get(name) == "muon"]
+        self.matrices = [p for name, p in model.named_parameters() if roles.get(name) == MUON_ROLE]
         self.before: list[Tensor] = []
         self.sum_update_rms = 0.0
         self.steps = 0
