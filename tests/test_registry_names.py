@@ -2,7 +2,10 @@
 arms, the GPT variant study's contenders and the reports read its names; records written
 with the former kind names ("lora_pre", "hybrid_kronecker") load as the registry's."""
 
+import ast
+import io
 import json
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,58 @@ def test_a_tuned_study_with_former_slugs_continues_in_its_directories(tmp_path):
     assert kept_groups == {"hybrid": ["muon", "hybrid_kronecker", "lora_pre-r4"]}
     assert [a.kind for a in kept] == ["lorapre", "muon", "kronecker-hybrid"]
     assert keep_former_slugs(arms, groups, tmp_path / "new") == (arms, groups)
+
+
+
+REGISTRY = Path(registry.__file__).resolve()
+SRC = REGISTRY.parents[1]  # the src/ that holds muonkit and muonlab (the one imported)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The ids of the docstring constants of ``tree`` (module, class and function docs)."""
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    return docs
+
+
+HOMONYM = "not an optimizer name"  # the comment that marks a line's homonym (a module, a role)
+
+
+def _homonym_lines(source: str) -> set[int]:
+    comments = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {tok.start[0] for tok in comments
+            if tok.type == tokenize.COMMENT and HOMONYM in tok.string}
+
+
+def name_literals(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """``(line, value)`` of each string constant of ``source`` equal to one of ``names``:
+    docstrings and lines whose comment says the string is a homonym (:data:`HOMONYM`) left
+    out."""
+    tree = ast.parse(source)
+    skip = _docstrings(tree)
+    homonyms = _homonym_lines(source)
+    return sorted((node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and node.value in names and id(node) not in skip
+                  and node.lineno not in homonyms)
+
+
+def test_the_scan_finds_a_spelled_name_and_skips_docstrings_comments_and_homonyms():
+    source = ('"""Uses "muon"."""\n\ndef f():\n    """muon"""\n    return "muon"  # "muon"\n'
+              f'ROLE = "muon"  # {HOMONYM}: a parameter role\nx = ["adamw",\n     "muon"]\n')
+    assert name_literals(source, {"muon", "adamw"}) == [(5, "muon"), (7, "adamw"), (8, "muon")]
+
+
+def test_the_registry_is_the_only_place_an_optimizer_name_is_spelled():
+    """Every optimizer name (and former name) in src/ is spelled once, in muonkit/registry.py;
+    the CLI, the studies and the reports use its constants (docstrings and comments may
+    mention a name)."""
+    names = set(registry.OPTIMIZER_NAMES) | set(registry.FORMER_NAMES)
+    found = [f"{path.relative_to(SRC.parent)}:{line}: {value!r}"
+             for path in sorted(SRC.rglob("*.py")) if path != REGISTRY
+             for line, value in name_literals(path.read_text(), names)]
+    assert not found, "optimizer names spelled outside the registry:\n" + "\n".join(found)

@@ -41,7 +41,6 @@ from .orthogonalize import orthogonalize, polar
 from .precision import slow_bf16
 from .scaling import lr_scale
 
-
 _MUON_ROLE = "muon"  # hybrid.MUON_ROLE (hybrid imports this module), not an optimizer name
 
 

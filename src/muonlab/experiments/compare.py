@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from muonkit.hardware import machine_info
+from muonkit.registry import ADAMW
 
 from ..report.compare import build_compare_report
 from ..train.files import write_whole
@@ -102,7 +103,7 @@ class Experiment:
             aux_lr: float, priority: tuple = (0,), **changes) -> float:
         """One run; its final val loss (``inf`` if it diverged)."""
         gpt = self.cfg.gpt
-        if optimizer == "adamw":
+        if optimizer == ADAMW:
             gpt = dataclasses.replace(gpt, lr=lr, progress=False)
         else:
             gpt = dataclasses.replace(gpt, lr=aux_lr, muon_lr=muon_lr, progress=False)
@@ -139,7 +140,7 @@ def _sweep_one(exp: Experiment, optimizer: str, base: dict, param: str, grid, st
 
 
 def _trial_name(optimizer: str, lrs: dict) -> str:
-    if optimizer == "adamw":
+    if optimizer == ADAMW:
         return f"adamw-lr{lrs['lr']:g}"
     return f"{optimizer}-lr{lrs['muon_lr']:g}-aux{lrs['aux_lr']:g}"
 
@@ -148,13 +149,13 @@ def tune(exp: Experiment) -> tuple[dict, dict]:
     """Each optimizer's chosen LRs, and what the sweeps found (for settings.json)."""
     cfg, gpt = exp.cfg, exp.cfg.gpt
     steps = cfg.sweep_steps or max(1, gpt.steps // 4)
-    chosen = {"adamw": {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr}}
+    chosen = {ADAMW: {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr}}
     record: dict = {}
     for optimizer in sorted(cfg.optimizers):  # adamw first: the hybrid's default aux LR
-        lrs = dict(chosen["adamw"])
-        lrs["aux_lr"] = cfg.aux_lr if cfg.aux_lr is not None else chosen["adamw"]["lr"]
-        stages = [("lr", cfg.adamw_lrs)] if optimizer == "adamw" else [("muon_lr", cfg.muon_lrs)]
-        if optimizer != "adamw" and cfg.aux_lrs:
+        lrs = dict(chosen[ADAMW])
+        lrs["aux_lr"] = cfg.aux_lr if cfg.aux_lr is not None else chosen[ADAMW]["lr"]
+        stages = [("lr", cfg.adamw_lrs)] if optimizer == ADAMW else [("muon_lr", cfg.muon_lrs)]
+        if optimizer != ADAMW and cfg.aux_lrs:
             stages.append(("aux_lr", cfg.aux_lrs))
         trials: dict[tuple, float] = {}
         record[optimizer] = []
@@ -244,7 +245,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
     info_start = machine_info()
     gpt = cfg.gpt
     aux = cfg.aux_lr if cfg.aux_lr is not None else gpt.lr
-    chosen = {o: {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr if o == "adamw" else aux}
+    chosen = {o: {"lr": gpt.lr, "muon_lr": gpt.muon_lr, "aux_lr": gpt.lr if o == ADAMW else aux}
               for o in cfg.optimizers}
     sweeps: dict = {}
     if cfg.lr_sweep:
@@ -261,7 +262,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
         log(f"{name}: final val loss {loss:.4f}")
     settings = {
         "command": cfg.command or "muonkit " + shlex.join(sys.argv[1:]),
-        "chosen_lr": {k: chosen[k]["lr" if k == "adamw" else "muon_lr"] for k in cfg.optimizers},
+        "chosen_lr": {k: chosen[k]["lr" if k == ADAMW else "muon_lr"] for k in cfg.optimizers},
         "chosen": {k: chosen[k] for k in cfg.optimizers},
         "sweeps": sweeps,
         "threads_per_run": exp.threads if cfg.isolate else torch.get_num_threads(),

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from muonkit.registry import ADAMW, MUON
+
 from ..data.tasks import Difficulty
 from ..data.text import BUNDLED, bundled_text
 from ..train.config import resolve_device
@@ -55,7 +57,7 @@ from ..train.settings import check_settings, setting
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
 from .sweep import factor_grid, run_sweep
 
-BASES = ("adamw", "muon")
+BASES = (ADAMW, MUON)
 
 
 @dataclass(frozen=True)
@@ -79,30 +81,30 @@ class Arm:
 
     def options(self) -> dict:
         """The Muon groups' options of this arm (none for AdamW)."""
-        if self.optimizer == "adamw":
+        if self.optimizer == ADAMW:
             return {}
         return {"lr_scaling": self.scaling, "momentum_form": self.momentum_form}
 
 
 def _muon(center: float, scaling: str = "keller", form: str = "standard", **kw) -> Arm:
-    return Arm("muon", kw.pop("knob", "muon_lr"), center, scaling=scaling, momentum_form=form,
+    return Arm(MUON, kw.pop("knob", "muon_lr"), center, scaling=scaling, momentum_form=form,
                **kw)
 
 
 ARMS = {
-    "adamw": Arm("adamw", "lr", 1e-3, about="AdamW (wd 0.1), fresh state"),
+    ADAMW: Arm(ADAMW, "lr", 1e-3, about="AdamW (wd 0.1), fresh state"),
     "muon-kj": _muon(4e-3, about="Muon hybrid, KJ scaling max(1, out/in)^0.5, fresh state"),
     "muon-moonlight": _muon(1e-3, "moonlight", knob="shared", about="Muon hybrid, Moonlight "
                             "scaling 0.2 max(out, in)^0.5 sharing AdamW's LR, fresh state"),
-    "muon-from-adamw": _muon(4e-3, state="from-adamw", bases=("adamw",),
+    "muon-from-adamw": _muon(4e-3, state="from-adamw", bases=(ADAMW,),
                              about="Muon (KJ), momentum migrated from the AdamW base's moments"),
-    "muon-carry": _muon(4e-3, state="carry", bases=("muon",),
+    "muon-carry": _muon(4e-3, state="carry", bases=(MUON,),
                         about="Muon (KJ), the Muon base's optimizer state carried over"),
     "notes-failed": _muon(5e-4, "max_dim", "ema", about="the notes' failed setup: EMA momentum "
                           "and max-dim scaling max(out, in)^0.5"),
     "ema-only": _muon(4e-3, "keller", "ema", about="the notes' first bug alone: EMA momentum"),
     "max-dim-only": _muon(5e-4, "max_dim", about="the notes' second bug alone: max-dim scaling"),
-    "lora-adamw": Arm("adamw", "lr", 4e-3, lora_rank=8, about="LoRA rank 8 (alpha 8), AdamW"),
+    "lora-adamw": Arm(ADAMW, "lr", 4e-3, lora_rank=8, about="LoRA rank 8 (alpha 8), AdamW"),
     "lora-muon": _muon(8e-3, lora_rank=8, about="LoRA rank 8 (alpha 8), Muon (KJ) on A and B"),
 }
 
@@ -217,14 +219,14 @@ def task_text(out: Path) -> Path:
 def applicable(arms: list[str], base: str) -> list[str]:
     """The arms of ``arms`` that fine-tune ``base``, ``adamw`` first (the hybrids take its
     LR for their AdamW groups)."""
-    names = ["adamw", *[a for a in arms if a != "adamw"]]
+    names = [ADAMW, *[a for a in arms if a != ADAMW]]
     return [a for a in names if base in ARMS[a].bases]
 
 
 def optimizer_options(arm: Arm, lr: float, aux_lr: float) -> dict:
     """:func:`muonlab.train.gpt.gpt_optimizer` options of ``arm`` at swept LR ``lr``."""
     opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
-    if arm.optimizer == "adamw":
+    if arm.optimizer == ADAMW:
         return opts
     return {**opts, **arm.options(), "muon_lr": lr, "momentum": 0.95,
             "muon_weight_decay": 0.0, "lr": lr if arm.knob == "shared" else aux_lr}
@@ -260,14 +262,14 @@ class FinetuneStudy:
     def run_base(self, base: str, lr: float, aux: float | None) -> float:
         cfg, out_dir = self.cfg, base_dir(self.out, base, lr, self.cfg.tune_seed)
         opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
-        if base == "muon":
+        if base == MUON:
             opts.update(lr=aux, muon_lr=lr, momentum=0.95, muon_weight_decay=0.0)
         kwargs = dict(
             optimizer=base, preset=cfg.preset, data=cfg.data, tokenizer="byte",
             batch_size=cfg.batch_size, block_size=cfg.block_size,
             eval_batches=cfg.eval_batches, model_overrides=dict(cfg.model_overrides),
             optimizer_options=opts,
-            train_config=cfg.train_config(cfg.base_steps, cfg.tune_seed, out_dir, base == "muon",
+            train_config=cfg.train_config(cfg.base_steps, cfg.tune_seed, out_dir, base == MUON,
                                           checkpoint=True),
         )
         spec = RunSpec(kwargs, f"base {base} lr{lr:g}", cfg.threads, log_rms=True)
@@ -281,7 +283,7 @@ class FinetuneStudy:
             optimizer=arm.optimizer, data=str(task_text(self.out)), tokenizer="byte",
             batch_size=cfg.batch_size, eval_batches=cfg.eval_batches,
             optimizer_options=optimizer_options(arm, lr, aux), lora_rank=arm.lora_rank,
-            train_config=cfg.train_config(cfg.steps, seed, out_dir, arm.optimizer != "adamw",
+            train_config=cfg.train_config(cfg.steps, seed, out_dir, arm.optimizer != ADAMW,
                                           checkpoint=False),
         )
         spec = RunSpec(kwargs, f"{base} {name} lr{lr:g} s{seed}", cfg.threads, log_rms=True,
@@ -301,10 +303,10 @@ class FinetuneStudy:
         """The AdamW base's sweep, then the Muon base's (its AdamW groups at AdamW's LR)."""
         cfg, self.bases = self.cfg, {}
         adamw = self._sweep("base/adamw", cfg.base_adamw_lr, lambda lrs: run_concurrently(
-            [lambda x=x: self.run_base("adamw", x, None) for x in lrs]))
+            [lambda x=x: self.run_base(ADAMW, x, None) for x in lrs]))
         muon = self._sweep("base/muon", cfg.base_muon_lr, lambda lrs: run_concurrently(
-            [lambda x=x: self.run_base("muon", x, adamw) for x in lrs]))
-        for base, lr in (("adamw", adamw), ("muon", muon)):
+            [lambda x=x: self.run_base(MUON, x, adamw) for x in lrs]))
+        for base, lr in ((ADAMW, adamw), (MUON, muon)):
             self.bases[base] = base_dir(self.out, base, lr, cfg.tune_seed)
 
     def arm(self, base: str, name: str, aux: float | None) -> float:

@@ -45,6 +45,7 @@ import torch
 
 from muonkit import hardware
 from muonkit.options import MuonOptions
+from muonkit.registry import ADAMW, MUON, NORMUON
 
 from ..data.text import TokenBatches
 from ..models.gpt import GPT, GPTConfig
@@ -70,23 +71,23 @@ class Contender:
     knob: str
     center: float | None
     options: dict
-    aux: str | float = "adamw"
+    aux: str | float = ADAMW
     about: str = ""
 
 
 CONTENDERS = {
-    "adamw": Contender("adamw", "lr", 8e-3, {}, about="nanoGPT's AdamW (wd 0.1)"),
-    "muon": Contender("muon", "muon_lr", 0.02, {"muon_weight_decay": 0.0},
+    ADAMW: Contender(ADAMW, "lr", 8e-3, {}, about="nanoGPT's AdamW (wd 0.1)"),
+    MUON: Contender(MUON, "muon_lr", 0.02, {"muon_weight_decay": 0.0},
                       about="Muon hybrid, no weight decay on the Muon matrices"),
-    "muon-wd": Contender("muon", "muon_lr", 0.02, {"muon_weight_decay": 0.1},
+    "muon-wd": Contender(MUON, "muon_lr", 0.02, {"muon_weight_decay": 0.1},
                          about="Muon hybrid, decoupled wd 0.1 x lr on the Muon matrices"),
     "muon-moonlight": Contender(
-        "muon", "shared", 8e-3, {"lr_scaling": "moonlight", "muon_weight_decay": 0.1},
+        MUON, "shared", 8e-3, {"lr_scaling": "moonlight", "muon_weight_decay": 0.1},
         aux="shared", about="Muon with lr_scaling='moonlight' sharing AdamW's LR, wd 0.1"),
-    "normuon": Contender("normuon", "muon_lr", 0.02, {"muon_weight_decay": 0.1},
+    NORMUON: Contender(NORMUON, "muon_lr", 0.02, {"muon_weight_decay": 0.1},
                          about="NorMuon hybrid (Li et al. 2025), decoupled wd 0.1 x lr"),
     "muon-seed": Contender(
-        "muon", "muon_lr", None, {"muon_lr": 0.02, "momentum": 0.95, "muon_weight_decay": 0.0},
+        MUON, "muon_lr", None, {"muon_lr": 0.02, "momentum": 0.95, "muon_weight_decay": 0.0},
         aux=3e-4, about="the seed study's Muon: lr 0.02, momentum 0.95, aux AdamW 3e-4, no wd"),
 }
 
@@ -251,7 +252,7 @@ def optimizer_options(c: Contender, lr: float, aux_lr: float | None,
     """:func:`muonlab.train.gpt.gpt_optimizer` options of contender ``c`` at swept LR ``lr``;
     ``muon_options`` go to a Muon-family contender (its own options win)."""
     opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
-    if c.optimizer == "adamw":
+    if c.optimizer == ADAMW:
         return opts
     opts.update({**(muon_options or {}), **c.options})
     if c.center is not None:
@@ -280,7 +281,7 @@ class Study:
             block_size=cfg.block_size, eval_batches=cfg.eval_batches,
             model_overrides=dict(cfg.model_overrides),
             optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options),
-            train_config=cfg.train_config(h, seed, out_dir, c.optimizer != "adamw"),
+            train_config=cfg.train_config(h, seed, out_dir, c.optimizer != ADAMW),
             qk_clip=cfg.qk_clip,
         )
         if cfg.role(seed) is not None:
@@ -294,7 +295,7 @@ class Study:
         try:
             self._contender(name)
         finally:
-            if name == "adamw":
+            if name == ADAMW:
                 for event in self.adamw_ready.values():
                     event.set()
 
@@ -303,7 +304,7 @@ class Study:
         center = c.center
         for h in cfg.horizons:
             aux = None
-            if c.optimizer != "adamw" and c.aux == "adamw":
+            if c.optimizer != ADAMW and c.aux == ADAMW:
                 self.adamw_ready[h].wait()
                 if h not in self.adamw_lr:
                     raise RuntimeError(f"{name} at h{h}: AdamW's sweep (its aux LR) failed")
@@ -320,7 +321,7 @@ class Study:
                 lr = center = result.best
                 self._record(h, name, {**dataclasses.asdict(result), "note": result.describe(),
                                        "aux_lr": aux})
-            if name == "adamw":
+            if name == ADAMW:
                 self.adamw_lr[h] = lr
                 self.adamw_ready[h].set()
             seeds = cfg.report_seeds_after_sweep(center is not None)
@@ -342,8 +343,8 @@ class Study:
 def contenders_to_run(cfg: HorizonConfig) -> list[str]:
     """The contenders asked for, AdamW first when a hybrid takes its LR."""
     names = list(cfg.contenders)
-    if any(cfg.table[n].aux == "adamw" for n in names) and "adamw" not in names:
-        names.insert(0, "adamw")  # the hybrids' aux LR comes from AdamW's sweep
+    if any(cfg.table[n].aux == ADAMW for n in names) and ADAMW not in names:
+        names.insert(0, ADAMW)  # the hybrids' aux LR comes from AdamW's sweep
     return names
 
 
@@ -370,7 +371,7 @@ def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     write_whole(saved, json.dumps(study, indent=1))
     asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)
     names = set(json.loads(asked.read_text())) if asked.exists() else set()
-    names |= set(cfg.contenders) | {"adamw"}
+    names |= set(cfg.contenders) | {ADAMW}
     write_whole(asked, json.dumps(sorted(names)))
     append_line(out / "commands.txt", command)
     return out

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from muonkit import registry
+from muonkit.registry import ADAMW, KRONECKER, KRONECKER_HYBRID, LORAPRE, MUON
 
 from ..models.mlp import MLP
 from ..train import optimizer_state_bytes as train_optimizer_state_bytes
@@ -79,11 +80,11 @@ def measure_state_bytes(arm: Arm, model: nn.Module, cfg: StudyConfig) -> int:
 def equal_memory_rank(model: nn.Module, cfg: StudyConfig) -> tuple[int, int, int]:
     """(rank, LoRA-Pre bytes, Kronecker bytes): the LoRA-Pre rank whose measured state is
     closest to KroneckerMuon's on ``model`` (ties go to the smaller rank; at least 1)."""
-    target = measure_state_bytes(Arm("Kronecker", "kronecker"), model, cfg)
+    target = measure_state_bytes(Arm("Kronecker", KRONECKER), model, cfg)
     max_rank = max(min(p.shape) for p in model.parameters())
     best = None
     for rank in range(1, max_rank + 1):  # state grows with the rank: stop once past the target
-        size = measure_state_bytes(Arm("LoRA-Pre", "lorapre", rank), model, cfg)
+        size = measure_state_bytes(Arm("LoRA-Pre", LORAPRE, rank), model, cfg)
         if best is None or abs(size - target) < abs(best[1] - target):
             best = (rank, size)
         if size >= target:
@@ -93,13 +94,13 @@ def equal_memory_rank(model: nn.Module, cfg: StudyConfig) -> tuple[int, int, int
 
 def study_arms(cfg: StudyConfig, model: nn.Module) -> list[Arm]:
     """The arms of ``cfg.study``. Every study has dense Muon (the reference for savings)."""
-    muon, kron = Arm("Muon", "muon"), Arm("Kronecker", "kronecker")
-    lora = Arm(f"LoRA-Pre r={cfg.rank}", "lorapre", cfg.rank)
+    muon, kron = Arm("Muon", MUON), Arm("Kronecker", KRONECKER)
+    lora = Arm(f"LoRA-Pre r={cfg.rank}", LORAPRE, cfg.rank)
     if cfg.study == "large":
-        return [Arm("AdamW", "adamw"), muon, lora, kron]
+        return [Arm("AdamW", ADAMW), muon, lora, kron]
     if cfg.study == "equal-memory":
         rank, _, _ = equal_memory_rank(model, cfg)
-        return [muon, kron, Arm(f"LoRA-Pre r={rank} (equal memory)", "lorapre", rank)]
+        return [muon, kron, Arm(f"LoRA-Pre r={rank} (equal memory)", LORAPRE, rank)]
     if cfg.study == "rank-sweep":
-        return [muon, kron] + [Arm(f"LoRA-Pre r={r}", "lorapre", r) for r in cfg.ranks]
-    return [muon, Arm("Hybrid Kronecker", "kronecker-hybrid"), lora]
+        return [muon, kron] + [Arm(f"LoRA-Pre r={r}", LORAPRE, r) for r in cfg.ranks]
+    return [muon, Arm("Hybrid Kronecker", KRONECKER_HYBRID), lora]

@@ -33,7 +33,7 @@ import json
 import threading
 from pathlib import Path
 
-from muonkit.registry import canonical_name
+from muonkit.registry import ADAMW, KRONECKER, KRONECKER_HYBRID, LORAPRE, MUON, canonical_name
 
 from ..data.vision import load_flat
 from ..report.variant_tuned import write_report
@@ -76,11 +76,11 @@ def tuned_arms(cfg: StudyConfig) -> tuple[list[Arm], dict[str, list[str]]]:
         notes = [n for n, v in (("full", full), ("equal memory", equal)) if r == v]
         notes += ["gradient-heavy"] if mixing == "gradient_heavy" else []
         label = f"LoRA-Pre r={r}" + (f" ({', '.join(notes)})" if notes else "")
-        return Arm(label, "lorapre", r, mixing)
+        return Arm(label, LORAPRE, r, mixing)
 
-    adamw, muon = Arm("AdamW", "adamw"), Arm("Muon", "muon")
-    kron, hybrid = Arm("Kronecker", "kronecker"), Arm("Hybrid Kronecker", "kronecker-hybrid")
-    muon_gh = Arm("Muon (gradient-heavy)", "muon", None, "gradient_heavy")
+    adamw, muon = Arm("AdamW", ADAMW), Arm("Muon", MUON)
+    kron, hybrid = Arm("Kronecker", KRONECKER), Arm("Hybrid Kronecker", KRONECKER_HYBRID)
+    muon_gh = Arm("Muon (gradient-heavy)", MUON, None, "gradient_heavy")
     ablation = [muon, muon_gh, lora(full), lora(full, "gradient_heavy"), lora(cfg.rank),
                 lora(cfg.rank, "gradient_heavy")]
     arms = list(dict.fromkeys([adamw, muon, kron, hybrid, *(lora(r) for r in ranks),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from muonkit import registry
+from muonkit.registry import ADAMW, LORAPRE, MUON
 
 from ..train.settings import setting
 from .horizon import CONTENDERS as HORIZON_CONTENDERS
@@ -52,14 +53,14 @@ def memory_savers() -> dict[str, Contender]:
 
 
 CONTENDERS = {
-    "adamw": HORIZON_CONTENDERS["adamw"],
-    "muon": _variant("muon", "dense Muon hybrid (no weight decay on the Muon matrices)"),
+    ADAMW: HORIZON_CONTENDERS[ADAMW],
+    MUON: _variant(MUON, "dense Muon hybrid (no weight decay on the Muon matrices)"),
     **memory_savers(),
     # ablations (not run by default): LoRA-Pre's printed mixing g + mu * EMA(g)
-    "muon-gradient-heavy": _variant("muon", "dense Muon, mixing='gradient_heavy' (ablation)",
+    "muon-gradient-heavy": _variant(MUON, "dense Muon, mixing='gradient_heavy' (ablation)",
                                     mixing="gradient_heavy"),
     "lorapre-r16-gradient-heavy": _variant(
-        "lorapre", "LoRA-Pre r=16, mixing='gradient_heavy' (ablation)", rank=16,
+        LORAPRE, "LoRA-Pre r=16, mixing='gradient_heavy' (ablation)", rank=16,
         mixing="gradient_heavy"),
 }
 DEFAULT_CONTENDERS = [n for n in CONTENDERS if "gradient-heavy" not in n]

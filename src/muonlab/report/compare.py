@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from muonkit.registry import ADAMW
+
 from .metrics import (
     Run,
     common_val_steps,
@@ -176,7 +178,7 @@ def sweep_table(sweep: list[Run], chosen: dict) -> str:
     for run in sorted(sweep, key=lambda r: (r.optimizer, sweep_lrs(r), r.path.parent.parent.name)):
         lr, aux = sweep_lrs(run)
         pick = chosen.get(run.optimizer, {})
-        picked = (lr == pick.get("lr" if run.optimizer == "adamw" else "muon_lr")
+        picked = (lr == pick.get("lr" if run.optimizer == ADAMW else "muon_lr")
                   and (aux is None or aux == pick.get("aux_lr", aux)))
         rows.append([
             run.optimizer,
@@ -196,7 +198,7 @@ def sweep_lrs(run: Run) -> tuple[float, float | None]:
     """(the LR a sweep run varied, the hybrid's aux AdamW LR or None): Muon's matrix lr and
     the AdamW groups' lr for the hybrid, AdamW's lr otherwise."""
     opts = run.config["config"].get("optimizer_options", {})
-    if run.optimizer != "adamw":  # a hybrid
+    if run.optimizer != ADAMW:  # a hybrid
         return float(opts["muon_lr"]), float(opts["lr"])
     return float(opts["lr"]), None
 
@@ -327,7 +329,7 @@ def compare_markdown(groups: dict[str, list[Run]], sweep: list[Run], settings: d
                if "sweeps" in settings else ".\n")
         )
         chosen = settings.get("chosen") or {  # files written before the aux LR existed
-            k: {"lr" if k == "adamw" else "muon_lr": v}
+            k: {"lr" if k == ADAMW else "muon_lr": v}
             for k, v in settings.get("chosen_lr", {}).items()
         }
         parts.append(sweep_table(sweep, chosen))

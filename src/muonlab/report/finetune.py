@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from muonkit.registry import ADAMW, MUON
+
 from .metrics import load_run, read_jsonl
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary
@@ -105,7 +107,7 @@ def arms_of(lines: list[dict], sweeps: dict, seeds: list[int]) -> list[Arm]:
     """Every (base, arm) that has a sweep entry or a run: by base, ``adamw`` first."""
     keys = {tuple(k.split("/")) for k in sweeps if not k.startswith("base/")}
     keys = sorted(keys | {(r["base"], r["arm"]) for r in lines},
-                  key=lambda k: (k[0], k[1] != "adamw", k[1]))
+                  key=lambda k: (k[0], k[1] != ADAMW, k[1]))
     arms = []
     for base, name in keys:
         sweep = sweeps.get(f"{base}/{name}", {})
@@ -121,7 +123,7 @@ def arm_table(arms: list[Arm]) -> str:
     """One row per finished arm: chosen LR, accuracy, forgetting, update RMS, and the accuracy
     difference from the ``adamw`` arm on the same base (:func:`muonlab.report.stats.
     compare_runs`: paired by report seed)."""
-    adamw = {a.base: a for a in arms if a.name == "adamw" and a.finished}
+    adamw = {a.base: a for a in arms if a.name == ADAMW and a.finished}
     rows = []
     for a in arms:
         if not a.finished:
@@ -173,7 +175,7 @@ def plot_forgetting(arms: list[Arm], path: Path) -> Path:
     for a in arms:
         if a.report:
             ax.scatter([r["accuracy"] for r in a.report], [forgetting(r) for r in a.report],
-                       marker="o" if a.base == "adamw" else "^",
+                       marker="o" if a.base == ADAMW else "^",
                        color=colors[names.index(a.name) % len(colors)],
                        label=f"{a.base} base, {a.name}")
     ax.set(xlabel="test accuracy", ylabel="forgetting: source val loss after - before")
@@ -199,7 +201,7 @@ def _save(plt, fig, path: Path) -> Path:
 
 def base_lines(out: Path, sweeps: dict) -> list[str]:
     lines = []
-    for base in ("adamw", "muon"):
+    for base in (ADAMW, MUON):
         sweep = sweeps.get(f"base/{base}")
         if sweep is None:
             lines.append(f"- {base} base: its sweep has not finished.")

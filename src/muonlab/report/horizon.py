@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from muonkit.registry import ADAMW
+
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
 from .provenance import provenance_section, study_provenance
@@ -85,7 +87,7 @@ class Study:
     def names(self) -> list[str]:
         """Every contender the study ran or was asked to run (AdamW first)."""
         seen = self.contenders | {name for _, name in self.cells}
-        return [n for n in ["adamw", *sorted(seen - {"adamw"})] if n in seen]
+        return [n for n in [ADAMW, *sorted(seen - {ADAMW})] if n in seen]
 
     def ready(self, h: int, name: str) -> Cell | None:
         """The cell once its LR is chosen and a seed has finished at it; a cell still missing
@@ -179,11 +181,11 @@ def gap_and_reach(study: Study) -> tuple[str, dict]:
     horizon."""
     rows, gaps = [], {}
     for name in study.names():
-        if name == "adamw":
+        if name == ADAMW:
             continue
         row = [name]
         for h in study.horizons:
-            cell, base = study.ready(h, name), study.ready(h, "adamw")
+            cell, base = study.ready(h, name), study.ready(h, ADAMW)
             if cell is None or base is None:
                 row.append("unfinished")
                 continue
@@ -203,10 +205,10 @@ def crossing_lines(study: Study, gaps: dict[tuple[int, str], Comparison]) -> lis
     of its mean final gap changes between horizons (with the gap's verdict there)."""
     lines = []
     for name in study.names():
-        if name == "adamw":
+        if name == ADAMW:
             continue
         for h in study.horizons:
-            cell, base = study.ready(h, name), study.ready(h, "adamw")
+            cell, base = study.ready(h, name), study.ready(h, ADAMW)
             if cell is None or base is None:
                 continue
             s1, m1, _, _ = val_stats(cell.runs)

@@ -15,6 +15,7 @@ from muonkit import registry
 from muonkit.functional import options_block_shape
 from muonkit.options import MuonOptions
 from muonkit.precision import ns_flops_by_dtype
+from muonkit.registry import MUON
 
 from ..models.gpt import GPT, GPTConfig
 
@@ -25,12 +26,12 @@ def gpt_step_flops(run: dict, device: str = "cpu") -> dict | None:
     Muon groups or a GPT model config). NS FLOPs count what ``ns_dtype`` runs on ``device``
     (Gram side where cheaper) over the model's Muon matrices, as the run built them."""
     cfg = run.get("config", {})
-    if run.get("optimizer") != "muon" or "model" not in cfg:
+    if run.get("optimizer") != MUON or "model" not in cfg:
         return None
     try:
         with torch.device("meta"):
             model = GPT(GPTConfig(**cfg["model"]))
-            opt = registry.build_optimizer("muon", model, **cfg.get("optimizer_options", {}))
+            opt = registry.build_optimizer(MUON, model, **cfg.get("optimizer_options", {}))
     except (TypeError, ValueError):  # a config this version cannot rebuild: no figure
         return None
     ns = 0

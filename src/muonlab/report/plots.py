@@ -24,6 +24,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from muonkit import registry  # noqa: E402
+from muonkit.registry import ADAMW, KRONECKER, LORAPRE, MUON, NORMUON  # noqa: E402
 
 from .metrics import Run, common_val_steps, mean_curve, val_loss_at  # noqa: E402
 from .stats import summarize  # noqa: E402
@@ -32,9 +33,9 @@ from .tables import fmt_bytes  # noqa: E402
 # one colour per optimizer, keyed by the name with case, punctuation and a trailing
 # parenthesis removed ("LoRA-Pre r=16" and "lorapre-r16" are one optimizer)
 PALETTE = {
-    "adamw": "#1f77b4", "muon": "#d62728", "muonwd": "#ff7f0e", "muonmoonlight": "#9467bd",
-    "muonseed": "#8c564b", "normuon": "#e377c2", "kronecker": "#2ca02c",
-    "kroneckerhybrid": "#17becf", "hybridkronecker": "#17becf", "lorapre": "#bcbd22",
+    ADAMW: "#1f77b4", MUON: "#d62728", "muonwd": "#ff7f0e", "muonmoonlight": "#9467bd",
+    "muonseed": "#8c564b", NORMUON: "#e377c2", KRONECKER: "#2ca02c",
+    "kroneckerhybrid": "#17becf", "hybridkronecker": "#17becf", LORAPRE: "#bcbd22",
     "loraprer1": "#bcbd22", "loraprer4": "#7f7f7f", "loraprer8": "#aec7e8",
     "loraprer16": "#393b79", "loraprer32": "#637939", "loraprer64": "#8c6d31",
     "loraprer128": "#843c39", "loraprer256": "#7b4173", "muongradientheavy": "#ff9896",
@@ -192,8 +193,8 @@ def plot_horizon(study, path: Path) -> Path:
                          yerr=[[s[1] for s in stats], [s[2] for s in stats]], marker="o",
                          capsize=3, color=color(name), label=name)
         pairs = [(c.horizon, c.final[0] - b.final[0]) for c in cells
-                 if (b := study.ready(c.horizon, "adamw"))]
-        if name != "adamw" and pairs:
+                 if (b := study.ready(c.horizon, ADAMW))]
+        if name != ADAMW and pairs:
             ax_gap.plot(*zip(*pairs), marker="o", color=color(name), label=name)
     ax_gap.axhline(0, color="k", lw=0.8)
     ax_loss.set(xscale="log", xlabel="horizon (steps, log)", ylabel="final val loss (nats/token)",
@@ -342,7 +343,7 @@ def plot_memory_tradeoff(rows: list[dict], path: Path, title: str) -> Path:
             stats = [interval([scale * v for v in r[key]]) for r in lora]
             xs = [r["state_bytes"] for r in lora]
             ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[1] for s in stats],
-                        [s[2] for s in stats]], fmt="o-", color=color("lorapre"), capsize=3,
+                        [s[2] for s in stats]], fmt="o-", color=color(LORAPRE), capsize=3,
                         label="LoRA-Pre (r = rank)")
             for r, x, s in zip(lora, xs, stats):
                 ax.annotate(f"r={r['rank']}", (x, s[0]), textcoords="offset points",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from muonkit.hardware import NATIVE_BF16_ENV, NATIVE_BF16_FLAGS
+from muonkit.registry import ADAMW
 
 from .metrics import Run, read_jsonl
 from .records import records_exist
@@ -161,7 +162,7 @@ def auto_ns(machine: Machine | None, native_bf16) -> str:
 def uses_newton_schulz(config: dict) -> bool:
     """False for AdamW runs (by the run's optimizer name or the study arm's kind)."""
     inner = config.get("config", {})
-    return "adamw" not in (str(config.get("optimizer", "")).lower(), inner.get("kind"))
+    return ADAMW not in (str(config.get("optimizer", "")).lower(), inner.get("kind"))
 
 
 def ns_precision(config: dict, machine: Machine | None, source: dict) -> tuple[str, bool]:

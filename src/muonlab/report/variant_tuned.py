@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from muonkit import registry
-from muonkit.registry import canonical_name
+from muonkit.registry import ADAMW, MUON, canonical_name
 
 from .metrics import Run, load_run, mean_std
 from .plots import plot_epoch_curves, plot_memory_tradeoff
@@ -24,13 +24,13 @@ from .records import find_records, records_exist
 from .stats import MIN_REPORT_SEEDS, NOT_RESOLVED, Comparison, compare_runs
 from .tables import fmt_bytes, markdown_table
 
-REFERENCE = "muon"  # the slug every difference is taken against
+REFERENCE = MUON  # the slug every difference is taken against
 # (label, a, b): the mixing ablation's paired differences a - b
 ABLATION_PAIRS = (
-    ("mixing, dense", "muon-gh", "muon"),
+    ("mixing, dense", "muon-gh", MUON),
     ("mixing, LoRA-Pre full rank", "{full}-gh", "{full}"),
     ("mixing, LoRA-Pre low rank", "{low}-gh", "{low}"),
-    ("compression (full-rank LoRA-Pre - dense), default mixing", "{full}", "muon"),
+    ("compression (full-rank LoRA-Pre - dense), default mixing", "{full}", MUON),
     ("compression (full-rank LoRA-Pre - dense), gradient-heavy", "{full}-gh", "muon-gh"),
     ("compression (low-rank - full-rank LoRA-Pre), default mixing", "{low}", "{full}"),
 )
@@ -229,7 +229,7 @@ def write_report(out: str | Path, input_dim: int) -> dict[str, Path]:
     tuned = s["study"]["seeds"][:1]  # the sweep's seed: it chose the LRs
     figures = {"tradeoff": out / "tradeoff.png", "curves": out / "curves.png"}
     sweep = [g for g in groups["rank-sweep"] if g in rows]
-    adamw = ["adamw"] if "adamw" in rows and "adamw" not in sweep else []
+    adamw = [ADAMW] if ADAMW in rows and ADAMW not in sweep else []
     sweep_rows = [rows[g] for g in adamw + sweep]
     if sweep:  # the rank sweep with AdamW's line
         plot_memory_tradeoff(sweep_rows, figures["tradeoff"],

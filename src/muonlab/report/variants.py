@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from muonkit.registry import canonical_name
+from muonkit.registry import MUON, canonical_name
 
 from .metrics import Run, group_runs, load_run, mean_std
 from .plots import plot_epoch_curves, plot_memory_tradeoff
@@ -48,11 +48,11 @@ def summarize(runs: list[Run]) -> list[dict]:
                 epoch_time_s=mean_std([e["epoch_time_s"] for r in group for e in r.epochs])[0],
             )
         )
-    dense = next((r["state_bytes"] for r in rows if r["kind"] == "muon"), None)
+    dense = next((r["state_bytes"] for r in rows if r["kind"] == MUON), None)
     for row in rows:
         row["savings"] = None if not dense else 1 - row["state_bytes"] / dense
     groups = group_runs(runs)
-    muon = next((groups[r["optimizer"]] for r in rows if r["kind"] == "muon"), None)
+    muon = next((groups[r["optimizer"]] for r in rows if r["kind"] == MUON), None)
     for row in rows:
         group = groups[row["optimizer"]]
         row["vs_muon"] = None if muon is None or group is muon else compare_runs(

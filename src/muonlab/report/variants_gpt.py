@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from muonkit.registry import MUON
+
 from .horizon import Cell, Study, cost_table, final_loss, load_study, sweep_lines
 from .plots import plot_state_memory, plot_val_curves
 from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
 REPORT = "report.md"
-DENSE = "muon"
+DENSE = MUON
 OPTION_KEYS = ("rank", "mixing")
 
 

@@ -20,6 +20,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from muonkit.registry import ADAMW, FORMER_NAMES, KRONECKER, KRONECKER_HYBRID, LORAPRE, MUON
+
 from . import compare, horizon, variant_tuned, variants_gpt
 from .stats import Comparison
 from .tables import fmt_bytes, markdown_table
@@ -30,8 +32,10 @@ BLOCK = re.compile(r"^(?P<indent>[ \t]*)<!-- verdict:(?P<name>[\w.-]+) -->\n(?P<
 # what only a block may state: verdict words, intervals [a, b], mean ± std
 CLAIM = re.compile(r"\b(ahead|behind|beats?|beaten|outperforms?|better than|worse than|"
                    r"matches|not resolved)\b|\[[-+]?\d[\d.]*, [-+]?\d[\d.]*\]|\d ± \d", re.I)
-MNIST_ARMS = ("adamw", "lora_pre-r128", "lora_pre-r32", "lora_pre-r16", "lora_pre-r1",
-              "kronecker", "hybrid_kronecker")
+# the committed MNIST study's run directories (its slugs), written with the former kind names
+_FORMER = {name: former for former, name in FORMER_NAMES.items()}
+MNIST_ARMS = (ADAMW, *(f"{_FORMER[LORAPRE]}-r{r}" for r in (128, 32, 16, 1)), KRONECKER,
+              _FORMER[KRONECKER_HYBRID])
 
 
 def grouped(items: list[tuple[str, Comparison]], digits: int = 3, scale: float = 1.0) -> str:
@@ -52,9 +56,9 @@ def compare_tiny(results: Path) -> str:
     groups, sweep = compare.load_compare(out)
     numbers = compare.compare_numbers(groups, compare.tuning_seeds(sweep))
     finals = numbers["report_finals"]
-    versus = numbers["versus"]["muon"]["final"]
+    versus = numbers["versus"][MUON]["final"]
     return (f"final val loss over the report seeds (seed 0 tuned the LRs): Muon hybrid "
-            f"{finals['muon'].text()}, AdamW {finals['adamw'].text()}; Muon hybrid - AdamW "
+            f"{finals[MUON].text()}, AdamW {finals[ADAMW].text()}; Muon hybrid - AdamW "
             f"{versus.text()}.")
 
 
@@ -64,14 +68,14 @@ def horizon_gaps(results: Path) -> dict[str, dict[int, Comparison]]:
     gaps: dict = {}
     for name in study.names():
         for h in study.horizons:
-            cell, base = study.ready(h, name), study.ready(h, "adamw")
-            if name != "adamw" and cell and base:
+            cell, base = study.ready(h, name), study.ready(h, ADAMW)
+            if name != ADAMW and cell and base:
                 gaps.setdefault(name, {})[h] = horizon.gap(study, cell, base)
     return gaps
 
 
 def horizon_muon(results: Path) -> str:
-    gaps = horizon_gaps(results)["muon"]
+    gaps = horizon_gaps(results)[MUON]
     return ("tuned Muon hybrid - AdamW, final val loss over the report seeds (seed 0 tuned): "
             + grouped([(f"{h} steps", c) for h, c in gaps.items()]) + ".")
 
@@ -95,7 +99,7 @@ def gpt_variants(results: Path) -> tuple[variants_gpt.Study, list]:
 def variants_gpt_text(results: Path) -> str:
     _, cells = gpt_variants(results)
     items = [(f"{c.name} ({fmt_bytes(variants_gpt.state_bytes(c)[1])})", v)
-             for c, v in cells if c.name != "adamw"]
+             for c, v in cells if c.name != ADAMW]
     return ("tiny GPT, 800 steps, final val loss minus dense Muon's (3.13 MiB of state) over "
             "the report seeds (seed 0 tuned): " + grouped(items) + ".")
 

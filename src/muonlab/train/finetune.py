@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from muonkit.registry import ADAMW
+
 from ..data.text import fixed_batches, load_text
 from ..report.records import records_exist
 from .config import resolve_dtype
@@ -143,14 +145,14 @@ def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Opti
         for group, hyper in zip(optimizer.param_groups, own, strict=True):
             group.update(hyper)  # the carried state, with this run's LRs and options
     elif state == "from-adamw":
-        if base.optimizer != "adamw" or optimizer_name == "adamw":
+        if base.optimizer != ADAMW or optimizer_name == ADAMW:
             raise ValueError(f"--state from-adamw: needs an AdamW base and a Muon-family "
                              f"fine-tuning optimizer (base {base.optimizer}, fine-tuning "
                              f"{optimizer_name})")
         from muonkit import migrate_adamw_state
         from muonkit.registry import build_optimizer
 
-        adamw = build_optimizer("adamw", model)
+        adamw = build_optimizer(ADAMW, model)
         adamw.load_state_dict(saved)
         migrate_adamw_state(adamw, optimizer)
 

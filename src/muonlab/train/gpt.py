@@ -18,6 +18,7 @@ import torch
 from muonkit import registry
 from muonkit.options import MuonOptions
 from muonkit.qk_clip import QKClip, clip_layers
+from muonkit.registry import MUON
 
 from ..data.text import (
     BUNDLED,
@@ -324,7 +325,7 @@ def gpt_optimizer(model: GPT, optimizer: str, **options) -> torch.optim.Optimize
 
 
 def train_gpt(
-    optimizer: str = "muon",
+    optimizer: str = MUON,
     *,
     preset: str = "tiny",
     data: str = BUNDLED,

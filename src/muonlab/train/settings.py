@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from muonkit.registry import OPTIMIZER_NAMES, OPTIMIZERS, PARALLEL_MODES
+from muonkit.registry import ADAMW, MUON, OPTIMIZER_NAMES, OPTIMIZERS, PARALLEL_MODES
 from muonkit.schedules import DECAYS
 
 from ..data.text import BUNDLED, TOKENIZERS
@@ -165,7 +165,7 @@ SETTINGS: dict[str, Setting] = {
     "task_max_tokens": _int("data", "longest greedy answer, in tokens", 128, ge=1),
     "task_max_steps": _int("data", "most reasoning steps of a word problem", 1, ge=1),
     # optimizer
-    "optimizer": Setting("optimizer", "optimizer", "muon", choices=OPTIMIZER_NAMES),
+    "optimizer": Setting("optimizer", "optimizer", MUON, choices=OPTIMIZER_NAMES),
     "lr": _float("optimizer", "AdamW lr (the baseline, and the hybrid's AdamW groups)", 6e-4,
                  gt=0),
     "beta2": _float("optimizer", "AdamW beta2", 0.95, ge=0, lt=1),
@@ -234,7 +234,7 @@ SETTINGS: dict[str, Setting] = {
     "seeds": _int("study", "seeds (init and batch order; a tuned study's first one chooses "
                   "the LRs); every optimizer trains once per seed", (0, 1, 2), ge=0,
                   many=True),
-    "optimizers": Setting("study", "optimizers to compare", ("adamw", "muon"),
+    "optimizers": Setting("study", "optimizers to compare", (ADAMW, MUON),
                           choices=OPTIMIZER_NAMES, many=True),
     "contenders": Setting("study", "optimizer settings to compare", many=True),
     "horizons": _int("study", "steps per run", (250, 800, 2500), ge=1, many=True),
