@@ -331,8 +331,9 @@ def plot_memory_tradeoff(rows: list[dict], path: Path, title: str) -> Path:
     optimizer-state bytes, 95% t intervals over seeds: the LoRA-Pre ranks as a curve, every
     other optimizer (AdamW, dense Muon, Kronecker) as a point with a dashed line at its mean."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    lora = [r for r in rows if registry.get(r["kind"]).takes_rank]
-    others = [r for r in rows if not registry.get(r["kind"]).takes_rank]
+    # records of older studies carry a former kind name ("lora_pre")
+    lora = [r for r in rows if registry.get(registry.canonical_name(r["kind"])).takes_rank]
+    others = [r for r in rows if r not in lora]
     ns = [len(r["test_accs"]) for r in rows]
     for ax, key, scale, ylabel, panel in (
         (axes[0], "test_accs", 100, "test accuracy (%)", "final test accuracy"),
