@@ -14,7 +14,9 @@ forgetting is measured: at step 0 it equals the base run's final ``val_loss``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +146,7 @@ def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Opti
         optimizer.load_state_dict(saved)
         for group, hyper in zip(optimizer.param_groups, own, strict=True):
             group.update(hyper)  # the carried state, with this run's LRs and options
+        shard_state_like_params(optimizer, state)
     elif state == "from-adamw":
         if base.optimizer != ADAMW or optimizer_name == ADAMW:
             raise ValueError(f"--state from-adamw: needs an AdamW base and a Muon-family "
@@ -154,7 +157,32 @@ def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Opti
 
         adamw = build_optimizer(ADAMW, model)
         adamw.load_state_dict(saved)
+        shard_state_like_params(adamw, state)
         migrate_adamw_state(adamw, optimizer)
+
+
+def shard_state_like_params(optimizer: torch.optim.Optimizer, state: str) -> None:
+    """Each whole state tensor of a sharded (DTensor: FSDP2, HSDP) parameter as a DTensor laid
+    out as the parameter: ``load_state_dict`` of a single-process checkpoint gives every rank
+    the whole tensors (the same on every rank), the sharded step wants this rank's shard. A
+    state tensor of any other shape (a compressed momentum) is refused: it has no layout here."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not isinstance(p, DTensor):
+                continue
+            for key, value in optimizer.state.get(p, {}).items():
+                if not torch.is_tensor(value) or isinstance(value, DTensor) or value.dim() == 0:
+                    continue
+                if value.shape != p.shape:
+                    raise ValueError(
+                        f"--state {state}: {type(optimizer).__name__} keeps {key!r} of shape "
+                        f"{tuple(value.shape)} for a {tuple(p.shape)} parameter, which cannot "
+                        "be sharded for --parallel fsdp2/hsdp (use --parallel ddp or --state "
+                        "fresh)")
+                optimizer.state[p][key] = distribute_tensor(value, p.device_mesh, p.placements,
+                                                            src_data_rank=None)
 
 
 def source_evaluator(base: BaseRun, model: nn.Module, dtype: str):
@@ -222,14 +250,20 @@ class Task:
         text = "".join(example_text(p) for p in self.train)
         if not path.exists() or path.read_text() != text:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_whole(path, text)
+            own = path.with_name(f"{path.name}.{os.getpid()}")  # torchrun's ranks write at once
+            write_whole(own, text)
+            os.replace(own, path)
         return path
 
 
-def task_evaluator(task: Task, model: nn.Module, tokens, out_dir: Path | None, steps: int):
+def task_evaluator(task: Task, model: nn.Module, tokens, out_dir: Path | None, steps: int,
+                   write: bool = True):
     """``on_eval``: at step 0 (if ``task.score_start``) and at the last step, greedy
     exact-match accuracy on the task's test problems (a ``task_eval`` record; predictions in
-    ``OUT/predictions.jsonl``, the step-0 ones in ``OUT/predictions-step0.jsonl``)."""
+    ``OUT/predictions.jsonl``, the step-0 ones in ``OUT/predictions-step0.jsonl``).
+    Under torchrun every rank decodes the same problems with the same whole weights (an FSDP2
+    model's forward is a collective; :func:`unsharded` gathers them for the cached decoding)
+    and only the rank that has ``write`` (rank 0) writes the predictions."""
     from .task_eval import evaluate_task
 
     scored = (0, steps) if task.score_start else (steps,)
@@ -238,9 +272,27 @@ def task_evaluator(task: Task, model: nn.Module, tokens, out_dir: Path | None, s
         if step not in scored or out_dir is None:
             return
         path = out_dir / ("predictions.jsonl" if step == steps else f"predictions-step{step}.jsonl")
-        result = evaluate_task(model, tokens.encode, tokens.decode, task.test, path,
-                               task.max_new_tokens)
+        with unsharded(model):
+            result = evaluate_task(model, tokens.encode, tokens.decode, task.test,
+                                   path if write else None, task.max_new_tokens)
         logger.write({"kind": "task_eval", "step": step, "task": task.name, **result,
                       "predictions": path.name})
 
     return on_eval
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module):
+    """``model``'s FSDP2 modules (if any) hold their whole parameters inside (all-gathered on
+    every rank on entry, sharded again on exit), so that methods other than ``forward`` (the
+    key/value-cached decoding) read whole weights; any other model is left as it is."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in sharded:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in sharded:
+            module.reshard()

@@ -369,6 +369,8 @@ def train_gpt(
     preset and overrides are ignored), its weights, and per ``state`` its optimizer state
     (:func:`muonlab.train.finetune.load_base_state`); every evaluation also scores the base's
     validation set (``source_val`` records). The data must have the base's vocabulary.
+    Under ``parallel`` every rank loads the base's weights before the model is wrapped, and its
+    optimizer state into the wrapped optimizer (FSDP2/HSDP: sharded as the parameters are).
     ``lora_rank`` > 0: freeze the model and train LoRA adapters of that rank on its attention
     and MLP projections (:mod:`muonlab.models.lora`; ``lora_alpha`` None: the rank, scale 1);
     they go to Muon in the hybrids, to AdamW with ``optimizer="adamw"``. ``task``
@@ -414,12 +416,10 @@ def train_gpt(
         device = resolve_device(train_config.device)  # this rank's (compute_init's) device
         net = parallelize(model.to(device), parallel, device, replicate=replicate)
     opt = gpt_optimizer(model, optimizer, **(optimizer_options or {}))
-    if base is not None:
-        if parallel != "none":
-            raise ValueError("fine-tuning (--init-from) runs without --parallel for now")
-        load_base_state(base, model, opt, optimizer, state)
     if parallel != "none":
-        opt = distribute_optimizer(opt, parallel)
+        opt = distribute_optimizer(opt, parallel)  # DDP's rebuilt optimizer starts empty
+    if base is not None:  # so the base's state goes in after (sharded like FSDP2's params)
+        load_base_state(base, model, opt, optimizer, state)
     clip = None
     if qk_clip is not None:  # the maxima reduced over the default group: every rank
         clip = QKClip(model, qk_clip)
@@ -459,7 +459,8 @@ def train_gpt(
         on_eval = both(on_eval, source_evaluator(base, model, train_config.dtype))
     if task is not None:
         out_dir = None if train_config.out_dir is None else Path(train_config.out_dir)
-        on_eval = both(on_eval, task_evaluator(task, model, tokens, out_dir, train_config.steps))
+        on_eval = both(on_eval, task_evaluator(task, model, tokens, out_dir, train_config.steps,
+                                               write=rank == 0))
         run_config["task"] = {"name": task.name, "n_train": len(task.train),
                               "n_test": len(task.test), "max_new_tokens": task.max_new_tokens}
     result = train(

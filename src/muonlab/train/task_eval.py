@@ -140,12 +140,12 @@ def evaluate_task(
     encode: Callable[[str], list[int]],
     decode: Callable[[list[int]], str],
     problems: Sequence[Problem],
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike | None,
     max_new_tokens: int = 256,
     batch_size: int = 64,
 ) -> dict:
     """Greedy exact-match accuracy of ``model`` on ``problems``; writes one line per problem to
-    the file ``out_path`` (``id, question, output, pred, gold, correct``; conventionally
+    the file ``out_path`` (None: none; ``id, question, output, pred, gold, correct``; conventionally
     ``RUN_DIR/predictions.jsonl``, :data:`PREDICTIONS`), atomically: through ``out_path.tmp``,
     replacing an earlier file of that name only once all problems are scored. ``encode`` and
     ``decode`` are the model's tokenizer (e.g. ``TokenData.encode`` / ``decode``). Problems are
@@ -173,5 +173,6 @@ def evaluate_task(
             id=problem.id, question=problem.question, output=output, pred=pred, gold=gold,
             correct=right,
         )))
-    write_whole(Path(out_path), "\n".join(lines) + "\n")
+    if out_path is not None:  # None: score only (the ranks other than 0 under torchrun)
+        write_whole(Path(out_path), "\n".join(lines) + "\n")
     return dict(accuracy=correct / len(problems), correct=correct, n=len(problems))
