@@ -146,7 +146,7 @@ def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Opti
         optimizer.load_state_dict(saved)
         for group, hyper in zip(optimizer.param_groups, own, strict=True):
             group.update(hyper)  # the carried state, with this run's LRs and options
-        shard_state_like_params(optimizer, state)
+        shard_state_like_params(optimizer)
     elif state == "from-adamw":
         if base.optimizer != ADAMW or optimizer_name == ADAMW:
             raise ValueError(f"--state from-adamw: needs an AdamW base and a Muon-family "
@@ -157,32 +157,28 @@ def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Opti
 
         adamw = build_optimizer(ADAMW, model)
         adamw.load_state_dict(saved)
-        shard_state_like_params(adamw, state)
+        shard_state_like_params(adamw)
         migrate_adamw_state(adamw, optimizer)
 
 
-def shard_state_like_params(optimizer: torch.optim.Optimizer, state: str) -> None:
-    """Each whole state tensor of a sharded (DTensor: FSDP2, HSDP) parameter as a DTensor laid
-    out as the parameter: ``load_state_dict`` of a single-process checkpoint gives every rank
-    the whole tensors (the same on every rank), the sharded step wants this rank's shard. A
-    state tensor of any other shape (a compressed momentum) is refused: it has no layout here."""
+def shard_state_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Each whole state tensor of a sharded (DTensor: FSDP2, HSDP) parameter that has the
+    parameter's shape (a momentum, Adam's moments) as a DTensor laid out as the parameter:
+    ``load_state_dict`` of a single-process checkpoint gives every rank the whole tensors, the
+    sharded step wants this rank's shard. Other state (a step count, NorMuon's per-row moment)
+    stays whole on every rank, as the sharded step keeps it."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     for group in optimizer.param_groups:
         for p in group["params"]:
             if not isinstance(p, DTensor):
                 continue
-            for key, value in optimizer.state.get(p, {}).items():
-                if not torch.is_tensor(value) or isinstance(value, DTensor) or value.dim() == 0:
-                    continue
-                if value.shape != p.shape:
-                    raise ValueError(
-                        f"--state {state}: {type(optimizer).__name__} keeps {key!r} of shape "
-                        f"{tuple(value.shape)} for a {tuple(p.shape)} parameter, which cannot "
-                        "be sharded for --parallel fsdp2/hsdp (use --parallel ddp or --state "
-                        "fresh)")
-                optimizer.state[p][key] = distribute_tensor(value, p.device_mesh, p.placements,
-                                                            src_data_rank=None)
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and not isinstance(value, DTensor) \
+                        and value.shape == p.shape:
+                    state[key] = distribute_tensor(value, p.device_mesh, p.placements,
+                                                   src_data_rank=None)
 
 
 def source_evaluator(base: BaseRun, model: nn.Module, dtype: str):
