@@ -61,7 +61,7 @@ def base(tmp_path_factory):
     prompts in its context (so the task decodes through the key/value cache)."""
     out = tmp_path_factory.mktemp("base") / "base"
     assert main(["train", "--out", str(out), "--optimizer", "adamw", "--tokenizer", "byte",
-                 "--preset", "tiny", "--block-size", "256", "--steps", "2", *SMALL]) == 0
+                 "--preset", "tiny", "--block-size", "512", "--steps", "2", *SMALL]) == 0
     return out
 
 
@@ -72,7 +72,7 @@ def base(tmp_path_factory):
 ])
 def test_finetune_under_torchrun_ends_where_one_process_ends(tmp_path, base, parallel, flags):
     data = tmp_path / "a.txt"
-    data.write_text("a" * 6000)
+    data.write_text("a" * 12000)
     torchrun_finetune(parallel, tmp_path / parallel, base, "--data", str(data), *flags)
     assert main(finetune_args(tmp_path / "one", base, "--data", str(data), *flags)) == 0
     one = torch.load(tmp_path / "one" / "ckpt.pt", weights_only=False)["model"]
