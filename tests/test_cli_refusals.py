@@ -61,3 +61,17 @@ def test_compare_docs_name_every_train_flag_it_does_not_take():
     sentence = sentence[:sentence.index(").", sentence.index("except")) + 2]
     named = set(re.findall(r"`(--[a-z-]+)`", sentence.split("except", 1)[1]))
     assert named - {"--optimizers", "--seeds"} == flags("train") - flags("compare")
+
+
+def test_a_default_warmup_as_long_as_the_run_is_said_once(tmp_path, capsys):
+    # --warmup given >= --steps is refused (above); the default (100) on a short run is not,
+    # so short runs keep working, but the user hears that the LR never reaches its peak
+    from muonlab.cli import main
+
+    at = FAST.index("--warmup")
+    default_warmup = FAST[:at] + FAST[at + 2:]
+    assert main(["train", "--out", str(tmp_path / "run"), *default_warmup, "--steps", "2"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "--warmup 100" in line]
+    assert len(warned) == 1 and "--steps 2" in warned[0] and "never reaches its peak" in warned[0]
+    assert main(["train", "--out", str(tmp_path / "short"), *FAST, "--steps", "2"]) == 0
+    assert "--warmup" not in capsys.readouterr().err

@@ -363,8 +363,9 @@ def start_diagnostics(session: Session, model, optimizers) -> tuple[list, list[d
     """The :class:`~muonkit.diagnostics.HealthMonitor` of each optimizer and its parameter
     table (:func:`muonkit.describe`), printed with ``progress`` on (folded for big models;
     whole in the config record); one warning line each (rank 0) for a Muon set-up that does
-    less than asked, Muon parameters without gradients in the first steps, and bf16 autocast
-    on a CPU without native bf16."""
+    less than asked, Muon parameters without gradients in the first steps, bf16 autocast
+    on a CPU without native bf16, and an LR warmup as long as the run (the default --warmup
+    on a short run)."""
     monitors, tables = [], []
     main_process = not is_distributed() or torch.distributed.get_rank() == 0
 
@@ -384,6 +385,11 @@ def start_diagnostics(session: Session, model, optimizers) -> tuple[list, list[d
     slow = slow_bf16("--dtype bfloat16", session.dtype, session.device)
     if slow:
         say(f"{slow}; --dtype float32 is faster here")
+    cfg = session.cfg
+    if cfg.warmup_steps >= cfg.steps:  # given on the command line, it is refused before
+        say(f"the LR warmup (--warmup {cfg.warmup_steps}) is not shorter than the run (--steps "
+            f"{cfg.steps}): the LR never reaches its peak and never decays; give a smaller "
+            "--warmup")
     return monitors, tables
 
 
