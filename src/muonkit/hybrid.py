@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adamw import adamw as torch_adamw
 
 from .diagnostics import warn_once
 from .heads import HEAD_NAMES, head_modules, is_transposed_linear, output_layer
@@ -30,7 +31,8 @@ from .options import MuonOptions, check_choice, check_lr, expand_options, unexpe
 MUON_ROLE = "muon"  # the hidden matrices' role (and group name), not an optimizer name
 ROLES = (MUON_ROLE, "embedding", "head", "vector")
 ADAMW_DEFAULTS: dict[str, Any] = dict(
-    lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, maximize=False, use_muon=False
+    lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, maximize=False, use_muon=False,
+    foreach=True, fused=False,
 )
 
 
@@ -262,25 +264,34 @@ def adamw_update_(
     beta2: float,
     eps: float,
     weight_decay: float,
+    foreach: bool = True,
+    fused: bool = False,
 ) -> None:
     """One AdamW step (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019).
 
     ``p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = b2 v + (1-b2) g^2;
-    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``, the same arithmetic as
-    torch.optim.AdamW's single-tensor path.
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``, run by torch.optim.AdamW's
+    own functional step: its multi-tensor path (``foreach``: a few fused passes over the
+    whole list), its ``fused`` kernel, or with neither its single-tensor loop, so each equals
+    torch.optim.AdamW with the same flag. ``grads`` are already negated under ``maximize``.
     """
-    torch._foreach_add_(steps, 1)
-    if weight_decay != 0:
-        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-    for p, m, v, t in zip(params, exp_avgs, exp_avg_sqs, steps):
-        step = t.item()
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2_sqrt = (1.0 - beta2**step) ** 0.5
-        denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-        p.addcdiv_(m, denom, value=-lr / bias_correction1)
+    torch_adamw(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        foreach=foreach and not fused,
+        fused=fused,
+        amsgrad=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=False,
+    )
 
 
 def validate_adamw_options(group: dict) -> None:
@@ -293,6 +304,8 @@ def validate_adamw_options(group: dict) -> None:
         raise ValueError(f"eps must be >= 0, got {group['eps']}")
     if not group["weight_decay"] >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']}")
+    check_choice("foreach", group["foreach"], (True, False))
+    check_choice("fused", group["fused"], (True, False))
 
 
 class MuonWithAuxAdam(MuonBase):
@@ -303,7 +316,9 @@ class MuonWithAuxAdam(MuonBase):
             options (defaults as :class:`muonkit.Muon`: lr 0.02, momentum 0.95, ...), as keys
             or as one ``options=MuonOptions(...)`` entry; AdamW
             groups take ``lr`` (3e-4), ``betas`` ((0.9, 0.95)), ``eps`` (1e-8),
-            ``weight_decay`` (0). Build them with :func:`hybrid_param_groups`.
+            ``weight_decay`` (0), ``foreach`` (True: torch.optim.AdamW's multi-tensor step;
+            False: its per-tensor loop) and ``fused`` (False; True: its fused kernel). Build
+            them with :func:`hybrid_param_groups`.
         nonfinite: "raise" or "skip", for the whole step (see :class:`muonkit.muon.MuonBase`).
 
     State per AdamW parameter: ``step`` (a float32 scalar tensor; a state dict whose steps
@@ -368,8 +383,9 @@ class MuonWithAuxAdam(MuonBase):
             return
         for p in params:
             state = self.state[p]
-            if "step" not in state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            if "step" not in state:  # on the parameter's device for the fused kernel, as torch's
+                device = p.device if group["fused"] else None
+                state["step"] = torch.tensor(0.0, dtype=torch.float32, device=device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         states = [self.state[p] for p in params]
@@ -385,4 +401,6 @@ class MuonWithAuxAdam(MuonBase):
             beta2=beta2,
             eps=group["eps"],
             weight_decay=group["weight_decay"],
+            foreach=group["foreach"],
+            fused=group["fused"],
         )
