@@ -36,7 +36,8 @@ PALETTE = {
     ADAMW: "#1f77b4", MUON: "#d62728", "muonwd": "#ff7f0e", "muonmoonlight": "#9467bd",
     "muonseed": "#8c564b", NORMUON: "#e377c2", KRONECKER: "#2ca02c",
     "kroneckerhybrid": "#17becf", "hybridkronecker": "#17becf", LORAPRE: "#bcbd22",
-    "loraprer1": "#bcbd22", "loraprer4": "#7f7f7f", "loraprer8": "#aec7e8",
+    "loraprer1": "#bcbd22", "loraprer2": "#dbdb8d", "loraprer4": "#7f7f7f",
+    "loraprer8": "#aec7e8",
     "loraprer16": "#393b79", "loraprer32": "#637939", "loraprer64": "#8c6d31",
     "loraprer128": "#843c39", "loraprer256": "#7b4173", "muongradientheavy": "#ff9896",
     "loraprer16gradientheavy": "#9edae5", "loraprer256gradientheavy": "#c5b0d5",
@@ -360,4 +361,36 @@ def plot_memory_tradeoff(rows: list[dict], path: Path, title: str) -> Path:
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.grid(alpha=0.3)
         legend(ax, ns)
+    return save(fig, path, title)
+
+
+def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
+    """LoRA-Pre's momentum against dense Muon's per rank over one run
+    (:mod:`muonlab.experiments.lorapre_rank`): momentum error (dashed: the best rank-r
+    matrix), cosine of the orthogonalized update to Muon's, and the window displacement
+    against Muon's (the effective step)."""
+    panels = [
+        ("momentum_rel_error", "relative error of the momentum\n||BA - M|| / ||M||",
+         "momentum vs dense buffer"),
+        ("orth_cosine", "cosine to dense Muon's update", "orthogonalized update, per step"),
+        ("window_drift_ratio", "||sum of updates|| / dense Muon's",
+         "displacement over each window"),
+    ]
+    ranks = sorted({r["rank"] for r in records if r["rank"] is not None})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, (key, ylabel, panel_title) in zip(axes, panels):
+        for r in ranks:
+            rows = [x for x in records if x["rank"] == r]
+            steps = [x["step"] for x in rows]
+            ax.plot(steps, [x[key] for x in rows], color=color(f"lorapre-r{r}"),
+                    label=f"LoRA-Pre r={r}")
+            if key == "momentum_rel_error":
+                ax.plot(steps, [x["best_rank_rel_error"] for x in rows], ls="--", lw=0.8,
+                        color=color(f"lorapre-r{r}"))
+        if key == "momentum_rel_error":
+            ax.plot([], [], ls="--", color="grey", label="best rank-r matrix (SVD)")
+        else:
+            ax.axhline(1.0, color=color("muon"), lw=1, label="dense Muon")
+        ax.set(title=panel_title, xlabel="training step", ylabel=ylabel)
+        legend(ax)
     return save(fig, path, title)

@@ -1,0 +1,53 @@
+"""LoRA-Pre's momentum against dense Muon's, rank by rank, on the tiny GPT (issue 25).
+
+Usage: ``MUONKIT_CPU_NATIVE_BF16=0 python benchmarks/lorapre_rank.py [--steps 300]
+[--ranks 1 2 4 8 16]`` (one torch thread; fp32 Newton-Schulz as the variants study ran);
+writes ``docs/results/variants/lorapre_rank/<machine>.json`` (the records of
+:func:`muonlab.experiments.lorapre_rank.measure` with their provenance and per-rank means)
+and ``rank.png`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from common import RESULTS, provenance
+from records import write_records
+
+from muonlab.experiments.lorapre_rank import RankConfig, measure, summary
+from muonlab.report.plots import plot_lorapre_rank
+
+OUT = RESULTS / "variants" / "lorapre_rank"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = RankConfig(ranks=args.ranks, steps=args.steps, every=args.every)
+    cpu = time.process_time()
+    records = measure(cfg)
+    native = os.environ.get("MUONKIT_CPU_NATIVE_BF16")
+    command = (f"python benchmarks/lorapre_rank.py --steps {args.steps} --every {args.every} "
+               f"--ranks {' '.join(map(str, args.ranks))}")
+    prov = {**provenance(torch.device("cpu")), "cpu_s": round(time.process_time() - cpu, 1),
+            "MUONKIT_CPU_NATIVE_BF16": native,
+            "command": f"MUONKIT_CPU_NATIVE_BF16={native} {command}" if native else command}
+    after = round(cfg.momentum_warmup_frac * cfg.steps)
+    path = write_records(OUT / f"{prov['machine_label']}.json", prov, records,
+                         config=vars(cfg), means_after_step=after,
+                         means=summary(records, after=after))
+    plot_lorapre_rank(records, OUT / "rank.png",
+                      f"LoRA-Pre vs dense Muon momentum on the tiny GPT's gradients "
+                      f"(one run, {cfg.steps} steps, seed {cfg.seed})")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

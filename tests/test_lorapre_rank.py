@@ -1,0 +1,63 @@
+"""The LoRA-Pre rank measurement (issue 25): its figures against hand computations, and one
+two-step run of the tiny GPT."""
+
+import math
+
+import pytest
+import torch
+
+from muonlab.experiments.lorapre_rank import (
+    RankConfig,
+    cosine,
+    measure,
+    relative_error,
+    rms,
+    summary,
+    truncation_error,
+    window_figures,
+)
+from muonlab.report.plots import plot_lorapre_rank
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_norm_figures_take_every_tensor_as_one_vector():
+    a, b = [t([3.0, 0.0]), t([4.0])], [t([0.0, 1.0]), t([0.0])]
+    assert rms(a) == pytest.approx(5 / math.sqrt(3))
+    # ||(3, -1, 4)|| / ||(0, 1, 0)||
+    assert relative_error(a, b) == pytest.approx(math.sqrt(26))
+    assert cosine([t([1.0, 0.0]), t([1.0])], [t([1.0, 1.0]), t([0.0])]) == pytest.approx(
+        1 / (math.sqrt(2) * math.sqrt(2)))
+
+
+def test_truncation_error_is_the_tail_of_the_singular_values():
+    m = [torch.diag(t(4.0, 3.0)), t([0.0, 0.0], [0.0, 12.0])]
+    # rank 1 keeps 4 and 12, drops 3: 3 / ||(4, 3, 12)|| = 3 / 13
+    assert truncation_error(m, 1) == pytest.approx(3 / 13)
+    assert truncation_error(m, 2) == pytest.approx(0.0)
+
+
+def test_window_figures_by_hand():
+    # two steps (1, 0) then (0, 1): displacement (1, 1); dense moved (2, 0)
+    out = window_figures([t([1.0, 1.0])], 2.0, [t([2.0, 0.0])])
+    assert out["persistence"] == pytest.approx(math.sqrt(2) / 2)
+    assert out["window_drift_ratio"] == pytest.approx(math.sqrt(2) / 2)
+    assert out["window_cosine"] == pytest.approx(1 / math.sqrt(2))
+
+
+def test_two_steps_of_the_tiny_gpt(tmp_path):
+    records = measure(RankConfig(ranks=[1, 4], steps=2, every=1))
+    assert [(r["step"], r["rank"]) for r in records] == [
+        (s, r) for s in (1, 2) for r in (None, 1, 4)]
+    for r in records:
+        if r["rank"] is None:  # dense against itself
+            assert r["momentum_rel_error"] == 0 and r["orth_cosine"] == pytest.approx(1)
+        else:
+            assert r["best_rank_rel_error"] <= r["momentum_rel_error"] + 1e-6
+    means = summary(records)
+    assert set(means) == {"dense", "1", "4"}
+    assert means["4"]["orth_rms"] == pytest.approx(
+        sum(r["orth_rms"] for r in records if r["rank"] == 4) / 2)
+    assert plot_lorapre_rank(records, tmp_path / "rank.png", "title").stat().st_size > 0
