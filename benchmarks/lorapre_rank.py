@@ -4,7 +4,7 @@ Usage: ``MUONKIT_CPU_NATIVE_BF16=0 python benchmarks/lorapre_rank.py [--steps 30
 [--ranks 1 2 4 8 16]`` (one torch thread; fp32 Newton-Schulz as the variants study ran);
 writes ``docs/results/variants/lorapre_rank/<machine>.json`` (the records of
 :func:`muonlab.experiments.lorapre_rank.measure` with their provenance and per-rank means)
-and ``rank.png`` beside it.
+and ``rank.png`` beside it, and the table of docs/studies/variants.md (:func:`render`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,38 @@ import os
 import time
 
 import torch
-from common import RESULTS, provenance
-from records import write_records
+from common import RESULTS, ROOT, provenance
+from records import markdown_table, provenance_line, read_records, replace_generated, write_records
 
 from muonlab.experiments.lorapre_rank import RankConfig, measure, summary
 from muonlab.report.plots import plot_lorapre_rank
 
 OUT = RESULTS / "variants" / "lorapre_rank"
+DOC = ROOT / "docs" / "studies" / "variants.md"
+COLUMNS = [  # (header, figure of muonlab.experiments.lorapre_rank)
+    ("momentum error ‖BA - M‖ / ‖M‖", "momentum_rel_error"),
+    ("best rank-r matrix's error (SVD)", "best_rank_rel_error"),
+    ("gradient's share ‖G‖ / ‖update‖", "grad_share"),
+    ("orthogonalized update RMS / Muon's", "orth_rms_ratio"),
+    ("cosine to Muon's update", "orth_cosine"),
+    ("persistence over a window", "persistence"),
+    ("window displacement / Muon's", "window_drift_ratio"),
+]
+
+
+def render(files: list[dict]) -> str:
+    """The table of docs/studies/variants.md: per records file, each rank's means after the
+    momentum warmup, and the machine it was measured on."""
+    out = []
+    for f in files:
+        rows = [[key if key == "dense" else f"r={key}",
+                 *(f"{means[c]:.3f}" if c in means else "-" for _, c in COLUMNS)]
+                for key, means in f["means"].items()]
+        out.append(markdown_table(["rank", *(h for h, _ in COLUMNS)], rows)
+                   + f"\nMeans over steps {f['means_after_step'] + 1}-{f['config']['steps']} of "
+                   f"{provenance_line(f['provenance'])}; windows of {f['config']['every']} steps; "
+                   f"{f['provenance']['cpu_s']} CPU s.\n")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -46,6 +71,8 @@ def main() -> None:
     plot_lorapre_rank(records, OUT / "rank.png",
                       f"LoRA-Pre vs dense Muon momentum on the tiny GPT's gradients "
                       f"(one run, {cfg.steps} steps, seed {cfg.seed})")
+    DOC.write_text(replace_generated(DOC.read_text(), "benchmarks/lorapre_rank.py",
+                                     render(read_records(OUT))))
     print(path)
 
 

@@ -61,3 +61,18 @@ def test_two_steps_of_the_tiny_gpt(tmp_path):
     assert means["4"]["orth_rms"] == pytest.approx(
         sum(r["orth_rms"] for r in records if r["rank"] == 4) / 2)
     assert plot_lorapre_rank(records, tmp_path / "rank.png", "title").stat().st_size > 0
+
+
+def test_the_study_page_table_is_the_one_generated_from_the_records():
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    import lorapre_rank
+    import records
+
+    files = records.read_records(lorapre_rank.OUT)
+    assert files, "docs/results/variants/lorapre_rank/ holds no records"
+    assert records.generated(lorapre_rank.DOC.read_text(), "benchmarks/lorapre_rank.py") == (
+        lorapre_rank.render(files))
