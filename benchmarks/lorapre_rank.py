@@ -33,6 +33,11 @@ COLUMNS = [  # (header, figure of muonlab.experiments.lorapre_rank)
 ]
 
 
+def driver_name(config: dict) -> str:
+    rank = config.get("driver_rank")
+    return (f"LoRA-Pre r={rank}" if rank else "dense Muon") + f" at LR {config['muon_lr']}"
+
+
 def render(files: list[dict]) -> str:
     """The table of docs/studies/variants.md: per records file, each rank's means after the
     momentum warmup, and the machine it was measured on."""
@@ -44,6 +49,7 @@ def render(files: list[dict]) -> str:
         out.append(markdown_table(["rank", *(h for h, _ in COLUMNS)], rows)
                    + f"\nMeans over steps {f['means_after_step'] + 1}-{f['config']['steps']} of "
                    f"{provenance_line(f['provenance'])}; windows of {f['config']['every']} steps; "
+                   f"weights moved by {driver_name(f['config'])}; "
                    f"{f['provenance']['cpu_s']} CPU s.\n")
     return "\n".join(out)
 
@@ -53,24 +59,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--driver-rank", type=int, default=None,
+                        help="LoRA-Pre of this rank moves the weights (default: dense Muon)")
+    parser.add_argument("--muon-lr", type=float, default=0.02)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = RankConfig(ranks=args.ranks, steps=args.steps, every=args.every)
+    cfg = RankConfig(ranks=args.ranks, steps=args.steps, every=args.every,
+                     driver_rank=args.driver_rank, muon_lr=args.muon_lr)
+    suffix = "" if cfg.driver_rank is None else f"-driver-r{cfg.driver_rank}"
     cpu = time.process_time()
     records = measure(cfg)
     native = os.environ.get("MUONKIT_CPU_NATIVE_BF16")
     command = (f"python benchmarks/lorapre_rank.py --steps {args.steps} --every {args.every} "
-               f"--ranks {' '.join(map(str, args.ranks))}")
+               f"--ranks {' '.join(map(str, args.ranks))} --muon-lr {args.muon_lr}"
+               + (f" --driver-rank {cfg.driver_rank}" if suffix else ""))
     prov = {**provenance(torch.device("cpu")), "cpu_s": round(time.process_time() - cpu, 1),
             "MUONKIT_CPU_NATIVE_BF16": native,
             "command": f"MUONKIT_CPU_NATIVE_BF16={native} {command}" if native else command}
     after = round(cfg.momentum_warmup_frac * cfg.steps)
-    path = write_records(OUT / f"{prov['machine_label']}.json", prov, records,
+    path = write_records(OUT / f"{prov['machine_label']}{suffix}.json", prov, records,
                          config=vars(cfg), means_after_step=after,
                          means=summary(records, after=after))
-    plot_lorapre_rank(records, OUT / "rank.png",
-                      f"LoRA-Pre vs dense Muon momentum on the tiny GPT's gradients "
-                      f"(one run, {cfg.steps} steps, seed {cfg.seed})")
+    driver = "dense Muon" if not suffix else f"LoRA-Pre r={cfg.driver_rank}"
+    plot_lorapre_rank(records, OUT / f"rank{suffix}.png",
+                      f"LoRA-Pre vs dense Muon momentum on the tiny GPT's gradients (one run, "
+                      f"{cfg.steps} steps, seed {cfg.seed}, {driver} at LR {cfg.muon_lr})")
     DOC.write_text(replace_generated(DOC.read_text(), "benchmarks/lorapre_rank.py",
                                      render(read_records(OUT))))
     print(path)

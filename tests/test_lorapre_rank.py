@@ -76,3 +76,13 @@ def test_the_study_page_table_is_the_one_generated_from_the_records():
     assert files, "docs/results/variants/lorapre_rank/ holds no records"
     assert records.generated(lorapre_rank.DOC.read_text(), "benchmarks/lorapre_rank.py") == (
         lorapre_rank.render(files))
+
+
+def test_a_lorapre_driver_moves_the_weights_instead_of_muon():
+    dense = measure(RankConfig(ranks=[2], steps=2, every=1))
+    driven = measure(RankConfig(ranks=[2], steps=2, every=1, driver_rank=2))
+    assert dense[0]["loss"] == driven[0]["loss"]  # step 1: before any update
+    assert dense[-1]["loss"] != driven[-1]["loss"]
+    # the shadows see the driver's gradients: at step 1 they are the same either way
+    assert dense[1]["momentum_rel_error"] == pytest.approx(driven[1]["momentum_rel_error"])
+    assert dense[-1]["momentum_rel_error"] != driven[-1]["momentum_rel_error"]

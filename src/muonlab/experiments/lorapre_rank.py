@@ -1,10 +1,11 @@
 """LoRA-Pre's momentum against dense Muon's, rank by rank, on the tiny GPT's real gradients.
 
 Issue 25: on the tiny GPT LoRA-Pre's final loss rose with rank. This measures why, on one
-trajectory: dense Muon (the hybrid of ``muonkit variants gpt``, its schedules and clipping)
-trains the model, and beside it one shadow :class:`muonkit.variants.LoRAPreMuon` per rank,
-at ``lr=0`` on copies of the hidden matrices, is fed the same clipped gradients and the same
-momentum each step (its real store code; the weights it would move never move). Each step,
+trajectory: dense Muon (the hybrid of ``muonkit variants gpt``, its schedules and clipping;
+or LoRA-Pre of one rank, ``driver_rank``) trains the model, and beside it a shadow
+:class:`muonkit.Muon` and one shadow :class:`muonkit.variants.LoRAPreMuon` per rank, at
+``lr=0`` on copies of the hidden matrices, are fed the same clipped gradients and the same
+momentum each step (their real store code; the weights they would move never move). Each step,
 over all hidden matrices at once (:func:`compare`):
 
 - the momentum's relative error ``||B A - M|| / ||M||`` against Muon's buffer M, beside the
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from muonkit.functional import nesterov_updates, orthogonalize_updates
+from muonkit.muon import Muon
 from muonkit.options import MuonOptions
 from muonkit.schedules import apply_schedules, lr_multiplier, muon_momentum
 from muonkit.variants import LoRAPreMuon
@@ -109,23 +111,31 @@ class RankConfig:
     momentum_warmup_frac: float = 0.15
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    driver_rank: int | None = None  # None: dense Muon moves the weights; r: LoRA-Pre rank r
 
 
 def measure(cfg: RankConfig, data: str | None = None) -> list[dict]:
-    """Train the tiny GPT ``cfg.steps`` steps with the dense Muon hybrid, the shadow LoRA-Pre
-    stores beside it; every ``cfg.every`` steps one record per rank and one for dense
-    (``rank`` None), :func:`compare`'s figures and :func:`window_figures` of the updates
-    since the last record."""
+    """Train the tiny GPT ``cfg.steps`` steps with the dense Muon hybrid (or, with
+    ``cfg.driver_rank``, the LoRA-Pre hybrid of that rank), Muon's buffer and the LoRA-Pre
+    stores of ``cfg.ranks`` in shadow optimizers at LR 0 beside it; every ``cfg.every`` steps
+    one record per rank and one for dense (``rank`` None), :func:`compare`'s figures and
+    :func:`window_figures` of the updates since the last record."""
     torch.manual_seed(cfg.seed)
     tokens = load_text(data) if data else load_text()
     model = GPT(preset_config("tiny", vocab_size=tokens.vocab_size))
-    opt = gpt_optimizer(model, "muon", lr=cfg.adamw_lr, muon_lr=cfg.muon_lr,
-                        muon_weight_decay=0.0)
+    variant = {} if cfg.driver_rank is None else {"rank": cfg.driver_rank}
+    opt = gpt_optimizer(model, "lorapre" if variant else "muon", lr=cfg.adamw_lr,
+                        muon_lr=cfg.muon_lr, muon_weight_decay=0.0, **variant)
     (group,) = [g for g in opt.param_groups if g.get("use_muon")]
     hidden = list(group["params"])
     options = MuonOptions.from_group(group)
-    shadows = {r: LoRAPreMuon([copy.deepcopy(p.detach()) for p in hidden], lr=0.0, rank=r,
-                              seed=cfg.seed, options=options) for r in cfg.ranks}
+
+    def copies():
+        return [copy.deepcopy(p.detach()) for p in hidden]
+
+    shadows = {None: Muon(copies(), lr=0.0, options=options),
+               **{r: LoRAPreMuon(copies(), lr=0.0, rank=r, seed=cfg.seed, options=options)
+                  for r in cfg.ranks}}
     batches = TokenBatches(tokens.train, cfg.batch_size, model.config.block_size,
                            seed=cfg.seed, split="train")
     warmup, m_warmup = round(cfg.warmup_frac * cfg.steps), round(cfg.momentum_warmup_frac
@@ -149,10 +159,11 @@ def measure(cfg: RankConfig, data: str | None = None) -> list[dict]:
             shadow.param_groups[0]["momentum"] = mu
             shadow.step()
         now = MuonOptions.from_group(group)
-        dense = [opt.state[p]["momentum_buffer"] for p in hidden]
+        dense = [shadows[None].state[q]["momentum_buffer"]
+                 for q in shadows[None].param_groups[0]["params"]]
         momenta = {None: dense, **{r: [s.state[q]["lowrank_B"] @ s.state[q]["lowrank_A"]
                                        for q in s.param_groups[0]["params"]]
-                                   for r, s in shadows.items()}}
+                                   for r, s in shadows.items() if r is not None}}
         for r, m in momenta.items():
             orth = orthogonalize_updates(nesterov_updates(grads, m, now), now)
             sums, norms = windows.get(r, ([torch.zeros_like(o) for o in orth], 0.0))
