@@ -33,6 +33,7 @@ from torch import Tensor
 from muonkit.functional import nesterov_updates, orthogonalize_updates
 from muonkit.muon import Muon
 from muonkit.options import MuonOptions
+from muonkit.registry import LORAPRE, MUON
 from muonkit.schedules import apply_schedules, lr_multiplier, muon_momentum
 from muonkit.variants import LoRAPreMuon
 
@@ -124,7 +125,7 @@ def measure(cfg: RankConfig, data: str | None = None) -> list[dict]:
     tokens = load_text(data) if data else load_text()
     model = GPT(preset_config("tiny", vocab_size=tokens.vocab_size))
     variant = {} if cfg.driver_rank is None else {"rank": cfg.driver_rank}
-    opt = gpt_optimizer(model, "lorapre" if variant else "muon", lr=cfg.adamw_lr,
+    opt = gpt_optimizer(model, LORAPRE if variant else MUON, lr=cfg.adamw_lr,
                         muon_lr=cfg.muon_lr, muon_weight_decay=0.0, **variant)
     (group,) = [g for g in opt.param_groups if g.get("use_muon")]
     hidden = list(group["params"])

@@ -390,7 +390,7 @@ def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
         if key == "momentum_rel_error":
             ax.plot([], [], ls="--", color="grey", label="best rank-r matrix (SVD)")
         else:
-            ax.axhline(1.0, color=color("muon"), lw=1, label="dense Muon")
+            ax.axhline(1.0, color=color(MUON), lw=1, label="dense Muon")
         ax.set(title=panel_title, xlabel="training step", ylabel=ylabel)
         legend(ax)
     return save(fig, path, title)
