@@ -63,6 +63,26 @@ def test_compare_docs_name_every_train_flag_it_does_not_take():
     assert named - {"--optimizers", "--seeds"} == flags("train") - flags("compare")
 
 
+@pytest.mark.parametrize("command,page", [("horizon", "horizon"), ("variants", "variants"),
+                                          ("finetune-study", "finetune")])
+def test_each_study_page_names_the_train_flags_its_command_takes(command, page):
+    """A study that sets most train flags itself says on its page which it takes: exactly
+    the flags of `muonkit train` its parser has (the README points there)."""
+    from muonlab.cli.reference import all_sections
+
+    parsers = dict(all_sections())
+
+    def flags(name):
+        return {s for a in parsers[f"muonkit {name}"]._actions for s in a.option_strings}
+
+    text = " ".join((ROOT / "docs" / "studies" / f"{page}.md").read_text().split())
+    sentence = text[text.index(f"Of the flags of `muonkit train`, `muonkit {command}` takes"):]
+    sentence = sentence[:sentence.index(";")]
+    named = set(re.findall(r"`(--[a-z-]+)`", sentence))
+    assert named == (flags("train") & flags(command)) - {"-h", "--help", "--debug"}
+    assert "docs/studies" in (ROOT / "README.md").read_text()
+
+
 def test_a_default_warmup_as_long_as_the_run_is_said_once(tmp_path, capsys):
     # --warmup given >= --steps is refused (above); the default (100) on a short run is not,
     # so short runs keep working, but the user hears that the LR never reaches its peak
