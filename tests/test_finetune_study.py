@@ -138,3 +138,45 @@ def test_the_recorded_settings_are_those_of_the_code_that_started_the_study():
     for argv, study in recorded.items():
         args = build_parser().parse_args(["finetune-study", *shlex.split(argv)])
         assert config_from_args(args).study_json() == json.dumps(study, indent=1), argv
+
+
+def test_ns_flags_and_qk_clip_reach_every_run_and_are_recorded_only_when_given(tmp_path,
+                                                                              monkeypatch):
+    """`--ns-*` reach the Muon groups of the Muon base and of every Muon arm (the arm's own
+    scaling and momentum form win), `--qk-clip` every run; study.json records them."""
+    argv = ["finetune-study", "--quick", "--out", str(tmp_path / "s"), "--ns-steps", "3",
+            "--ns-coefficients", "polar_express", "--qk-clip", "40"]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    study = json.loads(cfg.study_json())
+    assert study["muon_options"] == {"ns_steps": 3, "ns_coefficients": "polar_express"}
+    assert study["qk_clip"] == 40
+    plain = json.loads(config_from_args(build_parser().parse_args(argv[:4])).study_json())
+    assert "muon_options" not in plain and "qk_clip" not in plain
+
+    specs = []
+    monkeypatch.setattr(fs, "run_isolated", lambda spec, log: specs.append(spec) or 1.0)
+    runs = fs.FinetuneStudy(cfg, log=lambda _: None)
+    runs.run_base(fs.ADAMW, 4e-3, None)
+    runs.run_base(fs.MUON, 0.02, 4e-3)
+    runs.bases = {b: tmp_path / b for b in fs.BASES}
+    for arm in ("adamw", "muon-kj", "notes-failed"):
+        runs.run_ft(fs.MUON, arm, 1e-3, 0, 1e-3)
+    assert [s.kwargs["qk_clip"] for s in specs] == [40] * 5
+    opts = [s.kwargs["optimizer_options"] for s in specs]
+    assert "ns_steps" not in opts[0] and "ns_steps" not in opts[2]  # the AdamW runs
+    for o in (opts[1], opts[3], opts[4]):
+        assert (o["ns_steps"], o["ns_coefficients"]) == (3, "polar_express")
+    assert (opts[4]["lr_scaling"], opts[4]["momentum_form"]) == ("max_dim", "ema")
+
+
+def test_a_rerun_with_other_ns_flags_is_refused_naming_each_flag(tmp_path, capsys):
+    out = str(tmp_path / "s")
+    fs.prepare_out(config(out, muon_options={"ns_steps": 3}), "first")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune-study", "--quick", "--out", out, "--ns-coefficients", "polar_express",
+              "--qk-clip", "40"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--ns-steps 3 there, the default given" in err
+    assert "--ns-coefficients the default there, 'polar_express' given" in err
+    assert "--qk-clip the default there, 40.0 given" in err

@@ -10,7 +10,13 @@ import sys
 
 from ..experiments import finetune_study as study
 from ..report.finetune import build_finetune_report
-from .common import add_command, add_settings, add_tree_settings
+from .common import (
+    add_command,
+    add_muon_option_flags,
+    add_settings,
+    add_tree_settings,
+    muon_options_from_args,
+)
 
 
 def config_from_args(args: argparse.Namespace) -> study.FinetuneStudyConfig:
@@ -20,7 +26,7 @@ def config_from_args(args: argparse.Namespace) -> study.FinetuneStudyConfig:
         default = study.FinetuneStudyConfig()
         values.update({k: v for k, v in study.QUICK.items()
                        if values.get(k, getattr(default, k)) == getattr(default, k)})
-    return study.FinetuneStudyConfig(**values)
+    return study.FinetuneStudyConfig(**values, muon_options=muon_options_from_args(args))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -40,5 +46,6 @@ def register(subparsers) -> None:
         description=study.__doc__.split("\n\n")[0],
     )
     add_settings(p, study.FinetuneStudyConfig)
+    add_muon_option_flags(p)
     add_tree_settings(p, ("quick", "report_only"))
     p.set_defaults(func=run_command)

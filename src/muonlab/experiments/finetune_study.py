@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from muonkit.options import MuonOptions
 from muonkit.registry import ADAMW, MUON
 
 from ..data.tasks import Difficulty
@@ -125,7 +126,8 @@ class FinetuneStudyConfig:
     on ``task_test`` problems (answers of up to ``task_max_tokens`` tokens). Both phases:
     linear warmup over ``warmup_frac``, cosine decay to 0.1, ``evals_per_run`` evaluations of
     ``eval_batches`` batches; sweeps of ``grid_points`` factor-2 points, ``sweep_extend`` more
-    at each edge."""
+    at each edge. Every run: ``muon_options`` (:class:`muonkit.MuonOptions`, the ``--ns-*``
+    flags) in its Muon groups, QK-clip at ``qk_clip`` (None: off)."""
 
     out: str = setting("out", default="runs/finetune-study")
     data: str = setting("data", help="pretraining corpus: 'tinyshakespeare' or a text file "
@@ -155,6 +157,8 @@ class FinetuneStudyConfig:
     device: str = setting("device", default="cpu")
     jobs: int = setting("jobs")
     threads: int = setting("threads", default=1)
+    muon_options: dict = field(default_factory=dict)
+    qk_clip: float | None = setting("qk_clip")
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("out", "arms", "jobs", "threads")
     FLAG_NAMES: ClassVar[dict[str, str]] = {"corpus_sha256": "--data (its contents)"}
@@ -162,6 +166,7 @@ class FinetuneStudyConfig:
     def __post_init__(self) -> None:
         check_settings(self)
         resolve_device(self.device)
+        MuonOptions(**self.muon_options)
         if self.tune_seed in self.report_seeds:
             raise ValueError(f"--report-seeds must differ from --tune-seed "
                              f"({self.tune_seed}), got {self.report_seeds}")
@@ -174,9 +179,18 @@ class FinetuneStudyConfig:
         return Difficulty(max_steps=self.task_max_steps)
 
     def study(self) -> dict:
-        """The settings that define the study's results, and the corpus's sha256."""
-        kept = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RUNTIME}
-        return {**kept, "tokenizer": "byte", "corpus_sha256": corpus_sha256(self.data)}
+        """The settings that define the study's results, and the corpus's sha256
+        (``muon_options`` only where they change a default and ``qk_clip`` only when given, so
+        a study begun before those flags continues)."""
+        kept = {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in (*self.RUNTIME, "muon_options", "qk_clip")}
+        kept.update(tokenizer="byte", corpus_sha256=corpus_sha256(self.data))
+        changed = MuonOptions.changes(self.muon_options)
+        if changed:
+            kept["muon_options"] = changed
+        if self.qk_clip is not None:
+            kept["qk_clip"] = self.qk_clip
+        return kept
 
     def study_json(self) -> str:
         """``OUT/study.json``'s text: :meth:`study` as JSON (a rerun must match it)."""
@@ -223,12 +237,14 @@ def applicable(arms: list[str], base: str) -> list[str]:
     return [a for a in names if base in ARMS[a].bases]
 
 
-def optimizer_options(arm: Arm, lr: float, aux_lr: float) -> dict:
-    """:func:`muonlab.train.gpt.gpt_optimizer` options of ``arm`` at swept LR ``lr``."""
+def optimizer_options(arm: Arm, lr: float, aux_lr: float, muon_options: dict | None = None
+                      ) -> dict:
+    """:func:`muonlab.train.gpt.gpt_optimizer` options of ``arm`` at swept LR ``lr``;
+    ``muon_options`` go to a Muon arm (the arm's own options win)."""
     opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
     if arm.optimizer == ADAMW:
         return opts
-    return {**opts, **arm.options(), "muon_lr": lr, "momentum": 0.95,
+    return {**opts, **(muon_options or {}), **arm.options(), "muon_lr": lr, "momentum": 0.95,
             "muon_weight_decay": 0.0, "lr": lr if arm.knob == "shared" else aux_lr}
 
 
@@ -263,12 +279,13 @@ class FinetuneStudy:
         cfg, out_dir = self.cfg, base_dir(self.out, base, lr, self.cfg.tune_seed)
         opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
         if base == MUON:
-            opts.update(lr=aux, muon_lr=lr, momentum=0.95, muon_weight_decay=0.0)
+            opts.update(cfg.muon_options, lr=aux, muon_lr=lr, momentum=0.95,
+                        muon_weight_decay=0.0)
         kwargs = dict(
             optimizer=base, preset=cfg.preset, data=cfg.data, tokenizer="byte",
             batch_size=cfg.batch_size, block_size=cfg.block_size,
             eval_batches=cfg.eval_batches, model_overrides=dict(cfg.model_overrides),
-            optimizer_options=opts,
+            optimizer_options=opts, qk_clip=cfg.qk_clip,
             train_config=cfg.train_config(cfg.base_steps, cfg.tune_seed, out_dir, base == MUON,
                                           checkpoint=True),
         )
@@ -282,7 +299,8 @@ class FinetuneStudy:
             base_run=str(self.bases[base]), task=self.task, state=arm.state,
             optimizer=arm.optimizer, data=str(task_text(self.out)), tokenizer="byte",
             batch_size=cfg.batch_size, eval_batches=cfg.eval_batches,
-            optimizer_options=optimizer_options(arm, lr, aux), lora_rank=arm.lora_rank,
+            optimizer_options=optimizer_options(arm, lr, aux, cfg.muon_options),
+            lora_rank=arm.lora_rank, qk_clip=cfg.qk_clip,
             train_config=cfg.train_config(cfg.steps, seed, out_dir, arm.optimizer != ADAMW,
                                           checkpoint=False),
         )

@@ -74,6 +74,24 @@ class StudyInterrupted(KeyboardInterrupt):
                 "again to continue the study")
 
 
+class _Default:
+    """An option a study's record leaves out: it was at its default."""
+
+    def __repr__(self) -> str:
+        return "the default"
+
+
+_DEFAULT = _Default()
+
+
+def _with_flag_options(study: dict) -> dict:
+    """``study`` with its ``muon_options`` (the changed ``--ns-*`` options) as one setting
+    each, "muon_options.ns_steps", so a refusal names each option's own flag."""
+    flat = {k: v for k, v in study.items() if k != "muon_options"}
+    flat.update({f"muon_options.{k}": v for k, v in (study.get("muon_options") or {}).items()})
+    return flat
+
+
 def check_same_study(saved: Path, study: dict, flag_names: Mapping[str, str] = {},  # noqa: B006
                      may_change: Iterable[str] = (), *, what: str = "a study with other "
                      "settings", remedy: str = "rerun with the study's settings to continue "
@@ -84,10 +102,10 @@ def check_same_study(saved: Path, study: dict, flag_names: Mapping[str, str] = {
     + its name) with both values, and ``remedy``."""
     if not saved.exists():
         return
-    old = json.loads(saved.read_text())
-    keys = sorted((set(old) | set(study)) - set(may_change))
-    diff = [f"{setting_name(k, flag_names)} {old.get(k)!r} there, {study.get(k)!r} given"
-            for k in keys if old.get(k) != study.get(k)]
+    old, new = _with_flag_options(json.loads(saved.read_text())), _with_flag_options(study)
+    keys = sorted((set(old) | set(new)) - set(may_change))
+    diff = [f"{setting_name(k, flag_names)} {old.get(k, _DEFAULT)!r} there, "
+            f"{new.get(k, _DEFAULT)!r} given" for k in keys if old.get(k) != new.get(k)]
     if diff:
         raise ValueError(f"{saved.parent} holds {what} ({'; '.join(diff)}); {remedy}")
 
