@@ -37,6 +37,7 @@ from muonkit.orthogonalize import (  # noqa: E402
 )
 from muonlab.data.text import TokenBatches, load_text  # noqa: E402
 from muonlab.models.gpt import GPT, preset_config  # noqa: E402
+from muonlab.report.plots import save  # noqa: E402
 from muonlab.train.gpt import gpt_optimizer, lm_loss  # noqa: E402
 
 # (label, coefficients, dtype, gram)
@@ -198,9 +199,7 @@ def main(argv=None) -> int:
            title="Newton-Schulz: sigma_out vs sigma_in (256 x 1024)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
+    save(fig, figure)
     md = "\n".join([
         "## Orthogonalization accuracy (`benchmarks/orth_accuracy.py`)\n",
         "Synthetic: 256 x 1024, singular values log-uniform on [1e-3, 1]. GPT grads: the 16 "

@@ -123,3 +123,35 @@ def test_the_rank_sweep_plots_accuracy_and_loss_under_their_own_titles_with_adam
         labels = check_panel(ax)
         assert "AdamW" in labels and "bars/bands: 95% t interval over seeds, n=2" in labels
         assert list(ax.get_xticks()) == [100, 400, 2000, 4000]
+
+
+def test_a_saved_figure_is_a_palette_png_of_the_same_picture_in_fewer_bytes(tmp_path):
+    """save() writes what matplotlib renders, quantised to 256 colours: every pixel within a
+    few levels of the RGB render, the file smaller (and no temporary file left)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def figure():
+        fig, ax = plots.plt.subplots(figsize=(4, 3))
+        for k, name in enumerate(("adamw", "muon", "normuon")):
+            ax.plot(np.arange(50), np.sin(np.arange(50) / (k + 3)), color=plots.color(name),
+                    label=name)
+        ax.set(title="t", xlabel="step", ylabel="loss")
+        ax.legend()
+        return fig
+
+    plain = io.BytesIO()
+    fig = figure()
+    fig.tight_layout()
+    fig.savefig(plain, format="png", dpi=110)
+    plots.plt.close(fig)
+    path = plots.save(figure(), tmp_path / "f.png")
+    saved = Image.open(path)
+    assert saved.mode == "P" and path.stat().st_size < 0.7 * len(plain.getvalue())
+    want = np.asarray(Image.open(plain).convert("RGB"), dtype=int)
+    got = np.asarray(saved.convert("RGB"), dtype=int)
+    assert got.shape == want.shape
+    assert np.abs(got - want).mean() < 1.0 and np.quantile(np.abs(got - want), 0.99) <= 24
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]

@@ -163,7 +163,7 @@ def plot_accuracy_vs_lr(arms: list[Arm], path: Path) -> Path:
         ax.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)",
                ylabel="test accuracy", title=f"{base} base")
         ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def plot_forgetting(arms: list[Arm], path: Path) -> Path:
@@ -180,7 +180,7 @@ def plot_forgetting(arms: list[Arm], path: Path) -> Path:
                        label=f"{a.base} base, {a.name}")
     ax.set(xlabel="test accuracy", ylabel="forgetting: source val loss after - before")
     ax.legend(fontsize=6)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def _pyplot():
@@ -192,11 +192,10 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _save(fig, path: Path) -> Path:
+    from .plots import save
+
+    return save(fig, path)
 
 
 def base_lines(out: Path, sweeps: dict) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .metrics import read_jsonl
-from .plots import plt
+from .plots import plt, save
 
 
 def max_logit_curve(metrics: str | Path) -> tuple[list[int], list[float], float | None]:
@@ -36,8 +36,4 @@ def plot_max_logits(runs: dict[str, str | Path], path: str | Path, title: str) -
     ax.set(xlabel="step", ylabel="max pre-softmax attention logit (all layers and heads)",
            title=title)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
