@@ -6,6 +6,7 @@ base's state carried over (with its own LRs)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -147,14 +148,21 @@ def test_task_finetuning_scores_exact_match_before_and_after(tmp_path):
                  "none", "--threads", "1", "--optimizer", "adamw"]) == 0
     out = tmp_path / "ft"
     assert finetune(out, base, "--task", "arithmetic", "--task-train", "12", "--task-test", "3",
-                    "--task-max-tokens", "4", "--optimizer", "muon") == 0
+                    "--task-max-tokens", "4", "--optimizer", "muon", "--task-max-steps", "2",
+                    "--task-max-number", "6") == 0
     evals = [r for r in records(out) if r["kind"] == "task_eval"]
     assert [(r["step"], r["n"], r["task"]) for r in evals] == [(0, 3, "arithmetic"),
                                                                 (2, 3, "arithmetic")]
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and (out / "predictions-step0.jsonl").exists()
     assert list(lines[0]) == ["id", "question", "output", "pred", "gold", "correct"]
-    assert records(out)[0]["config"]["task"]["n_train"] == 12
+    task = records(out)[0]["config"]["task"]
+    assert task["n_train"] == 12 and task["seed"] == 0
+    assert (task["difficulty"]["max_steps"], task["difficulty"]["max_number"]) == (2, 6)
+    text = next((out / "task_data").iterdir()).read_text()  # the problems it trained on
+    questions = [x for x in text.splitlines() if x.startswith("Question:")]
+    assert len(questions) == 12
+    assert max(int(n) for q in questions for n in re.findall(r"\d+", q)) <= 6
     assert records(out)[0]["config"]["data"]["tokenizer"] == "byte"
 
 

@@ -131,13 +131,26 @@ def test_another_study_in_the_same_directory_is_refused(study, capsys):
 SETTINGS_FIXTURE = Path(__file__).parent / "fixtures" / "finetune_study_settings.json"
 
 
-def test_the_recorded_settings_are_those_of_the_code_that_started_the_study():
-    """study.json, byte for byte, for command lines whose record the code of 299ff4b wrote
-    (the fixture): a study started before the flags came from the config tree continues."""
+def test_the_recorded_settings_are_those_of_the_code_that_started_the_study(tmp_path):
+    """study.json for command lines whose record the code of 299ff4b wrote (the fixture) is
+    that record, byte for byte, with the one setting added since (--task-max-number, whose
+    default moved from that code's 50 to 10): such a study continues with
+    `--task-max-number 50`, and without it is refused naming that flag."""
     recorded = json.loads(SETTINGS_FIXTURE.read_text())
+    saved = tmp_path / "study.json"
     for argv, study in recorded.items():
+        args = build_parser().parse_args(["finetune-study", *shlex.split(argv),
+                                          "--task-max-number", "50"])
+        cfg = config_from_args(args)
+        now = json.loads(cfg.study_json())
+        assert now.pop("task_max_number") == 50
+        assert json.dumps(now, indent=1) == json.dumps(study, indent=1), argv
+        saved.write_text(json.dumps(study, indent=1))
+        fs.check_same_study(saved, cfg.study(), cfg.FLAG_NAMES, absent=cfg.ABSENT)
         args = build_parser().parse_args(["finetune-study", *shlex.split(argv)])
-        assert config_from_args(args).study_json() == json.dumps(study, indent=1), argv
+        cfg = config_from_args(args)
+        with pytest.raises(ValueError, match=r"\(--task-max-number 50 there, 10 given\)"):
+            fs.check_same_study(saved, cfg.study(), cfg.FLAG_NAMES, absent=cfg.ABSENT)
 
 
 def test_ns_flags_and_qk_clip_reach_every_run_and_are_recorded_only_when_given(tmp_path,
@@ -180,3 +193,42 @@ def test_a_rerun_with_other_ns_flags_is_refused_naming_each_flag(tmp_path, capsy
     assert "--ns-steps 3 there, the default given" in err
     assert "--ns-coefficients the default there, 'polar_express' given" in err
     assert "--qk-clip the default there, 40.0 given" in err
+
+
+def test_a_clone_without_the_bases_checkpoints_retrains_the_chosen_ones(tmp_path, monkeypatch):
+    """git keeps a study's records, not its ckpt.pt: continued without them, the study
+    retrains each chosen base, takes its checkpoint (the same weights: its final val loss is
+    the recorded one) and gives the same results; a retrained base that ends elsewhere is
+    refused in one line and nothing is taken."""
+    import torch
+
+    monkeypatch.setattr(fs, "run_isolated", run_in_process)
+    cfg = config(tmp_path / "s", arms=["adamw"], report_seeds=[1])
+    runs = read_jsonl(run_study(cfg)["runs"])
+    checkpoints = sorted((tmp_path / "s" / "bases").glob("*/*/ckpt.pt"))
+    assert len(checkpoints) == 2 * cfg.grid_points
+    sweeps = json.loads((tmp_path / "s" / "sweeps.json").read_text())
+    chosen = {fs.base_dir(tmp_path / "s", b, sweeps[f"base/{b}"]["best"], 0) / "ckpt.pt": None
+              for b in fs.BASES}
+    chosen = {p: torch.load(p, weights_only=False)["model"] for p in chosen}
+    for p in checkpoints:
+        p.unlink()
+    assert read_jsonl(run_study(cfg)["runs"]) == runs
+    kept = sorted((tmp_path / "s" / "bases").glob("*/*/ckpt.pt"))
+    assert kept == sorted(chosen) and len(kept) == 2
+    for p in kept:
+        torch.testing.assert_close(torch.load(p, weights_only=False)["model"], chosen[p],
+                                   rtol=0, atol=0)
+    assert not (tmp_path / "s" / "regenerated").exists()
+
+    # a base whose record says another loss than the retrained run reaches
+    victim = kept[0]
+    victim.unlink()
+    metrics = victim.parent / "metrics.jsonl"
+    lines = read_jsonl(metrics)
+    last_val = [r for r in lines if r["kind"] == "val"][-1]
+    last_val["val_loss"] *= 1 + 1e-5  # (still the sweep's best)
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(ValueError, match="computes differently") as refused:
+        run_study(cfg)
+    assert "\n" not in str(refused.value) and not victim.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.tasks import Difficulty
 from ..train.finetune import BASE_FLAGS, BaseRun, Task, check_base_flags
 from ..train.settings import SETTINGS
 from .common import add_command, add_setting, add_tree_settings, group_of
@@ -20,8 +21,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         setattr(args, flag, value)
     args.finetune = {"base": base, "state": args.state}
     if args.task is not None:
+        difficulty = Difficulty(max_steps=args.task_max_steps, max_number=args.task_max_number)
         task = Task.make(args.task, args.task_data, args.task_seed, args.task_train,
-                         args.task_test, args.task_max_tokens)
+                         args.task_test, args.task_max_tokens, difficulty)
         name = f"{task.name}-s{args.task_seed}-n{len(task.train)}.txt"
         args.data = str(task.write_training_text(Path(args.out) / "task_data" / name))
         args.finetune["task"] = task
@@ -43,6 +45,7 @@ def register(subparsers) -> None:
                 metavar="RUN_DIR")
     add_tree_settings(p, ("state", "task"))
     add_setting(group_of(p, "data"), "task_data", SETTINGS["task_data"], metavar="DIR")
-    add_tree_settings(p, ("task_seed", "task_train", "task_test", "task_max_tokens"))
+    add_tree_settings(p, ("task_seed", "task_train", "task_test", "task_max_tokens",
+                          "task_max_steps", "task_max_number"))
     p.set_defaults(func=run_finetune, preset=None, tokenizer=None, block_size=None, rope=None,
                    untied=None)

@@ -18,7 +18,10 @@ evaluation (``source_val``: forgetting) and the weight and update RMS of the hid
 
 Every run is its own process (:func:`muonlab.experiments.runs.run_isolated`) at ``threads``
 torch threads, ``jobs`` at a time; a rerun of the same command skips finished runs and resumes
-interrupted ones; its phases are replayed from the finished runs. Layout::
+interrupted ones; its phases are replayed from the finished runs. The bases' checkpoints stay
+local (git keeps the records, not ``ckpt.pt``): a study continued from a clone retrains each
+chosen base whose checkpoint is missing and takes it only if its final validation loss is the
+recorded one (:meth:`FinetuneStudy.regenerate_checkpoint`). Layout::
 
     OUT/study.json                          the settings (a rerun must match them)
     OUT/commands.txt                        every command that ran the study
@@ -26,6 +29,7 @@ interrupted ones; its phases are replayed from the finished runs. Layout::
     OUT/arms.json                           what each arm is (the report's words)
     OUT/task/train.txt                      the fine-tuning text (the task's training problems)
     OUT/bases/<base>/lr<lr>-s<seed>/        a pretraining run (ckpt.pt of its last step)
+    OUT/regenerated/<base>/lr<lr>-s<seed>/  a chosen base retrained for its missing ckpt.pt
     OUT/ft/<base>/<arm>/lr<lr>-s<seed>/     a fine-tuning run (metrics, predictions.jsonl)
     OUT/runs.jsonl                          one line per finished fine-tuning run
 
@@ -35,9 +39,12 @@ and the figures.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -53,9 +60,16 @@ from ..train.config import resolve_device
 from ..train.files import append_line, write_whole
 from ..train.finetune import BaseRun, Task
 from ..train.gpt import load_gpt_data
-from ..train.loop import TrainConfig
+from ..train.loop import CHECKPOINT, TrainConfig
 from ..train.settings import check_settings, setting
-from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
+from .runs import (
+    RunSpec,
+    SlotPool,
+    check_same_study,
+    final_val_loss,
+    run_concurrently,
+    run_isolated,
+)
 from .sweep import factor_grid, run_sweep
 
 BASES = (ADAMW, MUON)
@@ -147,7 +161,8 @@ class FinetuneStudyConfig:
     task_seed: int = setting("task_seed")
     task_train: int = setting("task_train", default=2000)
     task_test: int = setting("task_test")
-    task_max_steps: int = setting("task_max_steps")
+    task_max_steps: int = setting("task_max_steps", default=1)
+    task_max_number: int = setting("task_max_number", default=10)
     task_max_tokens: int = setting("task_max_tokens", default=64)
     tune_seed: int = setting("tune_seed", default=0)
     report_seeds: list[int] = setting("report_seeds")
@@ -162,6 +177,8 @@ class FinetuneStudyConfig:
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("out", "arms", "jobs", "threads")
     FLAG_NAMES: ClassVar[dict[str, str]] = {"corpus_sha256": "--data (its contents)"}
+    # what a study.json written before a setting existed held
+    ABSENT: ClassVar[dict] = {"task_max_number": 50}
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -176,7 +193,7 @@ class FinetuneStudyConfig:
                                  f"({self.evals_per_run})")
 
     def difficulty(self) -> Difficulty:
-        return Difficulty(max_steps=self.task_max_steps)
+        return Difficulty(max_steps=self.task_max_steps, max_number=self.task_max_number)
 
     def study(self) -> dict:
         """The settings that define the study's results, and the corpus's sha256
@@ -220,6 +237,10 @@ def corpus_sha256(data: str) -> str:
 
 def base_dir(out: Path, base: str, lr: float, seed: int) -> Path:
     return out / "bases" / base / f"lr{lr:g}-s{seed}"
+
+
+def regenerated_dir(out: Path, base: str, lr: float, seed: int) -> Path:
+    return out / "regenerated" / base / f"lr{lr:g}-s{seed}"
 
 
 def ft_dir(out: Path, base: str, arm: str, lr: float, seed: int) -> Path:
@@ -275,8 +296,12 @@ class FinetuneStudy:
     def _run(self, spec: RunSpec, priority: tuple) -> float:
         return self.pool.run(priority, run_isolated, spec, self.log)
 
-    def run_base(self, base: str, lr: float, aux: float | None) -> float:
-        cfg, out_dir = self.cfg, base_dir(self.out, base, lr, self.cfg.tune_seed)
+    def run_base(self, base: str, lr: float, aux: float | None, out_dir: Path | None = None
+                 ) -> float:
+        """The pretraining run of ``base`` at ``lr`` (its sweep point; ``out_dir``: elsewhere
+        than its own directory)."""
+        cfg = self.cfg
+        out_dir = out_dir or base_dir(self.out, base, lr, cfg.tune_seed)
         opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
         if base == MUON:
             opts.update(cfg.muon_options, lr=aux, muon_lr=lr, momentum=0.95,
@@ -324,8 +349,32 @@ class FinetuneStudy:
             [lambda x=x: self.run_base(ADAMW, x, None) for x in lrs]))
         muon = self._sweep("base/muon", cfg.base_muon_lr, lambda lrs: run_concurrently(
             [lambda x=x: self.run_base(MUON, x, adamw) for x in lrs]))
-        for base, lr in ((ADAMW, adamw), (MUON, muon)):
+        for base, lr, aux in ((ADAMW, adamw, None), (MUON, muon, adamw)):
             self.bases[base] = base_dir(self.out, base, lr, cfg.tune_seed)
+            if not (self.bases[base] / CHECKPOINT).exists():
+                self.regenerate_checkpoint(base, lr, aux)
+
+    def regenerate_checkpoint(self, base: str, lr: float, aux: float | None) -> None:
+        """Give the chosen ``base`` (finished, its ``ckpt.pt`` missing: a study continued from
+        a clone) its checkpoint: the run again in ``OUT/regenerated/`` with the same
+        settings, taken only if its final val loss is the recorded one to 1e-6 (the same
+        weights: a run is deterministic on one machine class); otherwise refused in one line
+        naming both losses, and nothing is taken."""
+        recorded_dir = self.bases[base]
+        scratch = regenerated_dir(self.out, base, lr, self.cfg.tune_seed)
+        self.log(f"base {base} lr{lr:g}: its {CHECKPOINT} is not here; training it again")
+        again = self.run_base(base, lr, aux, out_dir=scratch)
+        recorded = final_val_loss(recorded_dir)
+        if not abs(again - recorded) <= 1e-6 * abs(recorded):
+            raise ValueError(
+                f"the {base} base retrained for its missing {CHECKPOINT} ends at val loss "
+                f"{again:.6f}, its record in {recorded_dir} at {recorded:.6f}: this machine "
+                "(or --threads) computes differently from the one that trained it; continue "
+                f"the study there (with its {CHECKPOINT}), or start another --out")
+        os.replace(scratch / CHECKPOINT, recorded_dir / CHECKPOINT)
+        shutil.rmtree(scratch)
+        with contextlib.suppress(OSError):  # OUT/regenerated/<base>/ and OUT/regenerated/
+            os.removedirs(scratch.parent)
 
     def arm(self, base: str, name: str, aux: float | None) -> float:
         """One arm on one base: its LR sweep on the tuning seed, then the report seeds."""
@@ -363,7 +412,7 @@ def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
         load_gpt_data(str(task.write_training_text(Path(scratch) / "train.txt")), "byte",
                       cfg.preset, cfg.batch_size, cfg.block_size, cfg.model_overrides)
     study = cfg.study_json()
-    check_same_study(out / "study.json", json.loads(study), cfg.FLAG_NAMES)
+    check_same_study(out / "study.json", json.loads(study), cfg.FLAG_NAMES, absent=cfg.ABSENT)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "study.json", study)
     task.write_training_text(task_text(out))

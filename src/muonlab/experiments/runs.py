@@ -95,14 +95,16 @@ def _with_flag_options(study: dict) -> dict:
 def check_same_study(saved: Path, study: dict, flag_names: Mapping[str, str] = {},  # noqa: B006
                      may_change: Iterable[str] = (), *, what: str = "a study with other "
                      "settings", remedy: str = "rerun with the study's settings to continue "
-                     "it, or use another --out") -> None:
+                     "it, or use another --out", absent: Mapping = {}) -> None:  # noqa: B006
     """Refuse to continue the study whose settings file ``saved`` (its ``study.json``, if
     there) holds other settings than ``study`` (``may_change`` aside), in one line: the
     directory holds ``what``, each differing setting as its flag (``flag_names``, else ``--``
-    + its name) with both values, and ``remedy``."""
+    + its name) with both values, and ``remedy``. ``absent``: the value of each setting a
+    file written before it existed lacks."""
     if not saved.exists():
         return
-    old, new = _with_flag_options(json.loads(saved.read_text())), _with_flag_options(study)
+    old = _with_flag_options({**absent, **json.loads(saved.read_text())})
+    new = _with_flag_options(study)
     keys = sorted((set(old) | set(new)) - set(may_change))
     diff = [f"{setting_name(k, flag_names)} {old.get(k, _DEFAULT)!r} there, "
             f"{new.get(k, _DEFAULT)!r} given" for k in keys if old.get(k) != new.get(k)]

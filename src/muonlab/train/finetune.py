@@ -15,9 +15,10 @@ forgetting is measured: at step 0 it equals the base run's final ``val_loss``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -208,13 +209,16 @@ class Task:
     """A question-answering task a fine-tuning run trains on and is scored by: ``train`` and
     ``test`` problems (:mod:`muonlab.data.tasks`), greedy answers of up to
     ``max_new_tokens`` tokens; ``score_start``: also score the test problems at step 0 (a
-    study that fine-tunes one base many times scores its start once, not in every run)."""
+    study that fine-tunes one base many times scores its start once, not in every run);
+    ``source``: where the problems come from (the generator's seed and difficulty, or the
+    GSM8K directory), recorded with the run."""
 
     name: str
     train: list
     test: list
     max_new_tokens: int = 128
     score_start: bool = True
+    source: dict = field(default_factory=dict)
 
     @classmethod
     def make(cls, name: str, data: str | None, seed: int, n_train: int, n_test: int,
@@ -228,15 +232,18 @@ class Task:
         if name == "arithmetic":
             if data is not None:
                 raise ValueError("--task-data is for --task gsm8k; arithmetic is generated")
-            train, test = task_splits(seed, n_train, n_test, difficulty or Difficulty())
+            difficulty = difficulty or Difficulty()
+            train, test = task_splits(seed, n_train, n_test, difficulty)
+            source = {"seed": seed, "difficulty": dataclasses.asdict(difficulty)}
         elif name == "gsm8k":
             if data is None:
                 raise ValueError("--task gsm8k needs --task-data DIR (train.jsonl, test.jsonl)")
             train = read_gsm8k(Path(data) / "train.jsonl")[:n_train]
             test = read_gsm8k(Path(data) / "test.jsonl")[:n_test]
+            source = {"data": str(data)}
         else:
             raise ValueError(f"--task must be one of {list(TASKS)}, got {name!r}")
-        return cls(name, train, test, max_new_tokens, score_start)
+        return cls(name, train, test, max_new_tokens, score_start, source)
 
     def write_training_text(self, path: Path) -> Path:
         """The training problems as one text file (prompt, answer, blank line each), written

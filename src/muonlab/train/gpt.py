@@ -461,7 +461,7 @@ def train_gpt(
         out_dir = None if train_config.out_dir is None else Path(train_config.out_dir)
         on_eval = both(on_eval, task_evaluator(task, model, tokens, out_dir, train_config.steps,
                                                write=rank == 0))
-        run_config["task"] = {"name": task.name, "n_train": len(task.train),
+        run_config["task"] = {"name": task.name, **task.source, "n_train": len(task.train),
                               "n_test": len(task.test), "max_new_tokens": task.max_new_tokens}
     result = train(
         net,

@@ -163,7 +163,10 @@ SETTINGS: dict[str, Setting] = {
     "task_train": _int("data", "training problems", 5000, ge=1),
     "task_test": _int("data", "test problems scored", 500, ge=1),
     "task_max_tokens": _int("data", "longest greedy answer, in tokens", 128, ge=1),
-    "task_max_steps": _int("data", "most reasoning steps of a word problem", 1, ge=1),
+    "task_max_steps": _int("data", "--task arithmetic: most reasoning steps of a word problem",
+                           4, ge=1),
+    "task_max_number": _int("data", "--task arithmetic: largest starting or added amount "
+                            "(multipliers and divisors stay in 2..5)", 50, ge=2),
     # optimizer
     "optimizer": Setting("optimizer", "optimizer", MUON, choices=OPTIMIZER_NAMES),
     "lr": _float("optimizer", "AdamW lr (the baseline, and the hybrid's AdamW groups)", 6e-4,
