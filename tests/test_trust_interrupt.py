@@ -251,3 +251,33 @@ def test_an_interrupted_variant_study_continues_with_the_same_command(tmp_path, 
 
     with pytest.raises(ValueError, match="--epochs 2 there, 3 given"):
         variants.run_study(dataclasses.replace(cfg, epochs=cfg.epochs + 1), log=lambda s: None)
+
+
+def test_a_study_line_is_written_whole_so_threads_never_run_two_together(monkeypatch):
+    """The studies' progress lines come from several threads: each is one write, text and
+    newline together (print writes them apart, and two threads' lines ran together)."""
+    import inspect
+    import io
+    import sys
+    import threading
+
+    from muonlab.experiments import compare, finetune_study, horizon, runs
+
+    writes = []
+
+    class Recorder(io.StringIO):
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    threads = [threading.Thread(target=runs.say, args=(f"[run {k}] interrupted",))
+               for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(writes) == sorted(f"[run {k}] interrupted\n" for k in range(8))
+    for logs in (runs.run_isolated, runs.run_in_process, compare.Experiment,
+                 finetune_study.FinetuneStudy, horizon.Study):
+        assert inspect.signature(logs).parameters["log"].default is runs.say, logs

@@ -48,6 +48,7 @@ from .runs import (
     run_concurrently,
     run_in_process,
     run_isolated,
+    say,
 )
 from .sweep import SweepResult, check_factor_grid, run_sweep, top_k
 
@@ -94,7 +95,7 @@ class CompareConfig:
 class Experiment:
     """Runs of one compare directory: one slot pool, every run in its own process."""
 
-    def __init__(self, cfg: CompareConfig, log=print):
+    def __init__(self, cfg: CompareConfig, log=say):
         self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.threads = cfg.threads or default_threads(cfg.jobs)
         self.pool = SlotPool(cfg.jobs if cfg.isolate else 1)
@@ -235,7 +236,7 @@ def prepare_out(cfg: CompareConfig) -> Path:
     return out
 
 
-def run_compare(cfg: CompareConfig, log=print) -> dict[str, Path]:
+def run_compare(cfg: CompareConfig, log=say) -> dict[str, Path]:
     """The whole experiment; returns the report's paths. The data is loaded and checked
     once first (:func:`muonlab.train.gpt.load_gpt_data`), so bad data or a batch that does not
     fit it fails before anything is written or replaced."""

@@ -69,6 +69,7 @@ from .runs import (
     final_val_loss,
     run_concurrently,
     run_isolated,
+    say,
 )
 from .sweep import factor_grid, run_sweep
 
@@ -284,7 +285,7 @@ class FinetuneStudy:
     """The runs of one study directory: the bases' sweeps, then each base's arms in threads
     sharing one slot pool."""
 
-    def __init__(self, cfg: FinetuneStudyConfig, log=print):
+    def __init__(self, cfg: FinetuneStudyConfig, log=say):
         self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.pool = SlotPool(cfg.jobs)
         self.lock = threading.Lock()

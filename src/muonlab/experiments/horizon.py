@@ -56,7 +56,7 @@ from ..train.loop import TrainConfig
 from ..train.settings import check_settings, setting
 from ..train.step import lm_loss
 from ..train.trackers import resolve_trackers
-from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
+from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated, say
 from .sweep import factor_grid, run_sweep
 
 
@@ -264,7 +264,7 @@ def optimizer_options(c: Contender, lr: float, aux_lr: float | None,
 class Study:
     """The runs of one study directory; contenders run in threads sharing one slot pool."""
 
-    def __init__(self, cfg: HorizonConfig, log=print):
+    def __init__(self, cfg: HorizonConfig, log=say):
         self.cfg, self.log, self.out = cfg, log, Path(cfg.out)
         self.pool = SlotPool(cfg.jobs)
         self.lock = threading.Lock()

@@ -301,7 +301,19 @@ def _outcome(out: Path, status: str) -> float:
     return math.inf if status == "diverged" else final_val_loss(out)
 
 
-def run_isolated(spec: RunSpec, log: Callable[[str], None] = print, poll_s: float = 2.0) -> float:
+_SAY_LOCK = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print ``line`` as one write (text and newline together, under a lock): a study's
+    threads report runs at the same time, and ``print`` writes the text and the newline
+    separately, so two of its lines could run together."""
+    with _SAY_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def run_isolated(spec: RunSpec, log: Callable[[str], None] = say, poll_s: float = 2.0) -> float:
     """Run ``spec`` in a process of its own (resuming or skipping as :func:`run_status` says);
     returns its final val loss (``inf`` if it diverged)."""
     out = spec.out_dir
@@ -351,7 +363,7 @@ def _child_error(out: Path, detail: str) -> Exception:
     return RuntimeError(f"training run {out} failed:\n{detail}")
 
 
-def run_in_process(spec: RunSpec, log: Callable[[str], None] = print) -> float:
+def run_in_process(spec: RunSpec, log: Callable[[str], None] = say) -> float:
     """:func:`run_isolated` without the child process (tests, debugging); a diverged run
     returns ``inf``."""
     out = spec.out_dir

@@ -39,7 +39,7 @@ from ..data.vision import load_flat
 from ..report.variant_tuned import write_report
 from ..train import TrainConfig
 from ..train.files import append_line, write_whole
-from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated
+from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated, say
 from .sweep import factor_grid, run_sweep
 from .variant_config import DATASETS, MAY_CHANGE, Arm, StudyConfig, settings
 from .variant_optimizers import arm_lr, build_model, equal_memory_rank
@@ -116,7 +116,7 @@ class TunedStudy:
     """The runs of one study directory: one thread per arm (its sweep, then its seeds),
     sharing one :class:`SlotPool` (sweep runs first, then the seeds, arms in order)."""
 
-    def __init__(self, cfg: StudyConfig, arms: list[Arm], steps_per_epoch: int, log=print,
+    def __init__(self, cfg: StudyConfig, arms: list[Arm], steps_per_epoch: int, log=say,
                  runner=None):
         self.cfg, self.arms, self.log = cfg, arms, log
         self.runner = runner or run_isolated  # tests pass runs.run_in_process
@@ -172,7 +172,7 @@ def prepare_out(cfg: StudyConfig, arms: list[Arm], groups: dict, command: str) -
     return out
 
 
-def run_tuned(cfg: StudyConfig, command: str = "", log=print, runner=None) -> dict[str, Path]:
+def run_tuned(cfg: StudyConfig, command: str = "", log=say, runner=None) -> dict[str, Path]:
     """Run (or continue) the tuned study in ``cfg.out``, then write its report; returns the
     report's paths. The data is loaded here first, so a missing dataset fails before anything
     is written."""

@@ -51,7 +51,7 @@ from ..report.records import find_records
 from ..report.variants import write_report
 from ..train import TrainConfig, train
 from ..train.files import METRICS, RunExistsError, finished_run, write_whole
-from .runs import check_same_study, run_concurrently
+from .runs import check_same_study, run_concurrently, say
 from .variant_config import (
     ARM_KINDS,
     DATASETS,
@@ -199,7 +199,7 @@ def run_arm(arm: Arm, seed: int, cfg: StudyConfig, data: dict, out_dir: Path) ->
                                                  overwrite=overwrite))
 
 
-def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
+def run_study(cfg: StudyConfig, log: Callable[[str], None] = say) -> dict[str, Path]:
     """Train every arm of ``cfg.study`` over every seed; write the metrics files, the table
     and the figure under ``cfg.out``. Returns {"table": path, "figure": path, "runs": dir}."""
     out = Path(cfg.out)
