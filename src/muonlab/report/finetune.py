@@ -18,7 +18,9 @@ seeds: same batches; paired), with a verdict, through :mod:`muonlab.report.stats
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +29,21 @@ import numpy as np
 from muonkit.registry import ADAMW, MUON
 
 from .metrics import load_run, read_jsonl
+from .plots import color, legend, plt, save
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary
-from .stats import compare_runs, summarize
+from .stats import BEHIND, Comparison, compare_runs, summarize
 from .tables import markdown_table
 
 REPORT = "report.md"
 RUNS = "runs.jsonl"
 CURVE_EVERY = 10  # the training-loss curve of runs.jsonl: every 10th step and the last
 RUN_DIR = re.compile(r"ft/([\w-]+)/([\w.-]+)/lr([\d.e+-]+)-s(\d+)$")
+BASES = (ADAMW, MUON)
+BASE_WORDS = {ADAMW: "AdamW", MUON: "Muon"}
+KJ = "muon-kj"  # fixed Muon: the arm every bug and migrated state is measured against
+NOTES_FAILED = "notes-failed"
+BUGS = {"ema-only": "the EMA momentum", "max-dim-only": "the max-dim LR scaling"}
 
 
 def run_line(out: Path, metrics: Path, tune_seed: int) -> dict | None:
@@ -142,65 +150,282 @@ def arm_table(arms: list[Arm]) -> str:
                            "forgetting (source val loss change)", "update RMS"], rows)
 
 
+@dataclass(frozen=True)
+class Difference:
+    """Arm ``a`` minus arm ``b`` on ``base``: test accuracy paired by report seed
+    (:func:`muonlab.report.stats.compare_runs`), or None with the arms it waits for."""
+
+    base: str
+    a: str
+    b: str
+    comparison: Comparison | None
+    unfinished: tuple[str, ...] = ()
+
+    @property
+    def verdict(self) -> str | None:
+        return self.comparison.verdict if self.comparison else None
+
+    def interval_text(self) -> str:
+        return self.comparison.interval_text() if self.comparison else self.waiting()
+
+    def text(self) -> str:
+        return self.comparison.text() if self.comparison else self.waiting()
+
+    def waiting(self) -> str:
+        return "unfinished: " + ", ".join(self.unfinished)
+
+
+def difference(arms: list[Arm], base: str, a: str, b: str) -> Difference:
+    """:class:`Difference` of arms ``a`` and ``b`` on ``base``; an arm that is unfinished
+    (or not in the study) is named, never guessed."""
+    by_key = {(arm.base, arm.name): arm for arm in arms if arm.finished}
+    missing = tuple(f"{base}/{name}" for name in (a, b) if (base, name) not in by_key)
+    if missing:
+        return Difference(base, a, b, None, missing)
+    return Difference(base, a, b, compare_runs(
+        by_key[base, a].report, by_key[base, b].report, lambda r: r["accuracy"],
+        higher_is_better=True))
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of the study and the paired differences that answer it: (base, a, b)
+    for ``a`` minus ``b`` on that base."""
+
+    title: str
+    pairs: tuple[tuple[str, str, str], ...]
+
+    def differences(self, arms: list[Arm]) -> list[Difference]:
+        return [difference(arms, *pair) for pair in self.pairs]
+
+
+FIXED = Question("Does fixed Muon fine-tune each base? Each fixed Muon arm minus `adamw`",
+                 tuple((b, a, ADAMW) for b in BASES for a in (KJ, "muon-moonlight")))
+CAUSE = Question(f"Which of the notes' two bugs caused the failure? `{NOTES_FAILED}` and each "
+                 f"bug alone minus `{KJ}` (the bugs fixed)",
+                 tuple((b, a, KJ) for b in BASES for a in (NOTES_FAILED, *BUGS)))
+MISMATCH = Question("Does the optimizer mismatch hurt? The arm matching the base's "
+                    "pretraining optimizer minus the mismatched one",
+                    ((ADAMW, ADAMW, KJ), (MUON, KJ, ADAMW)))
+MIGRATED = Question(f"Does the migrated state help? Each migrated-state arm minus `{KJ}` "
+                    "(fresh state)",
+                    ((ADAMW, "muon-from-adamw", KJ), (MUON, "muon-carry", KJ)))
+QUESTIONS = (FIXED, CAUSE, MISMATCH, MIGRATED)
+
+
+def question_table(question: Question, arms: list[Arm]) -> str:
+    rows = [[f"{BASE_WORDS[d.base]} base", f"`{d.a}` - `{d.b}`", d.text()]
+            for d in question.differences(arms)]
+    return markdown_table(["base", "difference", "test accuracy difference (paired by seed)"],
+                          rows)
+
+
+def bug_cause(differences: list[Difference], base: str) -> str:
+    """What the intervals say caused the failure on ``base``, from :data:`CAUSE`'s
+    differences: a bug whose arm alone is behind ``muon-kj`` as ``notes-failed`` is, while the
+    other bug's arm is not, is the cause; nothing is named that the verdicts do not support."""
+    on = {d.a: d for d in differences if d.base == base}
+    where = f"on the {BASE_WORDS[base]} base"
+    waiting = [u for d in on.values() for u in d.unfinished]
+    if waiting:
+        return f"{where} the cause is not stated: unfinished {', '.join(dict.fromkeys(waiting))}."
+    if on[NOTES_FAILED].verdict != BEHIND:
+        return (f"{where} `{NOTES_FAILED}` is {on[NOTES_FAILED].verdict} against `{KJ}`: the "
+                "failure is not reproduced, so no cause is named.")
+    behind = [b for b in BUGS if on[b].verdict == BEHIND]
+    if len(behind) == 1:
+        (other,) = set(BUGS) - set(behind)
+        return (f"{where} `{NOTES_FAILED}` and `{behind[0]}` alone are behind `{KJ}`, "
+                f"`{other}` alone is {on[other].verdict}: the intervals point to "
+                f"{BUGS[behind[0]]} as the cause.")
+    if behind:
+        return (f"{where} `{NOTES_FAILED}` and each bug alone are behind `{KJ}`: both bugs "
+                "cost accuracy.")
+    return (f"{where} `{NOTES_FAILED}` is behind `{KJ}` but neither bug alone is: the "
+            "intervals single out neither bug.")
+
+
+GOOD_LR_TOLERANCE = 0.05  # an LR is good when its val loss is within 5% of the sweep's best
+
+
+@dataclass(frozen=True)
+class LRRange:
+    """The good LR range of a sweep: the contiguous swept LRs around the best whose
+    fine-tuning val loss is within :data:`GOOD_LR_TOLERANCE` of the best's. ``low_edge`` /
+    ``high_edge``: it reaches the smallest / largest LR swept, so the true range may be wider
+    and ``factor`` is a lower bound."""
+
+    best: float
+    lo: float
+    hi: float
+    low_edge: bool
+    high_edge: bool
+
+    @property
+    def factor(self) -> float:
+        return self.hi / self.lo
+
+    @property
+    def lower_bound(self) -> bool:
+        return self.low_edge or self.high_edge
+
+    def factor_text(self) -> str:
+        """``8``, or ``>= 8 (reaches the grid's low edge)`` when it is a lower bound."""
+        if not self.lower_bound:
+            return f"{self.factor:g}"
+        edges = " and ".join(e for e, at in (("low", self.low_edge), ("high", self.high_edge))
+                             if at)
+        return f">= {self.factor:g} (reaches the grid's {edges} edge)"
+
+
+def good_lr_range(losses: Mapping[float, float],
+                  tolerance: float = GOOD_LR_TOLERANCE) -> LRRange | None:
+    """:class:`LRRange` of a sweep's ``{lr: val loss}`` (the best: the lowest loss, the
+    smaller LR on a tie, as the sweep chose); None when every run diverged."""
+    lrs = sorted(losses)
+    best = min(lrs, key=lambda lr: (losses[lr], lr))
+    if not math.isfinite(losses[best]):
+        return None
+    limit = losses[best] + tolerance * abs(losses[best])
+    lo = hi = lrs.index(best)
+    while lo > 0 and losses[lrs[lo - 1]] <= limit:
+        lo -= 1
+    while hi < len(lrs) - 1 and losses[lrs[hi + 1]] <= limit:
+        hi += 1
+    return LRRange(best, lrs[lo], lrs[hi], lo == 0, hi == len(lrs) - 1)
+
+
+def sweep_range(sweeps: dict, base: str, name: str) -> LRRange | None:
+    """:func:`good_lr_range` of the arm's finished sweep (None: unfinished, or all diverged)."""
+    sweep = sweeps.get(f"{base}/{name}")
+    if sweep is None:
+        return None
+    return good_lr_range({float(lr): loss for lr, loss in sweep["losses"].items()})
+
+
+def lr_range_table(arms: list[Arm], sweeps: dict,
+                   keys: list[tuple[str, str]] | None = None) -> str:
+    """One row per (base, arm) of ``keys`` (default: every arm of the study): the best LR,
+    the good LR range, its width hi/lo, and the tuning seed's test accuracy over the range."""
+    tuned = {(a.base, a.name): a.tune for a in arms}
+    rows = []
+    for base, name in keys or list(tuned):
+        r = sweep_range(sweeps, base, name)
+        if r is None:
+            note = "every run diverged" if f"{base}/{name}" in sweeps else "sweep unfinished"
+            rows.append([base, name, note, "-", "-", "-"])
+            continue
+        accs = [t["accuracy"] for t in tuned.get((base, name), ()) if r.lo <= t["lr"] <= r.hi]
+        acc = f"{min(accs):.3f} to {max(accs):.3f}" if accs else "-"
+        rows.append([base, name, f"{r.best:g}", f"[{r.lo:g}, {r.hi:g}]", r.factor_text(), acc])
+    return markdown_table(["base", "arm", "best LR", "good LR range", "width hi/lo",
+                           "tuning-seed accuracy in the range"], rows)
+
+
+def verdict_text(arms: list[Arm]) -> str:
+    """The study's answer to questions 1, 2 and 4 in one paragraph (the README's ``finetune``
+    verdict block and the report's opening)."""
+    def listed(question: Question, label) -> str:
+        return "; ".join(f"{label(d)} {d.text()}" for d in question.differences(arms))
+
+    cause = CAUSE.differences(arms)
+    return (
+        "Test accuracy differences, paired over the report seeds (the tuning seed chose each "
+        "arm's LR). Fixed Muon minus AdamW: "
+        + listed(FIXED, lambda d: f"{d.a} on the {BASE_WORDS[d.base]} base")
+        + f". The notes' failed setup and each bug alone minus {KJ}: "
+        + listed(CAUSE, lambda d: f"{d.a} on the {BASE_WORDS[d.base]} base")
+        + ". " + " ".join(_sentence(bug_cause(cause, b)) for b in BASES)
+        + f" Migrated state minus fresh ({KJ}): "
+        + listed(MIGRATED, lambda d: f"{d.a} on the {BASE_WORDS[d.base]} base") + ".")
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def question_sections(arms: list[Arm], sweeps: dict) -> list[str]:
+    """The report's answers, one section per question of the study."""
+    cause = CAUSE.differences(arms)
+    text = []
+    for i, q in enumerate(QUESTIONS, 1):
+        text += [f"### {i}. {q.title}", "", question_table(q, arms), ""]
+        if q is CAUSE:
+            text += [f"- {bug_cause(cause, b)}" for b in BASES] + [""]
+        if q is MISMATCH:
+            text += ["The width of the good LR range (question 5) on each base: the 2026 "
+                     "claim (Qu, Huang, Horvath) is that the mismatch makes Muon "
+                     "LR-sensitive, a narrower range on the AdamW base.", "",
+                     lr_range_table(arms, sweeps, [(b, n) for b in BASES for n in (ADAMW, KJ)]), ""]
+    text += ["### 5. How wide is each arm's good LR range?", "",
+             f"The good LR range of an arm: the contiguous LRs of its sweep around the best "
+             f"whose fine-tuning val loss (tuning seed) is within {GOOD_LR_TOLERANCE:.0%} of "
+             "the best's; its width is hi/lo. A range that reaches an edge of the swept grid "
+             "gives only a lower bound on the width (marked >=). One tuning seed: no "
+             "interval.", "", lr_range_table(arms, sweeps), ""]
+    return text
+
+
+# one colour per arm in both figures (the plots' palette knows optimizers, not these arms)
+ARM_COLORS = {ADAMW: "#1f77b4", KJ: "#d62728", "muon-moonlight": "#9467bd",
+              "muon-from-adamw": "#ff7f0e", "muon-carry": "#8c564b", NOTES_FAILED: "#7f7f7f",
+              "ema-only": "#e377c2", "max-dim-only": "#bcbd22", "lora-adamw": "#17becf",
+              "lora-muon": "#2ca02c"}
+BASE_MARKERS = {ADAMW: "o", MUON: "^"}
+
+
+def arm_color(name: str):
+    return ARM_COLORS.get(name) or color(name)
+
+
 def plot_accuracy_vs_lr(arms: list[Arm], path: Path) -> Path:
     """Tuning-seed accuracy vs LR, one panel per base, one line per arm; the report seeds'
-    mean at the chosen LR as a marker with its interval."""
-    plt = _pyplot()
-    bases = sorted({a.base for a in arms})
-    fig, axes = plt.subplots(1, max(1, len(bases)), figsize=(6 * max(1, len(bases)), 4.5),
-                             squeeze=False)
+    mean at the chosen LR as a star with its 95% t interval."""
+    bases = sorted({a.base for a in arms}) or [ADAMW]
+    fig, axes = plt.subplots(1, len(bases), figsize=(6 * len(bases), 4.5), squeeze=False)
     for ax, base in zip(axes[0], bases):
+        ns = []
         for a in (a for a in arms if a.base == base):
             points = sorted((r["lr"], r["accuracy"]) for r in a.tune)
             if not points:
                 continue
-            (line,) = ax.plot(*zip(*points), marker="o", label=a.name)
+            c = arm_color(a.name)
+            ax.plot(*zip(*points), marker="o", color=c, label=f"{a.name} (tuning seed)")
             if a.finished:
                 s = summarize([r["accuracy"] for r in a.report])
-                err = 0 if s.n < 2 else [[s.mean - s.lo], [s.hi - s.mean]]  # (nan: no bar)
-                ax.errorbar([a.lr], [s.mean], yerr=err, marker="*", markersize=12,
-                            color=line.get_color(), capsize=3)
+                err = 0 if s.n < 2 else [[s.mean - s.lo], [s.hi - s.mean]]
+                ax.errorbar([a.lr], [s.mean], yerr=err, marker="*", markersize=12, color=c,
+                            capsize=3)
+                ns.append(s.n)
         ax.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)",
-               ylabel="test accuracy", title=f"{base} base")
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+               ylabel="test accuracy (fraction exact match)",
+               title=f"{BASE_WORDS.get(base, base)}-pretrained base: accuracy vs LR "
+                     "(star: report seeds at the chosen LR)")
+        ax.grid(alpha=0.3)
+        legend(ax, ns)
+    return save(fig, path)
 
 
 def plot_forgetting(arms: list[Arm], path: Path) -> Path:
-    """Forgetting vs accuracy of every report run, one marker shape per base."""
-    plt = _pyplot()
+    """Forgetting vs accuracy of every report run (one dot each), colour per arm, marker
+    shape per base."""
     fig, ax = plt.subplots(figsize=(7, 5))
-    names = list(dict.fromkeys(a.name for a in arms))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for a in arms:
         if a.report:
             ax.scatter([r["accuracy"] for r in a.report], [forgetting(r) for r in a.report],
-                       marker="o" if a.base == ADAMW else "^",
-                       color=colors[names.index(a.name) % len(colors)],
-                       label=f"{a.base} base, {a.name}")
-    ax.set(xlabel="test accuracy", ylabel="forgetting: source val loss after - before")
-    ax.legend(fontsize=6)
-    return _save(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    from .plots import save
-
+                       marker=BASE_MARKERS.get(a.base, "s"), color=arm_color(a.name),
+                       label=f"{BASE_WORDS.get(a.base, a.base)} base, {a.name}")
+    ax.set(xlabel="test accuracy (fraction exact match)",
+           ylabel="forgetting: source val loss after - before (nats/byte)",
+           title="forgetting vs accuracy, every report-seed run (no intervals: one dot a run)")
+    ax.grid(alpha=0.3)
+    legend(ax, fontsize=6)
     return save(fig, path)
 
 
 def base_lines(out: Path, sweeps: dict) -> list[str]:
     lines = []
-    for base in (ADAMW, MUON):
+    for base in BASES:
         sweep = sweeps.get(f"base/{base}")
         if sweep is None:
             lines.append(f"- {base} base: its sweep has not finished.")
@@ -218,15 +443,28 @@ def arm_lines(out: Path, arms: list[Arm]) -> list[str]:
     return [f"- `{name}`: {about.get(name, '')}" for name in dict.fromkeys(a.name for a in arms)]
 
 
-def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
-    """Write ``runs.jsonl``, the figures and ``report.md`` of the study in ``out_dir``; returns
-    their paths by name."""
-    out = Path(out_dir)
+def read_study(out: Path) -> tuple[dict, dict]:
+    """(``study.json``, ``sweeps.json``) of the study in ``out`` (no sweeps yet: {})."""
     if not (out / "study.json").exists():
         raise FileNotFoundError(f"{out} holds no fine-tuning study (no study.json)")
     settings = json.loads((out / "study.json").read_text())
     path = out / "sweeps.json"
-    sweeps = json.loads(path.read_text()) if path.exists() else {}
+    return settings, json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_arms(out_dir: str | Path) -> list[Arm]:
+    """The arms of the study in ``out_dir`` from its written ``runs.jsonl`` (plain or packed)
+    and ``sweeps.json``: what the README's verdict reads."""
+    out = Path(out_dir)
+    settings, sweeps = read_study(out)
+    return arms_of(read_jsonl(out / RUNS), sweeps, sorted(settings["report_seeds"]))
+
+
+def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
+    """Write ``runs.jsonl``, the figures and ``report.md`` of the study in ``out_dir``; returns
+    their paths by name."""
+    out = Path(out_dir)
+    settings, sweeps = read_study(out)
     lines = collect_runs(out, settings["tune_seed"])
     (out / RUNS).write_text("".join(json.dumps(line) + "\n" for line in lines))
     arms = arms_of(lines, sweeps, sorted(settings["report_seeds"]))
@@ -241,10 +479,13 @@ def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
         f"test accuracy on {settings['task_test']} word problems (greedy exact match), "
         f"report seeds {settings['report_seeds']} at each arm's LR, chosen on seed "
         f"{settings['tune_seed']} by the fine-tuning validation loss.", "",
+        "## Verdict", "", verdict_text(arms), "",
         "## Bases", "", *base_lines(out, sweeps), "",
         "## Arms (mean and 95% t interval over the report seeds)", "", *arm_lines(out, arms),
         "", arm_table(arms),
         "Unfinished: " + (", ".join(unfinished) if unfinished else "none") + ".", "",
+        "## The questions (differences paired by report seed, 95% t intervals)", "",
+        *question_sections(arms, sweeps),
         "## Sweeps", "",
         *[f"- {a.base}/{a.name}: {a.note}" for a in arms], "",
         "![accuracy vs LR](accuracy_vs_lr.png)", "", "![forgetting](forgetting.png)", "",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from muonkit.registry import ADAMW, FORMER_NAMES, KRONECKER, KRONECKER_HYBRID, LORAPRE, MUON
 
-from . import compare, horizon, variant_tuned, variants_gpt
+from . import compare, finetune, horizon, variant_tuned, variants_gpt
 from .stats import Comparison
 from .tables import fmt_bytes, markdown_table
 
@@ -137,6 +137,12 @@ def variants_mnist_table(results: Path) -> str:
                            "minus dense Muon, pp, report seeds"], cells)
 
 
+def finetune_text(results: Path) -> str:
+    """The fine-tuning study's answers to: does fixed Muon fine-tune each base, which bug
+    caused the notes' failure, does the migrated state help (unfinished arms named)."""
+    return finetune.verdict_text(finetune.load_arms(results / "finetune"))
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "compare-tiny": compare_tiny,
     "horizon": horizon_muon,
@@ -145,6 +151,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "variants-gpt-table": variants_gpt_table,
     "variants-mnist": variants_mnist_text,
     "variants-mnist-table": variants_mnist_table,
+    "finetune": finetune_text,
 }
 
 
