@@ -110,6 +110,23 @@ def test_the_report_and_its_figures_are_written(study, capsys):
     text = paths["report"].read_text()
     assert "| adamw | max-dim-only |" in text and "Unfinished: none." in text
     assert f"- `max-dim-only`: {fs.ARMS['max-dim-only'].about}" in text
+    # each question's comparison names the arms this study did not run, never guessed
+    assert "## Verdict" in text
+    assert "| AdamW base | `muon-kj` - `adamw` | unfinished: adamw/muon-kj |" in text
+    assert ("| Muon base | `max-dim-only` - `muon-kj` | unfinished: muon/muon-kj |" in text)
+    assert "on the Muon base the cause is not stated: unfinished muon/notes-failed" in text
+    # each arm's good LR range from its two-point sweep: both points when the other is
+    # within 5% of the best's val loss, else the best alone; at the grid's edge either way
+    sweeps = json.loads((out / "sweeps.json").read_text())
+    for key in (f"{b}/{a}" for b in fs.BASES for a in ("adamw", "max-dim-only")):
+        (lo, l_lo), (hi, l_hi) = sorted((float(lr), v) for lr, v in sweeps[key]["losses"].items())
+        best = lo if l_lo <= l_hi else hi
+        if max(l_lo, l_hi) <= 1.05 * min(l_lo, l_hi):
+            cells = f"[{lo:g}, {hi:g}] | >= 2 (reaches the grid's low and high edge)"
+        else:
+            edge = "low" if best == lo else "high"
+            cells = f"[{best:g}, {best:g}] | >= 1 (reaches the grid's {edge} edge)"
+        assert f"| {key.replace('/', ' | ')} | {best:g} | {cells} |" in text, key
     assert main(["finetune-study", "--out", str(out), "--report-only"]) == 0
     assert "report.md" in capsys.readouterr().out
 

@@ -270,12 +270,13 @@ class LRRange:
         return self.low_edge or self.high_edge
 
     def factor_text(self) -> str:
-        """``8``, or ``>= 8 (reaches the grid's low edge)`` when it is a lower bound."""
+        """``8``, or ``>= 8 (reaches the grid's low edge)`` when it is a lower bound (3
+        significant digits: the grid points are rounded to 6)."""
         if not self.lower_bound:
-            return f"{self.factor:g}"
+            return f"{self.factor:.3g}"
         edges = " and ".join(e for e, at in (("low", self.low_edge), ("high", self.high_edge))
                              if at)
-        return f">= {self.factor:g} (reaches the grid's {edges} edge)"
+        return f">= {self.factor:.3g} (reaches the grid's {edges} edge)"
 
 
 def good_lr_range(losses: Mapping[float, float],
