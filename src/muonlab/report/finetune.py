@@ -29,7 +29,7 @@ import numpy as np
 from muonkit.registry import ADAMW, MUON
 
 from .metrics import load_run, read_jsonl
-from .plots import color, legend, plt, save
+from .plots import color, legend, plt, save, ticks_at
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary
 from .stats import BEHIND, Comparison, compare_runs, summarize
@@ -379,31 +379,50 @@ def arm_color(name: str):
     return ARM_COLORS.get(name) or color(name)
 
 
-def plot_accuracy_vs_lr(arms: list[Arm], path: Path) -> Path:
-    """Tuning-seed accuracy vs LR, one panel per base, one line per arm; the report seeds'
-    mean at the chosen LR as a star with its 95% t interval."""
+def plot_accuracy_vs_lr(arms: list[Arm], sweeps: dict, path: Path) -> Path:
+    """One column per base. Top: tuning-seed test accuracy vs LR, one line per arm, and the
+    report seeds' mean at the chosen LR as a star with its 95% t interval. Bottom: the
+    sweep's fine-tuning val loss vs LR (what chose the LR), the good LR range drawn thick."""
     bases = sorted({a.base for a in arms}) or [ADAMW]
-    fig, axes = plt.subplots(1, len(bases), figsize=(6 * len(bases), 4.5), squeeze=False)
-    for ax, base in zip(axes[0], bases):
-        ns = []
+    fig, axes = plt.subplots(2, len(bases), figsize=(7 * len(bases), 9), squeeze=False)
+    for (ax, ax_loss), base in zip(axes.T, bases):
+        ns, lrs = [], []
         for a in (a for a in arms if a.base == base):
-            points = sorted((r["lr"], r["accuracy"]) for r in a.tune)
-            if not points:
-                continue
             c = arm_color(a.name)
-            ax.plot(*zip(*points), marker="o", color=c, label=f"{a.name} (tuning seed)")
+            points = sorted((r["lr"], r["accuracy"]) for r in a.tune)
+            if points:
+                ax.plot(*zip(*points), marker="o", color=c, label=a.name)
             if a.finished:
                 s = summarize([r["accuracy"] for r in a.report])
                 err = 0 if s.n < 2 else [[s.mean - s.lo], [s.hi - s.mean]]
                 ax.errorbar([a.lr], [s.mean], yerr=err, marker="*", markersize=12, color=c,
                             capsize=3)
                 ns.append(s.n)
+            sweep = sweeps.get(f"{a.base}/{a.name}")
+            if sweep:
+                losses = sorted((float(lr), v) for lr, v in sweep["losses"].items()
+                                if math.isfinite(v))
+                ax_loss.plot(*zip(*losses), marker="o", ms=3, color=c, label=a.name)
+                good = sweep_range(sweeps, a.base, a.name)
+                ax_loss.plot(*zip(*[(x, v) for x, v in losses if good.lo <= x <= good.hi]),
+                             color=c, lw=5, alpha=0.35)
+            lrs += [x for x, _ in points]
+        if ns:
+            ax.plot([], [], "*", color="grey", markersize=10,
+                    label="star: report seeds' mean at the chosen LR")
         ax.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)",
                ylabel="test accuracy (fraction exact match)",
-               title=f"{BASE_WORDS.get(base, base)}-pretrained base: accuracy vs LR "
-                     "(star: report seeds at the chosen LR)")
-        ax.grid(alpha=0.3)
-        legend(ax, ns)
+               title=f"{BASE_WORDS.get(base, base)} base: test accuracy vs LR (tuning seed)")
+        ax_loss.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)",
+                    ylabel="fine-tuning val loss (nats/byte)",
+                    title=f"{BASE_WORDS.get(base, base)} base: the sweeps (thick: the good LR "
+                          f"range, within {GOOD_LR_TOLERANCE:.0%} of the best)")
+        for panel, n in ((ax, ns), (ax_loss, None)):
+            if lrs:
+                ticks_at(panel, lrs, fmt=lambda v: f"{v:.2g}")
+                panel.tick_params(axis="x", labelsize=7, labelrotation=45)
+            panel.grid(alpha=0.3)
+            legend(panel, n)
     return save(fig, path)
 
 
@@ -470,7 +489,7 @@ def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
     (out / RUNS).write_text("".join(json.dumps(line) + "\n" for line in lines))
     arms = arms_of(lines, sweeps, sorted(settings["report_seeds"]))
     paths = {"runs": out / RUNS,
-             "accuracy_vs_lr": plot_accuracy_vs_lr(arms, out / "accuracy_vs_lr.png"),
+             "accuracy_vs_lr": plot_accuracy_vs_lr(arms, sweeps, out / "accuracy_vs_lr.png"),
              "forgetting": plot_forgetting(arms, out / "forgetting.png")}
     unfinished = [f"{a.base}/{a.name}" for a in arms if not a.finished]
     runs = [load_run(out / line["metrics"]) for line in lines]
