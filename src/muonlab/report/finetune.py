@@ -13,6 +13,16 @@ in the tables once its sweep chose an LR and every report seed at that LR finish
 rest is listed as unfinished, never guessed. Means come with 95% t intervals over the report
 seeds, and each arm is compared with the ``adamw`` arm on the same base seed by seed (same
 seeds: same batches; paired), with a verdict, through :mod:`muonlab.report.stats`.
+
+The study's questions (:data:`QUESTIONS`) are answered the same way, each a list of paired
+accuracy differences (:class:`Difference`): fixed Muon minus AdamW on each base; the notes'
+setup and each of its bugs alone minus ``muon-kj``, with the cause the verdicts support
+(:func:`bug_cause`); the pretraining optimizer's arm minus the mismatched one; the migrated
+state minus fresh. Each arm's good LR range (:func:`good_lr_range`) is read from its sweep:
+the contiguous swept LRs around the best whose fine-tuning val loss is within 5% of the
+best's, a lower bound on the width when it reaches the grid's edge. :func:`verdict_text` is
+the README's ``finetune`` verdict (:mod:`muonlab.report.verdicts`), read back from a
+written study by :func:`load_arms`.
 """
 
 from __future__ import annotations
