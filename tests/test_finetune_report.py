@@ -45,8 +45,11 @@ def synthetic_study(bugs_on_muon=("ema-only", "max-dim-only"), skip=()):
         for arm, accs in arms.items():
             if (base, arm) in skip:
                 continue
-            lines += arm_lines(base, arm, accs) + [line(base, arm, 0, 0.5)]
-            sweeps[f"{base}/{arm}"] = {"losses": {"0.0005": 1.2, "0.001": 1.0, "0.002": 1.1},
+            losses = {5e-4: 1.2, 1e-3: 1.0, 2e-3: 1.1}
+            lines += arm_lines(base, arm, accs) + [
+                {**line(base, arm, 0, 0.5 if lr == 1e-3 else 0.3, lr), "val_loss": loss}
+                for lr, loss in losses.items()]
+            sweeps[f"{base}/{arm}"] = {"losses": {f"{lr:g}": v for lr, v in losses.items()},
                                        "best": 1e-3, "note": "inside"}
     return lines, sweeps
 

@@ -139,18 +139,13 @@ def arms_of(lines: list[dict], sweeps: dict, seeds: list[int]) -> list[Arm]:
 
 def arm_table(arms: list[Arm]) -> str:
     """One row per finished arm: chosen LR, accuracy, forgetting, update RMS, and the accuracy
-    difference from the ``adamw`` arm on the same base (:func:`muonlab.report.stats.
-    compare_runs`: paired by report seed)."""
-    adamw = {a.base: a for a in arms if a.name == ADAMW and a.finished}
+    difference from the ``adamw`` arm on the same base (:func:`difference`: paired by report
+    seed)."""
     rows = []
     for a in arms:
         if not a.finished:
             continue
-        ref = adamw.get(a.base)
-        diff = "-"
-        if ref is not None and a is not ref:
-            diff = compare_runs(a.report, ref.report, lambda r: r["accuracy"],
-                                higher_is_better=True).text()
+        diff = "-" if a.name == ADAMW else difference(arms, a.base, a.name, ADAMW).text()
         rms = [r["update_rms"] for r in a.report if r["update_rms"] is not None]
         rows.append([a.base, a.name, f"{a.lr:g}",
                      summarize([r["accuracy"] for r in a.report]).text(),
@@ -174,9 +169,6 @@ class Difference:
     @property
     def verdict(self) -> str | None:
         return self.comparison.verdict if self.comparison else None
-
-    def interval_text(self) -> str:
-        return self.comparison.interval_text() if self.comparison else self.waiting()
 
     def text(self) -> str:
         return self.comparison.text() if self.comparison else self.waiting()
@@ -336,19 +328,16 @@ def lr_range_table(arms: list[Arm], sweeps: dict,
 def verdict_text(arms: list[Arm]) -> str:
     """The study's answer to questions 1, 2 and 4 in one paragraph (the README's ``finetune``
     verdict block and the report's opening)."""
-    def listed(question: Question, label) -> str:
-        return "; ".join(f"{label(d)} {d.text()}" for d in question.differences(arms))
+    def listed(question: Question) -> str:
+        return "; ".join(f"{d.a} on the {BASE_WORDS[d.base]} base {d.text()}"
+                         for d in question.differences(arms))
 
     cause = CAUSE.differences(arms)
-    return (
-        "Test accuracy differences, paired over the report seeds (the tuning seed chose each "
-        "arm's LR). Fixed Muon minus AdamW: "
-        + listed(FIXED, lambda d: f"{d.a} on the {BASE_WORDS[d.base]} base")
-        + f". The notes' failed setup and each bug alone minus {KJ}: "
-        + listed(CAUSE, lambda d: f"{d.a} on the {BASE_WORDS[d.base]} base")
-        + ". " + " ".join(_sentence(bug_cause(cause, b)) for b in BASES)
-        + f" Migrated state minus fresh ({KJ}): "
-        + listed(MIGRATED, lambda d: f"{d.a} on the {BASE_WORDS[d.base]} base") + ".")
+    return ("Test accuracy differences, paired over the report seeds (the tuning seed chose "
+            f"each arm's LR). Fixed Muon minus AdamW: {listed(FIXED)}. The notes' failed setup "
+            f"and each bug alone minus {KJ}: {listed(CAUSE)}. "
+            + " ".join(_sentence(bug_cause(cause, b)) for b in BASES)
+            + f" Migrated state minus fresh ({KJ}): {listed(MIGRATED)}.")
 
 
 def _sentence(text: str) -> str:
@@ -367,7 +356,8 @@ def question_sections(arms: list[Arm], sweeps: dict) -> list[str]:
             text += ["The width of the good LR range (question 5) on each base: the 2026 "
                      "claim (Qu, Huang, Horvath) is that the mismatch makes Muon "
                      "LR-sensitive, a narrower range on the AdamW base.", "",
-                     lr_range_table(arms, sweeps, [(b, n) for b in BASES for n in (ADAMW, KJ)]), ""]
+                     lr_range_table(arms, sweeps, [(b, n) for b in BASES for n in (ADAMW, KJ)]),
+                     ""]
     text += ["### 5. How wide is each arm's good LR range?", "",
              f"The good LR range of an arm: the contiguous LRs of its sweep around the best "
              f"whose fine-tuning val loss (tuning seed) is within {GOOD_LR_TOLERANCE:.0%} of "
@@ -392,7 +382,8 @@ def arm_color(name: str):
 def plot_accuracy_vs_lr(arms: list[Arm], sweeps: dict, path: Path) -> Path:
     """One column per base. Top: tuning-seed test accuracy vs LR, one line per arm, and the
     report seeds' mean at the chosen LR as a star with its 95% t interval. Bottom: the
-    sweep's fine-tuning val loss vs LR (what chose the LR), the good LR range drawn thick."""
+    tuning runs' fine-tuning val loss vs LR (what chose the LR), the good LR range of a
+    finished sweep drawn thick."""
     bases = sorted({a.base for a in arms}) or [ADAMW]
     fig, axes = plt.subplots(2, len(bases), figsize=(7 * len(bases), 9), squeeze=False)
     for (ax, ax_loss), base in zip(axes.T, bases):
@@ -408,12 +399,12 @@ def plot_accuracy_vs_lr(arms: list[Arm], sweeps: dict, path: Path) -> Path:
                 ax.errorbar([a.lr], [s.mean], yerr=err, marker="*", markersize=12, color=c,
                             capsize=3)
                 ns.append(s.n)
-            sweep = sweeps.get(f"{a.base}/{a.name}")
-            if sweep:
-                losses = sorted((float(lr), v) for lr, v in sweep["losses"].items()
-                                if math.isfinite(v))
+            losses = sorted((r["lr"], r["val_loss"]) for r in a.tune
+                            if math.isfinite(r["val_loss"]))
+            if losses:
                 ax_loss.plot(*zip(*losses), marker="o", ms=3, color=c, label=a.name)
-                good = sweep_range(sweeps, a.base, a.name)
+            good = sweep_range(sweeps, a.base, a.name)  # (None: the sweep is running)
+            if good is not None:
                 ax_loss.plot(*zip(*[(x, v) for x, v in losses if good.lo <= x <= good.hi]),
                              color=c, lw=5, alpha=0.35)
             lrs += [x for x, _ in points]
