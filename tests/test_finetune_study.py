@@ -150,8 +150,8 @@ SETTINGS_FIXTURE = Path(__file__).parent / "fixtures" / "finetune_study_settings
 
 def test_the_recorded_settings_are_those_of_the_code_that_started_the_study(tmp_path):
     """study.json for command lines whose record the code of 299ff4b wrote (the fixture) is
-    that record, byte for byte, with the one setting added since (--task-max-number, whose
-    default moved from that code's 50 to 10): such a study continues with
+    that record, byte for byte, with what was added since (--task-max-number, whose default
+    moved from that code's 50 to 10, and the machine class): such a study continues with
     `--task-max-number 50`, and without it is refused naming that flag."""
     recorded = json.loads(SETTINGS_FIXTURE.read_text())
     saved = tmp_path / "study.json"
@@ -161,13 +161,14 @@ def test_the_recorded_settings_are_those_of_the_code_that_started_the_study(tmp_
         cfg = config_from_args(args)
         now = json.loads(cfg.study_json())
         assert now.pop("task_max_number") == 50
+        assert now.pop("machine_class")["threads"] == cfg.threads
         assert json.dumps(now, indent=1) == json.dumps(study, indent=1), argv
         saved.write_text(json.dumps(study, indent=1))
-        fs.check_same_study(saved, cfg.study(), cfg.FLAG_NAMES, absent=cfg.ABSENT)
+        fs.check_continues(saved, cfg)
         args = build_parser().parse_args(["finetune-study", *shlex.split(argv)])
         cfg = config_from_args(args)
         with pytest.raises(ValueError, match=r"\(--task-max-number 50 there, 10 given\)"):
-            fs.check_same_study(saved, cfg.study(), cfg.FLAG_NAMES, absent=cfg.ABSENT)
+            fs.check_continues(saved, cfg)
 
 
 def test_ns_flags_and_qk_clip_reach_every_run_and_are_recorded_only_when_given(tmp_path,
@@ -197,6 +198,27 @@ def test_ns_flags_and_qk_clip_reach_every_run_and_are_recorded_only_when_given(t
     for o in (opts[1], opts[3], opts[4]):
         assert (o["ns_steps"], o["ns_coefficients"]) == (3, "polar_express")
     assert (opts[4]["lr_scaling"], opts[4]["momentum_form"]) == ("max_dim", "ema")
+
+
+def test_a_study_continues_only_on_its_machine_class(tmp_path, monkeypatch):
+    """study.json pins the machine class (threads included): a continuation at other
+    --threads, or on a CPU of other arithmetic, is refused naming it; a study begun before
+    the class was pinned continues and is pinned from then on."""
+    out = tmp_path / "s"
+    fs.prepare_out(config(out), "first")
+    assert json.loads((out / "study.json").read_text())["machine_class"]["threads"] == 1
+    with pytest.raises(ValueError, match=r"^\S+ holds a study with other settings \(the "
+                       r"machine class \(device, CPU or GPU, --threads\) .*'threads': 2"):
+        fs.prepare_out(config(out, threads=2), "other threads")
+    monkeypatch.setattr(fs.hardware, "cpu_capability", lambda: "NO AVX")
+    with pytest.raises(ValueError, match="'cpu_capability': 'NO AVX'"):
+        fs.prepare_out(config(out), "other machine")
+    old = json.loads((out / "study.json").read_text())
+    del old["machine_class"]
+    (out / "study.json").write_text(json.dumps(old, indent=1))
+    fs.prepare_out(config(out), "an unpinned study continues")
+    pinned = json.loads((out / "study.json").read_text())["machine_class"]
+    assert pinned["cpu_capability"] == "NO AVX"
 
 
 def test_a_rerun_with_other_ns_flags_is_refused_naming_each_flag(tmp_path, capsys):

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from muonkit import hardware
 from muonkit.options import MuonOptions
 from muonkit.registry import ADAMW, MUON
 
@@ -177,7 +178,9 @@ class FinetuneStudyConfig:
     qk_clip: float | None = setting("qk_clip")
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("out", "arms", "jobs", "threads")
-    FLAG_NAMES: ClassVar[dict[str, str]] = {"corpus_sha256": "--data (its contents)"}
+    FLAG_NAMES: ClassVar[dict[str, str]] = {
+        "corpus_sha256": "--data (its contents)",
+        "machine_class": "the machine class (device, CPU or GPU, --threads)"}
     # what a study.json written before a setting existed held
     ABSENT: ClassVar[dict] = {"task_max_number": 50}
 
@@ -197,7 +200,9 @@ class FinetuneStudyConfig:
         return Difficulty(max_steps=self.task_max_steps, max_number=self.task_max_number)
 
     def study(self) -> dict:
-        """The settings that define the study's results, and the corpus's sha256
+        """The settings that define the study's results, the corpus's sha256 and the machine
+        class its runs compute on (:func:`muonkit.hardware.machine_class`, ``threads``
+        included: a base retrained on another class would not be the same weights)
         (``muon_options`` only where they change a default and ``qk_clip`` only when given, so
         a study begun before those flags continues)."""
         kept = {k: v for k, v in dataclasses.asdict(self).items()
@@ -208,6 +213,7 @@ class FinetuneStudyConfig:
             kept["muon_options"] = changed
         if self.qk_clip is not None:
             kept["qk_clip"] = self.qk_clip
+        kept["machine_class"] = hardware.machine_class(resolve_device(self.device), self.threads)
         return kept
 
     def study_json(self) -> str:
@@ -397,6 +403,16 @@ class FinetuneStudy:
         run_concurrently([lambda b=b: self.fine_tune(b) for b in BASES])
 
 
+def check_continues(saved: Path, cfg: FinetuneStudyConfig) -> None:
+    """Refuse (one line naming each differing flag) to continue the study whose ``study.json``
+    is ``saved`` with other settings than ``cfg``'s; settings it predates count as
+    ``cfg.ABSENT`` says, and one begun before the machine class was pinned continues on any
+    class (and is pinned to this one from then on)."""
+    unpinned = saved.exists() and "machine_class" not in json.loads(saved.read_text())
+    check_same_study(saved, cfg.study(), cfg.FLAG_NAMES, absent=cfg.ABSENT,
+                     may_change=["machine_class"] if unpinned else [])
+
+
 def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
     """Check the corpus; create ``out`` or check that it holds this study (same settings);
     write the task's training text; log the command."""
@@ -413,7 +429,7 @@ def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
         load_gpt_data(str(task.write_training_text(Path(scratch) / "train.txt")), "byte",
                       cfg.preset, cfg.batch_size, cfg.block_size, cfg.model_overrides)
     study = cfg.study_json()
-    check_same_study(out / "study.json", json.loads(study), cfg.FLAG_NAMES, absent=cfg.ABSENT)
+    check_continues(out / "study.json", cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "study.json", study)
     task.write_training_text(task_text(out))
