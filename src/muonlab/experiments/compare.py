@@ -164,8 +164,7 @@ def tune(exp: Experiment) -> tuple[dict, dict]:
             result: SweepResult = _sweep_one(exp, optimizer, lrs, param, grid, steps)
             lrs[param] = result.best
             trials.update({_key({**lrs, param: v}): loss for v, loss in result.losses.items()})
-            record[optimizer].append({"param": param, **dataclasses.asdict(result),
-                                      "note": result.describe()})
+            record[optimizer].append({"param": param, **result.record()})
         if cfg.sweep_full_topk:
             lrs = full_length_pick(exp, optimizer, trials, record)
         chosen[optimizer] = lrs

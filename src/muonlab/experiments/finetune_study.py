@@ -345,7 +345,7 @@ class FinetuneStudy:
         result = run_sweep(factor_grid(center, self.cfg.grid_points), evaluate,
                            max_extend=self.cfg.sweep_extend)
         with self.lock:
-            self.sweeps[key] = {**dataclasses.asdict(result), "note": result.describe()}
+            self.sweeps[key] = result.record()
             write_whole(self.out / "sweeps.json", json.dumps(self.sweeps, indent=1, default=str))
         return result.best
 

@@ -319,7 +319,7 @@ class Study:
                     max_extend=cfg.sweep_extend,
                 )
                 lr = center = result.best
-                self._record(h, name, {**dataclasses.asdict(result), "note": result.describe(),
+                self._record(h, name, {**result.record(),
                                        "aux_lr": aux})
             if name == ADAMW:
                 self.adamw_lr[h] = lr

@@ -145,7 +145,7 @@ class TunedStudy:
             max_extend=cfg.sweep_extend,
         )
         with self.lock:
-            self.sweeps[arm.slug] = {**dataclasses.asdict(result), "note": result.describe()}
+            self.sweeps[arm.slug] = result.record()
             write_whole(self.out / "sweeps.json", json.dumps(self.sweeps, indent=1))
         run_concurrently(
             [lambda s=s: self.run(arm, result.best, s, 1) for s in cfg.seeds[1:]])
