@@ -12,7 +12,6 @@ from ..experiments import horizon
 from ..report.horizon import build_horizon_report
 from ..train.settings import settings_of
 from .common import (
-    POSITIVE,
     add_command,
     add_muon_option_flags,
     add_setting,
@@ -24,17 +23,23 @@ from .common import (
     trackers_from_args,
 )
 
+# the list flags that also take comma-separated values (``--tokens-per-param 2,5,20``)
+COMMA_LISTS = ("tokens_per_param", "wd_grid", "beta2_grid")
 
-def tokens_per_param_list(text: str) -> list[float]:
-    """``--tokens-per-param 2,5,20``: positive numbers, comma-separated."""
-    return [POSITIVE(part) for part in text.split(",") if part.strip()]
+
+def comma_separated(parse):
+    """An argparse ``type``: the values ``parse`` reads, separated by commas."""
+    def values(text: str) -> list:
+        return [parse(part) for part in text.split(",") if part.strip()]
+    return values
 
 
 def config_from_args(args: argparse.Namespace) -> horizon.HorizonConfig:
     names = {f.name for f in dataclasses.fields(horizon.HorizonConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    if args.tokens_per_param is not None:
-        values["tokens_per_param"] = [t for part in args.tokens_per_param for t in part]
+    for name in COMMA_LISTS:
+        if values[name] is not None:
+            values[name] = [v for part in values[name] for v in part]
     if args.tracker is not None:
         values["trackers"] = trackers_from_args(args)
     return horizon.HorizonConfig(**values, muon_options=muon_options_from_args(args))
@@ -69,11 +74,14 @@ def register(subparsers) -> None:
     declared = settings_of(horizon.HorizonConfig)
     lengths = group_of(p, "study").add_mutually_exclusive_group()
     add_setting(lengths, "horizons", declared["horizons"], d.horizons)
-    tokens = add_setting(lengths, "tokens_per_param", declared["tokens_per_param"], None,
-                         metavar="T[,T...]")
-    tokens.type = tokens_per_param_list  # also comma-separated
+    lists = [add_setting(lengths, "tokens_per_param", declared["tokens_per_param"], None,
+                         metavar="T[,T...]")]
     add_settings(p, horizon.HorizonConfig,
-                 exclude=(*horizon.HorizonConfig.NOT_FLAGS, "horizons", "tokens_per_param"))
+                 exclude=(*horizon.HorizonConfig.NOT_FLAGS, "horizons", *COMMA_LISTS))
+    lists += [add_setting(group_of(p, "study"), name, declared[name])
+              for name in COMMA_LISTS[1:]]
+    for action in lists:
+        action.type = comma_separated(action.type)
     add_muon_option_flags(p)
     add_tracker_arguments(p, "none", "W&B group of the study's runs (None: the name of --out)")
     add_tree_settings(p, ("plan", "report_only"))

@@ -12,7 +12,12 @@ report ``seeds``, held out: no report seed chose an LR, and each run records its
 (``"tune"`` or ``"report"``) in its config line. (``tune_seed=None``, the variant study's
 form: ``seeds[0]`` tunes, and its sweep run at the chosen LR is also its reported run.) The
 hybrids' AdamW groups take the LR AdamW chose at the same horizon (or share the swept LR, or a
-fixed one). ``study.json`` pins the machine class (:func:`muonkit.hardware.machine_class`:
+fixed one). Opt-in (recorded in ``study.json`` only when given): ``sweep_refine`` rounds of
+refinement around each best (:class:`muonlab.experiments.sweep.EdgeAwareSweep`), and
+two-dimensional sweeps (:class:`muonlab.experiments.sweep.EdgeAwareSweep2D`): LR x
+``muon_weight_decay`` over ``wd_grid`` for the tuned Muon contenders, LR x beta2 over
+``beta2_grid`` for AdamW (their runs in ``lr<lr>-wd<w>-s<seed>`` / ``lr<lr>-b2<b>-s<seed>``).
+``study.json`` pins the machine class (:func:`muonkit.hardware.machine_class`:
 device, CPU model and ISA or GPU, threads): a study is continued only on its own class.
 
 :func:`plan_text` (``muonkit horizon --plan``) lists the runs a study will start and estimates
@@ -27,6 +32,7 @@ order; each logs weight and update RMS of the hidden matrices
     OUT/sweeps.json                         each sweep's grid, extensions and choice
     OUT/commands.txt                        every command that ran the study
     OUT/h<H>/<contender>/lr<lr>-s<seed>/    metrics.jsonl, sessions.jsonl (CPU time), ckpt.pt
+                                            (lr<lr>-wd<w>-s<seed>, lr<lr>-b2<b>-s<seed>: 2-D)
 
 :func:`muonlab.report.horizon.build_horizon_report` writes ``report.md`` and the figures.
 """
@@ -57,7 +63,7 @@ from ..train.settings import check_settings, setting
 from ..train.step import lm_loss
 from ..train.trackers import resolve_trackers
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated, say
-from .sweep import factor_grid, run_sweep
+from .sweep import factor_grid, geometric_ratio, run_sweep, run_sweep_2d
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,19 @@ CONTENDERS = {
         MUON, "muon_lr", None, {"muon_lr": 0.02, "momentum": 0.95, "muon_weight_decay": 0.0},
         aux=3e-4, about="the seed study's Muon: lr 0.02, momentum 0.95, aux AdamW 3e-4, no wd"),
 }
+
+
+@dataclass(frozen=True)
+class Knob:
+    """The second knob of a two-dimensional sweep: the optimizer ``option`` it sets, the
+    ``label`` of its runs' directories, its ``name`` in reports, its grid ``values``, and the
+    ``limit`` its grid is never extended to."""
+
+    option: str
+    label: str
+    name: str
+    values: tuple[float, ...]
+    limit: float | None = None
 
 
 @dataclass
@@ -136,6 +155,9 @@ class HorizonConfig:
     wandb_run_name: str | None = None
     muon_options: dict = field(default_factory=dict)
     qk_clip: float | None = setting("qk_clip")
+    sweep_refine: int = setting("sweep_refine")
+    wd_grid: list[float] | None = setting("wd_grid")
+    beta2_grid: list[float] | None = setting("beta2_grid")
 
     RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
                "wandb_run_name")
@@ -200,14 +222,27 @@ class HorizonConfig:
     def study(self) -> dict:
         """The settings that define the study's results and the machine class they are
         computed on (``muon_options`` only where they change a default, so a study begun
-        before the ``--ns-*`` flags continues; ``tokens_per_param``, ``tune_seed`` and
-        ``qk_clip`` only when given)."""
+        before the ``--ns-*`` flags continues; ``tokens_per_param``, ``tune_seed``,
+        ``qk_clip``, ``sweep_refine``, ``wd_grid`` and ``beta2_grid`` only when given)."""
         kept = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in (*self.RUNTIME, "muon_options")
-                and not (k in ("tokens_per_param", "tune_seed", "qk_clip") and v is None)}
+                and not (k in ("tokens_per_param", "tune_seed", "qk_clip", "wd_grid",
+                               "beta2_grid") and v is None)
+                and not (k == "sweep_refine" and v == 0)}
         changed = MuonOptions.changes(self.muon_options)
         kept["machine_class"] = self.machine_class()
         return {**kept, "muon_options": changed} if changed else kept
+
+    def knob(self, name: str) -> Knob | None:
+        """The second knob contender ``name`` is swept over (None: an LR sweep, or none)."""
+        c = self.table[name]
+        if c.center is None:
+            return None
+        if c.optimizer == ADAMW:
+            return None if self.beta2_grid is None else Knob(
+                "beta2", "b2", "beta2", tuple(self.beta2_grid), limit=1.0)
+        return None if self.wd_grid is None else Knob(
+            "muon_weight_decay", "wd", "muon weight decay", tuple(self.wd_grid))
 
     def train_config(self, steps: int, seed: int, out_dir: Path, muon: bool) -> TrainConfig:
         every = max(1, steps // self.evals_per_run)
@@ -243,21 +278,29 @@ def token_budget(cfg: HorizonConfig, model: GPTConfig, train_tokens: int) -> dic
             "horizon_epochs": [round(h * per_step / train_tokens, 4) for h in cfg.horizons]}
 
 
-def run_dir(out: Path, horizon: int, name: str, lr: float, seed: int) -> Path:
-    return out / f"h{horizon}" / name / f"lr{lr:g}-s{seed}"
+def run_dir(out: Path, horizon: int, name: str, lr: float, seed: int,
+            knob: tuple[Knob, float] | None = None) -> Path:
+    """A run's directory; a two-dimensional sweep's runs also name their ``knob`` value."""
+    second = "" if knob is None else f"-{knob[0].label}{knob[1]:g}"
+    return out / f"h{horizon}" / name / f"lr{lr:g}{second}-s{seed}"
 
 
 def optimizer_options(c: Contender, lr: float, aux_lr: float | None,
-                      muon_options: dict | None = None) -> dict:
+                      muon_options: dict | None = None,
+                      knob: tuple[Knob, float] | None = None) -> dict:
     """:func:`muonlab.train.gpt.gpt_optimizer` options of contender ``c`` at swept LR ``lr``;
-    ``muon_options`` go to a Muon-family contender (its own options win)."""
+    ``muon_options`` go to a Muon-family contender (its own options win); ``knob``: the
+    value of a two-dimensional sweep's second knob (it wins over the contender's own)."""
     opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
-    if c.optimizer == ADAMW:
-        return opts
-    opts.update({**(muon_options or {}), **c.options})
-    if c.center is not None:
-        opts["muon_lr"] = lr
-    opts["lr"] = lr if c.aux == "shared" else (c.aux if isinstance(c.aux, float) else aux_lr)
+    if c.optimizer != ADAMW:
+        opts.update({**(muon_options or {}), **c.options})
+        if c.center is not None:
+            opts["muon_lr"] = lr
+        opts["lr"] = (lr if c.aux == "shared" else
+                      c.aux if isinstance(c.aux, float) else aux_lr)
+    if knob is not None:
+        option, value = knob[0].option, knob[1]
+        opts.update({"betas": (0.9, value)} if option == "beta2" else {option: value})
     return opts
 
 
@@ -273,20 +316,23 @@ class Study:
         path = self.out / "sweeps.json"
         self.sweeps: dict = json.loads(path.read_text()) if path.exists() else {}
 
-    def run(self, name: str, h: int, lr: float, seed: int, aux: float | None, phase: int) -> float:
+    def run(self, name: str, h: int, lr: float, seed: int, aux: float | None, phase: int,
+            knob: tuple[Knob, float] | None = None) -> float:
         c, cfg = self.cfg.table[name], self.cfg
-        out_dir = run_dir(self.out, h, name, lr, seed)
+        out_dir = run_dir(self.out, h, name, lr, seed, knob)
         kwargs = dict(
             optimizer=c.optimizer, preset=cfg.preset, data=cfg.data, batch_size=cfg.batch_size,
             block_size=cfg.block_size, eval_batches=cfg.eval_batches,
             model_overrides=dict(cfg.model_overrides),
-            optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options),
+            optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options, knob),
             train_config=cfg.train_config(h, seed, out_dir, c.optimizer != ADAMW),
             qk_clip=cfg.qk_clip,
         )
         if cfg.role(seed) is not None:
             kwargs["role"] = cfg.role(seed)
-        spec = RunSpec(kwargs, f"h{h} {name} lr{lr:g} s{seed}", cfg.threads, log_rms=True)
+        second = "" if knob is None else f" {knob[0].label}{knob[1]:g}"
+        spec = RunSpec(kwargs, f"h{h} {name} lr{lr:g}{second} s{seed}", cfg.threads,
+                       log_rms=True)
         priority = (cfg.horizons.index(h), phase, cfg.contenders.index(name))
         return self.pool.run(priority, run_isolated, spec, self.log)
 
@@ -309,25 +355,39 @@ class Study:
                 if h not in self.adamw_lr:
                     raise RuntimeError(f"{name} at h{h}: AdamW's sweep (its aux LR) failed")
                 aux = self.adamw_lr[h]
+            chosen = None  # (the second knob, its chosen value) of a two-dimensional sweep
             if center is None:
                 lr = c.options["muon_lr"]
-            else:
+            elif (knob := cfg.knob(name)) is None:
                 result = run_sweep(
                     factor_grid(center, cfg.grid_points),
                     lambda lrs, h=h, aux=aux: run_concurrently(
                         [lambda x=x: self.run(name, h, x, cfg.tuning_seed, aux, 0) for x in lrs]),
-                    max_extend=cfg.sweep_extend,
+                    max_extend=cfg.sweep_extend, refine=cfg.sweep_refine,
+                    fit=cfg.sweep_refine > 0,
                 )
                 lr = center = result.best
-                self._record(h, name, {**result.record(),
-                                       "aux_lr": aux})
+                self._record(h, name, {**result.record(), "aux_lr": aux})
+            else:
+                result = run_sweep_2d(
+                    factor_grid(center, cfg.grid_points), knob.values, knob.name,
+                    lambda pairs, h=h, aux=aux, knob=knob: run_concurrently(
+                        [lambda x=x, v=v: self.run(name, h, x, cfg.tuning_seed, aux, 0, (knob, v))
+                         for x, v in pairs]),
+                    max_extend=cfg.sweep_extend, knob_max=knob.limit, fit=True,
+                )
+                lr = center = result.best
+                chosen = (knob, result.best_knob)
+                self._record(h, name, {**result.record(), "option": knob.option,
+                                       "label": knob.label, "aux_lr": aux})
             if name == ADAMW:
                 self.adamw_lr[h] = lr
                 self.adamw_ready[h].set()
             seeds = cfg.report_seeds_after_sweep(center is not None)
-            run_concurrently(
-                [lambda s=s, h=h, lr=lr, aux=aux: self.run(name, h, lr, s, aux, 1) for s in seeds])
-            self.log(f"h{h} {name}: done at lr {lr:g}")
+            run_concurrently([lambda s=s, h=h, lr=lr, aux=aux, chosen=chosen:
+                              self.run(name, h, lr, s, aux, 1, chosen) for s in seeds])
+            second = "" if chosen is None else f", {chosen[0].name} {chosen[1]:g}"
+            self.log(f"h{h} {name}: done at lr {lr:g}{second}")
 
     def _record(self, h: int, name: str, entry: dict) -> None:
         with self.lock:
@@ -392,13 +452,21 @@ class PlannedCell:
 def planned_cells(cfg: HorizonConfig) -> list[PlannedCell]:
     """Every (horizon, contender) cell of the study and its runs. A sweep extends past one
     edge only (once extended downwards, its best is the new lowest LR or inside the grid), so
-    at most ``sweep_extend`` runs more."""
+    at most ``sweep_extend`` runs more, and ``2 x sweep_refine`` refinement runs. A
+    two-dimensional sweep runs its LR grid x its knob's values; an LR extension runs every
+    knob value, a knob extension (a geometric grid) every LR."""
     cells = []
     for h in cfg.horizons:
         for name in contenders_to_run(cfg):
             tuned = cfg.table[name].center is not None
-            cells.append(PlannedCell(h, name, cfg.grid_points if tuned else 0,
-                                     cfg.sweep_extend if tuned else 0,
+            tune, more = (cfg.grid_points, cfg.sweep_extend + 2 * cfg.sweep_refine) if tuned \
+                else (0, 0)
+            if (knob := cfg.knob(name)) is not None:
+                knob_more = cfg.sweep_extend if geometric_ratio(knob.values) else 0
+                values, lrs = len(knob.values), cfg.grid_points + cfg.sweep_extend
+                tune, more = cfg.grid_points * values, (
+                    cfg.sweep_extend * (values + knob_more) + knob_more * lrs)
+            cells.append(PlannedCell(h, name, tune, more,
                                      len(cfg.report_seeds_after_sweep(tuned))))
     return cells
 

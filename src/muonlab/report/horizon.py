@@ -29,18 +29,21 @@ from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_mean_std, markdown_table
 
 REPORT = "report.md"
-RUN_DIR = re.compile(r"h(\d+)/([\w.-]+)/lr([\d.e+-]+)-s(\d+)$")
+# h<H>/<contender>/lr<lr>[-wd<w> | -b2<b>: a two-dimensional sweep's second knob]-s<seed>
+RUN_DIR = re.compile(r"h(\d+)/([\w.-]+)/lr([\d.e+-]+?)(?:-(?:wd|b2)([\d.e+-]+?))?-s(\d+)$")
 
 
 @dataclass
 class Cell:
-    """One contender at one horizon: the chosen LR and the runs at it (one per seed)."""
+    """One contender at one horizon: the chosen LR (and ``second``: the chosen value of a
+    two-dimensional sweep's second knob, as text) and the runs at it (one per seed)."""
 
     horizon: int
     name: str
     lr: float | None = None
     runs: list[Run] = field(default_factory=list)
     finished: bool = False
+    second: str = ""
 
     @property
     def final(self) -> tuple[float, float]:
@@ -109,26 +112,30 @@ def load_study(out: Path) -> Study:
     settings = json.loads((out / "study.json").read_text())
     sweeps_path = out / "sweeps.json"
     sweeps = json.loads(sweeps_path.read_text()) if sweeps_path.exists() else {}
-    by_cell: dict[tuple[int, str], dict[float, dict[int, Run]]] = {}
+    by_cell: dict[tuple[int, str], dict[tuple[float, float | None], dict[int, Run]]] = {}
     done, started = 0, []
     for path in find_records(out, "h*/*/*/metrics.jsonl"):
         m = RUN_DIR.search(path.parent.relative_to(out).as_posix())
         if not m:
             continue
-        h, name, lr, seed = int(m[1]), m[2], float(m[3]), int(m[4])
+        h, name, seed = int(m[1]), m[2], int(m[5])
+        point = (float(m[3]), None if m[4] is None else float(m[4]))
         run = load_run(path)
         started.append(run)
         if _finished(run, h):
             done += 1
-            by_cell.setdefault((h, name), {}).setdefault(lr, {})[seed] = run
+            by_cell.setdefault((h, name), {}).setdefault(point, {})[seed] = run
     cells = {}
-    for (h, name), lrs in by_cell.items():
+    for (h, name), points in by_cell.items():
         entry = sweeps.get(str(h), {}).get(name)
-        lr = entry["best"] if entry else (next(iter(lrs)) if len(lrs) == 1 else None)
-        runs = lrs.get(lr, {}) if lr is not None else {}
+        point = ((entry["best"], entry.get("best_knob")) if entry else
+                 (next(iter(points)) if len(points) == 1 else (None, None)))
+        runs = points.get(point, {})
         seeds = settings["seeds"]
-        finished = lr is not None and all(s in runs for s in seeds)
-        cells[(h, name)] = Cell(h, name, lr, [runs[s] for s in seeds if s in runs], finished)
+        finished = point[0] is not None and all(s in runs for s in seeds)
+        second = "" if point[1] is None or not entry else f", {entry['knob']} {point[1]:g}"
+        cells[(h, name)] = Cell(h, name, point[0], [runs[s] for s in seeds if s in runs],
+                                finished, second)
     commands_path = out / "commands.txt"
     commands = commands_path.read_text().splitlines() if commands_path.exists() else []
     asked = out / "contenders.json"
@@ -159,8 +166,8 @@ def final_table(study: Study) -> str:
         for h in study.horizons:
             cell = study.ready(h, name)
             row.append("unfinished" if cell is None else
-                       f"{fmt_mean_std(*cell.final, 3, len(cell.runs))} (lr {cell.lr:g})"
-                       + seeds_note(study, cell))
+                       f"{fmt_mean_std(*cell.final, 3, len(cell.runs))} "
+                       f"(lr {cell.lr:g}{cell.second})" + seeds_note(study, cell))
         rows.append(row)
     return markdown_table(["contender"] + study.columns(), rows)
 
@@ -276,8 +283,12 @@ def sweep_lines(study: Study) -> list[str]:
     lines = []
     for h in study.horizons:
         for name, entry in study.sweeps.get(str(h), {}).items():
-            tried = ", ".join(f"{float(lr):g}: {loss:.3f}" for lr, loss in sorted(
-                entry["losses"].items(), key=lambda kv: float(kv[0])))
+            if "best_knob" in entry:  # a two-dimensional sweep: [lr, knob value, loss] rows
+                tried = ", ".join(f"{lr:g} x {k:g}: {loss:.3f}"
+                                  for lr, k, loss in sorted(entry["losses"]))
+            else:
+                tried = ", ".join(f"{float(lr):g}: {loss:.3f}" for lr, loss in sorted(
+                    entry["losses"].items(), key=lambda kv: float(kv[0])))
             aux = f" (aux AdamW lr {entry['aux_lr']:g})" if entry.get("aux_lr") else ""
             lines.append(f"- {h} steps, {name}{aux}: {tried}. {entry['note']}")
     return lines

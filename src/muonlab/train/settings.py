@@ -260,6 +260,18 @@ SETTINGS: dict[str, Setting] = {
                       gt=0, many=True, none_means="no aux sweep"),
     "sweep_extend": _int("study", "max points added past each edge of a grid when the best "
                          "LR sits there", 2, ge=0),
+    "sweep_refine": _int("study", "refinement rounds once a sweep's best LR is inside its "
+                         "grid: the best's neighbours at a factor sqrt(2), then 2^(1/4), ..., "
+                         "the best of all points chosen; each sweep's note also gives a "
+                         "quadratic fit in log-LR (information) (0: off)", 0, ge=0),
+    "wd_grid": _float("study", "sweep each tuned Muon contender over LR x these values of its "
+                      "muon_weight_decay (its own value replaced; an edge value is reported, "
+                      "and extended only where the values are geometric)", ge=0, many=True,
+                      none_means="each contender's own, not swept", metavar="W[,W...]"),
+    "beta2_grid": _float("study", "sweep AdamW over LR x these values of its beta2 (an edge "
+                         "value is reported, and extended below 1 only where the values are "
+                         "geometric; the hybrids' AdamW groups keep 0.95)", ge=0, lt=1,
+                         many=True, none_means="0.95, not swept", metavar="B[,B...]"),
     "sweep_full_topk": _int("study", "rerun the best K settings at full length and choose "
                             "from those", 0, ge=0),
     "grid_points": _int("study", "factor-2 LR grid size (around the previous horizon's best)",
