@@ -70,6 +70,7 @@ def test_the_flags_parse_comma_lists_and_a_default_study_records_none_of_them(tm
     # the plan counts the 2-D grid and the refinement rounds
     cells = {c.name: c for c in planned_cells(cfg) if c.horizon == cfg.horizons[0]}
     assert cells["muon"].tune == cfg.grid_points * 3 and cells["adamw"].tune == cfg.grid_points * 2
+    assert cells["muon"].extension == cfg.sweep_extend * 3 + 2 * 2  # + 2 rounds of 2 LRs
     plain = {c.name: c for c in planned_cells(HorizonConfig(sweep_refine=2))}
     assert plain["adamw"].extension == HorizonConfig().sweep_extend + 4
 

@@ -114,6 +114,21 @@ def test_2d_sweep_extends_a_geometric_knob_grid_up_to_its_limit():
     assert "after the extension cap" in capped.describe()
 
 
+def test_2d_sweep_refines_the_lr_at_the_best_knob_value():
+    optimum = 0.02 * 2 ** 0.3  # between grid LRs, nearest 0.02 * 2**0.25
+    result = run_sweep_2d([0.01, 0.02, 0.04], [0.0, 0.1], "weight decay",
+                          surface(optimum, 0.1), refine=2)
+    assert result.refined == [[pytest.approx(0.0141421), pytest.approx(0.0282843)],
+                              [pytest.approx(0.02 * 2 ** 0.25, rel=1e-5),
+                               pytest.approx(0.02 * 2 ** 0.75, rel=1e-5)]]
+    assert result.best == pytest.approx(0.02 * 2 ** 0.25, rel=1e-5) and result.best_knob == 0.1
+    assert len(result.losses) == 3 * 2 + 4  # the refined LRs run at the best knob value only
+    assert result.edge is None and "2 refinement round(s)" in result.describe()
+    at_edge = run_sweep_2d([0.01, 0.02], [0.0, 0.1], "weight decay", surface(1e-4, 0.1),
+                           max_extend=0, refine=2)
+    assert at_edge.refined == [] and at_edge.edge == "low"
+
+
 def test_2d_record_is_json_ready_and_geometric_ratio():
     result = run_sweep_2d([0.01, 0.02, 0.04], [0.0, 0.1], "weight decay",
                           surface(0.02, 0.0), fit=True)

@@ -374,7 +374,8 @@ class Study:
                     lambda pairs, h=h, aux=aux, knob=knob: run_concurrently(
                         [lambda x=x, v=v: self.run(name, h, x, cfg.tuning_seed, aux, 0, (knob, v))
                          for x, v in pairs]),
-                    max_extend=cfg.sweep_extend, knob_max=knob.limit, fit=True,
+                    max_extend=cfg.sweep_extend, knob_max=knob.limit, refine=cfg.sweep_refine,
+                    fit=True,
                 )
                 lr = center = result.best
                 chosen = (knob, result.best_knob)
@@ -454,7 +455,8 @@ def planned_cells(cfg: HorizonConfig) -> list[PlannedCell]:
     edge only (once extended downwards, its best is the new lowest LR or inside the grid), so
     at most ``sweep_extend`` runs more, and ``2 x sweep_refine`` refinement runs. A
     two-dimensional sweep runs its LR grid x its knob's values; an LR extension runs every
-    knob value, a knob extension (a geometric grid) every LR."""
+    knob value, a knob extension (a geometric grid) every LR; a refinement, LRs at the best
+    knob value."""
     cells = []
     for h in cfg.horizons:
         for name in contenders_to_run(cfg):
@@ -465,7 +467,8 @@ def planned_cells(cfg: HorizonConfig) -> list[PlannedCell]:
                 knob_more = cfg.sweep_extend if geometric_ratio(knob.values) else 0
                 values, lrs = len(knob.values), cfg.grid_points + cfg.sweep_extend
                 tune, more = cfg.grid_points * values, (
-                    cfg.sweep_extend * (values + knob_more) + knob_more * lrs)
+                    cfg.sweep_extend * (values + knob_more) + knob_more * lrs
+                    + 2 * cfg.sweep_refine)
             cells.append(PlannedCell(h, name, tune, more,
                                      len(cfg.report_seeds_after_sweep(tuned))))
     return cells

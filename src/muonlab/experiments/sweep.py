@@ -21,7 +21,7 @@ Opt-in refinements (off by default, so a study's sweeps are those it always ran)
   by :meth:`SweepResult.describe` as information (the fitted optimum); no run is chosen by it.
 - :class:`EdgeAwareSweep2D`: LR x a second knob (weight decay, AdamW's beta2), the LR
   extended edge-aware as above, an edge of the knob's grid reported (extended only where that
-  grid is geometric).
+  grid is geometric); ``refine`` rounds refine the LR at the best knob value.
 """
 
 from __future__ import annotations
@@ -273,6 +273,7 @@ class Sweep2DResult:
     edge: str | None = None
     knob_edge: str | None = None
     knob_extends: bool = False  # the knob's grid is geometric: it was extended at its edges
+    refined: list[list[float]] = field(default_factory=list)  # each round's LRs at best_knob
     fitted: float | None = None  # the quadratic fit's optimum LR at the best knob value
 
     def describe(self) -> str:
@@ -294,6 +295,11 @@ class Sweep2DResult:
                          "the optimum may lie beyond it")
         if not (self.edge or self.knob_edge):
             parts.append("both are inside their grids")
+        if self.refined:
+            rounds = "; ".join(", ".join(f"{lr:g}" for lr in points) for points in self.refined)
+            parts.append(f"chosen among all points after {len(self.refined)} refinement "
+                         f"round(s) halving the log-LR step around the best at {self.knob} "
+                         f"{self.best_knob:g} ({rounds})")
         if self.fitted is not None:
             parts.append(f"a quadratic fit in log-LR at {self.knob} {self.best_knob:g} puts "
                          f"the optimum LR at {self.fitted:.3g} (information, not a run)")
@@ -313,34 +319,39 @@ class EdgeAwareSweep2D:
     extended by ``factor`` (a new LR with every knob value), up to ``max_extend`` per side.
     The best knob value at an edge of its grid is reported; it is extended (by the grid's
     ratio, up to ``max_extend`` per side, never to ``knob_max`` or past it) only where the grid
-    is geometric (:func:`geometric_ratio`)."""
+    is geometric (:func:`geometric_ratio`). ``refine`` rounds, once both settle, refine the LR
+    as :class:`EdgeAwareSweep` does, at the best knob value only."""
 
     def __init__(self, grid: Sequence[float], knob_grid: Sequence[float], knob: str,
                  factor: float = 2.0, max_extend: int = 2, knob_max: float | None = None,
-                 fit: bool = False):
+                 refine: int = 0, fit: bool = False):
         if not grid or not knob_grid:
             raise ValueError("a two-dimensional sweep needs at least one value of each knob")
         self.lrs = sorted(lr_key(lr) for lr in set(grid))
         self.knobs = sorted(lr_key(k) for k in set(knob_grid))
         self.initial, self.initial_knob = list(self.lrs), list(self.knobs)
         self.knob, self.factor, self.max_extend = knob, factor, max_extend
-        self.knob_max, self.fit = knob_max, fit
+        self.knob_max, self.refine, self.fit = knob_max, refine, fit
         self.ratio = geometric_ratio(self.knobs)
         self.losses: dict[tuple[float, float], float] = {}
         self.added: list[float] = []
         self.added_knob: list[float] = []
+        self.refined: list[list[float]] = []
+        self._refined_pairs: list[tuple[float, float]] = []  # off the grid: inside its LRs
         self._extended = {"low": 0, "high": 0}
         self._knob_extended = {"low": 0, "high": 0}
 
     def record(self, lr: float, knob: float, loss: float) -> None:
         self.losses[(lr_key(lr), lr_key(knob))] = loss if math.isfinite(loss) else math.inf
 
+    def _pairs(self) -> list[tuple[float, float]]:
+        return [(lr, k) for lr in self.lrs for k in self.knobs] + self._refined_pairs
+
     def best(self) -> tuple[float, float]:
-        return min(((lr, k) for lr in self.lrs for k in self.knobs),
-                   key=lambda p: (self.losses[p], p))
+        return min(self._pairs(), key=lambda p: (self.losses[p], p))
 
     def _unrun(self) -> list[tuple[float, float]]:
-        return [(lr, k) for lr in self.lrs for k in self.knobs if (lr, k) not in self.losses]
+        return [p for p in self._pairs() if p not in self.losses]
 
     def _extension(self) -> tuple[str, str, float] | None:
         """(dimension "lr" or "knob", edge, the new value) to extend next, or None."""
@@ -359,11 +370,28 @@ class EdgeAwareSweep2D:
             return None
         return "knob", edge, new
 
+    def _refinable(self) -> bool:
+        """Whether an LR refinement round is due (as :meth:`EdgeAwareSweep._refinable`)."""
+        if len(self.refined) >= self.refine or self._extension() is not None:
+            return False
+        best = self.best()
+        return self.lrs[0] < best[0] < self.lrs[-1] and math.isfinite(self.losses[best])
+
     def pending(self) -> list[tuple[float, float]]:
-        """(lr, knob value) pairs still to run: unrun pairs, else the next extension's."""
+        """(lr, knob value) pairs still to run: unrun pairs, else the next extension's, else
+        the next refinement round's."""
         if todo := self._unrun():
             return todo
         step = self._extension()
+        while step is None and self._refinable():
+            ratio = self.factor ** (0.5 ** (len(self.refined) + 1))
+            lr, k = self.best()
+            new = [(x, k) for x in (lr_key(lr / ratio), lr_key(lr * ratio))
+                   if (x, k) not in self._pairs()]
+            self.refined.append([x for x, _ in new])
+            self._refined_pairs += new
+            if new:
+                return new
         if step is None:
             return []
         dim, edge, new = step
@@ -379,18 +407,18 @@ class EdgeAwareSweep2D:
 
     @property
     def done(self) -> bool:
-        return not self._unrun() and self._extension() is None
+        return not self._unrun() and self._extension() is None and not self._refinable()
 
     def result(self) -> Sweep2DResult:
         if not self.done:
             raise RuntimeError("the sweep is not finished; run pending() first")
         lr, k = self.best()
-        fitted = (fit_around_best({x: self.losses[(x, k)] for x in self.lrs}, lr)
-                  if self.fit else None)
+        at_best_knob = {x: loss for (x, v), loss in self.losses.items() if v == k}
         return Sweep2DResult(
             self.knob, dict(self.losses), self.initial, self.initial_knob, list(self.added),
             list(self.added_knob), lr, k, _edge_of(self.lrs, lr), _edge_of(self.knobs, k),
-            self.ratio is not None, fitted)
+            self.ratio is not None, [list(points) for points in self.refined],
+            fit_around_best(at_best_knob, lr) if self.fit else None)
 
 
 def run_sweep_2d(
