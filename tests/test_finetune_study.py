@@ -13,6 +13,7 @@ from muonlab.experiments import finetune_study as fs
 from muonlab.experiments.runs import StudyInterrupted, run_in_process
 from muonlab.report.finetune import build_finetune_report
 from muonlab.report.metrics import load_run, read_jsonl
+from muonlab.report.records import read_predictions
 from muonlab.train import gpt
 
 FIELDS = {"base", "arm", "optimizer", "state", "scaling", "momentum_form", "lora_rank", "lr",
@@ -89,7 +90,7 @@ def test_runs_jsonl_has_one_line_per_run_with_what_it_measured(study):
         base_lr = sweeps[f"base/{line['base']}"]["best"]
         base = load_run(fs.base_dir(out, line["base"], base_lr, cfg.tune_seed) / "metrics.jsonl")
         assert line["source_val_loss_before"] == pytest.approx(base.val[-1]["val_loss"], abs=1e-5)
-        predictions = read_jsonl(out / line["predictions"])
+        predictions = read_predictions(out / line["predictions"])
         assert line["n_test"] == len(predictions) == cfg.task_test
         assert line["accuracy"] == sum(p["correct"] for p in predictions) / cfg.task_test
         assert line["update_rms"] > 0 and line["provenance"]["machine_class"]
@@ -102,6 +103,23 @@ def test_runs_jsonl_has_one_line_per_run_with_what_it_measured(study):
     run = next(r for r in lines if r["arm"] == "max-dim-only")
     options = load_run(out / run["metrics"]).config["config"]["optimizer_options"]
     assert options["lr_scaling"] == "max_dim" and options["momentum_form"] == "standard"
+
+
+def test_the_study_writes_its_test_problems_once_in_the_scored_order(study):
+    """task/test.jsonl lists the problems every run scored, in its predictions' order, with
+    their questions and gold (the study's packed predictions take their questions from it)."""
+    out, cfg, _, _ = study
+    task = [json.loads(x) for x in (out / "task" / "test.jsonl").read_text().splitlines()]
+    test = fs.FinetuneStudy(cfg).task.test
+    assert task == [{"id": p.id, "question": p.question, "answer": p.answer, "gold": p.gold}
+                    for p in test]
+    run = next(iter(out.glob("ft/*/*/*/predictions.jsonl")))
+    rows = [json.loads(x) for x in run.read_text().splitlines()]
+    assert [(r["id"], r["question"], r["gold"]) for r in rows] == [
+        (t["id"], t["question"], t["gold"]) for t in task]
+    written = (out / "task" / "test.jsonl").stat().st_mtime_ns
+    fs.prepare_out(cfg, "muonkit finetune-study (test, again)")  # same content: not rewritten
+    assert (out / "task" / "test.jsonl").stat().st_mtime_ns == written
 
 
 def test_the_report_and_its_figures_are_written(study, capsys):

@@ -17,7 +17,8 @@ from .common import add_command
 
 def pack_command(args: argparse.Namespace) -> int:
     result = pack_study(args.dir, thin=args.thin)
-    print(f"packed {len(result.packed)} finished runs under {args.dir}: "
+    study = "".join(f" and its {p.name}" for p in result.study_files)
+    print(f"packed {len(result.packed)} finished runs under {args.dir}{study}: "
           f"{result.bytes_before:,} -> {result.bytes_after:,} bytes"
           + (f"; {len(result.already)} were packed already" if result.already else ""))
     for run_dir in result.unfinished:
@@ -65,7 +66,9 @@ def register(subparsers) -> None:
                       help="also leave out of every train record but the last the fields no "
                            f"report reads ({', '.join(THINNED_FIELDS)}: the step's timing, "
                            "which the val records and the summary keep, and what the config "
-                           "gives); step, loss and grad_norm stay (about 40%% smaller)")
+                           "gives); step, loss and grad_norm stay (about 40%% smaller); "
+                           "and out of a fine-tuning run's predictions the questions its "
+                           "study's task/test.jsonl holds")
     pack.set_defaults(func=pack_command)
     ver = add_command(
         sub, "verdicts", help="rewrite the pages' verdict blocks from the committed records",

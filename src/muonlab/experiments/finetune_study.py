@@ -28,6 +28,7 @@ recorded one (:meth:`FinetuneStudy.regenerate_checkpoint`). Layout::
     OUT/sweeps.json                         each sweep's grid, extensions and choice
     OUT/arms.json                           what each arm is (the report's words)
     OUT/task/train.txt                      the fine-tuning text (the task's training problems)
+    OUT/task/test.jsonl                     the test problems, scored order (id, question, ...)
     OUT/bases/<base>/lr<lr>-s<seed>/        a pretraining run (ckpt.pt of its last step)
     OUT/regenerated/<base>/lr<lr>-s<seed>/  a chosen base retrained for its missing ckpt.pt
     OUT/ft/<base>/<arm>/lr<lr>-s<seed>/     a fine-tuning run (metrics, predictions.jsonl)
@@ -57,6 +58,7 @@ from muonkit.registry import ADAMW, MUON
 
 from ..data.tasks import Difficulty
 from ..data.text import BUNDLED, bundled_text
+from ..report.records import STUDY_TASK
 from ..train.config import resolve_device
 from ..train.files import append_line, write_whole
 from ..train.finetune import BaseRun, Task
@@ -258,6 +260,11 @@ def task_text(out: Path) -> Path:
     return out / "task" / "train.txt"
 
 
+def task_test(out: Path) -> Path:
+    """The study's test problems (packed predictions take their questions from it)."""
+    return out / STUDY_TASK
+
+
 def applicable(arms: list[str], base: str) -> list[str]:
     """The arms of ``arms`` that fine-tune ``base``, ``adamw`` first (the hybrids take its
     LR for their AdamW groups)."""
@@ -415,7 +422,7 @@ def check_continues(saved: Path, cfg: FinetuneStudyConfig) -> None:
 
 def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
     """Check the corpus; create ``out`` or check that it holds this study (same settings);
-    write the task's training text; log the command."""
+    write the task's training text and test problems; log the command."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
@@ -433,6 +440,7 @@ def prepare_out(cfg: FinetuneStudyConfig, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / "study.json", study)
     task.write_training_text(task_text(out))
+    task.write_test_problems(task_test(out))
     write_whole(out / "arms.json", json.dumps({k: a.about for k, a in ARMS.items()}, indent=1))
     append_line(out / "commands.txt", command)
     return out

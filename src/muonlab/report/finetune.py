@@ -8,7 +8,9 @@ record), its LR and seed, ``role`` (``tune``: the sweep's seed; ``report``: the 
 trained at the arm's chosen LR), test accuracy, the base's validation loss before and after
 (forgetting), the fine-tuning loss curves (validation; training every 10th step), the mean
 update RMS of the trained matrices,
-the path of its ``predictions.jsonl`` and the provenance of its first session. An arm counts
+the path of its ``predictions.jsonl`` (read through
+:func:`muonlab.report.records.read_predictions`: packed, it takes its questions from the
+study's ``task/test.jsonl``) and the provenance of its first session. An arm counts
 in the tables once its sweep chose an LR and every report seed at that LR finished; the
 rest is listed as unfinished, never guessed. Means come with 95% t intervals over the report
 seeds, and each arm is compared with the ``adamw`` arm on the same base seed by seed (same
@@ -41,7 +43,7 @@ from muonkit.registry import ADAMW, MUON
 from .metrics import load_run, read_jsonl
 from .plots import color, legend, plt, save, ticks_at
 from .provenance import provenance_section, study_provenance
-from .records import find_records, finished_summary
+from .records import find_records, finished_summary, write_records
 from .stats import BEHIND, Comparison, compare_runs, summarize
 from .tables import markdown_table
 
@@ -482,12 +484,12 @@ def load_arms(out_dir: str | Path) -> list[Arm]:
 
 
 def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
-    """Write ``runs.jsonl``, the figures and ``report.md`` of the study in ``out_dir``; returns
-    their paths by name."""
+    """Write ``runs.jsonl`` (packed when the study's is: :func:`write_records`), the figures
+    and ``report.md`` of the study in ``out_dir``; returns their paths by name."""
     out = Path(out_dir)
     settings, sweeps = read_study(out)
     lines = collect_runs(out, settings["tune_seed"])
-    (out / RUNS).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_records(out / RUNS, "".join(json.dumps(line) + "\n" for line in lines))
     arms = arms_of(lines, sweeps, sorted(settings["report_seeds"]))
     paths = {"runs": out / RUNS,
              "accuracy_vs_lr": plot_accuracy_vs_lr(arms, sweeps, out / "accuracy_vs_lr.png"),

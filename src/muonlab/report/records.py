@@ -10,6 +10,19 @@ gives the plain file back). Whoever reads records names the plain file and reads
 study's run status see a packed run as the run it was; the training loop never writes to one
 (it is a finished run; unpack it to train on).
 
+A study's committed copy can leave out what a study file already holds. A fine-tuning study
+writes its test problems once, ``OUT/task/test.jsonl`` (:data:`STUDY_TASK`: ``id, question,
+answer, gold``, scored order), and every run's ``predictions*.jsonl`` repeats each problem's
+``question``. Packed ``thin``, a predictions file whose study (the nearest folder above it
+holding :data:`STUDY_TASK`) lists each of its rows' ids with the same question and gold is
+packed without the ``question`` field; any other (no task file, a question or gold that
+differs, an id not listed) is packed whole. Predictions are read through
+:func:`read_predictions`, which puts each question back from the study's task file (and
+refuses, naming the file, when that file no longer lists the problem as it was scored).
+A study directory's own record files (:data:`STUDY_RECORDS`: the fine-tuning report's
+``runs.jsonl``, written whole each time) are packed with its runs, and its report rewrites
+them in the form they are stored in (:func:`write_records`).
+
 xz, not gzip, and thinned: the committed studies' records (51 MB) pack to 13.8 MB with
 gzip -9 and to 10.5 MB with xz -9e, too much for docs/results' 10 MB; thinned
 (:data:`THINNED_FIELDS`), to 3.8 MB with xz.
@@ -20,12 +33,17 @@ from __future__ import annotations
 import json
 import lzma
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 PACKED_SUFFIX = ".xz"
 RECORDS_GLOB = "*.jsonl"  # the record files of a run directory that packing compresses
 METRICS_NAME = "metrics.jsonl"  # the file whose summary line says a run is finished
+PREDICTIONS_GLOB = "predictions*.jsonl"  # a fine-tuning run's scored test problems
+STUDY_TASK = "task/test.jsonl"  # a study's test problems, which its packed predictions refer to
+STUDY_RECORDS = ("runs.jsonl",)  # a study directory's own record files (its report's)
 
 # What ``thin`` packing leaves out of every ``train`` record but a run's last: fields no report
 # reads. The step's timing (the curves' time axis is the ``val`` records' ``elapsed_s``, the
@@ -124,37 +142,128 @@ def thinned_text(text: str, path: str | Path) -> str:
                    for line, old, new in zip(lines, before, after, strict=True))
 
 
-def pack_file(path: Path, thin: bool = False) -> Path:
-    """Pack the record file ``path`` into ``path.xz`` (written through ``.tmp``), read it back,
-    and delete ``path`` only when what was read back is what was meant: the same text, or
-    with ``thin`` (metrics files) the same records :func:`thinned`. Returns the packed file."""
-    text = path.read_text()
-    thin = thin and path.name == METRICS_NAME
-    meant = thinned_text(text, path) if thin else text
-    packed = packed_path(path)
-    tmp = packed.with_name(packed.name + ".tmp")
+def study_task(path: str | Path) -> Path | None:
+    """The :data:`STUDY_TASK` file of the study holding the record file ``path``: that of the
+    nearest folder above it that has one (plain or packed), else None."""
+    for folder in Path(path).absolute().parents:
+        if records_exist(folder / STUDY_TASK):
+            return folder / STUDY_TASK
+    return None
+
+
+def task_problems(task: Path) -> dict[str, tuple[str, object]]:
+    """id -> (question, gold) of the study task file ``task``."""
+    return {r["id"]: (r["question"], r["gold"]) for r in parse(read_text(task), task)}
+
+
+def thinned_predictions_text(text: str, path: str | Path) -> str:
+    """``text`` (the predictions file ``path``) with every row's ``question`` left out when its
+    study's task file (:func:`study_task`) lists each row's id with the same question and
+    gold; else ``text`` as it is."""
+    rows = parse(text, path)
+    task = study_task(path)
+    problems = task_problems(task) if task is not None else {}
+    if not rows or not all(isinstance(r.get("id"), str) and
+                           problems.get(r["id"]) == (r.get("question"), r.get("gold"))
+                           for r in rows):
+        return text
+    return "".join(json.dumps({k: v for k, v in r.items() if k != "question"}) + "\n"
+                   for r in rows)
+
+
+def with_questions(rows: list[dict], path: str | Path) -> list[dict]:
+    """``rows`` (of the predictions file ``path``) with the ``question`` of each row packed
+    without it put back (after its ``id``) from its study's task file; ValueError when there
+    is none or it does not list the row's problem with the gold it was scored against."""
+    if all("question" in r for r in rows):
+        return rows
+    task = study_task(path)
+    if task is None:
+        raise ValueError(f"{path} leaves its questions out, but no folder above it holds "
+                         f"{STUDY_TASK}")
+    problems = task_problems(task)
+    restored = []
+    for r in rows:
+        if "question" not in r:
+            question, gold = problems.get(r.get("id"), (None, None))
+            if question is None or gold != r.get("gold"):
+                raise ValueError(f"{path}: problem {r.get('id')!r} is not in {task} as it was "
+                                 "scored; that task file is not the one of these predictions")
+            r = {"id": r["id"], "question": question, **{k: v for k, v in r.items() if k != "id"}}
+        restored.append(r)
+    return restored
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """The rows of the predictions file ``path`` (plain or packed; ``id, question, output,
+    pred, gold, correct``), each with its question (:func:`with_questions`)."""
+    return with_questions(parse(read_text(path), path), path)
+
+
+def packed_form(path: Path, text: str, thin: bool) -> tuple[str, Callable[[str], bool]]:
+    """What the record file ``path`` holding ``text`` packs to, and the check its read-back
+    must pass: with ``thin``, a metrics file :func:`thinned` (the same records thinned), a
+    predictions file :func:`thinned_predictions_text` (its rows, questions restored, are the
+    original rows); else the text itself."""
+    if thin and path.name == METRICS_NAME:
+        return thinned_text(text, path), lambda back: (
+            parse(back, path) == thinned(parse(text, path)))
+    if thin and fnmatch(path.name, PREDICTIONS_GLOB):
+        return thinned_predictions_text(text, path), lambda back: (
+            with_questions(parse(back, path), path) == parse(text, path))
+    return text, lambda back: True
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``path.tmp`` (synced, then renamed over ``path``)."""
+    tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(lzma.compress(meant.encode(), **_XZ))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, packed)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def pack_file(path: Path, thin: bool = False) -> Path:
+    """Pack the record file ``path`` into ``path.xz`` (written through ``.tmp``), read it back,
+    and delete ``path`` only when what was read back is what was meant: the same text, and
+    with ``thin`` the same records as :func:`packed_form` says. Returns the packed file."""
+    text = path.read_text()
+    meant, same = packed_form(path, text, thin)
+    packed = packed_path(path)
+    write_atomic(packed, lzma.compress(meant.encode(), **_XZ))
     back = lzma.decompress(packed.read_bytes()).decode()
-    if back != meant or (thin and parse(back, packed) != thinned(parse(text, path))):
+    try:
+        kept = back == meant and same(back)
+    except ValueError:  # the restored rows could not be read
+        kept = False
+    if not kept:
         packed.unlink()
         raise OSError(f"{packed} did not read back as the records of {path}; {path} is kept")
     path.unlink()
     return packed
 
 
+def write_records(path: str | Path, text: str) -> Path:
+    """Write the record file ``path`` whole in the form it is stored in: packed
+    (:func:`pack_file`) when only its packed form is there (a packed study's ``runs.jsonl``
+    rewritten by its report), else plain. Returns the file written."""
+    path = Path(path)
+    packed = is_packed(path)
+    write_atomic(path, text.encode())
+    return pack_file(path) if packed else path
+
+
 @dataclass
 class PackResult:
-    """What :func:`pack_study` did: the runs it packed and their record files' bytes before and
-    after, the runs already packed, the runs it left alone (not finished)."""
+    """What :func:`pack_study` did: the runs and study record files it packed and their bytes
+    before and after, the runs already packed, the runs it left alone (not finished)."""
 
     packed: list[Path] = field(default_factory=list)
+    study_files: list[Path] = field(default_factory=list)
     already: list[Path] = field(default_factory=list)
     unfinished: list[Path] = field(default_factory=list)
     bytes_before: int = 0
@@ -174,7 +283,8 @@ def run_is_finished(run_dir: Path) -> bool:
 def pack_study(directory: str | Path, thin: bool = False) -> PackResult:
     """Pack every finished run under ``directory`` (each folder with a ``metrics.jsonl``):
     each of its ``*.jsonl`` files becomes ``*.jsonl.xz`` (:func:`pack_file`; ``thin``: its
-    metrics :func:`thinned`). Runs not
+    metrics :func:`thinned`, its predictions without the questions its study's task file
+    holds), and so do ``directory``'s own :data:`STUDY_RECORDS` (written whole). Runs not
     finished are left as they are; packing again changes nothing (the packed files of the
     same records are the same bytes)."""
     directory = Path(directory)
@@ -193,4 +303,9 @@ def pack_study(directory: str | Path, thin: bool = False) -> PackResult:
             result.bytes_after += sum(pack_file(p, thin).stat().st_size
                                       for p in plain)
             result.packed.append(run_dir)
+    for plain in (directory / name for name in STUDY_RECORDS):
+        if plain.is_file():
+            result.bytes_before += plain.stat().st_size
+            result.bytes_after += pack_file(plain).stat().st_size
+            result.study_files.append(plain)
     return result

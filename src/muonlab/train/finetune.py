@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,13 +251,27 @@ class Task:
         only when its content differs (a rerun leaves it as it was)."""
         from ..data.tasks import example_text
 
-        text = "".join(example_text(p) for p in self.train)
-        if not path.exists() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            own = path.with_name(f"{path.name}.{os.getpid()}")  # torchrun's ranks write at once
-            write_whole(own, text)
-            os.replace(own, path)
-        return path
+        return write_if_changed(path, "".join(example_text(p) for p in self.train))
+
+    def write_test_problems(self, path: Path) -> Path:
+        """The test problems as JSONL, one line per problem in the scored order (``id,
+        question, answer, gold``): a study writes them once, so its packed predictions can
+        leave the questions out (:func:`muonlab.report.records.read_predictions`); written
+        only when its content differs."""
+        return write_if_changed(path, "".join(
+            json.dumps({"id": p.id, "question": p.question, "answer": p.answer, "gold": p.gold})
+            + "\n" for p in self.test))
+
+
+def write_if_changed(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` (folders made) unless it already holds it, atomically through
+    a file of this process (torchrun's ranks write at once); returns ``path``."""
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        own = path.with_name(f"{path.name}.{os.getpid()}")
+        write_whole(own, text)
+        os.replace(own, path)
+    return path
 
 
 def task_evaluator(task: Task, model: nn.Module, tokens, out_dir: Path | None, steps: int,
