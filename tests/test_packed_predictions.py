@@ -15,6 +15,7 @@ import pytest
 from muonlab.cli import main
 from muonlab.report import records
 from muonlab.report.metrics import read_jsonl
+from muonlab.train.finetune import Task
 
 PROBLEMS = [{"id": f"arith-7-{i}", "question": f"Ann has {i} apples. Bo gives her {i + 1} more "
              "apples. How many apples does Ann have now?",
@@ -66,7 +67,8 @@ def test_thin_pack_leaves_the_questions_out_and_reads_back_the_rows_the_runs_wro
         rows = records.read_predictions(run / "predictions.jsonl")
         assert rows == predictions(seed)
         assert "".join(json.dumps(r) + "\n" for r in rows) == written[run]  # key order too
-    # the task file stays plain beside the packed runs
+    # the task file is packed with the study and reads as it was written
+    assert records.is_packed(tmp_path / "task" / "test.jsonl")
     assert read_jsonl(tmp_path / "task" / "test.jsonl") == PROBLEMS
 
 
@@ -100,7 +102,8 @@ def test_thinned_predictions_refuse_a_task_file_that_is_not_theirs(tmp_path):
     write_jsonl(tmp_path / "task" / "test.jsonl", other)
     with pytest.raises(ValueError, match="arith-7-0.*not in .*test.jsonl as it was scored"):
         records.read_predictions(run / "predictions.jsonl")
-    (tmp_path / "task" / "test.jsonl").unlink()
+    for task in (tmp_path / "task").iterdir():  # plain and packed
+        task.unlink()
     with pytest.raises(ValueError, match="no folder above it holds task/test.jsonl"):
         records.read_predictions(run / "predictions.jsonl")
 
@@ -111,7 +114,8 @@ def test_the_study_runs_jsonl_is_packed_and_its_report_rewrites_it_packed(tmp_pa
     write_jsonl(tmp_path / "runs.jsonl", lines)
     assert main(["results", "pack", "--thin", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "packed 2 finished runs under" in out and "and its runs.jsonl" in out
+    assert "packed 2 finished runs under" in out
+    assert "and its runs.jsonl and its task/test.jsonl" in out
     assert records.is_packed(tmp_path / "runs.jsonl")
     assert read_jsonl(tmp_path / "runs.jsonl") == lines
     # the report writes it again (one more run): in the form it is stored in
@@ -119,3 +123,21 @@ def test_the_study_runs_jsonl_is_packed_and_its_report_rewrites_it_packed(tmp_pa
                           "".join(json.dumps(r) + "\n" for r in lines + lines[:1]))
     assert records.is_packed(tmp_path / "runs.jsonl")
     assert read_jsonl(tmp_path / "runs.jsonl") == lines + lines[:1]
+
+
+def test_a_packed_task_file_is_rewritten_packed_and_only_when_its_problems_differ(tmp_path):
+    """A continued study writes its test problems again: nothing changes when they are the
+    same, a packed file is replaced packed when they differ."""
+    path = tmp_path / "task" / "test.jsonl"
+    task = Task.make("arithmetic", None, 0, 4, 3, 16)
+    task.write_test_problems(path)
+    assert read_jsonl(path) == [{"id": p.id, "question": p.question, "answer": p.answer,
+                                 "gold": p.gold} for p in task.test]
+    records.pack_study(tmp_path)
+    packed = records.packed_path(path).read_bytes()
+    task.write_test_problems(path)
+    assert not path.exists() and records.packed_path(path).read_bytes() == packed
+    other = Task.make("arithmetic", None, 1, 4, 3, 16)
+    other.write_test_problems(path)
+    assert records.is_packed(path) and [r["id"] for r in read_jsonl(path)] == [
+        p.id for p in other.test] != [p.id for p in task.test]

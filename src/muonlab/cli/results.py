@@ -17,7 +17,7 @@ from .common import add_command
 
 def pack_command(args: argparse.Namespace) -> int:
     result = pack_study(args.dir, thin=args.thin)
-    study = "".join(f" and its {p.name}" for p in result.study_files)
+    study = "".join(f" and its {p.relative_to(args.dir).as_posix()}" for p in result.study_files)
     print(f"packed {len(result.packed)} finished runs under {args.dir}{study}: "
           f"{result.bytes_before:,} -> {result.bytes_after:,} bytes"
           + (f"; {len(result.already)} were packed already" if result.already else ""))

@@ -20,8 +20,8 @@ differs, an id not listed) is packed whole. Predictions are read through
 :func:`read_predictions`, which puts each question back from the study's task file (and
 refuses, naming the file, when that file no longer lists the problem as it was scored).
 A study directory's own record files (:data:`STUDY_RECORDS`: the fine-tuning report's
-``runs.jsonl``, written whole each time) are packed with its runs, and its report rewrites
-them in the form they are stored in (:func:`write_records`).
+``runs.jsonl`` and the task file, each written whole) are packed with its runs, and the
+study rewrites them in the form they are stored in (:func:`write_records`).
 
 xz, not gzip, and thinned: the committed studies' records (51 MB) pack to 13.8 MB with
 gzip -9 and to 10.5 MB with xz -9e, too much for docs/results' 10 MB; thinned
@@ -43,7 +43,8 @@ RECORDS_GLOB = "*.jsonl"  # the record files of a run directory that packing com
 METRICS_NAME = "metrics.jsonl"  # the file whose summary line says a run is finished
 PREDICTIONS_GLOB = "predictions*.jsonl"  # a fine-tuning run's scored test problems
 STUDY_TASK = "task/test.jsonl"  # a study's test problems, which its packed predictions refer to
-STUDY_RECORDS = ("runs.jsonl",)  # a study directory's own record files (its report's)
+# a study directory's own record files, each written whole: its report's runs, its test problems
+STUDY_RECORDS = ("runs.jsonl", STUDY_TASK)
 
 # What ``thin`` packing leaves out of every ``train`` record but a run's last: fields no report
 # reads. The step's timing (the curves' time axis is the ``val`` records' ``elapsed_s``, the
@@ -153,7 +154,7 @@ def study_task(path: str | Path) -> Path | None:
 
 def task_problems(task: Path) -> dict[str, tuple[str, object]]:
     """id -> (question, gold) of the study task file ``task``."""
-    return {r["id"]: (r["question"], r["gold"]) for r in parse(read_text(task), task)}
+    return {r.get("id"): (r.get("question"), r.get("gold")) for r in parse(read_text(task), task)}
 
 
 def thinned_predictions_text(text: str, path: str | Path) -> str:

@@ -28,7 +28,7 @@ from torch import nn
 from muonkit.registry import ADAMW
 
 from ..data.text import fixed_batches, load_text
-from ..report.records import records_exist
+from ..report.records import read_text, records_exist, write_records
 from .config import resolve_dtype
 from .files import (
     CHECKPOINT,
@@ -251,27 +251,25 @@ class Task:
         only when its content differs (a rerun leaves it as it was)."""
         from ..data.tasks import example_text
 
-        return write_if_changed(path, "".join(example_text(p) for p in self.train))
+        text = "".join(example_text(p) for p in self.train)
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            own = path.with_name(f"{path.name}.{os.getpid()}")  # torchrun's ranks write at once
+            write_whole(own, text)
+            os.replace(own, path)
+        return path
 
-    def write_test_problems(self, path: Path) -> Path:
+    def write_test_problems(self, path: Path) -> None:
         """The test problems as JSONL, one line per problem in the scored order (``id,
         question, answer, gold``): a study writes them once, so its packed predictions can
         leave the questions out (:func:`muonlab.report.records.read_predictions`); written
-        only when its content differs."""
-        return write_if_changed(path, "".join(
-            json.dumps({"id": p.id, "question": p.question, "answer": p.answer, "gold": p.gold})
-            + "\n" for p in self.test))
-
-
-def write_if_changed(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` (folders made) unless it already holds it, atomically through
-    a file of this process (torchrun's ranks write at once); returns ``path``."""
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        own = path.with_name(f"{path.name}.{os.getpid()}")
-        write_whole(own, text)
-        os.replace(own, path)
-    return path
+        only when its content differs, in the form it is stored in (packed with the study:
+        :func:`muonlab.report.records.write_records`)."""
+        text = "".join(json.dumps({"id": p.id, "question": p.question, "answer": p.answer,
+                                   "gold": p.gold}) + "\n" for p in self.test)
+        if not records_exist(path) or read_text(path) != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_records(path, text)
 
 
 def task_evaluator(task: Task, model: nn.Module, tokens, out_dir: Path | None, steps: int,
