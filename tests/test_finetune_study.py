@@ -2,7 +2,9 @@
 test): two bases, two arms, two-point sweeps; interrupted, then continued by the same call."""
 
 import json
+import lzma
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from muonlab.experiments import finetune_study as fs
 from muonlab.experiments.runs import StudyInterrupted, run_in_process
 from muonlab.report.finetune import build_finetune_report
 from muonlab.report.metrics import load_run, read_jsonl
-from muonlab.report.records import read_predictions
+from muonlab.report.records import is_packed, read_predictions
 from muonlab.train import gpt
 
 FIELDS = {"base", "arm", "optimizer", "state", "scaling", "momentum_form", "lora_rank", "lr",
@@ -120,6 +122,25 @@ def test_the_study_writes_its_test_problems_once_in_the_scored_order(study):
     written = (out / "task" / "test.jsonl").stat().st_mtime_ns
     fs.prepare_out(cfg, "muonkit finetune-study (test, again)")  # same content: not rewritten
     assert (out / "task" / "test.jsonl").stat().st_mtime_ns == written
+
+
+def test_a_thin_packed_study_reports_and_reads_its_predictions_as_written(study, tmp_path):
+    """Packed ``--thin`` (a copy), every run's predictions leave their questions out,
+    read_predictions gives back the rows the run wrote, and the report (runs.jsonl rewritten
+    packed) says what it said of the plain study."""
+    out, _, _, paths = study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ckpt.pt"))
+    written = {p.relative_to(out): [json.loads(x) for x in p.read_text().splitlines()]
+               for p in out.glob("ft/*/*/*/predictions.jsonl")}
+    assert main(["results", "pack", "--thin", str(copy)]) == 0
+    for name, rows in written.items():
+        packed = lzma.decompress((copy / name).with_suffix(".jsonl.xz").read_bytes()).decode()
+        assert "question" not in packed and read_predictions(copy / name) == rows
+    assert is_packed(copy / "runs.jsonl") and is_packed(copy / "task" / "test.jsonl")
+    again = build_finetune_report(copy)
+    assert is_packed(copy / "runs.jsonl")
+    assert read_jsonl(again["runs"]) == read_jsonl(paths["runs"])
 
 
 def test_the_report_and_its_figures_are_written(study, capsys):
