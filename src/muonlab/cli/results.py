@@ -1,6 +1,7 @@
 """`muonkit results pack DIR`: pack a study's finished runs for committing
-(:func:`muonlab.report.records.pack_study`: each ``*.jsonl`` of a finished run becomes
-``*.jsonl.xz``, which every report reads as it read the plain file). `muonkit results verdicts
+(:func:`muonlab.report.records.pack_study`: each ``*.jsonl`` of a finished run, and the
+study's own ``runs.jsonl`` and ``task/test.jsonl``, becomes ``*.jsonl.xz``, which every
+report reads as it read the plain file). `muonkit results verdicts
 [--check] [FILE ...]`: rewrite the verdict blocks of the README and the study pages from the
 committed records (:mod:`muonlab.report.verdicts`)."""
 
@@ -57,7 +58,8 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="results_command", required=True)
     pack = add_command(
         sub, "pack", help="compress the records of finished runs (.jsonl -> .jsonl.xz)",
-        description="Compress every finished run's .jsonl records under DIR to .jsonl.xz "
+        description="Compress every finished run's .jsonl records under DIR to .jsonl.xz, "
+                    "and DIR's own runs.jsonl and task/test.jsonl (a fine-tuning study's) "
                     "(a run not finished, e.g. still training, is left as it is; packing again "
                     "changes nothing). Reports, and a study continued, read them as before; "
                     "`unxz FILE.jsonl.xz` gives a file back.")
