@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     add_setting(p, "study", dataclasses.replace(
         SETTINGS["study"], choices=(*variants.STUDIES, "gpt"),
         help="which study (gpt: the tiny GPT, each optimizer tuned; it reads --seeds, --device, "
-        "--threads, --jobs, --out, the tracker, --ns-* and gpt-study flags)"), positional=True)
+        "--threads, --jobs, --out, --sweep-refine, the tracker, --ns-* and gpt-study flags)"),
+        positional=True)
     # None: the study's own default (the gpt study's are VariantGPTConfig's)
     add_settings(p, variants.StudyConfig, exclude=("study",), none_means={
         "seeds": f"{' '.join(map(str, d.seeds))}; gpt and tuned: 0 1 2",

@@ -23,7 +23,7 @@ from .common import (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags only the gpt study reads (it also reads --seeds, --device, --threads,
-    --jobs, --out, the tracker flags and the --ns-* flags)."""
+    --jobs, --out, --sweep-refine, the tracker flags and the --ns-* flags)."""
     d = variants_gpt.VariantGPTConfig()
     steps = dataclasses.replace(SETTINGS["steps"], help="steps per run (gpt)")
     add_setting(group_of(p, "study"), "steps", steps, d.steps)
@@ -41,7 +41,7 @@ def config_from_args(args: argparse.Namespace) -> variants_gpt.VariantGPTConfig:
         threads=args.threads or default_threads(args.jobs),
         trackers=trackers_from_args(args) or (), wandb_project=args.wandb_project,
         wandb_run_name=args.wandb_run_name, muon_options=muon_options_from_args(args),
-        qk_clip=args.qk_clip,
+        qk_clip=args.qk_clip, sweep_refine=args.sweep_refine,
     )
 
 

@@ -2,7 +2,8 @@
 
 1. Optionally (``--lr-sweep``) each optimizer is tuned on shorter runs (``--sweep-steps``) of
    seed ``seeds[0]`` with the edge-aware sweep of :mod:`muonlab.experiments.sweep` (factor-2
-   grids, extended past an edge up to ``--sweep-extend`` points): AdamW over ``--adamw-lrs``;
+   grids, extended past an edge up to ``--sweep-extend`` points, then ``--sweep-refine``
+   rounds of finer points around a best inside the grid): AdamW over ``--adamw-lrs``;
    the hybrid over ``--muon-lrs`` (its matrix LR) at the aux LR, then, with ``--aux-lrs``,
    over the aux LR (its AdamW groups) at the chosen matrix LR. With ``--sweep-full-topk K``
    the best K settings of each optimizer are rerun at full length and the best of those is
@@ -72,6 +73,7 @@ class CompareConfig:
     aux_lr: float | None = setting("aux_lr")
     aux_lrs: list[float] | None = setting("aux_lrs")
     sweep_extend: int = setting("sweep_extend")
+    sweep_refine: int = setting("sweep_refine")
     sweep_full_topk: int = setting("sweep_full_topk")
     threads: int | None = setting("threads")
     jobs: int = setting("jobs")
@@ -137,7 +139,8 @@ def _sweep_one(exp: Experiment, optimizer: str, base: dict, param: str, grid, st
             exp.log(f"sweep {optimizer} {param}={v:g}: val loss {loss:.4f} after {steps} steps")
         return losses
 
-    return run_sweep(grid, evaluate, max_extend=exp.cfg.sweep_extend)
+    return run_sweep(grid, evaluate, max_extend=exp.cfg.sweep_extend,
+                     refine=exp.cfg.sweep_refine, fit=exp.cfg.sweep_refine > 0)
 
 
 def _trial_name(optimizer: str, lrs: dict) -> str:
@@ -206,11 +209,17 @@ RUNTIME_SETTINGS = ("command", "out", "threads", "jobs", "isolate", "overwrite",
                     "trackers", "wandb_project", "wandb_run_name", "device", "peak_flops")
 
 
+def all_settings(cfg: CompareConfig) -> dict:
+    """Every setting of ``cfg``, the GPT run's and the experiment's (``sweep_refine`` only
+    when given, so a study begun before it records and continues as it did)."""
+    return {**dataclasses.asdict(cfg.gpt),
+            **{k: v for k, v in dataclasses.asdict(cfg).items()
+               if k != "gpt" and not (k == "sweep_refine" and v == 0)}}
+
+
 def study_identity(cfg: CompareConfig) -> dict:
     """The settings of ``cfg`` that define the study's results (JSON values)."""
-    settings = {**dataclasses.asdict(cfg.gpt),
-                **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "gpt"}}
-    settings = {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
+    settings = {k: v for k, v in all_settings(cfg).items() if k not in RUNTIME_SETTINGS}
     return json.loads(json.dumps(settings, default=str))
 
 
@@ -269,8 +278,7 @@ def run_compare(cfg: CompareConfig, log=say) -> dict[str, Path]:
         "jobs": cfg.jobs,
         "machine_start": info_start,
         "machine_end": machine_info(),
-        "args": {**dataclasses.asdict(gpt),
-                 **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "gpt"}},
+        "args": all_settings(cfg),
     }
     write_whole(out / "settings.json", json.dumps(settings, indent=2, default=str))
     return build_compare_report(out)

@@ -144,8 +144,9 @@ class FinetuneStudyConfig:
     on ``task_test`` problems (answers of up to ``task_max_tokens`` tokens). Both phases:
     linear warmup over ``warmup_frac``, cosine decay to 0.1, ``evals_per_run`` evaluations of
     ``eval_batches`` batches; sweeps of ``grid_points`` factor-2 points, ``sweep_extend`` more
-    at each edge. Every run: ``muon_options`` (:class:`muonkit.MuonOptions`, the ``--ns-*``
-    flags) in its Muon groups, QK-clip at ``qk_clip`` (None: off)."""
+    at each edge, then ``sweep_refine`` rounds around a best inside the grid. Every run:
+    ``muon_options`` (:class:`muonkit.MuonOptions`, the ``--ns-*`` flags) in its Muon groups,
+    QK-clip at ``qk_clip`` (None: off)."""
 
     out: str = setting("out", default="runs/finetune-study")
     data: str = setting("data", help="pretraining corpus: 'tinyshakespeare' or a text file "
@@ -173,6 +174,7 @@ class FinetuneStudyConfig:
     grid_points: int = setting("grid_points", default=5,
                                help="factor-2 LR grid size of every sweep")
     sweep_extend: int = setting("sweep_extend")
+    sweep_refine: int = setting("sweep_refine")
     device: str = setting("device", default="cpu")
     jobs: int = setting("jobs")
     threads: int = setting("threads", default=1)
@@ -205,10 +207,11 @@ class FinetuneStudyConfig:
         """The settings that define the study's results, the corpus's sha256 and the machine
         class its runs compute on (:func:`muonkit.hardware.machine_class`, ``threads``
         included: a base retrained on another class would not be the same weights)
-        (``muon_options`` only where they change a default and ``qk_clip`` only when given, so
-        a study begun before those flags continues)."""
+        (``muon_options`` only where they change a default, ``qk_clip`` and ``sweep_refine``
+        only when given, so a study begun before those flags continues)."""
         kept = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in (*self.RUNTIME, "muon_options", "qk_clip")}
+                if k not in (*self.RUNTIME, "muon_options", "qk_clip")
+                and not (k == "sweep_refine" and v == 0)}
         kept.update(tokenizer="byte", corpus_sha256=corpus_sha256(self.data))
         changed = MuonOptions.changes(self.muon_options)
         if changed:
@@ -350,7 +353,8 @@ class FinetuneStudy:
 
     def _sweep(self, key: str, center: float, evaluate) -> float:
         result = run_sweep(factor_grid(center, self.cfg.grid_points), evaluate,
-                           max_extend=self.cfg.sweep_extend)
+                           max_extend=self.cfg.sweep_extend, refine=self.cfg.sweep_refine,
+                           fit=self.cfg.sweep_refine > 0)
         with self.lock:
             self.sweeps[key] = result.record()
             write_whole(self.out / "sweeps.json", json.dumps(self.sweeps, indent=1, default=str))

@@ -32,8 +32,9 @@ class StudyConfig:
     """Settings of one study run (the CLI flags). ``adamw_lr`` and ``seeds`` default by study
     (:data:`STUDY_DEFAULTS`). The tuned study (:mod:`muonlab.experiments.variant_tuned`) takes
     ``lr``/``adamw_lr`` as grid centres and also uses ``jobs``, ``grid_points``,
-    ``sweep_extend`` and ``val_size``; the others ignore them. ``muon_options``: further
-    :class:`muonkit.MuonOptions` of every Muon-family arm (the ``--ns-*`` flags)."""
+    ``sweep_extend``, ``sweep_refine`` and ``val_size``; the others ignore them.
+    ``muon_options``: further :class:`muonkit.MuonOptions` of every Muon-family arm (the
+    ``--ns-*`` flags)."""
 
     study: str = setting("study", choices=STUDIES)
     dataset: str = setting("dataset", choices=tuple(sorted(DATASETS)))
@@ -58,6 +59,7 @@ class StudyConfig:
     jobs: int = setting("jobs")  # runs at once (tuned)
     grid_points: int = setting("grid_points")  # factor-2 LR grid size per arm (tuned)
     sweep_extend: int = setting("sweep_extend")  # max points added past each edge (tuned)
+    sweep_refine: int = setting("sweep_refine")  # refinement rounds (tuned and gpt)
     val_size: int = setting("val_size")  # examples held out to choose the LRs (tuned)
     muon_options: dict = field(default_factory=dict)
 
@@ -116,8 +118,9 @@ MAY_CHANGE = ("sweep_extend",)
 
 def settings(cfg: StudyConfig) -> dict:
     """The settings that define the study's results (JSON types; ``muon_options`` only where
-    they change a default, so a study begun before the ``--ns-*`` flags continues)."""
+    they change a default and ``sweep_refine`` only when given, so a study begun before those
+    flags continues)."""
     kept = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in (*RUNTIME, "muon_options")}
+            if k not in (*RUNTIME, "muon_options") and not (k == "sweep_refine" and v == 0)}
     changed = MuonOptions.changes(cfg.muon_options)
     return json.loads(json.dumps({**kept, "muon_options": changed} if changed else kept))

@@ -142,7 +142,7 @@ class TunedStudy:
             factor_grid(arm_lr(arm, cfg), cfg.grid_points),
             lambda lrs: run_concurrently(
                 [lambda x=x: self.run(arm, x, cfg.seeds[0], 0) for x in lrs]),
-            max_extend=cfg.sweep_extend,
+            max_extend=cfg.sweep_extend, refine=cfg.sweep_refine, fit=cfg.sweep_refine > 0,
         )
         with self.lock:
             self.sweeps[arm.slug] = result.record()
