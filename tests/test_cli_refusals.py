@@ -95,3 +95,30 @@ def test_a_default_warmup_as_long_as_the_run_is_said_once(tmp_path, capsys):
     assert len(warned) == 1 and "--steps 2" in warned[0] and "never reaches its peak" in warned[0]
     assert main(["train", "--out", str(tmp_path / "short"), *FAST, "--steps", "2"]) == 0
     assert "--warmup" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--sweep-refine", "1"), ("--sweep-extend", "3"),
+                                        ("--sweep-steps", "10"), ("--adamw-lrs", "1e-3"),
+                                        ("--sweep-full-topk", "2")])
+def test_compare_refuses_a_sweep_setting_without_the_sweep(flag, value, tmp_path, capsys):
+    """A setting only the LR sweep reads does nothing without --lr-sweep: refused, naming both
+    flags, before anything is written."""
+    from muonlab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--out", str(tmp_path / "c"), flag, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert flag in err and "--lr-sweep" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_untuned_variant_study_refuses_the_sweep_settings(tmp_path, capsys):
+    from muonlab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["variants", "large", "--out", str(tmp_path / "v"), "--sweep-refine", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--sweep-refine" in err and "variants tuned" in err
+    assert not (tmp_path / "v").exists()

@@ -31,6 +31,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -79,6 +80,10 @@ class CompareConfig:
     jobs: int = setting("jobs")
     isolate: bool = setting("isolate")
 
+    # the settings only an LR sweep reads
+    SWEEP_ONLY: ClassVar[tuple[str, ...]] = ("sweep_steps", "adamw_lrs", "muon_lrs", "aux_lrs",
+                                             "sweep_extend", "sweep_refine", "sweep_full_topk")
+
     def __post_init__(self) -> None:
         check_settings(self)
         self.gpt.refuse_ignored(self.optimizers, "--optimizers")
@@ -88,10 +93,25 @@ class CompareConfig:
                     check_factor_grid(getattr(self, name))
                 except ValueError as e:
                     raise ValueError(f"--{name.replace('_', '-')}: {e}") from None
+        if not self.lr_sweep:
+            ignored = [name for name in self.SWEEP_ONLY
+                       if getattr(self, name) != _default(name)]
+            if ignored:
+                flag = "--" + ignored[0].replace("_", "-")
+                raise ValueError(f"{flag} is a setting of the LR sweep: it takes effect only "
+                                 "with --lr-sweep")
         steps = self.sweep_steps or max(1, self.gpt.steps // 4)
         if self.lr_sweep and steps <= self.gpt.warmup:
             raise ValueError(f"sweep runs must be longer than --warmup ({self.gpt.warmup} "
                              f"steps); they take {steps} (--sweep-steps, else --steps / 4)")
+
+
+def _default(name: str):
+    """The default of CompareConfig's field ``name``."""
+    declared = CompareConfig.__dataclass_fields__[name]
+    if declared.default_factory is not dataclasses.MISSING:
+        return declared.default_factory()
+    return declared.default
 
 
 class Experiment:

@@ -77,6 +77,14 @@ class StudyConfig:
             tuple(self.seeds),
         )
         self.out = self.out or f"runs/variants/{self.study}"
+        if self.study != "tuned":
+            fields = type(self).__dataclass_fields__
+            ignored = [name for name in ("grid_points", "sweep_extend", "sweep_refine")
+                       if getattr(self, name) != fields[name].default]
+            if ignored:
+                raise ValueError(f"--{ignored[0].replace('_', '-')} is a setting of the LR "
+                                 f"sweeps of `muonkit variants tuned`; the {self.study} study "
+                                 "runs fixed LRs")
         resolve_device(self.device)  # an unknown device fails before anything is written
         self.trackers = resolve_trackers(self.trackers)
         own = sorted({"momentum", "mixing"} & set(self.muon_options))
