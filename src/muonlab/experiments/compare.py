@@ -41,7 +41,7 @@ from muonkit.registry import ADAMW
 from ..report.compare import build_compare_report
 from ..train.files import write_whole
 from ..train.gpt import FLAG_NAMES, GPTRunConfig
-from ..train.settings import check_settings, setting
+from ..train.settings import changed_from_default, check_settings, drop_unset, setting
 from .runs import (
     RunSpec,
     SlotPool,
@@ -94,8 +94,7 @@ class CompareConfig:
                 except ValueError as e:
                     raise ValueError(f"--{name.replace('_', '-')}: {e}") from None
         if not self.lr_sweep:
-            ignored = [name for name in self.SWEEP_ONLY
-                       if getattr(self, name) != _default(name)]
+            ignored = changed_from_default(self, self.SWEEP_ONLY)
             if ignored:
                 flag = "--" + ignored[0].replace("_", "-")
                 raise ValueError(f"{flag} is a setting of the LR sweep: it takes effect only "
@@ -104,14 +103,6 @@ class CompareConfig:
         if self.lr_sweep and steps <= self.gpt.warmup:
             raise ValueError(f"sweep runs must be longer than --warmup ({self.gpt.warmup} "
                              f"steps); they take {steps} (--sweep-steps, else --steps / 4)")
-
-
-def _default(name: str):
-    """The default of CompareConfig's field ``name``."""
-    declared = CompareConfig.__dataclass_fields__[name]
-    if declared.default_factory is not dataclasses.MISSING:
-        return declared.default_factory()
-    return declared.default
 
 
 class Experiment:
@@ -232,9 +223,8 @@ RUNTIME_SETTINGS = ("command", "out", "threads", "jobs", "isolate", "overwrite",
 def all_settings(cfg: CompareConfig) -> dict:
     """Every setting of ``cfg``, the GPT run's and the experiment's (``sweep_refine`` only
     when given, so a study begun before it records and continues as it did)."""
-    return {**dataclasses.asdict(cfg.gpt),
-            **{k: v for k, v in dataclasses.asdict(cfg).items()
-               if k != "gpt" and not (k == "sweep_refine" and v == 0)}}
+    own = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "gpt"}
+    return {**dataclasses.asdict(cfg.gpt), **drop_unset(own, {"sweep_refine": 0})}
 
 
 def study_identity(cfg: CompareConfig) -> dict:

@@ -64,7 +64,7 @@ from ..train.files import append_line, write_whole
 from ..train.finetune import BaseRun, Task
 from ..train.gpt import load_gpt_data
 from ..train.loop import CHECKPOINT, TrainConfig
-from ..train.settings import check_settings, setting
+from ..train.settings import check_settings, drop_unset, setting
 from .runs import (
     RunSpec,
     SlotPool,
@@ -209,15 +209,13 @@ class FinetuneStudyConfig:
         included: a base retrained on another class would not be the same weights)
         (``muon_options`` only where they change a default, ``qk_clip`` and ``sweep_refine``
         only when given, so a study begun before those flags continues)."""
-        kept = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in (*self.RUNTIME, "muon_options", "qk_clip")
-                and not (k == "sweep_refine" and v == 0)}
+        kept = drop_unset({k: v for k, v in dataclasses.asdict(self).items()
+                           if k not in (*self.RUNTIME, "muon_options", "qk_clip")},
+                          {"sweep_refine": 0})
         kept.update(tokenizer="byte", corpus_sha256=corpus_sha256(self.data))
         changed = MuonOptions.changes(self.muon_options)
-        if changed:
-            kept["muon_options"] = changed
-        if self.qk_clip is not None:
-            kept["qk_clip"] = self.qk_clip
+        kept.update(drop_unset({"muon_options": changed, "qk_clip": self.qk_clip},
+                               {"muon_options": {}, "qk_clip": None}))
         kept["machine_class"] = hardware.machine_class(resolve_device(self.device), self.threads)
         return kept
 

@@ -59,7 +59,7 @@ from ..train.config import resolve_device
 from ..train.files import append_line, setting_name, write_whole
 from ..train.gpt import gpt_optimizer, load_gpt_data
 from ..train.loop import TrainConfig
-from ..train.settings import check_settings, setting
+from ..train.settings import check_settings, drop_unset, setting
 from ..train.step import lm_loss
 from ..train.trackers import resolve_trackers
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated, say
@@ -224,11 +224,10 @@ class HorizonConfig:
         computed on (``muon_options`` only where they change a default, so a study begun
         before the ``--ns-*`` flags continues; ``tokens_per_param``, ``tune_seed``,
         ``qk_clip``, ``sweep_refine``, ``wd_grid`` and ``beta2_grid`` only when given)."""
-        kept = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in (*self.RUNTIME, "muon_options")
-                and not (k in ("tokens_per_param", "tune_seed", "qk_clip", "wd_grid",
-                               "beta2_grid") and v is None)
-                and not (k == "sweep_refine" and v == 0)}
+        unset = {**dict.fromkeys(("tokens_per_param", "tune_seed", "qk_clip", "wd_grid",
+                                  "beta2_grid")), "sweep_refine": 0}
+        kept = drop_unset({k: v for k, v in dataclasses.asdict(self).items()
+                           if k not in (*self.RUNTIME, "muon_options")}, unset)
         changed = MuonOptions.changes(self.muon_options)
         kept["machine_class"] = self.machine_class()
         return {**kept, "muon_options": changed} if changed else kept

@@ -11,7 +11,7 @@ from muonkit.options import MuonOptions
 from muonkit.registry import OPTIMIZER_NAMES, canonical_name
 
 from ..train.config import resolve_device
-from ..train.settings import check_settings, setting
+from ..train.settings import changed_from_default, check_settings, drop_unset, setting
 from ..train.trackers import resolve_trackers
 
 STUDIES = ("large", "equal-memory", "rank-sweep", "hybrid", "tuned")
@@ -78,9 +78,7 @@ class StudyConfig:
         )
         self.out = self.out or f"runs/variants/{self.study}"
         if self.study != "tuned":
-            fields = type(self).__dataclass_fields__
-            ignored = [name for name in ("grid_points", "sweep_extend", "sweep_refine")
-                       if getattr(self, name) != fields[name].default]
+            ignored = changed_from_default(self, ("grid_points", "sweep_extend", "sweep_refine"))
             if ignored:
                 raise ValueError(f"--{ignored[0].replace('_', '-')} is a setting of the LR "
                                  f"sweeps of `muonkit variants tuned`; the {self.study} study "
@@ -128,7 +126,7 @@ def settings(cfg: StudyConfig) -> dict:
     """The settings that define the study's results (JSON types; ``muon_options`` only where
     they change a default and ``sweep_refine`` only when given, so a study begun before those
     flags continues)."""
-    kept = {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in (*RUNTIME, "muon_options") and not (k == "sweep_refine" and v == 0)}
+    kept = drop_unset({k: v for k, v in dataclasses.asdict(cfg).items()
+                       if k not in (*RUNTIME, "muon_options")}, {"sweep_refine": 0})
     changed = MuonOptions.changes(cfg.muon_options)
     return json.loads(json.dumps({**kept, "muon_options": changed} if changed else kept))

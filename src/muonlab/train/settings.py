@@ -324,6 +324,25 @@ def check_settings(config) -> None:
         s.check(name, getattr(config, name))
 
 
+def changed_from_default(config, names) -> list[str]:
+    """The fields of ``names`` whose value in the dataclass ``config`` differs from the
+    field's default (a flag given: a setting that may do nothing where it is given)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+
+    def default(name: str):
+        f = fields[name]
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    return [name for name in names if getattr(config, name) != default(name)]
+
+
+def drop_unset(values: dict, unset: dict) -> dict:
+    """``values`` without each setting of ``unset`` whose value is the one ``unset`` gives
+    for it (what a study records only when given, so a study begun before the setting
+    existed records, and continues, as it did)."""
+    return {k: v for k, v in values.items() if not (k in unset and v == unset[k])}
+
+
 def flag_names(config_class) -> dict[str, str]:
     """{field name: flag} of the fields whose flag is not ``--`` + their name, and
     {TrainConfig field: flag} of the loop settings they feed under another name: how a
