@@ -30,6 +30,7 @@ from muonkit import registry  # noqa: E402
 from muonkit.registry import ADAMW, KRONECKER, LORAPRE, MUON, NORMUON  # noqa: E402
 
 from .metrics import Run, common_val_steps, mean_curve, val_loss_at  # noqa: E402
+from .records import replace_file  # noqa: E402
 from .stats import summarize  # noqa: E402
 from .tables import fmt_bytes  # noqa: E402
 
@@ -118,10 +119,8 @@ def save(fig, path: str | Path, title: str = "", dpi: int = 110) -> Path:
     """Write ``fig`` (laid out, under ``title``) to the PNG ``path`` and close it. The image is
     quantised to a 256-colour palette (median cut, no dithering): lines and text on white look
     the same at about a third of the bytes of matplotlib's RGBA file, which keeps the committed
-    reports small. Written through a temporary file (:func:`muonlab.train.files.replace_file`):
+    reports small. Written through a temporary file (:func:`muonlab.report.records.replace_file`):
     an interrupted save leaves the previous figure."""
-    from ..train.files import replace_file
-
     if title:
         fig.suptitle(title)
     fig.tight_layout()

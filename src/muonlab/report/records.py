@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import BinaryIO
 
 PACKED_SUFFIX = ".xz"
 RECORDS_GLOB = "*.jsonl"  # the record files of a run directory that packing compresses
@@ -215,12 +216,14 @@ def packed_form(path: Path, text: str, thin: bool) -> tuple[str, Callable[[str],
     return text, lambda back: True
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through ``path.tmp`` (synced, then renamed over ``path``)."""
+def replace_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` by what ``write(file)`` writes, whole or not at all: written to
+    ``path.tmp``, flushed to disk, renamed over ``path``; on a failure (``OSError``: a full
+    disk) the temporary file is removed and ``path`` is as it was."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -235,7 +238,7 @@ def pack_file(path: Path, thin: bool = False) -> Path:
     text = path.read_text()
     meant, same = packed_form(path, text, thin)
     packed = packed_path(path)
-    write_atomic(packed, lzma.compress(meant.encode(), **_XZ))
+    replace_file(packed, lambda f: f.write(lzma.compress(meant.encode(), **_XZ)))
     back = lzma.decompress(packed.read_bytes()).decode()
     try:
         kept = back == meant and same(back)
@@ -254,7 +257,7 @@ def write_records(path: str | Path, text: str) -> Path:
     rewritten by its report), else plain. Returns the file written."""
     path = Path(path)
     packed = is_packed(path)
-    write_atomic(path, text.encode())
+    replace_file(path, lambda f: f.write(text.encode()))
     return pack_file(path) if packed else path
 
 

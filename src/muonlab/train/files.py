@@ -21,9 +21,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -36,6 +35,7 @@ from ..report.records import (
     packed_path,
     read_text,
     records_exist,
+    replace_file,
 )
 from .config import TrainConfig, resume_may_differ
 from .trackers import TRACKER_FILES, Tracker
@@ -436,21 +436,6 @@ def load_train_state(path, model, optimizers) -> dict:
         )
     load_dcp(path, model, optimizers)
     return torch.load(path / f"rank{dist.get_rank()}.pt", map_location="cpu", weights_only=False)
-
-
-def replace_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Replace ``path`` by what ``write(file)`` writes, whole or not at all: written to
-    ``path.tmp``, flushed to disk, renamed over ``path``; on a failure (``OSError``: a full
-    disk) the temporary file is removed and ``path`` is as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_whole(path: Path, text: str) -> None:
