@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from ..train.settings import drop_unset
+
 
 def lr_key(lr: float) -> float:
     """An LR rounded to 6 significant digits, so ``x / 2 * 2`` names the same grid point."""
@@ -126,9 +128,7 @@ class SweepResult:
     def record(self) -> dict:
         """What a study records of the sweep (``sweeps.json``): its fields, the opt-in ones
         only when set, and the ``note`` (:meth:`describe`)."""
-        fields = {k: v for k, v in asdict(self).items()
-                  if k not in self.OPT_IN or v != self.OPT_IN[k]}
-        return {**fields, "note": self.describe()}
+        return {**drop_unset(asdict(self), self.OPT_IN), "note": self.describe()}
 
 
 class EdgeAwareSweep:
