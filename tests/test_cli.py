@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -188,6 +189,31 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
     assert "Traceback" not in err
     assert f"last checkpoint {out / 'ckpt.pt'}" in err
     assert "continue with: muonkit train --out" in err and err.strip().endswith("--resume")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_another_thread_takes_waits_until_the_checkpoint_is_written(signum):
+    """The process's signal may go to any thread that does not block it (torch's, a progress
+    bar's); it must still wait until the write is done, then interrupt."""
+    from muonlab.train.files import interrupts_deferred
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    written = False
+    on_ctrl_c = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+            signal.pthread_kill(other.ident, signum)
+            time.sleep(0.2)  # the main thread runs bytecode meanwhile: a pending signal raises
+            written = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
+        other.join()
+    assert written
+    assert signal.getsignal(signal.SIGINT) is on_ctrl_c
 
 
 def test_threads_flag_and_its_default_are_applied_and_recorded(tmp_path, monkeypatch):

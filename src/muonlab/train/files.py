@@ -319,19 +319,28 @@ def load_checkpoint(path: Path) -> dict:
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Hold SIGINT/SIGTERM while a checkpoint is written (main thread, POSIX): a Ctrl-C then
+    """Hold SIGINT/SIGTERM while a checkpoint is written (main thread): a Ctrl-C then
     interrupts the run after the write, as a KeyboardInterrupt, instead of inside
-    ``torch.save``, which turns it into a RuntimeError (a failed run, not an interrupted one)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not \
-            threading.main_thread():
+    ``torch.save``, which turns it into a RuntimeError (a failed run, not an interrupted one).
+
+    Each signal's handler is swapped for one that only notes it; on leaving, the handlers are
+    restored and each noted signal is raised again. (Blocking the signals with
+    ``pthread_sigmask`` would hold them on this thread only: another thread, torch's or a
+    progress bar's, would take the signal and Python would still raise in this one.)
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    noted: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():  # (None: a handler not set from Python)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in dict.fromkeys(noted):
+            signal.raise_signal(s)
 
 
 def save_checkpoint(path, model, optimizers, batches, step, elapsed, tokens, device) -> None:
