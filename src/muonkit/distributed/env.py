@@ -115,10 +115,12 @@ def _spawned(
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+    finished = False
     try:
         fn(rank, world_size, *args)
+        finished = True
     finally:
-        dist.destroy_process_group()
+        compute_cleanup(wait_for_peers=finished)
 
 
 def spawn(fn: Callable[..., Any], world_size: int, args: tuple = (), timeout_s: float = 120.0):
