@@ -5,6 +5,9 @@ writes ``docs/results/compiled_step/<machine kind>.json`` (one record per method
 with its dtype and the load around the set's timing; ``records.py``) and regenerates the
 compiled-step table of docs/benchmarks.md from every records file there.
 
+On a machine with a CUDA device it times there (``docs/results/compiled_step/cuda.json``);
+``compile_step="reduce-overhead"`` replays the compiled stage as a CUDA graph there.
+
 The timing is step_time.py's (``time_set``): every method its own copy of the same parameters
 and gradients, warm-up steps (where the compile happens; its time is recorded), then
 interleaved rounds in a fresh random order.
@@ -36,6 +39,8 @@ NAME = "benchmarks/compiled_step.py"
 METHODS = [
     Method("muonkit Muon() eager", "auto", Muon),
     Method("muonkit Muon(compile_step=True)", "auto", lambda p: Muon(p, compile_step=True)),
+    Method("muonkit Muon(compile_step='reduce-overhead')", "auto",
+           lambda p: Muon(p, compile_step="reduce-overhead")),
     Method("torch.optim.Muon", "bf16", torch.optim.Muon),
     Method("Keller Jordan's algorithm in fp32", "fp32",
            lambda p: KellerSingleDevice(p, dtype=torch.float32)),
@@ -52,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rng = random.Random(args.seed)
     prov = provenance(device)
     records = []

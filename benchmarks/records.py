@@ -91,7 +91,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def provenance_line(p: dict) -> str:
     """One line naming the machine a records file was measured on."""
     mc = p["machine_class"]
-    isa = ", ".join(mc.get("isa", [])) or "-"
-    return (f"{p['machine_label']}: {mc['name']} ({mc['device']}; ISA flags {isa}; PyTorch CPU "
-            f"capability {mc.get('cpu_capability', '-')}; {p['threads']} torch thread(s); "
+    if mc["device"] == "cuda":
+        where = (f"cuda, compute capability {mc['gpu_capability']}; host CPU flags "
+                 f"{', '.join(p['cpu_flags']) or '-'}")
+    else:
+        where = (f"{mc['device']}; ISA flags {', '.join(mc.get('isa', [])) or '-'}; PyTorch CPU "
+                 f"capability {mc.get('cpu_capability', '-')}")
+    return (f"{p['machine_label']}: {mc['name']} ({where}; {p['threads']} torch thread(s); "
             f"torch {p['torch']}; {p['date_utc']})")

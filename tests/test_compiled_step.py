@@ -20,20 +20,19 @@ def compile_unavailable() -> str | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.skipif(compile_unavailable() is not None, reason=str(compile_unavailable()))
-def test_compiled_step_matches_the_eager_step_to_fp32_rounding():
-    # one tiny case: a CPU compile takes 10-60 s
+def steps_match(device: str, compile_step, shapes=SHAPES) -> None:
+    """Three steps of Muon(compile_step=...) against the eager step, both in fp32 with AOL
+    and weight decay, the LR halved after each step: parameters and momentum agree to fp32
+    rounding, and dynamo compiled at least one graph."""
     g = torch.Generator().manual_seed(0)
-    start = [torch.randn(s, generator=g) for s in SHAPES]
+    start = [torch.randn(s, generator=g).to(device) for s in shapes]
     eager_p = [torch.nn.Parameter(w.clone()) for w in start]
     compiled_p = [torch.nn.Parameter(w.clone()) for w in start]
     kw = dict(lr=0.05, weight_decay=0.1, ns_dtype=torch.float32, ns_precondition="aol")
-    eager, compiled = Muon(eager_p, **kw), Muon(compiled_p, **kw, compile_step=True)
+    eager, compiled = Muon(eager_p, **kw), Muon(compiled_p, **kw, compile_step=compile_step)
     torch._dynamo.utils.counters.clear()
     for _ in range(3):
-        grads = [torch.randn(s, generator=g) for s in SHAPES]
+        grads = [torch.randn(s, generator=g).to(device) for s in shapes]
         for p, q, grad in zip(eager_p, compiled_p, grads):
             p.grad, q.grad = grad.clone(), grad.clone()
         eager.step()
@@ -47,9 +46,25 @@ def test_compiled_step_matches_the_eager_step_to_fp32_rounding():
                                    eager.state[p]["momentum_buffer"], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(compile_unavailable() is not None, reason=str(compile_unavailable()))
+def test_compiled_step_matches_the_eager_step_to_fp32_rounding():
+    steps_match("cpu", True)  # one tiny case: a CPU compile takes 10-60 s
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("compile_step", [True, "reduce-overhead"])
+def test_compiled_step_matches_the_eager_step_on_cuda(compile_step):
+    # the CUDA graph ("reduce-overhead") replays on the second step with new gradients
+    steps_match("cuda", compile_step, SHAPES + [(64, 256), (256, 64)])
+
+
 def test_compile_step_is_kept_by_copies_and_checked():
     opt = Muon([torch.nn.Parameter(torch.randn(4, 4))], compile_step=True)
     assert opt.group_step.compile and copy.deepcopy(opt).group_step.compile
+    graphs = Muon([torch.nn.Parameter(torch.randn(4, 4))], compile_step="reduce-overhead")
+    assert copy.deepcopy(graphs).group_step.compile == "reduce-overhead"
     assert not Muon([torch.nn.Parameter(torch.randn(4, 4))]).group_step.compile
     with pytest.raises(ValueError, match="compile_step"):
         Muon([torch.nn.Parameter(torch.randn(4, 4))], compile_step="yes")

@@ -232,7 +232,7 @@ class LocalStep:
     this class; :func:`register_step_strategy` lets it claim DTensor parameters.
     """
 
-    def __init__(self, compile: bool = False):
+    def __init__(self, compile: bool | str = False):
         self.ns_counts: Counter = Counter()
         self.comm_stats: Counter = Counter()
         self.compile = compile
@@ -256,11 +256,13 @@ class LocalStep:
         """One step of group ``gi`` (``params``: those with gradients ``grads``): ``momentum``
         (the group's store) gives the updates, ``post`` changes each whole orthogonalized
         update before the step (NorMuon). With ``compile`` the orthogonalize stage (batching
-        by shape, scaling, Newton-Schulz, unbatching) runs through ``torch.compile``; the
-        store's momentum and the LR-scaled apply (whose LR would recompile at every change)
-        stay eager."""
+        by shape, scaling, Newton-Schulz, unbatching) runs through ``torch.compile`` (with
+        ``compile`` a string, in that torch.compile mode); the store's momentum and the
+        LR-scaled apply (whose LR would recompile at every change) stay eager."""
         updates = momentum.updates(grads)
-        orthogonalize = compiled(orthogonalize_updates) if self.compile else orthogonalize_updates
+        mode = self.compile if isinstance(self.compile, str) else None
+        orthogonalize = (compiled(orthogonalize_updates, mode) if self.compile
+                         else orthogonalize_updates)
         orthogonalize = orthogonalize if post is None else post.after(orthogonalize)
         orthogonalize_and_apply_(
             params, updates, lr=float(group["lr"]), options=options, orthogonalize=orthogonalize
@@ -528,7 +530,10 @@ class Muon(MuonBase):
             CPU); equal to the eager step to fp32 rounding. On one device only: DTensor groups
             and ``DistributedMuon`` step eagerly. With ``ns_dtype="auto"`` on a CPU with
             native bf16, dynamo traces the hardware detection and breaks the graph there
-            (a warning; the result is the same). ``benchmarks/compiled_step.py`` measures it.
+            (a warning; the result is the same). ``"reduce-overhead"``: the same, compiled in
+            that torch.compile mode, which on CUDA replays the stage as a CUDA graph (one
+            launch instead of one per kernel: for steps whose matrices each have their own
+            shape); on a CPU it is ``True``. ``benchmarks/compiled_step.py`` measures both.
         options: the options below as one :class:`muonkit.MuonOptions` (then pass none of
             them as a keyword).
         **option_values: the fields of :class:`muonkit.MuonOptions` (listed below; their
@@ -545,12 +550,12 @@ class Muon(MuonBase):
         lr: float = 0.02,
         *,
         nonfinite: str = "raise",
-        compile_step: bool = False,
+        compile_step: bool | str = False,
         options: MuonOptions | None = None,
         **option_values: Unpack[MuonOptionValues],
     ):
         chosen = options_from_keywords(self, options, option_values)
-        check_choice("compile_step", compile_step, (True, False))
+        check_choice("compile_step", compile_step, (True, False, "reduce-overhead"))
         if self.group_step is None:  # not a subclass's own strategy (DistributedMuon)
             self.group_step = LocalStep(compile=compile_step)
         defaults = dict(MUON_DEFAULTS, lr=lr, **chosen.as_dict(), compile_step=compile_step)

@@ -186,12 +186,13 @@ def aol_rescale(X: Tensor, safety: float = 1.0, eps: float = 1e-7) -> tuple[Tens
 _compiled_iterations: dict = {}
 
 
-def compiled(fn):
-    """``torch.compile`` of ``fn`` (static shapes), made once per function: the Newton-Schulz
+def compiled(fn, mode: str | None = None):
+    """``torch.compile`` of ``fn`` (static shapes; ``mode`` one of torch.compile's, e.g.
+    "reduce-overhead": CUDA graphs), made once per function and mode: the Newton-Schulz
     iterations under ``compile=True`` (CUDA) and the compiled Muon step (``compile_step``)."""
-    if fn not in _compiled_iterations:
-        _compiled_iterations[fn] = torch.compile(fn, dynamic=False)
-    return _compiled_iterations[fn]
+    if (fn, mode) not in _compiled_iterations:
+        _compiled_iterations[fn, mode] = torch.compile(fn, dynamic=False, mode=mode)
+    return _compiled_iterations[fn, mode]
 
 
 def newton_schulz(
