@@ -145,15 +145,22 @@ def write_study(out, lines, sweeps):
 
 def test_the_readme_verdict_answers_from_a_finished_study_directory(tmp_path):
     lines, sweeps = synthetic_study(bugs_on_muon=("ema-only",))
+    sweeps["adamw/muon-kj"]["losses"]["0.0005"] = 1.04  # within 5% of 1.0: [5e-4, 1e-3]
     write_study(tmp_path / "finetune", lines, sweeps)
     text = verdicts.generate(["finetune"], tmp_path)["finetune"]
-    assert "muon-kj on the AdamW base +0.042 [+0.032, +0.052], paired t, n=5: ahead" in text
-    assert ("muon-moonlight on the Muon base +0.001 [-0.019, +0.021], paired t, n=5: not "
-            "resolved") in text
-    assert "notes-failed on the Muon base -0.100 [-0.109, -0.091], paired t, n=5: behind" in text
+    # in percentage points, each with its test and verdict (said once where they are shared)
+    assert ("1. Fixed Muon minus AdamW: muon-kj on the AdamW base +4.2 [+3.2, +5.2], paired t, "
+            "n=5: ahead; muon-moonlight on the AdamW base +0.1 [-1.9, +2.1], paired t, n=5: not "
+            "resolved (the interval contains 0); muon-kj on the Muon base +4.2") in text
+    assert "notes-failed on the Muon base -10.0 [-10.9, -9.1], paired t, n=5: behind" in text
     assert "the intervals point to the EMA momentum as the cause" in text
     assert "both bugs cost accuracy" in text
-    assert "muon-from-adamw on the AdamW base +0.001 [-0.019, +0.021]" in text
+    assert ("3. Matching minus mismatched optimizer: adamw - muon-kj on the AdamW base -4.2 "
+            "[-5.2, -3.2], paired t, n=5: behind; muon-kj - adamw on the Muon base +4.2") in text
+    assert ("4. Migrated state minus fresh muon-kj: muon-from-adamw on the AdamW base +0.1 "
+            "[-1.9, +2.1]; muon-carry on the Muon base +0.1 [-1.9, +2.1] (each paired t, n=5: "
+            "not resolved (the interval contains 0)).") in text
+    assert "AdamW base adamw 1, " in text and ", muon-kj >= 2, " in text  # reaches 5e-4, the edge
     assert "unfinished" not in text
     # a study still running names what it waits for
     lines, sweeps = synthetic_study(skip={("muon", "muon-carry")})

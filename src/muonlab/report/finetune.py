@@ -23,7 +23,8 @@ setup and each of its bugs alone minus ``muon-kj``, with the cause the verdicts 
 state minus fresh. Each arm's good LR range (:func:`good_lr_range`) is read from its sweep:
 the contiguous swept LRs around the best whose fine-tuning val loss is within 5% of the
 best's, a lower bound on the width when it reaches the grid's edge. :func:`verdict_text` is
-the README's ``finetune`` verdict (:mod:`muonlab.report.verdicts`), read back from a
+the README's ``finetune`` verdict (:mod:`muonlab.report.verdicts`): the five answers, differences in
+percentage points, then each arm's good-LR-range width; read back from a
 written study by :func:`load_arms`.
 """
 
@@ -44,7 +45,7 @@ from .metrics import load_run, read_jsonl
 from .plots import color, legend, plt, save, ticks_at
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary, write_records
-from .stats import BEHIND, Comparison, compare_runs, summarize
+from .stats import BEHIND, Comparison, compare_runs, grouped, summarize
 from .tables import markdown_table
 
 REPORT = "report.md"
@@ -327,19 +328,53 @@ def lr_range_table(arms: list[Arm], sweeps: dict,
                            "tuning-seed accuracy in the range"], rows)
 
 
-def verdict_text(arms: list[Arm]) -> str:
-    """The study's answer to questions 1, 2 and 4 in one paragraph (the README's ``finetune``
-    verdict block and the report's opening)."""
-    def listed(question: Question) -> str:
-        return "; ".join(f"{d.a} on the {BASE_WORDS[d.base]} base {d.text()}"
-                         for d in question.differences(arms))
-
+def verdict_text(arms: list[Arm], sweeps: dict) -> str:
+    """The study's answers to its five questions in one paragraph (the README's ``finetune``
+    verdict block and the report's opening): each question's paired differences of test
+    accuracy in percentage points (:func:`answer`), what the intervals say of the notes'
+    bugs (:func:`bug_cause`) and each arm's good-LR-range width (:func:`range_widths`)."""
     cause = CAUSE.differences(arms)
-    return ("Test accuracy differences, paired over the report seeds (the tuning seed chose "
-            f"each arm's LR). Fixed Muon minus AdamW: {listed(FIXED)}. The notes' failed setup "
-            f"and each bug alone minus {KJ}: {listed(CAUSE)}. "
+    return ("Test accuracy differences in percentage points, paired over the report seeds "
+            "(the tuning seed chose each arm's LR). 1. Fixed Muon minus AdamW: "
+            f"{answer(FIXED, arms)}. 2. The notes' failed setup and each bug alone minus "
+            f"{KJ}: {answer(CAUSE, arms)}. "
             + " ".join(_sentence(bug_cause(cause, b)) for b in BASES)
-            + f" Migrated state minus fresh ({KJ}): {listed(MIGRATED)}.")
+            + f" 3. Matching minus mismatched optimizer: {answer(MISMATCH, arms)}. 4. Migrated "
+            f"state minus fresh {KJ}: {answer(MIGRATED, arms)}. 5. Width hi/lo of each arm's "
+            f"good LR range (val loss within {GOOD_LR_TOLERANCE:.0%} of its sweep's best): "
+            f"{range_widths(arms, sweeps)}.")
+
+
+def answer(question: Question, arms: list[Arm]) -> str:
+    """``muon-kj on the AdamW base +4.2 [+3.2, +5.2]; ... (each paired t, n=5: ahead)``:
+    the question's differences in percentage points, the test shared when it is, then the
+    unfinished ones naming the arms they wait for."""
+    differences = question.differences(arms)
+    same_b = len({d.b for d in differences}) == 1
+
+    def label(d: Difference) -> str:
+        return (d.a if same_b else f"{d.a} - {d.b}") + f" on the {BASE_WORDS[d.base]} base"
+
+    done = [(label(d), d.comparison) for d in differences if d.comparison]
+    waiting = [f"{label(d)} {d.waiting()}" for d in differences if not d.comparison]
+    return "; ".join(([grouped(done, 1, 100)] if done else []) + waiting)
+
+
+def range_widths(arms: list[Arm], sweeps: dict) -> str:
+    """Each arm's good-LR-range width per base, ``>=`` where the range reaches the grid's
+    edge (a lower bound)."""
+    parts = []
+    for base in dict.fromkeys(a.base for a in arms):
+        widths = []
+        for name in dict.fromkeys(a.name for a in arms if a.base == base):
+            r = sweep_range(sweeps, base, name)
+            if r is None:
+                width = "every run diverged" if f"{base}/{name}" in sweeps else "unfinished"
+            else:
+                width = (">= " if r.lower_bound else "") + f"{r.factor:.3g}"
+            widths.append(f"{name} {width}")
+        parts.append(f"{BASE_WORDS[base]} base " + ", ".join(widths))
+    return "; ".join(parts) + " (>=: the range reaches the swept grid's edge)"
 
 
 def _sentence(text: str) -> str:
@@ -502,7 +537,7 @@ def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
         f"test accuracy on {settings['task_test']} word problems (greedy exact match), "
         f"report seeds {settings['report_seeds']} at each arm's LR, chosen on seed "
         f"{settings['tune_seed']} by the fine-tuning validation loss.", "",
-        "## Verdict", "", verdict_text(arms), "",
+        "## Verdict", "", verdict_text(arms, sweeps), "",
         "## Bases", "", *base_lines(out, sweeps), "",
         "## Arms (mean and 95% t interval over the report seeds)", "", *arm_lines(out, arms),
         "", arm_table(arms),
