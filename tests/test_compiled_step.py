@@ -49,8 +49,9 @@ def steps_match(device: str, compile_step, shapes=SHAPES) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(compile_unavailable() is not None, reason=str(compile_unavailable()))
-def test_compiled_step_matches_the_eager_step_to_fp32_rounding():
-    steps_match("cpu", True)  # one tiny case: a CPU compile takes 10-60 s
+@pytest.mark.parametrize("compile_step", [True, "reduce-overhead"])
+def test_compiled_step_matches_the_eager_step_to_fp32_rounding(compile_step):
+    steps_match("cpu", compile_step)  # one tiny case: a CPU compile takes 10-60 s
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
