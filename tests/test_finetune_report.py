@@ -136,9 +136,9 @@ def test_the_cause_is_the_bug_whose_arm_alone_loses_like_the_notes_setup():
         "on the Muon base the cause is not stated: unfinished muon/ema-only.")
 
 
-def write_study(out, lines, sweeps):
+def write_study(out, lines, sweeps, seeds=SEEDS):
     out.mkdir(parents=True)
-    (out / "study.json").write_text(json.dumps({"report_seeds": SEEDS, "tune_seed": 0}))
+    (out / "study.json").write_text(json.dumps({"report_seeds": seeds, "tune_seed": 0}))
     (out / "sweeps.json").write_text(json.dumps(sweeps))
     (out / ft.RUNS).write_text("".join(json.dumps(ln) + "\n" for ln in lines))
 
@@ -148,25 +148,31 @@ def test_the_readme_verdict_answers_from_a_finished_study_directory(tmp_path):
     sweeps["adamw/muon-kj"]["losses"]["0.0005"] = 1.04  # within 5% of 1.0: [5e-4, 1e-3]
     write_study(tmp_path / "finetune", lines, sweeps)
     text = verdicts.generate(["finetune"], tmp_path)["finetune"]
-    # in percentage points, each with its test and verdict (said once where they are shared)
-    assert ("1. Fixed Muon minus AdamW: muon-kj on the AdamW base +4.2 [+3.2, +5.2], paired t, "
-            "n=5: ahead; muon-moonlight on the AdamW base +0.1 [-1.9, +2.1], paired t, n=5: not "
-            "resolved (the interval contains 0); muon-kj on the Muon base +4.2") in text
-    assert "notes-failed on the Muon base -10.0 [-10.9, -9.1], paired t, n=5: behind" in text
+    # percentage points by base, each with its verdict; test and n said once
+    assert ("1. Fixed Muon minus AdamW: AdamW base: muon-kj +4.2 [+3.2, +5.2] ahead, "
+            "muon-moonlight +0.1 [-1.9, +2.1] not resolved; Muon base: muon-kj +4.2 [+3.2, "
+            "+5.2] ahead, muon-moonlight +0.1 [-1.9, +2.1] not resolved (paired t, n=5).") in text
+    assert "Muon base: notes-failed -10.0 [-10.9, -9.1] behind, ema-only" in text
     assert "the intervals point to the EMA momentum as the cause" in text
     assert "both bugs cost accuracy" in text
-    assert ("3. Matching minus mismatched optimizer: adamw - muon-kj on the AdamW base -4.2 "
-            "[-5.2, -3.2], paired t, n=5: behind; muon-kj - adamw on the Muon base +4.2") in text
-    assert ("4. Migrated state minus fresh muon-kj: muon-from-adamw on the AdamW base +0.1 "
-            "[-1.9, +2.1]; muon-carry on the Muon base +0.1 [-1.9, +2.1] (each paired t, n=5: "
-            "not resolved (the interval contains 0)).") in text
+    assert ("3. Matching minus mismatched optimizer: AdamW base: adamw - muon-kj -4.2 "
+            "[-5.2, -3.2] behind; Muon base: muon-kj - adamw +4.2 [+3.2, +5.2] ahead") in text
+    assert ("4. Migrated state minus fresh muon-kj: AdamW base: muon-from-adamw +0.1 "
+            "[-1.9, +2.1] not resolved; Muon base: muon-carry +0.1 [-1.9, +2.1] not resolved "
+            "(paired t, n=5).") in text
     assert "AdamW base adamw 1, " in text and ", muon-kj >= 2, " in text  # reaches 5e-4, the edge
     assert "unfinished" not in text
     # a study still running names what it waits for
     lines, sweeps = synthetic_study(skip={("muon", "muon-carry")})
     write_study(tmp_path / "running" / "finetune", lines, sweeps)
     text = verdicts.generate(["finetune"], tmp_path / "running")["finetune"]
-    assert "muon-carry on the Muon base unfinished: muon/muon-carry." in text
+    assert "Muon base: muon-carry unfinished (paired t, n=5)." in text
+    # with fewer than 5 report seeds each difference says why it is not resolved
+    few = [ln for ln in lines if ln["seed"] in (0, 1, 2)]
+    write_study(tmp_path / "few" / "finetune", few, sweeps, seeds=[1, 2])
+    text = verdicts.generate(["finetune"], tmp_path / "few")["finetune"]
+    assert ("AdamW base: muon-kj +4.5 [-1.9, +10.9], paired t, n=2: not resolved (n=2 < 5 "
+            "report seeds), muon-moonlight") in text  # mean .045, t(1) 12.706 x .005
 
 
 def test_the_figures_have_titled_labelled_panels_with_legends_naming_the_intervals(

@@ -45,7 +45,7 @@ from .metrics import load_run, read_jsonl
 from .plots import color, legend, plt, save, ticks_at
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary, write_records
-from .stats import BEHIND, Comparison, compare_runs, grouped, summarize
+from .stats import BEHIND, Comparison, compare_runs, summarize
 from .tables import markdown_table
 
 REPORT = "report.md"
@@ -334,10 +334,10 @@ def verdict_text(arms: list[Arm], sweeps: dict) -> str:
     accuracy in percentage points (:func:`answer`), what the intervals say of the notes'
     bugs (:func:`bug_cause`) and each arm's good-LR-range width (:func:`range_widths`)."""
     cause = CAUSE.differences(arms)
-    return ("Test accuracy differences in percentage points, paired over the report seeds "
-            "(the tuning seed chose each arm's LR). 1. Fixed Muon minus AdamW: "
-            f"{answer(FIXED, arms)}. 2. The notes' failed setup and each bug alone minus "
-            f"{KJ}: {answer(CAUSE, arms)}. "
+    return ("Test accuracy differences in percentage points with 95% intervals, paired over "
+            "the report seeds (the tuning seed chose each arm's LR; not resolved: the interval "
+            f"contains 0). 1. Fixed Muon minus AdamW: {answer(FIXED, arms)}. 2. The notes' "
+            f"failed setup and each bug alone minus {KJ}: {answer(CAUSE, arms)}. "
             + " ".join(_sentence(bug_cause(cause, b)) for b in BASES)
             + f" 3. Matching minus mismatched optimizer: {answer(MISMATCH, arms)}. 4. Migrated "
             f"state minus fresh {KJ}: {answer(MIGRATED, arms)}. 5. Width hi/lo of each arm's "
@@ -346,18 +346,32 @@ def verdict_text(arms: list[Arm], sweeps: dict) -> str:
 
 
 def answer(question: Question, arms: list[Arm]) -> str:
-    """``muon-kj on the AdamW base +4.2 [+3.2, +5.2]; ... (each paired t, n=5: ahead)``:
-    the question's differences in percentage points, the test shared when it is, then the
-    unfinished ones naming the arms they wait for."""
+    """``AdamW base: muon-kj +4.2 [+3.2, +5.2] ahead, ...; Muon base: ... (paired t, n=5)``:
+    the question's differences in percentage points by base, each with its verdict, the test
+    and n said once when they are shared and no verdict has another reason than its interval
+    (else each difference's full text), "unfinished" where an arm is."""
     differences = question.differences(arms)
     same_b = len({d.b for d in differences}) == 1
+    done = [d.comparison for d in differences if d.comparison]
+    shared = {(c.test, c.n) for c in done}
+    compact = len(shared) == 1 and all(c.reason in ("", "the interval contains 0")
+                                       for c in done)
 
-    def label(d: Difference) -> str:
-        return (d.a if same_b else f"{d.a} - {d.b}") + f" on the {BASE_WORDS[d.base]} base"
+    def item(d: Difference) -> str:
+        name = d.a if same_b else f"{d.a} - {d.b}"
+        if d.comparison is None:
+            return f"{name} unfinished"  # (the report's tables name the arms it waits for)
+        if compact:
+            return f"{name} {d.comparison.interval_text(1, 100)} {d.comparison.verdict}"
+        return f"{name} {d.comparison.text(1, 100)}"
 
-    done = [(label(d), d.comparison) for d in differences if d.comparison]
-    waiting = [f"{label(d)} {d.waiting()}" for d in differences if not d.comparison]
-    return "; ".join(([grouped(done, 1, 100)] if done else []) + waiting)
+    text = "; ".join(f"{BASE_WORDS[base]} base: " + ", ".join(
+        item(d) for d in differences if d.base == base)
+        for base in dict.fromkeys(d.base for d in differences))
+    if compact:
+        test, n = shared.pop()
+        text += f" ({test}, n={n})"
+    return text
 
 
 def range_widths(arms: list[Arm], sweeps: dict) -> str:
