@@ -204,9 +204,11 @@ def test_a_signal_another_thread_takes_waits_until_the_checkpoint_is_written(sig
     on_ctrl_c = signal.getsignal(signal.SIGINT)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        with pytest.raises(KeyboardInterrupt), interrupts_deferred() as noted:
             signal.pthread_kill(other.ident, signum)
-            time.sleep(0.2)  # the main thread runs bytecode meanwhile: a pending signal raises
+            deadline = time.monotonic() + 60  # a loaded machine may run the other thread late
+            while not noted and time.monotonic() < deadline:
+                time.sleep(0.01)  # bytecode runs meanwhile: a pending signal would raise here
             written = True
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -287,7 +287,7 @@ def test_train_command_prints_the_param_table(tmp_path, capsys):
     assert "blocks.*.mlp.c_fc.weight x4" in out and "wte.weight" in out  # folded: 4 layers
 
 
-def test_the_readme_shows_what_describe_prints():
+def test_the_readme_and_library_page_show_what_describe_prints_and_warns():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     shown = readme.split("```text\nparameter", 1)[1].split("```", 1)[0]
     model = nn.Sequential(nn.Linear(784, 256, bias=False), nn.ReLU(),
@@ -296,7 +296,8 @@ def test_the_readme_shows_what_describe_prints():
                                                model)) + "\n"
     with pytest.warns(MuonWarning) as said:
         describe(Muon(model.parameters()), model)
-    assert " ".join(f"`{said[0].message}`".split()) in " ".join(readme.split())
+    library = (Path(__file__).resolve().parents[1] / "docs" / "library.md").read_text()
+    assert " ".join(f"`{said[0].message}`".split()) in " ".join(library.split())
 
 
 def test_the_loop_says_once_which_muon_params_get_no_gradient_and_what_is_misplaced(capsys):

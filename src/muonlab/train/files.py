@@ -324,18 +324,19 @@ def interrupts_deferred():
     ``torch.save``, which turns it into a RuntimeError (a failed run, not an interrupted one).
 
     Each signal's handler is swapped for one that only notes it; on leaving, the handlers are
-    restored and each noted signal is raised again. (Blocking the signals with
+    restored and each noted signal is raised again. Yields the list of the signals noted so
+    far (empty off the main thread, where nothing is held). (Blocking the signals with
     ``pthread_sigmask`` would hold them on this thread only: another thread, torch's or a
     progress bar's, would take the signal and Python would still raise in this one.)
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
     previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield noted
     finally:
         for s, handler in previous.items():  # (None: a handler not set from Python)
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
