@@ -197,12 +197,22 @@ def test_a_signal_another_thread_takes_waits_until_the_checkpoint_is_written(sig
     bar's); it must still wait until the write is done, then interrupt."""
     from muonlab.train.files import interrupts_deferred
 
-    release = threading.Event()
-    other = threading.Thread(target=release.wait)
+    release, ready = threading.Event(), threading.Event()
+
+    def other_thread():  # takes the signals (an earlier test may leave them blocked,
+        # and a new thread inherits the mask)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        ready.set()
+        release.wait()
+
+    other = threading.Thread(target=other_thread)
     other.start()
+    ready.wait()
     written = False
-    on_ctrl_c = signal.getsignal(signal.SIGINT)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    held = {signal.SIGINT, signal.SIGTERM}  # as a terminal's command has them (see above)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+    on_ctrl_c = signal.signal(signal.SIGINT, signal.default_int_handler)
+    on_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt), interrupts_deferred() as noted:
             signal.pthread_kill(other.ident, signum)
@@ -210,12 +220,14 @@ def test_a_signal_another_thread_takes_waits_until_the_checkpoint_is_written(sig
             while not noted and time.monotonic() < deadline:
                 time.sleep(0.01)  # bytecode runs meanwhile: a pending signal would raise here
             written = True
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, on_ctrl_c)
+        signal.signal(signal.SIGTERM, on_term)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         release.set()
         other.join()
     assert written
-    assert signal.getsignal(signal.SIGINT) is on_ctrl_c
 
 
 def test_threads_flag_and_its_default_are_applied_and_recorded(tmp_path, monkeypatch):
