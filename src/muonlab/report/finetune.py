@@ -23,8 +23,8 @@ setup and each of its bugs alone minus ``muon-kj``, with the cause the verdicts 
 state minus fresh. Each arm's good LR range (:func:`good_lr_range`) is read from its sweep:
 the contiguous swept LRs around the best whose fine-tuning val loss is within 5% of the
 best's, a lower bound on the width when it reaches the grid's edge. :func:`verdict_text` is
-the README's ``finetune`` verdict (:mod:`muonlab.report.verdicts`): the five answers, differences in
-percentage points, then each arm's good-LR-range width; read back from a
+the README's ``finetune`` verdict (:mod:`muonlab.report.verdicts`): the five answers,
+differences in percentage points, then each arm's good-LR-range width; read back from a
 written study by :func:`load_arms`.
 """
 

@@ -265,16 +265,3 @@ def compare_runs(a: Iterable, b: Iterable, value: Callable[[object], float],
         return compare([by_a[s] for s in seeds], [by_b[s] for s in seeds], True,
                        higher_is_better, min_n)
     return compare(list(by_a.values()), list(by_b.values()), False, higher_is_better, min_n)
-
-
-def grouped(items: list[tuple[str, Comparison]], digits: int = 3, scale: float = 1.0) -> str:
-    """``a +0.1 [..]; b -0.2 [..] (each paired t, n=2: not resolved (...))`` when the
-    comparisons share test, n and verdict, else each one's full text."""
-    shared = {(c.test, c.n, c.verdict, c.reason) for _, c in items}
-    if len(shared) == 1 and items[0][1].n:
-        c = items[0][1]
-        why = f" ({c.reason})" if c.reason else ""
-        listed = "; ".join(f"{label} {c.interval_text(digits, scale)}" for label, c in items)
-        each = "each " if len(items) > 1 else ""
-        return f"{listed} ({each}{c.test}, n={c.n}: {c.verdict}{why})"
-    return "; ".join(f"{label} {c.text(digits, scale)}" for label, c in items)

@@ -23,7 +23,7 @@ from pathlib import Path
 from muonkit.registry import ADAMW, FORMER_NAMES, KRONECKER, KRONECKER_HYBRID, LORAPRE, MUON
 
 from . import compare, finetune, horizon, variant_tuned, variants_gpt
-from .stats import Comparison, grouped
+from .stats import Comparison
 from .tables import fmt_bytes, markdown_table
 
 WIDTH = 96  # the pages' line length
@@ -36,6 +36,19 @@ CLAIM = re.compile(r"\b(ahead|behind|beats?|beaten|outperforms?|better than|wors
 _FORMER = {name: former for former, name in FORMER_NAMES.items()}
 MNIST_ARMS = (ADAMW, *(f"{_FORMER[LORAPRE]}-r{r}" for r in (128, 32, 16, 1)), KRONECKER,
               _FORMER[KRONECKER_HYBRID])
+
+
+def grouped(items: list[tuple[str, Comparison]], digits: int = 3, scale: float = 1.0) -> str:
+    """``a +0.1 [..]; b -0.2 [..] (each paired t, n=2: not resolved (...))`` when the
+    comparisons share test, n and verdict, else each one's full text."""
+    shared = {(c.test, c.n, c.verdict, c.reason) for _, c in items}
+    if len(shared) == 1 and items[0][1].n:
+        c = items[0][1]
+        why = f" ({c.reason})" if c.reason else ""
+        listed = "; ".join(f"{label} {c.interval_text(digits, scale)}" for label, c in items)
+        each = "each " if len(items) > 1 else ""
+        return f"{listed} ({each}{c.test}, n={c.n}: {c.verdict}{why})"
+    return "; ".join(f"{label} {c.text(digits, scale)}" for label, c in items)
 
 
 def compare_tiny(results: Path) -> str:
