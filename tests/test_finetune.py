@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 
+from muonkit.schedules import apply_schedules
 from muonlab.cli import main
 from muonlab.models.gpt import GPT, GPTConfig
 from muonlab.models.lora import LoRALinear, add_lora
@@ -97,8 +98,11 @@ def test_carry_loads_the_base_state_with_the_new_learning_rates(tmp_path):
     opt = gpt_optimizer(model, "muon", lr=1e-4, muon_lr=0.001)
     load_base_state(base, model, opt, "muon", "carry")
     saved = base.checkpoint["optimizers"][0]
-    assert {g["lr"] for g in opt.param_groups if g["use_muon"]} == {0.001}
-    assert {g["lr"] for g in opt.param_groups if not g["use_muon"]} == {1e-4}
+    # the training loop's schedule sets lr = initial_lr * multiplier: the base's schedule
+    # recorded its own initial_lr in the saved groups, and that must not come back with them
+    apply_schedules(opt, 0, lr_mult=0.5)
+    assert {g["lr"] for g in opt.param_groups if g["use_muon"]} == {0.0005}
+    assert {g["lr"] for g in opt.param_groups if not g["use_muon"]} == {5e-5}
     mine = opt.state_dict()["state"]
     assert mine.keys() == saved["state"].keys() and mine
     for index, state in saved["state"].items():

@@ -147,7 +147,11 @@ def load_base_state(base: BaseRun, model: nn.Module, optimizer: torch.optim.Opti
         own = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(saved)
         for group, hyper in zip(optimizer.param_groups, own, strict=True):
-            group.update(hyper)  # the carried state, with this run's LRs and options
+            # the carried state with this run's groups exactly: this run's LRs and options,
+            # and none of the base's additions (its schedule's initial_lr would set the LR)
+            params = group["params"]
+            group.clear()
+            group.update(hyper, params=params)
         shard_state_like_params(optimizer)
     elif state == "from-adamw":
         if base.optimizer != ADAMW or optimizer_name == ADAMW:
