@@ -4,6 +4,7 @@
 import copy
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +224,41 @@ def test_study_resumes_and_refuses_other_settings(study_dir, monkeypatch):
         prepare_out(HorizonConfig(**{**cfg.__dict__, "contenders": ["muon"]}), "x")
     with pytest.raises(ValueError, match="one length"):
         VariantGPTConfig(horizons=[800, 1600])
+
+
+def test_a_continuation_adds_report_seeds_and_changes_nothing_else(tmp_path, monkeypatch):
+    """A study continued with seeds after its own runs only the new seeds' runs (at each
+    contender's chosen LR, the sweeps reused) and records every seed; any other change, a seed
+    dropped or another tuning seed, is refused in one line."""
+    monkeypatch.setattr(horizon, "run_isolated", run_in_process)
+    cfg = VariantGPTConfig(out=str(tmp_path / "s"), horizons=[4], seeds=[0, 1],
+                           contenders=["muon"], batch_size=2, block_size=8, eval_batches=1,
+                           evals_per_run=2, model_overrides={"n_layer": 1}, grid_points=2,
+                           sweep_extend=0)
+    prepare_out(cfg, "first")
+    Study(cfg, log=lambda _: None).run_all()
+    out = tmp_path / "s"
+    before = {p.parent: p.read_text() for p in out.rglob("sessions.jsonl")}
+    more = VariantGPTConfig(**{**cfg.__dict__, "seeds": [0, 1, 2]})
+    prepare_out(more, "more seeds")
+    Study(more, log=lambda _: None).run_all()
+    after = {p.parent: p.read_text() for p in out.rglob("sessions.jsonl")}
+    sweeps = json.loads((out / "sweeps.json").read_text())["4"]
+    assert {p: after[p] for p in before} == before  # no earlier run ran again
+    assert sorted(p.relative_to(out) for p in set(after) - set(before)) == [
+        Path("h4") / name / f"lr{sweeps[name]['best']:g}-s2" for name in ("adamw", "muon")]
+    assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1, 2]
+    assert (out / "commands.txt").read_text().splitlines() == ["first", "more seeds"]
+    for seeds, also, named in (([0, 2], {}, "--seeds"), ([1, 0, 2], {}, "--seeds"),
+                               ([0, 1, 2, 3], {"grid_points": 3}, "--grid-points")):
+        other = VariantGPTConfig(**{**more.__dict__, "seeds": seeds, **also})
+        with pytest.raises(ValueError) as refused:
+            prepare_out(other, "x")
+        message = str(refused.value)
+        assert "\n" not in message and named in message and "more --seeds" in message
+        differing = message.split("; rerun")[0]  # added seeds are no change
+        assert ("--seeds" in differing) == (named == "--seeds")
+    assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1, 2]
 
 
 def test_report_has_the_table_and_figures_from_the_runs(study_dir, capsys):

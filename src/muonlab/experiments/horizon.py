@@ -26,7 +26,8 @@ its CPU time from a few steps of each optimizer timed on this machine, before an
 Every run is its own process at ``threads`` torch threads, ``jobs`` at a time, horizons in
 order; each logs weight and update RMS of the hidden matrices
 (:class:`muonlab.experiments.rms.RMSMonitor`) and checkpoints, so a rerun with the same
-``--out`` skips finished runs and resumes unfinished ones. Layout::
+``--out`` skips finished runs and resumes unfinished ones; it may add report seeds after the
+study's own (:func:`adds_seeds`), which run at the chosen LRs. Layout::
 
     OUT/study.json                          the settings (a rerun must match them)
     OUT/sweeps.json                         each sweep's grid, extensions and choice
@@ -417,16 +418,30 @@ def check_data(cfg: HorizonConfig) -> dict:
     return token_budget(cfg, model, len(tokens.train))
 
 
+def adds_seeds(saved: Path, cfg: HorizonConfig) -> bool:
+    """Whether ``cfg`` continues the study of ``saved`` (its ``study.json``) with report seeds
+    added: its seeds, in their order, followed by new ones. The tuning seed, the sweeps and
+    every finished run stay what they were; the new seeds run at each contender's chosen LR."""
+    if not saved.exists():
+        return False
+    old = json.loads(saved.read_text()).get("seeds")
+    return isinstance(old, list) and cfg.seeds[:len(old)] == old
+
+
 def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     """Check the data; create ``out`` or check that it holds this study (same settings, same
-    machine class); log the command."""
+    machine class; report seeds may be added, :func:`adds_seeds`, and ``study.json`` then
+    records them all); log the command."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
     budget = check_data(cfg)
     saved = out / "study.json"
     study = json.loads(json.dumps({**cfg.study(), **budget}))
-    check_same_study(saved, study, cfg.FLAG_NAMES, may_change=budget)  # derived from the rest
+    added = ["seeds"] if adds_seeds(saved, cfg) else []
+    check_same_study(saved, study, cfg.FLAG_NAMES, may_change=[*budget, *added],  # (budget:
+                     remedy="rerun with the study's settings to continue it (more --seeds "
+                     "may follow its own), or use another --out")  # derived from the rest)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(saved, json.dumps(study, indent=1))
     asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)
