@@ -24,7 +24,7 @@ def generated():
 
 def test_the_readme_states_its_results_in_verdict_blocks():
     results = verdicts.results_section((ROOT / "README.md").read_text())
-    assert {"compare-tiny", "horizon", "variants-gpt", "finetune"} <= set(
+    assert {"compare-tiny", "horizon-gpu", "variants-gpt", "finetune"} <= set(
         verdicts.block_names(results))
 
 
@@ -90,3 +90,15 @@ def test_the_command_rewrites_stale_blocks_and_check_exits_1(tmp_path, capsys, g
     with pytest.raises(SystemExit) as exit_info:
         main(["results", "verdicts", str(tmp_path / "missing.md")])
     assert exit_info.value.code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_a_horizon_verdict_names_its_unfinished_horizons(tmp_path):
+    """The horizon blocks list every horizon: a gap where both cells are finished, and
+    "unfinished" (never a guess) where the Muon cell is not."""
+    import shutil
+
+    shutil.copytree(RESULTS / "horizon-gpu", tmp_path / "horizon-gpu")
+    shutil.rmtree(tmp_path / "horizon-gpu" / "h601" / "muon")
+    text = verdicts.horizon_muon(tmp_path, "horizon-gpu")
+    assert "601 steps (6 tokens/param) unfinished" in text
+    assert text.startswith("tuned Muon hybrid - AdamW") and "200 steps (2 tokens/param) -0." in text

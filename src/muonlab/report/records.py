@@ -24,7 +24,7 @@ A study directory's own record files (:data:`STUDY_RECORDS`: the fine-tuning rep
 study rewrites them in the form they are stored in (:func:`write_records`).
 
 xz, not gzip, and thinned: the committed studies' records (51 MB) pack to 13.8 MB with
-gzip -9 and to 10.5 MB with xz -9e, too much for docs/results' 10 MB; thinned
+gzip -9 and to 10.5 MB with xz -9e, too much for docs/results' 10 MB then; thinned
 (:data:`THINNED_FIELDS`), to 3.8 MB with xz.
 """
 

@@ -62,30 +62,37 @@ def compare_tiny(results: Path) -> str:
             f"{versus.text()}.")
 
 
-def horizon_gaps(results: Path) -> dict[str, dict[int, Comparison]]:
-    """{contender: {horizon: its final val loss - AdamW's}} of the horizon study."""
-    study = horizon.load_study(results / "horizon")
+def horizon_gaps(results: Path, folder: str = "horizon"
+                 ) -> tuple[dict[str, dict[str, Comparison | None]], list[str]]:
+    """{contender: {column: its final val loss - AdamW's, None where unfinished}} of the
+    horizon study in ``results / folder``, and its columns (a horizon's steps, and its tokens
+    per parameter where recorded)."""
+    study = horizon.load_study(results / folder)
+    columns = study.columns()
     gaps: dict = {}
     for name in study.names():
-        for h in study.horizons:
+        if name == ADAMW:
+            continue
+        for h, column in zip(study.horizons, columns, strict=True):
             cell, base = study.ready(h, name), study.ready(h, ADAMW)
-            if name != ADAMW and cell and base:
-                gaps.setdefault(name, {})[h] = horizon.gap(study, cell, base)
-    return gaps
+            gaps.setdefault(name, {})[column] = (horizon.gap(study, cell, base)
+                                                 if cell and base else None)
+    return gaps, columns
 
 
-def horizon_muon(results: Path) -> str:
-    gaps = horizon_gaps(results)[MUON]
+def horizon_muon(results: Path, folder: str = "horizon") -> str:
+    gaps = horizon_gaps(results, folder)[0][MUON]
+    done = [(column, c) for column, c in gaps.items() if c is not None]
+    unfinished = [column for column, c in gaps.items() if c is None]
     return ("tuned Muon hybrid - AdamW, final val loss over the report seeds (seed 0 tuned): "
-            + grouped([(f"{h} steps", c) for h, c in gaps.items()]) + ".")
+            + grouped(done) + "".join(f"; {column} unfinished" for column in unfinished) + ".")
 
 
 def horizon_table(results: Path) -> str:
-    gaps = horizon_gaps(results)
-    horizons = sorted({h for g in gaps.values() for h in g})
-    rows = [[name] + [g[h].text() if h in g else "unfinished" for h in horizons]
+    gaps, columns = horizon_gaps(results)
+    rows = [[name] + [g[column].text() if g[column] else "unfinished" for column in columns]
             for name, g in gaps.items()]
-    return markdown_table(["contender - AdamW"] + [f"{h} steps" for h in horizons], rows)
+    return markdown_table(["contender - AdamW"] + columns, rows)
 
 
 def gpt_variants(results: Path) -> tuple[variants_gpt.Study, list]:
@@ -148,6 +155,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "compare-tiny": compare_tiny,
     "horizon": horizon_muon,
     "horizon-table": horizon_table,
+    "horizon-gpu": lambda results: horizon_muon(results, "horizon-gpu"),
     "variants-gpt": variants_gpt_text,
     "variants-gpt-table": variants_gpt_table,
     "variants-mnist": variants_mnist_text,
