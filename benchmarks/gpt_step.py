@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         "config": {
             "model": dataclasses.asdict(muon[0].config),
             "batch_size": args.batch_size,
-            "optimizer_options": {},
+            "optimizer_options": {"ns_dtype": NS_DTYPES[args.ns_dtype]},  # the FLOPs it ran
         },
     }
     data_out = {
