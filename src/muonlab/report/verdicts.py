@@ -95,24 +95,29 @@ def horizon_table(results: Path) -> str:
     return markdown_table(["contender - AdamW"] + columns, rows)
 
 
-def gpt_variants(results: Path) -> tuple[variants_gpt.Study, list]:
-    """The GPT variant study and its finished contenders with their difference to dense Muon."""
-    study = horizon.load_study(results / "variants" / "gpt")
+GPT_VARIANTS = "variants/gpt"  # the GPT variant study the verdicts read, under docs/results
+
+
+def gpt_variants(results: Path) -> tuple[horizon.Study, horizon.Cell, list]:
+    """The GPT variant study, its dense Muon cell and its other finished contenders with
+    their difference to dense Muon."""
+    study = horizon.load_study(results / GPT_VARIANTS)
     dense = study.ready(study.horizons[0], variants_gpt.DENSE)
     cells = [c for c in variants_gpt.finished_cells(study) if c.name != variants_gpt.DENSE]
-    return study, [(c, variants_gpt.versus_dense(study, c, dense)) for c in cells]
+    return study, dense, [(c, variants_gpt.versus_dense(study, c, dense)) for c in cells]
 
 
 def variants_gpt_text(results: Path) -> str:
-    _, cells = gpt_variants(results)
+    study, dense, cells = gpt_variants(results)
     items = [(f"{c.name} ({fmt_bytes(variants_gpt.state_bytes(c)[1])})", v)
              for c, v in cells if c.name != ADAMW]
-    return ("tiny GPT, 800 steps, final val loss minus dense Muon's (3.13 MiB of state) over "
-            "the report seeds (seed 0 tuned): " + grouped(items) + ".")
+    return (f"tiny GPT, {study.horizons[0]} steps, final val loss minus dense Muon's "
+            f"({fmt_bytes(variants_gpt.state_bytes(dense)[1])} of state) over the report "
+            f"seeds (seed {study.tuning_seed} tuned): " + grouped(items) + ".")
 
 
 def variants_gpt_table(results: Path) -> str:
-    _, cells = gpt_variants(results)
+    _, _, cells = gpt_variants(results)
     rows = [[c.name, fmt_bytes(variants_gpt.state_bytes(c)[1]), v.text()] for c, v in cells]
     return markdown_table(["contender", "state (total)", "minus dense Muon, report seeds"],
                           rows)
