@@ -57,6 +57,9 @@ class FakeStudy:
     def names(self):
         return ["adamw", "muon"]
 
+    def corpus_hashes(self):
+        return []
+
     def ready(self, h, name):
         end = (2.0 if name == "adamw" else 1.8) - h / 10_000
         return Cell(h, name, 0.01, [run([4.0, 3.0, end], 0), run([4.0, 3.1, end + 0.02], 1)],
@@ -87,6 +90,16 @@ def test_horizon_figure_ticks_at_the_horizons_and_labels_its_bars(figures):
                for line in ax_gap.get_lines() if not line.get_label().startswith("_")}
     assert colours == {"muon": plots.color("muon")}
     assert fig._suptitle.get_text().startswith("tiny GPT on tinyshakespeare")
+
+
+def test_a_built_corpus_is_named_by_its_hash_not_its_local_path():
+    class CorpusStudy(FakeStudy):
+        settings = {**FakeStudy.settings, "data": "/tmp/corpus"}
+
+        def corpus_hashes(self):
+            return ["e28ceb47f58ef59d" + "0" * 48]
+
+    assert plots.study_name(CorpusStudy()) == "tiny GPT on corpus e28ceb47"
 
 
 def test_curves_start_at_step_0_and_every_panel_is_labelled(figures):

@@ -87,6 +87,12 @@ class Study:
         group = (lambda r: f"{horizon_of(self.out, r)} steps") if len(self.horizons) > 1 else None
         return provenance_section(study_provenance(self.started, self.out, group))
 
+    def corpus_hashes(self) -> list[str]:
+        """The sha256 of each built corpus (:mod:`muonlab.data.corpus`) the runs recorded
+        reading."""
+        return sorted({r.config.get("config", {}).get("data", {}).get("corpus_sha256")
+                       for r in self.started} - {None})
+
     def names(self) -> list[str]:
         """Every contender the study ran or was asked to run (AdamW first)."""
         seen = self.contenders | {name for _, name in self.cells}
@@ -146,10 +152,8 @@ def load_study(out: Path) -> Study:
 
 
 def corpus_note(study: Study) -> str:
-    """The sha256 of the built corpus (:mod:`muonlab.data.corpus`) the runs recorded reading,
-    each one the runs name; "" for other data."""
-    hashes = sorted({r.config.get("config", {}).get("data", {}).get("corpus_sha256")
-                     for r in study.started} - {None})
+    """The corpus hashes the runs name, as a parenthesis; "" for other data."""
+    hashes = study.corpus_hashes()
     return f" (corpus sha256 {', '.join(hashes)}, as the runs recorded)" if hashes else ""
 
 

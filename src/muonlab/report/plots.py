@@ -188,8 +188,11 @@ def plot_loss_curves(groups: dict[str, Sequence[Run]], path: str | Path, title: 
 
 
 def study_name(study) -> str:
-    """``tiny GPT on tinyshakespeare``: the model preset and data of a horizon-layout study."""
-    return f"{study.settings['preset']} GPT on {study.settings['data']}"
+    """``tiny GPT on tinyshakespeare``: the model preset and data of a horizon-layout study (a
+    built corpus by the start of its sha256, which the runs recorded, not its local path)."""
+    hashes = study.corpus_hashes()
+    data = f"corpus {hashes[0][:8]}" if len(hashes) == 1 else study.settings["data"]
+    return f"{study.settings['preset']} GPT on {data}"
 
 
 def plot_horizon(study, path: Path) -> Path:
