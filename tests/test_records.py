@@ -161,15 +161,16 @@ def test_pack_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_docs_results_are_packed_and_under_12_mb():
+def test_docs_results_are_packed_and_under_14_mb():
     """Every committed run's records are packed, and docs/results (without the studies' local
-    checkpoints, which git ignores) stays under 12 MB (10 MB until the GPU horizon study's
-    2 MB: thin packing keeps every step's loss and gradient norm, 2,003 per long run)."""
+    checkpoints, which git ignores) stays under 14 MB: 10 MB until the GPU horizon study and
+    the held-out GPT variant study (2.0 and 1.8 MB: thin packing keeps every step's loss and
+    gradient norm), with room for the horizon study's unfinished cell."""
     files = [p for p in RESULTS.rglob("*") if p.is_file() and not p.name.startswith("ckpt")]
     runs = [p.parent for p in files if p.name.startswith("metrics.jsonl")]
     assert len(runs) > 200
     assert [p for r in runs for p in r.glob("*.jsonl")] == []
-    assert sum(p.stat().st_size for p in files) < 12 * 10**6
+    assert sum(p.stat().st_size for p in files) < 14 * 10**6
 
 
 def test_packed_run_is_read_from_its_plain_name_only(run):

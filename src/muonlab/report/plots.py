@@ -279,8 +279,8 @@ def plot_rms(study, path: Path, records) -> Path:
 def plot_state_memory(cells: list, state_bytes: Callable, path: Path, title: str) -> Path:
     """GPT variants: final val loss (95% t interval over seeds) against the optimizer-state
     bytes, total (left) and Muon part (right; AdamW has none), log x with ticks at the
-    plotted sizes."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    plotted sizes; the legends beside the panels, where no point can lie under them."""
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5))
     xs: list[list[int]] = [[], []]
     ns = []
     for cell in cells:
@@ -300,7 +300,7 @@ def plot_state_memory(cells: list, state_bytes: Callable, path: Path, title: str
             ticks_at(ax, x, fmt=fmt_bytes)
             ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.grid(alpha=0.3)
-        legend(ax, ns)
+        legend(ax, ns, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path, title)
 
 

@@ -95,7 +95,7 @@ def horizon_table(results: Path) -> str:
     return markdown_table(["contender - AdamW"] + columns, rows)
 
 
-GPT_VARIANTS = "variants/gpt"  # the GPT variant study the verdicts read, under docs/results
+GPT_VARIANTS = "variants/gpt-heldout"  # the GPT variant study the verdicts read, under docs/results
 
 
 def gpt_variants(results: Path) -> tuple[horizon.Study, horizon.Cell, list]:
