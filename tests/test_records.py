@@ -164,8 +164,8 @@ def test_pack_of_a_missing_folder_is_one_line(tmp_path, capsys):
 def test_docs_results_are_packed_and_under_14_mb():
     """Every committed run's records are packed, and docs/results (without the studies' local
     checkpoints, which git ignores) stays under 14 MB: 10 MB until the GPU horizon study and
-    the held-out GPT variant study (2.0 and 1.8 MB: thin packing keeps every step's loss and
-    gradient norm), with room for the horizon study's unfinished cell."""
+    the held-out GPT variant and comparison studies (2.0, 1.8 and 0.8 MB: thin packing keeps
+    every step's loss and gradient norm), with room for the horizon study's unfinished cell."""
     files = [p for p in RESULTS.rglob("*") if p.is_file() and not p.name.startswith("ckpt")]
     runs = [p.parent for p in files if p.name.startswith("metrics.jsonl")]
     assert len(runs) > 200

@@ -24,7 +24,7 @@ def generated():
 
 def test_the_readme_states_its_results_in_verdict_blocks():
     results = verdicts.results_section((ROOT / "README.md").read_text())
-    assert {"compare-tiny", "horizon-gpu", "variants-gpt", "finetune"} <= set(
+    assert {"compare-heldout", "horizon-gpu", "variants-gpt", "finetune"} <= set(
         verdicts.block_names(results))
 
 
@@ -44,17 +44,17 @@ def test_no_verdict_is_stated_outside_the_blocks(page):
 
 
 def test_a_verdict_or_number_the_numbers_do_not_support_fails(generated):
-    """A README bullet edited to say "ahead" where the layer says "not resolved", or with
-    another number, is caught; so is a verdict stated in the prose outside a block."""
+    """A README bullet edited to say "behind" where the layer says "ahead", or with another
+    number, is caught; so is a verdict stated in the prose outside a block."""
     readme = (ROOT / "README.md").read_text()
-    assert "not resolved" in generated["compare-tiny"]
+    assert "n=5: ahead" in generated["compare-heldout"]
     rendered = verdicts.render(readme, generated)
     assert verdicts.stale_blocks(rendered, generated) == []
-    ahead = rendered.replace("t, n=2: not resolved (n=2 < 5 report seeds).", "t, n=2: ahead.", 1)
-    assert ahead != rendered and verdicts.stale_blocks(ahead, generated) == ["compare-tiny"]
-    first = generated["compare-tiny"].split("[")[0].split()[-1]  # Muon's mean, e.g. 1.642
-    number = rendered.replace(first, f"{float(first) - 0.001:.3f}", 1)
-    assert number != rendered and verdicts.stale_blocks(number, generated) == ["compare-tiny"]
+    behind = rendered.replace("(paired t, n=5: ahead).", "(paired t, n=5: behind).", 1)
+    assert behind != rendered and verdicts.stale_blocks(behind, generated) == ["compare-heldout"]
+    gap = generated["compare-heldout"].split(" [")[0].split()[-1]  # Muon - AdamW, e.g. -0.159
+    number = rendered.replace(f"{gap} [", f"{float(gap) - 0.001:.3f} [", 1)
+    assert number != rendered and verdicts.stale_blocks(number, generated) == ["compare-heldout"]
     claim = rendered.replace("[docs/studies/compare.md]",
                              "Muon is ahead of AdamW. [docs/studies/compare.md]", 1)
     assert verdicts.unsupported_claims(verdicts.results_section(claim)) == [

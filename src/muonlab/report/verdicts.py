@@ -161,6 +161,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon": horizon_muon,
     "horizon-table": horizon_table,
     "horizon-gpu": lambda results: horizon_muon(results, "horizon-gpu"),
+    "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "variants-gpt": variants_gpt_text,
     "variants-gpt-table": variants_gpt_table,
     "variants-mnist": variants_mnist_text,
