@@ -20,7 +20,7 @@ def figures(monkeypatch):
 
     def keep(fig, path, title=""):
         if title:
-            fig.suptitle(title)
+            plots.set_title(fig, title)
         drawn.append(fig)
         return Path(path)
 
@@ -168,3 +168,14 @@ def test_a_saved_figure_is_a_palette_png_of_the_same_picture_in_fewer_bytes(tmp_
     assert got.shape == want.shape
     assert np.abs(got - want).mean() < 1.0 and np.quantile(np.abs(got - want), 0.99) <= 24
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]
+
+
+def test_a_figure_title_is_wrapped_to_the_figure_width(figures):
+    class OneHorizon(FakeStudy):
+        horizons = [250]
+
+    plots.plot_val_curves(OneHorizon(), Path("c.png"))
+    (fig,) = figures
+    lines = fig._suptitle.get_text().splitlines()
+    assert len(lines) == 2 and all(len(line) <= 10 * fig.get_figwidth() for line in lines)
+    assert " ".join(lines) == "tiny GPT on tinyshakespeare: val loss during training, mean over seeds"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,6 +116,12 @@ def legend(ax, ns: Sequence[int] | None = None, **kwargs) -> None:
         ax.legend(handles, labels, fontsize=kwargs.pop("fontsize", 7), **kwargs)
 
 
+def set_title(fig, title: str) -> None:
+    """``title`` over the whole figure, wrapped to its width (~10 characters per inch at the
+    title's font size), so a one-panel figure shows all of it."""
+    fig.suptitle(textwrap.fill(title, width=max(30, int(10 * fig.get_figwidth()))))
+
+
 def save(fig, path: str | Path, title: str = "", dpi: int = 110) -> Path:
     """Write ``fig`` (laid out, under ``title``) to the PNG ``path`` and close it. The image is
     quantised to a 256-colour palette (median cut, no dithering): lines and text on white look
@@ -122,7 +129,7 @@ def save(fig, path: str | Path, title: str = "", dpi: int = 110) -> Path:
     reports small. Written through a temporary file (:func:`muonlab.report.records.replace_file`):
     an interrupted save leaves the previous figure."""
     if title:
-        fig.suptitle(title)
+        set_title(fig, title)
     fig.tight_layout()
     rendered = io.BytesIO()
     fig.savefig(rendered, format="png", dpi=dpi)
