@@ -178,4 +178,5 @@ def test_a_figure_title_is_wrapped_to_the_figure_width(figures):
     (fig,) = figures
     lines = fig._suptitle.get_text().splitlines()
     assert len(lines) == 2 and all(len(line) <= 10 * fig.get_figwidth() for line in lines)
-    assert " ".join(lines) == "tiny GPT on tinyshakespeare: val loss during training, mean over seeds"
+    assert " ".join(lines) == ("tiny GPT on tinyshakespeare: val loss during training, "
+                               "mean over seeds")
