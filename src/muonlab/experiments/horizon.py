@@ -438,10 +438,10 @@ def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     budget = check_data(cfg)
     saved = out / "study.json"
     study = json.loads(json.dumps({**cfg.study(), **budget}))
-    added = ["seeds"] if adds_seeds(saved, cfg) else []
-    check_same_study(saved, study, cfg.FLAG_NAMES, may_change=[*budget, *added],  # (budget:
+    added = ["seeds"] if adds_seeds(saved, cfg) else []  # the budget: derived from the rest
+    check_same_study(saved, study, cfg.FLAG_NAMES, may_change=[*budget, *added],
                      remedy="rerun with the study's settings to continue it (more --seeds "
-                     "may follow its own), or use another --out")  # derived from the rest)
+                     "may follow its own), or use another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_whole(saved, json.dumps(study, indent=1))
     asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)

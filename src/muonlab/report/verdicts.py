@@ -63,36 +63,36 @@ def compare_tiny(results: Path) -> str:
 
 
 def horizon_gaps(results: Path, folder: str = "horizon"
-                 ) -> tuple[dict[str, dict[str, Comparison | None]], list[str]]:
-    """{contender: {column: its final val loss - AdamW's, None where unfinished}} of the
-    horizon study in ``results / folder``, and its columns (a horizon's steps, and its tokens
-    per parameter where recorded)."""
+                 ) -> tuple[horizon.Study, dict[str, dict[str, Comparison | None]]]:
+    """The horizon study in ``results / folder`` and {contender: {column: its final val loss -
+    AdamW's, None where unfinished}}, a column per horizon (:meth:`horizon.Study.columns`)."""
     study = horizon.load_study(results / folder)
-    columns = study.columns()
     gaps: dict = {}
     for name in study.names():
         if name == ADAMW:
             continue
-        for h, column in zip(study.horizons, columns, strict=True):
+        for h, column in zip(study.horizons, study.columns(), strict=True):
             cell, base = study.ready(h, name), study.ready(h, ADAMW)
             gaps.setdefault(name, {})[column] = (horizon.gap(study, cell, base)
                                                  if cell and base else None)
-    return gaps, columns
+    return study, gaps
 
 
 def horizon_muon(results: Path, folder: str = "horizon") -> str:
-    gaps = horizon_gaps(results, folder)[0][MUON]
-    done = [(column, c) for column, c in gaps.items() if c is not None]
-    unfinished = [column for column, c in gaps.items() if c is None]
-    return ("tuned Muon hybrid - AdamW, final val loss over the report seeds (seed 0 tuned): "
-            + grouped(done) + "".join(f"; {column} unfinished" for column in unfinished) + ".")
+    study, gaps = horizon_gaps(results, folder)
+    done = [(column, c) for column, c in gaps[MUON].items() if c is not None]
+    unfinished = [column for column, c in gaps[MUON].items() if c is None]
+    return (f"tuned Muon hybrid - AdamW, final val loss over the report seeds (seed "
+            f"{study.tuning_seed} tuned): " + grouped(done)
+            + "".join(f"; {column} unfinished" for column in unfinished) + ".")
 
 
 def horizon_table(results: Path) -> str:
-    gaps, columns = horizon_gaps(results)
-    rows = [[name] + [g[column].text() if g[column] else "unfinished" for column in columns]
+    study, gaps = horizon_gaps(results)
+    rows = [[name] + [c.text() if (c := g[column]) is not None else "unfinished"
+                      for column in study.columns()]
             for name, g in gaps.items()]
-    return markdown_table(["contender - AdamW"] + columns, rows)
+    return markdown_table(["contender - AdamW", *study.columns()], rows)
 
 
 GPT_VARIANTS = "variants/gpt-heldout"  # the GPT variant study the verdicts read, under docs/results
