@@ -102,3 +102,30 @@ def test_a_horizon_verdict_names_its_unfinished_horizons(tmp_path):
     text = verdicts.horizon_muon(tmp_path, "horizon-gpu")
     assert "601 steps (6 tokens/param) unfinished" in text
     assert text.startswith("tuned Muon hybrid - AdamW") and "200 steps (2 tokens/param) -0." in text
+
+
+def test_the_weight_decay_verdict_is_muon_wd_minus_muon_paired_by_seed():
+    """At every horizon the block's difference is recomputed here from the runs' own records:
+    each contender's run at the LR its sweep chose (sweeps.json), per report seed, paired."""
+    import json
+
+    import numpy as np
+
+    from muonlab.report.metrics import load_run
+
+    out = RESULTS / "horizon-gpu"
+    study, sweeps = json.loads((out / "study.json").read_text()), json.loads(
+        (out / "sweeps.json").read_text())
+    text = verdicts.horizon_weight_decay(RESULTS)
+
+    def finals(h, name):
+        lr = sweeps[str(h)][name]["best"]
+        return np.array([load_run(out / f"h{h}" / name / f"lr{lr:g}-s{s}" / "metrics.jsonl")
+                         .val[-1]["val_loss"] for s in study["seeds"]])
+
+    for h in study["horizons"]:
+        d = finals(h, "muon-wd") - finals(h, "muon")
+        half = 2.7764 * d.std(ddof=1) / np.sqrt(len(d))  # t_{0.975, 4}
+        assert f"{h} steps" in text and (
+            f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]") in text
+    assert text.count("paired t, n=5") == 3 and "0.077 with decay, 0.184 without" in text

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from muonkit.registry import ADAMW
+from muonkit.registry import ADAMW, MUON
 
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
@@ -181,7 +181,8 @@ def final_loss(run: Run) -> float:
 
 
 def gap(study: Study, cell: Cell, base: Cell) -> Comparison:
-    """``cell`` - AdamW's final val loss over the report seeds (the sweep's seed left out)."""
+    """``cell`` - ``base``'s (AdamW's, or the Muon hybrid's) final val loss over the report
+    seeds, paired by seed (the sweep's seed left out)."""
     return compare_runs(cell.runs, base.runs, final_loss, higher_is_better=False,
                         tuning_seeds=(study.tuning_seed,))
 
@@ -209,6 +210,35 @@ def gap_and_reach(study: Study) -> tuple[str, dict]:
         rows.append(row)
     table = markdown_table(["contender"] + study.columns(), rows)
     return table, gaps
+
+
+def versus_muon(study: Study) -> dict[str, dict[int, Comparison | None]]:
+    """{contender: {horizon: its final val loss - the Muon hybrid's (``muon``), None where
+    either cell is unfinished}} for every contender but AdamW and ``muon`` itself, each at its
+    own tuned LR: what a Muon variant (``muon-wd``: decoupled weight decay on the Muon
+    matrices) changes, paired by seed. Empty when the study has no ``muon``."""
+    if MUON not in study.names():
+        return {}
+    out: dict = {}
+    for name in study.names():
+        if name in (ADAMW, MUON):
+            continue
+        for h in study.horizons:
+            cell, base = study.ready(h, name), study.ready(h, MUON)
+            out.setdefault(name, {})[h] = gap(study, cell, base) if cell and base else None
+    return out
+
+
+def versus_muon_section(study: Study) -> list[str]:
+    """The report's section of :func:`versus_muon` (none without a Muon variant)."""
+    rows = [[name] + [c.text() if c is not None else "unfinished" for c in g.values()]
+            for name, g in versus_muon(study).items()]
+    if not rows:
+        return []
+    return [f"## Against the Muon hybrid (`{MUON}`)\n",
+            f"Final val loss minus `{MUON}`'s, each at its own tuned LR, paired by report seed, "
+            "with its 95% interval, test, n and verdict.\n",
+            markdown_table([f"contender - {MUON}"] + study.columns(), rows)]
 
 
 def crossing_lines(study: Study, gaps: dict[tuple[int, str], Comparison]) -> list[str]:
@@ -274,6 +304,13 @@ def rms_table(study: Study) -> str:
     return markdown_table(["contender"] + study.columns(), rows)
 
 
+def final_weight_rms(cell: Cell) -> float | None:
+    """The weight RMS of the hidden matrices at the last evaluation of ``cell``'s first
+    report seed (None: not recorded)."""
+    rec = _rms_records(cell.runs[0])
+    return rec[-1]["weight_rms"] if rec else None
+
+
 def _weight_rms_at_start(run: Run) -> float | None:
     first = next((r for r in read_jsonl(run.path) if r.get("kind") == "rms"), None)
     return None if first is None else first["weight_rms"]
@@ -329,6 +366,7 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
         f"Gap: final val loss minus AdamW's over the report seeds (seed {study.tuning_seed}, "
         "which tuned the LRs, left out), its 95% interval, test, n and verdict (lower is better; a "
         f"verdict needs >= {MIN_REPORT_SEEDS} report seeds).\n", gap_table,
+        *versus_muon_section(study),
         "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
         "## Weight RMS (first -> last evaluation) / update RMS of the hidden matrices at the "
         "end (first report seed)\n",

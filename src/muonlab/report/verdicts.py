@@ -27,6 +27,7 @@ from .stats import Comparison
 from .tables import fmt_bytes, markdown_table
 
 WIDTH = 96  # the pages' line length
+WITH_DECAY = "muon-wd"  # the horizon contender with decoupled weight decay on the Muon matrices
 BLOCK = re.compile(r"^(?P<indent>[ \t]*)<!-- verdict:(?P<name>[\w.-]+) -->\n(?P<body>.*?)"
                    r"^(?P=indent)<!-- /verdict -->", re.M | re.S)
 # what only a block may state: verdict words, intervals [a, b], mean ± std
@@ -85,6 +86,28 @@ def horizon_muon(results: Path, folder: str = "horizon") -> str:
     return (f"tuned Muon hybrid - AdamW, final val loss over the report seeds (seed "
             f"{study.tuning_seed} tuned): " + grouped(done)
             + "".join(f"; {column} unfinished" for column in unfinished) + ".")
+
+
+def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
+    """``muon-wd`` - ``muon`` at every horizon (:func:`horizon.versus_muon`) and their hidden
+    matrices' weight RMS at the end of the longest horizon: does decoupled weight decay on
+    the Muon matrices change the loss, and how much does it change the weights?"""
+    study = horizon.load_study(results / folder)
+    diffs = horizon.versus_muon(study)[WITH_DECAY]
+    done = [(column, c) for column, c in zip(study.columns(), diffs.values(), strict=True)
+            if c is not None]
+    unfinished = [column for column, c in zip(study.columns(), diffs.values(), strict=True)
+                  if c is None]
+    h = study.horizons[-1]
+    rms = {name: horizon.final_weight_rms(cell) if (cell := study.ready(h, name)) else None
+           for name in (WITH_DECAY, MUON)}
+    weights = ("" if None in rms.values() else
+               f"; the hidden matrices' weight RMS at the end of {h} steps (first report "
+               f"seed): {rms[WITH_DECAY]:.3f} with decay, {rms[MUON]:.3f} without")
+    return ("Muon hybrid with decoupled weight decay 0.1 on its matrices - without, each tuned, "
+            f"final val loss over the report seeds (seed {study.tuning_seed} tuned): "
+            + grouped(done) + "".join(f"; {column} unfinished" for column in unfinished)
+            + weights + ".")
 
 
 def horizon_table(results: Path) -> str:
@@ -161,6 +184,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon": horizon_muon,
     "horizon-table": horizon_table,
     "horizon-gpu": lambda results: horizon_muon(results, "horizon-gpu"),
+    "horizon-gpu-wd": horizon_weight_decay,
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "variants-gpt": variants_gpt_text,
     "variants-gpt-table": variants_gpt_table,
