@@ -11,6 +11,7 @@ import pytest
 from muonlab.report import plots
 from muonlab.report.horizon import Cell
 from muonlab.report.metrics import Run
+from muonlab.report.stats import Comparison
 
 
 @pytest.fixture
@@ -73,7 +74,9 @@ def check_panel(ax):
 
 
 def test_horizon_figure_ticks_at_the_horizons_and_labels_its_bars(figures):
-    plots.plot_horizon(FakeStudy(), Path("h.png"))
+    gaps = {(h, "muon"): Comparison(-0.2 + h / 10_000, -0.3, -0.1 + h / 10_000, 5, "paired t",
+                                    "ahead") for h in FakeStudy.horizons}
+    plots.plot_horizon(FakeStudy(), Path("h.png"), gaps)
     (fig,) = figures
     ax_loss, ax_gap = fig.axes
     for ax in (ax_loss, ax_gap):
@@ -86,9 +89,14 @@ def test_horizon_figure_ticks_at_the_horizons_and_labels_its_bars(figures):
     bars = ax_loss.containers[0].lines[2][0].get_segments()
     low, high = bars[0][:, 1]
     assert high - low == pytest.approx(2 * 12.7062 * 0.02 / math.sqrt(2) / math.sqrt(2))
-    colours = {line.get_label(): matplotlib.colors.to_hex(line.get_color())
-               for line in ax_gap.get_lines() if not line.get_label().startswith("_")}
+    colours = {bars.get_label(): matplotlib.colors.to_hex(bars.lines[0].get_color())
+               for bars in ax_gap.containers}
     assert colours == {"muon": plots.color("muon")}
+    # the gap panel's bars are the statistics layer's paired intervals, as passed
+    assert "bars/bands: 95% t interval paired over the report seeds, n=5" in check_panel(ax_gap)
+    segments = ax_gap.containers[0].lines[2][0].get_segments()
+    assert [v for seg in segments for v in seg[:, 1]] == pytest.approx(
+        [v for h in FakeStudy.horizons for v in (-0.3, -0.1 + h / 10_000)])
     assert fig._suptitle.get_text().startswith("tiny GPT on tinyshakespeare")
 
 

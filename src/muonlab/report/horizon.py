@@ -335,11 +335,12 @@ def sweep_lines(study: Study) -> list[str]:
     return lines
 
 
-def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
+def horizon_markdown(study: Study, figures: dict[str, Path], gap_table: str,
+                     gaps: dict[tuple[int, str], Comparison]) -> str:
+    """The report; ``gap_table`` and ``gaps``: :func:`gap_and_reach`'s."""
     s = study.settings
     expected = len(study.horizons) * len(study.names())
     done = sum(1 for c in study.cells.values() if c.finished)
-    gap_table, gaps = gap_and_reach(study)
     status = ("complete" if done == expected and expected else
               f"**unfinished**: {done} of {expected} (horizon, contender) cells finished")
     budget = ("" if "params" not in s else
@@ -351,7 +352,7 @@ def horizon_markdown(study: Study, figures: dict[str, Path]) -> str:
         f"Status: {status}; {study.runs_done} of {study.runs_started} started runs finished.\n",
         f"Model preset `{s['preset']}`{budget}, data `{s['data']}`{corpus_note(study)}, "
         f"{s['batch_size']} sequences "
-        f"per step, report seeds {s['seeds']}"
+        f"per step, {'report ' if 'tune_seed' in s else ''}seeds {s['seeds']}"
         + (f" (seed {s['tune_seed']} tuned the LRs and is not reported)"
            if "tune_seed" in s else "") +
         f", horizons {s['horizons']} steps, each with its own schedule "
@@ -390,11 +391,12 @@ def build_horizon_report(out_dir: str | Path) -> dict[str, Path]:
     if not (out / "study.json").exists():
         raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit horizon` directory?")
     study = load_study(out)
+    gap_table, gaps = gap_and_reach(study)
     figures = {
-        "horizon": plot_horizon(study, out / "horizon.png"),
+        "horizon": plot_horizon(study, out / "horizon.png", gaps),
         "curves": plot_val_curves(study, out / "curves.png"),
         "rms": plot_rms(study, out / "rms.png", _rms_records),
     }
     report = out / REPORT
-    report.write_text(horizon_markdown(study, figures))
+    report.write_text(horizon_markdown(study, figures, gap_table, gaps))
     return {"report": report, **figures}

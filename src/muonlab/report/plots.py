@@ -63,13 +63,16 @@ def color(name: str) -> str | tuple:
     return FALLBACK[zlib.crc32(_key(name).encode()) % len(FALLBACK)]
 
 
-def interval_label(ns: Sequence[int]) -> str:
+PAIRED = "paired over the report seeds"  # a difference's interval (the statistics layer's)
+
+
+def interval_label(ns: Sequence[int], over: str = "over seeds") -> str:
     """What the bars or bands are: ``95% t interval over seeds, n=3`` (``n=2-3`` when the
     cells differ; a single seed has none)."""
     lo, hi = min(ns), max(ns)
     n = f"n={lo}" if lo == hi else f"n={lo}-{hi}"
     return ("no interval (1 seed)" if hi < 2
-            else f"bars/bands: 95% t interval over seeds, {n}")
+            else f"bars/bands: 95% t interval {over}, {n}")
 
 
 def interval(values: Sequence[float]) -> tuple[float, float, float]:
@@ -106,12 +109,13 @@ def ticks_at(ax, values: Sequence[float], axis: str = "x",
     (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)(labels)
 
 
-def legend(ax, ns: Sequence[int] | None = None, **kwargs) -> None:
-    """The panel's legend, with an entry saying what its bars or bands are."""
+def legend(ax, ns: Sequence[int] | None = None, label: str = "over seeds", **kwargs) -> None:
+    """The panel's legend, with an entry saying what its bars or bands are (``label``: what
+    their interval is over)."""
     handles, labels = ax.get_legend_handles_labels()
     if ns:
         handles.append(Patch(color="grey", alpha=0.35))
-        labels.append(interval_label(ns))
+        labels.append(interval_label(ns, label))
     if handles:
         ax.legend(handles, labels, fontsize=kwargs.pop("fontsize", 7), **kwargs)
 
@@ -202,11 +206,13 @@ def study_name(study) -> str:
     return f"{study.settings['preset']} GPT on {data}"
 
 
-def plot_horizon(study, path: Path) -> Path:
-    """Final val loss vs horizon and the gap to AdamW vs horizon (95% t intervals over
-    seeds), ticks at the horizons."""
+def plot_horizon(study, path: Path, gaps: dict) -> Path:
+    """Final val loss vs horizon (95% t intervals over seeds) and each contender's gap to
+    AdamW vs horizon: ``gaps[(horizon, name)]``, the statistics layer's paired comparison
+    over the report seeds (:class:`muonlab.report.stats.Comparison`), its interval as bars;
+    ticks at the horizons."""
     fig, (ax_loss, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ns = []
+    ns, paired = [], []
     for name in study.names():
         cells = [c for h in study.horizons if (c := study.ready(h, name))]
         if not cells:
@@ -216,21 +222,24 @@ def plot_horizon(study, path: Path) -> Path:
         ax_loss.errorbar([c.horizon for c in cells], [s[0] for s in stats],
                          yerr=[[s[1] for s in stats], [s[2] for s in stats]], marker="o",
                          capsize=3, color=color(name), label=name)
-        pairs = [(c.horizon, c.final[0] - b.final[0]) for c in cells
-                 if (b := study.ready(c.horizon, ADAMW))]
-        if name != ADAMW and pairs:
-            ax_gap.plot(*zip(*pairs), marker="o", color=color(name), label=name)
+        found = [(h, g) for h in study.horizons if (g := gaps.get((h, name))) is not None]
+        if name != ADAMW and found:
+            paired += [g.n for _, g in found]
+            ax_gap.errorbar([h for h, _ in found], [g.diff for _, g in found],
+                            yerr=[[g.diff - g.lo for _, g in found],
+                                  [g.hi - g.diff for _, g in found]],
+                            marker="o", capsize=3, color=color(name), label=name)
     ax_gap.axhline(0, color="k", lw=0.8)
     ax_loss.set(xscale="log", xlabel="horizon (steps, log)", ylabel="final val loss (nats/token)",
                 title="final val loss vs horizon")
     ax_gap.set(xscale="log", xlabel="horizon (steps, log)",
-               ylabel="mean val loss - AdamW's (nats/token)",
-               title="mean gap to AdamW vs horizon (below 0: lower loss)")
+               ylabel="val loss - AdamW's, paired by seed (nats/token)",
+               title="gap to AdamW vs horizon (below 0: lower loss)")
     for ax in (ax_loss, ax_gap):
         ticks_at(ax, study.horizons)
         ax.grid(alpha=0.3)
     legend(ax_loss, ns)
-    legend(ax_gap)
+    legend(ax_gap, paired, label=PAIRED)
     return save(fig, path, f"{study_name(study)}: each contender tuned at each horizon")
 
 
