@@ -36,6 +36,7 @@ def _variant(optimizer: str, about: str, **options) -> Contender:
 
 
 RANKS = (1, 4, 16)  # the ranks of an optimizer that takes one (LoRA-Pre)
+GAMMA_FAST = 0.2  # the factor-step ablation's gamma1 (LoRA-Pre's default at momentum 0.95: 0.025)
 
 
 def memory_savers() -> dict[str, Contender]:
@@ -62,8 +63,14 @@ CONTENDERS = {
     "lorapre-r16-gradient-heavy": _variant(
         LORAPRE, "LoRA-Pre r=16, mixing='gradient_heavy' (ablation)", rank=16,
         mixing="gradient_heavy"),
+    # ablations: the factors track the momentum's subspace GAMMA_FAST / (1 - sqrt(0.95)) ~ 8x
+    # faster than the default gamma1 (does a slowly turning subspace cost the higher rank more?)
+    **{f"lorapre-r{r}-gamma{GAMMA_FAST:g}": _variant(
+        LORAPRE, f"LoRA-Pre r={r}, factor step gamma1={GAMMA_FAST:g} (ablation)", rank=r,
+        gamma1=GAMMA_FAST) for r in (RANKS[0], RANKS[-1])},
 }
-DEFAULT_CONTENDERS = [n for n in CONTENDERS if "gradient-heavy" not in n]
+ABLATIONS = ("gradient-heavy", "-gamma")
+DEFAULT_CONTENDERS = [n for n in CONTENDERS if not any(a in n for a in ABLATIONS)]
 
 
 @dataclass
