@@ -86,6 +86,7 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     assert (f" | {gaps.mean():+.3f} [{gaps.mean() - half:+.3f}, {gaps.mean() + half:+.3f}], "
             "paired t, n=2: not resolved (n=2 < 5 report seeds); ") in text
     assert "(seed 0, which tuned the LRs, left out)" in text
+    assert "## Final validation loss (mean ± std over the report seeds, chosen LR)" in text
     assert "Status: complete" in text and "muonkit horizon (test)" in text
     assert "report seeds [1, 2] (seed 0 tuned the LRs and is not reported)" in text
     partial = tmp_path / "partial"

@@ -362,7 +362,9 @@ def horizon_markdown(study: Study, figures: dict[str, Path], gap_table: str,
         f"{study.tuning_seed}, full length, extended past an edge up to {s['sweep_extend']} "
         "points).\n",
         study.hardware(),
-        "## Final validation loss (mean ± std over every seed, chosen LR)\n", final_table(study),
+        "## Final validation loss (mean ± std over "
+        + ("the report seeds" if "tune_seed" in s else "every seed") + ", chosen LR)\n",
+        final_table(study),
         "## Gap to AdamW and steps to reach AdamW's final loss\n",
         f"Gap: final val loss minus AdamW's over the report seeds (seed {study.tuning_seed}, "
         "which tuned the LRs, left out), its 95% interval, test, n and verdict (lower is better; a "
