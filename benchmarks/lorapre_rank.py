@@ -34,8 +34,10 @@ COLUMNS = [  # (header, figure of muonlab.experiments.lorapre_rank)
 
 
 def driver_name(config: dict) -> str:
-    rank = config.get("driver_rank")
-    return (f"LoRA-Pre r={rank}" if rank else "dense Muon") + f" at LR {config['muon_lr']}"
+    """Who moved the weights, and LoRA-Pre's factor step where it is not the default."""
+    rank, gamma = config.get("driver_rank"), config.get("gamma1")
+    return ((f"LoRA-Pre r={rank}" if rank else "dense Muon") + f" at LR {config['muon_lr']}"
+            + ("" if gamma is None else f"; LoRA-Pre gamma1={gamma:g}"))
 
 
 def render(files: list[dict]) -> str:
@@ -62,17 +64,21 @@ def main() -> None:
     parser.add_argument("--driver-rank", type=int, default=None,
                         help="LoRA-Pre of this rank moves the weights (default: dense Muon)")
     parser.add_argument("--muon-lr", type=float, default=0.02)
+    parser.add_argument("--gamma1", type=float, default=None,
+                        help="LoRA-Pre's factor step (default: 1 - sqrt(momentum))")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = RankConfig(ranks=args.ranks, steps=args.steps, every=args.every,
-                     driver_rank=args.driver_rank, muon_lr=args.muon_lr)
-    suffix = "" if cfg.driver_rank is None else f"-driver-r{cfg.driver_rank}"
+                     driver_rank=args.driver_rank, muon_lr=args.muon_lr, gamma1=args.gamma1)
+    suffix = (("" if cfg.driver_rank is None else f"-driver-r{cfg.driver_rank}")
+              + ("" if cfg.gamma1 is None else f"-gamma{cfg.gamma1:g}"))
     cpu = time.process_time()
     records = measure(cfg)
     native = os.environ.get("MUONKIT_CPU_NATIVE_BF16")
     command = (f"python benchmarks/lorapre_rank.py --steps {args.steps} --every {args.every} "
                f"--ranks {' '.join(map(str, args.ranks))} --muon-lr {args.muon_lr}"
-               + (f" --driver-rank {cfg.driver_rank}" if suffix else ""))
+               + ("" if cfg.driver_rank is None else f" --driver-rank {cfg.driver_rank}")
+               + ("" if cfg.gamma1 is None else f" --gamma1 {cfg.gamma1:g}"))
     prov = {**provenance(torch.device("cpu")), "cpu_s": round(time.process_time() - cpu, 1),
             "MUONKIT_CPU_NATIVE_BF16": native,
             "command": f"MUONKIT_CPU_NATIVE_BF16={native} {command}" if native else command}
@@ -80,10 +86,9 @@ def main() -> None:
     path = write_records(OUT / f"{prov['machine_label']}{suffix}.json", prov, records,
                          config=vars(cfg), means_after_step=after,
                          means=summary(records, after=after))
-    driver = "dense Muon" if not suffix else f"LoRA-Pre r={cfg.driver_rank}"
     plot_lorapre_rank(records, OUT / f"rank{suffix}.png",
                       f"LoRA-Pre vs dense Muon momentum on the tiny GPT's gradients (one run, "
-                      f"{cfg.steps} steps, seed {cfg.seed}, {driver} at LR {cfg.muon_lr})")
+                      f"{cfg.steps} steps, seed {cfg.seed}, {driver_name(vars(cfg))})")
     DOC.write_text(replace_generated(DOC.read_text(), "benchmarks/lorapre_rank.py",
                                      render(read_records(OUT))))
     print(path)

@@ -86,3 +86,13 @@ def test_a_lorapre_driver_moves_the_weights_instead_of_muon():
     # the shadows see the driver's gradients: at step 1 they are the same either way
     assert dense[1]["momentum_rel_error"] == pytest.approx(driven[1]["momentum_rel_error"])
     assert dense[-1]["momentum_rel_error"] != driven[-1]["momentum_rel_error"]
+
+
+def test_gamma1_reaches_the_shadow_stores():
+    """The factor-step ablation (``--gamma1``) changes the LoRA-Pre shadows' momentum, not
+    dense Muon's."""
+    runs = {g: measure(RankConfig(ranks=[4], steps=3, every=3, gamma1=g)) for g in (None, 0.2)}
+    by_rank = {g: {r["rank"]: r for r in recs} for g, recs in runs.items()}
+    assert by_rank[None][None]["orth_rms"] == by_rank[0.2][None]["orth_rms"]
+    assert by_rank[None][4]["momentum_rel_error"] != pytest.approx(
+        by_rank[0.2][4]["momentum_rel_error"], rel=1e-3)

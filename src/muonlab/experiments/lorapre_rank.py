@@ -113,6 +113,7 @@ class RankConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     driver_rank: int | None = None  # None: dense Muon moves the weights; r: LoRA-Pre rank r
+    gamma1: float | None = None  # LoRA-Pre's factor step (None: its default 1 - sqrt(momentum))
 
 
 def measure(cfg: RankConfig, data: str | None = None) -> list[dict]:
@@ -124,7 +125,7 @@ def measure(cfg: RankConfig, data: str | None = None) -> list[dict]:
     torch.manual_seed(cfg.seed)
     tokens = load_text(data) if data else load_text()
     model = GPT(preset_config("tiny", vocab_size=tokens.vocab_size))
-    variant = {} if cfg.driver_rank is None else {"rank": cfg.driver_rank}
+    variant = {} if cfg.driver_rank is None else {"rank": cfg.driver_rank, "gamma1": cfg.gamma1}
     opt = gpt_optimizer(model, LORAPRE if variant else MUON, lr=cfg.adamw_lr,
                         muon_lr=cfg.muon_lr, muon_weight_decay=0.0, **variant)
     (group,) = [g for g in opt.param_groups if g.get("use_muon")]
@@ -135,7 +136,8 @@ def measure(cfg: RankConfig, data: str | None = None) -> list[dict]:
         return [copy.deepcopy(p.detach()) for p in hidden]
 
     shadows = {None: Muon(copies(), lr=0.0, options=options),
-               **{r: LoRAPreMuon(copies(), lr=0.0, rank=r, seed=cfg.seed, options=options)
+               **{r: LoRAPreMuon(copies(), lr=0.0, rank=r, gamma1=cfg.gamma1, seed=cfg.seed,
+                                 options=options)
                   for r in cfg.ranks}}
     batches = TokenBatches(tokens.train, cfg.batch_size, model.config.block_size,
                            seed=cfg.seed, split="train")
