@@ -118,3 +118,23 @@ def test_tuning_and_report_runs_record_their_role(study_dir):
     runs = [load_run(p) for p in (out / "h8" / "adamw").rglob("metrics.jsonl")]
     split = report_runs(runs)  # the statistics layer reads the roles the runs recorded
     assert split.seeds == [1, 2] and {r.seed for r in split.tuning} == {0}
+
+
+def test_the_wall_clock_table_says_what_each_time_was_measured_on(study_dir):
+    """A GPU run's step time names its GPU (its host's CPU flags would mislead); a CPU run's
+    names the CPU's arithmetic flags it recorded."""
+    from pathlib import Path
+
+    from muonlab.report.horizon import timed_on
+    from muonlab.report.metrics import Run
+
+    gpu = Run(path=Path("g"), config={"provenance": {"device": "cuda",
+                                                     "device_name": "NVIDIA H200"}},
+              summary={"cpu_flags": ["avx2", "amx_bf16"]})
+    assert timed_on(gpu) == "NVIDIA H200"
+    out, _ = study_dir
+    run = load_run(next(out.rglob("metrics.jsonl")))
+    flags = run.summary["cpu_flags"]
+    assert timed_on(run) == " ".join(flags or ["-"])
+    build_horizon_report(out)
+    assert "| timed on (GPU, or CPU flags) |" in (out / "report.md").read_text()

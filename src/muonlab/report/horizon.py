@@ -281,10 +281,19 @@ def cost_table(study: Study) -> str:
                 name, h, f"{np.mean([s['tokens_per_s'] for s in sums]):,.0f}",
                 f"{1000 * np.mean([s['step_time_s'] for s in sums]):.1f}",
                 f"{np.mean([r.train[-1]['elapsed_s'] for r in cell.runs]):.0f}",
-                "; ".join(sorted({" ".join(s.get("cpu_flags") or ["-"]) for s in sums})),
+                "; ".join(sorted({timed_on(r) for r in cell.runs})),
             ])
-    header = ["contender", "steps", "tokens/s", "ms/step", "train time (s)", "CPU flags"]
+    header = ["contender", "steps", "tokens/s", "ms/step", "train time (s)",
+              "timed on (GPU, or CPU flags)"]
     return markdown_table(header, rows)
+
+
+def timed_on(run: Run) -> str:
+    """What a run's step times measure: its GPU's name, or its CPU's arithmetic flags."""
+    prov = run.config.get("provenance", {})
+    if prov.get("device") == "cuda":
+        return prov.get("device_name") or "CUDA GPU"
+    return " ".join(run.summary.get("cpu_flags") or ["-"])
 
 
 def rms_table(study: Study) -> str:
@@ -378,8 +387,9 @@ def horizon_markdown(study: Study, figures: dict[str, Path], gap_table: str,
         "last evaluation interval (LR schedule and weight decay included).\n",
         "## Wall-clock and throughput\n", cost_table(study),
         "Mean over the seeds at the chosen LR; each run at one process with its `--threads`. "
-        "Per-step times depend on the machine (its timing flags: the last column) and on what "
-        "else it ran meanwhile; compare them within one machine only.\n",
+        "Per-step times depend on the machine (the last column) and on what else it ran "
+        "meanwhile (on a GPU: how many runs shared it); compare them within one machine and "
+        "one `--jobs` only.\n",
         "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
         "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
         "Figures: " + ", ".join(f"`{p.name}`" for p in figures.values()) + ".\n",
