@@ -22,7 +22,7 @@ from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
 REPORT = "report.md"
 DENSE = MUON
-OPTION_KEYS = ("rank", "mixing")
+OPTION_KEYS = ("rank", "mixing", "gamma1")
 
 
 def finished_cells(study: Study) -> list[Cell]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from muonkit.registry import ADAMW, FORMER_NAMES, KRONECKER, KRONECKER_HYBRID, LORAPRE, MUON
 
+from ..experiments import variants_gpt as variants_gpt_exp
 from . import compare, finetune, horizon, variant_tuned, variants_gpt
 from .stats import Comparison
 from .tables import fmt_bytes, markdown_table
@@ -133,10 +134,31 @@ def gpt_variants(results: Path) -> tuple[horizon.Study, horizon.Cell, list]:
 def variants_gpt_text(results: Path) -> str:
     study, dense, cells = gpt_variants(results)
     items = [(f"{c.name} ({fmt_bytes(variants_gpt.state_bytes(c)[1])})", v)
-             for c, v in cells if c.name != ADAMW]
+             for c, v in cells if c.name in variants_gpt_exp.DEFAULT_CONTENDERS
+             and c.name != ADAMW]
     return (f"tiny GPT, {study.horizons[0]} steps, final val loss minus dense Muon's "
             f"({fmt_bytes(variants_gpt.state_bytes(dense)[1])} of state) over the report "
             f"seeds (seed {study.tuning_seed} tuned): " + grouped(items) + ".")
+
+
+def variants_gpt_gamma(results: Path) -> str:
+    """Each LoRA-Pre factor-step ablation (``lorapre-r<r>-gamma<g>``) minus LoRA-Pre of the
+    same rank at the default ``gamma1``, each at its own tuned LR, paired by report seed."""
+    study = horizon.load_study(results / GPT_VARIANTS)
+    h = study.horizons[0]
+    items, gammas = [], set()
+    for name in study.names():
+        rank, gamma = name.partition("-gamma")[::2]
+        if gamma and (cell := study.ready(h, name)) and (base := study.ready(h, rank)):
+            gammas.add(cell.runs[0].config["config"]["optimizer_options"]["gamma1"])
+            items.append((f"{rank} (LR {cell.lr:g} vs {base.lr:g})",
+                          horizon.gap(study, cell, base)))
+    if not items:
+        return "LoRA-Pre factor-step ablation: unfinished."
+    return (f"tiny GPT, {h} steps, final val loss of LoRA-Pre with factor step gamma1="
+            f"{'/'.join(f'{g:g}' for g in sorted(gammas))} minus the default gamma1 (1 - "
+            "sqrt(momentum)) at the same rank, each at its own tuned LR, over the report seeds "
+            f"(seed {study.tuning_seed} tuned): " + grouped(items) + ".")
 
 
 def variants_gpt_table(results: Path) -> str:
@@ -188,6 +210,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "variants-gpt": variants_gpt_text,
     "variants-gpt-table": variants_gpt_table,
+    "variants-gpt-gamma": variants_gpt_gamma,
     "variants-mnist": variants_mnist_text,
     "variants-mnist-table": variants_mnist_table,
     "finetune": finetune_text,
