@@ -129,3 +129,32 @@ def test_the_weight_decay_verdict_is_muon_wd_minus_muon_paired_by_seed():
         assert f"{h} steps" in text and (
             f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]") in text
     assert text.count("paired t, n=5") == 3 and "0.077 with decay, 0.184 without" in text
+
+
+def test_the_gamma_ablation_verdict_pairs_each_rank_with_its_default():
+    """Recomputed from the run records: each ablation's final val loss minus the same rank's
+    at the default gamma1, per report seed, at the LRs the sweeps chose."""
+    import json
+
+    import numpy as np
+
+    from muonlab.report.metrics import load_run
+
+    out = RESULTS / verdicts.GPT_VARIANTS
+    sweeps = json.loads((out / "sweeps.json").read_text())["800"]
+    text = verdicts.variants_gpt_gamma(RESULTS)
+
+    def finals(name):
+        lr = sweeps[name]["best"]
+        return np.array([load_run(out / "h800" / name / f"lr{lr:g}-s{s}" / "metrics.jsonl")
+                         .val[-1]["val_loss"] for s in range(1, 6)])
+
+    def interval(d):
+        half = 2.7764 * d.std(ddof=1) / np.sqrt(len(d))  # t_{0.975, 4}
+        return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+
+    for r in (1, 16):
+        assert f"lorapre-r{r} (LR " in text
+        assert interval(finals(f"lorapre-r{r}-gamma0.2") - finals(f"lorapre-r{r}")) in text
+    assert interval(finals("lorapre-r16-gamma0.2") - finals("lorapre-r1-gamma0.2")) in text
+    assert "gamma1=0.2" in text and text.count("paired t, n=5") == 2

@@ -155,10 +155,16 @@ def variants_gpt_gamma(results: Path) -> str:
                           horizon.gap(study, cell, base)))
     if not items:
         return "LoRA-Pre factor-step ablation: unfinished."
-    return (f"tiny GPT, {h} steps, final val loss of LoRA-Pre with factor step gamma1="
-            f"{'/'.join(f'{g:g}' for g in sorted(gammas))} minus the default gamma1 (1 - "
-            "sqrt(momentum)) at the same rank, each at its own tuned LR, over the report seeds "
-            f"(seed {study.tuning_seed} tuned): " + grouped(items) + ".")
+    g = "/".join(f"{g:g}" for g in sorted(gammas))
+    low, high = (f"{LORAPRE}-r{r}" for r in (variants_gpt_exp.RANKS[0],
+                                             variants_gpt_exp.RANKS[-1]))
+    ranks = [(label, horizon.gap(study, a, b)) for label, suffix in
+             (("default gamma1", ""), (f"gamma1={g}", f"-gamma{g}"))
+             if (a := study.ready(h, high + suffix)) and (b := study.ready(h, low + suffix))]
+    return (f"tiny GPT, {h} steps, final val loss over the report seeds (seed "
+            f"{study.tuning_seed} tuned), each contender at its own tuned LR: LoRA-Pre with "
+            f"factor step gamma1={g} minus the default gamma1 (1 - sqrt(momentum)) at the same "
+            "rank: " + grouped(items) + f"; {high} minus {low}: " + grouped(ranks) + ".")
 
 
 def variants_gpt_table(results: Path) -> str:
