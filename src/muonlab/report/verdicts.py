@@ -52,6 +52,12 @@ def grouped(items: list[tuple[str, Comparison]], digits: int = 3, scale: float =
     return "; ".join(f"{label} {c.text(digits, scale)}" for label, c in items)
 
 
+def listed(done: list[tuple[str, Comparison]], unfinished: list[str]) -> str:
+    """The finished horizons' comparisons (:func:`grouped`), then each unfinished one."""
+    parts = ([grouped(done)] if done else []) + [f"{column} unfinished" for column in unfinished]
+    return "; ".join(parts)
+
+
 def compare_tiny(results: Path) -> str:
     out = results / "compare-tiny"
     groups, sweep = compare.load_compare(out)
@@ -84,8 +90,18 @@ def horizon_muon(results: Path, folder: str = "horizon") -> str:
     done = [(column, c) for column, c in gaps[MUON].items() if c is not None]
     unfinished = [column for column, c in gaps[MUON].items() if c is None]
     return (f"tuned Muon hybrid - AdamW, final val loss over the report seeds (seed "
-            f"{study.tuning_seed} tuned): " + grouped(done)
-            + "".join(f"; {column} unfinished" for column in unfinished) + ".")
+            f"{study.tuning_seed} tuned): " + listed(done, unfinished) + ".")
+
+
+def compare_2d(results: Path, folder: str = "compare-2d") -> str:
+    """:func:`horizon_muon` of the comparison whose sweeps are two-dimensional (AdamW: LR x
+    beta2, the hybrid: LR x weight decay on its matrices), with the pairs they chose."""
+    study = horizon.load_study(results / folder)
+    h = study.horizons[-1]
+    chosen = [f"{name} LR {cell.lr:g}{cell.second}" for name in (ADAMW, MUON)
+              if (cell := study.ready(h, name))]
+    return (horizon_muon(results, folder)[:-1] + "; chosen on seed "
+            f"{study.tuning_seed}: " + "; ".join(chosen) + ".")
 
 
 def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
@@ -106,8 +122,7 @@ def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
                f"seed): {rms[WITH_DECAY]:.3f} with decay, {rms[MUON]:.3f} without")
     return ("Muon hybrid with decoupled weight decay 0.1 on its matrices - without, each tuned, "
             f"final val loss over the report seeds (seed {study.tuning_seed} tuned): "
-            + grouped(done) + "".join(f"; {column} unfinished" for column in unfinished)
-            + weights + ".")
+            + listed(done, unfinished) + weights + ".")
 
 
 def horizon_table(results: Path) -> str:
@@ -213,6 +228,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon-gpu": lambda results: horizon_muon(results, "horizon-gpu"),
     "horizon-gpu-wd": horizon_weight_decay,
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
+    "compare-2d": compare_2d,
     "variants-gpt": variants_gpt_text,
     "variants-gpt-table": variants_gpt_table,
     "variants-gpt-gamma": variants_gpt_gamma,
