@@ -137,3 +137,16 @@ def test_2d_record_is_json_ready_and_geometric_ratio():
     assert record["fitted"] == pytest.approx(0.02, rel=1e-9)
     assert geometric_ratio([0.1, 0.025, 0.05]) == pytest.approx(2.0)
     assert geometric_ratio([0.0, 0.1, 0.2]) is None and geometric_ratio([0.9, 0.99]) is None
+
+
+def test_2d_sweep_best_at_the_knobs_floor_is_no_edge():
+    """Weight decay 0 best: no optimum lies below it, so it is named as the least the knob can
+    be, never "the optimum may lie beyond it"; without the floor it is an edge."""
+    bounded = run_sweep_2d([0.01, 0.02, 0.04], [0.0, 0.1, 0.2], "weight decay",
+                           surface(0.02, 0.0), knob_min=0.0)
+    assert (bounded.best, bounded.best_knob) == (0.02, 0.0)
+    assert bounded.knob_edge is None and bounded.knob_at_bound
+    note = bounded.describe()
+    assert "the best weight decay is 0, the least it can be" in note and "beyond" not in note
+    free = run_sweep_2d([0.01, 0.02, 0.04], [0.0, 0.1, 0.2], "weight decay", surface(0.02, 0.0))
+    assert free.knob_edge == "low" and not free.knob_at_bound and "beyond" in free.describe()

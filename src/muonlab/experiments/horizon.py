@@ -102,14 +102,15 @@ CONTENDERS = {
 @dataclass(frozen=True)
 class Knob:
     """The second knob of a two-dimensional sweep: the optimizer ``option`` it sets, the
-    ``label`` of its runs' directories, its ``name`` in reports, its grid ``values``, and the
-    ``limit`` its grid is never extended to."""
+    ``label`` of its runs' directories, its ``name`` in reports, its grid ``values``, the
+    ``limit`` its grid is never extended to, and the ``floor``: the least it can be."""
 
     option: str
     label: str
     name: str
     values: tuple[float, ...]
     limit: float | None = None
+    floor: float | None = None
 
 
 @dataclass
@@ -242,7 +243,7 @@ class HorizonConfig:
             return None if self.beta2_grid is None else Knob(
                 "beta2", "b2", "beta2", tuple(self.beta2_grid), limit=1.0)
         return None if self.wd_grid is None else Knob(
-            "muon_weight_decay", "wd", "muon weight decay", tuple(self.wd_grid))
+            "muon_weight_decay", "wd", "muon weight decay", tuple(self.wd_grid), floor=0.0)
 
     def train_config(self, steps: int, seed: int, out_dir: Path, muon: bool) -> TrainConfig:
         every = max(1, steps // self.evals_per_run)
@@ -374,7 +375,8 @@ class Study:
                     lambda pairs, h=h, aux=aux, knob=knob: run_concurrently(
                         [lambda x=x, v=v: self.run(name, h, x, cfg.tuning_seed, aux, 0, (knob, v))
                          for x, v in pairs]),
-                    max_extend=cfg.sweep_extend, knob_max=knob.limit, refine=cfg.sweep_refine,
+                    max_extend=cfg.sweep_extend, knob_max=knob.limit, knob_min=knob.floor,
+                    refine=cfg.sweep_refine,
                     fit=True,
                 )
                 lr = center = result.best

@@ -273,6 +273,7 @@ class Sweep2DResult:
     edge: str | None = None
     knob_edge: str | None = None
     knob_extends: bool = False  # the knob's grid is geometric: it was extended at its edges
+    knob_at_bound: bool = False  # the best knob value is the least its range allows (wd 0)
     refined: list[list[float]] = field(default_factory=list)  # each round's LRs at best_knob
     fitted: float | None = None  # the quadratic fit's optimum LR at the best knob value
 
@@ -293,7 +294,9 @@ class Sweep2DResult:
                    "(a grid that is not geometric is not extended)")
             parts.append(f"the best {self.knob} is the {self.knob_edge}est of its grid {why}: "
                          "the optimum may lie beyond it")
-        if not (self.edge or self.knob_edge):
+        if self.knob_at_bound:
+            parts.append(f"the best {self.knob} is {self.best_knob:g}, the least it can be")
+        if not (self.edge or self.knob_edge or self.knob_at_bound):
             parts.append("both are inside their grids")
         if self.refined:
             rounds = "; ".join(", ".join(f"{lr:g}" for lr in points) for points in self.refined)
@@ -319,19 +322,20 @@ class EdgeAwareSweep2D:
     extended by ``factor`` (a new LR with every knob value), up to ``max_extend`` per side.
     The best knob value at an edge of its grid is reported; it is extended (by the grid's
     ratio, up to ``max_extend`` per side, never to ``knob_max`` or past it) only where the grid
-    is geometric (:func:`geometric_ratio`). ``refine`` rounds, once both settle, refine the LR
-    as :class:`EdgeAwareSweep` does, at the best knob value only."""
+    is geometric (:func:`geometric_ratio`); the best at ``knob_min``, the least the knob can
+    be (weight decay 0), is no edge: no optimum lies beyond it. ``refine`` rounds, once both
+    settle, refine the LR as :class:`EdgeAwareSweep` does, at the best knob value only."""
 
     def __init__(self, grid: Sequence[float], knob_grid: Sequence[float], knob: str,
                  factor: float = 2.0, max_extend: int = 2, knob_max: float | None = None,
-                 refine: int = 0, fit: bool = False):
+                 knob_min: float | None = None, refine: int = 0, fit: bool = False):
         if not grid or not knob_grid:
             raise ValueError("a two-dimensional sweep needs at least one value of each knob")
         self.lrs = sorted(lr_key(lr) for lr in set(grid))
         self.knobs = sorted(lr_key(k) for k in set(knob_grid))
         self.initial, self.initial_knob = list(self.lrs), list(self.knobs)
         self.knob, self.factor, self.max_extend = knob, factor, max_extend
-        self.knob_max, self.refine, self.fit = knob_max, refine, fit
+        self.knob_max, self.knob_min, self.refine, self.fit = knob_max, knob_min, refine, fit
         self.ratio = geometric_ratio(self.knobs)
         self.losses: dict[tuple[float, float], float] = {}
         self.added: list[float] = []
@@ -414,10 +418,12 @@ class EdgeAwareSweep2D:
             raise RuntimeError("the sweep is not finished; run pending() first")
         lr, k = self.best()
         at_best_knob = {x: loss for (x, v), loss in self.losses.items() if v == k}
+        at_bound = self.knob_min is not None and k <= self.knob_min
         return Sweep2DResult(
             self.knob, dict(self.losses), self.initial, self.initial_knob, list(self.added),
-            list(self.added_knob), lr, k, _edge_of(self.lrs, lr), _edge_of(self.knobs, k),
-            self.ratio is not None, [list(points) for points in self.refined],
+            list(self.added_knob), lr, k, _edge_of(self.lrs, lr),
+            None if at_bound else _edge_of(self.knobs, k), self.ratio is not None, at_bound,
+            [list(points) for points in self.refined],
             fit_around_best(at_best_knob, lr) if self.fit else None)
 
 
