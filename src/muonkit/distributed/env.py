@@ -9,6 +9,7 @@ single process on the best device.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
 import time
@@ -85,9 +86,13 @@ def compute_cleanup(wait_for_peers: bool = True) -> None:
     With ``wait_for_peers`` (the normal end of a run) every rank first meets at a barrier, so
     no rank tears its communicator down while a peer still has collectives in flight (a
     teardown race that can abort a gloo rank at exit). After an error, pass False: a failed
-    rank's peers may never reach the barrier.
+    rank's peers may never reach the barrier. Unreachable objects still holding the group (a
+    DDP wrapper's reducer lives in a reference cycle) are collected first, while the group
+    exists: left to interpreter exit, they keep its gloo context alive past
+    ``destroy_process_group``, and a rank can abort there.
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         if wait_for_peers:
             dist.barrier()
         dist.destroy_process_group()
