@@ -212,21 +212,25 @@ def gap_and_reach(study: Study) -> tuple[str, dict]:
     return table, gaps
 
 
-def versus_muon(study: Study) -> dict[str, dict[int, Comparison | None]]:
-    """{contender: {horizon: its final val loss - the Muon hybrid's (``muon``), None where
-    either cell is unfinished}} for every contender but AdamW and ``muon`` itself, each at its
-    own tuned LR: what a Muon variant (``muon-wd``: decoupled weight decay on the Muon
-    matrices) changes, paired by seed. Empty when the study has no ``muon``."""
-    if MUON not in study.names():
-        return {}
+def gaps_to(study: Study, base: str) -> dict[str, dict[int, Comparison | None]]:
+    """{contender: {horizon: its final val loss - contender ``base``'s (:func:`gap`), None
+    where either cell is unfinished}} for every contender but AdamW and ``base``, each at its
+    own tuned LR."""
     out: dict = {}
     for name in study.names():
-        if name in (ADAMW, MUON):
+        if name in (ADAMW, base):
             continue
         for h in study.horizons:
-            cell, base = study.ready(h, name), study.ready(h, MUON)
-            out.setdefault(name, {})[h] = gap(study, cell, base) if cell and base else None
+            cell, other = study.ready(h, name), study.ready(h, base)
+            out.setdefault(name, {})[h] = gap(study, cell, other) if cell and other else None
     return out
+
+
+def versus_muon(study: Study) -> dict[str, dict[int, Comparison | None]]:
+    """:func:`gaps_to` the Muon hybrid (``muon``): what a Muon variant (``muon-wd``: decoupled
+    weight decay on the Muon matrices) changes, paired by seed. Empty when the study has no
+    ``muon``."""
+    return gaps_to(study, MUON) if MUON in study.names() else {}
 
 
 def versus_muon_section(study: Study) -> list[str]:

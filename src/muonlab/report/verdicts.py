@@ -52,10 +52,11 @@ def grouped(items: list[tuple[str, Comparison]], digits: int = 3, scale: float =
     return "; ".join(f"{label} {c.text(digits, scale)}" for label, c in items)
 
 
-def listed(done: list[tuple[str, Comparison]], unfinished: list[str]) -> str:
-    """The finished horizons' comparisons (:func:`grouped`), then each unfinished one."""
-    parts = ([grouped(done)] if done else []) + [f"{column} unfinished" for column in unfinished]
-    return "; ".join(parts)
+def listed(by_column: dict[str, Comparison | None]) -> str:
+    """The finished horizons' comparisons (:func:`grouped`), then each unfinished one (None)."""
+    done = [(column, c) for column, c in by_column.items() if c is not None]
+    unfinished = [column for column, c in by_column.items() if c is None]
+    return "; ".join(([grouped(done)] if done else []) + [f"{c} unfinished" for c in unfinished])
 
 
 def compare_tiny(results: Path) -> str:
@@ -74,34 +75,34 @@ def horizon_gaps(results: Path, folder: str = "horizon"
     """The horizon study in ``results / folder`` and {contender: {column: its final val loss -
     AdamW's, None where unfinished}}, a column per horizon (:meth:`horizon.Study.columns`)."""
     study = horizon.load_study(results / folder)
-    gaps: dict = {}
-    for name in study.names():
-        if name == ADAMW:
-            continue
-        for h, column in zip(study.horizons, study.columns(), strict=True):
-            cell, base = study.ready(h, name), study.ready(h, ADAMW)
-            gaps.setdefault(name, {})[column] = (horizon.gap(study, cell, base)
-                                                 if cell and base else None)
-    return study, gaps
+    return study, {name: by_column(study, gaps)
+                   for name, gaps in horizon.gaps_to(study, ADAMW).items()}
+
+
+def by_column(study: horizon.Study, by_horizon: dict[int, Comparison | None]
+              ) -> dict[str, Comparison | None]:
+    """``by_horizon`` keyed by the study's column names (steps, tokens per parameter)."""
+    return dict(zip(study.columns(), (by_horizon[h] for h in study.horizons), strict=True))
+
+
+def muon_text(study: horizon.Study, gaps: dict[str, dict[str, Comparison | None]]) -> str:
+    return (f"tuned Muon hybrid - AdamW, final val loss over the report seeds (seed "
+            f"{study.tuning_seed} tuned): " + listed(gaps[MUON]))
 
 
 def horizon_muon(results: Path, folder: str = "horizon") -> str:
-    study, gaps = horizon_gaps(results, folder)
-    done = [(column, c) for column, c in gaps[MUON].items() if c is not None]
-    unfinished = [column for column, c in gaps[MUON].items() if c is None]
-    return (f"tuned Muon hybrid - AdamW, final val loss over the report seeds (seed "
-            f"{study.tuning_seed} tuned): " + listed(done, unfinished) + ".")
+    return muon_text(*horizon_gaps(results, folder)) + "."
 
 
 def compare_2d(results: Path, folder: str = "compare-2d") -> str:
     """:func:`horizon_muon` of the comparison whose sweeps are two-dimensional (AdamW: LR x
     beta2, the hybrid: LR x weight decay on its matrices), with the pairs they chose."""
-    study = horizon.load_study(results / folder)
+    study, gaps = horizon_gaps(results, folder)
     h = study.horizons[-1]
     chosen = [f"{name} LR {cell.lr:g}{cell.second}" for name in (ADAMW, MUON)
               if (cell := study.ready(h, name))]
-    return (horizon_muon(results, folder)[:-1] + "; chosen on seed "
-            f"{study.tuning_seed}: " + "; ".join(chosen) + ".")
+    return (muon_text(study, gaps) + f"; chosen on seed {study.tuning_seed}: "
+            + "; ".join(chosen) + ".")
 
 
 def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
@@ -109,11 +110,7 @@ def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
     matrices' weight RMS at the end of the longest horizon: does decoupled weight decay on
     the Muon matrices change the loss, and how much does it change the weights?"""
     study = horizon.load_study(results / folder)
-    diffs = horizon.versus_muon(study)[WITH_DECAY]
-    done = [(column, c) for column, c in zip(study.columns(), diffs.values(), strict=True)
-            if c is not None]
-    unfinished = [column for column, c in zip(study.columns(), diffs.values(), strict=True)
-                  if c is None]
+    diffs = by_column(study, horizon.versus_muon(study)[WITH_DECAY])
     h = study.horizons[-1]
     rms = {name: horizon.final_weight_rms(cell) if (cell := study.ready(h, name)) else None
            for name in (WITH_DECAY, MUON)}
@@ -122,7 +119,7 @@ def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
                f"seed): {rms[WITH_DECAY]:.3f} with decay, {rms[MUON]:.3f} without")
     return ("Muon hybrid with decoupled weight decay 0.1 on its matrices - without, each tuned, "
             f"final val loss over the report seeds (seed {study.tuning_seed} tuned): "
-            + listed(done, unfinished) + weights + ".")
+            + listed(diffs) + weights + ".")
 
 
 def horizon_table(results: Path) -> str:
