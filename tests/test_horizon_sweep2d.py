@@ -78,7 +78,7 @@ def test_the_flags_parse_comma_lists_and_a_default_study_records_none_of_them(tm
 def test_sweep_refine_refines_each_lr_sweep(tmp_path, monkeypatch):
     optimum = {"adamw": 8e-3 * 2 ** 0.3}
 
-    def fake_run(self, name, h, lr, seed, aux, phase, knob=None):  # a loss per LR, no training
+    def fake_run(self, name, h, lr, seed, aux, phase, knob=None, groups=None):  # no training
         return math.log2(lr / optimum["adamw"]) ** 2
 
     monkeypatch.setattr(Study, "run", fake_run)

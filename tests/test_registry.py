@@ -68,6 +68,33 @@ def test_adamw_is_nanogpts_rule_on_any_module():
         registry.build_optimizer("adamw", model, momentum=0.9)
 
 
+def test_adamw_per_role_lrs_are_groups_written_by_hand():
+    """Per-role LRs (embedding, head, vectors) on AdamW: the groups by hand, each at its LR,
+    decay on the matrices and embedding only; the hidden matrices keep ``lr``."""
+    torch.manual_seed(0)
+    model = Net()
+    ref_model = copy.deepcopy(model)
+    opt = registry.build_optimizer("adamw", model, lr=1e-2, embedding_lr=4e-2, head_lr=5e-3,
+                                   vector_lr=2e-2)
+    named = dict(ref_model.named_parameters())
+    hidden = [p for n, p in named.items() if p.dim() >= 2 and n not in ("emb.weight",
+                                                                        "head.weight")]
+    ref = torch.optim.AdamW(
+        [{"params": hidden, "weight_decay": 0.1},
+         {"params": [named["emb.weight"]], "lr": 4e-2, "weight_decay": 0.1},
+         {"params": [named["head.weight"]], "lr": 5e-3, "weight_decay": 0.1},
+         {"params": [p for p in named.values() if p.dim() < 2], "lr": 2e-2,
+          "weight_decay": 0.0}],
+        lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    assert [(g["role"], g["lr"]) for g in opt.param_groups] == [
+        ("muon", 1e-2), ("embedding", 4e-2), ("head", 5e-3), ("vector", 2e-2)]
+    for seed in range(2):
+        step(model, opt, seed)
+        step(ref_model, ref, seed)
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
 def test_hybrids_are_their_class_over_hybrid_param_groups():
     model = Net()
     opt = registry.build_optimizer("normuon", model, lr=1e-3, muon_lr=0.05, qkv_split=True,

@@ -26,7 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from . import variants
-from .hybrid import MuonWithAuxAdam, check_option_names, hybrid_param_groups
+from .hybrid import (
+    MUON_ROLE,
+    ROLES,
+    MuonWithAuxAdam,
+    check_option_names,
+    classify_params,
+    hybrid_param_groups,
+)
 from .muon import MomentumStore, Muon, PostStep
 
 PARALLEL_MODES = ("none", "ddp", "fsdp2", "hsdp")  # --parallel of the train loop
@@ -149,6 +156,22 @@ def build_matrix_optimizer(name: str, model: nn.Module, **options) -> torch.opti
     return spec.matrices(list(model.parameters()), **options)
 
 
+def adamw_role_groups(model: nn.Module, lr: float, weight_decay: float,
+                      role_lrs: dict[str, float | None]) -> list[dict]:
+    """AdamW param groups of ``model`` by :func:`muonkit.hybrid.classify_params` role: the
+    hidden matrices at ``lr``, the embeddings, the head and the vectors each at its
+    ``role_lrs`` entry (None: ``lr``); ``weight_decay`` on every parameter of 2+ dims, none on
+    vectors (nanoGPT's split). Roles without parameters get no group; each group carries its
+    ``role``."""
+    by_role: dict[str, list[Tensor]] = {}
+    for _, p, role in classify_params(model):
+        by_role.setdefault(role, []).append(p)
+    lrs = {MUON_ROLE: lr, **{r: lr if v is None else v for r, v in role_lrs.items()}}
+    return [{"params": by_role[role], "lr": lrs[role], "role": role,
+             "weight_decay": 0.0 if role == "vector" else weight_decay}
+            for role in ROLES if by_role.get(role)]
+
+
 def build_optimizer(
     name: str,
     model: nn.Module,
@@ -172,7 +195,9 @@ def build_optimizer(
     ``"adamw"`` is nanoGPT's ``configure_optimizers``: torch.optim.AdamW with lr 6e-4, betas
     (0.9, 0.95), weight decay 0.1 on every parameter of 2+ dims (matmul weights and
     embeddings) and none on biases and norm gains; ``fused`` defaults to True when every
-    parameter is on CUDA.
+    parameter is on CUDA. Given any of ``embedding_lr``, ``head_lr``, ``vector_lr``, its
+    groups are the roles of :func:`adamw_role_groups` (the hidden matrices keep ``lr``), as
+    nanochat gives its AdamW embeddings and head LRs of their own.
 
     The others are the spec's hybrid over :func:`muonkit.hybrid.hybrid_param_groups`: the
     hidden matrices on Muon (or the variant) with ``muon_lr`` (0.02, Keller Jordan's muon.py)
@@ -202,10 +227,14 @@ def build_optimizer(
         if muon_options:
             raise ValueError(f"Muon options {sorted(muon_options)} given for optimizer {name!r}")
         params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        role_lrs = {"embedding": embedding_lr, "head": head_lr, "vector": vector_lr}
+        if any(v is not None for v in role_lrs.values()):
+            groups = adamw_role_groups(model, lr, weight_decay, role_lrs)
+        else:
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
         if fused is None:
             fused = all(p.is_cuda for p in params)
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)

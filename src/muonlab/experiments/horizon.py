@@ -51,6 +51,7 @@ from typing import ClassVar
 import torch
 
 from muonkit import hardware
+from muonkit.hybrid import MUON_ROLE, classify_params
 from muonkit.options import MuonOptions
 from muonkit.registry import ADAMW, MUON, NORMUON
 
@@ -60,7 +61,7 @@ from ..train.config import resolve_device
 from ..train.files import append_line, setting_name, write_whole
 from ..train.gpt import gpt_optimizer, load_gpt_data
 from ..train.loop import TrainConfig
-from ..train.settings import check_settings, drop_unset, setting
+from ..train.settings import GROUP_LABELS, check_settings, drop_unset, setting
 from ..train.step import lm_loss
 from ..train.trackers import resolve_trackers
 from .runs import RunSpec, SlotPool, check_same_study, run_concurrently, run_isolated, say
@@ -160,6 +161,7 @@ class HorizonConfig:
     sweep_refine: int = setting("sweep_refine")
     wd_grid: list[float] | None = setting("wd_grid")
     beta2_grid: list[float] | None = setting("beta2_grid")
+    group_lrs: list[str] | None = setting("group_lrs")
 
     RUNTIME = ("out", "jobs", "threads", "contenders", "trackers", "wandb_project",
                "wandb_run_name")
@@ -184,6 +186,8 @@ class HorizonConfig:
             raise ValueError(f"--tokens-per-param must be increasing, got {self.tokens_per_param}")
         if not self.seeds or self.jobs < 1 or self.threads < 1 or self.grid_points < 1:
             raise ValueError("need >= 1 seed, jobs >= 1, threads >= 1, grid_points >= 1")
+        if self.group_lrs is not None and len(set(self.group_lrs)) != len(self.group_lrs):
+            raise ValueError(f"--group-lrs names a group twice: {self.group_lrs}")
         if self.tune_seed is not None and self.tune_seed in self.seeds:
             raise ValueError(f"--tune-seed {self.tune_seed} is also in --seeds {self.seeds}: the "
                              "seed that chooses the LRs is not reported; give report seeds "
@@ -225,9 +229,10 @@ class HorizonConfig:
         """The settings that define the study's results and the machine class they are
         computed on (``muon_options`` only where they change a default, so a study begun
         before the ``--ns-*`` flags continues; ``tokens_per_param``, ``tune_seed``,
-        ``qk_clip``, ``sweep_refine``, ``wd_grid`` and ``beta2_grid`` only when given)."""
+        ``qk_clip``, ``sweep_refine``, ``wd_grid``, ``beta2_grid`` and ``group_lrs`` only when
+        given)."""
         unset = {**dict.fromkeys(("tokens_per_param", "tune_seed", "qk_clip", "wd_grid",
-                                  "beta2_grid")), "sweep_refine": 0}
+                                  "beta2_grid", "group_lrs")), "sweep_refine": 0}
         kept = drop_unset({k: v for k, v in dataclasses.asdict(self).items()
                            if k not in (*self.RUNTIME, "muon_options")}, unset)
         changed = MuonOptions.changes(self.muon_options)
@@ -279,19 +284,42 @@ def token_budget(cfg: HorizonConfig, model: GPTConfig, train_tokens: int) -> dic
             "horizon_epochs": [round(h * per_step / train_tokens, 4) for h in cfg.horizons]}
 
 
+def group_multipliers(groups: dict[str, float] | None) -> dict[str, float]:
+    """The group-LR multipliers that change a run (x1 is the run without it), in
+    :data:`GROUP_LABELS` order."""
+    groups = groups or {}
+    return {r: groups[r] for r in GROUP_LABELS if groups.get(r, 1.0) != 1.0}
+
+
+def groups_suffix(groups: dict[str, float] | None) -> str:
+    """The run-directory suffix of :func:`group_multipliers` (``-emb2-vec0.5``)."""
+    return "".join(f"-{GROUP_LABELS[r]}{m:g}" for r, m in group_multipliers(groups).items())
+
+
+def groups_words(groups: dict[str, float] | None) -> str:
+    """``", embedding LR x2"`` for each of :func:`group_multipliers`."""
+    return "".join(f", {r} LR x{m:g}" for r, m in group_multipliers(groups).items())
+
+
 def run_dir(out: Path, horizon: int, name: str, lr: float, seed: int,
-            knob: tuple[Knob, float] | None = None) -> Path:
-    """A run's directory; a two-dimensional sweep's runs also name their ``knob`` value."""
+            knob: tuple[Knob, float] | None = None,
+            groups: dict[str, float] | None = None) -> Path:
+    """A run's directory; a two-dimensional sweep's runs also name their ``knob`` value, a
+    group-LR sweep's its multipliers other than 1 (``-emb2-vec0.5``)."""
     second = "" if knob is None else f"-{knob[0].label}{knob[1]:g}"
+    second += groups_suffix(groups)
     return out / f"h{horizon}" / name / f"lr{lr:g}{second}-s{seed}"
 
 
 def optimizer_options(c: Contender, lr: float, aux_lr: float | None,
                       muon_options: dict | None = None,
-                      knob: tuple[Knob, float] | None = None) -> dict:
+                      knob: tuple[Knob, float] | None = None,
+                      groups: dict[str, float] | None = None) -> dict:
     """:func:`muonlab.train.gpt.gpt_optimizer` options of contender ``c`` at swept LR ``lr``;
     ``muon_options`` go to a Muon-family contender (its own options win); ``knob``: the
-    value of a two-dimensional sweep's second knob (it wins over the contender's own)."""
+    value of a two-dimensional sweep's second knob (it wins over the contender's own);
+    ``groups``: multipliers of the AdamW LR (AdamW's own, or the hybrid's aux LR) that set
+    the ``embedding_lr``, ``head_lr``, ``vector_lr`` of those groups."""
     opts = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.1}
     if c.optimizer != ADAMW:
         opts.update({**(muon_options or {}), **c.options})
@@ -302,6 +330,8 @@ def optimizer_options(c: Contender, lr: float, aux_lr: float | None,
     if knob is not None:
         option, value = knob[0].option, knob[1]
         opts.update({"betas": (0.9, value)} if option == "beta2" else {option: value})
+    for role, m in group_multipliers(groups).items():
+        opts[f"{role}_lr"] = opts["lr"] * m
     return opts
 
 
@@ -318,20 +348,22 @@ class Study:
         self.sweeps: dict = json.loads(path.read_text()) if path.exists() else {}
 
     def run(self, name: str, h: int, lr: float, seed: int, aux: float | None, phase: int,
-            knob: tuple[Knob, float] | None = None) -> float:
+            knob: tuple[Knob, float] | None = None,
+            groups: dict[str, float] | None = None) -> float:
         c, cfg = self.cfg.table[name], self.cfg
-        out_dir = run_dir(self.out, h, name, lr, seed, knob)
+        out_dir = run_dir(self.out, h, name, lr, seed, knob, groups)
         kwargs = dict(
             optimizer=c.optimizer, preset=cfg.preset, data=cfg.data, batch_size=cfg.batch_size,
             block_size=cfg.block_size, eval_batches=cfg.eval_batches,
             model_overrides=dict(cfg.model_overrides),
-            optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options, knob),
+            optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options, knob, groups),
             train_config=cfg.train_config(h, seed, out_dir, c.optimizer != ADAMW),
             qk_clip=cfg.qk_clip,
         )
         if cfg.role(seed) is not None:
             kwargs["role"] = cfg.role(seed)
         second = "" if knob is None else f" {knob[0].label}{knob[1]:g}"
+        second += groups_suffix(groups).replace("-", " ")
         spec = RunSpec(kwargs, f"h{h} {name} lr{lr:g}{second} s{seed}", cfg.threads,
                        log_rms=True)
         priority = (cfg.horizons.index(h), phase, cfg.contenders.index(name))
@@ -349,6 +381,7 @@ class Study:
     def _contender(self, name: str) -> None:
         c, cfg = self.cfg.table[name], self.cfg
         center = c.center
+        group_centers = dict.fromkeys(cfg.group_lrs or (), 1.0)
         for h in cfg.horizons:
             aux = None
             if c.optimizer != ADAMW and c.aux == ADAMW:
@@ -386,11 +419,45 @@ class Study:
             if name == ADAMW:
                 self.adamw_lr[h] = lr
                 self.adamw_ready[h].set()
+            groups = {}
+            if center is not None:
+                groups = self.sweep_groups(name, h, lr, aux, chosen, group_centers)
+                group_centers = groups
             seeds = cfg.report_seeds_after_sweep(center is not None)
-            run_concurrently([lambda s=s, h=h, lr=lr, aux=aux, chosen=chosen:
-                              self.run(name, h, lr, s, aux, 1, chosen) for s in seeds])
+            run_concurrently([lambda s=s, h=h, lr=lr, aux=aux, chosen=chosen, groups=groups:
+                              self.run(name, h, lr, s, aux, 1, chosen, groups) for s in seeds])
             second = "" if chosen is None else f", {chosen[0].name} {chosen[1]:g}"
+            second += groups_words(groups)
             self.log(f"h{h} {name}: done at lr {lr:g}{second}")
+
+    def sweep_groups(self, name: str, h: int, lr: float, aux: float | None,
+                     chosen: tuple[Knob, float] | None,
+                     centers: dict[str, float]) -> dict[str, float]:
+        """Coordinate descent over ``cfg.group_lrs`` at the chosen LR (and knob): each
+        group's LR multiplier swept edge-aware on a factor-2 grid of ``grid_points`` (made
+        odd) centred on ``centers[role]`` (the previous horizon's choice, 1 at the first: the
+        LR sweep's own best run), the groups before it at their chosen multipliers, those
+        after it at their centres.
+        Returns the chosen multipliers (empty: none swept)."""
+        cfg, groups = self.cfg, dict(centers)
+        for role in cfg.group_lrs or ():
+            result = run_sweep(
+                factor_grid(centers[role], cfg.grid_points | 1),
+                lambda ms, role=role: run_concurrently(
+                    [lambda m=m: self.run(name, h, lr, cfg.tuning_seed, aux, 0, chosen,
+                                          {**groups, role: m}) for m in ms]),
+                max_extend=cfg.sweep_extend, refine=cfg.sweep_refine,
+                fit=cfg.sweep_refine > 0,
+            )
+            groups[role] = result.best
+            with self.lock:
+                entry = self.sweeps[str(h)][name]
+                entry.setdefault("groups", {})[role] = {
+                    **result.record(what=f"{role} LR multiplier"),
+                    "others": {r: m for r, m in groups.items() if r != role}}
+                entry["best_groups"] = dict(groups)
+            self._record(h, name, entry)
+        return groups
 
     def _record(self, h: int, name: str, entry: dict) -> None:
         with self.lock:
@@ -417,7 +484,20 @@ def check_data(cfg: HorizonConfig) -> dict:
     study in tokens per parameter)."""
     tokens, model = load_gpt_data(cfg.data, preset=cfg.preset, batch_size=cfg.batch_size,
                                   block_size=cfg.block_size, model_overrides=cfg.model_overrides)
+    check_group_roles(cfg.group_lrs or (), model)
     return token_budget(cfg, model, len(tokens.train))
+
+
+def check_group_roles(roles, model: GPTConfig) -> None:
+    """Refuse a ``--group-lrs`` role the GPT has no parameters of (a head tied to the
+    embedding trains as the embedding)."""
+    with torch.device("meta"):
+        present = {role for _, _, role in classify_params(GPT(model))}
+    for role in roles:
+        if role not in present:
+            why = " (its head is tied to the embedding)" if role == "head" else ""
+            raise ValueError(f"--group-lrs {role}: the model has no {role} parameters{why}; "
+                             f"its AdamW groups are {', '.join(sorted(present - {MUON_ROLE}))}")
 
 
 def adds_seeds(saved: Path, cfg: HorizonConfig) -> bool:
@@ -472,7 +552,9 @@ def planned_cells(cfg: HorizonConfig) -> list[PlannedCell]:
     at most ``sweep_extend`` runs more, and ``2 x sweep_refine`` refinement runs. A
     two-dimensional sweep runs its LR grid x its knob's values; an LR extension runs every
     knob value, a knob extension (a geometric grid) every LR; a refinement, LRs at the best
-    knob value."""
+    knob value. ``group_lrs``: each group's multiplier grid (odd, centred on its last
+    choice) but its centre, a run already (at a later horizon the first group's may not be:
+    counted as one more), extended and refined like an LR."""
     cells = []
     for h in cfg.horizons:
         for name in contenders_to_run(cfg):
@@ -485,6 +567,10 @@ def planned_cells(cfg: HorizonConfig) -> list[PlannedCell]:
                 tune, more = cfg.grid_points * values, (
                     cfg.sweep_extend * (values + knob_more) + knob_more * lrs
                     + 2 * cfg.sweep_refine)
+            if tuned and cfg.group_lrs:  # each centre is a run already (but see below)
+                tune += ((cfg.grid_points | 1) - 1) * len(cfg.group_lrs)
+                more += (cfg.sweep_extend + 2 * cfg.sweep_refine) * len(cfg.group_lrs)
+                more += h != cfg.horizons[0]  # the last horizon's choices at this LR
             cells.append(PlannedCell(h, name, tune, more,
                                      len(cfg.report_seeds_after_sweep(tuned))))
     return cells

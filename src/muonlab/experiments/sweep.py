@@ -103,32 +103,33 @@ class SweepResult:
     # opt-in fields, recorded only when set (a default sweep's record is what it always was)
     OPT_IN: ClassVar[dict] = {"refined": [], "fitted": None}
 
-    def describe(self) -> str:
-        """One sentence for a report."""
-        parts = []
+    def describe(self, what: str = "LR") -> str:
+        """One sentence for a report; ``what`` the swept value is (an LR, or e.g. a group's
+        LR multiplier)."""
+        parts, log = [], "log-LR" if what == "LR" else f"the log of the {what}"
         if self.added:
             added = ", ".join(f"{lr:g}" for lr in self.added)
             parts.append(f"the best of the initial grid sat at its edge, so it was extended "
                          f"by {added}")
         if self.edge:
-            parts.append(f"the best LR {self.best:g} is still the {self.edge}est of the grid "
+            parts.append(f"the best {what} {self.best:g} is still the {self.edge}est of the grid "
                          "after the extension cap: the optimum may lie beyond it")
         else:
-            parts.append(f"the best LR {self.best:g} is inside the grid")
+            parts.append(f"the best {what} {self.best:g} is inside the grid")
         if self.refined:
             rounds = "; ".join(", ".join(f"{lr:g}" for lr in points) for points in self.refined)
             parts.append(f"chosen among all points after {len(self.refined)} refinement "
-                         f"round(s) halving the log-LR step around the best ({rounds})")
+                         f"round(s) halving the {log} step around the best ({rounds})")
         if self.fitted is not None:
-            parts.append(f"a quadratic fit in log-LR through the best and its two neighbours "
+            parts.append(f"a quadratic fit in {log} through the best and its two neighbours "
                          f"puts the optimum at {self.fitted:.3g} (information, not a run)")
         text = "; ".join(parts)
         return text[0].upper() + text[1:] + "."
 
-    def record(self) -> dict:
+    def record(self, what: str = "LR") -> dict:
         """What a study records of the sweep (``sweeps.json``): its fields, the opt-in ones
-        only when set, and the ``note`` (:meth:`describe`)."""
-        return {**drop_unset(asdict(self), self.OPT_IN), "note": self.describe()}
+        only when set, and the ``note`` (:meth:`describe` of ``what``)."""
+        return {**drop_unset(asdict(self), self.OPT_IN), "note": self.describe(what)}
 
 
 class EdgeAwareSweep:

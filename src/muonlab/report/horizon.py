@@ -21,6 +21,8 @@ import numpy as np
 
 from muonkit.registry import ADAMW, MUON
 
+from ..experiments.horizon import groups_suffix, groups_words
+from ..train.settings import GROUP_LABELS
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
 from .provenance import provenance_section, study_provenance
@@ -29,8 +31,12 @@ from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_mean_std, markdown_table
 
 REPORT = "report.md"
-# h<H>/<contender>/lr<lr>[-wd<w> | -b2<b>: a two-dimensional sweep's second knob]-s<seed>
-RUN_DIR = re.compile(r"h(\d+)/([\w.-]+)/lr([\d.e+-]+?)(?:-(?:wd|b2)([\d.e+-]+?))?-s(\d+)$")
+# h<H>/<contender>/lr<lr>[-wd<w> | -b2<b>: a two-dimensional sweep's second knob]
+#   [-emb<m>][-head<m>][-vec<m>: group-LR multipliers other than 1]-s<seed>
+GROUPS = "".join(rf"(?:-{label}[\d.e+-]+?)?" for label in GROUP_LABELS.values())
+RUN_DIR = re.compile(r"h(\d+)/([\w.-]+)/lr([\d.e+-]+?)(?:-(?:wd|b2)([\d.e+-]+?))?"
+                     rf"({GROUPS})-s(\d+)$")
+
 
 
 @dataclass
@@ -118,14 +124,14 @@ def load_study(out: Path) -> Study:
     settings = json.loads((out / "study.json").read_text())
     sweeps_path = out / "sweeps.json"
     sweeps = json.loads(sweeps_path.read_text()) if sweeps_path.exists() else {}
-    by_cell: dict[tuple[int, str], dict[tuple[float, float | None], dict[int, Run]]] = {}
+    by_cell: dict[tuple[int, str], dict[tuple[float, float | None, str], dict[int, Run]]] = {}
     done, started = 0, []
     for path in find_records(out, "h*/*/*/metrics.jsonl"):
         m = RUN_DIR.search(path.parent.relative_to(out).as_posix())
         if not m:
             continue
-        h, name, seed = int(m[1]), m[2], int(m[5])
-        point = (float(m[3]), None if m[4] is None else float(m[4]))
+        h, name, seed = int(m[1]), m[2], int(m[6])
+        point = (float(m[3]), None if m[4] is None else float(m[4]), m[5])
         run = load_run(path)
         started.append(run)
         if _finished(run, h):
@@ -134,12 +140,13 @@ def load_study(out: Path) -> Study:
     cells = {}
     for (h, name), points in by_cell.items():
         entry = sweeps.get(str(h), {}).get(name)
-        point = ((entry["best"], entry.get("best_knob")) if entry else
-                 (next(iter(points)) if len(points) == 1 else (None, None)))
+        point = ((entry["best"], entry.get("best_knob"), groups_suffix(entry.get("best_groups")))
+                 if entry else (next(iter(points)) if len(points) == 1 else (None, None, "")))
         runs = points.get(point, {})
         seeds = settings["seeds"]
         finished = point[0] is not None and all(s in runs for s in seeds)
         second = "" if point[1] is None or not entry else f", {entry['knob']} {point[1]:g}"
+        second += groups_words(entry and entry.get("best_groups"))
         cells[(h, name)] = Cell(h, name, point[0], [runs[s] for s in seeds if s in runs],
                                 finished, second)
     commands_path = out / "commands.txt"
@@ -345,6 +352,12 @@ def sweep_lines(study: Study) -> list[str]:
                     entry["losses"].items(), key=lambda kv: float(kv[0])))
             aux = f" (aux AdamW lr {entry['aux_lr']:g})" if entry.get("aux_lr") else ""
             lines.append(f"- {h} steps, {name}{aux}: {tried}. {entry['note']}")
+            for role, group in entry.get("groups", {}).items():
+                others = groups_words(group["others"])
+                tried = ", ".join(f"x{float(m):g}: {loss:.3f}" for m, loss in sorted(
+                    group["losses"].items(), key=lambda kv: float(kv[0])))
+                lines.append(f"- {h} steps, {name}, {role} LR multiplier (at the chosen LR"
+                             f"{others}): {tried}. {group['note']}")
     return lines
 
 

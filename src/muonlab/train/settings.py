@@ -31,6 +31,8 @@ from .checks import check_number, describe_range
 from .config import DTYPES, RESUME_KEY
 from .finetune import STATES, TASKS
 
+# the AdamW groups --group-lrs tunes, and how a study's run directories label them
+GROUP_LABELS = {"embedding": "emb", "head": "head", "vector": "vec"}
 SECTIONS = ("model", "data", "optimizer", "train", "parallel", "study")
 SETTING_KEY = "setting"  # dataclass field metadata: the field's Setting
 
@@ -272,6 +274,12 @@ SETTINGS: dict[str, Setting] = {
                          "value is reported, and extended below 1 only where the values are "
                          "geometric; the hybrids' AdamW groups keep 0.95)", ge=0, lt=1,
                          many=True, none_means="0.95, not swept", metavar="B[,B...]"),
+    "group_lrs": Setting("study", "after each tuned contender's LR sweep, sweep the LR of "
+                         "these AdamW groups one at a time, in this order (a multiplier of the "
+                         "LR the group takes: AdamW's, or the hybrid's aux LR; a factor-2 grid "
+                         "around 1, edge-aware and refined like the LR), the others at their "
+                         "chosen multipliers", many=True, choices=tuple(GROUP_LABELS),
+                         none_means="each group at the LR it takes, not swept"),
     "sweep_full_topk": _int("study", "rerun the best K settings at full length and choose "
                             "from those", 0, ge=0),
     "grid_points": _int("study", "factor-2 LR grid size (around the previous horizon's best)",
