@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["--warmup", "30", "--steps", "20"], ["--warmup 30", "--steps 20"]),
     (["--decay", "constant", "--min-lr-ratio", "0.5"], ["--min-lr-ratio 0.5", "--decay constant"]),
     (["--lora-alpha", "4"], ["--lora-alpha 4", "--lora-rank"]),
+    (["--head-lr", "0.01"], ["--head-lr 0.01", "tied", "--untied"]),
 ])
 def test_train_refuses_a_flag_that_would_do_nothing_naming_both(flags, named, tmp_path, capsys):
     out = tmp_path / "run"
@@ -122,3 +123,24 @@ def test_an_untuned_variant_study_refuses_the_sweep_settings(tmp_path, capsys):
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--sweep-refine" in err and "variants tuned" in err
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_train_gives_each_adamw_group_its_own_lr(optimizer, tmp_path):
+    """--embedding-lr / --head-lr / --vector-lr set those AdamW groups' LRs (the hidden
+    matrices keep --lr on AdamW, --muon-lr on the hybrid), recorded in the run's config."""
+    from muonlab.cli import build_parser
+    from muonlab.cli.train import config_from_args
+    from muonlab.models.gpt import GPT
+    from muonlab.train.gpt import gpt_optimizer
+
+    args = build_parser().parse_args([
+        "train", "--optimizer", optimizer, "--lr", "0.001", "--embedding-lr", "0.004",
+        "--head-lr", "0.002", "--vector-lr", "0.0005", "--untied", "--out", str(tmp_path)])
+    cfg = config_from_args(args)
+    options = cfg.optimizer_options(optimizer)
+    _, model_cfg = cfg.load_data()
+    opt = gpt_optimizer(GPT(model_cfg), optimizer, **options)
+    lrs = {g["role"]: g["lr"] for g in opt.param_groups if g["params"] and "role" in g}
+    assert (lrs["embedding"], lrs["head"], lrs["vector"]) == (0.004, 0.002, 0.0005)
+    assert lrs["muon"] == (0.001 if optimizer == "adamw" else cfg.muon_lr)

@@ -16,7 +16,10 @@ fixed one). Opt-in (recorded in ``study.json`` only when given): ``sweep_refine`
 refinement around each best (:class:`muonlab.experiments.sweep.EdgeAwareSweep`), and
 two-dimensional sweeps (:class:`muonlab.experiments.sweep.EdgeAwareSweep2D`): LR x
 ``muon_weight_decay`` over ``wd_grid`` for the tuned Muon contenders, LR x beta2 over
-``beta2_grid`` for AdamW (their runs in ``lr<lr>-wd<w>-s<seed>`` / ``lr<lr>-b2<b>-s<seed>``).
+``beta2_grid`` for AdamW (their runs in ``lr<lr>-wd<w>-s<seed>`` / ``lr<lr>-b2<b>-s<seed>``),
+and per-group AdamW LRs (``group_lrs``, :meth:`Study.sweep_groups`): after the LR (and knob)
+is chosen, the LR of each named AdamW group (embedding, head, vectors) is swept as a multiplier
+of the LR it takes, one group at a time (runs ``lr<lr>-emb<m>-vec<m>-s<seed>``, x1 omitted).
 ``study.json`` pins the machine class (:func:`muonkit.hardware.machine_class`:
 device, CPU model and ISA or GPU, threads): a study is continued only on its own class.
 
@@ -33,7 +36,8 @@ study's own (:func:`adds_seeds`), which run at the chosen LRs. Layout::
     OUT/sweeps.json                         each sweep's grid, extensions and choice
     OUT/commands.txt                        every command that ran the study
     OUT/h<H>/<contender>/lr<lr>-s<seed>/    metrics.jsonl, sessions.jsonl (CPU time), ckpt.pt
-                                            (lr<lr>-wd<w>-s<seed>, lr<lr>-b2<b>-s<seed>: 2-D)
+                                            (lr<lr>-wd<w>-s<seed>, lr<lr>-b2<b>-s<seed>: 2-D;
+                                            lr<lr>-emb<m>-s<seed>...: group LRs)
 
 :func:`muonlab.report.horizon.build_horizon_report` writes ``report.md`` and the figures.
 """

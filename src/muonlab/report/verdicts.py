@@ -105,6 +105,30 @@ def compare_2d(results: Path, folder: str = "compare-2d") -> str:
             + "; ".join(chosen) + ".")
 
 
+def compare_groups(results: Path, folder: str = "compare-groups",
+                   single: str = "compare-heldout") -> str:
+    """:func:`compare_2d`'s text for the study whose arms also tuned their AdamW groups' LRs
+    (``--group-lrs``), and each arm minus the same arm with one AdamW LR (the study
+    ``single``: the same settings otherwise), paired by report seed."""
+    study, one_lr = (horizon.load_study(results / f) for f in (folder, single))
+    h = study.horizons[-1]
+    items, same = [], []
+    for name in (ADAMW, MUON):
+        cell, base = study.ready(h, name), one_lr.ready(h, name)
+        if cell is None or base is None:
+            continue
+        if cell.second:
+            items.append((f"{name} (LR {cell.lr:g}{cell.second} vs LR {base.lr:g})",
+                          horizon.gap(study, cell, base)))
+        else:
+            same.append(name)
+    versus = (f"; with its AdamW groups' LRs tuned minus one AdamW LR ({single}, the same "
+              f"seeds): " + grouped(items)) if items else ""
+    kept = (f"; {' and '.join(same)} kept every group at x1, so its report runs are "
+            f"{single}'s") if same else ""
+    return compare_2d(results, folder)[:-1] + versus + kept + "."
+
+
 def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
     """``muon-wd`` - ``muon`` at every horizon (:func:`horizon.versus_muon`) and their hidden
     matrices' weight RMS at the end of the longest horizon: does decoupled weight decay on
@@ -154,28 +178,28 @@ def variants_gpt_text(results: Path) -> str:
 
 def variants_gpt_gamma(results: Path) -> str:
     """Each LoRA-Pre factor-step ablation (``lorapre-r<r>-gamma<g>``) minus LoRA-Pre of the
-    same rank at the default ``gamma1``, each at its own tuned LR, paired by report seed."""
+    same rank at the default ``gamma1``, and the highest rank minus the lowest at each
+    factor step, each contender at its own tuned LR, paired by report seed."""
     study = horizon.load_study(results / GPT_VARIANTS)
     h = study.horizons[0]
-    items, gammas = [], set()
+    items, suffixes = [], [""]
     for name in study.names():
         rank, gamma = name.partition("-gamma")[::2]
         if gamma and (cell := study.ready(h, name)) and (base := study.ready(h, rank)):
-            gammas.add(cell.runs[0].config["config"]["optimizer_options"]["gamma1"])
-            items.append((f"{rank} (LR {cell.lr:g} vs {base.lr:g})",
+            items.append((f"{rank} gamma1={gamma} (LR {cell.lr:g} vs {base.lr:g})",
                           horizon.gap(study, cell, base)))
+            suffixes += [] if f"-gamma{gamma}" in suffixes else [f"-gamma{gamma}"]
     if not items:
         return "LoRA-Pre factor-step ablation: unfinished."
-    g = "/".join(f"{g:g}" for g in sorted(gammas))
     low, high = (f"{LORAPRE}-r{r}" for r in (variants_gpt_exp.RANKS[0],
                                              variants_gpt_exp.RANKS[-1]))
-    ranks = [(label, horizon.gap(study, a, b)) for label, suffix in
-             (("default gamma1", ""), (f"gamma1={g}", f"-gamma{g}"))
+    ranks = [(f"gamma1={suffix.removeprefix('-gamma')}" if suffix else "default gamma1",
+              horizon.gap(study, a, b)) for suffix in sorted(suffixes)
              if (a := study.ready(h, high + suffix)) and (b := study.ready(h, low + suffix))]
     return (f"tiny GPT, {h} steps, final val loss over the report seeds (seed "
-            f"{study.tuning_seed} tuned), each contender at its own tuned LR: LoRA-Pre with "
-            f"factor step gamma1={g} minus the default gamma1 (1 - sqrt(momentum)) at the same "
-            "rank: " + grouped(items) + f"; {high} minus {low}: " + grouped(ranks) + ".")
+            f"{study.tuning_seed} tuned), each contender at its own tuned LR: LoRA-Pre with a "
+            "faster factor step minus the default gamma1 (1 - sqrt(momentum)) at the same rank: "
+            + grouped(items) + f"; {high} minus {low}: " + grouped(ranks) + ".")
 
 
 def variants_gpt_table(results: Path) -> str:
@@ -226,6 +250,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon-gpu-wd": horizon_weight_decay,
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "compare-2d": compare_2d,
+    "compare-groups": compare_groups,
     "variants-gpt": variants_gpt_text,
     "variants-gpt-table": variants_gpt_table,
     "variants-gpt-gamma": variants_gpt_gamma,

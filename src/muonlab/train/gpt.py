@@ -50,7 +50,7 @@ from .finetune import (
     task_evaluator,
 )
 from .loop import train
-from .settings import check_settings, flag_names, setting, settings_of, show
+from .settings import GROUP_LABELS, check_settings, flag_names, setting, settings_of, show
 from .step import autocast_context, lm_loss
 from .trackers import resolve_trackers
 
@@ -155,6 +155,9 @@ class GPTRunConfig:
     beta2: float = setting("beta2")
     weight_decay: float = setting("weight_decay")
     muon_lr: float = setting("muon_lr")
+    embedding_lr: float | None = setting("embedding_lr")
+    head_lr: float | None = setting("head_lr")
+    vector_lr: float | None = setting("vector_lr")
     muon_momentum: float = setting("muon_momentum")
     momentum_warmup: int = setting("momentum_warmup")
     muon_weight_decay: float = setting("muon_weight_decay")
@@ -181,6 +184,9 @@ class GPTRunConfig:
         if self.decay == "constant" and "min_lr_ratio" in self.changed():
             raise ValueError(f"--min-lr-ratio {self.min_lr_ratio:g} does nothing with --decay "
                              "constant (the LR does not decay)")
+        if self.head_lr is not None and not self.untied:
+            raise ValueError(f"--head-lr {self.head_lr:g} does nothing: the output head is tied "
+                             "to the embedding (it trains at --embedding-lr); add --untied")
         if self.lora_alpha is not None and not self.lora_rank:
             raise ValueError(f"--lora-alpha {self.lora_alpha:g} does nothing without "
                              "--lora-rank (no LoRA adapters)")
@@ -218,6 +224,8 @@ class GPTRunConfig:
     def optimizer_options(self, optimizer: str) -> dict:
         """Keyword arguments of :func:`gpt_optimizer` for ``optimizer``."""
         opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
+        opts |= {f"{role}_lr": lr for role in GROUP_LABELS
+                 if (lr := getattr(self, f"{role}_lr")) is not None}
         spec = registry.get(optimizer)
         if spec.is_muon:  # the hybrids: muon, normuon, the memory-saving variants
             opts.update(

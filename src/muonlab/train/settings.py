@@ -176,6 +176,10 @@ SETTINGS: dict[str, Setting] = {
     "beta2": _float("optimizer", "AdamW beta2", 0.95, ge=0, lt=1),
     "weight_decay": _float("optimizer", "AdamW weight decay", 0.1, ge=0),
     "muon_lr": _float("optimizer", "Muon lr (hidden matrices)", 0.02, gt=0),
+    **{f"{role}_lr": _float("optimizer", f"AdamW lr of the {what} (every optimizer)", gt=0,
+                            none_means="--lr")
+       for role, what in (("embedding", "embeddings"), ("head", "untied output head"),
+                          ("vector", "vectors: norm gains and biases"))},
     "muon_momentum": _float("optimizer", "Muon momentum", 0.95, ge=0, lt=1,
                             loop="momentum_end"),
     "momentum_warmup": _int("optimizer", "Muon momentum 0.85 -> --muon-momentum over N "
