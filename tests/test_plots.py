@@ -37,9 +37,14 @@ def test_one_colour_per_optimizer_whatever_its_spelling():
             ("AdamW", "adamw"), ("Muon", "muon"), ("Muon (gradient-heavy)", "muon-gradient-heavy")]
     for a, b in same:
         assert plots.color(a) == plots.color(b), (a, b)
-    names = ["adamw", "muon", "muon-wd", "muon-moonlight", "muon-seed", "normuon", "kronecker",
-             "kronecker-hybrid", "lorapre-r1", "lorapre-r4", "lorapre-r16"]
-    assert len({plots.color(n) for n in names}) == len(names)
+    from matplotlib.colors import to_hex
+
+    from muonlab.experiments import horizon, variants_gpt
+
+    # every contender a study can draw in one figure has a colour of its own
+    for table in (horizon.CONTENDERS, variants_gpt.CONTENDERS):
+        colours = {n: to_hex(plots.color(n)) for n in table}
+        assert len(set(colours.values())) == len(colours), colours
     assert plots.color("some-new-arm") == plots.color("some-new-arm")
 
 

@@ -153,8 +153,9 @@ def test_the_gamma_ablation_verdict_pairs_each_rank_with_its_default():
         half = 2.7764 * d.std(ddof=1) / np.sqrt(len(d))  # t_{0.975, 4}
         return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
 
-    for r in (1, 16):
-        assert f"lorapre-r{r} (LR " in text
-        assert interval(finals(f"lorapre-r{r}-gamma0.2") - finals(f"lorapre-r{r}")) in text
-    assert interval(finals("lorapre-r16-gamma0.2") - finals("lorapre-r1-gamma0.2")) in text
-    assert "gamma1=0.2" in text and text.count("paired t, n=5") == 2
+    for g in ("0.2", "0.5"):
+        for r in (1, 16):
+            assert f"lorapre-r{r} gamma1={g} (LR " in text
+            assert interval(finals(f"lorapre-r{r}-gamma{g}") - finals(f"lorapre-r{r}")) in text
+        assert interval(finals(f"lorapre-r16-gamma{g}") - finals(f"lorapre-r1-gamma{g}")) in text
+    assert interval(finals("lorapre-r16") - finals("lorapre-r1")) in text

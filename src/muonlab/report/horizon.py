@@ -356,8 +356,9 @@ def sweep_lines(study: Study) -> list[str]:
                 others = groups_words(group["others"])
                 tried = ", ".join(f"x{float(m):g}: {loss:.3f}" for m, loss in sorted(
                     group["losses"].items(), key=lambda kv: float(kv[0])))
-                lines.append(f"- {h} steps, {name}, {role} LR multiplier (at the chosen LR"
-                             f"{others}): {tried}. {group['note']}")
+                base = entry.get("aux_lr") or entry["best"]  # the LR the AdamW groups take
+                lines.append(f"- {h} steps, {name}, {role} LR multiplier (of the AdamW LR "
+                             f"{base:g}, at the chosen LR{others}): {tried}. {group['note']}")
     return lines
 
 

@@ -46,6 +46,9 @@ PALETTE = {
     "loraprer16": "#393b79", "loraprer32": "#637939", "loraprer64": "#8c6d31",
     "loraprer128": "#843c39", "loraprer256": "#7b4173", "muongradientheavy": "#ff9896",
     "loraprer16gradientheavy": "#9edae5", "loraprer256gradientheavy": "#c5b0d5",
+    # the factor-step ablations: lighter shades of their rank's colour family
+    "loraprer1gamma02": "#e7ba52", "loraprer1gamma05": "#e7cb94",
+    "loraprer16gamma02": "#6b6ecf", "loraprer16gamma05": "#9c9ede",
 }
 FALLBACK = plt.get_cmap("tab20").colors
 BAND = 0.2  # alpha of the interval bands
