@@ -70,6 +70,29 @@ def test_rerun_skips_finished_runs_and_refuses_other_settings(study_dir, monkeyp
         prepare_out(other, "x")
 
 
+def test_a_longer_horizon_continues_the_study_without_rerunning_it(study_dir, tmp_path,
+                                                                   monkeypatch):
+    """Horizons added after the study's last run as its own did (tuned around the last
+    horizon's best); the finished horizons' runs are not run again."""
+    out, cfg = study_dir
+    copy = tmp_path / "longer"
+    shutil.copytree(out, copy)
+    monkeypatch.setattr(horizon, "run_isolated", run_in_process)
+    longer = HorizonConfig(**{**cfg.__dict__, "out": str(copy), "horizons": [4, 8, 12]})
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("metrics.jsonl")}
+    prepare_out(longer, "muonkit horizon (test, longer)")
+    Study(longer, log=lambda _: None).run_all()
+    assert json.loads((copy / "study.json").read_text())["horizons"] == [4, 8, 12]
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # untouched
+    sweeps = json.loads((copy / "sweeps.json").read_text())
+    for name in ("adamw", "normuon"):
+        assert sweeps["12"][name]["initial"] == factor_grid(sweeps["8"][name]["best"], 2)
+        assert {int(p.name.rsplit("-s", 1)[1]) for p in (copy / "h12" / name).iterdir()} \
+            == {0, 1, 2}
+    assert (copy / "commands.txt").read_text().splitlines()[-1] == \
+        "muonkit horizon (test, longer)"
+
+
 def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     out, _ = study_dir
     build_horizon_report(out)

@@ -117,3 +117,16 @@ def test_plan_prints_the_runs_and_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "report seeds [1]" in text and "estimated CPU time" in text and "muon-seed" in text
     assert not out.exists()
+
+
+def test_longer_token_budgets_extend_a_study_and_other_budgets_do_not(tmp_path):
+    """A study in tokens per parameter continues with budgets added after its own (and the
+    steps they set); a budget changed or inserted is another study."""
+    saved = tmp_path / "study.json"
+    saved.write_text(json.dumps({"seeds": [1, 2], "tokens_per_param": [2.0, 6.0],
+                                 "horizons": [20, 60]}))
+    longer = HorizonConfig(seeds=[1, 2], tokens_per_param=[2, 6, 20])
+    assert horizon.extended(saved, longer) == ["seeds", "tokens_per_param", "horizons"]
+    assert "tokens_per_param" not in horizon.extended(
+        saved, HorizonConfig(seeds=[1, 2, 3], tokens_per_param=[2, 20]))
+    assert horizon.extended(saved, HorizonConfig(seeds=[2, 3], tokens_per_param=[6, 20])) == []

@@ -30,7 +30,8 @@ Every run is its own process at ``threads`` torch threads, ``jobs`` at a time, h
 order; each logs weight and update RMS of the hidden matrices
 (:class:`muonlab.experiments.rms.RMSMonitor`) and checkpoints, so a rerun with the same
 ``--out`` skips finished runs and resumes unfinished ones; it may add report seeds after the
-study's own (:func:`adds_seeds`), which run at the chosen LRs. Layout::
+study's own, which run at the chosen LRs, and longer horizons after the study's last
+(:func:`extended`). Layout::
 
     OUT/study.json                          the settings (a rerun must match them)
     OUT/sweeps.json                         each sweep's grid, extensions and choice
@@ -504,30 +505,35 @@ def check_group_roles(roles, model: GPTConfig) -> None:
                              f"its AdamW groups are {', '.join(sorted(present - {MUON_ROLE}))}")
 
 
-def adds_seeds(saved: Path, cfg: HorizonConfig) -> bool:
-    """Whether ``cfg`` continues the study of ``saved`` (its ``study.json``) with report seeds
-    added: its seeds, in their order, followed by new ones. The tuning seed, the sweeps and
-    every finished run stay what they were; the new seeds run at each contender's chosen LR."""
+def extended(saved: Path, cfg: HorizonConfig) -> list[str]:
+    """The settings of the study in ``saved`` (its ``study.json``) that ``cfg`` continues with
+    values added after its own, in their order: report seeds (``seeds``: they run at each
+    contender's chosen LR) and horizons (``horizons``, or ``tokens_per_param`` and the
+    ``horizons`` they set: each new one tuned around the last one's best, as the study's own
+    were). The tuning seed, the sweeps and every finished run stay what they were."""
     if not saved.exists():
-        return False
-    old = json.loads(saved.read_text()).get("seeds")
-    return isinstance(old, list) and cfg.seeds[:len(old)] == old
+        return []
+    old = json.loads(saved.read_text())
+    length = "horizons" if cfg.tokens_per_param is None else "tokens_per_param"
+    grown = [key for key in ("seeds", length)
+             if isinstance(was := old.get(key), list) and getattr(cfg, key)[:len(was)] == was]
+    return grown + (["horizons"] if "tokens_per_param" in grown else [])
 
 
 def prepare_out(cfg: HorizonConfig, command: str) -> Path:
     """Check the data; create ``out`` or check that it holds this study (same settings, same
-    machine class; report seeds may be added, :func:`adds_seeds`, and ``study.json`` then
-    records them all); log the command."""
+    machine class; report seeds and longer horizons may be added, :func:`extended`, and
+    ``study.json`` then records them all); log the command."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
     budget = check_data(cfg)
     saved = out / "study.json"
     study = json.loads(json.dumps({**cfg.study(), **budget}))
-    added = ["seeds"] if adds_seeds(saved, cfg) else []  # the budget: derived from the rest
+    added = extended(saved, cfg)  # the budget: derived from the rest
     check_same_study(saved, study, cfg.FLAG_NAMES, may_change=[*budget, *added],
                      remedy="rerun with the study's settings to continue it (more --seeds "
-                     "may follow its own), or use another --out")
+                     "and longer horizons may follow its own), or use another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_whole(saved, json.dumps(study, indent=1))
     asked = out / "contenders.json"  # every contender any invocation asked for (the report's rows)
