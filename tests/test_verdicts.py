@@ -159,3 +159,33 @@ def test_the_gamma_ablation_verdict_pairs_each_rank_with_its_default():
             assert interval(finals(f"lorapre-r{r}-gamma{g}") - finals(f"lorapre-r{r}")) in text
         assert interval(finals(f"lorapre-r16-gamma{g}") - finals(f"lorapre-r1-gamma{g}")) in text
     assert interval(finals("lorapre-r16") - finals("lorapre-r1")) in text
+
+
+def test_the_group_lr_verdict_pairs_each_arm_with_its_one_lr_study():
+    """Recomputed from the run records: AdamW at its chosen group multipliers minus AdamW at
+    one LR (compare-heldout), per report seed; an arm that kept every group at x1 is said to
+    repeat that study's runs, and does (the same final losses)."""
+    import json
+
+    import numpy as np
+
+    from muonlab.report.metrics import load_run
+
+    def finals(study, name):
+        entry = json.loads((RESULTS / study / "sweeps.json").read_text())["2000"][name]
+        suffix = "".join(f"-{label}{entry.get('best_groups', {}).get(role, 1):g}"
+                         for role, label in (("embedding", "emb"), ("vector", "vec"))
+                         if entry.get("best_groups", {}).get(role, 1) != 1)
+        return np.array([load_run(RESULTS / study / "h2000" / name /
+                                  f"lr{entry['best']:g}{suffix}-s{s}" / "metrics.jsonl")
+                         .val[-1]["val_loss"] for s in range(1, 6)]), suffix
+
+    text = verdicts.compare_groups(RESULTS)
+    grouped, suffix = finals("compare-groups", "adamw")
+    assert suffix == "-emb2" and "adamw LR 0.004, embedding LR x2" in text
+    d = grouped - finals("compare-heldout", "adamw")[0]
+    half = 2.7764 * d.std(ddof=1) / np.sqrt(len(d))  # t_{0.975, 4}
+    assert f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]" in text
+    muon, kept = finals("compare-groups", "muon")
+    assert kept == "" and "muon kept every group at x1" in text
+    assert np.array_equal(muon, finals("compare-heldout", "muon")[0])
