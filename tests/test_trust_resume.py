@@ -88,6 +88,10 @@ REFUSED = [
     ("beta2", ["--beta2", "0.9"], "--beta2: checkpoint [0.9, 0.95], given [0.9, 0.9]"),
     ("weight_decay", ["--weight-decay", "0.2"], "--weight-decay: checkpoint 0.1, given 0.2"),
     ("muon_lr", ["--muon-lr", "0.05"], "--muon-lr: checkpoint 0.02, given 0.05"),
+    ("embedding_lr", ["--embedding-lr", "0.05"], "--embedding-lr: checkpoint None, given 0.05"),
+    ("vector_lr", ["--vector-lr", "0.05"], "--vector-lr: checkpoint None, given 0.05"),
+    # a tied head has no LR of its own: --head-lr is refused before the resume is checked
+    ("head_lr", ["--head-lr", "0.05"], None),
     ("muon_momentum", ["--muon-momentum", "0.9"], "--muon-momentum: checkpoint 0.95, given 0.9"),
     ("momentum_warmup", ["--momentum-warmup", "10"],
      "--momentum-warmup: checkpoint 300, given 10"),
@@ -135,8 +139,12 @@ def test_a_changed_flag_is_refused_in_one_line(run, other_text, capsys, field, f
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err, err
     head, *lines = err.splitlines()
-    assert head.startswith(f"muonkit train: error: cannot resume the run in {run}: 1 setting")
-    assert lines == ["  " + line.replace("OTHER", other_text)]
+    if line is None:
+        assert not lines and "does nothing" in head, err
+    else:
+        assert head.startswith(f"muonkit train: error: cannot resume the run in {run}: "
+                               "1 setting")
+        assert lines == ["  " + line.replace("OTHER", other_text)]
     assert snapshot(run) == before
 
 
@@ -226,3 +234,13 @@ def test_derived_facts_are_named_only_when_no_setting_differs():
     given.update(preset="tiny", model={"n_layer": 4}, data={"source": "a", "token_hash": "2"})
     assert resume_differences(recorded, given, names, derived) == [
         "--data (its contents): checkpoint '1', given '2'"]
+
+
+def test_an_untied_run_refuses_a_changed_head_lr(tmp_path, capsys):
+    """The head's own LR (``--head-lr``, an untied head only) is compared like every other."""
+    out = stopped_run(tmp_path / "untied", [*RUN, "--untied"])
+    with pytest.raises(SystemExit) as exit_info:
+        train(out, *RUN, "--untied", *QUIET, "--resume", "--head-lr", "0.05")
+    err = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2
+    assert err[1:] == ["  --head-lr: checkpoint None, given 0.05"]

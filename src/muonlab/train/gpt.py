@@ -224,8 +224,8 @@ class GPTRunConfig:
     def optimizer_options(self, optimizer: str) -> dict:
         """Keyword arguments of :func:`gpt_optimizer` for ``optimizer``."""
         opts = dict(lr=self.lr, betas=(0.9, self.beta2), weight_decay=self.weight_decay)
-        opts |= {f"{role}_lr": lr for role in GROUP_LABELS
-                 if (lr := getattr(self, f"{role}_lr")) is not None}
+        # recorded when unset too (None: --lr), so that a resume setting one is refused
+        opts |= {f"{role}_lr": getattr(self, f"{role}_lr") for role in GROUP_LABELS}
         spec = registry.get(optimizer)
         if spec.is_muon:  # the hybrids: muon, normuon, the memory-saving variants
             opts.update(
