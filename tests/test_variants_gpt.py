@@ -300,3 +300,20 @@ def test_gpt_study_checks_the_device_before_anything_is_written(tmp_path, capsys
         main(["variants", "gpt", "--device", "foo", "--out", str(out)])
     assert exit_info.value.code == 2 and "unknown device" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_no_momentum_ablation_runs_muon_at_momentum_zero_from_the_first_step(tmp_path,
+                                                                                monkeypatch):
+    """``muon-no-momentum`` (LoRA-Pre's rank -> 0 limit): its runs hold momentum 0 with no
+    momentum warmup (which would set 0.85 -> 0.95); the dense hybrid's keep the warmup."""
+    monkeypatch.setattr(horizon, "run_isolated", run_in_process)
+    cfg = VariantGPTConfig(out=str(tmp_path / "s"), horizons=[4], seeds=[0],
+                           contenders=["muon", "muon-no-momentum"], batch_size=2, block_size=8,
+                           eval_batches=1, evals_per_run=2, model_overrides={"n_layer": 1},
+                           grid_points=1, sweep_extend=0)
+    out = prepare_out(cfg, "muonkit variants gpt (test)")
+    Study(cfg, log=lambda _: None).run_all()
+    plain = load_run(out / "h4" / "muon" / "lr0.02-s0" / METRICS).config["config"]
+    none = load_run(out / "h4" / "muon-no-momentum" / "lr0.02-s0" / METRICS).config["config"]
+    assert none["optimizer_options"]["momentum"] == 0.0 and none["momentum_warmup_steps"] == 0
+    assert "momentum" not in plain["optimizer_options"] and plain["momentum_warmup_steps"] > 0

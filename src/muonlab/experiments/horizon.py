@@ -78,7 +78,9 @@ class Contender:
     """One optimizer setting. ``knob``: the option the swept LR sets ("lr" for AdamW,
     "muon_lr" for a hybrid, "shared" for lr = muon_lr); ``center``: the first horizon's grid
     centre (None: not tuned, ``options`` fixed); ``aux``: the hybrid's AdamW LR, "adamw" for
-    the one AdamW chose at the same horizon, "shared" for the swept LR, or a number."""
+    the one AdamW chose at the same horizon, "shared" for the swept LR, or a number;
+    ``momentum_warmup``: a Muon-family contender's momentum follows the study's warmup
+    (False: its ``momentum`` option holds from the first step)."""
 
     optimizer: str
     knob: str
@@ -86,6 +88,7 @@ class Contender:
     options: dict
     aux: str | float = ADAMW
     about: str = ""
+    momentum_warmup: bool = True
 
 
 CONTENDERS = {
@@ -362,7 +365,8 @@ class Study:
             block_size=cfg.block_size, eval_batches=cfg.eval_batches,
             model_overrides=dict(cfg.model_overrides),
             optimizer_options=optimizer_options(c, lr, aux, cfg.muon_options, knob, groups),
-            train_config=cfg.train_config(h, seed, out_dir, c.optimizer != ADAMW),
+            train_config=cfg.train_config(h, seed, out_dir,
+                                          c.optimizer != ADAMW and c.momentum_warmup),
             qk_clip=cfg.qk_clip,
         )
         if cfg.role(seed) is not None:

@@ -31,8 +31,9 @@ STUDY = "variants-gpt"
 NO_WD = {"muon_weight_decay": 0.0}
 
 
-def _variant(optimizer: str, about: str, **options) -> Contender:
-    return Contender(optimizer, "muon_lr", 0.02, {**NO_WD, **options}, about=about)
+def _variant(optimizer: str, about: str, momentum_warmup: bool = True, **options) -> Contender:
+    return Contender(optimizer, "muon_lr", 0.02, {**NO_WD, **options}, about=about,
+                     momentum_warmup=momentum_warmup)
 
 
 RANKS = (1, 4, 16)  # the ranks of an optimizer that takes one (LoRA-Pre)
@@ -70,8 +71,11 @@ CONTENDERS = {
     **{f"lorapre-r{r}-gamma{g:g}": _variant(
         LORAPRE, f"LoRA-Pre r={r}, factor step gamma1={g:g} (ablation)", rank=r, gamma1=g)
        for g in GAMMAS_FAST for r in (RANKS[0], RANKS[-1])},
+    # ablation: LoRA-Pre's rank -> 0 limit, the update orthogonalizes the gradient alone
+    "muon-no-momentum": _variant(MUON, "dense Muon with momentum 0 (ablation: no momentum)",
+                                 momentum_warmup=False, momentum=0.0),
 }
-ABLATIONS = ("gradient-heavy", "-gamma")
+ABLATIONS = ("gradient-heavy", "-gamma", "no-momentum")
 DEFAULT_CONTENDERS = [n for n in CONTENDERS if not any(a in n for a in ABLATIONS)]
 
 
