@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib.colors
+import numpy as np
 import pytest
 
 from muonlab.report import plots
@@ -193,3 +194,23 @@ def test_a_figure_title_is_wrapped_to_the_figure_width(figures):
     assert len(lines) == 2 and all(len(line) <= 10 * fig.get_figwidth() for line in lines)
     assert " ".join(lines) == ("tiny GPT on tinyshakespeare: val loss during training, "
                                "mean over seeds")
+
+
+def test_a_saved_figure_keeps_every_optimizers_colour_exact(tmp_path):
+    """The PNG's 256-colour palette keeps each optimizer's line colour as drawn (a median cut
+    merged lorapre-r1's olive into the gamma ablation's gold)."""
+    from matplotlib.colors import to_rgb
+
+    fig, ax = plots.plt.subplots(figsize=(6, 4))
+    colours = sorted(set(plots.PALETTE.values()))
+    x = np.arange(50)
+    for i, c in enumerate(colours):  # close lines in overlapping bands, as loss curves are
+        y = 4 * np.exp(-x / 8) + 0.02 * i
+        ax.plot(x, y, marker=".", color=c, label=c)
+        ax.fill_between(x, y - 0.1, y + 0.1, color=c, alpha=plots.BAND, lw=0)
+    ax.legend(fontsize=6)
+    path = plots.save(fig, tmp_path / "lines.png", "every palette colour")
+    drawn = {rgb for _, rgb in plots.Image.open(path).convert("RGB").getcolors(1 << 20)}
+    missing = [c for c in colours
+               if tuple(round(255 * v) for v in to_rgb(c)) not in drawn]
+    assert missing == []

@@ -189,3 +189,29 @@ def test_the_group_lr_verdict_pairs_each_arm_with_its_one_lr_study():
     muon, kept = finals("compare-groups", "muon")
     assert kept == "" and "muon kept every group at x1" in text
     assert np.array_equal(muon, finals("compare-heldout", "muon")[0])
+
+
+def test_the_no_momentum_verdict_pairs_each_arm_with_muon_at_momentum_zero():
+    """Recomputed from the run records: each LoRA-Pre rank (and dense Muon) minus Muon at
+    momentum 0, per report seed, at the LRs the sweeps chose."""
+    import json
+
+    import numpy as np
+
+    from muonlab.report.metrics import load_run
+
+    out = RESULTS / verdicts.GPT_VARIANTS
+    sweeps = json.loads((out / "sweeps.json").read_text())["800"]
+
+    def finals(name):
+        lr = sweeps[name]["best"]
+        return np.array([load_run(out / "h800" / name / f"lr{lr:g}-s{s}" / "metrics.jsonl")
+                         .val[-1]["val_loss"] for s in range(1, 6)])
+
+    text = verdicts.variants_gpt_no_momentum(RESULTS)
+    base = finals(verdicts.NO_MOMENTUM)
+    for name in ("lorapre-r1", "lorapre-r4", "lorapre-r16", "lorapre-r16-gamma0.2", "muon"):
+        d = finals(name) - base
+        half = 2.7764 * d.std(ddof=1) / np.sqrt(len(d))  # t_{0.975, 4}
+        assert f"{name} (LR {sweeps[name]['best']:g}) {d.mean():+.3f} " \
+               f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]" in text

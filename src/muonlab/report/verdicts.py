@@ -202,6 +202,25 @@ def variants_gpt_gamma(results: Path) -> str:
             + grouped(items) + f"; {high} minus {low}: " + grouped(ranks) + ".")
 
 
+NO_MOMENTUM = "muon-no-momentum"  # the GPT variant study's ablation: Muon at momentum 0
+
+
+def variants_gpt_no_momentum(results: Path) -> str:
+    """Every LoRA-Pre contender (each rank and factor step) and dense Muon minus Muon without
+    momentum (LoRA-Pre's rank -> 0 limit), each at its own tuned LR, paired by report seed."""
+    study = horizon.load_study(results / GPT_VARIANTS)
+    h = study.horizons[0]
+    base = study.ready(h, NO_MOMENTUM)
+    names = [n for n in study.names() if n.startswith(LORAPRE)] + [variants_gpt.DENSE]
+    items = [(f"{name} (LR {cell.lr:g})", horizon.gap(study, cell, base)) for name in names
+             if base is not None and (cell := study.ready(h, name))]
+    if not items:
+        return "Muon without momentum: unfinished."
+    return (f"tiny GPT, {h} steps, final val loss over the report seeds (seed "
+            f"{study.tuning_seed} tuned), each contender at its own tuned LR, minus dense Muon "
+            f"at momentum 0 (LR {base.lr:g}): " + grouped(items) + ".")
+
+
 def variants_gpt_table(results: Path) -> str:
     _, _, cells = gpt_variants(results)
     rows = [[c.name, fmt_bytes(variants_gpt.state_bytes(c)[1]), v.text()] for c, v in cells]
@@ -254,6 +273,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "variants-gpt": variants_gpt_text,
     "variants-gpt-table": variants_gpt_table,
     "variants-gpt-gamma": variants_gpt_gamma,
+    "variants-gpt-no-momentum": variants_gpt_no_momentum,
     "variants-mnist": variants_mnist_text,
     "variants-mnist-table": variants_mnist_table,
     "finetune": finetune_text,
