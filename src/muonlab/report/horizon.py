@@ -38,7 +38,6 @@ RUN_DIR = re.compile(r"h(\d+)/([\w.-]+)/lr([\d.e+-]+?)(?:-(?:wd|b2)([\d.e+-]+?))
                      rf"({GROUPS})-s(\d+)$")
 
 
-
 @dataclass
 class Cell:
     """One contender at one horizon: the chosen LR (and ``second``: the chosen value of a
