@@ -124,7 +124,7 @@ def compare_groups(results: Path, folder: str = "compare-groups",
             same.append(name)
     versus = (f"; with its AdamW groups' LRs tuned minus one AdamW LR ({single}, the same "
               f"seeds): " + grouped(items)) if items else ""
-    kept = (f"; {' and '.join(same)} kept every group at x1, so its report runs are "
+    kept = (f"; {' and '.join(same)} kept every group at x1, so its report runs repeat "
             f"{single}'s") if same else ""
     return compare_2d(results, folder)[:-1] + versus + kept + "."
 
