@@ -277,12 +277,12 @@ def steps_for_tokens(tokens_per_param: float, params: int, tokens_per_step: int)
     return max(1, round(tokens_per_param * params / tokens_per_step))
 
 
-def token_budget(cfg: HorizonConfig, model: GPTConfig, train_tokens: int) -> dict:
-    """The parameters of the study's GPT (:meth:`GPT.num_params`, as its runs record them),
-    its tokens per step, the tokens per parameter of each horizon and the passes over the
-    ``train_tokens`` of the training split it makes; with ``cfg.tokens_per_param`` sets
+def token_budget(cfg: HorizonConfig, model: GPTConfig, gpt: GPT, train_tokens: int) -> dict:
+    """The parameters of the study's GPT ``gpt`` (:meth:`GPT.num_params`, as its runs record
+    them), its tokens per step, the tokens per parameter of each horizon and the passes over
+    the ``train_tokens`` of the training split it makes; with ``cfg.tokens_per_param`` sets
     ``cfg.horizons`` to their steps first."""
-    params = GPT(model).num_params()
+    params = gpt.num_params()
     per_step = cfg.batch_size * model.block_size
     if cfg.tokens_per_param is not None:
         cfg.horizons = [steps_for_tokens(t, params, per_step) for t in cfg.tokens_per_param]
@@ -299,9 +299,10 @@ def group_multipliers(groups: dict[str, float] | None) -> dict[str, float]:
     return {r: groups[r] for r in GROUP_LABELS if groups.get(r, 1.0) != 1.0}
 
 
-def groups_suffix(groups: dict[str, float] | None) -> str:
-    """The run-directory suffix of :func:`group_multipliers` (``-emb2-vec0.5``)."""
-    return "".join(f"-{GROUP_LABELS[r]}{m:g}" for r, m in group_multipliers(groups).items())
+def groups_suffix(groups: dict[str, float] | None, sep: str = "-") -> str:
+    """The run-directory suffix of :func:`group_multipliers` (``-emb2-vec0.5``; ``sep`` " ":
+    a run's label)."""
+    return "".join(f"{sep}{GROUP_LABELS[r]}{m:g}" for r, m in group_multipliers(groups).items())
 
 
 def groups_words(groups: dict[str, float] | None) -> str:
@@ -372,7 +373,7 @@ class Study:
         if cfg.role(seed) is not None:
             kwargs["role"] = cfg.role(seed)
         second = "" if knob is None else f" {knob[0].label}{knob[1]:g}"
-        second += groups_suffix(groups).replace("-", " ")
+        second += groups_suffix(groups, " ")
         spec = RunSpec(kwargs, f"h{h} {name} lr{lr:g}{second} s{seed}", cfg.threads,
                        log_rms=True)
         priority = (cfg.horizons.index(h), phase, cfg.contenders.index(name))
@@ -493,15 +494,16 @@ def check_data(cfg: HorizonConfig) -> dict:
     study in tokens per parameter)."""
     tokens, model = load_gpt_data(cfg.data, preset=cfg.preset, batch_size=cfg.batch_size,
                                   block_size=cfg.block_size, model_overrides=cfg.model_overrides)
-    check_group_roles(cfg.group_lrs or (), model)
-    return token_budget(cfg, model, len(tokens.train))
+    with torch.device("meta"):  # shapes only: no weights are made
+        gpt = GPT(model)
+    check_group_roles(cfg.group_lrs or (), gpt)
+    return token_budget(cfg, model, gpt, len(tokens.train))
 
 
-def check_group_roles(roles, model: GPTConfig) -> None:
+def check_group_roles(roles, gpt: GPT) -> None:
     """Refuse a ``--group-lrs`` role the GPT has no parameters of (a head tied to the
     embedding trains as the embedding)."""
-    with torch.device("meta"):
-        present = {role for _, _, role in classify_params(GPT(model))}
+    present = {role for _, _, role in classify_params(gpt)}
     for role in roles:
         if role not in present:
             why = " (its head is tied to the embedding)" if role == "head" else ""

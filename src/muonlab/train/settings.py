@@ -281,7 +281,8 @@ SETTINGS: dict[str, Setting] = {
     "group_lrs": Setting("study", "after each tuned contender's LR sweep, sweep the LR of "
                          "these AdamW groups one at a time, in this order (a multiplier of the "
                          "LR the group takes: AdamW's, or the hybrid's aux LR; a factor-2 grid "
-                         "around 1, edge-aware and refined like the LR), the others at their "
+                         "around 1, at later horizons around the last one's choice, edge-aware "
+                         "and refined like the LR), the others at their "
                          "chosen multipliers", many=True, choices=tuple(GROUP_LABELS),
                          none_means="each group at the LR it takes, not swept"),
     "sweep_full_topk": _int("study", "rerun the best K settings at full length and choose "
