@@ -48,7 +48,8 @@ PALETTE = {
     "loraprer16gradientheavy": "#9edae5", "loraprer256gradientheavy": "#c5b0d5",
     # the factor-step ablations: lighter shades of their rank's colour family
     "loraprer1gamma02": "#e7ba52", "loraprer1gamma05": "#e7cb94",
-    "loraprer16gamma02": "#6b6ecf", "loraprer16gamma05": "#9c9ede", "muonnomomentum": "#ad494a",
+    "loraprer16gamma02": "#6b6ecf", "loraprer16gamma05": "#9c9ede",
+    "muonnomomentum": "#ad494a",  # the variant study's momentum-0 ablation
 }
 FALLBACK = plt.get_cmap("tab20").colors
 BAND = 0.2  # alpha of the interval bands
