@@ -131,6 +131,26 @@ def test_report_numbers_come_from_the_runs(study_dir, tmp_path):
     assert "**unfinished**: 4 of 6" in text and "| muon-seed | unfinished | unfinished |" in text
 
 
+def test_the_gaps_change_between_horizons_is_paired_by_report_seed(study_dir):
+    out, _ = study_dir
+    build_horizon_report(out)
+    sweeps = json.loads((out / "sweeps.json").read_text())
+
+    def gaps(h):
+        lr = sweeps[str(h)]["adamw"]["best"]
+        final = {name: [load_run(out / f"h{h}" / name / f"lr{x:g}-s{s}" / "metrics.jsonl"
+                                 ).val[-1]["val_loss"] for s in (1, 2)]
+                 for name, x in (("adamw", lr), ("muon-seed", 0.02))}
+        return np.subtract(final["muon-seed"], final["adamw"])
+
+    d = gaps(8) - gaps(4)  # seed by seed; seed 0 tuned and is left out
+    half = 12.7062 * np.std(d, ddof=1) / np.sqrt(2)
+    text = (out / "report.md").read_text()
+    assert "## Change of the gap to AdamW from one horizon to the next" in text
+    assert (f"| muon-seed | {d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}], "
+            "paired t, n=2: not resolved (n=2 < 5 report seeds) |") in text
+
+
 def test_tuning_and_report_runs_record_their_role(study_dir):
     out, _ = study_dir
     roles = {}

@@ -3,15 +3,19 @@ density integrated numerically (torch.distributions.StudentT)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from muonlab.report.stats import (
     AHEAD,
     BEHIND,
+    GAINS,
+    LOSES,
     NOT_RESOLVED,
     PAIRED_T,
     WELCH_T,
+    change,
     compare,
     compare_runs,
     report_runs,
@@ -76,6 +80,23 @@ def test_the_verdict_follows_from_the_interval_and_which_side_is_better(
     few = compare(a[:3], b[:3], paired=True, higher_is_better=higher_is_better)
     assert not few.lo <= 0 <= few.hi  # the interval excludes 0, but 3 seeds are too few
     assert (few.verdict, few.reason) == (NOT_RESOLVED, "n=3 < 5 report seeds")
+
+
+@pytest.mark.parametrize("higher_is_better, shift, word", [
+    (False, +0.1, LOSES), (False, -0.1, GAINS),  # a loss gap rising: the arm loses ground
+    (True, +0.1, GAINS), (True, -0.1, LOSES),  # an accuracy gap rising: it gains ground
+])
+def test_a_gaps_change_is_the_paired_interval_with_ground_words(higher_is_better, shift, word):
+    earlier = [-0.7, -0.6, -0.9, -0.8, -0.75]  # one arm's gap to a reference, per seed
+    later = [g + shift + 0.01 * i for i, g in enumerate(earlier)]
+    c = change(later, earlier, higher_is_better)
+    d = [shift + 0.01 * i for i in range(5)]
+    half = 2.7764 * float(np.std(d, ddof=1)) / math.sqrt(5)
+    assert (c.diff, c.lo, c.hi, c.n) == pytest.approx((np.mean(d), np.mean(d) - half,
+                                                       np.mean(d) + half, 5))
+    assert c.verdict == word and c.text(2).endswith(f"paired t, n=5: {word}")
+    noisy = change([later[0] + 1, *later[1:]], earlier, higher_is_better)
+    assert noisy.lo <= 0 <= noisy.hi and noisy.verdict == NOT_RESOLVED
 
 
 def test_one_seed_gives_no_interval_and_no_verdict():

@@ -24,7 +24,8 @@ def generated():
 
 def test_the_readme_states_its_results_in_verdict_blocks():
     results = verdicts.results_section((ROOT / "README.md").read_text())
-    assert {"compare-heldout", "horizon-gpu", "variants-gpt", "finetune"} <= set(
+    assert {"compare-heldout", "horizon-gpu", "horizon-gpu-change", "variants-gpt",
+            "finetune-summary"} <= set(
         verdicts.block_names(results))
 
 

@@ -328,21 +328,31 @@ def lr_range_table(arms: list[Arm], sweeps: dict,
                            "tuning-seed accuracy in the range"], rows)
 
 
+DIFFERENCES = ("Test accuracy differences in percentage points with 95% intervals, paired over "
+               "the report seeds (the tuning seed chose each arm's LR; not resolved: the "
+               "interval contains 0).")
+
+
 def verdict_text(arms: list[Arm], sweeps: dict) -> str:
     """The study's answers to its five questions in one paragraph (the README's ``finetune``
     verdict block and the report's opening): each question's paired differences of test
     accuracy in percentage points (:func:`answer`), what the intervals say of the notes'
     bugs (:func:`bug_cause`) and each arm's good-LR-range width (:func:`range_widths`)."""
     cause = CAUSE.differences(arms)
-    return ("Test accuracy differences in percentage points with 95% intervals, paired over "
-            "the report seeds (the tuning seed chose each arm's LR; not resolved: the interval "
-            f"contains 0). 1. Fixed Muon minus AdamW: {answer(FIXED, arms)}. 2. The notes' "
+    return (f"{DIFFERENCES} 1. Fixed Muon minus AdamW: {answer(FIXED, arms)}. 2. The notes' "
             f"failed setup and each bug alone minus {KJ}: {answer(CAUSE, arms)}. "
             + " ".join(_sentence(bug_cause(cause, b)) for b in BASES)
             + f" 3. Matching minus mismatched optimizer: {answer(MISMATCH, arms)}. 4. Migrated "
             f"state minus fresh {KJ}: {answer(MIGRATED, arms)}. 5. Width hi/lo of each arm's "
             f"good LR range (val loss within {GOOD_LR_TOLERANCE:.0%} of its sweep's best): "
             f"{range_widths(arms, sweeps)}.")
+
+
+def summary_text(arms: list[Arm]) -> str:
+    """:func:`verdict_text`'s questions 1 and 4 alone (the README's ``finetune-summary``
+    block): fixed Muon minus AdamW, and the carried or migrated Muon state minus a fresh one."""
+    return (f"{DIFFERENCES} Fixed Muon minus AdamW: {answer(FIXED, arms)}. Carried or migrated "
+            f"Muon state minus fresh {KJ}: {answer(MIGRATED, arms)}.")
 
 
 def answer(question: Question, arms: list[Arm]) -> str:

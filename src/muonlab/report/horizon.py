@@ -27,7 +27,7 @@ from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
 from .provenance import provenance_section, study_provenance
 from .records import find_records
-from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
+from .stats import MIN_REPORT_SEEDS, Comparison, change, compare_runs, report_runs
 from .tables import fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -251,6 +251,59 @@ def versus_muon_section(study: Study) -> list[str]:
             markdown_table([f"contender - {MUON}"] + study.columns(), rows)]
 
 
+def seed_gaps(study: Study, cell: Cell, base: Cell) -> dict[int, float]:
+    """{report seed: ``cell``'s final val loss - ``base``'s} over the report seeds both cells
+    have (the sweep's seed left out)."""
+    a, b = (report_runs(c.runs, (study.tuning_seed,)).report for c in (cell, base))
+    by_seed = {r.seed: final_loss(r) for r in b}
+    return {r.seed: final_loss(r) - by_seed[r.seed] for r in a if r.seed in by_seed}
+
+
+def change_columns(study: Study) -> list[str]:
+    """A column per pair of consecutive horizons: ``601 vs 200 steps (6 vs 2 tokens/param)``."""
+    per_param = study.settings.get("horizon_tokens_per_param")
+    pairs = list(zip(study.horizons, study.horizons[1:]))
+    if per_param is None:
+        return [f"{b} vs {a} steps" for a, b in pairs]
+    tpp = dict(zip(study.horizons, per_param, strict=True))
+    return [f"{b} vs {a} steps ({tpp[b]:.3g} vs {tpp[a]:.3g} tokens/param)" for a, b in pairs]
+
+
+def gap_changes(study: Study, base: str = ADAMW) -> dict[str, dict[str, Comparison | None]]:
+    """{contender: {:func:`change_columns` column: its gap to ``base`` (:func:`seed_gaps`) at a
+    horizon minus its gap at the horizon before, paired by report seed (:func:`change`); None
+    where a cell is unfinished}}: does the contender gain or lose ground to ``base`` as the
+    runs get longer? Empty with one horizon."""
+    out: dict = {}
+    for name in study.names():
+        if name == base:
+            continue
+        gaps = {h: seed_gaps(study, cell, other)
+                if (cell := study.ready(h, name)) and (other := study.ready(h, base)) else None
+                for h in study.horizons}
+        for column, a, b in zip(change_columns(study), study.horizons, study.horizons[1:]):
+            seeds = sorted(set(gaps[a]) & set(gaps[b])) if gaps[a] and gaps[b] else []
+            out.setdefault(name, {})[column] = change(
+                [gaps[b][s] for s in seeds], [gaps[a][s] for s in seeds],
+                higher_is_better=False) if seeds else None
+    return out
+
+
+def gap_change_section(study: Study) -> list[str]:
+    """The report's section of :func:`gap_changes` to AdamW (none with one horizon)."""
+    rows = [[name] + [c.text() if c is not None else "unfinished" for c in g.values()]
+            for name, g in gap_changes(study).items() if g]
+    if not rows:
+        return []
+    return ["## Change of the gap to AdamW from one horizon to the next\n",
+            "Each contender's gap to AdamW (its final val loss minus AdamW's, per report seed) "
+            "at a horizon minus its gap at the horizon before, paired by report seed, with its "
+            "95% interval, test, n and verdict: `gains ground` (the gap fell: the contender "
+            "moved ahead of AdamW, or further ahead) or `loses ground` (the gap rose) when the "
+            "interval excludes 0.\n",
+            markdown_table(["contender"] + change_columns(study), rows)]
+
+
 def crossing_lines(study: Study, gaps: dict[tuple[int, str], Comparison]) -> list[str]:
     """Where a contender's mean val curve crosses AdamW's within a run, and where the sign
     of its mean final gap changes between horizons (with the gap's verdict there)."""
@@ -395,6 +448,7 @@ def horizon_markdown(study: Study, figures: dict[str, Path], gap_table: str,
         f"Gap: final val loss minus AdamW's over the report seeds (seed {study.tuning_seed}, "
         "which tuned the LRs, left out), its 95% interval, test, n and verdict (lower is better; a "
         f"verdict needs >= {MIN_REPORT_SEEDS} report seeds).\n", gap_table,
+        *gap_change_section(study),
         *versus_muon_section(study),
         "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
         "## Weight RMS (first -> last evaluation) / update RMS of the hidden matrices at the "

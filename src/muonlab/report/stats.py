@@ -22,6 +22,10 @@ API (small and stable; every report prints its numbers through it)::
         -> Comparison of ``value(run)`` over the report seeds of two arms: paired t when both
         arms have the same report seeds, Welch t otherwise (n = 0, not resolved, when an arm
         has none).
+    change(later, earlier, higher_is_better, min_n=MIN_REPORT_SEEDS) -> Comparison
+        how one arm's gap to a reference moved between two settings (two training lengths):
+        ``later - earlier``, paired by seed, with the verdict GAINS ("gains ground": the gap
+        moved to the arm's better side) / LOSES ("loses ground") under the same rule.
 
 ``Summary.text()`` and ``Comparison.text()`` are the one printed form (``+0.060 [+0.046,
 +0.073], paired t, n=3: not resolved (n=3 < 5 report seeds)``), used by every report and by
@@ -40,6 +44,7 @@ from the exact values), above 30 the Cornish-Fisher expansion around the normal 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +59,7 @@ Z975 = 1.959963984540054
 MIN_REPORT_SEEDS = 5  # a verdict needs at least this many report seeds (none of them tuned)
 AHEAD, BEHIND, NOT_RESOLVED = "ahead", "behind", "not resolved"
 VERDICTS = (AHEAD, BEHIND, NOT_RESOLVED)
+GAINS, LOSES = "gains ground", "loses ground"  # the verdicts of a gap's change (:func:`change`)
 PAIRED_T, WELCH_T = "paired t", "Welch t"
 TUNE, REPORT = "tune", "report"  # the roles of a run
 
@@ -265,3 +271,16 @@ def compare_runs(a: Iterable, b: Iterable, value: Callable[[object], float],
         return compare([by_a[s] for s in seeds], [by_b[s] for s in seeds], True,
                        higher_is_better, min_n)
     return compare(list(by_a.values()), list(by_b.values()), False, higher_is_better, min_n)
+
+
+def change(later: Sequence[float], earlier: Sequence[float], higher_is_better: bool,
+           min_n: int = MIN_REPORT_SEEDS) -> Comparison:
+    """How one arm's gap to a reference (its loss minus the reference's, per seed) moved
+    between two settings, e.g. two training lengths: ``later - earlier``, paired by seed
+    (``later[i]`` and ``earlier[i]`` are one seed's gaps), with :func:`compare`'s interval and
+    rule; the verdict says GAINS when the interval lies on the arm's better side of 0 (the gap
+    fell, for a loss: the arm moved ahead of the reference, or further ahead), LOSES on the
+    worse side, else NOT_RESOLVED."""
+    c = compare(later, earlier, paired=True, higher_is_better=higher_is_better, min_n=min_n)
+    return dataclasses.replace(c, verdict={AHEAD: GAINS, BEHIND: LOSES}.get(c.verdict,
+                                                                            c.verdict))

@@ -33,7 +33,8 @@ BLOCK = re.compile(r"^(?P<indent>[ \t]*)<!-- verdict:(?P<name>[\w.-]+) -->\n(?P<
                    r"^(?P=indent)<!-- /verdict -->", re.M | re.S)
 # what only a block may state: verdict words, intervals [a, b], mean ± std
 CLAIM = re.compile(r"\b(ahead|behind|beats?|beaten|outperforms?|better than|worse than|"
-                   r"matches|not resolved)\b|\[[-+]?\d[\d.]*, [-+]?\d[\d.]*\]|\d ± \d", re.I)
+                   r"matches|not resolved|gains ground|loses ground|shrinks?|shrinking|"
+                   r"narrows?|widens?)\b|\[[-+]?\d[\d.]*, [-+]?\d[\d.]*\]|\d ± \d", re.I)
 MNIST = "variants/mnist-heldout"  # the MNIST variant study the verdicts read, under docs/results
 # the arms the README's MNIST line names (the study's run directories)
 MNIST_ARMS = (ADAMW, *(f"{LORAPRE}-r{r}" for r in (128, 32, 16, 1)), KRONECKER, KRONECKER_HYBRID)
@@ -144,6 +145,16 @@ def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
     return ("Muon hybrid with decoupled weight decay 0.1 on its matrices - without, each tuned, "
             f"final val loss over the report seeds (seed {study.tuning_seed} tuned): "
             + listed(diffs) + weights + ".")
+
+
+def horizon_change(results: Path, folder: str = "horizon-gpu") -> str:
+    """Does each tuned contender gain or lose ground to AdamW as the runs get longer: its gap
+    at a horizon minus at the one before (:func:`horizon.gap_changes`), paired by seed."""
+    study = horizon.load_study(results / folder)
+    each = [f"{name}: {listed(by)}" for name, by in horizon.gap_changes(study).items()]
+    return ("each tuned contender's gap to AdamW (its final val loss minus AdamW's, per report "
+            f"seed; seed {study.tuning_seed} tuned) at a training length minus its gap at the "
+            "length before: " + ". ".join(each) + ".")
 
 
 def horizon_table(results: Path) -> str:
@@ -261,12 +272,18 @@ def finetune_text(results: Path) -> str:
     return finetune.verdict_text(finetune.load_arms(out), finetune.read_study(out)[1])
 
 
+def finetune_summary(results: Path) -> str:
+    """:func:`finetune_text`'s answers on Muon vs AdamW and on the carried or migrated state."""
+    return finetune.summary_text(finetune.load_arms(results / "finetune"))
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "compare-tiny": compare_tiny,
     "horizon": horizon_muon,
     "horizon-table": horizon_table,
     "horizon-gpu": lambda results: horizon_muon(results, "horizon-gpu"),
     "horizon-gpu-wd": horizon_weight_decay,
+    "horizon-gpu-change": horizon_change,
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "compare-2d": compare_2d,
     "compare-groups": compare_groups,
@@ -277,6 +294,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "variants-mnist": variants_mnist_text,
     "variants-mnist-table": variants_mnist_table,
     "finetune": finetune_text,
+    "finetune-summary": finetune_summary,
 }
 
 
