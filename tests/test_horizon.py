@@ -151,6 +151,31 @@ def test_the_gaps_change_between_horizons_is_paired_by_report_seed(study_dir):
             "paired t, n=2: not resolved (n=2 < 5 report seeds) |") in text
 
 
+def test_the_rms_table_names_the_seed_it_shows(study_dir, tmp_path):
+    """The table shows the study's first seed's runs and says which; with seed 0 listed first
+    (a study before held-out seeds) it says that seed also tuned."""
+    out, _ = study_dir
+    build_horizon_report(out)
+    rms = [r for r in read_jsonl(out / "h8" / "muon-seed" / "lr0.02-s1" / "metrics.jsonl")
+           if r["kind"] == "rms"]
+    text = (out / "report.md").read_text()
+    assert "hidden matrices at the end (seed 1)" in text
+    assert f"-> {rms[-1]['weight_rms']:.4f} / {rms[-1]['update_rms']:.2e} |" in text
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    settings = json.loads((legacy / "study.json").read_text())
+    del settings["tune_seed"]
+    settings["seeds"] = [0, 1, 2]
+    (legacy / "study.json").write_text(json.dumps(settings))
+    build_horizon_report(legacy)
+    text = (legacy / "report.md").read_text()
+    lr = json.loads((legacy / "sweeps.json").read_text())["8"]["adamw"]["best"]
+    seed0 = [r for r in read_jsonl(legacy / "h8" / "adamw" / f"lr{lr:g}-s0" / "metrics.jsonl")
+             if r["kind"] == "rms"]
+    assert "hidden matrices at the end (seed 0, which also tuned)" in text
+    assert f"-> {seed0[-1]['weight_rms']:.4f} / {seed0[-1]['update_rms']:.2e} |" in text
+
+
 def test_tuning_and_report_runs_record_their_role(study_dir):
     out, _ = study_dir
     roles = {}

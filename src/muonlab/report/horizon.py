@@ -273,10 +273,10 @@ def gap_changes(study: Study, base: str = ADAMW) -> dict[str, dict[str, Comparis
     """{contender: {:func:`change_columns` column: its gap to ``base`` (:func:`seed_gaps`) at a
     horizon minus its gap at the horizon before, paired by report seed (:func:`change`); None
     where a cell is unfinished}}: does the contender gain or lose ground to ``base`` as the
-    runs get longer? Empty with one horizon."""
+    runs get longer? Every contender but AdamW and ``base``; empty with one horizon."""
     out: dict = {}
     for name in study.names():
-        if name == base:
+        if name in (ADAMW, base):
             continue
         gaps = {h: seed_gaps(study, cell, other)
                 if (cell := study.ready(h, name)) and (other := study.ready(h, base)) else None
@@ -359,16 +359,27 @@ def timed_on(run: Run) -> str:
     return " ".join(run.summary.get("cpu_flags") or ["-"])
 
 
+def rms_seed(study: Study) -> int:
+    """The seed whose runs the RMS table and figure show: the study's first seed (a report
+    seed, or in a study before held-out seeds the seed that also tuned)."""
+    return int(study.settings["seeds"][0])
+
+
+def rms_run(study: Study, cell: Cell | None) -> Run | None:
+    """``cell``'s run with :func:`rms_seed` (None: unfinished)."""
+    return next((r for r in cell.runs if r.seed == rms_seed(study)), None) if cell else None
+
+
 def rms_table(study: Study) -> str:
     """Weight RMS at the first and the last evaluation (its growth) and the last update RMS
-    of each cell's first report seed."""
+    of each cell's run with :func:`rms_seed`."""
     rows = []
     for name in study.names():
         row = [name]
         for h in study.horizons:
-            cell = study.ready(h, name)
-            first = _weight_rms_at_start(cell.runs[0]) if cell else None
-            rec = _rms_records(cell.runs[0]) if cell else []
+            run = rms_run(study, study.ready(h, name))
+            first = _weight_rms_at_start(run) if run else None
+            rec = _rms_records(run) if run else []
             row.append(f"{first:.4f} -> {rec[-1]['weight_rms']:.4f} / "
                        f"{rec[-1]['update_rms']:.2e}" if rec and first is not None
                        else "unfinished")
@@ -376,10 +387,11 @@ def rms_table(study: Study) -> str:
     return markdown_table(["contender"] + study.columns(), rows)
 
 
-def final_weight_rms(cell: Cell) -> float | None:
-    """The weight RMS of the hidden matrices at the last evaluation of ``cell``'s first
-    report seed (None: not recorded)."""
-    rec = _rms_records(cell.runs[0])
+def final_weight_rms(study: Study, cell: Cell) -> float | None:
+    """The weight RMS of the hidden matrices at the last evaluation of ``cell``'s run with
+    :func:`rms_seed` (None: not recorded)."""
+    run = rms_run(study, cell)
+    rec = _rms_records(run) if run else []
     return rec[-1]["weight_rms"] if rec else None
 
 
@@ -452,7 +464,7 @@ def horizon_markdown(study: Study, figures: dict[str, Path], gap_table: str,
         *versus_muon_section(study),
         "## Crossings\n", "\n".join(crossing_lines(study, gaps)) + "\n",
         "## Weight RMS (first -> last evaluation) / update RMS of the hidden matrices at the "
-        "end (first report seed)\n",
+        f"end (seed {rms_seed(study)}{'' if 'tune_seed' in s else ', which also tuned'})\n",
         rms_table(study),
         "Update RMS: mean RMS of one optimizer step's change of the hidden matrices over the "
         "last evaluation interval (LR schedule and weight decay included).\n",
@@ -478,7 +490,8 @@ def build_horizon_report(out_dir: str | Path) -> dict[str, Path]:
     figures = {
         "horizon": plot_horizon(study, out / "horizon.png", gaps),
         "curves": plot_val_curves(study, out / "curves.png"),
-        "rms": plot_rms(study, out / "rms.png", _rms_records),
+        "rms": plot_rms(study, out / "rms.png", _rms_records, rms_seed(study),
+                        lambda cell: rms_run(study, cell)),
     }
     report = out / REPORT
     report.write_text(horizon_markdown(study, figures, gap_table, gaps))

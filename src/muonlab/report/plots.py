@@ -295,15 +295,16 @@ def plot_val_curves(study, path: Path) -> Path:
     return save(fig, path, f"{study_name(study)}: val loss during training, mean over seeds")
 
 
-def plot_rms(study, path: Path, records) -> Path:
+def plot_rms(study, path: Path, records, seed: int, run_of: Callable) -> Path:
     """Weight RMS (top) and update RMS per step (bottom) of the hidden matrices vs step, the
-    first seed's run."""
+    run with ``seed`` of each cell (``run_of(cell)``)."""
     n = len(study.horizons)
     fig, axes = plt.subplots(2, n, figsize=(5 * n, 7), squeeze=False)
     for j, h in enumerate(study.horizons):
         for name in study.names():
             cell = study.ready(h, name)
-            recs = records(cell.runs[0]) if cell else []
+            run = run_of(cell)
+            recs = records(run) if run else []
             if not recs:
                 continue
             steps = [r["step"] for r in recs]
@@ -311,9 +312,9 @@ def plot_rms(study, path: Path, records) -> Path:
                             label=name)
             axes[1][j].plot(steps, [r["update_rms"] for r in recs], color=color(name),
                             label=name)
-        axes[0][j].set(title=f"weight RMS, {h}-step runs (seed {study.settings['seeds'][0]})",
+        axes[0][j].set(title=f"weight RMS, {h}-step runs (seed {seed})",
                        xlabel="step", ylabel="weight RMS (weight units)")
-        axes[1][j].set(title=f"update RMS, {h}-step runs (seed {study.settings['seeds'][0]})",
+        axes[1][j].set(title=f"update RMS, {h}-step runs (seed {seed})",
                        xlabel="step", ylabel="RMS of one step's change (weight units, log)",
                        yscale="log")
         for ax in axes[:, j]:

@@ -137,11 +137,12 @@ def horizon_weight_decay(results: Path, folder: str = "horizon-gpu") -> str:
     study = horizon.load_study(results / folder)
     diffs = by_column(study, horizon.versus_muon(study)[WITH_DECAY])
     h = study.horizons[-1]
-    rms = {name: horizon.final_weight_rms(cell) if (cell := study.ready(h, name)) else None
-           for name in (WITH_DECAY, MUON)}
+    rms = {name: horizon.final_weight_rms(study, cell) if (cell := study.ready(h, name))
+           else None for name in (WITH_DECAY, MUON)}
     weights = ("" if None in rms.values() else
-               f"; the hidden matrices' weight RMS at the end of {h} steps (first report "
-               f"seed): {rms[WITH_DECAY]:.3f} with decay, {rms[MUON]:.3f} without")
+               f"; the hidden matrices' weight RMS at the end of {h} steps (seed "
+               f"{horizon.rms_seed(study)}): {rms[WITH_DECAY]:.3f} with decay, {rms[MUON]:.3f} "
+               "without")
     return ("Muon hybrid with decoupled weight decay 0.1 on its matrices - without, each tuned, "
             f"final val loss over the report seeds (seed {study.tuning_seed} tuned): "
             + listed(diffs) + weights + ".")
@@ -155,6 +156,16 @@ def horizon_change(results: Path, folder: str = "horizon-gpu") -> str:
     return ("each tuned contender's gap to AdamW (its final val loss minus AdamW's, per report "
             f"seed; seed {study.tuning_seed} tuned) at a training length minus its gap at the "
             "length before: " + ". ".join(each) + ".")
+
+
+def horizon_decay_change(results: Path, folder: str = "horizon-gpu") -> str:
+    """:func:`horizon_change` of ``muon-wd``'s gap to the hybrid without decay: does weight
+    decay on the Muon matrices change how the hybrid's standing moves with the length?"""
+    study = horizon.load_study(results / folder)
+    decay = horizon.gap_changes(study, MUON).get(WITH_DECAY) if MUON in study.names() else None
+    return (f"{WITH_DECAY}'s gap to {MUON} (final val loss with decay minus without, per report "
+            f"seed; seed {study.tuning_seed} tuned) at a training length minus its gap at the "
+            "length before: " + (listed(decay) if decay else "unfinished") + ".")
 
 
 def horizon_table(results: Path) -> str:
@@ -284,6 +295,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon-gpu": lambda results: horizon_muon(results, "horizon-gpu"),
     "horizon-gpu-wd": horizon_weight_decay,
     "horizon-gpu-change": horizon_change,
+    "horizon-gpu-wd-change": horizon_decay_change,
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "compare-2d": compare_2d,
     "compare-groups": compare_groups,
