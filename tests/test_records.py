@@ -2,7 +2,7 @@
 run's ``*.jsonl`` become ``*.jsonl.xz`` that every reader reads as it read the plain files
 (the plain reading is the reference), packing is byte-deterministic and leaves unfinished runs
 alone, a packed run is finished for a study and never trained on, and docs/results, packed,
-stays under 10 MB."""
+stays under its size limit."""
 
 from __future__ import annotations
 

@@ -160,6 +160,14 @@ def test_the_gamma_ablation_verdict_pairs_each_rank_with_its_default():
             assert interval(finals(f"lorapre-r{r}-gamma{g}") - finals(f"lorapre-r{r}")) in text
         assert interval(finals(f"lorapre-r16-gamma{g}") - finals(f"lorapre-r1-gamma{g}")) in text
     assert interval(finals("lorapre-r16") - finals("lorapre-r1")) in text
+    for r in (1, 16):  # from one factor step to the next, and the rank gap's change
+        step = finals(f"lorapre-r{r}-gamma0.5") - finals(f"lorapre-r{r}-gamma0.2")
+        assert f"lorapre-r{r} gamma1=0.5 minus gamma1=0.2 {interval(step)}" in text
+    rank_gap = {g: finals(f"lorapre-r16-gamma{g}") - finals(f"lorapre-r1-gamma{g}")
+                for g in ("0.2", "0.5")}
+    moved = interval(rank_gap["0.5"] - rank_gap["0.2"])
+    assert (f"lorapre-r16's gap to lorapre-r1 at gamma1=0.5 minus at gamma1=0.2 {moved} (paired "
+            "t, n=5: gains ground)") in text
 
 
 def test_the_group_lr_verdict_pairs_each_arm_with_its_one_lr_study():

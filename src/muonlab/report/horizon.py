@@ -282,11 +282,17 @@ def gap_changes(study: Study, base: str = ADAMW) -> dict[str, dict[str, Comparis
                 if (cell := study.ready(h, name)) and (other := study.ready(h, base)) else None
                 for h in study.horizons}
         for column, a, b in zip(change_columns(study), study.horizons, study.horizons[1:]):
-            seeds = sorted(set(gaps[a]) & set(gaps[b])) if gaps[a] and gaps[b] else []
-            out.setdefault(name, {})[column] = change(
-                [gaps[b][s] for s in seeds], [gaps[a][s] for s in seeds],
-                higher_is_better=False) if seeds else None
+            out.setdefault(name, {})[column] = gaps_change(gaps[b], gaps[a])
     return out
+
+
+def gaps_change(later: dict[int, float] | None, earlier: dict[int, float] | None
+                ) -> Comparison | None:
+    """``later - earlier`` of two :func:`seed_gaps` over the seeds both have (:func:`change`);
+    None when either is missing or they share no seed."""
+    seeds = sorted(set(later) & set(earlier)) if later and earlier else []
+    return change([later[s] for s in seeds], [earlier[s] for s in seeds],
+                  higher_is_better=False) if seeds else None
 
 
 def gap_change_section(study: Study) -> list[str]:

@@ -218,10 +218,25 @@ def variants_gpt_gamma(results: Path) -> str:
     ranks = [(f"gamma1={suffix.removeprefix('-gamma')}" if suffix else "default gamma1",
               horizon.gap(study, a, b)) for suffix in sorted(suffixes)
              if (a := study.ready(h, high + suffix)) and (b := study.ready(h, low + suffix))]
+    steps = [(a.removeprefix("-gamma"), b.removeprefix("-gamma"))
+             for a, b in zip(sorted(suffixes)[1:], sorted(suffixes)[2:])]
+    further, rank_moves = [], []
+    for a, b in steps:
+        further += [(f"{rank} gamma1={b} minus gamma1={a}", horizon.gap(study, x, y))
+                    for rank in (low, high) if (x := study.ready(h, f"{rank}-gamma{b}"))
+                    and (y := study.ready(h, f"{rank}-gamma{a}"))]
+        gaps = [horizon.seed_gaps(study, hi, lo)
+                if (hi := study.ready(h, f"{high}-gamma{g}")) and
+                (lo := study.ready(h, f"{low}-gamma{g}")) else None for g in (b, a)]
+        if (moved := horizon.gaps_change(*gaps)) is not None:
+            rank_moves.append((f"at gamma1={b} minus at gamma1={a}", moved))
+    between = ("; between factor steps: " + grouped(further)) if further else ""
+    moves = (f"; {high}'s gap to {low} " + grouped(rank_moves)) if rank_moves else ""
     return (f"tiny GPT, {h} steps, final val loss over the report seeds (seed "
             f"{study.tuning_seed} tuned), each contender at its own tuned LR: LoRA-Pre with a "
             "faster factor step minus the default gamma1 (1 - sqrt(momentum)) at the same rank: "
-            + grouped(items) + f"; {high} minus {low}: " + grouped(ranks) + ".")
+            + grouped(items) + f"; {high} minus {low}: " + grouped(ranks) + between + moves
+            + ".")
 
 
 NO_MOMENTUM = "muon-no-momentum"  # the GPT variant study's ablation: Muon at momentum 0
