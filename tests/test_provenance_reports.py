@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from muonlab.report import compare, variant_tuned, variants
+from muonlab.report import compare, finetune, variant_tuned, variants
 from muonlab.report.horizon import load_study
-from muonlab.report.metrics import load_run
+from muonlab.report.metrics import load_run, read_jsonl
 from muonlab.report.provenance import (
     SECTION_TITLE,
     Machine,
@@ -17,6 +17,7 @@ from muonlab.report.provenance import (
     run_provenance,
     study_provenance,
 )
+from muonlab.report.records import find_records
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
@@ -120,6 +121,21 @@ def test_study_lines_count_classes_switches_and_every_session(study):
     ]
 
 
+def test_the_cpu_time_split_by_group_adds_up_to_the_total(study):
+    """Runs a, b (group "x": 3600 + 7200 s over 3 sessions) and c, d ("y": 5400 + 900 s over
+    3 sessions); e records no CPU time."""
+    root, runs = study
+    group = {"a": "x", "b": "x", "c": "y", "d": "y", "e": "y"}
+    lines = provenance_lines(
+        study_provenance(runs, root, lambda r: group[r.path.parent.name]), cost_by_group=True)
+    assert lines[-2].startswith(
+        "- CPU time: 4.75 h over all 6 recorded sessions of 4 runs (`sessions.jsonl`; on a GPU "
+        "this is the host process's CPU time; the 1 run that used a GPU took 0.28 h of wall "
+        "time); by group: x 3.00 h over 3 recorded sessions of 2 runs, y 1.75 h over 3 "
+        "recorded sessions of 2 runs; with the training")
+    assert "by group" not in provenance_lines(study_provenance(runs, root))[-2]
+
+
 def test_missing_provenance_keys_say_not_recorded(tmp_path):
     path = write_run(tmp_path, "r", [{"provenance": {"device": "cpu"}}, train(1)], None,
                      config={"dtype": None})
@@ -185,9 +201,22 @@ def variants_section(out: Path) -> str:
     ("variants/equal-memory", "table.md", variants_section),
     ("variants/rank-sweep", "table.md", variants_section),
     ("variants/hybrid", "table.md", variants_section),
+    ("finetune", "report.md", lambda out: finetune.hardware(out)),
 ])
 def test_committed_reports_state_the_hardware_their_records_give(folder, report, derive):
     """Each committed report's hardware, precision and CPU-time lines are exactly what the
     reports derive from the committed run records (regenerate with the report commands)."""
     out = RESULTS / folder
     assert section_of(out / report) == derive(out)
+
+
+def test_the_finetune_report_counts_the_cpu_time_of_every_run_in_its_folder():
+    """Every run recorded under the study's folder, the bases' pretraining included, is in
+    its CPU time: counted here from the folder's ``sessions.jsonl`` files alone."""
+    out = RESULTS / "finetune"
+    runs = find_records(out, "**/metrics.jsonl")
+    sessions = [s for m in runs for s in read_jsonl(m.parent / "sessions.jsonl")]
+    hours = sum(s["cpu_s"] for s in sessions) / 3600
+    assert any(m.relative_to(out).parts[0] == "bases" for m in runs)
+    assert (f"- CPU time: {hours:.2f} h over all {len(sessions)} recorded sessions of "
+            f"{len(runs)} runs") in section_of(out / "report.md")

@@ -41,7 +41,7 @@ import numpy as np
 
 from muonkit.registry import ADAMW, MUON
 
-from .metrics import load_run, read_jsonl
+from .metrics import Run, load_run, read_jsonl
 from .plots import color, legend, plt, save, ticks_at
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary, write_records
@@ -51,6 +51,10 @@ from .tables import markdown_table
 REPORT = "report.md"
 RUNS = "runs.jsonl"
 CURVE_EVERY = 10  # the training-loss curve of runs.jsonl: every 10th step and the last
+FT_RECORDS = "ft/*/*/*/metrics.jsonl"
+BASES_DIR = "bases"  # the bases' pretraining runs: OUT/bases/<base>/lr<lr>-s<seed>
+BASE_RECORDS = f"{BASES_DIR}/*/*/metrics.jsonl"
+FT_KIND, BASE_KIND = "fine-tuning", "base pretraining"  # the runs' groups in the CPU time
 RUN_DIR = re.compile(r"ft/([\w-]+)/([\w.-]+)/lr([\d.e+-]+)-s(\d+)$")
 BASES = (ADAMW, MUON)
 BASE_WORDS = {ADAMW: "AdamW", MUON: "Muon"}
@@ -99,7 +103,7 @@ def run_line(out: Path, metrics: Path, tune_seed: int) -> dict | None:
 
 def collect_runs(out: Path, tune_seed: int) -> list[dict]:
     """:func:`run_line` of every finished fine-tuning run under ``out``, in folder order."""
-    lines = (run_line(out, m, tune_seed) for m in find_records(out, "ft/*/*/*/metrics.jsonl"))
+    lines = (run_line(out, m, tune_seed) for m in find_records(out, FT_RECORDS))
     return [line for line in lines if line is not None]
 
 
@@ -525,6 +529,24 @@ def arm_lines(out: Path, arms: list[Arm]) -> list[str]:
     return [f"- `{name}`: {about.get(name, '')}" for name in dict.fromkeys(a.name for a in arms)]
 
 
+def study_runs(out: Path) -> list[Run]:
+    """Every run the study recorded, finished or not: the bases' pretraining sweeps, then the
+    fine-tuning runs (each labelled by :func:`run_kind`)."""
+    return [load_run(m) for pattern in (BASE_RECORDS, FT_RECORDS)
+            for m in find_records(out, pattern)]
+
+
+def run_kind(run: Run, out: Path) -> str:
+    return BASE_KIND if run.path.relative_to(out).parts[0] == BASES_DIR else FT_KIND
+
+
+def hardware(out: Path) -> str:
+    """Where, in which precision and at what CPU time every run of the study ran (the bases'
+    pretraining included), from its records, the CPU time split into bases and fine-tuning."""
+    return provenance_section(
+        study_provenance(study_runs(out), out, lambda r: run_kind(r, out)), cost_by_group=True)
+
+
 def read_study(out: Path) -> tuple[dict, dict]:
     """(``study.json``, ``sweeps.json``) of the study in ``out`` (no sweeps yet: {})."""
     if not (out / "study.json").exists():
@@ -554,7 +576,6 @@ def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
              "accuracy_vs_lr": plot_accuracy_vs_lr(arms, sweeps, out / "accuracy_vs_lr.png"),
              "forgetting": plot_forgetting(arms, out / "forgetting.png")}
     unfinished = [f"{a.base}/{a.name}" for a in arms if not a.finished]
-    runs = [load_run(out / line["metrics"]) for line in lines]
     text = [
         "# Fine-tuning study: AdamW vs Muon on an AdamW- and a Muon-pretrained base", "",
         f"Corpus sha256 {settings['corpus_sha256']}; {len(lines)} finished fine-tuning runs; "
@@ -571,7 +592,7 @@ def build_finetune_report(out_dir: str | Path) -> dict[str, Path]:
         "## Sweeps", "",
         *[f"- {a.base}/{a.name}: {a.note}" for a in arms], "",
         "![accuracy vs LR](accuracy_vs_lr.png)", "", "![forgetting](forgetting.png)", "",
-        provenance_section(study_provenance(runs, out)) if runs else "",
+        hardware(out),
     ]
-    (out / REPORT).write_text("\n".join(text) + "\n")
+    (out / REPORT).write_text("\n".join(text))  # the hardware section ends the last line
     return {**paths, "report": out / REPORT}

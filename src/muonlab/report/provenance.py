@@ -288,20 +288,36 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def cost_lines(runs: list[RunProvenance]) -> list[str]:
-    """CPU time over every recorded session, and the training no session recorded."""
+def _sessions_of(runs: list[RunProvenance]) -> str:
+    """``"N recorded sessions of M runs"`` of runs that record their CPU time."""
+    return f"{sum(r.sessions for r in runs)} recorded sessions of {_runs(len(runs))}"
+
+
+def group_costs(recorded: list[RunProvenance]) -> str:
+    """Each group's share of the CPU time, in first-seen order."""
+    parts = []
+    for group in dict.fromkeys(r.group for r in recorded):
+        runs = [r for r in recorded if r.group == group]
+        parts.append(f"{group} {_hours(sum(r.cpu_s for r in runs))} over {_sessions_of(runs)}")
+    return "; by group: " + ", ".join(parts)
+
+
+def cost_lines(runs: list[RunProvenance], by_group: bool = False) -> list[str]:
+    """CPU time over every recorded session (with each group's share if ``by_group``), and
+    the training no session recorded."""
     recorded = [r for r in runs if r.cpu_s is not None]
     lines = []
     if recorded:
         cpu = sum(r.cpu_s for r in recorded)
         gpu = [r for r in recorded if any(m.device == "cuda" for m in r.machines)]
         sources = " and ".join(f"`{s}`" for s in dict.fromkeys(r.cpu_source for r in recorded))
-        text = (f"- CPU time: {_hours(cpu)} over all {sum(r.sessions for r in recorded)} "
-                f"recorded sessions of {_runs(len(recorded))} ({sources}")
+        text = (f"- CPU time: {_hours(cpu)} over all {_sessions_of(recorded)} ({sources}")
         if gpu:
             text += (f"; on a GPU this is the host process's CPU time; the {_runs(len(gpu))} that "
                      f"used a GPU took {_hours(sum(r.wall_s for r in gpu))} of wall time")
         text += ")"
+        if by_group:
+            text += group_costs(recorded)
         gaps = [r for r in recorded if r.unrecorded_s > 0]
         if gaps:
             extra = sum(r.unrecorded_s * r.threads for r in gaps)
@@ -314,8 +330,9 @@ def cost_lines(runs: list[RunProvenance]) -> list[str]:
     return lines
 
 
-def provenance_lines(runs: list[RunProvenance]) -> list[str]:
-    """The hardware, precision and cost statements of a study, every one from its records."""
+def provenance_lines(runs: list[RunProvenance], cost_by_group: bool = False) -> list[str]:
+    """The hardware, precision and cost statements of a study, every one from its records;
+    the CPU time split by the runs' groups too if ``cost_by_group``."""
     if not runs:
         return ["- no runs recorded yet."]
     classes: dict[Machine | None, list[RunProvenance]] = {}
@@ -336,9 +353,9 @@ def provenance_lines(runs: list[RunProvenance]) -> list[str]:
             f"of that part is not recorded): " + ", ".join(
                 f"{r.name} (at least {r.unrecorded_s:,.0f} s of its {r.train_s:,.0f} s of "
                 "training)" for r in gaps) + ".")
-    return lines + cost_lines(runs)
+    return lines + cost_lines(runs, cost_by_group)
 
 
-def provenance_section(runs: list[RunProvenance]) -> str:
+def provenance_section(runs: list[RunProvenance], cost_by_group: bool = False) -> str:
     """The report section: :data:`SECTION_TITLE` and :func:`provenance_lines`."""
-    return SECTION_TITLE + "\n\n" + "\n".join(provenance_lines(runs)) + "\n"
+    return SECTION_TITLE + "\n\n" + "\n".join(provenance_lines(runs, cost_by_group)) + "\n"
