@@ -2,6 +2,7 @@
 (``muonlab.report.provenance``), and every committed report stating exactly that."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from muonlab.report.metrics import load_run, read_jsonl
 from muonlab.report.provenance import (
     SECTION_TITLE,
     Machine,
+    commands_text,
     provenance_lines,
     provenance_section,
     run_provenance,
@@ -220,3 +222,47 @@ def test_the_finetune_report_counts_the_cpu_time_of_every_run_in_its_folder():
     assert any(m.relative_to(out).parts[0] == "bases" for m in runs)
     assert (f"- CPU time: {hours:.2f} h over all {len(sessions)} recorded sessions of "
             f"{len(runs)} runs") in section_of(out / "report.md")
+
+
+def test_the_commands_are_the_logged_ones_then_those_only_the_runs_recorded(tmp_path):
+    """Run a: started by the logged command, resumed by an unlogged one; b: by that unlogged
+    one; c: by another (with a quoted argument); d: before argv was recorded; e: by a Python
+    program, not muonkit (shown as recorded)."""
+    study = ["/venv/bin/muonkit", "horizon", "--out", "o"]
+    other = ["/src/muonkit/__main__.py", "horizon", "--out", "o", "--jobs", "2"]
+    third = ["muonkit", "horizon", "--data", "my corpus"]
+    paths = [
+        write_run(tmp_path, "h1/a", [{"provenance": {"argv": study}},
+                                     {"kind": "session", "provenance": {"argv": other}}], None),
+        write_run(tmp_path, "h1/b", [{"provenance": {"argv": other}},
+                                     {"kind": "session", "provenance": {"argv": other}}], None),
+        write_run(tmp_path, "h2/c", [{"provenance": {"argv": third}}], None),
+        write_run(tmp_path, "h2/d", [{}], None),
+        write_run(tmp_path, "h2/e", [{"provenance": {"argv": ["my_study.py", "-x"]}}], None),
+    ]
+    runs = [load_run(p) for p in paths]
+    assert commands_text(["muonkit horizon --out o"], runs, tmp_path) == (
+        "    muonkit horizon --out o\n"
+        "\nRecorded by 2 runs (the `argv` of their provenance: h1/a, h1/b), not in "
+        "`commands.txt`:\n\n    muonkit horizon --out o --jobs 2\n"
+        "\nRecorded by 1 run (the `argv` of their provenance: h2/c), not in `commands.txt`:"
+        "\n\n    muonkit horizon --data 'my corpus'\n"
+        "\nRecorded by 1 run (the `argv` of their provenance: h2/e), not in `commands.txt`:"
+        "\n\n    my_study.py -x\n")
+    assert commands_text(["muonkit horizon --out o"], runs[:1] + runs[3:4], tmp_path).count(
+        "Recorded by") == 1
+
+
+@pytest.mark.parametrize("folder", [
+    "compare-2d", "compare-heldout", "compare-groups", "horizon-gpu", "horizon",
+    "variants/gpt-heldout", "variants/gpt"])
+def test_committed_reports_list_every_command_their_runs_recorded(folder):
+    """Each command line any session of the study recorded (its provenance's ``argv``, read
+    here from the raw records) is in the report's Commands section."""
+    out = RESULTS / folder
+    text = (out / "report.md").read_text()
+    section = text[text.index("## Commands"):]
+    recorded = {"muonkit " + shlex.join(r["provenance"]["argv"][1:])
+                for m in find_records(out, "**/metrics.jsonl") for r in read_jsonl(m)
+                if r.get("provenance", {}).get("argv")}
+    assert all(f"    {c}\n" in section for c in recorded), recorded

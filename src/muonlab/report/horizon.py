@@ -25,7 +25,7 @@ from ..experiments.horizon import groups_suffix, groups_words
 from ..train.settings import GROUP_LABELS
 from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
-from .provenance import provenance_section, study_provenance
+from .provenance import commands_text, provenance_section, study_provenance
 from .records import find_records
 from .stats import MIN_REPORT_SEEDS, Comparison, change, compare_runs, report_runs
 from .tables import fmt_mean_std, markdown_table
@@ -480,7 +480,7 @@ def horizon_markdown(study: Study, figures: dict[str, Path], gap_table: str,
         "meanwhile (on a GPU: how many runs shared it); compare them within one machine and "
         "one `--jobs` only.\n",
         "## Sweeps\n", "\n".join(sweep_lines(study)) + "\n",
-        "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
+        "## Commands\n", commands_text(study.commands, study.started, study.out),
         "Figures: " + ", ".join(f"`{p.name}`" for p in figures.values()) + ".\n",
     ]
     return "\n".join(parts)

@@ -21,11 +21,15 @@ training done outside the recorded sessions: a run's training time (``elapsed_s`
 across resumes) can only exceed its sessions' wall time when a session left no line in
 ``sessions.jsonl``; that part is counted at its training time x threads in the estimated CPU
 total.
+
+:func:`commands_text` lists a study's commands: those it logged and, after them, any other
+command line its runs' provenance (``argv``) recorded, with the runs that recorded it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,6 +358,38 @@ def provenance_lines(runs: list[RunProvenance], cost_by_group: bool = False) -> 
                 f"{r.name} (at least {r.unrecorded_s:,.0f} s of its {r.train_s:,.0f} s of "
                 "training)" for r in gaps) + ".")
     return lines + cost_lines(runs, cost_by_group)
+
+
+def command_line(argv: list[str]) -> str:
+    """A recorded ``argv`` as the study logs its commands: ``muonkit`` and the arguments
+    when the program is muonkit (its script or ``python -m muonkit``), else as recorded."""
+    program = Path(argv[0])
+    if program.name == "muonkit" or program.parent.name == "muonkit":
+        return "muonkit " + shlex.join(argv[1:])
+    return shlex.join(argv)
+
+
+def recorded_commands(runs: Iterable[Run], root: str | Path) -> dict[str, list[str]]:
+    """Each command line the sessions of ``runs`` recorded (their provenance's ``argv``: a
+    study's run records the study's command), written by :func:`command_line`, with the runs
+    that recorded it (named by their folder under ``root``), in first-seen order."""
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        for command in dict.fromkeys(command_line(p["argv"]) for p in run.provenance
+                                     if p.get("argv")):
+            found.setdefault(command, []).append(run.path.parent.relative_to(root).as_posix())
+    return found
+
+
+def commands_text(logged: list[str], runs: Iterable[Run], root: str | Path) -> str:
+    """The commands of a study: those it logged (``commands.txt``), then each command its
+    runs recorded that the log lacks, with the runs that recorded it."""
+    text = "".join(f"    {c}\n" for c in logged)
+    for command, names in recorded_commands(runs, root).items():
+        if command not in logged:
+            text += (f"\nRecorded by {_runs(len(names))} (the `argv` of their provenance: "
+                     f"{', '.join(names)}), not in `commands.txt`:\n\n    {command}\n")
+    return text
 
 
 def provenance_section(runs: list[RunProvenance], cost_by_group: bool = False) -> str:

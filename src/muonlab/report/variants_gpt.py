@@ -17,6 +17,7 @@ from muonkit.registry import MUON
 
 from .horizon import Cell, Study, cost_table, final_loss, load_study, sweep_lines
 from .plots import plot_state_memory, plot_val_curves
+from .provenance import commands_text
 from .stats import MIN_REPORT_SEEDS, Comparison, compare_runs
 from .tables import fmt_bytes, fmt_mean_std, markdown_table
 
@@ -118,7 +119,7 @@ def report_markdown(study: Study, figures: dict[str, Path]) -> str:
         "## Wall-clock and throughput\n", cost_table(study),
         "Mean over the seeds at the chosen LR, one process per run at its `--threads`; per-step "
         "times depend on what else the machine ran meanwhile.\n",
-        "## Commands\n", "\n".join(f"    {c}" for c in study.commands) + "\n",
+        "## Commands\n", commands_text(study.commands, study.started, study.out),
         "Figures: " + ", ".join(f"`{p.name}`" for p in figures.values()) + ".\n",
     ]
     return "\n".join(parts)
