@@ -2,13 +2,15 @@
 
 Each benchmark writes its own fragment (``docs/results/bench/<name>.md`` plus a json with
 every number) and then rebuilds ``docs/results/benchmarks.md`` from the fragments present, so
-the committed page only ever holds numbers a benchmark run wrote.
+the committed page only ever holds numbers a benchmark run wrote. A fragment's links resolve
+from its own folder (a figure beside it: ``name.png``); the index rebases them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,7 +98,22 @@ def write_fragment(name: str, markdown: str, data: dict) -> Path:
     return rebuild_index()
 
 
-def rebuild_index() -> Path:
+LINK_TARGET = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)\)")  # a markdown link or image
+
+
+def rebase_links(markdown: str, folder: str) -> str:
+    """``markdown``, written to resolve its relative link targets from ``folder``, with them
+    rewritten to resolve from ``folder``'s parent (a fragment's figure link, in the index)."""
+    def rebase(match: re.Match) -> str:
+        target = match[2]
+        relative = "://" not in target and not target.startswith(("#", "/"))
+        return f"{match[1]}{folder}/{target})" if relative else match[0]
+    return LINK_TARGET.sub(rebase, markdown)
+
+
+def index_text() -> str:
+    """``docs/results/benchmarks.md``: the fragments present, in :data:`FRAGMENT_ORDER`,
+    their links rebased from ``bench/`` to the index's folder."""
     parts = [
         "# muonkit benchmarks\n",
         "Written by `benchmarks/step_time.py`, `gpt_step.py`, `orth_accuracy.py` (`make bench`) "
@@ -105,9 +122,14 @@ def rebuild_index() -> Path:
         "kind (a CPU with native bf16, i.e. AVX512-BF16/AMX, and one without), each naming the "
         "CPU, its flags and PyTorch's CPU capability; compare ratios within a section only.\n",
     ]
+    folder = FRAGMENTS.relative_to(RESULTS).as_posix()
     for pattern in FRAGMENT_ORDER:
         for path in sorted(FRAGMENTS.glob(f"{pattern}.md")):
-            parts.append(path.read_text())
+            parts.append(rebase_links(path.read_text(), folder))
+    return "\n".join(parts)
+
+
+def rebuild_index() -> Path:
     out = RESULTS / "benchmarks.md"
-    out.write_text("\n".join(parts))
+    out.write_text(index_text())
     return out

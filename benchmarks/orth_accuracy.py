@@ -210,7 +210,7 @@ def main(argv=None) -> int:
         "U V^T.\n",
         markdown_table(["method", "steps", "synthetic max abs(sigma-1)", "synthetic cos",
                         "GPT grads max abs(sigma-1)", "GPT grads min cos"], rows),
-        "![sigma_out vs sigma_in](bench/orth_accuracy.png)\n",
+        f"![sigma_out vs sigma_in]({figure.name})\n",  # beside the fragment
         "### Mixed precision: where to switch from fp32 to bf16\n",
         "Each run: the first steps in fp32 (Gram side where cheaper), the rest in bf16 "
         "(`fp32 + bf16` steps; `0 + n` is plain bf16); the `bf16 first` rows run the other "

@@ -53,3 +53,15 @@ def test_generated_part_is_replaced_between_its_markers_only():
     assert records.generated(new, "x") == "| new |\n"
     with pytest.raises(ValueError, match="markers of y are missing"):
         records.replace_generated(text, "y", "t")
+
+
+def test_the_index_is_the_fragments_with_their_links_rebased_to_resolve_from_it():
+    """A fragment's figure link resolves from ``bench/`` (beside it), the same link in the
+    index ``docs/results/benchmarks.md`` from there; the committed index is the rebuilt one."""
+    import common
+
+    fragment = "![a figure](fig.png) [a page](../other.md) [web](https://x.org/a.png) [top](#t)"
+    assert common.rebase_links(fragment, "bench") == (
+        "![a figure](bench/fig.png) [a page](bench/../other.md) [web](https://x.org/a.png) "
+        "[top](#t)")
+    assert common.index_text() == (common.RESULTS / "benchmarks.md").read_text()
