@@ -40,13 +40,54 @@ def test_one_colour_per_optimizer_whatever_its_spelling():
         assert plots.color(a) == plots.color(b), (a, b)
     from matplotlib.colors import to_hex
 
-    from muonlab.experiments import horizon, variants_gpt
+    from muonlab.experiments import finetune_study, horizon, variants_gpt
 
     # every contender a study can draw in one figure has a colour of its own
-    for table in (horizon.CONTENDERS, variants_gpt.CONTENDERS):
+    for table in (horizon.CONTENDERS, variants_gpt.CONTENDERS, finetune_study.ARMS):
         colours = {n: to_hex(plots.color(n)) for n in table}
         assert len(set(colours.values())) == len(colours), colours
+    # the fine-tuning arms are in the palette; those that are no optimizer of another study
+    # (all but adamw, muon-kj = Muon, muon-moonlight) have a colour no other optimizer has
+    shared = {"adamw": "adamw", "muon-kj": "muon", "muon-moonlight": "muon-moonlight"}
+    palette = list(plots.PALETTE.values())
+    for arm in finetune_study.ARMS:
+        c = plots.color(arm)
+        assert c in palette, arm
+        if arm in shared:
+            assert c == plots.color(shared[arm]), arm
+        else:
+            assert palette.count(c) == 1, (arm, c)
     assert plots.color("some-new-arm") == plots.color("some-new-arm")
+
+
+def test_an_unknown_name_gets_a_colour_of_no_optimizer_distinct_in_its_figure():
+    """The fallback: never a palette colour; the same for a name in every figure; the unknown
+    names of one figure (``among``) all different, whatever order they come in."""
+    names = [f"arm-{i}" for i in range(200)]
+    palette = set(plots.PALETTE.values())
+    assert not {matplotlib.colors.to_hex(plots.color(n)) for n in names} & palette
+    assert [plots.color(n) for n in names] == [plots.color(n) for n in names]
+    # two names that hash to one colour: apart when drawn together, the earlier-sorted one
+    # keeping its own
+    first = {}
+    a, b = next((first[c], n) for n in names
+                if (c := plots.color(n)) in first or first.setdefault(c, n) is None)
+    assert plots.color(a) == plots.color(b)
+    assert plots.color(a, among=[a, b]) == plots.color(a) != plots.color(b, among=[a, b])
+    figure = names[:len(plots.FALLBACK)] + ["adamw", "Muon"]
+    colours = [plots.color(n, among=figure) for n in figure]
+    assert len(set(colours[:-2])) == len(plots.FALLBACK) and not set(colours[:-2]) & palette
+    assert colours[-2:] == [plots.PALETTE["adamw"], plots.PALETTE["muon"]]
+    assert colours == [plots.color(n, among=figure[::-1]) for n in figure]
+
+
+def test_legends_are_set_in_9_point_type(figures):
+    """Legible in a wide multi-panel figure shown ~880 px wide (7 pt came out ~6 px tall)."""
+    fig, ax = plots.plt.subplots()
+    ax.plot([0, 1], [0, 1], label="adamw")
+    plots.legend(ax, [3])
+    assert {t.get_fontsize() for t in ax.get_legend().get_texts()} == {9}
+    plots.plt.close(fig)
 
 
 def run(losses: list[float], seed: int) -> Run:
@@ -205,10 +246,10 @@ def test_a_saved_figure_keeps_every_optimizers_colour_exact(tmp_path):
     colours = sorted(set(plots.PALETTE.values()))
     x = np.arange(50)
     for i, c in enumerate(colours):  # close lines in overlapping bands, as loss curves are
-        y = 4 * np.exp(-x / 8) + 0.02 * i
+        y = 4 * np.exp(-x / 8) + 0.04 * i  # (each line still in its neighbours' bands)
         ax.plot(x, y, marker=".", color=c, label=c)
         ax.fill_between(x, y - 0.1, y + 0.1, color=c, alpha=plots.BAND, lw=0)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, ncol=2)  # (in one column the palette's legend outgrows the figure)
     path = plots.save(fig, tmp_path / "lines.png", "every palette colour")
     drawn = {rgb for _, rgb in plots.Image.open(path).convert("RGB").getcolors(1 << 20)}
     missing = [c for c in colours

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib's own dependency)
@@ -50,22 +51,50 @@ PALETTE = {
     "loraprer1gamma02": "#e7ba52", "loraprer1gamma05": "#e7cb94",
     "loraprer16gamma02": "#6b6ecf", "loraprer16gamma05": "#9c9ede",
     "muonnomomentum": "#ad494a",  # the variant study's momentum-0 ablation
+    # the fine-tuning study's arms: muon-kj is Muon (muon-moonlight is above); each other arm
+    # a colour no other optimizer has
+    "muonkj": "#d62728", "muonfromadamw": "#e69f00", "muoncarry": "#000000",
+    "notesfailed": "#666666", "emaonly": "#c51b7d", "maxdimonly": "#009e73",
+    "loraadamw": "#56b4e9", "loramuon": "#808000",
 }
-FALLBACK = plt.get_cmap("tab20").colors
+# an unknown name's colours: matplotlib's tab20, tab20b and tab20c less the palette's own
+FALLBACK = tuple(dict.fromkeys(
+    c for cmap in ("tab20", "tab20b", "tab20c") for c in map(to_hex, plt.get_cmap(cmap).colors)
+    if c not in PALETTE.values()))
 BAND = 0.2  # alpha of the interval bands
 LEGEND_INSIDE = 6  # the most legend entries a panel holds over its curves
+LEGEND_FONT = 9  # legible (~9 px) in a wide multi-panel figure shown ~880 px wide
 
 
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def color(name: str) -> str | tuple:
-    """The optimizer's colour in every figure (an unknown name: a fixed colour from its name)."""
+def _known(name: str) -> str | None:
+    """``name``'s colour in :data:`PALETTE` (None: an unknown name)."""
     for key in (_key(name), _key(re.sub(r"\s*\((equal memory|full)\)", "", name))):
         if key in PALETTE:
             return PALETTE[key]
-    return FALLBACK[zlib.crc32(_key(name).encode()) % len(FALLBACK)]
+    return None
+
+
+def color(name: str, among: Sequence[str] = ()) -> str:
+    """The optimizer's colour (hex) in every figure. An unknown name gets one of
+    :data:`FALLBACK`, colours no optimizer of the palette has: the one its name hashes to
+    (crc32), the same in every figure. ``among``, the names one figure draws: the unknown
+    ones among them (and ``name``) take their colours in sorted order, each the one it hashes
+    to or, when an earlier one took that, the next free one, so that distinct unknown names
+    of a figure differ (while there are fewer of them than fallback colours); a name keeps
+    its hashed colour unless an earlier-sorted unknown name of the figure took it."""
+    if (known := _known(name)) is not None:
+        return known
+    taken: dict[str, int] = {}  # unknown name's key -> its index in FALLBACK
+    for key in sorted({_key(n) for n in (*among, name) if _known(n) is None}):
+        slot = zlib.crc32(key.encode()) % len(FALLBACK)
+        free = [i % len(FALLBACK) for i in range(slot, slot + len(FALLBACK))
+                if i % len(FALLBACK) not in taken.values()]
+        taken[key] = free[0] if free else slot
+    return FALLBACK[taken[_key(name)]]
 
 
 PAIRED = "paired over the report seeds"  # a difference's interval (the statistics layer's)
@@ -122,7 +151,7 @@ def legend(ax, ns: Sequence[int] | None = None, label: str = "over seeds", **kwa
         handles.append(Patch(color="grey", alpha=0.35))
         labels.append(interval_label(ns, label))
     if handles:
-        ax.legend(handles, labels, fontsize=kwargs.pop("fontsize", 7), **kwargs)
+        ax.legend(handles, labels, fontsize=kwargs.pop("fontsize", LEGEND_FONT), **kwargs)
 
 
 def set_title(fig, title: str) -> None:
