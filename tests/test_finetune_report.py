@@ -5,9 +5,11 @@ import json
 import math
 
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.legend import Legend
 
 from muonlab.report import finetune as ft
-from muonlab.report import verdicts
+from muonlab.report import plots, verdicts
 from muonlab.report.plots import interval_label
 
 SEEDS = [1, 2, 3, 4, 5]
@@ -175,26 +177,55 @@ def test_the_readme_verdict_answers_from_a_finished_study_directory(tmp_path):
             "report seeds), muon-moonlight") in text  # mean .045, t(1) 12.706 x .005
 
 
-def test_the_figures_have_titled_labelled_panels_with_legends_naming_the_intervals(
-        tmp_path, monkeypatch):
+def draw_figures(tmp_path, monkeypatch):
+    """The two figures of the synthetic study, kept open (drawn) instead of saved."""
     lines, sweeps = synthetic_study()
     arms = ft.arms_of(lines, sweeps, SEEDS)
     figures = []
     monkeypatch.setattr(ft, "save", lambda fig, path: figures.append(fig) or path)
     ft.plot_accuracy_vs_lr(arms, sweeps, tmp_path / "a.png")
     ft.plot_forgetting(arms, tmp_path / "f.png")
+    for fig in figures:
+        fig.tight_layout()
+        fig.canvas.draw()
+    return figures
+
+
+def test_the_figures_have_titled_labelled_panels_with_legends_naming_the_intervals(
+        tmp_path, monkeypatch):
+    figures = draw_figures(tmp_path, monkeypatch)
     panels = [ax for fig in figures for ax in fig.axes]
-    assert len(panels) == 2 * 2 + 1  # accuracy and sweep per base; forgetting
+    assert len(panels) == 3 * 2 + 1  # accuracy, sweep and its zoom per base; forgetting
     for ax in panels:
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.get_legend()
     for ax in figures[0].axes[:2]:  # the accuracy panels: the stars' intervals
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert interval_label([5]) in labels
-    accuracy, sweep = figures[0].axes[0], figures[0].axes[2]
+    accuracy, sweep, near = figures[0].axes[0], figures[0].axes[2], figures[0].axes[4]
     kj = next(ln for ln in accuracy.lines if ln.get_label() == "muon-kj")
-    assert kj.get_color() == ft.ARM_COLORS["muon-kj"]
-    assert len(set(ft.ARM_COLORS.values())) == len(ft.ARM_COLORS)
-    # the sweep panel draws each arm's losses and, thick, its good LR range: here 1e-3 alone
-    # (1.0; 0.0005 at 1.2 and 0.002 at 1.1 are more than 5% above)
-    kj = [ln for ln in sweep.lines if ln.get_color() == ft.ARM_COLORS["muon-kj"]]
-    assert [list(ln.get_xdata()) for ln in kj] == [[5e-4, 1e-3, 2e-3], [1e-3]]
+    assert to_hex(kj.get_color()) == plots.PALETTE["muonkj"]
+    # the sweep panels draw each arm's losses and, thick, its good LR range: here 1e-3 alone
+    # (1.0; 0.0005 at 1.2 and 0.002 at 1.1 are more than 5% above), which their legends name
+    for panel in (sweep, near):
+        kj = [ln for ln in panel.lines if to_hex(ln.get_color()) == plots.PALETTE["muonkj"]]
+        assert [list(ln.get_xdata()) for ln in kj] == [[5e-4, 1e-3, 2e-3], [1e-3]]
+        assert ("thick: good LR range (val loss within 5% of the sweep's best)"
+                in [t.get_text() for t in panel.get_legend().get_texts()])
+    assert sweep.get_yscale() == "log"
+    assert near.get_ylim()[1] == pytest.approx(ft.NEAR_BEST * 1.0)  # the lowest loss: 1.0
+
+
+def test_the_legends_stand_off_the_data(tmp_path, monkeypatch):
+    """Every legend lies outside its panel; the forgetting figure's two legends say what
+    colour (arm) and marker (base) mean."""
+    figures = draw_figures(tmp_path, monkeypatch)
+    for ax in (ax for fig in figures for ax in fig.axes):
+        legends = [ax.get_legend(), *(a for a in ax.artists if isinstance(a, Legend))]
+        for leg in legends:
+            assert not leg.get_window_extent().overlaps(ax.get_window_extent()), ax.get_title()
+    forgetting = figures[1].axes[0]
+    titles = {forgetting.get_legend().get_title().get_text(),
+              *(a.get_title().get_text() for a in forgetting.artists if isinstance(a, Legend))}
+    assert titles == {"arm (colour)", "base (marker)"}
+    arms = [t.get_text() for t in forgetting.get_legend().get_texts()]
+    assert "muon-kj" in arms and not any("base" in a for a in arms)

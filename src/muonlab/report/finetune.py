@@ -42,7 +42,7 @@ import numpy as np
 from muonkit.registry import ADAMW, MUON
 
 from .metrics import Run, load_run, read_jsonl
-from .plots import color, legend, plt, save, ticks_at
+from .plots import LEGEND_FONT, color, legend, plt, save, ticks_at
 from .provenance import provenance_section, study_provenance
 from .records import find_records, finished_summary, write_records
 from .stats import BEHIND, Comparison, compare_runs, summarize
@@ -432,80 +432,122 @@ def question_sections(arms: list[Arm], sweeps: dict) -> list[str]:
     return text
 
 
-# one colour per arm in both figures (the plots' palette knows optimizers, not these arms)
-ARM_COLORS = {ADAMW: "#1f77b4", KJ: "#d62728", "muon-moonlight": "#9467bd",
-              "muon-from-adamw": "#ff7f0e", "muon-carry": "#8c564b", NOTES_FAILED: "#7f7f7f",
-              "ema-only": "#e377c2", "max-dim-only": "#bcbd22", "lora-adamw": "#17becf",
-              "lora-muon": "#2ca02c"}
 BASE_MARKERS = {ADAMW: "o", MUON: "^"}
+# a marker per arm in the accuracy-vs-LR figure, hollow, so that arms whose sweeps coincide
+# (the Muon arms on the AdamW base lie within 0.01 of each other) stay visible one on another
+ARM_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "*")
+BELOW = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.24)}  # a legend under its panel
+NEAR_BEST = 1.3  # the zoomed sweep panel: val losses up to 1.3 times the lowest
 
 
-def arm_color(name: str):
-    return ARM_COLORS.get(name) or color(name)
+def arm_styles(arms: list[Arm]) -> dict[str, dict]:
+    """Each arm's colour (:func:`muonlab.report.plots.color`) and marker, by name."""
+    names = list(dict.fromkeys(a.name for a in arms))
+    return {n: {"color": color(n, among=names), "marker": ARM_MARKERS[i % len(ARM_MARKERS)]}
+            for i, n in enumerate(names)}
 
 
 def plot_accuracy_vs_lr(arms: list[Arm], sweeps: dict, path: Path) -> Path:
     """One column per base. Top: tuning-seed test accuracy vs LR, one line per arm, and the
-    report seeds' mean at the chosen LR as a star with its 95% t interval. Bottom: the
-    tuning runs' fine-tuning val loss vs LR (what chose the LR), the good LR range of a
-    finished sweep drawn thick."""
+    report seeds' mean at the chosen LR as a star with its 95% t interval. Middle: the
+    tuning runs' fine-tuning val loss vs LR (what chose the LR; log y), the good LR range of
+    a finished sweep drawn thick; bottom: the same near the lowest loss (up to
+    :data:`NEAR_BEST` times it), where the arms crowd. The legends stand under the panels,
+    off the data."""
     bases = sorted({a.base for a in arms}) or [ADAMW]
-    fig, axes = plt.subplots(2, len(bases), figsize=(7 * len(bases), 9), squeeze=False)
-    for (ax, ax_loss), base in zip(axes.T, bases):
-        ns, lrs = [], []
+    styles = arm_styles(arms)
+    fig, axes = plt.subplots(3, len(bases), figsize=(7 * len(bases), 18), squeeze=False,
+                             height_ratios=(1, 0.8, 0.8))
+    for (ax, ax_loss, ax_near), base in zip(axes.T, bases):
+        ns, lrs, losses_all = [], [], []
         for a in (a for a in arms if a.base == base):
-            c = arm_color(a.name)
+            style = {**styles[a.name], "mfc": "none"}
             points = sorted((r["lr"], r["accuracy"]) for r in a.tune)
             if points:
-                ax.plot(*zip(*points), marker="o", color=c, label=a.name)
+                ax.plot(*zip(*points), label=a.name, **style)
             if a.finished:
                 s = summarize([r["accuracy"] for r in a.report])
                 err = 0 if s.n < 2 else [[s.mean - s.lo], [s.hi - s.mean]]
-                ax.errorbar([a.lr], [s.mean], yerr=err, marker="*", markersize=12, color=c,
-                            capsize=3)
+                ax.errorbar([a.lr], [s.mean], yerr=err, marker="*", markersize=12,
+                            color=style["color"], capsize=3)
                 ns.append(s.n)
             losses = sorted((r["lr"], r["val_loss"]) for r in a.tune
                             if math.isfinite(r["val_loss"]))
-            if losses:
-                ax_loss.plot(*zip(*losses), marker="o", ms=3, color=c, label=a.name)
             good = sweep_range(sweeps, a.base, a.name)  # (None: the sweep is running)
-            if good is not None:
-                ax_loss.plot(*zip(*[(x, v) for x, v in losses if good.lo <= x <= good.hi]),
-                             color=c, lw=5, alpha=0.35)
+            for panel in (ax_loss, ax_near):
+                if losses:
+                    panel.plot(*zip(*losses), ms=5, **style)
+                if good is not None:
+                    panel.plot(*zip(*[(x, v) for x, v in losses if good.lo <= x <= good.hi]),
+                               color=style["color"], lw=5, alpha=0.35)
             lrs += [x for x, _ in points]
+            losses_all += [v for _, v in losses]
         if ns:
             ax.plot([], [], "*", color="grey", markersize=10,
                     label="star: report seeds' mean at the chosen LR")
-        ax.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)",
-               ylabel="test accuracy (fraction exact match)",
-               title=f"{BASE_WORDS.get(base, base)} base: test accuracy vs LR (tuning seed)")
-        ax_loss.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)",
-                    ylabel="fine-tuning val loss (nats/byte)",
-                    title=f"{BASE_WORDS.get(base, base)} base: the sweeps (thick: the good LR "
-                          f"range, within {GOOD_LR_TOLERANCE:.0%} of the best)")
-        for panel, n in ((ax, ns), (ax_loss, None)):
+        where = BASE_WORDS.get(base, base)
+        ax.set(xscale="log", ylabel="test accuracy (fraction exact match)",
+               title=f"{where} base: test accuracy vs LR (tuning seed)")
+        ax_loss.set(yscale="log", ylabel="fine-tuning val loss (nats/byte, log)",
+                    title=f"{where} base: the sweeps (tuning seed)")
+        ax_near.set(ylabel="fine-tuning val loss (nats/byte)",
+                    title=f"{where} base: the sweeps near the lowest val loss")
+        if losses_all:
+            lowest = min(losses_all)
+            ticks_at(ax_loss, loss_ticks(losses_all), axis="y")
+            ax_loss.axhspan(lowest, NEAR_BEST * lowest, color="grey", alpha=0.1,
+                            label="the range the panel below shows")
+            ax_near.set_ylim(lowest - 0.05 * (NEAR_BEST - 1) * lowest, NEAR_BEST * lowest)
+        for panel in (ax_loss, ax_near):
+            panel.plot([], [], color="grey", marker="o", mfc="none", ms=5,
+                       label="each arm's tuning-seed val loss (colour, marker: as above)")
+            panel.plot([], [], color="grey", lw=5, alpha=0.35,
+                       label=f"thick: good LR range (val loss within {GOOD_LR_TOLERANCE:.0%} "
+                             "of the sweep's best)")
+        for panel, n, ncol in ((ax, ns, 3), (ax_loss, None, 1), (ax_near, None, 1)):
+            panel.set(xscale="log", xlabel="fine-tuning LR (the arm's swept knob)")
             if lrs:
                 ticks_at(panel, lrs, fmt=lambda v: f"{v:.2g}")
-                panel.tick_params(axis="x", labelsize=7, labelrotation=45)
+                panel.tick_params(axis="x", labelsize=8, labelrotation=45)
             panel.grid(alpha=0.3)
-            legend(panel, n)
+            legend(panel, n, ncol=ncol, **BELOW)
     return save(fig, path)
+
+
+def loss_ticks(losses: list[float]) -> list[float]:
+    """Ticks of a log val-loss axis spanning ``losses``: 1, 1.5, 2, 3, 5 and 7 times the
+    powers of ten."""
+    lo, hi = min(losses), max(losses)
+    return [m * 10.0 ** d
+            for d in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in (1, 1.5, 2, 3, 5, 7) if lo / 1.05 <= m * 10.0 ** d <= hi * 1.05]
 
 
 def plot_forgetting(arms: list[Arm], path: Path) -> Path:
     """Forgetting vs accuracy of every report run (one dot each), colour per arm, marker
-    shape per base."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    shape per base; a legend for each, beside the panel."""
+    fig, ax = plt.subplots(figsize=(9.5, 5))
+    styles = arm_styles(arms)
     for a in arms:
         if a.report:
             ax.scatter([r["accuracy"] for r in a.report], [forgetting(r) for r in a.report],
-                       marker=BASE_MARKERS.get(a.base, "s"), color=arm_color(a.name),
-                       label=f"{BASE_WORDS.get(a.base, a.base)} base, {a.name}")
+                       marker=BASE_MARKERS.get(a.base, "s"), color=styles[a.name]["color"])
     ax.set(xlabel="test accuracy (fraction exact match)",
            ylabel="forgetting: source val loss after - before (nats/byte)",
            title="forgetting vs accuracy, every report-seed run (no intervals: one dot a run)")
     ax.grid(alpha=0.3)
-    legend(ax, fontsize=6)
+    drawn = [a for a in arms if a.report]
+    # the marker legend first, as an extra artist: the layout makes room for the axes' own
+    # legend (the wider, colour one) only
+    ax.add_artist(ax.legend(
+        handles=[plt.Line2D([], [], ls="", marker=BASE_MARKERS.get(b, "s"), color="grey",
+                            label=f"{BASE_WORDS.get(b, b)} base")
+                 for b in dict.fromkeys(a.base for a in drawn)],
+        title="base (marker)", fontsize=LEGEND_FONT, loc="lower left", bbox_to_anchor=(1.02, 0)))
+    ax.legend(handles=[plt.Line2D([], [], ls="", marker="o", color=styles[n]["color"], label=n)
+                       for n in dict.fromkeys(a.name for a in drawn)],
+              title="arm (colour)", fontsize=LEGEND_FONT, loc="upper left",
+              bbox_to_anchor=(1.02, 1))
     return save(fig, path)
 
 
