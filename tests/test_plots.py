@@ -189,7 +189,8 @@ def test_the_rank_sweep_plots_accuracy_and_loss_under_their_own_titles_with_adam
     assert "train loss" in loss.get_title() and "loss" in loss.get_ylabel()
     for ax in (acc, loss):
         labels = check_panel(ax)
-        assert "AdamW" in labels and "bars/bands: 95% t interval over seeds, n=2" in labels
+        assert "AdamW (dashed: its mean)" in labels
+        assert "bars/bands: 95% t interval over seeds, n=2" in labels
         assert list(ax.get_xticks()) == [100, 400, 2000, 4000]
 
 

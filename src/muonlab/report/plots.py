@@ -383,9 +383,11 @@ def plot_state_memory(cells: list, state_bytes: Callable, path: Path, title: str
 def plot_epoch_curves(groups: dict[str, list[Run]], rows: list[dict], path: Path,
                       title: str) -> Path:
     """MNIST variants: training loss per step (smoothed, mean over seeds), train and test
-    accuracy per epoch (95% t interval bands over seeds), optimizer state per optimizer."""
+    accuracy per epoch (95% t interval bands over seeds; ticks at the evaluated epochs),
+    optimizer state per optimizer (bars on a linear axis from 0, each labelled with its
+    size)."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    ns = []
+    ns, evaluated = [], set()
     for row in rows:
         group, c = groups[row["optimizer"]], color(row["optimizer"])
         ns.append(len(group))
@@ -397,6 +399,7 @@ def plot_epoch_curves(groups: dict[str, list[Run]], rows: list[dict], path: Path
         for ax, key in ((axes[0, 1], "train_acc"), (axes[1, 0], "test_acc")):
             vals = np.array([[100 * e[key] for e in r.epochs] for r in group])
             epochs = [e["epoch"] for e in group[0].epochs]
+            evaluated.update(epochs)
             mean, lo, hi = bands(vals)
             ax.plot(epochs, mean, "o-", color=c, label=row["optimizer"])
             ax.fill_between(epochs, lo, hi, color=c, alpha=BAND)
@@ -404,13 +407,17 @@ def plot_epoch_curves(groups: dict[str, list[Run]], rows: list[dict], path: Path
                    ylabel="cross-entropy (nats, log)", yscale="log")
     axes[0, 1].set(title="train accuracy", xlabel="epoch", ylabel="accuracy (%)")
     axes[1, 0].set(title="test accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    axes[0, 0].set_xticks(range(int(max(evaluated, default=0)) + 1))  # epoch boundaries
+    for ax in (axes[0, 1], axes[1, 0]):
+        ax.set_xticks(sorted(evaluated))  # the evaluated epochs, nothing between
     names = [r["optimizer"] for r in rows]
     sizes = [r["state_bytes"] / 1024 for r in rows]
+    # bar lengths are read from 0: a linear axis, the size printed on each bar
     bars = axes[1, 1].barh(names, sizes, color=[color(n) for n in names])
     axes[1, 1].bar_label(bars, labels=[fmt_bytes(r["state_bytes"]) for r in rows], padding=3)
-    axes[1, 1].set(title="optimizer state", xlabel="state (KiB, log)", xscale="log")
+    axes[1, 1].set(title="optimizer state", xlabel="state (KiB)")
     axes[1, 1].invert_yaxis()
-    axes[1, 1].set_xlim(right=max(sizes) * 8)
+    axes[1, 1].set_xlim(0, max(sizes) * 1.25)
     for ax in axes.flat[:3]:
         ax.grid(alpha=0.3)
     legend(axes[0, 0])
@@ -419,41 +426,98 @@ def plot_epoch_curves(groups: dict[str, list[Run]], rows: list[dict], path: Path
     return save(fig, path, title)
 
 
+def kib(n: float) -> str:
+    """Bytes as KiB with 3 significant digits (``5.38``, ``24.4``, ``917``, ``1833``): a byte
+    axis' tick label, the unit in the axis label."""
+    k = n / 1024
+    return f"{k:.2f}" if k < 10 else f"{k:.1f}" if k < 100 else f"{k:.0f}"
+
+
+def staggered_byte_ticks(ax, sizes: Sequence[float]) -> None:
+    """Ticks of a log byte axis at ``sizes`` in KiB (:func:`ticks_at`; sizes within 20% share
+    one tick, labelled with each), horizontal, every other tick's label one row lower so that
+    neighbours a factor ~1.3 apart do not overlap."""
+    ticks_at(ax, sizes, fmt=kib, close=1.2)
+    size = 7
+    ax.tick_params(axis="x", labelsize=size)
+    rows = max((t.get_text().count("\n") + 1 for t in ax.get_xticklabels()), default=1)
+    for tick in ax.xaxis.get_major_ticks()[1::2]:
+        tick.set_pad(tick.get_pad() + 1.25 * size * rows)
+
+
+def _overlap(a: tuple, b: tuple) -> float:
+    """Area shared by two boxes (x0, x1, y0, y1)."""
+    return (max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+            * max(0.0, min(a[3], b[3]) - max(a[2], b[2])))
+
+
+def label_points(ax, points: Sequence[tuple[float, float, str]],
+                 bars: Sequence[tuple[float, float, float]], fontsize: int = 8) -> None:
+    """Each point's ``(x, y, text)`` label beside it: up-right, else down-right, up-left or
+    down-left, the first whose box covers no marker or error bar (``bars``: every drawn
+    ``(x, low, high)``) and no label placed before it (else the one covering least). Boxes
+    are estimated in points from the axes' current layout (lay the figure out first)."""
+    def at(x, y):
+        return ax.transData.transform((x, y)) * 72 / ax.figure.dpi
+
+    taken = []
+    for x, lo, hi in bars:
+        (px, plo), (_, phi) = at(x, lo), at(x, hi)
+        taken.append((px - 4, px + 4, min(plo, phi) - 4, max(plo, phi) + 4))
+    for x, y, text in points:
+        px, py = at(x, y)
+        w, h = 0.6 * fontsize * len(text), 1.3 * fontsize
+        boxes = [(px + dx, px + dx + w, py + dy, py + dy + h)
+                 for dx, dy in ((4, 4), (4, -4 - h), (-4 - w, 4), (-4 - w, -4 - h))]
+        box = min(boxes, key=lambda b: sum(_overlap(b, t) for t in taken))
+        taken.append(box)
+        ax.annotate(text, (x, y), textcoords="offset points", fontsize=fontsize,
+                    xytext=(box[0] - px, box[2] - py), ha="left", va="bottom",
+                    bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none",
+                          "alpha": 0.7})
+
+
 def plot_memory_tradeoff(rows: list[dict], path: Path, title: str) -> Path:
     """MNIST variants: final test accuracy (left) and final-epoch train loss (right) against
-    optimizer-state bytes, 95% t intervals over seeds: the LoRA-Pre ranks as a curve, every
-    other optimizer (AdamW, dense Muon, Kronecker) as a point with a dashed line at its mean."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    optimizer-state bytes, 95% t intervals over seeds: the LoRA-Pre ranks as points in each
+    rank's colour joined by a grey line, every other optimizer (AdamW, dense Muon, Kronecker) as
+    a square with a dashed line at its mean; the legends beside the panels, off the points."""
+    fig, axes = plt.subplots(1, 2, figsize=(16, 5))
     # records of older studies carry a former kind name ("lora_pre")
     lora = [r for r in rows if registry.get(registry.canonical_name(r["kind"])).takes_rank]
     others = [r for r in rows if r not in lora]
     ns = [len(r["test_accs"]) for r in rows]
+    labels = []
     for ax, key, scale, ylabel, panel in (
         (axes[0], "test_accs", 100, "test accuracy (%)", "final test accuracy"),
         (axes[1], "train_losses", 1, "train loss (cross-entropy, nats)",
          "final-epoch train loss"),
     ):
+        stats = [interval([scale * v for v in r[key]]) for r in [*lora, *others]]
+        xs = [r["state_bytes"] for r in [*lora, *others]]
         if lora:
-            stats = [interval([scale * v for v in r[key]]) for r in lora]
-            xs = [r["state_bytes"] for r in lora]
-            ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[1] for s in stats],
-                        [s[2] for s in stats]], fmt="o-", color=color(LORAPRE), capsize=3,
-                        label="LoRA-Pre (r = rank)")
-            for r, x, s in zip(lora, xs, stats):
-                ax.annotate(f"r={r['rank']}", (x, s[0]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
-        for r in others:
-            mean, lo, hi = interval([scale * v for v in r[key]])
+            ax.plot(xs[:len(lora)], [s[0] for s in stats[:len(lora)]], color="grey", lw=1,
+                    zorder=1)
+        for r, x, (mean, lo, hi) in zip(lora, xs, stats):
+            ax.errorbar([x], [mean], yerr=[[lo], [hi]], fmt="o", capsize=3,
+                        color=color(f"lorapre-r{r['rank']}"), label=f"LoRA-Pre r={r['rank']}")
+        for r, x, (mean, lo, hi) in zip(others, xs[len(lora):], stats[len(lora):]):
             ax.axhline(mean, color=color(r["optimizer"]), ls="--", lw=1)
-            ax.errorbar([r["state_bytes"]], [mean], yerr=[[lo], [hi]], fmt="s",
-                        color=color(r["optimizer"]), capsize=3, label=r["optimizer"])
-        ax.set(xscale="log", xlabel="optimizer state (bytes, log)", ylabel=ylabel,
+            # "s--" on one point draws no line: the legend's entry shows marker and dashes
+            ax.errorbar([x], [mean], yerr=[[lo], [hi]], fmt="s--", color=color(r["optimizer"]),
+                        capsize=3, label=f"{r['optimizer']} (dashed: its mean)")
+        ax.set(xscale="log", xlabel="optimizer state (KiB, log)", ylabel=ylabel,
                title=f"{panel} vs optimizer state")
-        ticks_at(ax, [r["state_bytes"] for r in rows], fmt=fmt_bytes)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        staggered_byte_ticks(ax, xs)
         ax.grid(alpha=0.3)
-        legend(ax, ns)
-    return save(fig, path, title)
+        legend(ax, ns, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        labels.append((ax, [(x, s[0], f"r={r['rank']}") for r, x, s in zip(lora, xs, stats)],
+                       [(x, m - lo, m + hi) for x, (m, lo, hi) in zip(xs, stats)]))
+    set_title(fig, title)
+    fig.tight_layout()  # the layout save() keeps: the labels are placed in it
+    for ax, points, bars in labels:
+        label_points(ax, points, bars)
+    return save(fig, path)
 
 
 def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
