@@ -43,7 +43,7 @@ def run(out: str | Path, flags=FLAGS, tau: float = TAU) -> Path:
     return plot_max_logits(
         {label: out / "runs" / name / "metrics.jsonl" for name, (label, _) in runs.items()},
         out / "max_logits.png",
-        f"QK-clip on the tiny GPT, --muon-lr {muon_lr} (max logit on the first val batch)")
+        f"QK-clip on the tiny GPT at --muon-lr {muon_lr}: max logit on the first val batch")
 
 
 if __name__ == "__main__":

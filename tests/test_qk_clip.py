@@ -299,3 +299,36 @@ def test_studies_give_qk_clip_to_every_run_and_record_it_only_when_on(command, t
     study.pool = RecordingPool()
     study.run(cfg.contenders[0], cfg.horizons[0], 0.01, 0, None, 0)
     assert study.pool.kwargs[0]["qk_clip"] == 3.0
+
+
+def test_the_max_logit_figure_draws_both_muon_runs_in_muons_colour_the_clipped_one_dashed(
+        tmp_path, monkeypatch):
+    """Each line in its optimizer's palette colour (not matplotlib's cycle, which gave the
+    second run muon-wd's orange), the clipped run dashed, and the title says one run each,
+    which seed, no interval."""
+    from matplotlib.colors import to_hex
+
+    from muonlab.report import plots, qk_clip
+
+    def metrics(name, tau):
+        path = tmp_path / name / "metrics.jsonl"
+        path.parent.mkdir()
+        lines = [{"kind": "config", "optimizer": "muon", "seed": 3}] + [
+            {"kind": "max_logits", "step": s, "max_logit": 1.0 + s, "tau": tau} for s in (0, 2)]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return path
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, title="", dpi=0: drawn.append(
+        (fig, title)) or path)
+    qk_clip.plot_max_logits({"no clip": metrics("off", None), "clip": metrics("on", 4.0)},
+                            tmp_path / "f.png", "QK-clip")
+    ((fig, title),) = drawn
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert [to_hex(lines[k].get_color()) for k in ("no clip", "clip")] == [plots.color("muon")] * 2
+    assert lines["no clip"].get_linestyle() == "-" and lines["clip"].get_linestyle() == "--"
+    assert lines["tau = 4 (the clip's bound)"].get_ydata()[0] == 4.0
+    assert title == "QK-clip (one run each, seed 3, no interval)"
+    assert ax.get_legend() is not None and ax.get_xlabel() and ax.get_ylabel()
+    plots.plt.close(fig)
