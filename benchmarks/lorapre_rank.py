@@ -5,6 +5,8 @@ Usage: ``MUONKIT_CPU_NATIVE_BF16=0 python benchmarks/lorapre_rank.py [--steps 30
 writes ``docs/results/variants/lorapre_rank/<machine>.json`` (the records of
 :func:`muonlab.experiments.lorapre_rank.measure` with their provenance and per-rank means)
 and ``rank.png`` beside it, and the table of docs/studies/variants.md (:func:`render`).
+``python benchmarks/lorapre_rank.py --redraw`` measures nothing: it redraws every records
+file's figure and the table from the committed records.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import torch
 from common import RESULTS, ROOT, provenance
@@ -56,6 +59,26 @@ def render(files: list[dict]) -> str:
     return "\n".join(out)
 
 
+def suffix(config: dict) -> str:
+    """The records' and figure's name suffix: who moved the weights, the factor step."""
+    driver, gamma = config.get("driver_rank"), config.get("gamma1")
+    return (("" if driver is None else f"-driver-r{driver}")
+            + ("" if gamma is None else f"-gamma{gamma:g}"))
+
+
+def draw(config: dict, records: list[dict]) -> Path:
+    """``rank<suffix>.png`` of one measurement (its config and records)."""
+    return plot_lorapre_rank(
+        records, OUT / f"rank{suffix(config)}.png",
+        f"LoRA-Pre vs dense Muon momentum on the tiny GPT's gradients (one run, "
+        f"{config['steps']} steps, seed {config['seed']}, {driver_name(config)})")
+
+
+def write_table() -> None:
+    DOC.write_text(replace_generated(DOC.read_text(), "benchmarks/lorapre_rank.py",
+                                     render(read_records(OUT))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -66,12 +89,18 @@ def main() -> None:
     parser.add_argument("--muon-lr", type=float, default=0.02)
     parser.add_argument("--gamma1", type=float, default=None,
                         help="LoRA-Pre's factor step (default: 1 - sqrt(momentum))")
+    parser.add_argument("--redraw", action="store_true",
+                        help="measure nothing: redraw the figures and the table from the "
+                             "committed records")
     args = parser.parse_args()
+    if args.redraw:
+        for f in read_records(OUT):
+            print(draw(f["config"], f["records"]))
+        write_table()
+        return
     torch.set_num_threads(1)
     cfg = RankConfig(ranks=args.ranks, steps=args.steps, every=args.every,
                      driver_rank=args.driver_rank, muon_lr=args.muon_lr, gamma1=args.gamma1)
-    suffix = (("" if cfg.driver_rank is None else f"-driver-r{cfg.driver_rank}")
-              + ("" if cfg.gamma1 is None else f"-gamma{cfg.gamma1:g}"))
     cpu = time.process_time()
     records = measure(cfg)
     native = os.environ.get("MUONKIT_CPU_NATIVE_BF16")
@@ -83,14 +112,11 @@ def main() -> None:
             "MUONKIT_CPU_NATIVE_BF16": native,
             "command": f"MUONKIT_CPU_NATIVE_BF16={native} {command}" if native else command}
     after = round(cfg.momentum_warmup_frac * cfg.steps)
-    path = write_records(OUT / f"{prov['machine_label']}{suffix}.json", prov, records,
+    path = write_records(OUT / f"{prov['machine_label']}{suffix(vars(cfg))}.json", prov, records,
                          config=vars(cfg), means_after_step=after,
                          means=summary(records, after=after))
-    plot_lorapre_rank(records, OUT / f"rank{suffix}.png",
-                      f"LoRA-Pre vs dense Muon momentum on the tiny GPT's gradients (one run, "
-                      f"{cfg.steps} steps, seed {cfg.seed}, {driver_name(vars(cfg))})")
-    DOC.write_text(replace_generated(DOC.read_text(), "benchmarks/lorapre_rank.py",
-                                     render(read_records(OUT))))
+    draw(vars(cfg), records)
+    write_table()
     print(path)
 
 

@@ -96,3 +96,59 @@ def test_gamma1_reaches_the_shadow_stores():
     assert by_rank[None][None]["orth_rms"] == by_rank[0.2][None]["orth_rms"]
     assert by_rank[None][4]["momentum_rel_error"] != pytest.approx(
         by_rank[0.2][4]["momentum_rel_error"], rel=1e-3)
+
+
+def fake_records(ranks=(1, 2), steps=(10, 20)) -> list[dict]:
+    """Per-step records of :func:`measure`'s shape, dense Muon (rank None) and each rank."""
+    return [{"step": s, "rank": r, "momentum_rel_error": 0.0 if r is None else 1.0 / r,
+             "best_rank_rel_error": 0.0 if r is None else 0.5 / r, "orth_cosine": 0.4,
+             "window_drift_ratio": 0.5} for s in steps for r in (None, *ranks)]
+
+
+def test_the_rank_figure_keeps_its_legends_off_the_curves(monkeypatch, tmp_path):
+    """The legends stand under the panels (inside, the left one covered the r=16 curve of
+    rank-gamma0.2.png); each rank in its own palette colour."""
+    from matplotlib.colors import to_hex
+
+    from muonlab.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, title="": drawn.append(fig) or path)
+    plots.plot_lorapre_rank(fake_records(), tmp_path / "rank.png", "title")
+    (fig,) = drawn
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert ax.get_legend().get_window_extent().y1 < ax.get_window_extent().y0
+        colours = {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines()}
+        assert colours["LoRA-Pre r=2"] == plots.color("lorapre-r2")
+    plots.plt.close(fig)
+
+
+def test_redraw_draws_every_records_figure_without_measuring(monkeypatch, tmp_path):
+    """``benchmarks/lorapre_rank.py --redraw``: each committed records file's figure (named
+    by who moved the weights and the factor step) and the study page's table, from the records
+    alone."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import lorapre_rank
+    import records
+
+    config = {"ranks": [1, 2], "steps": 20, "every": 10, "seed": 0, "muon_lr": 0.02,
+              "driver_rank": None, "gamma1": 0.2}
+    (tmp_path / "m-gamma0.2.json").write_text(json.dumps({
+        "provenance": {"machine_label": "m", "cpu_s": 1.0}, "config": config,
+        "means_after_step": 1, "means": {"1": {"orth_cosine": 0.4}}, "records": fake_records()}))
+    doc = tmp_path / "variants.md"
+    begin, end = records.markers("benchmarks/lorapre_rank.py")
+    doc.write_text(f"{begin}\nold\n{end}\n")
+    monkeypatch.setattr(lorapre_rank, "OUT", tmp_path)
+    monkeypatch.setattr(lorapre_rank, "DOC", doc)
+    monkeypatch.setattr(lorapre_rank, "provenance_line", lambda p: p["machine_label"])
+    monkeypatch.setattr(lorapre_rank, "measure", lambda cfg: pytest.fail("measured"))
+    monkeypatch.setattr(sys, "argv", ["lorapre_rank.py", "--redraw"])
+    lorapre_rank.main()
+    assert (tmp_path / "rank-gamma0.2.png").stat().st_size > 0
+    assert "LoRA-Pre gamma1=0.2" in records.generated(doc.read_text(), "benchmarks/lorapre_rank.py")

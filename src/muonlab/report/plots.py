@@ -524,7 +524,7 @@ def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
     """LoRA-Pre's momentum against dense Muon's per rank over one run
     (:mod:`muonlab.experiments.lorapre_rank`): momentum error (dashed: the best rank-r
     matrix), cosine of the orthogonalized update to Muon's, and the window displacement
-    against Muon's (the effective step)."""
+    against Muon's (the effective step); the legends under the panels, off the curves."""
     panels = [
         ("momentum_rel_error", "relative error of the momentum\n||BA - M|| / ||M||",
          "momentum vs dense buffer"),
@@ -533,7 +533,7 @@ def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
          "displacement over each window"),
     ]
     ranks = sorted({r["rank"] for r in records if r["rank"] is not None})
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 5.2))
     for ax, (key, ylabel, panel_title) in zip(axes, panels):
         for r in ranks:
             rows = [x for x in records if x["rank"] == r]
@@ -548,5 +548,6 @@ def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
         else:
             ax.axhline(1.0, color=color(MUON), lw=1, label="dense Muon")
         ax.set(title=panel_title, xlabel="training step", ylabel=ylabel)
-        legend(ax)
+        # below the panel: inside, it covered a curve on some records
+        legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     return save(fig, path, title)
