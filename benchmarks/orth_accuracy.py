@@ -8,7 +8,9 @@ Inputs: (1) a 256 x 1024 matrix with singular values spread log-uniformly on [1e
 tinyshakespeare. For each method and step count: max |sigma - 1| of the output's singular
 values (0 for an exact polar factor), and the cosine between the output and the exact polar
 factor U V^T (1 = same direction; the Muon update direction is what matters for training).
-The figure plots output against input singular values for the synthetic matrix.
+The figure (:func:`muonlab.report.plots.plot_orth_accuracy`) plots the four against the step
+count, from the records; ``python benchmarks/orth_accuracy.py --redraw`` redraws it from the
+committed ``docs/results/bench/orth_accuracy.json`` without measuring.
 
 Mixed precision (``ns_dtype="mixed"``: fp32 first, the last ``MIXED_BF16_STEPS`` in bf16) gets
 a switch-point table: for 5 and 8 steps and every number of final bf16 steps, each error of the
@@ -20,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 from common import FRAGMENTS, hardware, markdown_table, write_fragment  # noqa: E402
 
 from muonkit import precision  # noqa: E402
@@ -37,7 +36,7 @@ from muonkit.orthogonalize import (  # noqa: E402
 )
 from muonlab.data.text import TokenBatches, load_text  # noqa: E402
 from muonlab.models.gpt import GPT, preset_config  # noqa: E402
-from muonlab.report.plots import save  # noqa: E402
+from muonlab.report.plots import plot_orth_accuracy  # noqa: E402
 from muonlab.train.gpt import gpt_optimizer, lm_loss  # noqa: E402
 
 # (label, coefficients, dtype, gram)
@@ -51,9 +50,26 @@ METHODS = [
     ("polar_express mixed", "polar_express", "mixed", None),
 ]
 STEPS = (3, 4, 5, 6, 8)
+SEED = 0  # of the synthetic matrix and of the GPT whose gradients are the second input
+FIGURE = FRAGMENTS / "orth_accuracy.png"
 
 
-def synthetic(m: int = 256, n: int = 1024, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def precision_name(dtype) -> str:
+    return "mixed" if dtype == "mixed" else "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def draw(results: list[dict]) -> None:
+    """The figure of the records ``results`` (label -> coefficients, precision, standard form
+    from :data:`METHODS`)."""
+    methods = {label: (coeffs, precision_name(dtype), gram is False or dtype == torch.bfloat16)
+               for label, coeffs, dtype, gram in METHODS}
+    plot_orth_accuracy(results, methods, FIGURE,
+                       f"Newton-Schulz accuracy vs steps: one synthetic 256 x 1024 matrix (seed "
+                       f"{SEED}) and the tiny GPT's gradients (seed {SEED}); one measurement "
+                       f"each, no interval")
+
+
+def synthetic(m: int = 256, n: int = 1024, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     U, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(n, m, generator=g, dtype=torch.float64))
@@ -61,7 +77,7 @@ def synthetic(m: int = 256, n: int = 1024, seed: int = 0) -> tuple[torch.Tensor,
     return ((U * sigma) @ V.T).float(), sigma
 
 
-def gpt_gradients(steps: int = 5, seed: int = 0) -> list[torch.Tensor]:
+def gpt_gradients(steps: int = 5, seed: int = SEED) -> list[torch.Tensor]:
     """Gradients of the tiny GPT's hidden matrices after ``steps`` AdamW steps."""
     torch.manual_seed(seed)
     data = load_text()
@@ -168,7 +184,13 @@ def switch_point(G, grads) -> tuple[list[list[str]], list[dict]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--redraw", action="store_true",
+                    help="measure nothing: redraw the figure from the committed records")
     args = ap.parse_args(argv)
+    if args.redraw:
+        draw(json.loads((FRAGMENTS / "orth_accuracy.json").read_text())["results"])
+        print(f"wrote {FIGURE}")
+        return 0
     G, sigma = synthetic()
     grads = gpt_gradients()
     rows, data = [], {"hardware": hardware(torch.device("cpu")), "results": []}
@@ -184,22 +206,7 @@ def main(argv=None) -> int:
     print(markdown_table(["method", "steps", "synthetic max abs(sigma-1)", "synthetic cos",
                           "GPT grads max abs(sigma-1)", "GPT grads min cos"], rows))
     FRAGMENTS.mkdir(parents=True, exist_ok=True)
-    figure = FRAGMENTS / "orth_accuracy.png"
-    fig, ax = plt.subplots(figsize=(8, 5))
-    # output singular values in the input's order: project on the input singular vectors
-    # (svd sorts them descending, so s_in is the svd's S, not the ascending logspace)
-    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
-    s_in = S.numpy()
-    for label, coeffs, dtype, gram in METHODS:
-        out = newton_schulz(G, 5, coeffs, dtype=dtype, gram=gram).double()
-        s_out = torch.diagonal(U.T @ out @ Vh.T).numpy()
-        ax.plot(s_in, s_out, label=label, lw=1.5)
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set(xscale="log", xlabel="input singular value", ylabel="output singular value (5 steps)",
-           title="Newton-Schulz: sigma_out vs sigma_in (256 x 1024)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save(fig, figure)
+    draw(data["results"])
     md = "\n".join([
         "## Orthogonalization accuracy (`benchmarks/orth_accuracy.py`)\n",
         "Synthetic: 256 x 1024, singular values log-uniform on [1e-3, 1]. GPT grads: the 16 "
@@ -210,7 +217,7 @@ def main(argv=None) -> int:
         "U V^T.\n",
         markdown_table(["method", "steps", "synthetic max abs(sigma-1)", "synthetic cos",
                         "GPT grads max abs(sigma-1)", "GPT grads min cos"], rows),
-        f"![sigma_out vs sigma_in]({figure.name})\n",  # beside the fragment
+        f"![accuracy vs Newton-Schulz steps]({FIGURE.name})\n",  # beside the fragment
         "### Mixed precision: where to switch from fp32 to bf16\n",
         "Each run: the first steps in fp32 (Gram side where cheaper), the rest in bf16 "
         "(`fp32 + bf16` steps; `0 + n` is plain bf16); the `bf16 first` rows run the other "
@@ -225,7 +232,7 @@ def main(argv=None) -> int:
                         "within 10%"], switch_rows),
     ])
     if not args.no_write:
-        print(f"wrote {write_fragment('orth_accuracy', md, data)} and {figure}")
+        print(f"wrote {write_fragment('orth_accuracy', md, data)} and {FIGURE}")
     return 0
 
 

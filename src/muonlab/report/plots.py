@@ -551,3 +551,61 @@ def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
         # below the panel: inside, it covered a curve on some records
         legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     return save(fig, path, title)
+
+
+def coinciding(curves: dict[str, Sequence[float]], tol: float = 0.02) -> list[list[str]]:
+    """Groups (of two or more) of the ``curves`` that agree within a relative ``tol`` at
+    every point: drawn, they lie on top of each other. Each curve joins the first group whose
+    first curve it matches."""
+    groups: list[list[str]] = []
+    for name, values in curves.items():
+        for group in groups:
+            first = curves[group[0]]
+            if all(abs(a - b) <= tol * max(abs(a), abs(b)) for a, b in zip(values, first)):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [g for g in groups if len(g) > 1]
+
+
+PRECISION_STYLE = {"fp32": "-", "bf16": "--", "mixed": ":"}
+# Newton-Schulz coefficients (not optimizers: none of the palette's colours)
+NS_COLOUR = {"jordan": "#000000", "polar_express": "#d95f02"}
+
+
+def plot_orth_accuracy(results: list[dict], methods: dict[str, tuple[str, str, bool]],
+                       path: Path, title: str) -> Path:
+    """Newton-Schulz accuracy against the exact polar factor vs the number of steps, from the
+    records of ``benchmarks/orth_accuracy.py`` (``results``: one per method and step count):
+    max |sigma - 1| and 1 - cosine, on the synthetic matrix and on the GPT gradients (worst
+    over them). ``methods``: label -> (coefficients, precision, standard form): the colour is
+    the coefficients', the line style the precision's, a cross marks the standard form; one
+    legend, beside the top-right panel, for all four. Each panel names the variants that
+    coincide there (within 2% at every step count)."""
+    panels = [("synthetic_max_err", "max |sigma - 1| (log)", "synthetic matrix: max |sigma - 1|"),
+              ("synthetic_cos", "1 - cosine to U V^T (log)", "synthetic matrix: 1 - cosine"),
+              ("gpt_max_err", "worst max |sigma - 1| (log)", "GPT gradients: max |sigma - 1|"),
+              ("gpt_min_cos", "1 - worst cosine (log)", "GPT gradients: 1 - cosine")]
+    fig, axes = plt.subplots(2, 2, figsize=(17, 10))
+    for ax, (key, ylabel, panel) in zip(axes.flat, panels):
+        curves = {}
+        for label, (coeffs, precision, standard) in methods.items():
+            short = f"{coeffs} {precision}" + (" standard form" if standard and precision == "fp32"
+                                               else "")
+            rows = sorted((r for r in results if r["method"] == label), key=lambda r: r["steps"])
+            steps = [r["steps"] for r in rows]
+            values = [1 - r[key] if key.endswith("cos") else r[key] for r in rows]
+            curves[short] = values
+            ax.plot(steps, values, PRECISION_STYLE[precision], marker="x" if standard else "o",
+                    ms=5, lw=1.5, color=NS_COLOUR.get(coeffs, "grey"), label=label)
+        ticks_at(ax, steps)
+        ax.set(yscale="log", xlabel="Newton-Schulz steps", ylabel=ylabel, title=panel)
+        ax.grid(alpha=0.3)
+        same = coinciding(curves)
+        note = ("drawn on top of each other (within 2% at every step count): "
+                + "; ".join(" = ".join(g) for g in same)) if same else "no two lines coincide"
+        ax.text(0.0, -0.13, textwrap.fill(note, 100), transform=ax.transAxes, fontsize=7.5,
+                va="top")
+    legend(axes[0, 1], loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return save(fig, path, title)
