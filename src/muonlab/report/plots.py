@@ -549,7 +549,7 @@ def plot_lorapre_rank(records: list[dict], path: Path, title: str) -> Path:
             ax.axhline(1.0, color=color(MUON), lw=1, label="dense Muon")
         ax.set(title=panel_title, xlabel="training step", ylabel=ylabel)
         # below the panel: inside, it covered a curve on some records
-        legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+        legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     return save(fig, path, title)
 
 
@@ -605,7 +605,7 @@ def plot_orth_accuracy(results: list[dict], methods: dict[str, tuple[str, str, b
         same = coinciding(curves)
         note = ("drawn on top of each other (within 2% at every step count): "
                 + "; ".join(" = ".join(g) for g in same)) if same else "no two lines coincide"
-        ax.text(0.0, -0.13, textwrap.fill(note, 100), transform=ax.transAxes, fontsize=7.5,
-                va="top")
+        ax.text(0.0, -0.13, textwrap.fill(note, 85), transform=ax.transAxes,
+                fontsize=LEGEND_FONT, va="top")
     legend(axes[0, 1], loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path, title)
