@@ -135,7 +135,7 @@ def build_report(out_dir: str | Path) -> dict[str, Path]:
     title = (f"Memory-saving variants on the tiny GPT, {study.horizons[0]} steps, every LR "
              "tuned")
     figures = {"memory": plot_state_memory(finished_cells(study), state_bytes,
-                                           out / "memory.png", title),
+                                           out / "memory.png", title, study.tuning_seed),
                "curves": plot_val_curves(study, out / "curves.png")}
     report = out / REPORT
     report.write_text(report_markdown(study, figures))
