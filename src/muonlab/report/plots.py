@@ -398,7 +398,7 @@ def plot_val_curves(study, path: Path) -> Path:
     beside = len(names) > LEGEND_INSIDE
     rows = 2 if beside and MUON in names else 1
     fig, axes = plt.subplots(rows, len(study.horizons), squeeze=False,
-                             figsize=((5 + 2.5 * beside) * len(study.horizons), 4 * rows))
+                             figsize=(max(7, (5 + 2.5 * beside) * len(study.horizons)), 4 * rows))
     for j, h in enumerate(study.horizons):
         ax = axes[0][j]
         seeds, curves = [], {}
