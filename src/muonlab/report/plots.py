@@ -3,7 +3,8 @@
 One palette keyed by optimizer (arm) name gives each optimizer the same colour in every figure
 (:func:`color`); every error bar and band is a 95% t interval over seeds from the statistics
 layer (:func:`muonlab.report.stats.summarize`), labelled with what it is and its n
-(:func:`interval_label`); log axes carry their ticks at the plotted values (:func:`ticks_at`);
+(:func:`interval_label`; in a study's figures over its report seeds, named:
+:func:`interval_entry`); log axes carry their ticks at the plotted values (:func:`ticks_at`);
 every panel has a title and axis labels with units, and a legend. Every figure is written by
 :func:`save`: a PNG with a 256-colour palette.
 """
