@@ -367,7 +367,7 @@ def plot_horizon(study, path: Path, gaps: dict) -> Path:
                             yerr=[[g.diff - g.lo for _, g in found],
                                   [g.hi - g.diff for _, g in found]],
                             marker="o", capsize=3, color=color(name), label=name)
-    ax_gap.axhline(0, color="k", lw=0.8)
+    ax_gap.axhline(0, color="k", lw=0.8, label="AdamW (the reference: 0)")
     where = "per contender" if single else "vs horizon"
     ax_loss.set(ylabel="final val loss (nats/token)", title=f"final val loss {where}")
     ax_gap.set(ylabel="val loss - AdamW's, paired by seed (nats/token)",
