@@ -488,7 +488,10 @@ def plot_state_memory(cells: list, state_bytes: Callable, path: Path, title: str
     seeds = []
     for i, ax in enumerate(axes):
         sizes = [state_bytes(c)[1 - i] for c in cells]
-        for cell, x, shift in zip(cells, sizes, near_offsets(sizes)):
+        shown = [s for s in sizes if s] or [1]
+        # close points 3% of the log axis apart: a marker's width on this panel
+        step = max(1.03, (max(shown) / min(shown)) ** 0.03)
+        for cell, x, shift in zip(cells, sizes, near_offsets(sizes, step=step)):
             if not x:
                 continue
             runs = list(report_runs(cell.runs, () if tuning_seed is None else (tuning_seed,))
@@ -533,7 +536,7 @@ def one_line(label: str) -> str:
     return " / ".join(parts)
 
 
-def near_offsets(sizes: Sequence[int], close: float = 1.05, step: float = 1.04) -> list[float]:
+def near_offsets(sizes: Sequence[int], close: float = 1.05, step: float = 1.06) -> list[float]:
     """x factors for points at ``sizes``: those within a factor ``close`` of each other
     spread ``step`` apart around their group (:func:`offsets`), in the given order; 1 for a
     point alone."""
