@@ -451,7 +451,7 @@ def plot_rms(study, path: Path, records, seed: int, run_of: Callable) -> Path:
     cell (``run_of(cell)``); each contender with its own line style and marker, so curves on
     top of each other stay visible."""
     n = len(study.horizons)
-    fig, axes = plt.subplots(2, n, figsize=(5 * n, 7), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(5 * n + 1.5, 7), squeeze=False)
     for j, h in enumerate(study.horizons):
         for i, name in enumerate(study.names()):
             cell = study.ready(h, name)
@@ -472,7 +472,8 @@ def plot_rms(study, path: Path, records, seed: int, run_of: Callable) -> Path:
                        yscale="log")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
-            legend(ax)
+    for ax in axes[:, -1]:  # the contenders are the same in every panel: one legend per row,
+        legend(ax, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside it, off the curves
     return save(fig, path, f"{study_name(study)}: weight and update RMS of the hidden matrices")
 
 
