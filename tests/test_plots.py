@@ -97,10 +97,14 @@ def run(losses: list[float], seed: int) -> Run:
 
 
 class FakeStudy:
-    """The horizon layout: two contenders at three horizons, two seeds each."""
+    """The horizon layout: two contenders at three horizons, three seeds each; seed 0, which
+    tuned the LRs, an outlier the figures must leave out."""
 
     horizons = [250, 800, 2500]
-    settings = {"preset": "tiny", "data": "tinyshakespeare", "seeds": [0, 1]}
+    settings = {"preset": "tiny", "data": "tinyshakespeare", "seeds": [0, 1, 2]}
+    tuning_seed = 0
+    out = Path("fake")
+    started: list = []
 
     def names(self):
         return ["adamw", "muon"]
@@ -108,10 +112,13 @@ class FakeStudy:
     def corpus_hashes(self):
         return []
 
+    def tuned(self):
+        return "LR"
+
     def ready(self, h, name):
         end = (2.0 if name == "adamw" else 1.8) - h / 10_000
-        return Cell(h, name, 0.01, [run([4.0, 3.0, end], 0), run([4.0, 3.1, end + 0.02], 1)],
-                    True)
+        return Cell(h, name, 0.01, [run([4.0, 3.9, end + 0.5], 0), run([4.0, 3.0, end], 1),
+                                    run([4.0, 3.1, end + 0.02], 2)], True)
 
 
 def check_panel(ax):
@@ -131,20 +138,76 @@ def test_horizon_figure_ticks_at_the_horizons_and_labels_its_bars(figures):
         assert list(ax.get_xticks()) == [250, 800, 2500]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["250", "800", "2500"]
         assert len(ax.xaxis.get_minorticklocs()) == 0
-    assert "bars/bands: 95% t interval over seeds, n=2" in check_panel(ax_loss)
-    # the bars are the 95% t interval: final losses d and d + 0.02, t(1) = 12.7062
+    assert "bars: 95% t interval over report seeds 1, 2 (n=2)" in check_panel(ax_loss)
+    # the bars are the 95% t interval over the report seeds 1 and 2 (seed 0, the tuning
+    # seed's outlier, left out): final losses d and d + 0.02, t(1) = 12.7062
     bars = ax_loss.containers[0].lines[2][0].get_segments()
     low, high = bars[0][:, 1]
     assert high - low == pytest.approx(2 * 12.7062 * 0.02 / math.sqrt(2) / math.sqrt(2))
+    assert (low + high) / 2 == pytest.approx(2.0 - 250 / 10_000 + 0.01)
     colours = {bars.get_label(): matplotlib.colors.to_hex(bars.lines[0].get_color())
-               for bars in ax_gap.containers}
+               for bars in ax_gap.containers if not bars.get_label().startswith("bars:")}
     assert colours == {"muon": plots.color("muon")}
     # the gap panel's bars are the statistics layer's paired intervals, as passed
-    assert "bars/bands: 95% t interval paired over the report seeds, n=5" in check_panel(ax_gap)
+    assert "bars: 95% paired-t interval over report seeds 1, 2 (n=2)" in check_panel(ax_gap)
     segments = ax_gap.containers[0].lines[2][0].get_segments()
     assert [v for seg in segments for v in seg[:, 1]] == pytest.approx(
         [v for h in FakeStudy.horizons for v in (-0.3, -0.1 + h / 10_000)])
-    assert fig._suptitle.get_text().startswith("tiny GPT on tinyshakespeare")
+    # each contender's points a little off the horizon, so their bars stay apart
+    (muon_x,) = {round(x / h, 6) for x, h in zip(ax_gap.containers[0].lines[0].get_xdata(),
+                                                  FakeStudy.horizons)}
+    (adamw_x,) = {round(x / h, 6) for x, h in zip(ax_loss.containers[0].lines[0].get_xdata(),
+                                                   FakeStudy.horizons)}
+    assert adamw_x < 1 < muon_x
+    assert fig._suptitle.get_text().startswith("fake: tiny GPT on tinyshakespeare (tuned: LR)")
+
+
+def test_one_report_seed_says_it_has_no_interval(figures):
+    class OneReportSeed(FakeStudy):
+        def ready(self, h, name):
+            return Cell(h, name, 0.01, FakeStudy.ready(self, h, name).runs[:2], True)
+
+    plots.plot_horizon(OneReportSeed(), Path("h.png"), {})
+    (fig,) = figures
+    assert "no interval (one report seed: 1)" in check_panel(fig.axes[0])
+
+
+def test_horizon_ticks_carry_the_tokens_per_parameter(figures):
+    class PerParam(FakeStudy):
+        settings = {**FakeStudy.settings, "horizon_tokens_per_param": [1.9972, 6.0016, 20.0019]}
+
+    plots.plot_horizon(PerParam(), Path("h.png"), {})
+    (fig,) = figures
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "250\n(2 tok/param)", "800\n(6 tok/param)", "2500\n(20 tok/param)"]
+
+
+def test_a_study_of_one_horizon_is_a_dot_chart_per_contender(figures):
+    class OneHorizon(FakeStudy):
+        horizons = [2000]
+
+    plots.plot_horizon(OneHorizon(), Path("h.png"), {})
+    (fig,) = figures
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["adamw", "muon"]
+    assert [c.lines[0].get_xdata()[0] for c in ax.containers[:2]] == [0, 1]
+    assert ax.get_xscale() == "linear"
+
+
+def test_the_weight_rms_panel_starts_at_step_0(figures):
+    records = [{"kind": "rms", "step": 0, "weight_rms": 0.016},
+               {"kind": "rms", "step": 10, "weight_rms": 0.05, "update_rms": 1e-3},
+               {"kind": "rms", "step": 20, "weight_rms": 0.06, "update_rms": 5e-4}]
+    study = FakeStudy()
+    plots.plot_rms(study, Path("r.png"), lambda run: records, 1,
+                   lambda cell: cell.runs[1])
+    (fig,) = figures
+    weight, update = fig.axes[0], fig.axes[len(study.horizons)]
+    assert [list(line.get_xdata()) for line in weight.get_lines()] == [[0, 10, 20]] * 2
+    assert [list(line.get_xdata()) for line in update.get_lines()] == [[10, 20]] * 2
+    # curves on top of each other stay visible: a line style and marker per contender
+    styles = {(line.get_linestyle(), line.get_marker()) for line in weight.get_lines()}
+    assert len(styles) == 2
 
 
 def test_a_built_corpus_is_named_by_its_hash_not_its_local_path():
@@ -154,7 +217,12 @@ def test_a_built_corpus_is_named_by_its_hash_not_its_local_path():
         def corpus_hashes(self):
             return ["e28ceb47f58ef59d" + "0" * 48]
 
-    assert plots.study_name(CorpusStudy()) == "tiny GPT on corpus e28ceb47"
+        started = [Run(path=Path("r"), config={"config": {"data": {
+            "tokenizer": "byte", "train_tokens": 9_999_971, "corpus_sha256": "e28ceb47"}}})]
+
+    assert plots.study_name(CorpusStudy()) == (
+        "fake: tiny GPT on a built byte-level corpus (sha256 e28ceb47..., 10.0M training "
+        "tokens) (tuned: LR)")
 
 
 def test_curves_start_at_step_0_and_every_panel_is_labelled(figures):
@@ -234,8 +302,8 @@ def test_a_figure_title_is_wrapped_to_the_figure_width(figures):
     (fig,) = figures
     lines = fig._suptitle.get_text().splitlines()
     assert len(lines) == 2 and all(len(line) <= 10 * fig.get_figwidth() for line in lines)
-    assert " ".join(lines) == ("tiny GPT on tinyshakespeare: val loss during training, "
-                               "mean over seeds")
+    assert " ".join(lines) == ("fake: tiny GPT on tinyshakespeare (tuned: LR): val loss "
+                               "during training, mean over the report seeds")
 
 
 def test_a_saved_figure_keeps_every_optimizers_colour_exact(tmp_path):
@@ -256,3 +324,56 @@ def test_a_saved_figure_keeps_every_optimizers_colour_exact(tmp_path):
     missing = [c for c in colours
                if tuple(round(255 * v) for v in to_rgb(c)) not in drawn]
     assert missing == []
+
+
+def test_the_memory_figure_keeps_close_points_apart_and_their_ticks_on_one_line(figures):
+    """Arms at about the same state size stand a little apart in x, their tick is one
+    unrotated label, the bars leave the tuning seed (an outlier) out; 12 in wide at most,
+    legend text >= 9 pt."""
+    sizes = {"kronecker": (33 * 1024, 170 * 1024), "lorapre-r1": (32 * 1024, 170 * 1024),
+             "lorapre-r1-gamma0.2": (32 * 1024, 170 * 1024), "muon": (3 << 20, 3 << 20)}
+    cells = [Cell(800, name, 0.01, FakeStudy().ready(800, "muon").runs, True) for name in sizes]
+    plots.plot_state_memory(cells, lambda c: sizes[c.name], Path("m.png"), "memory", 0)
+    (fig,) = figures
+    total, muon = fig.axes
+    assert fig.get_figwidth() <= 12
+    xs = [c.lines[0].get_xdata()[0] for c in total.containers if c.get_label() in sizes]
+    assert len(set(xs[:3])) == 3 and all(abs(x / (170 * 1024) - 1) < 0.1 for x in xs[:3])
+    labels = [t.get_text().strip() for t in muon.get_xticklabels()]
+    assert labels == ["32 / 33 KiB", "3 MiB"]
+    assert all(t.get_rotation() == 0 for t in muon.get_xticklabels())
+    legend = muon.get_legend()
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 9
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert "bars: 95% t interval over report seeds 1, 2 (n=2)" in texts
+    low, high = total.containers[0].lines[2][0].get_segments()[0][:, 1]
+    assert (low + high) / 2 == pytest.approx(1.8 - 800 / 10_000 + 0.01)
+
+
+def test_many_variant_curves_get_a_panel_of_their_difference_to_dense_muon(figures):
+    class ManyArms(FakeStudy):
+        horizons = [800]
+
+        def names(self):
+            return ["adamw", "muon", *(f"arm{i}" for i in range(plots.LEGEND_INSIDE))]
+
+    plots.plot_val_curves(ManyArms(), Path("c.png"))
+    (fig,) = figures
+    curves, versus = fig.axes
+    check_panel(versus)
+    adamw = next(line for line in versus.get_lines() if line.get_label() == "adamw")
+    # adamw's mean curve minus muon's over the report seeds: (3.05 - 3.05, 1.93 - 1.73)
+    assert list(adamw.get_xdata()) == [10, 20]
+    assert list(adamw.get_ydata()) == pytest.approx([0.0, 0.2])
+
+
+def test_the_compare_figure_leaves_the_sweep_seed_out(figures):
+    runs = FakeStudy().ready(250, "adamw").runs
+    for r in runs:
+        r.train = [{"step": s, "loss": 4.0 - s / 100} for s in range(21)]
+    plots.plot_loss_curves({"adamw": runs}, Path("l.png"), "adamw", tuning_seeds=(0,))
+    (fig,) = figures
+    ax_step = fig.axes[0]
+    assert "band: 95% t interval over report seeds 1, 2 (n=2)" in check_panel(ax_step)
+    val = next(line for line in ax_step.get_lines() if line.get_label().startswith("adamw val"))
+    assert list(val.get_ydata()) == pytest.approx([4.0, 3.05, 2.0 - 0.025 + 0.01])

@@ -385,5 +385,5 @@ def build_compare_report(out_dir: str | Path) -> dict[str, Path]:
     lrs = "LRs from a sweep" if sweep else "LRs as given (no sweep)"
     title = (f"{' vs '.join(groups)}: preset {first.get('preset')}, {first['steps']} steps, "
              f"{lrs}")
-    curves = plot_loss_curves(groups, out / CURVES, title)
+    curves = plot_loss_curves(groups, out / CURVES, title, tuning_seeds(sweep))
     return {"report": report, "curves": curves}

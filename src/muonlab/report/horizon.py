@@ -98,6 +98,21 @@ class Study:
         return sorted({r.config.get("config", {}).get("data", {}).get("corpus_sha256")
                        for r in self.started} - {None})
 
+    def tuned(self) -> str:
+        """What the sweeps tuned: ``LR``, ``LR x beta2`` (a two-dimensional sweep),
+        ``LR, then the embedding and vector LR multipliers``; per contender when they differ
+        (``adamw LR x beta2; muon LR x muon weight decay``)."""
+        words: dict[str, str] = {}
+        for entries in self.sweeps.values():
+            for name, entry in entries.items():
+                what = "LR" + (f" x {entry['knob']}" if entry.get("knob") else "")
+                if entry.get("groups"):
+                    what += f", then the {' and '.join(entry['groups'])} LR multipliers"
+                words.setdefault(name, what)
+        if len(set(words.values())) <= 1:
+            return next(iter(words.values()), "LR")
+        return "; ".join(f"{name} {what}" for name, what in words.items())
+
     def names(self) -> list[str]:
         """Every contender the study ran or was asked to run (AdamW first)."""
         seen = self.contenders | {name for _, name in self.cells}
@@ -402,12 +417,18 @@ def final_weight_rms(study: Study, cell: Cell) -> float | None:
 
 
 def _weight_rms_at_start(run: Run) -> float | None:
-    first = next((r for r in read_jsonl(run.path) if r.get("kind") == "rms"), None)
-    return None if first is None else first["weight_rms"]
+    first = rms_records(run)[:1]
+    return first[0]["weight_rms"] if first else None
+
+
+def rms_records(run: Run) -> list[dict]:
+    """Every RMS record of ``run``, the step-0 one (weight RMS only) included."""
+    return [r for r in read_jsonl(run.path) if r.get("kind") == "rms"]
 
 
 def _rms_records(run: Run) -> list[dict]:
-    return [r for r in read_jsonl(run.path) if r.get("kind") == "rms" and r.get("update_rms")]
+    """The RMS records that carry an update RMS (every one after step 0)."""
+    return [r for r in rms_records(run) if r.get("update_rms")]
 
 
 def sweep_lines(study: Study) -> list[str]:
@@ -496,7 +517,7 @@ def build_horizon_report(out_dir: str | Path) -> dict[str, Path]:
     figures = {
         "horizon": plot_horizon(study, out / "horizon.png", gaps),
         "curves": plot_val_curves(study, out / "curves.png"),
-        "rms": plot_rms(study, out / "rms.png", _rms_records, rms_seed(study),
+        "rms": plot_rms(study, out / "rms.png", rms_records, rms_seed(study),
                         lambda cell: rms_run(study, cell)),
     }
     report = out / REPORT

@@ -3,7 +3,8 @@
 One palette keyed by optimizer (arm) name gives each optimizer the same colour in every figure
 (:func:`color`); every error bar and band is a 95% t interval over seeds from the statistics
 layer (:func:`muonlab.report.stats.summarize`), labelled with what it is and its n
-(:func:`interval_label`); log axes carry their ticks at the plotted values (:func:`ticks_at`);
+(:func:`interval_label`; in a study's figures over its report seeds, named:
+:func:`interval_entry`); log axes carry their ticks at the plotted values (:func:`ticks_at`);
 every panel has a title and axis labels with units, and a legend. Every figure is written by
 :func:`save`: a PNG with a 256-colour palette.
 """
@@ -33,7 +34,7 @@ from muonkit.registry import ADAMW, KRONECKER, LORAPRE, MUON, NORMUON  # noqa: E
 
 from .metrics import Run, common_val_steps, mean_curve, val_loss_at  # noqa: E402
 from .records import replace_file  # noqa: E402
-from .stats import summarize  # noqa: E402
+from .stats import report_runs, summarize  # noqa: E402
 from .tables import fmt_bytes  # noqa: E402
 
 # one colour per optimizer, keyed by the name with case, punctuation and a trailing
@@ -228,14 +229,19 @@ def val_stats(runs: Sequence[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return steps, losses.mean(axis=0), std, elapsed.mean(axis=0)
 
 
-def plot_loss_curves(groups: dict[str, Sequence[Run]], path: str | Path, title: str = "") -> Path:
-    """The compare figure: train (smoothed, mean over seeds) and val loss vs step from step 0,
-    and val loss vs wall-clock seconds; bands are the 95% t interval of the val loss."""
+def plot_loss_curves(groups: dict[str, Sequence[Run]], path: str | Path, title: str = "",
+                     tuning_seeds: Sequence[int] = ()) -> Path:
+    """The compare figure: train (smoothed, mean over the report seeds) and val loss vs step
+    from step 0, and val loss vs wall-clock seconds; bands are the 95% t interval of the val
+    loss over the report seeds (``tuning_seeds``, which chose the LRs, left out)."""
     fig, (ax_step, ax_time) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ns = []
+    seeds = []
     for label, runs in groups.items():
+        runs = list(report_runs(runs, tuning_seeds).report)
+        if not runs:  # every run tuned: nothing to report
+            continue
         c, n = color(label), len(runs)
-        ns.append(n)
+        seeds.append([r.seed for r in runs])
         steps, mean, _ = mean_curve(runs, "loss")
         ax_step.plot(steps, smooth(mean, max(1, len(steps) // 100)), color=c, alpha=0.45, lw=1,
                      label=f"{label} train (moving average)")
@@ -251,96 +257,214 @@ def plot_loss_curves(groups: dict[str, Sequence[Run]], path: str | Path, title: 
                 title="val loss vs training time")
     for ax in (ax_step, ax_time):
         ax.grid(alpha=0.3)
-        legend(ax, ns)
+        interval_entry(ax, seeds, over="report seeds" if tuning_seeds else "seeds")
+        legend(ax)
     return save(fig, path, title)
 
 
+def seed_list(seeds: Sequence[int]) -> str:
+    """``1-5`` for three or more consecutive seeds, else ``1, 3``."""
+    s = sorted(set(seeds))
+    if len(s) > 2 and s == list(range(s[0], s[-1] + 1)):
+        return f"{s[0]}-{s[-1]}"
+    return ", ".join(map(str, s))
+
+
+def interval_entry(ax, seed_sets: Sequence[Sequence[int]], what: str = "band",
+                   test: str = "t", over: str = "report seeds") -> None:
+    """A legend entry saying what the panel's bars or bands (``what``) are, drawn like them:
+    ``band: 95% t interval over report seeds 1-5 (n=5)`` (``seed_sets``: the seeds of each
+    plotted interval); with one seed per cell an empty handle, ``no interval (one report
+    seed: 1)``."""
+    ns = [len(s) for s in seed_sets]
+    if not ns:
+        return
+    seeds = seed_list([s for ss in seed_sets for s in ss])
+    if max(ns) < 2:  # an empty handle, in the legend's place for the panel's bars or bands
+        text = f"no interval (one {over[:-1]}: {seeds})"
+        if what == "band":
+            ax.plot([], [], ls="none", label=text)
+        else:
+            ax.errorbar([], [], ls="none", color="none", label=text)
+        return
+    n = f"n={ns[0]}" if min(ns) == max(ns) else f"n={min(ns)}-{max(ns)}"
+    text = f"{what}: 95% {test} interval over {over} {seeds} ({n})"
+    if what == "band":
+        ax.fill_between([], [], [], color="grey", alpha=0.35, lw=0, label=text)
+    else:
+        ax.errorbar([], [], yerr=[[], []], color="grey", capsize=3, ls="none", label=text)
+
+
+def reported(study, cell) -> list[Run]:
+    """``cell``'s runs on the report seeds: the study's tuning seed, which chose the LRs,
+    left out (:func:`muonlab.report.stats.report_runs`), as the verdicts are."""
+    return list(report_runs(cell.runs, (study.tuning_seed,)).report)
+
+
+def offsets(n: int, step: float = 1.06) -> list[float]:
+    """Factors that spread ``n`` contenders' points around a log-x position (``step`` apart,
+    centred), so their error bars do not sit on top of each other."""
+    return [step ** (i - (n - 1) / 2) for i in range(n)]
+
+
 def study_name(study) -> str:
-    """``tiny GPT on tinyshakespeare``: the model preset and data of a horizon-layout study (a
-    built corpus by the start of its sha256, which the runs recorded, not its local path)."""
+    """``horizon: tiny GPT on tinyshakespeare (tuned: LR)``: the study's folder, the model
+    preset and data of a horizon-layout study (a built corpus by what the runs recorded of
+    it: tokenizer, training tokens and the start of its sha256, not its local path) and what
+    its sweeps tuned (``study.tuned()``)."""
     hashes = study.corpus_hashes()
-    data = f"corpus {hashes[0][:8]}" if len(hashes) == 1 else study.settings["data"]
-    return f"{study.settings['preset']} GPT on {data}"
+    data = study.settings["data"]
+    if len(hashes) == 1:
+        rec = next((d for r in study.started
+                    if (d := r.config.get("config", {}).get("data", {})).get("corpus_sha256")),
+                   {})
+        tokens = (f", {rec['train_tokens'] / 1e6:.1f}M training tokens"
+                  if rec.get("train_tokens") else "")
+        data = (f"a built {rec.get('tokenizer', 'token')}-level corpus (sha256 "
+                f"{hashes[0][:8]}...{tokens})")
+    return (f"{study.out.name}: {study.settings['preset']} GPT on {data} (tuned: "
+            f"{study.tuned()})")
+
+
+def horizon_ticks(ax, study) -> None:
+    """Ticks at the horizons, labelled with their tokens per parameter where the study
+    recorded them (``200\\n(2 tok/param)``)."""
+    per_param = study.settings.get("horizon_tokens_per_param")
+    tpp = dict(zip(study.horizons, per_param)) if per_param else {}
+    ticks_at(ax, study.horizons,
+             fmt=lambda h: f"{h:g}\n({tpp[h]:.2g} tok/param)" if h in tpp else f"{h:g}")
 
 
 def plot_horizon(study, path: Path, gaps: dict) -> Path:
-    """Final val loss vs horizon (95% t intervals over seeds) and each contender's gap to
-    AdamW vs horizon: ``gaps[(horizon, name)]``, the statistics layer's paired comparison
-    over the report seeds (:class:`muonlab.report.stats.Comparison`), its interval as bars;
-    ticks at the horizons."""
-    fig, (ax_loss, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ns, paired = [], []
-    for name in study.names():
+    """Final val loss vs horizon (95% t intervals over the report seeds) and each
+    contender's gap to AdamW vs horizon: ``gaps[(horizon, name)]``, the statistics layer's
+    paired comparison over the report seeds (:class:`muonlab.report.stats.Comparison`), its
+    interval as bars; ticks at the horizons, each contender's points offset a little in x so
+    their bars stay apart. A study of one horizon: a dot chart, one column per contender.
+    The legends below the panels, off the data."""
+    fig, (ax_loss, ax_gap) = plt.subplots(1, 2, figsize=(12, 5.5))
+    names = study.names()
+    single = len(study.horizons) == 1
+    seeds, paired = [], []
+    for i, (name, shift) in enumerate(zip(names, offsets(len(names)))):
         cells = [c for h in study.horizons if (c := study.ready(h, name))]
         if not cells:
             continue
-        ns += [len(c.runs) for c in cells]
-        stats = [interval([r.val[-1]["val_loss"] for r in c.runs]) for c in cells]
-        ax_loss.errorbar([c.horizon for c in cells], [s[0] for s in stats],
+        x = {h: i if single else h * shift for h in study.horizons}  # where its points stand
+        runs = [reported(study, c) for c in cells]
+        seeds += [[r.seed for r in rs] for rs in runs]
+        stats = [interval([r.val[-1]["val_loss"] for r in rs]) for rs in runs]
+        ax_loss.errorbar([x[c.horizon] for c in cells], [s[0] for s in stats],
                          yerr=[[s[1] for s in stats], [s[2] for s in stats]], marker="o",
                          capsize=3, color=color(name), label=name)
         found = [(h, g) for h in study.horizons if (g := gaps.get((h, name))) is not None]
         if name != ADAMW and found:
-            paired += [g.n for _, g in found]
-            ax_gap.errorbar([h for h, _ in found], [g.diff for _, g in found],
+            base = {h: {r.seed for r in reported(study, c)}
+                    for h in study.horizons if (c := study.ready(h, ADAMW))}
+            paired += [sorted({r.seed for r in reported(study, c)} & base.get(c.horizon, set()))
+                       for c in cells if (c.horizon, name) in gaps]
+            ax_gap.errorbar([x[h] for h, _ in found], [g.diff for _, g in found],
                             yerr=[[g.diff - g.lo for _, g in found],
                                   [g.hi - g.diff for _, g in found]],
                             marker="o", capsize=3, color=color(name), label=name)
-    ax_gap.axhline(0, color="k", lw=0.8)
-    ax_loss.set(xscale="log", xlabel="horizon (steps, log)", ylabel="final val loss (nats/token)",
-                title="final val loss vs horizon")
-    ax_gap.set(xscale="log", xlabel="horizon (steps, log)",
-               ylabel="val loss - AdamW's, paired by seed (nats/token)",
-               title="gap to AdamW vs horizon (below 0: lower loss)")
+    ax_gap.axhline(0, color="k", lw=0.8, label="AdamW (the reference: 0)")
+    where = "per contender" if single else "vs horizon"
+    ax_loss.set(ylabel="final val loss (nats/token)", title=f"final val loss {where}")
+    ax_gap.set(ylabel="val loss - AdamW's, paired by seed (nats/token)",
+               title=f"gap to AdamW {where} (below 0: lower loss)")
+    interval_entry(ax_loss, seeds, "bars")
+    interval_entry(ax_gap, paired, "bars", test="paired-t")
     for ax in (ax_loss, ax_gap):
-        ticks_at(ax, study.horizons)
+        if single:
+            ax.set_xticks(range(len(names)), names)
+            ax.set(xlim=(-0.5, len(names) - 0.5),
+                   xlabel=f"contender (each at its tuned settings, {study.horizons[0]} steps)")
+        else:
+            ax.set(xscale="log", xlabel="horizon (steps, log)")
+            horizon_ticks(ax, study)
         ax.grid(alpha=0.3)
-    legend(ax_loss, ns)
-    legend(ax_gap, paired, label=PAIRED)
-    return save(fig, path, f"{study_name(study)}: each contender tuned at each horizon")
+        legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=9)
+    tuned = (f"each contender tuned at {study.horizons[0]} steps" if single else
+             "each contender tuned at each horizon (points offset in x to keep the bars apart)")
+    return save(fig, path, f"{study_name(study)}: {tuned}")
 
 
 def plot_val_curves(study, path: Path) -> Path:
     """Mean val loss vs step from step 0 at each horizon (one panel each), bands the 95% t
-    interval over seeds; with more than :data:`LEGEND_INSIDE` contenders the legends stand
-    beside the panels, off the curves."""
-    beside = len(study.names()) > LEGEND_INSIDE
-    fig, axes = plt.subplots(1, len(study.horizons), squeeze=False,
-                             figsize=((5 + 2.5 * beside) * len(study.horizons), 4))
-    for ax, h in zip(axes[0], study.horizons):
-        ns = []
-        for name in study.names():
+    interval over the report seeds; with more than :data:`LEGEND_INSIDE` contenders the
+    legends stand beside the panels, off the curves, and a second row shows each
+    contender's mean curve minus dense Muon's (mean over the report seeds), where curves
+    within a few hundredths of a nat come apart."""
+    names = study.names()
+    beside = len(names) > LEGEND_INSIDE
+    rows = 2 if beside and MUON in names else 1
+    fig, axes = plt.subplots(rows, len(study.horizons), squeeze=False,
+                             figsize=(max(7, (5 + 2.5 * beside) * len(study.horizons)), 4 * rows))
+    for j, h in enumerate(study.horizons):
+        ax = axes[0][j]
+        seeds, curves = [], {}
+        for name in names:
             cell = study.ready(h, name)
             if cell is None:
                 continue
-            steps, losses = val_matrix(cell.runs)
+            runs = reported(study, cell)
+            steps, losses = val_matrix(runs)
             mean, lo, hi = bands(losses)
-            ns.append(len(cell.runs))
+            curves[name] = steps, mean
+            seeds.append([r.seed for r in runs])
             ax.plot(steps, mean, marker=".", color=color(name), label=name)
             ax.fill_between(steps, lo, hi, color=color(name), alpha=BAND, lw=0)
         ax.set(xlabel="step", ylabel="val loss (nats/token)", title=f"val loss, {h}-step runs")
+        interval_entry(ax, seeds)
+        where = {"loc": "upper left", "bbox_to_anchor": (1.02, 1)} if beside else {}
         ax.grid(alpha=0.3)
-        legend(ax, ns, **({"loc": "upper left", "bbox_to_anchor": (1.02, 1)} if beside else {}))
-    return save(fig, path, f"{study_name(study)}: val loss during training, mean over seeds")
+        legend(ax, **where, **({"fontsize": 9} if beside else {}))
+        if rows == 2:
+            versus_curve(axes[1][j], curves, h)
+            legend(axes[1][j], **where, fontsize=9)
+    return save(fig, path, f"{study_name(study)}: val loss during training, mean over the "
+                           "report seeds")
+
+
+def versus_curve(ax, curves: dict, h: int) -> None:
+    """Each contender's mean val curve minus dense Muon's at the steps both evaluated."""
+    if MUON not in curves:
+        return
+    ref = dict(zip(*curves[MUON]))
+    for name, (steps, mean) in curves.items():
+        at = [(s, m - ref[s]) for s, m in zip(steps, mean) if s in ref and s > 0]
+        if at and name != MUON:
+            ax.plot(*zip(*at), marker=".", color=color(name), label=name)
+    ax.axhline(0, color=color(MUON), lw=1.2, label=f"{MUON} (reference)")
+    ax.set(xlabel="step", ylabel=f"val loss - {MUON}'s (nats/token)",
+           title=f"minus dense Muon's mean curve, {h}-step runs")
+    ax.grid(alpha=0.3)
+
+
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "v", "D", "x", "+")
 
 
 def plot_rms(study, path: Path, records, seed: int, run_of: Callable) -> Path:
-    """Weight RMS (top) and update RMS per step (bottom) of the hidden matrices vs step, the
-    run with ``seed`` of each cell (``run_of(cell)``)."""
+    """Weight RMS (top, from the step-0 record on) and update RMS per step (bottom, the
+    records that carry one) of the hidden matrices vs step, the run with ``seed`` of each
+    cell (``run_of(cell)``); each contender with its own line style and marker, so curves on
+    top of each other stay visible."""
     n = len(study.horizons)
-    fig, axes = plt.subplots(2, n, figsize=(5 * n, 7), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(5 * n + 1.5, 7), squeeze=False)
     for j, h in enumerate(study.horizons):
-        for name in study.names():
+        for i, name in enumerate(study.names()):
             cell = study.ready(h, name)
             run = run_of(cell)
             recs = records(run) if run else []
             if not recs:
                 continue
-            steps = [r["step"] for r in recs]
-            axes[0][j].plot(steps, [r["weight_rms"] for r in recs], color=color(name),
-                            label=name)
-            axes[1][j].plot(steps, [r["update_rms"] for r in recs], color=color(name),
-                            label=name)
+            style = {"color": color(name), "label": name, "ls": LINESTYLES[i % len(LINESTYLES)],
+                     "marker": MARKERS[i % len(MARKERS)], "markevery": 0.1 + 0.017 * i, "ms": 4}
+            axes[0][j].plot([r["step"] for r in recs], [r["weight_rms"] for r in recs], **style)
+            updates = [r for r in recs if r.get("update_rms")]
+            axes[1][j].plot([r["step"] for r in updates], [r["update_rms"] for r in updates],
+                            **style)
         axes[0][j].set(title=f"weight RMS, {h}-step runs (seed {seed})",
                        xlabel="step", ylabel="weight RMS (weight units)")
         axes[1][j].set(title=f"update RMS, {h}-step runs (seed {seed})",
@@ -348,36 +472,86 @@ def plot_rms(study, path: Path, records, seed: int, run_of: Callable) -> Path:
                        yscale="log")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
-            legend(ax)
+    for ax in axes[:, -1]:  # the contenders are the same in every panel: one legend per row,
+        legend(ax, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside it, off the curves
     return save(fig, path, f"{study_name(study)}: weight and update RMS of the hidden matrices")
 
 
-def plot_state_memory(cells: list, state_bytes: Callable, path: Path, title: str) -> Path:
-    """GPT variants: final val loss (95% t interval over seeds) against the optimizer-state
-    bytes, total (left) and Muon part (right; AdamW has none), log x with ticks at the
-    plotted sizes; the legends beside the panels, where no point can lie under them."""
-    fig, axes = plt.subplots(1, 2, figsize=(16, 5))
+def plot_state_memory(cells: list, state_bytes: Callable, path: Path, title: str,
+                      tuning_seed: int | None = None) -> Path:
+    """GPT variants: final val loss (95% t interval over the report seeds: ``tuning_seed``
+    left out) against the optimizer-state bytes, total (left) and Muon part (right; AdamW
+    has none), log x with ticks at the plotted sizes (sizes within 5% share one label);
+    points at about the same size offset a little in x, in a fixed order, so none hides
+    another; the legends beside the panels, where no point can lie under them."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     xs: list[list[int]] = [[], []]
-    ns = []
-    for cell in cells:
-        muon, total = state_bytes(cell)
-        mean, lo, hi = interval([r.val[-1]["val_loss"] for r in cell.runs])
-        ns.append(len(cell.runs))
-        for i, (ax, x) in enumerate(zip(axes, (total, muon))):
-            if x:
-                xs[i].append(x)
-                ax.errorbar([x], [mean], yerr=[[lo], [hi]], marker="o", capsize=3,
-                            color=color(cell.name), label=cell.name)
+    seeds = []
+    for i, ax in enumerate(axes):
+        sizes = [state_bytes(c)[1 - i] for c in cells]
+        shown = [s for s in sizes if s] or [1]
+        # close points 3% of the log axis apart: a marker's width on this panel
+        step = max(1.03, (max(shown) / min(shown)) ** 0.03)
+        for cell, x, shift in zip(cells, sizes, near_offsets(sizes, step=step)):
+            if not x:
+                continue
+            runs = list(report_runs(cell.runs, () if tuning_seed is None else (tuning_seed,))
+                        .report)
+            mean, lo, hi = interval([r.val[-1]["val_loss"] for r in runs])
+            if i == 0:
+                seeds.append([r.seed for r in runs])
+            xs[i].append(x)
+            ax.errorbar([x * shift], [mean], yerr=[[lo], [hi]], marker="o", capsize=3,
+                        color=color(cell.name), label=cell.name)
     for ax, which, x in zip(axes, ("total", "Muon part"), xs):
         ax.set(xscale="log", xlabel=f"optimizer state, {which} (bytes, log)",
                ylabel="final val loss (nats/token)",
                title=f"final val loss vs optimizer state ({which})")
         if x:
-            ticks_at(ax, x, fmt=fmt_bytes)
-            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+            ticks_at(ax, x, fmt=short_bytes, close=1.05)
+            # one line per tick, every other one a line lower: neighbours cannot collide
+            ax.set_xticklabels([("\n" if k % 2 else "") + one_line(t.get_text())
+                                for k, t in enumerate(ax.get_xticklabels())], fontsize=9)
         ax.grid(alpha=0.3)
-        legend(ax, ns, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    interval_entry(axes[0], seeds, "bars",
+                   over="report seeds" if tuning_seed is not None else "seeds")
+    # one legend (every contender: AdamW has no Muon part) beside the right panel; the left
+    # panel's names the interval
+    axes[1].legend(*axes[0].get_legend_handles_labels(), loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return save(fig, path, title)
+
+
+def short_bytes(n: float) -> str:
+    """Bytes to 3 significant digits, for a tick: ``170 KiB``, ``3.13 MiB``."""
+    return re.sub(r"^([\d.]+)", lambda m: f"{float(m[1]):.3g}", fmt_bytes(n))
+
+
+def one_line(label: str) -> str:
+    """A tick label of several sizes (one per line, :func:`ticks_at`) on one line, each
+    value once and the unit said once where they share it: ``170 / 171 / 216 KiB``."""
+    parts = list(dict.fromkeys(label.splitlines()))
+    units = {p.rsplit(" ", 1)[-1] for p in parts}
+    if len(parts) > 1 and len(units) == 1:
+        return " / ".join(p.rsplit(" ", 1)[0] for p in parts) + f" {units.pop()}"
+    return " / ".join(parts)
+
+
+def near_offsets(sizes: Sequence[int], close: float = 1.05, step: float = 1.06) -> list[float]:
+    """x factors for points at ``sizes``: those within a factor ``close`` of each other
+    spread ``step`` apart around their group (:func:`offsets`), in the given order; 1 for a
+    point alone."""
+    order = sorted(range(len(sizes)), key=lambda k: sizes[k])
+    out = [1.0] * len(sizes)
+    group: list[int] = []
+    for k in [*order, None]:
+        if k is not None and group and sizes[k] and sizes[k] <= sizes[group[0]] * close:
+            group.append(k)
+            continue
+        for g, f in zip(sorted(group), offsets(len(group), step)):
+            out[g] = f
+        group = [] if k is None else [k]
+    return out
 
 
 def plot_epoch_curves(groups: dict[str, list[Run]], rows: list[dict], path: Path,

@@ -132,10 +132,10 @@ def build_report(out_dir: str | Path) -> dict[str, Path]:
         raise FileNotFoundError(f"{out} has no study.json; is it a `muonkit variants gpt` "
                                 "directory?")
     study = load_study(out)
-    title = (f"Memory-saving variants on the tiny GPT, {study.horizons[0]} steps, every LR "
-             "tuned")
+    title = (f"{out.name}: memory-saving variants on the tiny GPT, {study.horizons[0]} steps, "
+             "every LR tuned")
     figures = {"memory": plot_state_memory(finished_cells(study), state_bytes,
-                                           out / "memory.png", title),
+                                           out / "memory.png", title, study.tuning_seed),
                "curves": plot_val_curves(study, out / "curves.png")}
     report = out / REPORT
     report.write_text(report_markdown(study, figures))
