@@ -174,12 +174,13 @@ def test_one_report_seed_says_it_has_no_interval(figures):
 
 def test_horizon_ticks_carry_the_tokens_per_parameter(figures):
     class PerParam(FakeStudy):
-        settings = {**FakeStudy.settings, "horizon_tokens_per_param": [1.9972, 6.0016, 20.0019]}
+        settings = {**FakeStudy.settings, "horizon_tokens_per_param": [1.9972, 6.0016, 200.01]}
 
     plots.plot_horizon(PerParam(), Path("h.png"), {})
     (fig,) = figures
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
-        "250\n(2 tok/param)", "800\n(6 tok/param)", "2500\n(20 tok/param)"]
+        "250\n(2)", "800\n(6)", "2500\n(200)"]  # not 2e+02
+    assert fig.axes[0].get_xlabel() == "horizon: steps (tokens per parameter), log"
 
 
 def test_a_study_of_one_horizon_is_a_dot_chart_per_contender(figures):

@@ -24,7 +24,7 @@ def generated():
 
 def test_the_readme_states_its_results_in_verdict_blocks():
     results = verdicts.results_section((ROOT / "README.md").read_text())
-    assert {"compare-heldout", "horizon-gpu", "horizon-gpu-change", "variants-gpt",
+    assert {"compare-heldout", "horizon-gpu", "horizon-micro", "variants-gpt",
             "finetune-summary"} <= set(
         verdicts.block_names(results))
 

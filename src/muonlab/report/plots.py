@@ -327,12 +327,14 @@ def study_name(study) -> str:
 
 
 def horizon_ticks(ax, study) -> None:
-    """Ticks at the horizons, labelled with their tokens per parameter where the study
-    recorded them (``200\\n(2 tok/param)``)."""
+    """Ticks at the horizons, labelled with their tokens per parameter (2 significant
+    digits) where the study recorded them (``200\\n(2)``; the axis label says so)."""
     per_param = study.settings.get("horizon_tokens_per_param")
     tpp = dict(zip(study.horizons, per_param)) if per_param else {}
     ticks_at(ax, study.horizons,
-             fmt=lambda h: f"{h:g}\n({tpp[h]:.2g} tok/param)" if h in tpp else f"{h:g}")
+             fmt=lambda h: f"{h:g}\n({float(f'{tpp[h]:.2g}'):g})" if h in tpp else f"{h:g}")
+    ax.set_xlabel("horizon: steps (tokens per parameter), log" if tpp
+                  else "horizon (steps, log)")
 
 
 def plot_horizon(study, path: Path, gaps: dict) -> Path:
@@ -380,7 +382,7 @@ def plot_horizon(study, path: Path, gaps: dict) -> Path:
             ax.set(xlim=(-0.5, len(names) - 0.5),
                    xlabel=f"contender (each at its tuned settings, {study.horizons[0]} steps)")
         else:
-            ax.set(xscale="log", xlabel="horizon (steps, log)")
+            ax.set_xscale("log")
             horizon_ticks(ax, study)
         ax.grid(alpha=0.3)
         legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=9)

@@ -311,6 +311,8 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon-gpu-wd": horizon_weight_decay,
     "horizon-gpu-change": horizon_change,
     "horizon-gpu-wd-change": horizon_decay_change,
+    "horizon-micro": lambda results: horizon_muon(results, "horizon-micro"),
+    "horizon-micro-change": lambda results: horizon_change(results, "horizon-micro"),
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "compare-2d": compare_2d,
     "compare-groups": compare_groups,
