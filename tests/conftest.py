@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,3 +31,22 @@ def no_native_bf16(monkeypatch):
 def native_bf16(monkeypatch):
     """A CPU with native bf16 (AVX512-BF16/AMX), as ``ns_dtype="auto"`` sees it."""
     monkeypatch.setattr("muonkit.precision.cpu_native_bf16", lambda: True)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plotting functions draw, kept open instead of saved."""
+    from muonlab.report import plots
+
+    drawn = []
+
+    def keep(fig, path, title=""):
+        if title:
+            plots.set_title(fig, title)
+        drawn.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    yield drawn
+    for fig in drawn:
+        plots.plt.close(fig)

@@ -15,23 +15,6 @@ from muonlab.report.metrics import Run
 from muonlab.report.stats import Comparison
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """The figures the plotting functions draw, kept open instead of saved."""
-    drawn = []
-
-    def keep(fig, path, title=""):
-        if title:
-            plots.set_title(fig, title)
-        drawn.append(fig)
-        return Path(path)
-
-    monkeypatch.setattr(plots, "save", keep)
-    yield drawn
-    for fig in drawn:
-        plots.plt.close(fig)
-
-
 def test_one_colour_per_optimizer_whatever_its_spelling():
     same = [("LoRA-Pre r=16", "lorapre-r16"), ("Kronecker", "kronecker"),
             ("Hybrid Kronecker", "kronecker-hybrid"), ("LoRA-Pre r=1 (equal memory)", "lorapre-r1"),

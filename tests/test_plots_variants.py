@@ -12,23 +12,6 @@ from muonlab.report import plots
 from muonlab.report.metrics import Run
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """The figures the plotting functions draw, kept open instead of saved."""
-    drawn = []
-
-    def keep(fig, path, title=""):
-        if title:
-            plots.set_title(fig, title)
-        drawn.append(fig)
-        return Path(path)
-
-    monkeypatch.setattr(plots, "save", keep)
-    yield drawn
-    for fig in drawn:
-        plots.plt.close(fig)
-
-
 def row(name, kind, rank, kib, acc, loss):
     """A rank-sweep row: three seeds around ``acc`` (%) and ``loss``."""
     return dict(optimizer=name, kind=kind, rank=rank, state_bytes=int(kib * 1024),
