@@ -313,6 +313,8 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon-gpu-wd-change": horizon_decay_change,
     "horizon-micro": lambda results: horizon_muon(results, "horizon-micro"),
     "horizon-micro-change": lambda results: horizon_change(results, "horizon-micro"),
+    "horizon-micro-wd": lambda results: horizon_weight_decay(results, "horizon-micro"),
+    "horizon-micro-wd-change": lambda results: horizon_decay_change(results, "horizon-micro"),
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "compare-2d": compare_2d,
     "compare-groups": compare_groups,
