@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         return 0
     G, sigma = synthetic()
     grads = gpt_gradients()
-    rows, data = [], {"hardware": hardware(torch.device("cpu")), "results": []}
+    rows, data = [], {"hardware": hardware(torch.device("cpu")), "seed": SEED, "results": []}
     for label, coeffs, dtype, gram in METHODS:
         for steps in STEPS:
             err, cos, real_err, real_cos = evaluate(G, grads, steps, coeffs, dtype, gram)

@@ -189,8 +189,8 @@ def study_dir(tmp_path_factory):
     mp.undo()
 
 
-def cell_finals(out, name, lr, seeds=(0, 1)):
-    return [load_run(out / "h8" / name / f"lr{lr:g}-s{s}" / METRICS).val[-1]["val_loss"]
+def cell_finals(out, name, lr, seeds=(0, 1), steps=8):
+    return [load_run(out / f"h{steps}" / name / f"lr{lr:g}-s{s}" / METRICS).val[-1]["val_loss"]
             for s in seeds]
 
 
@@ -259,6 +259,33 @@ def test_a_continuation_adds_report_seeds_and_changes_nothing_else(tmp_path, mon
         differing = message.split("; rerun")[0]  # added seeds are no change
         assert ("--seeds" in differing) == (named == "--seeds")
     assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_the_difference_to_dense_muon_is_over_the_report_seeds_when_another_seed_tuned(
+        tmp_path, monkeypatch):
+    """With ``--tune-seed 0 --seeds 1 2`` the sweeps run on seed 0 and seeds 1 and 2 report:
+    the comparison with dense Muon is over seeds 1 and 2, paired by seed (the first report
+    seed stays in)."""
+    from muonlab.report.horizon import load_study as load_report_study
+    from muonlab.report.variants_gpt import versus_dense
+
+    monkeypatch.setattr(horizon, "run_isolated", run_in_process)
+    out = tmp_path / "s"
+    cfg = VariantGPTConfig(out=str(out), horizons=[4], seeds=[1, 2], tune_seed=0,
+                           contenders=["muon", "lorapre-r1"], batch_size=2, block_size=8,
+                           eval_batches=1, evals_per_run=2, model_overrides={"n_layer": 1},
+                           grid_points=2, sweep_extend=0)
+    prepare_out(cfg, "tune seed 0")
+    Study(cfg, log=lambda _: None).run_all()
+    study = load_report_study(out)
+    dense, cell = study.ready(4, "muon"), study.ready(4, "lorapre-r1")
+    assert {r.seed for r in cell.runs} == {1, 2}
+    sweeps = json.loads((out / "sweeps.json").read_text())["4"]
+    finals = {name: cell_finals(out, name, sweeps[name]["best"], (1, 2), steps=4)
+              for name in ("lorapre-r1", "muon")}
+    comparison = versus_dense(study, cell, dense)
+    assert comparison.n == 2 and comparison.test == "paired t"
+    assert comparison.diff == pytest.approx(np.mean(finals["lorapre-r1"]) - np.mean(finals["muon"]))
 
 
 def test_report_has_the_table_and_figures_from_the_runs(study_dir, capsys):

@@ -27,7 +27,7 @@ from .metrics import Run, load_run, mean_std, read_jsonl, steps_to_reach
 from .plots import plot_horizon, plot_rms, plot_val_curves, val_stats
 from .provenance import commands_text, provenance_section, study_provenance
 from .records import find_records
-from .stats import MIN_REPORT_SEEDS, Comparison, change, compare_runs, report_runs
+from .stats import MIN_REPORT_SEEDS, Comparison, by_report_seed, change, compare_runs
 from .tables import fmt_mean_std, markdown_table
 
 REPORT = "report.md"
@@ -269,9 +269,8 @@ def versus_muon_section(study: Study) -> list[str]:
 def seed_gaps(study: Study, cell: Cell, base: Cell) -> dict[int, float]:
     """{report seed: ``cell``'s final val loss - ``base``'s} over the report seeds both cells
     have (the sweep's seed left out)."""
-    a, b = (report_runs(c.runs, (study.tuning_seed,)).report for c in (cell, base))
-    by_seed = {r.seed: final_loss(r) for r in b}
-    return {r.seed: final_loss(r) - by_seed[r.seed] for r in a if r.seed in by_seed}
+    a, b = (by_report_seed(c.runs, final_loss, (study.tuning_seed,)) for c in (cell, base))
+    return {seed: loss - b[seed] for seed, loss in a.items() if seed in b}
 
 
 def change_columns(study: Study) -> list[str]:

@@ -18,6 +18,8 @@ API (small and stable; every report prints its numbers through it)::
         (``role == "tune"``, or, without a role, a seed in ``tuning_seeds``) and the report
         seeds; only the latter are ever compared; ``enough`` is False (``label`` says "not
         enough seeds") below ``min_seeds``.
+    by_report_seed(records, value, tuning_seeds=()) -> {seed: value(record)}
+        ``value`` of each report run, by its seed (the pairing of ``compare_runs``).
     compare_runs(a, b, value, higher_is_better, tuning_seeds=(), min_n=MIN_REPORT_SEEDS)
         -> Comparison of ``value(run)`` over the report seeds of two arms: paired t when both
         arms have the same report seeds, Welch t otherwise (n = 0, not resolved, when an arm
@@ -254,18 +256,23 @@ def report_runs(records: Iterable, tuning_seeds: Iterable[int] = (),
     return ReportRuns(tuple(report), tuple(tuning), min_seeds)
 
 
+def by_report_seed(records: Iterable, value: Callable[[object], float],
+                   tuning_seeds: Iterable[int] = ()) -> dict[int, float]:
+    """{seed: ``value`` of its record} over the report runs of ``records``
+    (:func:`report_runs`: tuning runs left out)."""
+    return {int(_field(r, "seed")): value(r) for r in report_runs(records, tuning_seeds).report}
+
+
 def compare_runs(a: Iterable, b: Iterable, value: Callable[[object], float],
                  higher_is_better: bool, tuning_seeds: Iterable[int] = (),
                  min_n: int = MIN_REPORT_SEEDS) -> Comparison:
     """``value`` of arm ``a`` minus arm ``b`` over their report seeds (tuning runs left out):
     paired t by seed when both arms have the same report seeds, Welch t otherwise."""
     tuning_seeds = tuple(tuning_seeds)
-    ra, rb = report_runs(a, tuning_seeds, min_n), report_runs(b, tuning_seeds, min_n)
-    if not ra.report or not rb.report:
+    by_a, by_b = (by_report_seed(arm, value, tuning_seeds) for arm in (a, b))
+    if not by_a or not by_b:
         return Comparison(math.nan, math.nan, math.nan, 0, PAIRED_T, NOT_RESOLVED,
                           "no report seeds: every run tuned", higher_is_better)
-    by_a = {int(_field(r, "seed")): value(r) for r in ra.report}
-    by_b = {int(_field(r, "seed")): value(r) for r in rb.report}
     if set(by_a) == set(by_b):
         seeds = sorted(by_a)
         return compare([by_a[s] for s in seeds], [by_b[s] for s in seeds], True,

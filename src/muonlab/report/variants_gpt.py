@@ -49,10 +49,10 @@ def describe(cell: Cell) -> str:
 
 
 def versus_dense(study: Study, cell: Cell, dense: Cell) -> Comparison:
-    """The final val loss of ``cell`` minus dense Muon's over the report seeds (the sweep's
-    seed left out)."""
+    """The final val loss of ``cell`` minus dense Muon's over the report seeds (the sweeps'
+    seed, :attr:`Study.tuning_seed`, left out)."""
     return compare_runs(cell.runs, dense.runs, final_loss, higher_is_better=False,
-                        tuning_seeds=study.settings["seeds"][:1])
+                        tuning_seeds=(study.tuning_seed,))
 
 
 def difference(study: Study, cell: Cell, dense: Cell | None) -> str:
