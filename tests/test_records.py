@@ -161,21 +161,22 @@ def test_pack_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_docs_results_are_packed_and_under_33_mb():
+def test_docs_results_are_packed_and_under_45_mb():
     """Every committed run's records are packed, and docs/results (without the studies' local
-    checkpoints, which git ignores) stays under 33 MB: 10 MB until the GPU horizon study and
+    checkpoints, which git ignores) stays under 45 MB: 10 MB until the GPU horizon study and
     the held-out GPT variant and comparison studies (2.0, 1.8 and 0.8 MB: thin packing keeps
     every step's loss and gradient norm), 14 MB until the horizon study's 20 tokens/param and
     weight-decay cells, the LoRA-Pre factor-step ablation and the held-out MNIST and
     two-dimensional-sweep studies (about 3.5 MB), 18 MB until the group-LR comparison and the
     LoRA-Pre factor step 0.5 (about 2.3 MB), 21 MB until the micro GPT's horizon study to 200
     tokens per parameter (12.2 MB with its weight-decay contender: 182 runs of up to 13,247
-    steps, every step's loss kept)."""
+    steps, every step's loss kept), 33 MB until its LR x weight-decay sweep at 60 and 200
+    tokens per parameter (horizon-micro-wd2d, about 11 MB)."""
     files = [p for p in RESULTS.rglob("*") if p.is_file() and not p.name.startswith("ckpt")]
     runs = [p.parent for p in files if p.name.startswith("metrics.jsonl")]
     assert len(runs) > 200
     assert [p for r in runs for p in r.glob("*.jsonl")] == []
-    assert sum(p.stat().st_size for p in files) < 33 * 10**6
+    assert sum(p.stat().st_size for p in files) < 45 * 10**6
 
 
 def test_packed_run_is_read_from_its_plain_name_only(run):

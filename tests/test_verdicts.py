@@ -224,3 +224,52 @@ def test_the_no_momentum_verdict_pairs_each_arm_with_muon_at_momentum_zero():
         half = 2.7764 * d.std(ddof=1) / np.sqrt(len(d))  # t_{0.975, 4}
         assert f"{name} (LR {sweeps[name]['best']:g}) {d.mean():+.3f} " \
                f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]" in text
+
+
+def test_the_tuned_decay_verdict_pairs_the_chosen_pair_with_adamw_and_the_hybrid_without():
+    """Recomputed from the run records: ``muon-wd`` at the (LR, weight decay) its
+    two-dimensional sweep chose minus AdamW of the same study, and minus the hybrid without
+    decay of horizon-micro, per report seed."""
+    import json
+
+    import numpy as np
+
+    from muonlab.report.metrics import load_run
+
+    out, base = RESULTS / "horizon-micro-wd2d", RESULTS / "horizon-micro"
+    study = json.loads((out / "study.json").read_text())
+    sweeps = {d: json.loads((d / "sweeps.json").read_text()) for d in (out, base)}
+    text = verdicts.horizon_tuned_decay(RESULTS)
+
+    def finals(where, h, name):
+        entry = sweeps[where][str(h)][name]
+        knob = f"-wd{entry['best_knob']:g}" if "best_knob" in entry else ""
+        return np.array([load_run(where / f"h{h}" / name / f"lr{entry['best']:g}{knob}-s{s}"
+                                  / "metrics.jsonl").val[-1]["val_loss"]
+                         for s in study["seeds"]])
+
+    def interval(d):
+        half = 2.7764 * d.std(ddof=1) / np.sqrt(len(d))  # t_{0.975, 4}
+        return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+
+    for h in study["horizons"]:
+        tuned = finals(out, h, "muon-wd")
+        versus_adamw, versus_none = text.split("; - the hybrid without decay")
+        assert interval(tuned - finals(out, h, "adamw")) in versus_adamw
+        assert interval(tuned - finals(base, h, "muon")) in versus_none
+        entry = sweeps[out][str(h)]["muon-wd"]
+        assert f"LR {entry['best']:g}, muon weight decay {entry['best_knob']:g}" in text
+
+
+def test_the_tuned_decay_verdict_refuses_studies_whose_runs_do_not_pair(tmp_path):
+    import json
+    import shutil
+
+    for name in ("horizon-micro-wd2d", "horizon-micro"):
+        (tmp_path / name).mkdir()
+        for f in ("study.json", "sweeps.json", "contenders.json", "commands.txt"):
+            shutil.copy(RESULTS / name / f, tmp_path / name / f)
+    path = tmp_path / "horizon-micro" / "study.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"batch_size": 32}))
+    with pytest.raises(ValueError, match="differ in batch_size: their runs do not pair"):
+        verdicts.horizon_tuned_decay(tmp_path)

@@ -168,6 +168,45 @@ def horizon_decay_change(results: Path, folder: str = "horizon-gpu") -> str:
             "length before: " + (listed(decay) if decay else "unfinished") + ".")
 
 
+SAME_SETUP = ("preset", "data", "batch_size", "block_size", "model_overrides", "warmup_frac",
+              "momentum_warmup_frac", "min_lr_ratio", "grad_clip", "evals_per_run",
+              "eval_batches", "tune_seed", "seeds", "machine_class")
+
+
+def horizon_tuned_decay(results: Path, folder: str = "horizon-micro-wd2d",
+                        without: str = "horizon-micro") -> str:
+    """``muon-wd`` with its decay swept with the LR (the study's ``--wd-grid``, 0 among the
+    values) minus AdamW, then minus the hybrid without decay of the study ``without`` (the
+    same model, corpus, batch, schedule, seeds and machine class, refused otherwise; each
+    tuned in its own study), paired by report seed at each of ``folder``'s lengths, with the
+    pairs chosen and the weight RMS at the end of the longest."""
+    study, base = (horizon.load_study(results / f) for f in (folder, without))
+    differ = [k for k in SAME_SETUP if study.settings.get(k) != base.settings.get(k)]
+    if differ:
+        raise ValueError(f"{folder} and {without} differ in {', '.join(differ)}: their runs "
+                         "do not pair by seed")
+    grid = ", ".join(f"{w:g}" for w in study.settings["wd_grid"])
+    versus_adamw = by_column(study, horizon.gaps_to(study, ADAMW)[WITH_DECAY])
+    columns = dict(zip(study.horizons, study.columns(), strict=True))
+    versus_none = {columns[h]: horizon.gap(study, cell, other)
+                   if (cell := study.ready(h, WITH_DECAY)) and (other := base.ready(h, MUON))
+                   else None for h in study.horizons}
+    chosen = [f"{columns[h]} LR {cell.lr:g}{cell.second}" for h in study.horizons
+              if (cell := study.ready(h, WITH_DECAY))]
+    h = study.horizons[-1]
+    rms = [horizon.final_weight_rms(s, cell) if (cell := s.ready(h, name)) else None
+           for s, name in ((study, WITH_DECAY), (base, MUON))]
+    weights = ("" if None in rms else
+               f"; the hidden matrices' weight RMS at the end of {h} steps (seed "
+               f"{horizon.rms_seed(study)}): {rms[0]:.3f} with the chosen decay, {rms[1]:.3f} "
+               "without")
+    return (f"Muon hybrid with the weight decay on its matrices swept with the LR ({grid}; seed "
+            f"{study.tuning_seed} tuned) - AdamW, final val loss over the report seeds: "
+            + listed(versus_adamw) + f"; - the hybrid without decay ({without}, tuned there, "
+            "the same seeds): " + listed(versus_none) + f"; chosen on seed {study.tuning_seed}: "
+            + ("; ".join(chosen) or "none yet") + weights + ".")
+
+
 def horizon_table(results: Path) -> str:
     study, gaps = horizon_gaps(results)
     rows = [[name] + [c.text() if (c := g[column]) is not None else "unfinished"
@@ -315,6 +354,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "horizon-micro-change": lambda results: horizon_change(results, "horizon-micro"),
     "horizon-micro-wd": lambda results: horizon_weight_decay(results, "horizon-micro"),
     "horizon-micro-wd-change": lambda results: horizon_decay_change(results, "horizon-micro"),
+    "horizon-micro-wd2d": horizon_tuned_decay,
     "compare-heldout": lambda results: horizon_muon(results, "compare-heldout"),
     "compare-2d": compare_2d,
     "compare-groups": compare_groups,
