@@ -187,11 +187,12 @@ def horizon_tuned_decay(results: Path, folder: str = "horizon-micro-wd2d",
                          "do not pair by seed")
     grid = ", ".join(f"{w:g}" for w in study.settings["wd_grid"])
     versus_adamw = by_column(study, horizon.gaps_to(study, ADAMW)[WITH_DECAY])
-    columns = dict(zip(study.horizons, study.columns(), strict=True))
-    versus_none = {columns[h]: horizon.gap(study, cell, other)
-                   if (cell := study.ready(h, WITH_DECAY)) and (other := base.ready(h, MUON))
-                   else None for h in study.horizons}
-    chosen = [f"{columns[h]} LR {cell.lr:g}{cell.second}" for h in study.horizons
+    versus_none = by_column(study, {
+        h: horizon.gap(study, cell, other)
+        if (cell := study.ready(h, WITH_DECAY)) and (other := base.ready(h, MUON)) else None
+        for h in study.horizons})
+    chosen = [f"{column} LR {cell.lr:g}{cell.second}"
+              for h, column in zip(study.horizons, study.columns(), strict=True)
               if (cell := study.ready(h, WITH_DECAY))]
     h = study.horizons[-1]
     rms = [horizon.final_weight_rms(s, cell) if (cell := s.ready(h, name)) else None
